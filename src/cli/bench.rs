@@ -1,0 +1,111 @@
+//! `asymm bench`: throughput of the data stages on one core (images rendered per second per task,
+//! unique puzzles generated per second), printed as a Markdown table and optionally written to a
+//! file. Targets are recorded beside the measurements; nothing here asserts them.
+
+use asymm::render::digits::DigitBank;
+use asymm::stages::render::{RenderConfig, render_one};
+use asymm::stages::synthesize::{SynthesizeConfig, generate};
+use asymm::tasks::TaskKind;
+use clap::Args;
+use std::path::PathBuf;
+use std::time::Instant;
+
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    /// Items per measurement.
+    #[arg(long, default_value_t = 2000)]
+    pub items: usize,
+    /// Also write the table to this file.
+    #[arg(long)]
+    pub write: Option<PathBuf>,
+}
+
+struct Row {
+    what: String,
+    rate: f64,
+    unit: &'static str,
+    target: &'static str,
+}
+
+fn per_sec(n: usize, f: impl FnMut(usize)) -> f64 {
+    let mut f = f;
+    let t = Instant::now();
+    for i in 0..n {
+        f(i);
+    }
+    n as f64 / t.elapsed().as_secs_f64()
+}
+
+pub fn bench(a: BenchArgs) -> anyhow::Result<i32> {
+    let n = a.items.max(10);
+    let mut rows = Vec::new();
+    let gc = SynthesizeConfig::default();
+    let sd = SynthesizeConfig {
+        task: TaskKind::Sudoku,
+        ..SynthesizeConfig::default()
+    };
+    rows.push(Row {
+        what: "graph coloring generation (exact chromatic number)".into(),
+        rate: per_sec(n, |i| {
+            std::hint::black_box(generate(&gc, 1, i as u64));
+        }),
+        unit: "puzzles/s",
+        target: "",
+    });
+    let sd_n = (n / 2).max(10);
+    rows.push(Row {
+        what: "sudoku generation (unique solution, 30 givens)".into(),
+        rate: per_sec(sd_n, |i| {
+            std::hint::black_box(generate(&sd, 1, i as u64));
+        }),
+        unit: "puzzles/s",
+        target: "≥ 1,000",
+    });
+    let gcs: Vec<String> = (0..n)
+        .map(|i| generate(&gc, 2, i as u64).perception)
+        .collect();
+    let sds: Vec<String> = (0..sd_n)
+        .map(|i| generate(&sd, 2, i as u64).perception)
+        .collect();
+    let bank = DigitBank::strokes(50, 0);
+    for size in [128u32, 224] {
+        let cfg = RenderConfig {
+            size,
+            ..RenderConfig::default()
+        };
+        rows.push(Row {
+            what: format!("graph coloring render + PNG, {size}×{size}"),
+            rate: per_sec(n, |i| {
+                let img = render_one(TaskKind::GraphColoring, "x", &gcs[i], &cfg, None, 1);
+                std::hint::black_box(img.map(|g| g.to_png()).ok());
+            }),
+            unit: "images/s",
+            target: if size == 224 { "≥ 2,000" } else { "" },
+        });
+    }
+    let cfg = RenderConfig {
+        size: 252,
+        ..RenderConfig::default()
+    };
+    rows.push(Row {
+        what: "sudoku render + PNG, 252×252".into(),
+        rate: per_sec(sd_n, |i| {
+            let img = render_one(TaskKind::Sudoku, "x", &sds[i], &cfg, Some(&bank), 1);
+            std::hint::black_box(img.map(|g| g.to_png()).ok());
+        }),
+        unit: "images/s",
+        target: "",
+    });
+    let mut out = String::from("| measurement (one core) | rate | target |\n|---|---:|---|\n");
+    for r in &rows {
+        out.push_str(&format!(
+            "| {} | {:.0} {} | {} |\n",
+            r.what, r.rate, r.unit, r.target
+        ));
+    }
+    print!("{out}");
+    if let Some(p) = a.write {
+        std::fs::write(&p, &out)?;
+    }
+    Ok(0)
+}

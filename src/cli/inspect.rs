@@ -1,0 +1,129 @@
+//! `asymm status`, `asymm dag` and `asymm show`: read-only views of pipelines and artifacts.
+
+use super::{resolve_ref, short};
+use asymm::dag::{Runner, parse_pipeline};
+use asymm::stages::StageRegistry;
+use asymm::store::Store;
+use clap::Args;
+use std::path::PathBuf;
+
+#[derive(Args, Debug)]
+pub struct PipelineArg {
+    /// Pipeline file (TOML).
+    pub pipeline: PathBuf,
+    /// Compute device the pipeline would run on (part of model stages' keys).
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+}
+
+#[derive(Args, Debug)]
+pub struct DagArgs {
+    /// Pipeline file (TOML).
+    pub pipeline: PathBuf,
+    /// Print Graphviz DOT instead of text.
+    #[arg(long)]
+    pub dot: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct ShowArgs {
+    /// Artifact id, unique id prefix, or PIPELINE.toml:STAGE[.OUTPUT].
+    pub artifact: String,
+    /// Number of rows to print.
+    #[arg(long, default_value_t = 5)]
+    pub rows: usize,
+}
+
+pub fn status(store: &Store, a: PipelineArg) -> anyhow::Result<i32> {
+    let reg = StageRegistry::default();
+    let p = parse_pipeline(&a.pipeline, &reg)?;
+    let rows = Runner::new(store, &reg, &a.device).status(&p)?;
+    println!("{:<36} {:<8} artifact / why", "stage", "state");
+    for r in rows {
+        let detail = if r.state == "cached" {
+            r.outputs
+                .values()
+                .map(|v| short(v))
+                .collect::<Vec<_>>()
+                .join(" ")
+        } else {
+            r.reasons.join("; ")
+        };
+        println!("{:<36} {:<8} {}", r.instance, r.state, detail);
+    }
+    Ok(0)
+}
+
+pub fn dag(a: DagArgs) -> anyhow::Result<i32> {
+    let reg = StageRegistry::default();
+    let p = parse_pipeline(&a.pipeline, &reg)?;
+    if a.dot {
+        println!("digraph \"{}\" {{", p.name);
+        for i in &p.instances {
+            println!("  \"{}\" [label=\"{}\\n({})\"];", i.name, i.name, i.stage);
+            for (input, (up, out)) in &i.inputs {
+                println!("  \"{up}\" -> \"{}\" [label=\"{out}→{input}\"];", i.name);
+            }
+        }
+        println!("}}");
+    } else {
+        println!("pipeline {} (seed {})", p.name, p.seed);
+        for i in &p.instances {
+            let ins: Vec<String> = i
+                .inputs
+                .iter()
+                .map(|(input, (up, out))| {
+                    if out == "main" {
+                        format!("{input}←{up}")
+                    } else {
+                        format!("{input}←{up}.{out}")
+                    }
+                })
+                .collect();
+            println!("  {:<36} {:<16} {}", i.name, i.stage, ins.join(", "));
+        }
+    }
+    Ok(0)
+}
+
+pub fn show(store: &Store, a: ShowArgs) -> anyhow::Result<i32> {
+    let id = resolve_ref(store, &a.artifact)?;
+    let m = store.manifest(&id)?;
+    println!("artifact {id}");
+    println!("kind     {} (schema v{})", m.kind, m.schema_version);
+    if let Some(r) = m.rows {
+        println!("rows     {r}");
+    }
+    for f in &m.files {
+        println!(
+            "file     {} ({} bytes, blake3 {})",
+            f.name,
+            f.bytes,
+            short(&f.blake3)
+        );
+    }
+    for (k, v) in &m.lineage {
+        println!("input    {k} = {}", short(v));
+    }
+    if !m.producer.is_null() {
+        println!("producer {}", serde_json::to_string(&m.producer)?);
+    }
+    if let Ok(s) = asymm::table::schema(&m.kind) {
+        println!("schema:");
+        for c in &s.columns {
+            println!(
+                "  {:<20} {:<12} {}{}",
+                c.name,
+                format!("{:?}", c.ty).to_lowercase(),
+                if c.nullable { "nullable " } else { "" },
+                c.doc
+            );
+        }
+        let bytes = store.read_file(&id, asymm::table::DATA_FILE)?;
+        let df = polars::prelude::ParquetReader::new(std::io::Cursor::new(bytes));
+        use polars::prelude::SerReader;
+        let df = df.finish()?;
+        println!("{}", df.head(Some(a.rows)));
+    }
+    Ok(0)
+}

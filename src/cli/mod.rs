@@ -1,0 +1,115 @@
+//! Subcommands. Each file holds one command group; this module defines the argument tree.
+
+mod bench;
+mod bundle;
+mod inspect;
+mod run;
+mod store_cmds;
+
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "asymm",
+    version,
+    about = "Perception vs. reasoning experiments for vision-language models"
+)]
+pub struct Cli {
+    /// Artifact store directory.
+    #[arg(long, global = true, env = "ASYMM_STORE", default_value = "artifacts")]
+    pub store: PathBuf,
+    #[command(subcommand)]
+    pub cmd: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Cmd {
+    /// Run a pipeline, reusing every cached stage.
+    Run(run::RunArgs),
+    /// Show each stage of a pipeline: cached, stale (and why) or missing.
+    Status(inspect::PipelineArg),
+    /// Print a pipeline's expanded graph of stage instances.
+    Dag(inspect::DagArgs),
+    /// Show an artifact: manifest, schema and first rows.
+    Show(inspect::ShowArgs),
+    /// Re-hash every stored artifact and report corruption.
+    Verify,
+    /// Delete artifacts not reachable from pipeline heads or tags.
+    Gc(store_cmds::GcArgs),
+    /// Name artifacts so that gc keeps them.
+    Tag(store_cmds::TagArgs),
+    /// List stored artifacts.
+    List,
+    /// Measure data-stage throughput on one core.
+    Bench(bench::BenchArgs),
+    /// Export or import artifact bundles.
+    #[command(subcommand)]
+    Bundle(bundle::BundleCmd),
+}
+
+/// Runs a command; returns the process exit code.
+pub fn dispatch(cli: Cli) -> anyhow::Result<i32> {
+    if let Cmd::Bench(a) = cli.cmd {
+        return bench::bench(a);
+    }
+    let store = asymm::store::Store::open(&cli.store)?;
+    match cli.cmd {
+        Cmd::Bench(_) => unreachable!("handled above"),
+        Cmd::Run(a) => run::run(&store, a),
+        Cmd::Status(a) => inspect::status(&store, a),
+        Cmd::Dag(a) => inspect::dag(a),
+        Cmd::Show(a) => inspect::show(&store, a),
+        Cmd::Verify => store_cmds::verify(&store),
+        Cmd::Gc(a) => store_cmds::gc(&store, a),
+        Cmd::Tag(a) => store_cmds::tag(&store, a),
+        Cmd::List => store_cmds::list(&store),
+        Cmd::Bundle(b) => bundle::bundle(&store, b),
+    }
+}
+
+/// Resolves an artifact reference: a full id, a unique id prefix (6+ characters), or
+/// `PIPELINE_FILE:INSTANCE[.OUTPUT]` (the instance's current cached output).
+pub fn resolve_ref(store: &asymm::store::Store, r: &str) -> anyhow::Result<String> {
+    if let Some((file, inst)) = r.rsplit_once(':')
+        && file.ends_with(".toml")
+    {
+        let reg = asymm::stages::StageRegistry::default();
+        let p = asymm::dag::parse_pipeline(std::path::Path::new(file), &reg)?;
+        let (inst, out) = inst.split_once('.').unwrap_or((inst, "main"));
+        let rows = asymm::dag::Runner::new(store, &reg, "cpu").status(&p)?;
+        let row = rows
+            .iter()
+            .find(|s| s.instance == inst)
+            .ok_or_else(|| anyhow::anyhow!("no instance `{inst}` in {file}"))?;
+        return row.outputs.get(out).cloned().ok_or_else(|| {
+            anyhow::anyhow!(
+                "`{inst}` has no cached output `{out}` (state: {})",
+                row.state
+            )
+        });
+    }
+    if asymm::store::is_hex64(r) {
+        return Ok(r.to_string());
+    }
+    if r.len() < 6 || !r.bytes().all(|b| b.is_ascii_hexdigit()) {
+        anyhow::bail!(
+            "`{r}` is not an artifact id, a 6+ character id prefix, or PIPELINE.toml:STAGE"
+        );
+    }
+    let hits: Vec<String> = store
+        .list()?
+        .into_iter()
+        .filter(|id| id.starts_with(r))
+        .collect();
+    match hits.as_slice() {
+        [one] => Ok(one.clone()),
+        [] => anyhow::bail!("no artifact id starts with `{r}`"),
+        _ => anyhow::bail!("`{r}` is ambiguous ({} artifacts match)", hits.len()),
+    }
+}
+
+/// First 12 characters of an id, for tables.
+pub fn short(id: &str) -> &str {
+    &id[..12.min(id.len())]
+}

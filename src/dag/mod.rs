@@ -1,0 +1,171 @@
+//! The pipeline DAG: parse pipeline files, expand sweeps into stage instances, compute cache keys,
+//! explain staleness, and run what is not cached.
+//!
+//! The DAG knows nothing of ML. Stages are opaque [`StageDef`]s found in a [`Registry`]; they
+//! declare named, typed inputs and outputs, validate their own configs, and turn input artifact ids
+//! into output artifact ids through the store.
+
+mod externals;
+mod key;
+mod pipeline;
+mod runner;
+
+pub use key::{KeyParts, explain};
+pub use pipeline::{Instance, Pipeline, parse_pipeline};
+pub use runner::{Outcome, RunOptions, RunRow, Runner, StatusRow};
+
+use crate::store::Store;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+/// One named input of a stage.
+#[derive(Debug, Clone)]
+pub struct InputSpec {
+    pub name: &'static str,
+    /// Artifact kind the input must have.
+    pub kind: &'static str,
+    pub optional: bool,
+}
+
+/// One named output of a stage.
+#[derive(Debug, Clone)]
+pub struct OutputSpec {
+    pub name: &'static str,
+    pub kind: &'static str,
+}
+
+/// Errors while loading or checking a pipeline.
+#[derive(Debug, thiserror::Error)]
+pub enum DagError {
+    #[error("{path}: {msg}")]
+    Parse { path: String, msg: String },
+    #[error("stage `{stage}`: unknown stage type `{kind}` (known: {known})")]
+    UnknownStage {
+        stage: String,
+        kind: String,
+        known: String,
+    },
+    #[error(
+        "stage `{stage}`: input `{input}` refers to `{target}`, which is not a stage of this pipeline"
+    )]
+    UnknownInput {
+        stage: String,
+        input: String,
+        target: String,
+    },
+    #[error("stage `{stage}`: required input `{input}` (kind `{kind}`) is not connected")]
+    MissingInput {
+        stage: String,
+        input: String,
+        kind: String,
+    },
+    #[error("stage `{stage}`: it has no input named `{input}` (its inputs: {known})")]
+    ExtraInput {
+        stage: String,
+        input: String,
+        known: String,
+    },
+    #[error(
+        "stage `{stage}`: input `{input}` expects kind `{expected}`, but `{target}` produces `{found}`"
+    )]
+    WrongKind {
+        stage: String,
+        input: String,
+        target: String,
+        expected: String,
+        found: String,
+    },
+    #[error("stage `{stage}`: `{target}` has no output named `{output}`")]
+    UnknownOutput {
+        stage: String,
+        target: String,
+        output: String,
+    },
+    #[error("cycle through stages: {0}")]
+    Cycle(String),
+    #[error("stage `{stage}`: bad config: {msg}")]
+    Config { stage: String, msg: String },
+    #[error("stage `{stage}`: bad sweep: {msg}")]
+    Sweep { stage: String, msg: String },
+    #[error("no stage or instance named `{0}` in this pipeline")]
+    NoSuchStage(String),
+    #[error("`{stage}` needs `{upstream}`, which has not been computed (run without --only first)")]
+    NotComputed { stage: String, upstream: String },
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    #[error("stage `{stage}` failed: {source}")]
+    StageFailed {
+        stage: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error("stage `{stage}` returned no artifact for its output `{output}`")]
+    MissingOutput { stage: String, output: String },
+}
+
+/// Context handed to a running stage.
+pub struct RunCtx<'a> {
+    pub store: &'a Store,
+    /// The instance name (`stage` or `stage[k=v]`).
+    pub instance: String,
+    /// Validated, canonical config.
+    pub config: serde_json::Value,
+    /// Input name → artifact id.
+    pub inputs: BTreeMap<String, String>,
+    pub seed: u64,
+    /// Compute device requested on the command line (`cpu`, `cuda:0`).
+    pub device: String,
+    /// Producer description recorded in every output manifest.
+    pub producer: serde_json::Value,
+    pub(crate) fault: Option<String>,
+}
+
+impl RunCtx<'_> {
+    /// The artifact id of input `name`.
+    pub fn input(&self, name: &str) -> Option<&str> {
+        self.inputs.get(name).map(String::as_str)
+    }
+
+    /// Commits an artifact written by this stage, recording lineage and producer.
+    pub fn commit(
+        &self,
+        writer: crate::store::ArtifactWriter,
+        rows: Option<u64>,
+    ) -> crate::store::Result<String> {
+        if self.fault.as_deref() == Some("before-commit") {
+            // Test hook: die with staged files on disk and nothing published.
+            std::process::abort();
+        }
+        writer.commit(rows, self.inputs.clone(), self.producer.clone())
+    }
+}
+
+/// A stage type the DAG can schedule.
+pub trait StageDef: Send + Sync {
+    fn name(&self) -> &'static str;
+    /// Bumped whenever the output for the same inputs and config would change.
+    fn version(&self) -> u32;
+    fn inputs(&self) -> Vec<InputSpec>;
+    fn outputs(&self) -> Vec<OutputSpec>;
+    /// Validates a config table and returns its canonical form with defaults filled in.
+    fn config(&self, table: &toml::Table) -> Result<serde_json::Value, String>;
+    /// Files outside the store that the output depends on (fingerprinted into the key).
+    fn external_files(&self, _config: &serde_json::Value) -> Vec<PathBuf> {
+        Vec::new()
+    }
+    /// Whether the compute device is part of the key (results differ across devices).
+    fn uses_device(&self) -> bool {
+        false
+    }
+    /// Runs the stage; returns output name → artifact id.
+    fn run(
+        &self,
+        ctx: &RunCtx,
+    ) -> Result<BTreeMap<String, String>, Box<dyn std::error::Error + Send + Sync>>;
+}
+
+/// Where the DAG finds stage types by name.
+pub trait Registry {
+    fn get(&self, name: &str) -> Option<&dyn StageDef>;
+    fn names(&self) -> Vec<&'static str>;
+}

@@ -1,0 +1,457 @@
+//! Pipeline files and their expansion into stage instances.
+//!
+//! ```toml
+//! [pipeline]
+//! name = "default"
+//! seed = 1
+//!
+//! [stages.synthesize]
+//! task = "graph_coloring"
+//!
+//! [stages.sft]
+//! stage = "sft-train"                 # stage type; defaults to the table name
+//! inputs = { data = "distill" }       # input name → producing stage (or "stage.output")
+//! sweep = { lambda = [0.3, 0.7] }     # one instance per value (cartesian over keys)
+//! ```
+//! Stages downstream of a swept stage are expanded once per upstream instance, so a sweep
+//! propagates through the rest of the graph without copy-pasting stages.
+
+use super::{DagError, Registry};
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+
+/// A stage instance: one node of the expanded graph.
+#[derive(Debug, Clone)]
+pub struct Instance {
+    /// `decl` or `decl[k=v,…]`.
+    pub name: String,
+    /// The declaring table's name.
+    pub decl: String,
+    /// Stage type.
+    pub stage: String,
+    pub config: serde_json::Value,
+    pub seed: u64,
+    /// Input name → (upstream instance, output name).
+    pub inputs: BTreeMap<String, (String, String)>,
+    /// Sweep values that distinguish this instance.
+    pub vars: BTreeMap<String, String>,
+}
+
+/// An expanded pipeline: instances in a deterministic topological order.
+#[derive(Debug, Clone)]
+pub struct Pipeline {
+    pub name: String,
+    pub seed: u64,
+    pub instances: Vec<Instance>,
+}
+
+struct Decl {
+    name: String,
+    stage: String,
+    inputs: BTreeMap<String, (String, String)>,
+    sweep: Vec<(String, Vec<toml::Value>)>,
+    seed: Option<u64>,
+    table: toml::Table,
+}
+
+const RESERVED: &[&str] = &["stage", "inputs", "sweep", "seed"];
+
+fn perr(path: &str, msg: impl Into<String>) -> DagError {
+    DagError::Parse {
+        path: path.to_string(),
+        msg: msg.into(),
+    }
+}
+
+/// Reads and expands a pipeline file.
+pub fn parse_pipeline(path: &Path, reg: &dyn Registry) -> Result<Pipeline, DagError> {
+    let p = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|e| perr(&p, format!("cannot read: {e}")))?;
+    let default_name = path
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "pipeline".into());
+    parse_str(&text, &p, &default_name, reg)
+}
+
+/// Parses pipeline text (`origin` names it in errors).
+pub fn parse_str(
+    text: &str,
+    origin: &str,
+    default_name: &str,
+    reg: &dyn Registry,
+) -> Result<Pipeline, DagError> {
+    let doc: toml::Table = text
+        .parse()
+        .map_err(|e: toml::de::Error| perr(origin, e.to_string()))?;
+    for k in doc.keys() {
+        if k != "pipeline" && k != "stages" {
+            return Err(perr(
+                origin,
+                format!("unknown top-level table `{k}` (expected `pipeline` and `stages`)"),
+            ));
+        }
+    }
+    let (mut name, mut seed) = (default_name.to_string(), 0u64);
+    if let Some(head) = doc.get("pipeline") {
+        let head = head
+            .as_table()
+            .ok_or_else(|| perr(origin, "`pipeline` must be a table"))?;
+        for (k, v) in head {
+            match k.as_str() {
+                "name" => {
+                    name = v
+                        .as_str()
+                        .ok_or_else(|| perr(origin, "`pipeline.name` must be a string"))?
+                        .to_string()
+                }
+                "seed" => {
+                    seed = as_u64(v).ok_or_else(|| {
+                        perr(origin, "`pipeline.seed` must be a non-negative integer")
+                    })?
+                }
+                other => return Err(perr(origin, format!("unknown key `pipeline.{other}`"))),
+            }
+        }
+    }
+    crate::store::check_name(&name).map_err(|e| perr(origin, e.to_string()))?;
+    let stages = doc
+        .get("stages")
+        .and_then(|s| s.as_table())
+        .ok_or_else(|| perr(origin, "no `[stages.*]` tables"))?;
+    let mut decls = Vec::new();
+    for (sname, v) in stages {
+        let t = v
+            .as_table()
+            .ok_or_else(|| perr(origin, format!("`stages.{sname}` must be a table")))?;
+        decls.push(parse_decl(origin, sname, t)?);
+    }
+    let order = topo_order(&decls)?;
+    let by_name: BTreeMap<&str, &Decl> = decls.iter().map(|d| (d.name.as_str(), d)).collect();
+    // Check types of the declared graph.
+    for d in &decls {
+        check_decl(d, &by_name, reg)?;
+    }
+    let mut instances: Vec<Instance> = Vec::new();
+    let mut by_decl: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+    for dname in order {
+        let d = by_name[dname.as_str()];
+        let def = reg.get(&d.stage).ok_or_else(|| unknown_stage(d, reg))?;
+        // Join upstream instances whose sweep values agree.
+        let mut combos: Vec<(BTreeMap<String, String>, BTreeMap<String, String>)> =
+            vec![(BTreeMap::new(), BTreeMap::new())]; // (vars, upstream decl → instance)
+        let ups: BTreeSet<&str> = d.inputs.values().map(|(s, _)| s.as_str()).collect();
+        for up in ups {
+            let mut next = Vec::new();
+            for (vars, chosen) in &combos {
+                for &i in &by_decl[up] {
+                    let u = &instances[i];
+                    if u.vars
+                        .iter()
+                        .all(|(k, v)| vars.get(k).is_none_or(|x| x == v))
+                    {
+                        let mut vs = vars.clone();
+                        vs.extend(u.vars.clone());
+                        let mut ch = chosen.clone();
+                        ch.insert(up.to_string(), u.name.clone());
+                        next.push((vs, ch));
+                    }
+                }
+            }
+            combos = next;
+        }
+        // Cross with this stage's own sweep.
+        for (key, values) in &d.sweep {
+            let mut next = Vec::new();
+            for (vars, chosen) in &combos {
+                if vars.contains_key(key) {
+                    return Err(DagError::Sweep {
+                        stage: d.name.clone(),
+                        msg: format!("`{key}` is already swept upstream"),
+                    });
+                }
+                for v in values {
+                    let mut vs = vars.clone();
+                    vs.insert(key.clone(), value_label(v));
+                    next.push((vs, chosen.clone()));
+                }
+            }
+            combos = next;
+        }
+        for (vars, chosen) in combos {
+            let mut table = d.table.clone();
+            for (key, values) in &d.sweep {
+                let v = values
+                    .iter()
+                    .find(|v| Some(&value_label(v)) == vars.get(key))
+                    .cloned()
+                    .unwrap_or(toml::Value::Boolean(false));
+                set_path(&mut table, key)
+                    .map(|slot| *slot = v)
+                    .ok_or_else(|| DagError::Sweep {
+                        stage: d.name.clone(),
+                        msg: format!("cannot set `{key}`"),
+                    })?;
+            }
+            let config = def.config(&table).map_err(|msg| DagError::Config {
+                stage: d.name.clone(),
+                msg,
+            })?;
+            let name = if vars.is_empty() {
+                d.name.clone()
+            } else {
+                let label: Vec<String> = vars.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                format!("{}[{}]", d.name, label.join(","))
+            };
+            crate::store::check_name(&name).map_err(|e| DagError::Sweep {
+                stage: d.name.clone(),
+                msg: e.to_string(),
+            })?;
+            let inputs = d
+                .inputs
+                .iter()
+                .map(|(iname, (up, out))| (iname.clone(), (chosen[up].clone(), out.clone())))
+                .collect();
+            by_decl
+                .entry(d.name.clone())
+                .or_default()
+                .push(instances.len());
+            instances.push(Instance {
+                name,
+                decl: d.name.clone(),
+                stage: d.stage.clone(),
+                config,
+                seed: d.seed.unwrap_or(seed),
+                inputs,
+                vars,
+            });
+        }
+    }
+    Ok(Pipeline {
+        name,
+        seed,
+        instances,
+    })
+}
+
+fn as_u64(v: &toml::Value) -> Option<u64> {
+    v.as_integer().and_then(|i| u64::try_from(i).ok())
+}
+
+fn value_label(v: &toml::Value) -> String {
+    match v {
+        toml::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// The slot for a dotted key path inside a table, creating intermediate tables.
+fn set_path<'a>(t: &'a mut toml::Table, path: &str) -> Option<&'a mut toml::Value> {
+    let mut parts: Vec<&str> = path.split('.').collect();
+    let last = parts.pop()?;
+    let mut cur = t;
+    for p in parts {
+        cur = cur
+            .entry(p.to_string())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+            .as_table_mut()?;
+    }
+    Some(
+        cur.entry(last.to_string())
+            .or_insert(toml::Value::Boolean(false)),
+    )
+}
+
+fn parse_decl(origin: &str, name: &str, t: &toml::Table) -> Result<Decl, DagError> {
+    crate::store::check_name(name).map_err(|e| perr(origin, format!("stage name: {e}")))?;
+    let stage = match t.get("stage") {
+        Some(v) => v
+            .as_str()
+            .ok_or_else(|| perr(origin, format!("`stages.{name}.stage` must be a string")))?
+            .to_string(),
+        None => name.replace('_', "-"),
+    };
+    let mut inputs = BTreeMap::new();
+    if let Some(v) = t.get("inputs") {
+        let it = v.as_table().ok_or_else(|| {
+            perr(
+                origin,
+                format!("`stages.{name}.inputs` must be a table of input = \"stage\""),
+            )
+        })?;
+        for (iname, target) in it {
+            let target = target.as_str().ok_or_else(|| {
+                perr(
+                    origin,
+                    format!("`stages.{name}.inputs.{iname}` must be a stage name"),
+                )
+            })?;
+            let (up, out) = target.split_once('.').unwrap_or((target, "main"));
+            inputs.insert(iname.clone(), (up.to_string(), out.to_string()));
+        }
+    }
+    let mut sweep = Vec::new();
+    if let Some(v) = t.get("sweep") {
+        let st = v.as_table().ok_or_else(|| {
+            perr(
+                origin,
+                format!("`stages.{name}.sweep` must be a table of key = [values]"),
+            )
+        })?;
+        for (k, vals) in st {
+            let arr = vals.as_array().filter(|a| !a.is_empty()).ok_or_else(|| {
+                perr(
+                    origin,
+                    format!("`stages.{name}.sweep.{k}` must be a non-empty list"),
+                )
+            })?;
+            if RESERVED.contains(&k.as_str()) {
+                return Err(perr(
+                    origin,
+                    format!("`stages.{name}.sweep.{k}`: cannot sweep a reserved key"),
+                ));
+            }
+            sweep.push((k.clone(), arr.clone()));
+        }
+    }
+    let seed = match t.get("seed") {
+        Some(v) => Some(as_u64(v).ok_or_else(|| {
+            perr(
+                origin,
+                format!("`stages.{name}.seed` must be a non-negative integer"),
+            )
+        })?),
+        None => None,
+    };
+    let table = t
+        .iter()
+        .filter(|(k, _)| !RESERVED.contains(&k.as_str()))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    Ok(Decl {
+        name: name.to_string(),
+        stage,
+        inputs,
+        sweep,
+        seed,
+        table,
+    })
+}
+
+fn unknown_stage(d: &Decl, reg: &dyn Registry) -> DagError {
+    DagError::UnknownStage {
+        stage: d.name.clone(),
+        kind: d.stage.clone(),
+        known: reg.names().join(", "),
+    }
+}
+
+fn check_decl(
+    d: &Decl,
+    by_name: &BTreeMap<&str, &Decl>,
+    reg: &dyn Registry,
+) -> Result<(), DagError> {
+    let def = reg.get(&d.stage).ok_or_else(|| unknown_stage(d, reg))?;
+    let specs = def.inputs();
+    for (iname, (up, out)) in &d.inputs {
+        let spec = specs
+            .iter()
+            .find(|s| s.name == iname)
+            .ok_or_else(|| DagError::ExtraInput {
+                stage: d.name.clone(),
+                input: iname.clone(),
+                known: specs.iter().map(|s| s.name).collect::<Vec<_>>().join(", "),
+            })?;
+        let up_decl = by_name
+            .get(up.as_str())
+            .ok_or_else(|| DagError::UnknownInput {
+                stage: d.name.clone(),
+                input: iname.clone(),
+                target: up.clone(),
+            })?;
+        let up_def = reg
+            .get(&up_decl.stage)
+            .ok_or_else(|| unknown_stage(up_decl, reg))?;
+        let o = up_def
+            .outputs()
+            .into_iter()
+            .find(|o| o.name == out)
+            .ok_or_else(|| DagError::UnknownOutput {
+                stage: d.name.clone(),
+                target: up.clone(),
+                output: out.clone(),
+            })?;
+        if o.kind != spec.kind {
+            return Err(DagError::WrongKind {
+                stage: d.name.clone(),
+                input: iname.clone(),
+                target: up.clone(),
+                expected: spec.kind.to_string(),
+                found: o.kind.to_string(),
+            });
+        }
+    }
+    for s in specs {
+        if !s.optional && !d.inputs.contains_key(s.name) {
+            return Err(DagError::MissingInput {
+                stage: d.name.clone(),
+                input: s.name.to_string(),
+                kind: s.kind.to_string(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Kahn's algorithm with name order as the tie-break; a leftover set is a cycle.
+fn topo_order(decls: &[Decl]) -> Result<Vec<String>, DagError> {
+    let names: BTreeSet<&str> = decls.iter().map(|d| d.name.as_str()).collect();
+    let mut indeg: BTreeMap<&str, usize> = names.iter().map(|n| (*n, 0)).collect();
+    let mut down: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    for d in decls {
+        let ups: BTreeSet<&str> = d.inputs.values().map(|(s, _)| s.as_str()).collect();
+        for up in ups {
+            if !names.contains(up) {
+                let input = d
+                    .inputs
+                    .iter()
+                    .find(|(_, (s, _))| s == up)
+                    .map(|(k, _)| k.clone())
+                    .unwrap_or_default();
+                return Err(DagError::UnknownInput {
+                    stage: d.name.clone(),
+                    input,
+                    target: up.to_string(),
+                });
+            }
+            *indeg.get_mut(d.name.as_str()).unwrap_or(&mut 0) += 1;
+            down.entry(up).or_default().push(d.name.as_str());
+        }
+    }
+    let mut ready: BTreeSet<&str> = indeg
+        .iter()
+        .filter(|(_, n)| **n == 0)
+        .map(|(k, _)| *k)
+        .collect();
+    let mut order = Vec::new();
+    while let Some(n) = ready.pop_first() {
+        order.push(n.to_string());
+        for &m in down.get(n).map(Vec::as_slice).unwrap_or(&[]) {
+            if let Some(c) = indeg.get_mut(m) {
+                *c -= 1;
+                if *c == 0 {
+                    ready.insert(m);
+                }
+            }
+        }
+    }
+    if order.len() < decls.len() {
+        let stuck: Vec<&str> = indeg
+            .iter()
+            .filter(|(k, _)| !order.iter().any(|o| o == *k))
+            .map(|(k, _)| *k)
+            .collect();
+        return Err(DagError::Cycle(stuck.join(" → ")));
+    }
+    Ok(order)
+}

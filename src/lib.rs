@@ -1,0 +1,17 @@
+//! asymm: controlled experiments on how post-training improves perception versus reasoning in
+//! vision-language models.
+//!
+//! Layers, from the bottom: [`store`] (content-addressed artifacts, records, locks, bundles) and
+//! [`table`] (Parquet with schemas) know nothing of ML; [`dag`] parses pipelines, keys and runs
+//! stages; [`stages`] are the pipeline steps, built from [`tasks`] (puzzles, solvers, graders),
+//! [`render`] (images) and [`text`] (tokenizer, answer format).
+
+pub mod dag;
+pub mod progress;
+pub mod render;
+pub mod stages;
+pub mod store;
+pub mod table;
+pub mod tasks;
+pub mod text;
+pub mod util;

@@ -1,0 +1,190 @@
+//! Graph drawings: a seeded force-directed (Fruchterman–Reingold, as networkx's spring layout)
+//! placement with a random start and rotation, then edges as lines and nodes as labelled circles.
+
+use super::Gray;
+use super::glyphs::draw_digit;
+use crate::tasks::graph_coloring::Graph;
+use rand::{Rng, RngExt};
+use serde::{Deserialize, Serialize};
+use tiny_skia::{FillRule, Paint, PathBuilder, Pixmap, Stroke, Transform};
+
+/// Drawing knobs.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct GraphStyle {
+    /// Node radius as a fraction of the image size.
+    pub node_radius: f32,
+    /// Edge line width in pixels.
+    pub line_width: f32,
+    /// Layout iterations.
+    pub iterations: usize,
+}
+
+impl Default for GraphStyle {
+    fn default() -> Self {
+        GraphStyle {
+            node_radius: 0.055,
+            line_width: 1.6,
+            iterations: 60,
+        }
+    }
+}
+
+/// Spring layout in the unit square; positions are then spread to fill it.
+pub fn spring_layout<R: Rng>(g: &Graph, iterations: usize, rng: &mut R) -> Vec<(f32, f32)> {
+    let n = g.n;
+    let mut pos: Vec<(f32, f32)> = (0..n)
+        .map(|_| (rng.random::<f32>(), rng.random::<f32>()))
+        .collect();
+    let k = (1.0 / n.max(1) as f32).sqrt();
+    let mut temp = 0.1f32;
+    let cool = temp / (iterations.max(1) as f32 + 1.0);
+    for _ in 0..iterations {
+        let mut disp = vec![(0.0f32, 0.0f32); n];
+        for i in 0..n {
+            for j in 0..n {
+                if i == j {
+                    continue;
+                }
+                let (dx, dy) = (pos[i].0 - pos[j].0, pos[i].1 - pos[j].1);
+                let d = (dx * dx + dy * dy).sqrt().max(0.01);
+                let f = k * k / d;
+                disp[i].0 += dx / d * f;
+                disp[i].1 += dy / d * f;
+            }
+        }
+        for &(u, v) in &g.edges {
+            let (u, v) = (u as usize, v as usize);
+            let (dx, dy) = (pos[u].0 - pos[v].0, pos[u].1 - pos[v].1);
+            let d = (dx * dx + dy * dy).sqrt().max(0.01);
+            let f = d * d / k;
+            disp[u].0 -= dx / d * f;
+            disp[u].1 -= dy / d * f;
+            disp[v].0 += dx / d * f;
+            disp[v].1 += dy / d * f;
+        }
+        for i in 0..n {
+            let (dx, dy) = disp[i];
+            let len = (dx * dx + dy * dy).sqrt().max(1e-6);
+            let step = len.min(temp);
+            pos[i].0 += dx / len * step;
+            pos[i].1 += dy / len * step;
+        }
+        temp -= cool;
+    }
+    // Random rotation, then rescale to fill the unit square.
+    let theta = rng.random::<f32>() * std::f32::consts::TAU;
+    let (s, c) = theta.sin_cos();
+    for p in &mut pos {
+        *p = (p.0 * c - p.1 * s, p.0 * s + p.1 * c);
+    }
+    let (minx, maxx) = pos
+        .iter()
+        .fold((f32::MAX, f32::MIN), |(a, b), p| (a.min(p.0), b.max(p.0)));
+    let (miny, maxy) = pos
+        .iter()
+        .fold((f32::MAX, f32::MIN), |(a, b), p| (a.min(p.1), b.max(p.1)));
+    let (sx, sy) = ((maxx - minx).max(1e-3), (maxy - miny).max(1e-3));
+    pos.iter()
+        .map(|p| ((p.0 - minx) / sx, (p.1 - miny) / sy))
+        .collect()
+}
+
+/// Draws `g` at the given unit-square positions into a `size`×`size` grayscale image.
+pub fn draw(g: &Graph, pos: &[(f32, f32)], size: u32, style: &GraphStyle) -> Gray {
+    let Some(mut pm) = Pixmap::new(size, size) else {
+        return Gray {
+            width: 0,
+            height: 0,
+            pixels: vec![],
+        };
+    };
+    pm.fill(tiny_skia::Color::WHITE);
+    let s = size as f32;
+    let r = style.node_radius * s;
+    let margin = r + 2.0;
+    let px: Vec<(f32, f32)> = pos
+        .iter()
+        .map(|&(x, y)| {
+            (
+                margin + x * (s - 2.0 * margin),
+                margin + y * (s - 2.0 * margin),
+            )
+        })
+        .collect();
+    let mut black = Paint::default();
+    black.set_color_rgba8(0, 0, 0, 255);
+    black.anti_alias = true;
+    let mut white = Paint::default();
+    white.set_color_rgba8(255, 255, 255, 255);
+    white.anti_alias = true;
+    let mut pb = PathBuilder::new();
+    for &(u, v) in &g.edges {
+        let (a, b) = (px[u as usize], px[v as usize]);
+        pb.move_to(a.0, a.1);
+        pb.line_to(b.0, b.1);
+    }
+    if let Some(path) = pb.finish() {
+        let stroke = Stroke {
+            width: style.line_width,
+            ..Stroke::default()
+        };
+        pm.stroke_path(&path, &black, &stroke, Transform::identity(), None);
+    }
+    let ring = Stroke {
+        width: style.line_width,
+        ..Stroke::default()
+    };
+    for (v, &(x, y)) in px.iter().enumerate() {
+        if let Some(circle) = PathBuilder::from_circle(x, y, r) {
+            pm.fill_path(
+                &circle,
+                &white,
+                FillRule::Winding,
+                Transform::identity(),
+                None,
+            );
+            pm.stroke_path(&circle, &black, &ring, Transform::identity(), None);
+        }
+        // Label: the node number (one or two digits) centred in the circle.
+        let label: Vec<u8> = v.to_string().bytes().map(|b| b - b'0').collect();
+        let h = r * 1.1;
+        let w = h * 0.6;
+        let gap = w * 0.25;
+        let total = label.len() as f32 * w + (label.len() as f32 - 1.0) * gap;
+        for (i, d) in label.iter().enumerate() {
+            let x0 = x - total / 2.0 + i as f32 * (w + gap);
+            let t = Transform::from_row(w, 0.0, 0.0, h, x0, y - h / 2.0);
+            draw_digit(&mut pm, *d, t, (r * 0.16).max(1.0), &black);
+        }
+    }
+    Gray::from_pixmap(&pm)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::util::rng::keyed;
+
+    #[test]
+    fn layout_is_seeded_and_spread() {
+        let g = Graph::new(8, [(0, 1), (1, 2), (2, 3), (3, 4), (5, 6), (6, 7), (0, 7)]).unwrap();
+        let a = spring_layout(&g, 60, &mut keyed(1, "l", 0, 0));
+        let b = spring_layout(&g, 60, &mut keyed(1, "l", 0, 0));
+        let c = spring_layout(&g, 60, &mut keyed(2, "l", 0, 0));
+        assert_eq!(a, b);
+        assert_ne!(a, c);
+        // No two nodes on top of each other.
+        for i in 0..8 {
+            for j in i + 1..8 {
+                let d = ((a[i].0 - a[j].0).powi(2) + (a[i].1 - a[j].1).powi(2)).sqrt();
+                assert!(d > 0.05, "{i} {j} {d}");
+            }
+        }
+        let img = draw(&g, &a, 128, &GraphStyle::default());
+        assert_eq!(img.pixels.len(), 128 * 128);
+        assert!(img.pixels.iter().any(|&p| p < 50));
+        let back = Gray::from_png(&img.to_png()).unwrap();
+        assert_eq!(back, img);
+    }
+}

@@ -1,0 +1,290 @@
+//! Bundles: one tar file holding chosen artifacts, everything upstream of them, and the run records
+//! that produced them, so a collaborator who imports it gets cache hits for the same pipeline.
+//!
+//! Import is defensive: only regular files at the exact paths a bundle may contain are accepted
+//! (no links, no `..`, no absolute paths, no unexpected names); every file is re-hashed against its
+//! manifest and every manifest against its id before anything is published. A rejected bundle
+//! leaves the store as it was.
+
+use super::{Result, RunRecord, Store, StoreError, io_err, is_hex64, object::Manifest, read_json};
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs::{self, File};
+use std::io::Read;
+use std::path::{Component, Path};
+
+/// Summary of an export or import.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BundleReport {
+    pub artifacts: usize,
+    pub records: usize,
+    pub bytes: u64,
+    /// Artifacts already present (import only).
+    pub already_present: usize,
+}
+
+const MAX_ENTRY_BYTES: u64 = 16 << 30;
+
+fn bundle_err(msg: impl Into<String>) -> StoreError {
+    StoreError::Bundle(msg.into())
+}
+
+/// Writes `roots` and their lineage, plus matching run records, to the tar file `out`.
+pub fn export_bundle(store: &Store, roots: &[String], out: &Path) -> Result<BundleReport> {
+    for r in roots {
+        if !store.has(r) {
+            return Err(StoreError::Missing(r.clone()));
+        }
+    }
+    let ids = store.closure(roots)?;
+    let mut records = Vec::new();
+    for key in store.record_keys()? {
+        if let Some(r) = store.record(&key)?
+            && !r.outputs.is_empty()
+            && r.outputs.values().all(|id| ids.contains(id))
+        {
+            records.push(r);
+        }
+    }
+    let tmp = out.with_extension(format!("partial-{}", std::process::id()));
+    let file = File::create(&tmp).map_err(io_err(&tmp))?;
+    let mut tar = tar::Builder::new(file);
+    tar.mode(tar::HeaderMode::Deterministic);
+    let mut report = BundleReport::default();
+    let index = serde_json::json!({
+        "format": "asymm-bundle-v1",
+        "roots": roots,
+        "artifacts": ids,
+        "records": records.iter().map(|r| r.key.clone()).collect::<Vec<_>>(),
+    });
+    append(
+        &mut tar,
+        "bundle.json",
+        &serde_json::to_vec_pretty(&index).unwrap_or_default(),
+    )?;
+    for id in &ids {
+        store.verify(id)?;
+        let m = store.manifest(id)?;
+        let dir = store.object_dir(id);
+        for name in std::iter::once("manifest.json".to_string())
+            .chain(m.files.iter().map(|f| f.name.clone()))
+        {
+            let p = dir.join(&name);
+            let bytes = fs::read(&p).map_err(io_err(&p))?;
+            report.bytes += bytes.len() as u64;
+            append(&mut tar, &format!("objects/{id}/{name}"), &bytes)?;
+        }
+        report.artifacts += 1;
+    }
+    for r in &records {
+        let bytes = serde_json::to_vec_pretty(r).unwrap_or_default();
+        append(&mut tar, &format!("records/{}.json", r.key), &bytes)?;
+        report.records += 1;
+    }
+    let file = tar.into_inner().map_err(io_err(&tmp))?;
+    file.sync_all().map_err(io_err(&tmp))?;
+    fs::rename(&tmp, out).map_err(io_err(out))?;
+    Ok(report)
+}
+
+fn append(tar: &mut tar::Builder<File>, path: &str, bytes: &[u8]) -> Result<()> {
+    let mut h = tar::Header::new_ustar();
+    h.set_size(bytes.len() as u64);
+    h.set_mode(0o644);
+    h.set_mtime(0);
+    h.set_entry_type(tar::EntryType::Regular);
+    tar.append_data(&mut h, path, bytes)
+        .map_err(|e| bundle_err(format!("cannot write `{path}`: {e}")))
+}
+
+/// Where an accepted bundle entry goes.
+enum Slot {
+    Index,
+    Object(String, String),
+    Record(String),
+}
+
+fn classify(path: &Path) -> std::result::Result<Slot, String> {
+    let mut parts = Vec::new();
+    for c in path.components() {
+        match c {
+            Component::Normal(s) => parts.push(
+                s.to_str()
+                    .ok_or_else(|| format!("non-UTF-8 path {}", path.display()))?
+                    .to_string(),
+            ),
+            Component::CurDir => {}
+            _ => return Err(format!("unsafe path `{}`", path.display())),
+        }
+    }
+    let p: Vec<&str> = parts.iter().map(String::as_str).collect();
+    match p.as_slice() {
+        ["bundle.json"] => Ok(Slot::Index),
+        ["objects", id, name] if is_hex64(id) && safe_file(name) => {
+            Ok(Slot::Object(id.to_string(), name.to_string()))
+        }
+        ["records", f] => match f.strip_suffix(".json") {
+            Some(k) if is_hex64(k) => Ok(Slot::Record(k.to_string())),
+            _ => Err(format!("unexpected path `{}`", path.display())),
+        },
+        _ => Err(format!("unexpected path `{}`", path.display())),
+    }
+}
+
+fn safe_file(name: &str) -> bool {
+    !name.is_empty()
+        && !name.starts_with('.')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+}
+
+/// Imports the bundle at `path` into `store`, verifying everything first.
+pub fn import_bundle(store: &Store, path: &Path) -> Result<BundleReport> {
+    let stage = store.tmp_dir().join(format!(
+        "import-{}-{}",
+        std::process::id(),
+        crate::util::fsx::unique()
+    ));
+    fs::create_dir_all(&stage).map_err(io_err(&stage))?;
+    let result = import_staged(store, path, &stage);
+    let _ = fs::remove_dir_all(&stage);
+    result
+}
+
+fn import_staged(store: &Store, path: &Path, stage: &Path) -> Result<BundleReport> {
+    let file = File::open(path).map_err(io_err(path))?;
+    let mut archive = tar::Archive::new(file);
+    let mut objects: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    let mut records: Vec<String> = Vec::new();
+    let mut saw_index = false;
+    let mut report = BundleReport::default();
+    let entries = archive
+        .entries()
+        .map_err(|e| bundle_err(format!("not a tar file: {e}")))?;
+    for entry in entries {
+        let mut entry = entry.map_err(|e| bundle_err(format!("unreadable entry: {e}")))?;
+        let kind = entry.header().entry_type();
+        let epath = entry
+            .path()
+            .map_err(|e| bundle_err(format!("bad entry path: {e}")))?
+            .into_owned();
+        if kind.is_dir() {
+            continue;
+        }
+        if !kind.is_file() {
+            return Err(bundle_err(format!(
+                "entry `{}` is not a regular file (links and devices are refused)",
+                epath.display()
+            )));
+        }
+        let size = entry.header().size().unwrap_or(u64::MAX);
+        if size > MAX_ENTRY_BYTES {
+            return Err(bundle_err(format!(
+                "entry `{}` is too large",
+                epath.display()
+            )));
+        }
+        let slot = classify(&epath).map_err(bundle_err)?;
+        let mut bytes = Vec::with_capacity(size as usize);
+        entry
+            .read_to_end(&mut bytes)
+            .map_err(|e| bundle_err(format!("truncated entry `{}`: {e}", epath.display())))?;
+        report.bytes += bytes.len() as u64;
+        let dest = match &slot {
+            Slot::Index => {
+                saw_index = true;
+                continue;
+            }
+            Slot::Object(id, name) => {
+                if !objects.entry(id.clone()).or_default().insert(name.clone()) {
+                    return Err(bundle_err(format!("duplicate entry `{}`", epath.display())));
+                }
+                stage.join("objects").join(id).join(name)
+            }
+            Slot::Record(k) => {
+                if records.contains(k) {
+                    return Err(bundle_err(format!("duplicate record {k}")));
+                }
+                records.push(k.clone());
+                stage.join("records").join(format!("{k}.json"))
+            }
+        };
+        if let Some(parent) = dest.parent() {
+            fs::create_dir_all(parent).map_err(io_err(parent))?;
+        }
+        fs::write(&dest, &bytes).map_err(io_err(&dest))?;
+    }
+    if !saw_index {
+        return Err(bundle_err("missing bundle.json (not an asymm bundle)"));
+    }
+    // Verify every object: manifest parses, names its own id, files match hashes, nothing extra.
+    let staged = Store {
+        root: stage.to_path_buf(),
+    };
+    for (id, names) in &objects {
+        if !names.contains("manifest.json") {
+            return Err(bundle_err(format!("artifact {id} has no manifest")));
+        }
+        let m: Manifest = read_json(&staged.object_dir(id).join("manifest.json"))
+            .map_err(|e| bundle_err(format!("artifact {id}: {e}")))?;
+        let listed: BTreeSet<String> = m
+            .files
+            .iter()
+            .map(|f| f.name.clone())
+            .chain(std::iter::once("manifest.json".to_string()))
+            .collect();
+        if &listed != names {
+            return Err(bundle_err(format!(
+                "artifact {id}: files in the bundle do not match its manifest"
+            )));
+        }
+        staged
+            .verify(id)
+            .map_err(|e| bundle_err(format!("hash mismatch: {e}")))?;
+        for up in m.lineage.values() {
+            if !objects.contains_key(up) && !store.has(up) {
+                return Err(bundle_err(format!(
+                    "artifact {id} depends on {up}, which is neither in the bundle nor the store"
+                )));
+            }
+        }
+    }
+    let mut parsed = Vec::new();
+    for k in &records {
+        let r: RunRecord = read_json(&stage.join("records").join(format!("{k}.json")))
+            .map_err(|e| bundle_err(format!("record {k}: {e}")))?;
+        if &r.key != k {
+            return Err(bundle_err(format!("record {k} names key {}", r.key)));
+        }
+        for id in r.outputs.values() {
+            if !objects.contains_key(id) && !store.has(id) {
+                return Err(bundle_err(format!(
+                    "record {k} points at missing artifact {id}"
+                )));
+            }
+        }
+        parsed.push(r);
+    }
+    // Everything checks out: publish objects, then records.
+    for id in objects.keys() {
+        if store.has(id) {
+            report.already_present += 1;
+            continue;
+        }
+        let from = staged.object_dir(id);
+        let to = store.object_dir(id);
+        if let Err(e) = fs::rename(&from, &to)
+            && !store.has(id)
+        {
+            return Err(io_err(&to)(e));
+        }
+        report.artifacts += 1;
+    }
+    for r in &parsed {
+        if store.record(&r.key)?.is_none() {
+            store.put_record(r)?;
+            report.records += 1;
+        }
+    }
+    Ok(report)
+}

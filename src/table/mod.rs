@@ -1,0 +1,319 @@
+//! Tabular artifacts: Arrow record batches stored as Parquet with a pinned writer configuration
+//! (so identical data gives identical bytes), validated against the schemas in `schemas/` both when
+//! written and when read.
+
+mod schema;
+
+pub use schema::{ColType, ColumnSpec, Schema, kinds, schema};
+
+use crate::store::{ArtifactWriter, Store, StoreError};
+use arrow::array::{
+    Array, ArrayRef, BinaryArray, BooleanArray, Float32Array, Float64Array, Int32Array, Int64Array,
+    ListArray, StringArray, StructArray,
+};
+use arrow::record_batch::RecordBatch;
+use parquet::arrow::ArrowWriter;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use parquet::basic::Compression;
+use parquet::file::properties::WriterProperties;
+use std::sync::Arc;
+
+/// File name of the Parquet data inside a tabular artifact.
+pub const DATA_FILE: &str = "data.parquet";
+
+/// Errors of the table layer.
+#[derive(Debug, thiserror::Error)]
+pub enum TableError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("unknown artifact kind `{0}` (no schema in schemas/)")]
+    UnknownKind(String),
+    #[error("schema `{kind}`: {msg}")]
+    BadSchema { kind: String, msg: String },
+    #[error("`{kind}` column `{column}`: {msg}")]
+    Column {
+        kind: String,
+        column: String,
+        msg: String,
+    },
+    #[error("artifact {id} is of kind `{found}`, expected `{expected}`")]
+    WrongKind {
+        id: String,
+        found: String,
+        expected: String,
+    },
+    #[error("parquet: {0}")]
+    Parquet(#[from] parquet::errors::ParquetError),
+    #[error("arrow: {0}")]
+    Arrow(#[from] arrow::error::ArrowError),
+}
+
+pub type Result<T> = std::result::Result<T, TableError>;
+
+fn writer_properties(kind: &str, version: u32) -> WriterProperties {
+    WriterProperties::builder()
+        .set_compression(Compression::SNAPPY)
+        .set_max_row_group_row_count(Some(4096))
+        .set_created_by("asymm".to_string())
+        .set_key_value_metadata(Some(vec![
+            parquet::file::metadata::KeyValue::new("asymm.kind".into(), kind.to_string()),
+            parquet::file::metadata::KeyValue::new(
+                "asymm.schema_version".into(),
+                version.to_string(),
+            ),
+        ]))
+        .build()
+}
+
+/// Validates `columns` against the schema of `kind` and writes them as `data.parquet` into `w`.
+/// Returns the row count.
+pub fn write(w: &mut ArtifactWriter, kind: &str, columns: Vec<ArrayRef>) -> Result<u64> {
+    let s = schema(kind)?;
+    let batch = s.batch(columns)?;
+    let mut f = w.create(DATA_FILE)?;
+    {
+        let mut aw = ArrowWriter::try_new(
+            &mut f,
+            batch.schema(),
+            Some(writer_properties(kind, s.version)),
+        )?;
+        aw.write(&batch)?;
+        aw.close()?;
+    }
+    w.finish(DATA_FILE, f)?;
+    Ok(batch.num_rows() as u64)
+}
+
+/// A tabular artifact read back into memory.
+#[derive(Debug, Clone)]
+pub struct Table {
+    pub kind: String,
+    pub batch: RecordBatch,
+}
+
+impl Table {
+    /// Reads artifact `id`, checking its kind and its columns against the schema.
+    pub fn read(store: &Store, id: &str, kind: &str) -> Result<Table> {
+        let m = store.manifest(id)?;
+        if m.kind != kind {
+            return Err(TableError::WrongKind {
+                id: id.to_string(),
+                found: m.kind,
+                expected: kind.to_string(),
+            });
+        }
+        let bytes = store.read_file(id, DATA_FILE)?;
+        Self::from_parquet(bytes, kind)
+    }
+
+    /// Decodes Parquet bytes and validates them against `kind`'s schema.
+    pub fn from_parquet(bytes: Vec<u8>, kind: &str) -> Result<Table> {
+        let s = schema(kind)?;
+        let reader =
+            ParquetRecordBatchReaderBuilder::try_new(bytes::Bytes::from(bytes))?.build()?;
+        let arrow_schema = Arc::new(s.arrow_schema());
+        let mut batches = Vec::new();
+        for b in reader {
+            let b = b?;
+            s.check(b.schema().as_ref())?;
+            batches.push(b);
+        }
+        let batch = arrow::compute::concat_batches(&arrow_schema, &batches)?;
+        Ok(Table {
+            kind: kind.to_string(),
+            batch,
+        })
+    }
+
+    pub fn rows(&self) -> usize {
+        self.batch.num_rows()
+    }
+
+    fn col<T: 'static>(&self, name: &str) -> Result<&T> {
+        let c = self
+            .batch
+            .column_by_name(name)
+            .ok_or_else(|| TableError::Column {
+                kind: self.kind.clone(),
+                column: name.to_string(),
+                msg: "missing".into(),
+            })?;
+        c.as_any()
+            .downcast_ref::<T>()
+            .ok_or_else(|| TableError::Column {
+                kind: self.kind.clone(),
+                column: name.to_string(),
+                msg: format!("unexpected type {}", c.data_type()),
+            })
+    }
+
+    pub fn utf8(&self, name: &str) -> Result<&StringArray> {
+        self.col(name)
+    }
+    pub fn i32(&self, name: &str) -> Result<&Int32Array> {
+        self.col(name)
+    }
+    pub fn i64(&self, name: &str) -> Result<&Int64Array> {
+        self.col(name)
+    }
+    pub fn f32(&self, name: &str) -> Result<&Float32Array> {
+        self.col(name)
+    }
+    pub fn f64(&self, name: &str) -> Result<&Float64Array> {
+        self.col(name)
+    }
+    pub fn bool(&self, name: &str) -> Result<&BooleanArray> {
+        self.col(name)
+    }
+    pub fn binary(&self, name: &str) -> Result<&BinaryArray> {
+        self.col(name)
+    }
+    pub fn list(&self, name: &str) -> Result<&ListArray> {
+        self.col(name)
+    }
+
+    /// Column of strings as owned values (nulls become `None`).
+    pub fn strings(&self, name: &str) -> Result<Vec<Option<String>>> {
+        let a = self.utf8(name)?;
+        Ok((0..a.len())
+            .map(|i| (!a.is_null(i)).then(|| a.value(i).to_string()))
+            .collect())
+    }
+
+    /// Non-null strings; a null is an error naming the column.
+    pub fn required_strings(&self, name: &str) -> Result<Vec<String>> {
+        self.strings(name)?
+            .into_iter()
+            .map(|s| {
+                s.ok_or_else(|| TableError::Column {
+                    kind: self.kind.clone(),
+                    column: name.to_string(),
+                    msg: "unexpected null".into(),
+                })
+            })
+            .collect()
+    }
+
+    /// A `list<int32>` column as vectors.
+    pub fn int_lists(&self, name: &str) -> Result<Vec<Vec<i32>>> {
+        let l = self.list(name)?;
+        let mut out = Vec::with_capacity(l.len());
+        for i in 0..l.len() {
+            let v = l.value(i);
+            let ints =
+                v.as_any()
+                    .downcast_ref::<Int32Array>()
+                    .ok_or_else(|| TableError::Column {
+                        kind: self.kind.clone(),
+                        column: name.to_string(),
+                        msg: "list items are not int32".into(),
+                    })?;
+            out.push(ints.values().to_vec());
+        }
+        Ok(out)
+    }
+
+    /// A `list<utf8>` column as vectors.
+    pub fn str_lists(&self, name: &str) -> Result<Vec<Vec<String>>> {
+        let l = self.list(name)?;
+        let mut out = Vec::with_capacity(l.len());
+        for i in 0..l.len() {
+            let v = l.value(i);
+            let s = v
+                .as_any()
+                .downcast_ref::<StringArray>()
+                .ok_or_else(|| TableError::Column {
+                    kind: self.kind.clone(),
+                    column: name.to_string(),
+                    msg: "list items are not strings".into(),
+                })?;
+            out.push((0..s.len()).map(|k| s.value(k).to_string()).collect());
+        }
+        Ok(out)
+    }
+
+    /// PNG bytes from an image struct column (`{bytes, path}`).
+    pub fn image_bytes(&self, name: &str) -> Result<BinaryArray> {
+        let s: &StructArray = self.col(name)?;
+        let b = s
+            .column_by_name("bytes")
+            .and_then(|c| c.as_any().downcast_ref::<BinaryArray>())
+            .ok_or_else(|| TableError::Column {
+                kind: self.kind.clone(),
+                column: name.to_string(),
+                msg: "image struct has no binary `bytes` field".into(),
+            })?;
+        Ok(b.clone())
+    }
+}
+
+/// Column constructors.
+pub mod cols {
+    use super::*;
+    use arrow::array::{ListBuilder, StringBuilder};
+    use arrow::buffer::NullBuffer;
+    use arrow::datatypes::{DataType, Field, Fields};
+
+    pub fn utf8<S: AsRef<str>>(v: &[S]) -> ArrayRef {
+        Arc::new(StringArray::from_iter_values(v.iter().map(|s| s.as_ref())))
+    }
+    pub fn utf8_opt(v: &[Option<String>]) -> ArrayRef {
+        Arc::new(v.iter().map(|s| s.as_deref()).collect::<StringArray>())
+    }
+    pub fn i32(v: Vec<i32>) -> ArrayRef {
+        Arc::new(Int32Array::from(v))
+    }
+    pub fn i32_opt(v: Vec<Option<i32>>) -> ArrayRef {
+        Arc::new(Int32Array::from(v))
+    }
+    pub fn i64(v: Vec<i64>) -> ArrayRef {
+        Arc::new(Int64Array::from(v))
+    }
+    pub fn f32(v: Vec<f32>) -> ArrayRef {
+        Arc::new(Float32Array::from(v))
+    }
+    pub fn f64(v: Vec<f64>) -> ArrayRef {
+        Arc::new(Float64Array::from(v))
+    }
+    pub fn f64_opt(v: Vec<Option<f64>>) -> ArrayRef {
+        Arc::new(Float64Array::from(v))
+    }
+    pub fn bool(v: Vec<bool>) -> ArrayRef {
+        Arc::new(BooleanArray::from(v))
+    }
+    pub fn bool_opt(v: Vec<Option<bool>>) -> ArrayRef {
+        Arc::new(BooleanArray::from(v))
+    }
+    pub fn binary(v: &[Vec<u8>]) -> ArrayRef {
+        Arc::new(BinaryArray::from_iter_values(v.iter()))
+    }
+    pub fn list_i32(v: &[Vec<i32>]) -> ArrayRef {
+        Arc::new(ListArray::from_iter_primitive::<
+            arrow::datatypes::Int32Type,
+            _,
+            _,
+        >(v.iter().map(|x| Some(x.iter().map(|&y| Some(y))))))
+    }
+    pub fn list_utf8(v: &[Vec<String>]) -> ArrayRef {
+        let mut b = ListBuilder::new(StringBuilder::new());
+        for row in v {
+            for s in row {
+                b.values().append_value(s);
+            }
+            b.append(true);
+        }
+        Arc::new(b.finish())
+    }
+    /// HF-datasets image struct: `{bytes: binary, path: string}`.
+    pub fn image(pngs: &[Vec<u8>], paths: &[String]) -> ArrayRef {
+        let fields = Fields::from(vec![
+            Field::new("bytes", DataType::Binary, true),
+            Field::new("path", DataType::Utf8, true),
+        ]);
+        Arc::new(StructArray::new(
+            fields,
+            vec![binary(pngs), utf8(paths)],
+            None::<NullBuffer>,
+        ))
+    }
+}

@@ -1,0 +1,7 @@
+//! Text: the model's tokenizer and the `<perception>…</perception><reasoning>…</reasoning>` format.
+
+pub mod format;
+pub mod tokenizer;
+
+pub use format::{FormatError, Segments};
+pub use tokenizer::Tokenizer;

@@ -1,0 +1,105 @@
+//! Bad pipeline files give errors that name the problem.
+
+use crate::common::*;
+
+fn err_of(body: &str) -> String {
+    let d = asymm::util::fsx::TempDir::new("asymm-it").unwrap();
+    let p = d.path().join("bad.toml");
+    std::fs::write(&p, body).unwrap();
+    let o = asymm(&d.path().join("s"), &["run", p.to_str().unwrap()]);
+    assert!(!o.status.success(), "should fail: {body}");
+    stderr(&o)
+}
+
+#[test]
+fn unknown_stage_type() {
+    let e = err_of("[stages.x]\nstage = \"sythesize\"\n");
+    assert!(
+        e.contains("unknown stage type `sythesize`") && e.contains("synthesize"),
+        "{e}"
+    );
+}
+
+#[test]
+fn cycle() {
+    let e = err_of(
+        "[stages.a]\nstage = \"render\"\ninputs = { puzzles = \"b\" }\n[stages.b]\nstage = \"render\"\ninputs = { puzzles = \"a\" }\n",
+    );
+    assert!(
+        e.contains("cycle") && e.contains('a') && e.contains('b'),
+        "{e}"
+    );
+}
+
+#[test]
+fn missing_input() {
+    let e = err_of("[stages.synthesize]\n[stages.render]\n");
+    assert!(e.contains("required input `puzzles`"), "{e}");
+}
+
+#[test]
+fn input_from_nowhere() {
+    let e = err_of("[stages.render]\ninputs = { puzzles = \"synth\" }\n");
+    assert!(e.contains("`synth`, which is not a stage"), "{e}");
+}
+
+#[test]
+fn wrong_input_kind() {
+    let e = err_of(
+        "[stages.synthesize]\n[stages.render]\ninputs = { puzzles = \"synthesize\" }\n[stages.r2]\nstage = \"render\"\ninputs = { puzzles = \"render\" }\n",
+    );
+    assert!(
+        e.contains("expects kind `puzzles`") && e.contains("produces `images`"),
+        "{e}"
+    );
+}
+
+#[test]
+fn wrong_config_type_and_unknown_key() {
+    let e = err_of("[stages.synthesize]\nsplits = { test = \"many\" }\n");
+    assert!(e.contains("synthesize") && e.contains("test"), "{e}");
+    let e = err_of("[stages.synthesize]\ntsak = \"sudoku\"\n");
+    assert!(e.contains("unknown field `tsak`"), "{e}");
+    let e = err_of("[stages.synthesize]\ntask = \"chess\"\n");
+    assert!(e.contains("chess"), "{e}");
+}
+
+#[test]
+fn toml_syntax_error() {
+    let e = err_of("[stages.synthesize\n");
+    assert!(e.contains("bad.toml"), "{e}");
+}
+
+#[test]
+fn sweeps_expand_downstream() {
+    let d = asymm::util::fsx::TempDir::new("asymm-it").unwrap();
+    let p = d.path().join("sweep.toml");
+    std::fs::write(
+        &p,
+        r#"
+[stages.synthesize]
+splits = { test = 4, sft = 4, rl = 0 }
+[stages.render]
+inputs = { puzzles = "synthesize" }
+sweep = { size = [64, 72] }
+[stages.distill_format]
+inputs = { puzzles = "synthesize", images = "render" }
+"#,
+    )
+    .unwrap();
+    let out = ok(asymm(&d.path().join("s"), &["dag", p.to_str().unwrap()]));
+    for inst in [
+        "render[size=64]",
+        "render[size=72]",
+        "distill_format[size=64]",
+        "distill_format[size=72]",
+    ] {
+        assert!(out.contains(inst), "{inst} missing in\n{out}");
+    }
+    let run = table(&ok(asymm(
+        &d.path().join("s"),
+        &["run", p.to_str().unwrap()],
+    )));
+    assert_eq!(run.len(), 5);
+    assert_ne!(run[1].2, run[2].2, "the two sizes give different images");
+}

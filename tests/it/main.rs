@@ -1,0 +1,7 @@
+//! End-to-end tests: the `asymm` binary on temporary stores.
+
+mod bad_pipelines;
+mod bundles;
+mod cache;
+mod common;
+mod crash;
