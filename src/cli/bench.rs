@@ -103,9 +103,43 @@ pub fn bench(a: BenchArgs) -> anyhow::Result<i32> {
             r.what, r.rate, r.unit, r.target
         ));
     }
+    out.push_str(&perception_share(
+        &gcs[..200.min(gcs.len())],
+        &sds[..200.min(sds.len())],
+    ));
     print!("{out}");
     if let Some(p) = a.write {
         std::fs::write(&p, &out)?;
     }
     Ok(0)
+}
+
+/// Perception's share of SFT target tokens per task and teacher verbosity.
+fn perception_share(gcs: &[String], sds: &[String]) -> String {
+    use asymm::stages::distill_format::{encode, teacher_reasoning};
+    let tok = asymm::text::Tokenizer::task_vocabulary();
+    let mut out = String::from(
+        "\n| task | verbosity | mean target tokens | perception share of target tokens |\n|---|---:|---:|---:|\n",
+    );
+    for (task, items) in [(TaskKind::GraphColoring, gcs), (TaskKind::Sudoku, sds)] {
+        for v in 0..=3u8 {
+            let (mut p, mut total) = (0usize, 0usize);
+            for perception in items {
+                let Some(r) = teacher_reasoning(task, perception, v) else {
+                    continue;
+                };
+                let e = encode(&tok, task.prompt(), perception, &r);
+                p += (e.spans[0].2 - e.spans[0].1) as usize;
+                total += e.target_ids.len();
+            }
+            let n = items.len().max(1);
+            out.push_str(&format!(
+                "| {} | {v} | {} | {:.1} % |\n",
+                task.name(),
+                total / n,
+                100.0 * p as f64 / total.max(1) as f64
+            ));
+        }
+    }
+    out
 }

@@ -114,7 +114,7 @@ pub fn show(store: &Store, a: ShowArgs) -> anyhow::Result<i32> {
             println!(
                 "  {:<20} {:<12} {}{}",
                 c.name,
-                format!("{:?}", c.ty).to_lowercase(),
+                c.ty.name(),
                 if c.nullable { "nullable " } else { "" },
                 c.doc
             );

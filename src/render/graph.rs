@@ -6,7 +6,9 @@ use super::glyphs::draw_digit;
 use crate::tasks::graph_coloring::Graph;
 use rand::{Rng, RngExt};
 use serde::{Deserialize, Serialize};
-use tiny_skia::{FillRule, Paint, PathBuilder, Pixmap, Stroke, Transform};
+use std::cell::RefCell;
+use std::collections::HashMap;
+use tiny_skia::{FillRule, Paint, PathBuilder, Pixmap, PixmapPaint, Stroke, Transform};
 
 /// Drawing knobs.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -30,14 +32,16 @@ impl Default for GraphStyle {
     }
 }
 
-/// Spring layout in the unit square; positions are then spread to fill it.
+/// Spring layout in the unit square: Fruchterman–Reingold from a random start, with a weak pull
+/// to the centre (so isolated nodes and small components stay close), a random rotation, uniform
+/// scaling, and a final pass that pushes apart nodes closer than `min_sep` (in unit-square units).
 pub fn spring_layout<R: Rng>(g: &Graph, iterations: usize, rng: &mut R) -> Vec<(f32, f32)> {
     let n = g.n;
     let mut pos: Vec<(f32, f32)> = (0..n)
-        .map(|_| (rng.random::<f32>(), rng.random::<f32>()))
+        .map(|_| (rng.random::<f32>() - 0.5, rng.random::<f32>() - 0.5))
         .collect();
     let k = (1.0 / n.max(1) as f32).sqrt();
-    let mut temp = 0.1f32;
+    let mut temp = 0.15f32;
     let cool = temp / (iterations.max(1) as f32 + 1.0);
     for _ in 0..iterations {
         let mut disp = vec![(0.0f32, 0.0f32); n];
@@ -52,6 +56,9 @@ pub fn spring_layout<R: Rng>(g: &Graph, iterations: usize, rng: &mut R) -> Vec<(
                 disp[i].0 += dx / d * f;
                 disp[i].1 += dy / d * f;
             }
+            // Gravity towards the centre.
+            disp[i].0 -= pos[i].0 * GRAVITY;
+            disp[i].1 -= pos[i].1 * GRAVITY;
         }
         for &(u, v) in &g.edges {
             let (u, v) = (u as usize, v as usize);
@@ -72,22 +79,117 @@ pub fn spring_layout<R: Rng>(g: &Graph, iterations: usize, rng: &mut R) -> Vec<(
         }
         temp -= cool;
     }
-    // Random rotation, then rescale to fill the unit square.
     let theta = rng.random::<f32>() * std::f32::consts::TAU;
     let (s, c) = theta.sin_cos();
     for p in &mut pos {
         *p = (p.0 * c - p.1 * s, p.0 * s + p.1 * c);
     }
+    normalize(&mut pos);
+    // Separate near-coincident nodes so labels never overlap.
+    let min_sep = 0.22f32;
+    for _ in 0..50 {
+        let mut moved = false;
+        for i in 0..n {
+            for j in i + 1..n {
+                let (dx, dy) = (pos[j].0 - pos[i].0, pos[j].1 - pos[i].1);
+                let d = (dx * dx + dy * dy).sqrt();
+                if d < min_sep {
+                    let (ux, uy) = if d > 1e-4 {
+                        (dx / d, dy / d)
+                    } else {
+                        (1.0, 0.0)
+                    };
+                    let push = (min_sep - d) / 2.0 + 1e-3;
+                    pos[i].0 -= ux * push;
+                    pos[i].1 -= uy * push;
+                    pos[j].0 += ux * push;
+                    pos[j].1 += uy * push;
+                    moved = true;
+                }
+            }
+        }
+        normalize(&mut pos);
+        if !moved {
+            break;
+        }
+    }
+    pos
+}
+
+const GRAVITY: f32 = 3.0;
+
+/// Centres and scales positions uniformly into the unit square.
+fn normalize(pos: &mut [(f32, f32)]) {
     let (minx, maxx) = pos
         .iter()
         .fold((f32::MAX, f32::MIN), |(a, b), p| (a.min(p.0), b.max(p.0)));
     let (miny, maxy) = pos
         .iter()
         .fold((f32::MAX, f32::MIN), |(a, b), p| (a.min(p.1), b.max(p.1)));
-    let (sx, sy) = ((maxx - minx).max(1e-3), (maxy - miny).max(1e-3));
-    pos.iter()
-        .map(|p| ((p.0 - minx) / sx, (p.1 - miny) / sy))
-        .collect()
+    let span = (maxx - minx).max(maxy - miny).max(1e-3);
+    let (ox, oy) = (
+        (1.0 - (maxx - minx) / span) / 2.0,
+        (1.0 - (maxy - miny) / span) / 2.0,
+    );
+    for p in pos.iter_mut() {
+        *p = (ox + (p.0 - minx) / span, oy + (p.1 - miny) / span);
+    }
+}
+
+/// A node drawn once (white disc, black ring, centred label) on a transparent square whose centre
+/// is the centre of pixel (side/2, side/2); cached per thread by (label, radius, line width).
+fn node_sprite(label: usize, r: f32, line_width: f32) -> Option<Pixmap> {
+    let side = (2.0 * r + line_width + 4.0).ceil() as u32 | 1;
+    let mut pm = Pixmap::new(side, side)?;
+    let c = (side / 2) as f32 + 0.5;
+    let mut black = Paint::default();
+    black.set_color_rgba8(0, 0, 0, 255);
+    black.anti_alias = true;
+    let mut white = Paint::default();
+    white.set_color_rgba8(255, 255, 255, 255);
+    white.anti_alias = true;
+    let circle = PathBuilder::from_circle(c, c, r)?;
+    pm.fill_path(
+        &circle,
+        &white,
+        FillRule::Winding,
+        Transform::identity(),
+        None,
+    );
+    let ring = Stroke {
+        width: line_width,
+        ..Stroke::default()
+    };
+    pm.stroke_path(&circle, &black, &ring, Transform::identity(), None);
+    let digits: Vec<u8> = label.to_string().bytes().map(|b| b - b'0').collect();
+    let h = r * 1.1;
+    let w = h * 0.6;
+    let gap = w * 0.25;
+    let total = digits.len() as f32 * w + (digits.len() as f32 - 1.0) * gap;
+    for (i, d) in digits.iter().enumerate() {
+        let x0 = c - total / 2.0 + i as f32 * (w + gap);
+        let t = Transform::from_row(w, 0.0, 0.0, h, x0, c - h / 2.0);
+        draw_digit(&mut pm, *d, t, (r * 0.16).max(1.0), &black);
+    }
+    Some(pm)
+}
+
+type SpriteKey = (usize, u32, u32);
+
+thread_local! {
+    static SPRITES: RefCell<HashMap<SpriteKey, Option<Pixmap>>> = RefCell::new(HashMap::new());
+}
+
+fn with_node_sprite(label: usize, r: f32, line_width: f32, f: impl FnOnce(&Pixmap)) {
+    SPRITES.with(|cache| {
+        let mut cache = cache.borrow_mut();
+        let sprite = cache
+            .entry((label, r.to_bits(), line_width.to_bits()))
+            .or_insert_with(|| node_sprite(label, r, line_width));
+        if let Some(s) = sprite {
+            f(s);
+        }
+    });
 }
 
 /// Draws `g` at the given unit-square positions into a `size`×`size` grayscale image.
@@ -115,9 +217,6 @@ pub fn draw(g: &Graph, pos: &[(f32, f32)], size: u32, style: &GraphStyle) -> Gra
     let mut black = Paint::default();
     black.set_color_rgba8(0, 0, 0, 255);
     black.anti_alias = true;
-    let mut white = Paint::default();
-    white.set_color_rgba8(255, 255, 255, 255);
-    white.anti_alias = true;
     let mut pb = PathBuilder::new();
     for &(u, v) in &g.edges {
         let (a, b) = (px[u as usize], px[v as usize]);
@@ -131,32 +230,18 @@ pub fn draw(g: &Graph, pos: &[(f32, f32)], size: u32, style: &GraphStyle) -> Gra
         };
         pm.stroke_path(&path, &black, &stroke, Transform::identity(), None);
     }
-    let ring = Stroke {
-        width: style.line_width,
-        ..Stroke::default()
-    };
     for (v, &(x, y)) in px.iter().enumerate() {
-        if let Some(circle) = PathBuilder::from_circle(x, y, r) {
-            pm.fill_path(
-                &circle,
-                &white,
-                FillRule::Winding,
+        with_node_sprite(v, r, style.line_width, |sprite| {
+            let half = (sprite.width() / 2) as i32;
+            pm.draw_pixmap(
+                x as i32 - half,
+                y as i32 - half,
+                sprite.as_ref(),
+                &PixmapPaint::default(),
                 Transform::identity(),
                 None,
             );
-            pm.stroke_path(&circle, &black, &ring, Transform::identity(), None);
-        }
-        // Label: the node number (one or two digits) centred in the circle.
-        let label: Vec<u8> = v.to_string().bytes().map(|b| b - b'0').collect();
-        let h = r * 1.1;
-        let w = h * 0.6;
-        let gap = w * 0.25;
-        let total = label.len() as f32 * w + (label.len() as f32 - 1.0) * gap;
-        for (i, d) in label.iter().enumerate() {
-            let x0 = x - total / 2.0 + i as f32 * (w + gap);
-            let t = Transform::from_row(w, 0.0, 0.0, h, x0, y - h / 2.0);
-            draw_digit(&mut pm, *d, t, (r * 0.16).max(1.0), &black);
-        }
+        });
     }
     Gray::from_pixmap(&pm)
 }
@@ -178,7 +263,7 @@ mod tests {
         for i in 0..8 {
             for j in i + 1..8 {
                 let d = ((a[i].0 - a[j].0).powi(2) + (a[i].1 - a[j].1).powi(2)).sqrt();
-                assert!(d > 0.05, "{i} {j} {d}");
+                assert!(d > 0.2, "{i} {j} {d}");
             }
         }
         let img = draw(&g, &a, 128, &GraphStyle::default());

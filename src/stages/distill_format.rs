@@ -273,4 +273,26 @@ mod tests {
         assert_eq!(*e.target_ids.last().unwrap(), tok.eos() as i32);
         assert_eq!(e.prompt_ids[0], tok.bos() as i32);
     }
+
+    #[test]
+    fn paper_verbosity_puts_perception_at_two_to_three_percent() {
+        use crate::stages::synthesize::{SynthesizeConfig, generate};
+        let tok = Tokenizer::task_vocabulary();
+        for task in [TaskKind::GraphColoring, TaskKind::Sudoku] {
+            let cfg = SynthesizeConfig {
+                task,
+                ..SynthesizeConfig::default()
+            };
+            let (mut p, mut total) = (0, 0);
+            for i in 0..60 {
+                let perception = generate(&cfg, 7, i).perception;
+                let r = teacher_reasoning(task, &perception, 3).unwrap();
+                let e = encode(&tok, task.prompt(), &perception, &r);
+                p += e.spans[0].2 - e.spans[0].1;
+                total += e.target_ids.len() as i32;
+            }
+            let share = p as f64 / total as f64;
+            assert!((0.02..=0.035).contains(&share), "{task:?}: {share}");
+        }
+    }
 }

@@ -47,6 +47,22 @@ pub enum ColType {
 }
 
 impl ColType {
+    /// The name used in schema files.
+    pub fn name(self) -> &'static str {
+        match self {
+            ColType::Utf8 => "utf8",
+            ColType::Bool => "bool",
+            ColType::Int32 => "int32",
+            ColType::Int64 => "int64",
+            ColType::Float32 => "float32",
+            ColType::Float64 => "float64",
+            ColType::Binary => "binary",
+            ColType::ListInt32 => "list<int32>",
+            ColType::ListUtf8 => "list<utf8>",
+            ColType::Image => "image",
+        }
+    }
+
     pub fn arrow(self) -> DataType {
         match self {
             ColType::Utf8 => DataType::Utf8,
@@ -159,7 +175,7 @@ impl Schema {
             if !types_match(f.data_type(), &spec.ty.arrow()) {
                 return Err(self.col_err(
                     &spec.name,
-                    format!("expected type {:?}, found {}", spec.ty, f.data_type()),
+                    format!("expected type {}, found {}", spec.ty.name(), f.data_type()),
                 ));
             }
         }
@@ -185,7 +201,7 @@ impl Schema {
             if !types_match(col.data_type(), &spec.ty.arrow()) {
                 return Err(self.col_err(
                     &spec.name,
-                    format!("expected type {:?}, got {}", spec.ty, col.data_type()),
+                    format!("expected type {}, got {}", spec.ty.name(), col.data_type()),
                 ));
             }
             if !spec.nullable && col.null_count() > 0 {

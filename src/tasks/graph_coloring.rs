@@ -233,6 +233,28 @@ impl Tracer<'_> {
             return true;
         }
         let v = self.order[i];
+        if self.verbosity >= 3 && self.out.len() < self.budget {
+            // The node's neighbourhood as the search sees it: colored neighbours and free colors.
+            let _ = write!(self.out, "node {v} neighbors");
+            let mut taken = 0u32;
+            for (u, &cu) in colors.iter().enumerate() {
+                if self.adj[v] >> u & 1 == 1 {
+                    if cu == 0 {
+                        let _ = write!(self.out, " {u}=none");
+                    } else {
+                        let _ = write!(self.out, " {u}={cu}");
+                        taken |= 1 << cu;
+                    }
+                }
+            }
+            let _ = write!(self.out, " free");
+            for c in 1..=k {
+                if taken >> c & 1 == 0 {
+                    let _ = write!(self.out, " {c}");
+                }
+            }
+            self.out.push('\n');
+        }
         for c in 1..=k.min(used + 1) {
             let conflict =
                 (0..self.adj.len()).find(|&u| self.adj[v] >> u & 1 == 1 && colors[u] == c);
@@ -262,7 +284,9 @@ impl Tracer<'_> {
 ///
 /// Verbosity: 0 = the color counts tried and the answer; 1 = plus every assignment and backtrack;
 /// 2 = plus every rejected color with the conflicting neighbor, each node's neighborhood, and a
-/// full edge-by-edge check; 3 = plus a neighbor-color listing before every node's choice.
+/// full edge-by-edge check; 3 (paper-like length) = plus, before every choice, the node's
+/// neighbors with their current colors and the free colors, the edges restated per node, and a
+/// final per-node check.
 pub fn trace(g: &Graph, verbosity: u8) -> String {
     let adj = g.adjacency();
     let order = solver_order(g);
@@ -278,6 +302,17 @@ pub fn trace(g: &Graph, verbosity: u8) -> String {
         let _ = write!(t.out, " {v}");
     }
     t.out.push('\n');
+    if verbosity >= 3 {
+        for v in 0..g.n {
+            let _ = write!(t.out, "node {v} edges");
+            for &(a, b) in &g.edges {
+                if a as usize == v || b as usize == v {
+                    let _ = write!(t.out, " {a}-{b}");
+                }
+            }
+            t.out.push('\n');
+        }
+    }
     if verbosity >= 2 {
         for &v in &order {
             let _ = write!(t.out, "node {v} degree {} neighbors", adj[v].count_ones());
@@ -301,14 +336,26 @@ pub fn trace(g: &Graph, verbosity: u8) -> String {
         let _ = writeln!(t.out, "fail with {k} colors");
     }
     if verbosity >= 3 {
-        for &v in &order {
-            let _ = write!(t.out, "node {v} color {} neighbor colors", result[v]);
-            for (u, c) in result.iter().enumerate() {
-                if adj[v] >> u & 1 == 1 {
-                    let _ = write!(t.out, " {c}");
+        let k = result.iter().copied().max().unwrap_or(0);
+        for c in 1..=k {
+            let _ = write!(t.out, "color {c} nodes");
+            for (v, &cv) in result.iter().enumerate() {
+                if cv == c {
+                    let _ = write!(t.out, " {v}");
                 }
             }
             t.out.push('\n');
+        }
+        for &v in &order {
+            for (u, &cu) in result.iter().enumerate() {
+                if adj[v] >> u & 1 == 1 {
+                    let _ = writeln!(
+                        t.out,
+                        "node {v} color {} neighbor {u} color {cu} differs",
+                        result[v]
+                    );
+                }
+            }
         }
     }
     if verbosity >= 2 {

@@ -299,6 +299,33 @@ impl Tracer {
         }
     }
 
+    /// Verbosity 3: the digits already in the cell's row, column and box, and what is left.
+    fn explain(&mut self, g: &Grid, m: &Masks, i: usize) {
+        if self.verbosity < 3 || self.out.len() >= self.budget {
+            return;
+        }
+        let (r, c) = (i / 9, i % 9);
+        let list = |cells: [usize; 9]| -> String {
+            cells
+                .iter()
+                .filter(|&&k| g.0[k] != 0)
+                .map(|&k| char::from(b'0' + g.0[k]))
+                .collect()
+        };
+        let _ = writeln!(
+            self.out,
+            "{} row {} has {} col {} has {} box {} has {} candidates {}",
+            cell_name(i),
+            r + 1,
+            list(unit_cells(r)),
+            c + 1,
+            list(unit_cells(9 + c)),
+            box_of(i) + 1,
+            list(unit_cells(18 + box_of(i))),
+            digits_of(m.cand(i))
+        );
+    }
+
     /// Propagates singles, then guesses on the most constrained cell. Returns the solution.
     fn solve(&mut self, g: &mut Grid, m: &mut Masks) -> bool {
         loop {
@@ -315,6 +342,7 @@ impl Tracer {
                 }
                 if c.count_ones() == 1 {
                     let d = c.trailing_zeros() as u8;
+                    self.explain(g, m, i);
                     self.line(1, format_args!("{}={} naked single", cell_name(i), d));
                     g.0[i] = d;
                     m.set(i, 1 << d);
@@ -339,6 +367,7 @@ impl Tracer {
                         .collect();
                     if places.len() == 1 {
                         let i = places[0];
+                        self.explain(g, m, i);
                         self.line(
                             1,
                             format_args!(
@@ -416,7 +445,8 @@ fn unit_name(unit: usize) -> String {
 ///
 /// Verbosity: 0 = the answer alone; 1 = every placement (naked/hidden single, guess, undo);
 /// 2 = plus the candidates of every empty cell at the start and of every guessed cell, and a
-/// check of each unit; 3 = plus each row of the grid after every placement round.
+/// check of each unit; 3 (paper-like length) = plus, before every placement, the digits already
+/// in the cell's row, column and box and the remaining candidates, and the final grid.
 pub fn trace(puzzle: &Grid, verbosity: u8) -> String {
     let mut t = Tracer {
         verbosity,
