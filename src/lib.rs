@@ -6,7 +6,9 @@
 //! stages; [`stages`] are the pipeline steps, built from [`tasks`] (puzzles, solvers, graders),
 //! [`render`] (images) and [`text`] (tokenizer, answer format).
 
+pub mod analysis;
 pub mod dag;
+pub mod model;
 pub mod progress;
 pub mod render;
 pub mod stages;
@@ -14,4 +16,5 @@ pub mod store;
 pub mod table;
 pub mod tasks;
 pub mod text;
+pub mod train;
 pub mod util;

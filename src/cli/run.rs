@@ -60,7 +60,44 @@ pub fn run(store: &Store, a: RunArgs) -> anyhow::Result<i32> {
         );
     }
     println!("stage work: {total:.2} s");
+    for r in &rows {
+        for id in r.outputs.values() {
+            if store.manifest(id).is_ok_and(|m| m.kind == "eval_summary") {
+                print_summary(store, &r.instance, id)?;
+            }
+        }
+    }
     Ok(0)
+}
+
+/// Prints an evaluation summary (task, metric, n, mean, 95 % interval).
+fn print_summary(store: &Store, instance: &str, id: &str) -> anyhow::Result<()> {
+    let t = asymm::table::Table::read(store, id, "eval_summary")?;
+    let (tasks, metrics) = (t.required_strings("task")?, t.required_strings("metric")?);
+    let (n, mean, lo, hi) = (
+        t.i64("n")?,
+        t.f64("mean")?,
+        t.f64("ci_low")?,
+        t.f64("ci_high")?,
+    );
+    println!();
+    println!("{instance}:");
+    println!(
+        "  {:<16} {:<10} {:>6} {:>8}  95% CI",
+        "task", "metric", "n", "mean"
+    );
+    for i in 0..t.rows() {
+        println!(
+            "  {:<16} {:<10} {:>6} {:>8.3}  [{:.3}, {:.3}]",
+            tasks[i],
+            metrics[i],
+            n.value(i),
+            mean.value(i),
+            lo.value(i),
+            hi.value(i)
+        );
+    }
+    Ok(())
 }
 
 fn outputs_label(o: &std::collections::BTreeMap<String, String>) -> String {

@@ -118,12 +118,27 @@ pub struct RunCtx<'a> {
     /// Producer description recorded in every output manifest.
     pub producer: serde_json::Value,
     pub(crate) fault: Option<String>,
+    /// The cache key being computed.
+    pub key: String,
 }
 
 impl RunCtx<'_> {
     /// The artifact id of input `name`.
     pub fn input(&self, name: &str) -> Option<&str> {
         self.inputs.get(name).map(String::as_str)
+    }
+
+    /// A scratch directory private to this key that survives a crash (for resumable stages);
+    /// removed by the runner once the result is published.
+    pub fn scratch(&self) -> std::path::PathBuf {
+        self.store.root().join("scratch").join(&self.key)
+    }
+
+    /// Test hook: aborts the process when `ASYMM_FAULT` names this stage and `point`.
+    pub fn fault_point(&self, point: &str) {
+        if self.fault.as_deref() == Some(point) {
+            std::process::abort();
+        }
     }
 
     /// Commits an artifact written by this stage, recording lineage and producer.

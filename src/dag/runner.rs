@@ -305,6 +305,7 @@ impl<'a> Runner<'a> {
                 "seed": inst.seed,
             }),
             fault: fault.clone(),
+            key: key.clone(),
         };
         let t0 = Instant::now();
         let outputs = def.run(&ctx).map_err(|source| DagError::StageFailed {
@@ -331,6 +332,7 @@ impl<'a> Runner<'a> {
             tool_version: env!("CARGO_PKG_VERSION").to_string(),
         })?;
         self.store.set_head(&p.name, &inst.name, &key)?;
+        let _ = std::fs::remove_dir_all(ctx.scratch());
         Ok(RunRow {
             outcome: Outcome::Ran,
             duration,

@@ -4,8 +4,12 @@
 
 pub mod digits;
 pub mod distill_format;
+pub mod evaluate;
 pub mod import_reasoning;
+pub mod model_io;
 pub mod render;
+pub mod rollout;
+pub mod sft_train;
 pub mod synthesize;
 
 use crate::dag::{InputSpec, OutputSpec, Registry, RunCtx, StageDef};
@@ -24,6 +28,8 @@ pub enum StageError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Table(#[from] TableError),
+    #[error(transparent)]
+    Model(#[from] crate::model::ModelError),
     #[error("{0}")]
     Invalid(String),
     #[error("i/o error at {path}: {source}")]
@@ -140,6 +146,9 @@ impl Default for StageRegistry {
                 b::<render::Render>(),
                 b::<import_reasoning::ImportReasoning>(),
                 b::<distill_format::DistillFormat>(),
+                b::<sft_train::SftTrain>(),
+                b::<rollout::Rollout>(),
+                b::<evaluate::Evaluate>(),
             ],
         }
     }

@@ -18,6 +18,17 @@ const SCHEMA_FILES: &[(&str, &str)] = &[
         include_str!("../../schemas/sft_targets.json"),
     ),
     ("reasoning", include_str!("../../schemas/reasoning.json")),
+    ("train_log", include_str!("../../schemas/train_log.json")),
+    (
+        "train_timing",
+        include_str!("../../schemas/train_timing.json"),
+    ),
+    ("rollouts", include_str!("../../schemas/rollouts.json")),
+    ("eval_items", include_str!("../../schemas/eval_items.json")),
+    (
+        "eval_summary",
+        include_str!("../../schemas/eval_summary.json"),
+    ),
 ];
 
 /// A column type as written in schema files.

@@ -68,7 +68,7 @@ verbosity = 1
 pub fn table(out: &str) -> Vec<(String, String, String)> {
     out.lines()
         .skip(2)
-        .filter(|l| !l.starts_with("stage work"))
+        .take_while(|l| !l.starts_with("stage work"))
         .filter_map(|l| {
             let cols: Vec<&str> = l.split_whitespace().collect();
             if cols.len() < 2 {

@@ -5,3 +5,4 @@ mod bundles;
 mod cache;
 mod common;
 mod crash;
+mod model;

@@ -1,0 +1,111 @@
+//! Checkpoints as store artifacts: `model.safetensors` (weights), `config.json` (the model shape),
+//! `tokenizer.json`. Loading checks that every weight is present and that the tokenizer is the one
+//! the data was encoded with.
+
+use super::{ModelError, VlmConfig, vlm::Vlm};
+use crate::text::Tokenizer;
+use burn::tensor::backend::Backend;
+use burn_store::{ModuleSnapshot, SafetensorsStore};
+
+pub const WEIGHTS_FILE: &str = "model.safetensors";
+pub const CONFIG_FILE: &str = "config.json";
+pub const TOKENIZER_FILE: &str = "tokenizer.json";
+
+/// Serialized weights (no free-form metadata, so identical weights give identical bytes).
+pub fn weights_to_bytes<B: Backend>(model: &Vlm<B>) -> Result<Vec<u8>, ModelError> {
+    let mut store = SafetensorsStore::from_bytes(None).clear_metadata();
+    model
+        .save_into(&mut store)
+        .map_err(|e| ModelError::Checkpoint(format!("saving weights: {e}")))?;
+    store
+        .get_bytes()
+        .map_err(|e| ModelError::Checkpoint(format!("saving weights: {e}")))
+}
+
+/// Loads weights into a fresh model of shape `cfg`.
+pub fn model_from_bytes<B: Backend>(
+    cfg: &VlmConfig,
+    bytes: &[u8],
+    device: &B::Device,
+) -> Result<Vlm<B>, ModelError> {
+    cfg.validate().map_err(ModelError::Config)?;
+    let mut model = Vlm::<B>::new(cfg, device);
+    let mut store = SafetensorsStore::from_bytes(Some(bytes.to_vec()));
+    let r = model
+        .load_from(&mut store)
+        .map_err(|e| ModelError::Checkpoint(format!("loading weights: {e}")))?;
+    if !r.missing.is_empty() || !r.errors.is_empty() {
+        return Err(ModelError::Checkpoint(format!(
+            "weights do not match the config: {} missing ({}), {} errors",
+            r.missing.len(),
+            r.missing
+                .iter()
+                .map(|m| m.0.as_str())
+                .take(3)
+                .collect::<Vec<_>>()
+                .join(", "),
+            r.errors.len()
+        )));
+    }
+    Ok(model)
+}
+
+pub fn config_to_json(cfg: &VlmConfig) -> String {
+    serde_json::to_string_pretty(cfg).unwrap_or_default()
+}
+
+pub fn config_from_json(s: &str) -> Result<VlmConfig, ModelError> {
+    serde_json::from_str(s).map_err(|e| ModelError::Checkpoint(format!("config.json: {e}")))
+}
+
+/// Checks that a checkpoint's tokenizer equals the data's.
+pub fn check_tokenizer(checkpoint: &Tokenizer, data: &Tokenizer) -> Result<(), ModelError> {
+    if checkpoint != data {
+        return Err(ModelError::Checkpoint(format!(
+            "tokenizer mismatch: checkpoint {} vs data {}",
+            checkpoint.fingerprint(),
+            data.fingerprint()
+        )));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Cpu;
+
+    fn tiny() -> VlmConfig {
+        VlmConfig {
+            image_size: 32,
+            patch_size: 16,
+            vit_dim: 16,
+            vit_layers: 1,
+            vit_heads: 2,
+            d_model: 16,
+            layers: 1,
+            heads: 2,
+            mlp_ratio: 2,
+            vocab_size: 20,
+            max_seq_len: 64,
+            rope_theta: 10000.0,
+        }
+    }
+
+    #[test]
+    fn weights_round_trip_byte_identically() {
+        let dev = Default::default();
+        Cpu::seed(&dev, 3);
+        let m = Vlm::<Cpu>::new(&tiny(), &dev);
+        let a = weights_to_bytes(&m).unwrap();
+        let b = weights_to_bytes(&m).unwrap();
+        assert_eq!(a, b);
+        let back = model_from_bytes::<Cpu>(&tiny(), &a, &dev).unwrap();
+        assert_eq!(weights_to_bytes(&back).unwrap(), a);
+        let mut other = tiny();
+        other.d_model = 32;
+        assert!(model_from_bytes::<Cpu>(&other, &a, &dev).is_err());
+        let cfg = config_from_json(&config_to_json(&tiny())).unwrap();
+        assert_eq!(cfg, tiny());
+    }
+}

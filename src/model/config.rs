@@ -1,0 +1,136 @@
+//! Model configuration with size presets: `tiny` (trains on 2 CPU cores in minutes), `small`
+//! (tens of millions of parameters, for one GPU), or any free-form size.
+
+/// The model's shape. Serialized as `config.json` in every checkpoint.
+#[derive(burn::config::Config, Debug, PartialEq)]
+pub struct VlmConfig {
+    /// Input images are resized to `image_size`×`image_size` grayscale.
+    pub image_size: usize,
+    pub patch_size: usize,
+    pub vit_dim: usize,
+    pub vit_layers: usize,
+    pub vit_heads: usize,
+    pub d_model: usize,
+    pub layers: usize,
+    pub heads: usize,
+    /// Hidden width of the gated MLP, as a multiple of `d_model`.
+    #[config(default = 3)]
+    pub mlp_ratio: usize,
+    pub vocab_size: usize,
+    /// Longest sequence (image tokens + prompt + answer).
+    pub max_seq_len: usize,
+    #[config(default = 10000.0)]
+    pub rope_theta: f32,
+}
+
+impl VlmConfig {
+    /// A named preset for a vocabulary size.
+    pub fn preset(name: &str, vocab_size: usize) -> Option<VlmConfig> {
+        match name {
+            "tiny" => Some(VlmConfig {
+                image_size: 128,
+                patch_size: 16,
+                vit_dim: 96,
+                vit_layers: 2,
+                vit_heads: 4,
+                d_model: 128,
+                layers: 4,
+                heads: 4,
+                mlp_ratio: 3,
+                vocab_size,
+                max_seq_len: 1024,
+                rope_theta: 10000.0,
+            }),
+            "small" => Some(VlmConfig {
+                image_size: 224,
+                patch_size: 16,
+                vit_dim: 384,
+                vit_layers: 6,
+                vit_heads: 6,
+                d_model: 512,
+                layers: 8,
+                heads: 8,
+                mlp_ratio: 3,
+                vocab_size,
+                max_seq_len: 4608,
+                rope_theta: 10000.0,
+            }),
+            _ => None,
+        }
+    }
+
+    pub fn patches(&self) -> usize {
+        (self.image_size / self.patch_size).pow(2)
+    }
+
+    /// Checks divisibility constraints; the error names the field.
+    pub fn validate(&self) -> Result<(), String> {
+        let checks = [
+            (
+                self.patch_size > 0 && self.image_size.is_multiple_of(self.patch_size),
+                "image_size must be a multiple of patch_size",
+            ),
+            (
+                self.vit_heads > 0 && self.vit_dim.is_multiple_of(self.vit_heads),
+                "vit_dim must be a multiple of vit_heads",
+            ),
+            (
+                self.heads > 0 && self.d_model.is_multiple_of(self.heads),
+                "d_model must be a multiple of heads",
+            ),
+            (
+                (self.d_model / self.heads.max(1)).is_multiple_of(2),
+                "d_model / heads must be even (rotary positions)",
+            ),
+            (self.vocab_size > 0, "vocab_size must be positive"),
+            (
+                self.max_seq_len > self.patches(),
+                "max_seq_len must exceed the number of image patches",
+            ),
+        ];
+        match checks.iter().find(|(ok, _)| !ok) {
+            Some((_, msg)) => Err(msg.to_string()),
+            None => Ok(()),
+        }
+    }
+
+    /// Parameter count (weights and biases).
+    pub fn parameters(&self) -> usize {
+        let p = self.patch_size * self.patch_size;
+        let block = |d: usize| 4 * d * d + 4 * d + 3 * d * d * self.mlp_ratio + 2 * d;
+        p * self.vit_dim
+            + self.vit_dim
+            + self.patches() * self.vit_dim
+            + self.vit_layers * block(self.vit_dim)
+            + self.vit_dim
+            + self.vit_dim * self.d_model
+            + self.d_model
+            + self.vocab_size * self.d_model
+            + self.layers * block(self.d_model)
+            + self.d_model
+            + self.d_model * self.vocab_size
+            + self.vocab_size
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn presets_are_valid_and_sized() {
+        let t = VlmConfig::preset("tiny", 160).unwrap();
+        t.validate().unwrap();
+        assert!(t.parameters() < 2_000_000, "{}", t.parameters());
+        let s = VlmConfig::preset("small", 160).unwrap();
+        s.validate().unwrap();
+        assert!(
+            (10_000_000..100_000_000).contains(&s.parameters()),
+            "{}",
+            s.parameters()
+        );
+        let mut bad = t.clone();
+        bad.heads = 3;
+        assert!(bad.validate().unwrap_err().contains("heads"));
+    }
+}

@@ -1,0 +1,220 @@
+//! The VLM: patchify → linear patch embedding + learned positions → bidirectional blocks → norm →
+//! projector into the LM width; the causal LM then reads `[image tokens, prompt, answer]` with
+//! rotary positions. Training uses [`Vlm::forward_text`]; sampling uses [`Vlm::prefill`] and
+//! [`Vlm::step`] with a KV cache.
+
+use super::config::VlmConfig;
+use super::layers::{Block, KvCache, MASKED, Rope, causal_bias};
+use burn::module::{Module, Param};
+use burn::nn::{Embedding, EmbeddingConfig, Linear, LinearConfig, RmsNorm, RmsNormConfig};
+use burn::tensor::backend::Backend;
+use burn::tensor::{Distribution, Int, Tensor, TensorData};
+
+#[derive(Module, Debug)]
+pub struct Vlm<B: Backend> {
+    pub patch_embed: Linear<B>,
+    pub vit_pos: Param<Tensor<B, 2>>,
+    pub vit_blocks: Vec<Block<B>>,
+    pub vit_norm: RmsNorm<B>,
+    pub projector: Linear<B>,
+    pub embed: Embedding<B>,
+    pub blocks: Vec<Block<B>>,
+    pub norm: RmsNorm<B>,
+    pub lm_head: Linear<B>,
+    pub image_size: usize,
+    pub patch_size: usize,
+    pub heads: usize,
+    pub rope_theta: f32,
+}
+
+/// Per-layer caches of a batch being decoded, plus each row's next position.
+pub struct DecodeState<B: Backend> {
+    pub caches: Vec<Option<KvCache<B>>>,
+    /// Additive bias over cached keys, [B, 1, 1, T_keys] (masks left padding).
+    pub key_bias: Tensor<B, 4>,
+    pub next_pos: Vec<i64>,
+}
+
+impl<B: Backend> Vlm<B> {
+    /// A freshly initialized model (seed the backend first for reproducibility).
+    pub fn new(cfg: &VlmConfig, device: &B::Device) -> Self {
+        let n = cfg.patches();
+        Vlm {
+            patch_embed: LinearConfig::new(cfg.patch_size * cfg.patch_size, cfg.vit_dim)
+                .init(device),
+            vit_pos: Param::from_tensor(Tensor::random(
+                [n, cfg.vit_dim],
+                Distribution::Normal(0.0, 0.02),
+                device,
+            )),
+            vit_blocks: (0..cfg.vit_layers)
+                .map(|_| Block::new(cfg.vit_dim, cfg.vit_heads, cfg.mlp_ratio, device))
+                .collect(),
+            vit_norm: RmsNormConfig::new(cfg.vit_dim).init(device),
+            projector: LinearConfig::new(cfg.vit_dim, cfg.d_model).init(device),
+            embed: EmbeddingConfig::new(cfg.vocab_size, cfg.d_model).init(device),
+            blocks: (0..cfg.layers)
+                .map(|_| Block::new(cfg.d_model, cfg.heads, cfg.mlp_ratio, device))
+                .collect(),
+            norm: RmsNormConfig::new(cfg.d_model).init(device),
+            lm_head: LinearConfig::new(cfg.d_model, cfg.vocab_size).init(device),
+            image_size: cfg.image_size,
+            patch_size: cfg.patch_size,
+            heads: cfg.heads,
+            rope_theta: cfg.rope_theta,
+        }
+    }
+
+    fn d_head(&self) -> usize {
+        self.embed.weight.dims()[1] / self.heads
+    }
+
+    /// Image tokens [B, N, d_model] from images [B, S, S] with ink in 0..1.
+    pub fn encode_image(&self, images: Tensor<B, 3>) -> Tensor<B, 3> {
+        let [b, s, _] = images.dims();
+        let p = self.patch_size;
+        let g = s / p;
+        let patches = images
+            .reshape([b, g, p, g, p])
+            .swap_dims(2, 3)
+            .reshape([b, g * g, p * p]);
+        let mut x = self.patch_embed.forward(patches) + self.vit_pos.val().unsqueeze::<3>();
+        for blk in &self.vit_blocks {
+            x = blk.forward(x, None, None, None);
+        }
+        self.projector.forward(self.vit_norm.forward(x))
+    }
+
+    fn run_lm(
+        &self,
+        x: Tensor<B, 3>,
+        positions: Tensor<B, 2, Int>,
+        bias: Tensor<B, 4>,
+        mut caches: Option<&mut Vec<Option<KvCache<B>>>>,
+    ) -> Tensor<B, 3> {
+        let rope = Rope::new(positions, self.d_head(), self.rope_theta);
+        let mut x = x;
+        for (i, blk) in self.blocks.iter().enumerate() {
+            let cache = caches.as_deref_mut().map(|c| &mut c[i]);
+            x = blk.forward(x, Some(&rope), Some(bias.clone()), cache);
+        }
+        self.lm_head.forward(self.norm.forward(x))
+    }
+
+    /// Teacher-forced logits for text `ids` [B, L] after the image: [B, L, vocab]; the logits at
+    /// text position t predict token t+1.
+    pub fn forward_text(&self, images: Tensor<B, 3>, ids: Tensor<B, 2, Int>) -> Tensor<B, 3> {
+        let device = ids.device();
+        let img = self.encode_image(images);
+        let [b, n, _] = img.dims();
+        let [_, l] = ids.dims();
+        let x = Tensor::cat(vec![img, self.embed.forward(ids)], 1);
+        let t = n + l;
+        let pos: Vec<i64> = (0..b).flat_map(|_| 0..t as i64).collect();
+        let positions = Tensor::<B, 2, Int>::from_data(TensorData::new(pos, [b, t]), &device);
+        let logits = self.run_lm(x, positions, causal_bias(t, &device), None);
+        let vocab = logits.dims()[2];
+        logits.slice([0..b, n..t, 0..vocab])
+    }
+
+    /// Encodes a batch of prefixes `[image tokens, ids_i]` (left-padded to a common length) into
+    /// the caches; returns the logits of each row's last prefix token [B, vocab].
+    pub fn prefill(
+        &self,
+        images: Tensor<B, 3>,
+        prefixes: &[Vec<u32>],
+    ) -> (Tensor<B, 2>, DecodeState<B>) {
+        let device = images.device();
+        let img = self.encode_image(images);
+        let [b, n, d] = img.dims();
+        let lmax = prefixes.iter().map(Vec::len).max().unwrap_or(0);
+        let t = n + lmax;
+        // Text ids left-padded with 0 (their embeddings are masked out of every attention).
+        let mut ids = Vec::with_capacity(b * lmax);
+        let mut pos = Vec::with_capacity(b * t);
+        let mut key_bias = Vec::with_capacity(b * t);
+        let mut next_pos = Vec::with_capacity(b);
+        for p in prefixes {
+            let padn = lmax - p.len();
+            ids.extend(std::iter::repeat_n(0i64, padn));
+            ids.extend(p.iter().map(|&x| x as i64));
+            // Pads sit before the image: [pads, image, prefix ids].
+            for j in 0..t {
+                let real = j >= padn;
+                pos.push(if real { (j - padn) as i64 } else { 0 });
+                key_bias.push(if real { 0.0f32 } else { MASKED });
+            }
+            next_pos.push((n + p.len()) as i64);
+        }
+        let text = self
+            .embed
+            .forward(Tensor::from_data(TensorData::new(ids, [b, lmax]), &device));
+        // Assemble [pads, image, text] per row: split text into its pad part and real part.
+        let mut rows = Vec::with_capacity(b);
+        for (i, p) in prefixes.iter().enumerate() {
+            let padn = lmax - p.len();
+            let ti = text.clone().slice([i..i + 1, 0..lmax, 0..d]);
+            let imgi = img.clone().slice([i..i + 1, 0..n, 0..d]);
+            let mut parts = Vec::new();
+            if padn > 0 {
+                parts.push(ti.clone().slice([0..1, 0..padn, 0..d]));
+            }
+            parts.push(imgi);
+            if padn < lmax {
+                parts.push(ti.slice([0..1, padn..lmax, 0..d]));
+            }
+            rows.push(Tensor::cat(parts, 1));
+        }
+        let x = Tensor::cat(rows, 0);
+        let positions = Tensor::<B, 2, Int>::from_data(TensorData::new(pos, [b, t]), &device);
+        let key_bias = Tensor::<B, 4>::from_data(TensorData::new(key_bias, [b, 1, 1, t]), &device);
+        let bias = causal_bias::<B>(t, &device) + key_bias.clone();
+        let mut caches = vec![None; self.blocks.len()];
+        let logits = self.run_lm(x, positions, bias, Some(&mut caches));
+        let vocab = logits.dims()[2];
+        let last = logits.slice([0..b, t - 1..t, 0..vocab]).reshape([b, vocab]);
+        (
+            last,
+            DecodeState {
+                caches,
+                key_bias,
+                next_pos,
+            },
+        )
+    }
+
+    /// Feeds one token per row and returns the next logits [B, vocab].
+    pub fn step(&self, tokens: &[u32], state: &mut DecodeState<B>) -> Tensor<B, 2> {
+        let device = state.key_bias.device();
+        let b = tokens.len();
+        let ids = Tensor::<B, 2, Int>::from_data(
+            TensorData::new(tokens.iter().map(|&x| x as i64).collect::<Vec<_>>(), [b, 1]),
+            &device,
+        );
+        let positions = Tensor::<B, 2, Int>::from_data(
+            TensorData::new(state.next_pos.clone(), [b, 1]),
+            &device,
+        );
+        for p in &mut state.next_pos {
+            *p += 1;
+        }
+        state.key_bias = Tensor::cat(
+            vec![state.key_bias.clone(), Tensor::zeros([b, 1, 1, 1], &device)],
+            3,
+        );
+        let logits = self.run_lm(
+            self.embed.forward(ids),
+            positions,
+            state.key_bias.clone(),
+            Some(&mut state.caches),
+        );
+        let vocab = logits.dims()[2];
+        logits.reshape([b, vocab])
+    }
+
+    /// Logits for the last position of full (uncached) sequences, laid out as in [`Vlm::prefill`];
+    /// used to check the cache.
+    pub fn last_logits_uncached(&self, images: Tensor<B, 3>, seqs: &[Vec<u32>]) -> Tensor<B, 2> {
+        self.prefill(images, seqs).0
+    }
+}

@@ -1,0 +1,137 @@
+//! Shared plumbing of the model stages: reading examples (images decoded and resized, token ids,
+//! spans) from an `sft_targets` artifact, and reading or writing checkpoint artifacts.
+
+use super::StageError;
+use super::distill_format::TOKENIZER_FILE;
+use crate::dag::RunCtx;
+use crate::model::VlmConfig;
+use crate::model::checkpoint::{
+    CONFIG_FILE, WEIGHTS_FILE, check_tokenizer, config_from_json, config_to_json,
+};
+use crate::store::Store;
+use crate::table::Table;
+use crate::text::Tokenizer;
+use crate::train::batch::{Example, image_ink};
+
+/// Artifact kind of checkpoints.
+pub const CHECKPOINT_KIND: &str = "checkpoint";
+
+fn model_err(e: crate::model::ModelError) -> StageError {
+    StageError::Invalid(e.to_string())
+}
+
+/// The tokenizer stored with a token-bearing artifact.
+pub fn read_tokenizer(store: &Store, id: &str) -> Result<Tokenizer, StageError> {
+    let bytes = store.read_file(id, TOKENIZER_FILE)?;
+    let text = String::from_utf8(bytes)
+        .map_err(|_| StageError::Invalid("tokenizer.json is not UTF-8".into()))?;
+    Tokenizer::from_json(&text).map_err(|e| StageError::Invalid(e.to_string()))
+}
+
+/// Examples of `split` (all splits when `None`), at most `limit` (0 = all), images at `image_size`.
+pub fn read_examples(
+    store: &Store,
+    id: &str,
+    split: Option<&str>,
+    image_size: usize,
+    limit: usize,
+) -> Result<Vec<Example>, StageError> {
+    let t = Table::read(store, id, "sft_targets")?;
+    let ids = t.required_strings("id")?;
+    let splits = t.required_strings("split")?;
+    let tasks = t.required_strings("task")?;
+    let percs = t.required_strings("perception")?;
+    let images = t.image_bytes("image")?;
+    let prompts = t.int_lists("prompt_ids")?;
+    let targets = t.int_lists("target_ids")?;
+    let names = t.str_lists("span_names")?;
+    let starts = t.int_lists("span_starts")?;
+    let ends = t.int_lists("span_ends")?;
+    let mut out = Vec::new();
+    for i in 0..t.rows() {
+        if split.is_some_and(|s| s != splits[i]) {
+            continue;
+        }
+        if limit > 0 && out.len() >= limit {
+            break;
+        }
+        let to_u32 = |v: &[i32]| -> Result<Vec<u32>, StageError> {
+            v.iter()
+                .map(|&x| {
+                    u32::try_from(x)
+                        .map_err(|_| StageError::Invalid(format!("{}: negative token id", ids[i])))
+                })
+                .collect()
+        };
+        let target = to_u32(&targets[i])?;
+        let mut spans = Vec::new();
+        for ((n, &s), &e) in names[i].iter().zip(&starts[i]).zip(&ends[i]) {
+            if s < 0 || e < s || e as usize > target.len() {
+                return Err(StageError::Invalid(format!(
+                    "{}: span `{n}` out of range",
+                    ids[i]
+                )));
+            }
+            spans.push((n.clone(), s as usize, e as usize));
+        }
+        let image = image_ink(images.value(i), image_size).ok_or_else(|| {
+            StageError::Invalid(format!("{}: image is not a grayscale PNG", ids[i]))
+        })?;
+        out.push(Example {
+            id: ids[i].clone(),
+            task: tasks[i].clone(),
+            perception: percs[i].clone(),
+            image,
+            prompt: to_u32(&prompts[i])?,
+            target,
+            spans,
+        });
+    }
+    Ok(out)
+}
+
+/// A checkpoint's config, weights and tokenizer; the tokenizer must match `data_tok` if given.
+pub fn read_checkpoint(
+    store: &Store,
+    id: &str,
+    data_tok: Option<&Tokenizer>,
+) -> Result<(VlmConfig, Vec<u8>, Tokenizer), StageError> {
+    let m = store.manifest(id)?;
+    if m.kind != CHECKPOINT_KIND {
+        return Err(StageError::Invalid(format!(
+            "artifact {id} is a `{}`, not a checkpoint",
+            m.kind
+        )));
+    }
+    let cfg_text = String::from_utf8(store.read_file(id, CONFIG_FILE)?)
+        .map_err(|_| StageError::Invalid("config.json is not UTF-8".into()))?;
+    let cfg = config_from_json(&cfg_text).map_err(model_err)?;
+    cfg.validate()
+        .map_err(|e| StageError::Invalid(format!("checkpoint config: {e}")))?;
+    let tok = read_tokenizer(store, id)?;
+    if let Some(d) = data_tok {
+        check_tokenizer(&tok, d).map_err(model_err)?;
+    }
+    if tok.vocab_size() != cfg.vocab_size {
+        return Err(StageError::Invalid(format!(
+            "checkpoint vocab_size {} does not match its tokenizer ({})",
+            cfg.vocab_size,
+            tok.vocab_size()
+        )));
+    }
+    Ok((cfg, store.read_file(id, WEIGHTS_FILE)?, tok))
+}
+
+/// Writes a checkpoint artifact.
+pub fn write_checkpoint(
+    ctx: &RunCtx,
+    cfg: &VlmConfig,
+    weights: &[u8],
+    tok: &Tokenizer,
+) -> Result<String, StageError> {
+    let mut w = ctx.store.writer(CHECKPOINT_KIND, 1)?;
+    w.add_bytes(WEIGHTS_FILE, weights)?;
+    w.add_bytes(CONFIG_FILE, config_to_json(cfg).as_bytes())?;
+    w.add_bytes(TOKENIZER_FILE, tok.to_json().as_bytes())?;
+    Ok(ctx.commit(w, None)?)
+}

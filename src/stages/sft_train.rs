@@ -1,0 +1,395 @@
+//! sft-train: supervised fine-tuning of the VLM on formatted targets, from scratch or from an
+//! `init` checkpoint (for example a perception-only stage). Objectives: `standard`, `reweight`
+//! (fixed λ, plus optional weights for further named spans), `ngdiff`, `perception-only`.
+//! Writes the checkpoint, a deterministic per-step log with periodic held-out a_p / a_r / a, and
+//! the wall-clock timing. A killed run resumes from its last snapshot.
+
+use super::evaluate::score;
+use super::model_io::{read_checkpoint, read_examples, read_tokenizer, write_checkpoint};
+use super::rollout::{Mode, RolloutSpec, run_rollouts};
+use super::{Outputs, Stage, StageError, input, optional, outputs};
+use crate::dag::{InputSpec, OutputSpec, RunCtx};
+use crate::model::sampling::SamplingConfig;
+use crate::model::{DeviceSpec, Vlm, VlmConfig};
+use crate::table::{self, cols};
+use crate::tasks::TaskKind;
+use crate::train::batch::Example;
+use crate::train::objective::ObjectiveKind;
+use crate::train::sft::{EvalPoint, LogRow, SftHooks, SftSettings, train};
+use burn::backend::Autodiff;
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// Free-form size overrides on top of the preset.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ModelOverrides {
+    pub image_size: Option<usize>,
+    pub patch_size: Option<usize>,
+    pub vit_dim: Option<usize>,
+    pub vit_layers: Option<usize>,
+    pub vit_heads: Option<usize>,
+    pub d_model: Option<usize>,
+    pub layers: Option<usize>,
+    pub heads: Option<usize>,
+    pub mlp_ratio: Option<usize>,
+    pub max_seq_len: Option<usize>,
+}
+
+/// Hyperparameter presets; explicit fields override them.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum Hparams {
+    /// Settings that learn from scratch on the `tiny` model.
+    FromScratch,
+    /// The paper's fine-tuning settings: lr 1e-6, batch 8, 500 steps, warmup 0.1.
+    Paper,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SftTrainConfig {
+    /// Size preset: `tiny` or `small` (ignored when starting from `init`).
+    pub model: String,
+    pub size: ModelOverrides,
+    pub hparams: Hparams,
+    pub objective: ObjectiveKind,
+    /// `reweight`: weight of the perception term (1 − λ for reasoning).
+    pub lambda: f64,
+    /// Further named spans and their weights (each divided by the span's length).
+    pub span_weights: BTreeMap<String, f64>,
+    pub steps: Option<usize>,
+    pub batch_size: Option<usize>,
+    pub grad_accum: usize,
+    pub lr: Option<f64>,
+    pub min_lr: Option<f64>,
+    pub warmup_ratio: Option<f64>,
+    pub weight_decay: f64,
+    pub grad_clip: f64,
+    pub train_split: String,
+    pub eval_split: String,
+    /// Held-out evaluation every N steps (and at the end); 0 = only at the end.
+    pub eval_every: usize,
+    pub eval_items: usize,
+    pub eval_max_new_tokens: usize,
+    /// Perception/reasoning gradient-norm diagnostic every N steps (0 = never).
+    pub diagnostics_every: usize,
+    /// Resumable snapshot every N steps (0 = never).
+    pub snapshot_every: usize,
+}
+
+impl Default for SftTrainConfig {
+    fn default() -> Self {
+        SftTrainConfig {
+            model: "tiny".into(),
+            size: ModelOverrides::default(),
+            hparams: Hparams::FromScratch,
+            objective: ObjectiveKind::Standard,
+            lambda: 0.5,
+            span_weights: BTreeMap::new(),
+            steps: None,
+            batch_size: None,
+            grad_accum: 1,
+            lr: None,
+            min_lr: None,
+            warmup_ratio: None,
+            weight_decay: 0.01,
+            grad_clip: 1.0,
+            train_split: "sft".into(),
+            eval_split: "test".into(),
+            eval_every: 0,
+            eval_items: 32,
+            eval_max_new_tokens: 256,
+            diagnostics_every: 10,
+            snapshot_every: 25,
+        }
+    }
+}
+
+impl SftTrainConfig {
+    fn model_config(&self, vocab: usize) -> Result<VlmConfig, StageError> {
+        let mut c = VlmConfig::preset(&self.model, vocab).ok_or_else(|| {
+            StageError::Invalid(format!(
+                "unknown model preset `{}` (tiny, small)",
+                self.model
+            ))
+        })?;
+        let o = &self.size;
+        let set = |slot: &mut usize, v: Option<usize>| {
+            if let Some(v) = v {
+                *slot = v;
+            }
+        };
+        set(&mut c.image_size, o.image_size);
+        set(&mut c.patch_size, o.patch_size);
+        set(&mut c.vit_dim, o.vit_dim);
+        set(&mut c.vit_layers, o.vit_layers);
+        set(&mut c.vit_heads, o.vit_heads);
+        set(&mut c.d_model, o.d_model);
+        set(&mut c.layers, o.layers);
+        set(&mut c.heads, o.heads);
+        set(&mut c.mlp_ratio, o.mlp_ratio);
+        set(&mut c.max_seq_len, o.max_seq_len);
+        c.validate()
+            .map_err(|e| StageError::Invalid(format!("model size: {e}")))?;
+        Ok(c)
+    }
+
+    fn settings(&self, seed: u64, max_text: usize) -> SftSettings {
+        let (steps, bs, lr, min_lr, warmup) = match self.hparams {
+            Hparams::FromScratch => (300, 8, 1e-3, 1e-4, 0.05),
+            Hparams::Paper => (500, 8, 1e-6, 0.0, 0.1),
+        };
+        SftSettings {
+            objective: self.objective,
+            lambda: self.lambda,
+            extra_spans: self
+                .span_weights
+                .iter()
+                .map(|(k, v)| (k.clone(), *v))
+                .collect(),
+            steps: self.steps.unwrap_or(steps),
+            batch_size: self.batch_size.unwrap_or(bs),
+            grad_accum: self.grad_accum.max(1),
+            lr: self.lr.unwrap_or(lr),
+            min_lr: self.min_lr.unwrap_or(min_lr),
+            warmup_ratio: self.warmup_ratio.unwrap_or(warmup),
+            weight_decay: self.weight_decay,
+            grad_clip: self.grad_clip,
+            diagnostics_every: self.diagnostics_every,
+            snapshot_every: self.snapshot_every,
+            eval_every: self.eval_every,
+            seed,
+            max_text,
+        }
+    }
+}
+
+/// Greedy held-out a_p, a_r and a on a fixed subset.
+pub fn heldout_eval<B: Backend>(
+    model: &Vlm<B>,
+    tok: &crate::text::Tokenizer,
+    examples: &[Example],
+    max_new_tokens: usize,
+    device: &B::Device,
+) -> Result<EvalPoint, String> {
+    let spec = |mode| RolloutSpec {
+        mode,
+        samples: 1,
+        sampling: SamplingConfig::greedy(),
+        max_new_tokens,
+        batch_size: 32,
+    };
+    let std = run_rollouts(
+        model,
+        tok,
+        examples,
+        None,
+        &spec(Mode::Standard),
+        0,
+        device,
+        |_| {},
+    )
+    .map_err(|e| e.to_string())?;
+    let cf = run_rollouts(
+        model,
+        tok,
+        examples,
+        None,
+        &spec(Mode::Counterfactual),
+        0,
+        device,
+        |_| {},
+    )
+    .map_err(|e| e.to_string())?;
+    let (mut ap, mut ar, mut a) = (0usize, 0usize, 0usize);
+    for ((e, s), c) in examples.iter().zip(&std).zip(&cf) {
+        let task = TaskKind::parse(&e.task).ok_or_else(|| format!("unknown task `{}`", e.task))?;
+        let sc = score(
+            task,
+            &e.perception,
+            (s.perception.as_deref(), s.reasoning.as_deref()),
+            Some(c.reasoning.as_deref()),
+        );
+        ap += sc.a_p as usize;
+        a += sc.a as usize;
+        ar += sc.a_r.unwrap_or(false) as usize;
+    }
+    let n = examples.len().max(1) as f64;
+    Ok(EvalPoint {
+        a_p: ap as f64 / n,
+        a_r: ar as f64 / n,
+        a: a as f64 / n,
+    })
+}
+
+struct Hooks<'a, B: Backend> {
+    tok: &'a crate::text::Tokenizer,
+    eval_set: &'a [Example],
+    max_new_tokens: usize,
+    device: B::Device,
+    bar: indicatif::ProgressBar,
+    ctx: &'a RunCtx<'a>,
+}
+
+impl<B: Backend> SftHooks<Autodiff<B>> for Hooks<'_, B> {
+    fn eval(
+        &mut self,
+        _step: usize,
+        model: &Vlm<<Autodiff<B> as AutodiffBackend>::InnerBackend>,
+    ) -> Result<EvalPoint, String> {
+        heldout_eval(
+            model,
+            self.tok,
+            self.eval_set,
+            self.max_new_tokens,
+            &self.device,
+        )
+    }
+    fn after_step(&mut self, step: usize, row: &LogRow, tokens_per_sec: f64) {
+        self.bar.inc(1);
+        self.bar
+            .set_message(format!("loss {:.3} {:.0} tok/s", row.loss, tokens_per_sec));
+        self.ctx.fault_point(&format!("after-step-{step}"));
+    }
+}
+
+pub struct SftTrain;
+
+impl Stage for SftTrain {
+    const NAME: &'static str = "sft-train";
+    const VERSION: u32 = 1;
+    const USES_DEVICE: bool = true;
+    type Config = SftTrainConfig;
+
+    fn inputs() -> Vec<InputSpec> {
+        vec![input("data", "sft_targets"), optional("init", "checkpoint")]
+    }
+    fn outputs() -> Vec<OutputSpec> {
+        vec![
+            OutputSpec {
+                name: "main",
+                kind: "checkpoint",
+            },
+            OutputSpec {
+                name: "log",
+                kind: "train_log",
+            },
+            OutputSpec {
+                name: "timing",
+                kind: "train_timing",
+            },
+        ]
+    }
+
+    fn run(cfg: &SftTrainConfig, ctx: &RunCtx) -> Result<Outputs, StageError> {
+        let data_id = ctx.input("data").unwrap_or_default();
+        let tok = read_tokenizer(ctx.store, data_id)?;
+        let (mcfg, init) = match ctx.input("init") {
+            Some(id) => {
+                let (c, w, _) = read_checkpoint(ctx.store, id, Some(&tok))?;
+                (c, Some(w))
+            }
+            None => (cfg.model_config(tok.vocab_size())?, None),
+        };
+        let train_set = read_examples(
+            ctx.store,
+            data_id,
+            Some(&cfg.train_split),
+            mcfg.image_size,
+            0,
+        )?;
+        if train_set.is_empty() {
+            return Err(StageError::Invalid(format!(
+                "no training items in split `{}`",
+                cfg.train_split
+            )));
+        }
+        let eval_set = read_examples(
+            ctx.store,
+            data_id,
+            Some(&cfg.eval_split),
+            mcfg.image_size,
+            cfg.eval_items,
+        )?;
+        let settings = cfg.settings(ctx.seed, mcfg.max_seq_len - mcfg.patches());
+        let spec =
+            DeviceSpec::parse(&ctx.device).map_err(|e| StageError::Invalid(e.to_string()))?;
+        let bar = crate::progress::bar(settings.steps as u64, "sft-train");
+        let scratch = ctx.scratch();
+        let out = crate::with_backend!(spec, |B, dev| {
+            let mut hooks = Hooks::<B> {
+                tok: &tok,
+                eval_set: &eval_set,
+                max_new_tokens: cfg.eval_max_new_tokens,
+                device: dev,
+                bar: bar.clone(),
+                ctx,
+            };
+            train::<Autodiff<B>>(
+                &settings,
+                &mcfg,
+                init.as_deref(),
+                &train_set,
+                &dev,
+                &scratch,
+                tok.pad(),
+                &mut hooks,
+            )
+            .map_err(|e| StageError::Invalid(e.to_string()))
+        })?;
+        bar.finish_and_clear();
+        let ckpt = write_checkpoint(ctx, &mcfg, &out.weights, &tok)?;
+        let log_id = write_log(ctx, &out.log)?;
+        let mut w = ctx
+            .store
+            .writer("train_timing", table::schema("train_timing")?.version)?;
+        let t = &out.timing;
+        let n = table::write(
+            &mut w,
+            "train_timing",
+            vec![
+                cols::i32(t.iter().map(|r| r.step as i32).collect()),
+                cols::f64(t.iter().map(|r| r.seconds).collect()),
+                cols::i64(t.iter().map(|r| r.tokens as i64).collect()),
+                cols::f64(
+                    t.iter()
+                        .map(|r| r.tokens as f64 / r.seconds.max(1e-9))
+                        .collect(),
+                ),
+            ],
+        )?;
+        let timing_id = ctx.commit(w, Some(n))?;
+        Ok(outputs(&[
+            ("main", ckpt),
+            ("log", log_id),
+            ("timing", timing_id),
+        ]))
+    }
+}
+
+fn write_log(ctx: &RunCtx, log: &[LogRow]) -> Result<String, StageError> {
+    let mut w = ctx
+        .store
+        .writer("train_log", table::schema("train_log")?.version)?;
+    let n = table::write(
+        &mut w,
+        "train_log",
+        vec![
+            cols::i32(log.iter().map(|r| r.step as i32).collect()),
+            cols::f64(log.iter().map(|r| r.loss).collect()),
+            cols::f64(log.iter().map(|r| r.loss_perception).collect()),
+            cols::f64(log.iter().map(|r| r.loss_reasoning).collect()),
+            cols::f64(log.iter().map(|r| r.perception_token_share).collect()),
+            cols::f64(log.iter().map(|r| r.perception_loss_share).collect()),
+            cols::f64_opt(log.iter().map(|r| r.perception_grad_share).collect()),
+            cols::f64_opt(log.iter().map(|r| r.lambda).collect()),
+            cols::f64(log.iter().map(|r| r.lr).collect()),
+            cols::f64_opt(log.iter().map(|r| r.eval.map(|e| e.a_p)).collect()),
+            cols::f64_opt(log.iter().map(|r| r.eval.map(|e| e.a_r)).collect()),
+            cols::f64_opt(log.iter().map(|r| r.eval.map(|e| e.a)).collect()),
+        ],
+    )?;
+    Ok(ctx.commit(w, Some(n))?)
+}
