@@ -41,7 +41,7 @@ pub enum Cmd {
     Tag(store_cmds::TagArgs),
     /// List stored artifacts.
     List,
-    /// Measure data-stage throughput on one core.
+    /// Measure data-stage throughput (one core) and model training/rollout tokens per second.
     Bench(bench::BenchArgs),
     /// Export or import artifact bundles.
     #[command(subcommand)]

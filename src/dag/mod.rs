@@ -93,7 +93,7 @@ pub enum DagError {
     NotComputed { stage: String, upstream: String },
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
-    #[error("stage `{stage}` failed: {source}")]
+    #[error("stage `{stage}` failed")]
     StageFailed {
         stage: String,
         #[source]

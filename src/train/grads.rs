@@ -81,3 +81,56 @@ pub fn combine<B: AutodiffBackend, M: AutodiffModule<B>>(
     model.visit(&mut v);
     v.out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::backend::Autodiff;
+    use burn::nn::{Linear, LinearConfig};
+    use burn::tensor::TensorData;
+
+    type B = Autodiff<crate::model::Cpu>;
+    type Inner = crate::model::Cpu;
+
+    /// Gradients with every weight entry `w` and every bias entry `b`.
+    fn grads(model: &Linear<B>, w: f32, b: f32) -> GradientsParams {
+        let dev = Default::default();
+        let mut g = GradientsParams::new();
+        g.register::<Inner, 2>(
+            model.weight.id,
+            Tensor::from_data(TensorData::new(vec![w; 6], [2, 3]), &dev),
+        );
+        if let Some(bias) = &model.bias {
+            g.register::<Inner, 1>(
+                bias.id,
+                Tensor::from_data(TensorData::new(vec![b; 3], [3]), &dev),
+            );
+        }
+        g
+    }
+
+    #[test]
+    fn norm_and_combination_over_parameters() {
+        let model: Linear<B> = LinearConfig::new(2, 3).init(&Default::default());
+        // 6 weights of 2 and 3 biases of 1: ‖g‖ = √(6·4 + 3·1) = √27.
+        let n = grad_norm::<B, _>(&model, &grads(&model, 2.0, 1.0));
+        assert!((n - 27f64.sqrt()).abs() < 1e-5, "{n}");
+        // NGDiff's combination: 0.25·g_a + 0.75·g_b with g_a = (2, 1), g_b = (-2, 3)
+        // gives weights -1 and biases 2.5: ‖·‖ = √(6 + 3·6.25).
+        let c = combine::<B, _>(
+            &model,
+            grads(&model, 2.0, 1.0),
+            0.25,
+            grads(&model, -2.0, 3.0),
+            0.75,
+        );
+        let n = grad_norm::<B, _>(&model, &c);
+        assert!((n - (6.0f64 + 18.75).sqrt()).abs() < 1e-5, "{n}");
+        let l = super::super::objective::ngdiff_lambda(
+            grad_norm::<B, _>(&model, &grads(&model, 2.0, 1.0)),
+            grad_norm::<B, _>(&model, &grads(&model, 4.0, 2.0)),
+        );
+        // Norms √27 and 2√27: λ = (1/√27)/(1/√27 + 1/(2√27)) = 2/3.
+        assert!((l - 2.0 / 3.0).abs() < 1e-6, "{l}");
+    }
+}
