@@ -228,7 +228,7 @@ struct Hooks<'a, B: Backend> {
     tok: &'a crate::text::Tokenizer,
     eval_set: &'a [Example],
     max_new_tokens: usize,
-    device: B::Device,
+    device: &'a B::Device,
     bar: indicatif::ProgressBar,
     ctx: &'a RunCtx<'a>,
 }
@@ -244,7 +244,7 @@ impl<B: Backend> SftHooks<Autodiff<B>> for Hooks<'_, B> {
             self.tok,
             self.eval_set,
             self.max_new_tokens,
-            &self.device,
+            self.device,
         )
     }
     fn after_step(&mut self, step: usize, row: &LogRow, tokens_per_sec: f64) {
@@ -259,7 +259,7 @@ pub struct SftTrain;
 
 impl Stage for SftTrain {
     const NAME: &'static str = "sft-train";
-    const VERSION: u32 = 1;
+    const VERSION: u32 = 2;
     const USES_DEVICE: bool = true;
     type Config = SftTrainConfig;
 
@@ -323,7 +323,7 @@ impl Stage for SftTrain {
                 tok: &tok,
                 eval_set: &eval_set,
                 max_new_tokens: cfg.eval_max_new_tokens,
-                device: dev,
+                device: &dev,
                 bar: bar.clone(),
                 ctx,
             };
@@ -384,6 +384,7 @@ fn write_log(ctx: &RunCtx, log: &[LogRow]) -> Result<String, StageError> {
             cols::f64(log.iter().map(|r| r.perception_token_share).collect()),
             cols::f64(log.iter().map(|r| r.perception_loss_share).collect()),
             cols::f64_opt(log.iter().map(|r| r.perception_grad_share).collect()),
+            cols::f64_opt(log.iter().map(|r| r.loss_perception_blank).collect()),
             cols::f64_opt(log.iter().map(|r| r.lambda).collect()),
             cols::f64(log.iter().map(|r| r.lr).collect()),
             cols::f64_opt(log.iter().map(|r| r.eval.map(|e| e.a_p)).collect()),

@@ -61,6 +61,9 @@ pub struct LogRow {
     pub perception_token_share: f64,
     pub perception_loss_share: f64,
     pub perception_grad_share: Option<f64>,
+    /// Mean perception cross-entropy with the image blanked (diagnostic steps): how much the
+    /// model's transcription relies on the image.
+    pub loss_perception_blank: Option<f64>,
     pub lambda: Option<f64>,
     pub lr: f64,
     pub eval: Option<EvalPoint>,
@@ -207,8 +210,12 @@ fn batch_indices(n: usize, settings: &SftSettings, step: usize, micro: usize) ->
     out
 }
 
-fn nll<B: AutodiffBackend>(model: &Vlm<B>, batch: &super::batch::Batch<B>) -> Tensor<B, 2> {
-    let logits = model.forward_text(batch.images.clone(), batch.inputs.clone());
+fn nll<B: AutodiffBackend>(
+    model: &Vlm<B>,
+    batch: &super::batch::Batch<B>,
+    images: Tensor<B, 3>,
+) -> Tensor<B, 2> {
+    let logits = model.forward_text(images, batch.inputs.clone());
     let lp = log_softmax(logits, 2);
     let [b, l] = batch.labels.dims();
     lp.gather(2, batch.labels.clone().reshape([b, l, 1]))
@@ -231,7 +238,7 @@ fn weighted_grads<B: AutodiffBackend>(
         ),
         &device,
     );
-    let per_token = nll(model, batch);
+    let per_token = nll(model, batch, batch.images.clone());
     let host = per_token
         .clone()
         .detach()
@@ -315,6 +322,7 @@ pub fn train<B: AutodiffBackend>(
             _ => None,
         };
         let (mut dp, mut dr) = (None, None);
+        let (mut blank_sum, mut blank_n) = (0f64, 0usize);
         for micro in 0..settings.grad_accum {
             let idx = batch_indices(n, settings, step, micro);
             let exs: Vec<&Example> = idx.iter().map(|&i| &train_set[i]).collect();
@@ -390,6 +398,17 @@ pub fn train<B: AutodiffBackend>(
                 let (gr, _) = weighted_grads(&model, &batch, mk(&rmask), scale);
                 dp = Some(add(&model, dp, gp));
                 dr = Some(add(&model, dr, gr));
+                let blank = nll(&model, &batch, batch.images.zeros_like())
+                    .detach()
+                    .into_data()
+                    .to_vec::<f32>()
+                    .unwrap_or_default();
+                for (v, &m) in blank.iter().zip(&pmask) {
+                    if m {
+                        blank_sum += *v as f64;
+                        blank_n += 1;
+                    }
+                }
             }
         }
         if let (Some(gp), Some(gr)) = (dp, dr) {
@@ -424,6 +443,7 @@ pub fn train<B: AutodiffBackend>(
             perception_token_share: n_p as f64 / tokens.max(1) as f64,
             perception_loss_share: sum_p / sum_loss.max(1e-12),
             perception_grad_share: grad_share,
+            loss_perception_blank: (blank_n > 0).then(|| blank_sum / blank_n as f64),
             lambda,
             lr,
             eval: None,
