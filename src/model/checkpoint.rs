@@ -82,6 +82,7 @@ mod tests {
             vit_dim: 16,
             vit_layers: 1,
             vit_heads: 2,
+            conv_stem: 2,
             d_model: 16,
             layers: 1,
             heads: 2,

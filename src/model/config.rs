@@ -10,6 +10,10 @@ pub struct VlmConfig {
     pub vit_dim: usize,
     pub vit_layers: usize,
     pub vit_heads: usize,
+    /// Channels of an optional convolutional stem (two stride-2 3×3 convolutions, `conv_stem`
+    /// then `2·conv_stem` channels) before the patch embedding; 0 = plain linear patches.
+    #[config(default = 0)]
+    pub conv_stem: usize,
     pub d_model: usize,
     pub layers: usize,
     pub heads: usize,
@@ -33,6 +37,7 @@ impl VlmConfig {
                 vit_dim: 96,
                 vit_layers: 2,
                 vit_heads: 4,
+                conv_stem: 16,
                 d_model: 128,
                 layers: 4,
                 heads: 4,
@@ -47,6 +52,7 @@ impl VlmConfig {
                 vit_dim: 384,
                 vit_layers: 6,
                 vit_heads: 6,
+                conv_stem: 32,
                 d_model: 512,
                 layers: 8,
                 heads: 8,
@@ -82,6 +88,10 @@ impl VlmConfig {
                 (self.d_model / self.heads.max(1)).is_multiple_of(2),
                 "d_model / heads must be even (rotary positions)",
             ),
+            (
+                self.conv_stem == 0 || self.patch_size.is_multiple_of(4),
+                "patch_size must be a multiple of 4 with a conv_stem",
+            ),
             (self.vocab_size > 0, "vocab_size must be positive"),
             (
                 self.max_seq_len > self.patches(),
@@ -94,11 +104,26 @@ impl VlmConfig {
         }
     }
 
+    /// Inputs of the linear patch embedding: raw pixels, or stem features of a patch.
+    pub fn patch_features(&self) -> usize {
+        match self.conv_stem {
+            0 => self.patch_size * self.patch_size,
+            c => 2 * c * (self.patch_size / 4).pow(2),
+        }
+    }
+
     /// Parameter count (weights and biases).
     pub fn parameters(&self) -> usize {
-        let p = self.patch_size * self.patch_size;
+        let c = self.conv_stem;
+        let stem = if c == 0 {
+            0
+        } else {
+            9 * c + c + 9 * c * 2 * c + 2 * c
+        };
+        let p = self.patch_features();
         let block = |d: usize| 4 * d * d + 4 * d + 3 * d * d * self.mlp_ratio + 2 * d;
-        p * self.vit_dim
+        stem + p
+            + p * self.vit_dim
             + self.vit_dim
             + self.patches() * self.vit_dim
             + self.vit_layers * block(self.vit_dim)
@@ -116,6 +141,19 @@ impl VlmConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn parameter_count_matches_the_module() {
+        use burn::module::Module;
+        for c in [0, 8] {
+            let cfg = VlmConfig {
+                conv_stem: c,
+                ..VlmConfig::preset("tiny", 50).unwrap()
+            };
+            let m = crate::model::Vlm::<crate::model::Cpu>::new(&cfg, &Default::default());
+            assert_eq!(m.num_params(), cfg.parameters(), "conv_stem {c}");
+        }
+    }
 
     #[test]
     fn presets_are_valid_and_sized() {

@@ -148,6 +148,7 @@ mod tests {
             vit_dim: 32,
             vit_layers: 1,
             vit_heads: 2,
+            conv_stem: 4,
             d_model: 32,
             layers: 2,
             heads: 4,

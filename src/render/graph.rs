@@ -194,14 +194,9 @@ fn with_node_sprite(label: usize, r: f32, line_width: f32, f: impl FnOnce(&Pixma
 
 /// Draws `g` at the given unit-square positions into a `size`×`size` grayscale image.
 pub fn draw(g: &Graph, pos: &[(f32, f32)], size: u32, style: &GraphStyle) -> Gray {
-    let Some(mut pm) = Pixmap::new(size, size) else {
-        return Gray {
-            width: 0,
-            height: 0,
-            pixels: vec![],
-        };
+    let Some(mut pm) = super::white_canvas(size) else {
+        return Gray::empty();
     };
-    pm.fill(tiny_skia::Color::WHITE);
     let s = size as f32;
     let r = style.node_radius * s;
     let margin = r + 2.0;

@@ -15,7 +15,23 @@ pub struct Gray {
     pub pixels: Vec<u8>,
 }
 
+/// A white `size`×`size` canvas, or `None` for a zero size.
+pub fn white_canvas(size: u32) -> Option<tiny_skia::Pixmap> {
+    let mut pm = tiny_skia::Pixmap::new(size, size)?;
+    pm.fill(tiny_skia::Color::WHITE);
+    Some(pm)
+}
+
 impl Gray {
+    /// The 0×0 image (what drawing at size 0 gives).
+    pub fn empty() -> Gray {
+        Gray {
+            width: 0,
+            height: 0,
+            pixels: vec![],
+        }
+    }
+
     /// Converts a tiny-skia pixmap (drawn in black on white) to grayscale.
     pub fn from_pixmap(p: &tiny_skia::Pixmap) -> Gray {
         // Premultiplied RGBA over an opaque white background: red channel is the luminance of

@@ -6,19 +6,14 @@ use super::digits::{DigitBank, SIDE};
 use crate::tasks::sudoku::Grid;
 use crate::util::rng::keyed_str;
 use rand::RngExt;
-use tiny_skia::{Paint, PathBuilder, Pixmap, Stroke, Transform};
+use tiny_skia::{Paint, PathBuilder, Stroke, Transform};
 
 /// Draws the givens of `grid` into a `size`×`size` image. Digit images are picked with
 /// randomness keyed by `(seed, item, cell)`.
 pub fn draw(grid: &Grid, bank: &DigitBank, size: u32, seed: u64, item: &str) -> Gray {
-    let Some(mut pm) = Pixmap::new(size, size) else {
-        return Gray {
-            width: 0,
-            height: 0,
-            pixels: vec![],
-        };
+    let Some(mut pm) = super::white_canvas(size) else {
+        return Gray::empty();
     };
-    pm.fill(tiny_skia::Color::WHITE);
     let s = size as f32;
     let pad = 2.0f32;
     let cell = (s - 2.0 * pad) / 9.0;

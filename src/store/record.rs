@@ -87,27 +87,25 @@ impl Store {
         Ok(KeyLock { _file: f })
     }
 
-    /// Sets the head of `instance` in `pipeline` to `key`.
-    pub fn set_head(&self, pipeline: &str, instance: &str, key: &str) -> Result<()> {
+    fn head_path(&self, pipeline: &str, instance: &str) -> Result<std::path::PathBuf> {
         check_name(pipeline)?;
         check_name(instance)?;
-        let p = self
+        Ok(self
             .root()
             .join("refs/heads")
             .join(pipeline)
-            .join(format!("{instance}.json"));
+            .join(format!("{instance}.json")))
+    }
+
+    /// Sets the head of `instance` in `pipeline` to `key`.
+    pub fn set_head(&self, pipeline: &str, instance: &str, key: &str) -> Result<()> {
+        let p = self.head_path(pipeline, instance)?;
         write_json(&p, &serde_json::json!({ "key": key }))
     }
 
     /// The key `instance` of `pipeline` last ran with.
     pub fn head(&self, pipeline: &str, instance: &str) -> Result<Option<String>> {
-        check_name(pipeline)?;
-        check_name(instance)?;
-        let p = self
-            .root()
-            .join("refs/heads")
-            .join(pipeline)
-            .join(format!("{instance}.json"));
+        let p = self.head_path(pipeline, instance)?;
         if !p.is_file() {
             return Ok(None);
         }

@@ -110,3 +110,37 @@ pub fn image_ink(png: &[u8], size: usize) -> Option<Vec<f32>> {
     }
     Some(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::stages::render::{RenderConfig, render_one};
+    use crate::tasks::TaskKind;
+
+    #[test]
+    fn rendered_graph_reaches_the_model_as_ink() {
+        let cfg = RenderConfig {
+            size: 128,
+            ..RenderConfig::default()
+        };
+        let png = render_one(
+            TaskKind::GraphColoring,
+            "x",
+            "nodes 5\nedges 0-1 1-2 2-3 3-4",
+            &cfg,
+            None,
+            1,
+        )
+        .unwrap()
+        .to_png();
+        let ink = image_ink(&png, 128).unwrap();
+        assert_eq!(ink.len(), 128 * 128);
+        let dark = ink.iter().filter(|&&v| v > 0.5).count() as f64 / ink.len() as f64;
+        assert!((0.01..0.3).contains(&dark), "dark fraction {dark}");
+        assert!(ink.iter().all(|v| (0.0..=1.0).contains(v)));
+        // Resizing keeps the drawing: the same ink at half size.
+        let half = image_ink(&png, 64).unwrap();
+        let dark_half = half.iter().filter(|&&v| v > 0.5).count() as f64 / half.len() as f64;
+        assert!((dark_half - dark).abs() < 0.05, "{dark_half} vs {dark}");
+    }
+}
