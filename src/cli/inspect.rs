@@ -32,6 +32,13 @@ pub struct ShowArgs {
     /// Number of rows to print.
     #[arg(long, default_value_t = 5)]
     pub rows: usize,
+    /// Only these columns (comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    pub columns: Vec<String>,
+    /// Only rows where this column is set (not null), e.g. `eval_a_p` for a training log's
+    /// held-out evaluations.
+    #[arg(long)]
+    pub where_set: Option<String>,
 }
 
 pub fn status(store: &Store, a: PipelineArg) -> anyhow::Result<i32> {
@@ -122,7 +129,20 @@ pub fn show(store: &Store, a: ShowArgs) -> anyhow::Result<i32> {
         let bytes = store.read_file(&id, asymm::table::DATA_FILE)?;
         let df = polars::prelude::ParquetReader::new(std::io::Cursor::new(bytes));
         use polars::prelude::SerReader;
-        let df = df.finish()?;
+        let mut df = df.finish()?;
+        if let Some(col) = &a.where_set {
+            let mask = df
+                .column(col)
+                .map_err(|_| anyhow::anyhow!("no column `{col}` in this artifact"))?
+                .is_not_null();
+            df = df.filter(&mask)?;
+        }
+        if !a.columns.is_empty() {
+            if let Some(bad) = a.columns.iter().find(|c| df.column(c.as_str()).is_err()) {
+                anyhow::bail!("no column `{bad}` in this artifact");
+            }
+            df = df.select(a.columns.iter().map(String::as_str))?;
+        }
         println!("{}", df.head(Some(a.rows)));
     }
     Ok(0)
