@@ -106,6 +106,21 @@ fn train_rollout_evaluate_resume_and_rerun_scope() {
         log.contains("perception_grad_share") && log.contains("eval_a_p"),
         "{log}"
     );
+    // The curve alone: held-out evaluations at steps 3 and 6 (eval_every = 3).
+    let curve = ok(asymm(
+        &b,
+        &[
+            "show",
+            &format!("{ps}:sft.log"),
+            "--where-set",
+            "eval_a_p",
+            "--columns",
+            "step,eval_a_p,eval_a_r",
+        ],
+    ));
+    assert!(curve.contains("shape: (2, 3)"), "{curve}");
+    let bad = asymm(&b, &["show", &format!("{ps}:sft.log"), "--columns", "nope"]);
+    assert!(!bad.status.success() && stderr(&bad).contains("no column `nope`"));
 
     // Changing λ recomputes training and everything after it, nothing before.
     let p = model_pipeline(d.path(), "objective = \"reweight\"\nlambda = 0.8");
