@@ -155,3 +155,36 @@ fn ngdiff_and_perception_only_train() {
         }
     }
 }
+
+#[test]
+fn perception_only_checkpoint_seeds_a_later_sft() {
+    let d = asymm::util::fsx::TempDir::new("asymm-it").unwrap();
+    let p = model_pipeline(d.path(), "objective = \"perception-only\"");
+    let mut text = std::fs::read_to_string(&p).unwrap();
+    text.push_str(
+        r#"
+[stages.sft2]
+stage = "sft-train"
+inputs = { data = "distill_format", init = "sft" }
+steps = 2
+batch_size = 4
+"#,
+    );
+    std::fs::write(&p, text).unwrap();
+    let store = d.path().join("s");
+    let out = table(&ok(asymm(&store, &["run", p.to_str().unwrap()])));
+    assert_eq!(result_of(&out, "sft2"), "ran");
+    let ckpt = ok(asymm(
+        &store,
+        &["show", &format!("{}:sft2", p.display()), "--rows", "1"],
+    ));
+    // The second stage continues the first one's model (its size, not the preset's).
+    assert!(ckpt.contains("init = "), "{ckpt}");
+    let bytes: u64 = ckpt
+        .lines()
+        .find_map(|l| l.split("model.safetensors (").nth(1))
+        .and_then(|r| r.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(u64::MAX);
+    assert!(bytes < 1_000_000, "the tiny preset would be ~5 MB: {ckpt}");
+}
