@@ -61,10 +61,7 @@ pub fn generate<B: Backend>(
     }
     let (mut logits, mut state) = model.prefill(images, prefixes);
     for step in 0..max_new_tokens {
-        let host: Vec<f32> = logits
-            .into_data()
-            .to_vec::<f32>()
-            .map_err(|e| format!("reading logits: {e:?}"))?;
+        let host: Vec<f32> = super::host_f32(logits)?;
         let vocab = host.len() / b;
         let mut next = vec![eos; b];
         for i in 0..b {
@@ -109,10 +106,7 @@ pub fn greedy_uncached<B: Backend>(
     let mut done = vec![false; b];
     for _ in 0..max_new_tokens {
         let logits = model.last_logits_uncached(images.clone(), &seqs);
-        let host: Vec<f32> = logits
-            .into_data()
-            .to_vec::<f32>()
-            .map_err(|e| format!("reading logits: {e:?}"))?;
+        let host: Vec<f32> = super::host_f32(logits)?;
         let vocab = host.len() / b;
         for i in 0..b {
             if done[i] {

@@ -31,7 +31,7 @@ pub fn grad_norm<B: AutodiffBackend, M: AutodiffModule<B>>(
     let mut v = NormVisitor::<B> { grads, sum: None };
     model.visit(&mut v);
     v.sum
-        .and_then(|s| s.into_data().to_vec::<f32>().ok())
+        .and_then(|s| crate::model::host_f32(s).ok())
         .and_then(|x| x.first().copied())
         .map(|x| (x as f64).sqrt())
         .unwrap_or(0.0)

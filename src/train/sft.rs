@@ -239,12 +239,7 @@ fn weighted_grads<B: AutodiffBackend>(
         &device,
     );
     let per_token = nll(model, batch, batch.images.clone());
-    let host = per_token
-        .clone()
-        .detach()
-        .into_data()
-        .to_vec::<f32>()
-        .unwrap_or_default();
+    let host = crate::model::host_f32(per_token.clone().detach()).unwrap_or_default();
     let loss = (per_token * w).sum();
     let grads = GradientsParams::from_grads(loss.backward(), model);
     (grads, host)
@@ -398,11 +393,9 @@ pub fn train<B: AutodiffBackend>(
                 let (gr, _) = weighted_grads(&model, &batch, mk(&rmask), scale);
                 dp = Some(add(&model, dp, gp));
                 dr = Some(add(&model, dr, gr));
-                let blank = nll(&model, &batch, batch.images.zeros_like())
-                    .detach()
-                    .into_data()
-                    .to_vec::<f32>()
-                    .unwrap_or_default();
+                let blank =
+                    crate::model::host_f32(nll(&model, &batch, batch.images.zeros_like()).detach())
+                        .unwrap_or_default();
                 for (v, &m) in blank.iter().zip(&pmask) {
                     if m {
                         blank_sum += *v as f64;
