@@ -31,7 +31,7 @@ pub struct BenchArgs {
     /// Model size preset for the model suite.
     #[arg(long, default_value = "tiny")]
     pub model: String,
-    /// Device for the model suite (cpu, cuda:N).
+    /// Device for the model suite (cpu, cuda:N, cuda:N/bf16).
     #[arg(long, default_value = "cpu")]
     pub device: String,
     /// Training steps timed in the model suite.

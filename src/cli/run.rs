@@ -23,7 +23,7 @@ pub struct RunArgs {
     /// Show what would run and why, without running anything.
     #[arg(long)]
     pub dry_run: bool,
-    /// Compute device for model stages: cpu or cuda:N.
+    /// Compute device for model stages: cpu, cuda:N, or cuda:N/bf16 (bfloat16 on the GPU).
     #[arg(long, default_value = "cpu")]
     pub device: String,
 }
