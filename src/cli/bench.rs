@@ -13,7 +13,7 @@ use asymm::tasks::TaskKind;
 use asymm::text::Tokenizer;
 use asymm::train::batch::{Example, image_ink};
 use asymm::train::objective::ObjectiveKind;
-use asymm::train::sft::{EvalPoint, SftHooks, SftSettings, train};
+use asymm::train::sft::{NoEval, SftSettings, train};
 use burn::backend::Autodiff;
 use burn::tensor::backend::AutodiffBackend;
 use clap::Args;
@@ -264,18 +264,6 @@ fn examples(tok: &Tokenizer, image_size: usize, n: usize) -> anyhow::Result<Vec<
         .collect()
 }
 
-struct NoHooks;
-
-impl<B: AutodiffBackend> SftHooks<B> for NoHooks {
-    fn eval(&mut self, _: usize, _: &Vlm<B::InnerBackend>) -> Result<EvalPoint, String> {
-        Ok(EvalPoint {
-            a_p: 0.0,
-            a_r: 0.0,
-            a: 0.0,
-        })
-    }
-}
-
 /// Target tokens per second over `steps` SFT steps, the first (warm-up) step excluded.
 fn sft_rate<B: AutodiffBackend>(
     cfg: &VlmConfig,
@@ -312,7 +300,7 @@ fn sft_rate<B: AutodiffBackend>(
         device,
         scratch.path(),
         pad,
-        &mut NoHooks,
+        &mut NoEval,
     )?;
     let timed = &out.timing[1..];
     let tokens: usize = timed.iter().map(|t| t.tokens).sum();

@@ -1,5 +1,5 @@
-//! The VLM: (optional conv stem) → patchify → linear patch embedding + learned positions → bidirectional blocks → norm →
-//! projector into the LM width; the causal LM then reads `[image tokens, prompt, answer]` with
+//! The VLM: (optional conv stem) → patchify → per-patch RMS norm → linear patch embedding +
+//! learned positions → bidirectional blocks → norm → projector into the LM width; the causal LM then reads `[image tokens, prompt, answer]` with
 //! rotary positions. Training uses [`Vlm::forward_text`]; sampling uses [`Vlm::prefill`] and
 //! [`Vlm::step`] with a KV cache.
 

@@ -238,7 +238,7 @@ impl<B: Backend> SftHooks<Autodiff<B>> for Hooks<'_, B> {
         &mut self,
         _step: usize,
         model: &Vlm<<Autodiff<B> as AutodiffBackend>::InnerBackend>,
-    ) -> Result<EvalPoint, String> {
+    ) -> Result<Option<EvalPoint>, String> {
         heldout_eval(
             model,
             self.tok,
@@ -246,6 +246,7 @@ impl<B: Backend> SftHooks<Autodiff<B>> for Hooks<'_, B> {
             self.max_new_tokens,
             self.device,
         )
+        .map(Some)
     }
     fn after_step(&mut self, step: usize, row: &LogRow, tokens_per_sec: f64) {
         self.bar.inc(1);

@@ -88,6 +88,15 @@ pub enum TrainError {
     Snapshot { path: String, msg: String },
 }
 
+/// Hooks for a run without held-out evaluation or progress display.
+pub struct NoEval;
+
+impl<B: AutodiffBackend> SftHooks<B> for NoEval {
+    fn eval(&mut self, _: usize, _: &Vlm<B::InnerBackend>) -> Result<Option<EvalPoint>, String> {
+        Ok(None)
+    }
+}
+
 /// Result of a finished run.
 pub struct SftOutput {
     pub weights: Vec<u8>,
@@ -97,8 +106,12 @@ pub struct SftOutput {
 
 /// Callbacks from the loop.
 pub trait SftHooks<B: AutodiffBackend> {
-    /// Held-out evaluation of the current weights.
-    fn eval(&mut self, step: usize, model: &Vlm<B::InnerBackend>) -> Result<EvalPoint, String>;
+    /// Held-out evaluation of the current weights (`None`: no held-out set).
+    fn eval(
+        &mut self,
+        step: usize,
+        model: &Vlm<B::InnerBackend>,
+    ) -> Result<Option<EvalPoint>, String>;
     /// Called after each optimizer step (progress, fault injection).
     fn after_step(&mut self, _step: usize, _row: &LogRow, _tokens_per_sec: f64) {}
 }
@@ -443,11 +456,9 @@ pub fn train<B: AutodiffBackend>(
         };
         let is_last = step + 1 == settings.steps;
         if (settings.eval_every > 0 && (step + 1) % settings.eval_every == 0) || is_last {
-            row.eval = Some(
-                hooks
-                    .eval(step + 1, &model.valid())
-                    .map_err(TrainError::Other)?,
-            );
+            row.eval = hooks
+                .eval(step + 1, &model.valid())
+                .map_err(TrainError::Other)?;
         }
         let secs = t0.elapsed().as_secs_f64();
         timing.push(TimingRow {
@@ -496,17 +507,6 @@ mod tests {
         seen.sort();
         assert_eq!(seen, (0..12).collect::<Vec<_>>());
         assert_eq!(batch_indices(12, &s, 5, 0), batch_indices(12, &s, 5, 0));
-    }
-
-    struct Quiet;
-    impl<B: AutodiffBackend> SftHooks<B> for Quiet {
-        fn eval(&mut self, _: usize, _: &Vlm<B::InnerBackend>) -> Result<EvalPoint, String> {
-            Ok(EvalPoint {
-                a_p: 0.0,
-                a_r: 0.0,
-                a: 0.0,
-            })
-        }
     }
 
     /// The perception token is a function of the image alone (which quadrant holds ink), so
@@ -577,7 +577,7 @@ mod tests {
                 &Default::default(),
                 dir.path(),
                 0,
-                &mut Quiet,
+                &mut NoEval,
             )
             .unwrap();
             let last = out.log.last().unwrap();
