@@ -8,6 +8,7 @@
 
 pub mod analysis;
 pub mod dag;
+pub mod eval;
 pub mod model;
 pub mod progress;
 pub mod render;

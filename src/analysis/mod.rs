@@ -1,4 +1,7 @@
-//! Statistics for reporting: Wilson score intervals and Pearson correlation.
+//! Statistics for reporting: Wilson score intervals, a cluster bootstrap for repeated samples
+//! of one item, and Pearson correlation.
+
+use rand::RngExt;
 
 /// 95 % Wilson score interval for `k` successes out of `n`.
 pub fn wilson(k: u64, n: u64) -> (f64, f64) {
@@ -12,6 +15,33 @@ pub fn wilson(k: u64, n: u64) -> (f64, f64) {
     let centre = (p + z * z / (2.0 * n)) / denom;
     let half = z * (p * (1.0 - p) / n + z * z / (4.0 * n * n)).sqrt() / denom;
     ((centre - half).max(0.0), (centre + half).min(1.0))
+}
+
+/// 95 % percentile-bootstrap interval of a proportion measured on clusters (items) of
+/// correlated samples: `clusters[i] = (successes, samples)` of item i. Items are resampled with
+/// replacement `reps` times and the pooled proportion Σk/Σn recomputed, so samples of one item
+/// are never treated as independent. Deterministic for a given `seed`.
+pub fn cluster_bootstrap(clusters: &[(u64, u64)], reps: usize, seed: u64) -> (f64, f64) {
+    let m = clusters.len();
+    if m == 0 || clusters.iter().all(|c| c.1 == 0) {
+        return (0.0, 1.0);
+    }
+    let mut rng = crate::util::rng::keyed(seed, "analysis/cluster-bootstrap", m as u64, 0);
+    let mut stats: Vec<f64> = Vec::with_capacity(reps);
+    for _ in 0..reps.max(1) {
+        let (mut k, mut n) = (0u64, 0u64);
+        for _ in 0..m {
+            let c = clusters[rng.random_range(0..m)];
+            k += c.0;
+            n += c.1;
+        }
+        if n > 0 {
+            stats.push(k as f64 / n as f64);
+        }
+    }
+    stats.sort_by(f64::total_cmp);
+    let q = |p: f64| stats[((p * (stats.len() - 1) as f64).round() as usize).min(stats.len() - 1)];
+    (q(0.025), q(0.975))
 }
 
 /// Pearson correlation of two equally long samples (`None` if undefined).
@@ -46,6 +76,29 @@ mod tests {
         assert_eq!(lo, 0.0);
         assert!((hi - 0.1611).abs() < 1e-3, "{hi}");
         assert_eq!(wilson(0, 0), (0.0, 1.0));
+    }
+
+    #[test]
+    fn cluster_bootstrap_widens_for_correlated_samples() {
+        // 40 items × 8 samples. Independent-looking data: every item half right. Clustered data:
+        // half the items always right, half always wrong. Same pooled mean 0.5, but the clustered
+        // interval must be as wide as 40 independent draws, not 320.
+        let spread: Vec<(u64, u64)> = (0..40).map(|_| (4, 8)).collect();
+        let clustered: Vec<(u64, u64)> = (0..40)
+            .map(|i| if i % 2 == 0 { (8, 8) } else { (0, 8) })
+            .collect();
+        let (lo_s, hi_s) = cluster_bootstrap(&spread, 2000, 1);
+        let (lo_c, hi_c) = cluster_bootstrap(&clustered, 2000, 1);
+        assert!(hi_s - lo_s < 1e-9, "{lo_s} {hi_s}");
+        let (wl, wh) = wilson(20, 40);
+        assert!(
+            ((hi_c - lo_c) - (wh - wl)).abs() < 0.08,
+            "{lo_c} {hi_c} vs {wl} {wh}"
+        );
+        let (nl, nh) = wilson(160, 320);
+        assert!(hi_c - lo_c > 1.5 * (nh - nl));
+        assert_eq!(cluster_bootstrap(&clustered, 2000, 1), (lo_c, hi_c));
+        assert_eq!(cluster_bootstrap(&[], 10, 1), (0.0, 1.0));
     }
 
     #[test]

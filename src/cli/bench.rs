@@ -3,11 +3,11 @@
 //! rollout new tokens/s with the KV cache), printed as Markdown tables and optionally written to a
 //! file. Targets are recorded beside the measurements; nothing here asserts them.
 
+use asymm::eval::rollout::{Mode, RolloutSpec, run_rollouts};
 use asymm::model::sampling::SamplingConfig;
 use asymm::model::{DeviceSpec, Vlm, VlmConfig};
 use asymm::render::digits::DigitBank;
 use asymm::stages::render::{RenderConfig, render_one};
-use asymm::stages::rollout::{Mode, RolloutSpec, run_rollouts};
 use asymm::stages::synthesize::{SynthesizeConfig, generate};
 use asymm::tasks::TaskKind;
 use asymm::text::Tokenizer;
@@ -206,7 +206,7 @@ fn model_suite(a: &BenchArgs) -> anyhow::Result<String> {
                 mode: Mode::Standard,
                 samples: 1,
                 sampling: SamplingConfig::default(),
-                max_new_tokens: 128,
+                max_new_tokens: Some(128),
                 batch_size: batch,
             };
             let t = Instant::now();

@@ -1,7 +1,8 @@
 //! Batched autoregressive generation with a KV cache: one prefill over `[image, prefix]`, then one
 //! cached step per new token. Rows stop at `<eos>` or after `max_new_tokens`.
 
-use super::sampling::{SamplingConfig, sample};
+use super::ModelError;
+use super::sampling::{SamplingConfig, log_prob, sample};
 use super::vlm::Vlm;
 use crate::util::rng::keyed_str;
 use burn::tensor::Tensor;
@@ -12,13 +13,19 @@ use burn::tensor::backend::Backend;
 pub struct Generated {
     /// New tokens, without the final `<eos>`.
     pub tokens: Vec<u32>,
+    /// The sampling log-probability of each new token, followed by that of the final `<eos>`
+    /// when one was sampled (so `logprobs.len() == tokens.len() + !truncated`).
+    pub logprobs: Vec<f32>,
     /// Stopped by the length limit rather than `<eos>`.
     pub truncated: bool,
 }
 
-/// Identity of a sequence for keyed sampling.
+/// Identity of a sequence for keyed sampling: its random stream is keyed by
+/// (seed, purpose, item, sample), so two purposes (say a standard and a counterfactual rollout of
+/// the same item and sample) never share a stream.
 #[derive(Debug, Clone)]
 pub struct SeqKey {
+    pub purpose: &'static str,
     pub item: String,
     pub sample: u64,
 }
@@ -34,24 +41,28 @@ pub fn generate<B: Backend>(
     seed: u64,
     eos: u32,
     max_new_tokens: usize,
-) -> Result<Vec<Generated>, String> {
+) -> Result<Vec<Generated>, ModelError> {
     let b = prefixes.len();
     let vocab = model.embed.weight.dims()[0];
     if let Some(bad) = prefixes.iter().flatten().find(|&&t| t as usize >= vocab) {
-        return Err(format!(
+        return Err(ModelError::Input(format!(
             "token id {bad} is outside the vocabulary ({vocab})"
-        ));
+        )));
     }
     if keys.len() != b {
-        return Err(format!("{} keys for {b} sequences", keys.len()));
+        return Err(ModelError::Input(format!(
+            "{} keys for {b} sequences",
+            keys.len()
+        )));
     }
     let mut rngs: Vec<_> = keys
         .iter()
-        .map(|k| keyed_str(seed, "rollout/sample", &k.item, k.sample))
+        .map(|k| keyed_str(seed, k.purpose, &k.item, k.sample))
         .collect();
     let mut out: Vec<Generated> = (0..b)
         .map(|_| Generated {
             tokens: Vec::new(),
+            logprobs: Vec::new(),
             truncated: false,
         })
         .collect();
@@ -68,7 +79,11 @@ pub fn generate<B: Backend>(
             if done[i] {
                 continue;
             }
-            let tok = sample(&host[i * vocab..(i + 1) * vocab], sampling, &mut rngs[i]);
+            let row = &host[i * vocab..(i + 1) * vocab];
+            let tok = sample(row, sampling, &mut rngs[i]);
+            out[i]
+                .logprobs
+                .push(log_prob(row, tok, sampling.temperature));
             if tok == eos {
                 done[i] = true;
             } else {
@@ -99,7 +114,7 @@ pub fn greedy_uncached<B: Backend>(
     prefixes: &[Vec<u32>],
     eos: u32,
     max_new_tokens: usize,
-) -> Result<Vec<Vec<u32>>, String> {
+) -> Result<Vec<Vec<u32>>, ModelError> {
     let b = prefixes.len();
     let mut seqs: Vec<Vec<u32>> = prefixes.to_vec();
     let mut outs = vec![Vec::new(); b];
@@ -170,6 +185,7 @@ mod tests {
         let prefixes = vec![vec![1, 5, 9, 3], vec![2, 7], vec![4, 4, 4, 4, 4, 6]];
         let keys: Vec<SeqKey> = (0..3)
             .map(|i| SeqKey {
+                purpose: "test",
                 item: format!("x{i}"),
                 sample: 0,
             })
@@ -199,6 +215,7 @@ mod tests {
         let p = vec![vec![1, 2, 3], vec![4, 5, 6]];
         let keys: Vec<SeqKey> = (0..2)
             .map(|i| SeqKey {
+                purpose: "test",
                 item: format!("x{i}"),
                 sample: 0,
             })
@@ -223,6 +240,21 @@ mod tests {
         )
         .unwrap();
         assert_eq!(first_alone[0], both[0]);
+        // Each token carries its sampling log-probability (plus the final <eos>'s).
+        for g in &both {
+            assert_eq!(g.logprobs.len(), g.tokens.len() + usize::from(!g.truncated));
+            assert!(g.logprobs.iter().all(|&l| l <= 0.0 && l.is_finite()));
+        }
+        // Another purpose with the same item and sample draws from another stream.
+        let other: Vec<SeqKey> = keys
+            .iter()
+            .map(|k| SeqKey {
+                purpose: "test/other",
+                ..k.clone()
+            })
+            .collect();
+        let moved = generate(&m, images(2, cfg.image_size), &p, &other, &s, 5, 39, 10).unwrap();
+        assert_ne!(moved, both);
     }
 
     #[test]
@@ -238,6 +270,7 @@ mod tests {
                 images(1, cfg.image_size),
                 &[p],
                 &[SeqKey {
+                    purpose: "test",
                     item: format!("f{case}"),
                     sample: 0,
                 }],
@@ -251,6 +284,7 @@ mod tests {
         }
         // Ids outside the vocabulary are an error, not a panic.
         let keys = [SeqKey {
+            purpose: "test",
             item: "z".into(),
             sample: 0,
         }];
@@ -264,6 +298,10 @@ mod tests {
             0,
             5,
         );
-        assert!(r.unwrap_err().contains("outside the vocabulary"));
+        assert!(
+            r.unwrap_err()
+                .to_string()
+                .contains("outside the vocabulary")
+        );
     }
 }

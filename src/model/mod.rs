@@ -29,6 +29,10 @@ pub enum ModelError {
     Checkpoint(String),
     #[error("model config: {0}")]
     Config(String),
+    #[error("model input: {0}")]
+    Input(String),
+    #[error("reading a tensor back to the host: {0}")]
+    TensorRead(String),
 }
 
 /// A parsed `--device` value: `cpu`, `cuda`, `cuda:N`; a CUDA device may be suffixed `/bf16` to
@@ -72,11 +76,11 @@ impl DeviceSpec {
 /// A tensor's values on the host as f32, whatever the backend's float type.
 pub fn host_f32<B: burn::tensor::backend::Backend, const D: usize>(
     t: burn::tensor::Tensor<B, D>,
-) -> Result<Vec<f32>, String> {
+) -> Result<Vec<f32>, ModelError> {
     t.into_data()
         .convert::<f32>()
         .to_vec::<f32>()
-        .map_err(|e| format!("reading a tensor: {e:?}"))
+        .map_err(|e| ModelError::TensorRead(format!("{e:?}")))
 }
 
 /// Calls `$body` with `$B` bound to the backend type and `$dev` to the device for `$spec`.

@@ -48,6 +48,22 @@ pub fn argmax(logits: &[f32]) -> u32 {
     best as u32
 }
 
+/// Log-probability of `token` under `softmax(logits / T)` (T = 1 when greedy): the sampling
+/// policy's log-probability before any top-k / top-p cut, as an RL importance ratio needs it.
+pub fn log_prob(logits: &[f32], token: u32, temperature: f32) -> f32 {
+    let t = if temperature > 0.0 { temperature } else { 1.0 } as f64;
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+    let lse = logits
+        .iter()
+        .map(|&l| ((l as f64 - max) / t).exp())
+        .sum::<f64>()
+        .ln();
+    logits
+        .get(token as usize)
+        .map(|&l| ((l as f64 - max) / t - lse) as f32)
+        .unwrap_or(f32::NEG_INFINITY)
+}
+
 /// Samples one token from `logits`.
 pub fn sample<R: Rng>(logits: &[f32], cfg: &SamplingConfig, rng: &mut R) -> u32 {
     // Always draw, so a sequence's stream position does not depend on the settings path taken.
@@ -129,6 +145,19 @@ mod tests {
             (0..200).map(|_| sample(&logits, &t, &mut r2)).collect()
         };
         assert_eq!(draws, again);
+    }
+
+    #[test]
+    fn log_prob_is_a_normalized_log_softmax() {
+        let logits = [0.5f32, -1.0, 2.0];
+        for t in [0.0f32, 0.7, 1.0, 2.0] {
+            let total: f64 = (0..3).map(|k| (log_prob(&logits, k, t) as f64).exp()).sum();
+            assert!((total - 1.0).abs() < 1e-5, "T={t}: {total}");
+        }
+        // By hand at T = 1: log(e^2 / (e^0.5 + e^-1 + e^2)).
+        let z = 0.5f64.exp() + (-1.0f64).exp() + 2.0f64.exp();
+        assert!((log_prob(&logits, 2, 1.0) as f64 - (2.0f64.exp() / z).ln()).abs() < 1e-6);
+        assert_eq!(log_prob(&logits, 9, 1.0), f32::NEG_INFINITY);
     }
 
     #[test]

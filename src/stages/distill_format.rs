@@ -9,8 +9,7 @@ use super::{Outputs, Stage, StageError, input, main_output, optional, outputs};
 use crate::dag::{InputSpec, OutputSpec, RunCtx};
 use crate::table::{self, Table, cols};
 use crate::tasks::TaskKind;
-use crate::tasks::graph_coloring::{self as gc, Graph};
-use crate::tasks::sudoku::{self, Grid};
+
 use crate::text::format;
 use crate::text::tokenizer::{P_CLOSE, P_OPEN, R_CLOSE, R_OPEN, Tokenizer};
 use serde::{Deserialize, Serialize};
@@ -39,10 +38,7 @@ impl Default for DistillConfig {
 
 /// The teacher's reasoning for one puzzle.
 pub fn teacher_reasoning(task: TaskKind, perception: &str, verbosity: u8) -> Option<String> {
-    match task {
-        TaskKind::GraphColoring => Graph::parse(perception).map(|g| gc::trace(&g, verbosity)),
-        TaskKind::Sudoku => Grid::parse(perception).map(|g| sudoku::trace(&g, verbosity)),
-    }
+    task.task().trace(perception, verbosity)
 }
 
 /// A formatted, tokenized target with its spans.

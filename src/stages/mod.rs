@@ -30,6 +30,10 @@ pub enum StageError {
     Table(#[from] TableError),
     #[error(transparent)]
     Model(#[from] crate::model::ModelError),
+    #[error(transparent)]
+    Eval(#[from] crate::eval::EvalError),
+    #[error(transparent)]
+    Train(#[from] crate::train::sft::TrainError),
     #[error("{0}")]
     Invalid(String),
     #[error("i/o error at {path}: {source}")]
@@ -41,6 +45,33 @@ pub enum StageError {
 }
 
 pub type Outputs = BTreeMap<String, String>;
+
+/// Returns early with a [`StageError::Invalid`] built from a format string.
+#[macro_export]
+macro_rules! stage_bail {
+    ($($arg:tt)*) => {
+        return Err($crate::stages::StageError::Invalid(format!($($arg)*)))
+    };
+}
+pub use stage_bail as bail;
+
+/// Returns early with a [`StageError::Invalid`] unless the condition holds.
+#[macro_export]
+macro_rules! stage_ensure {
+    ($cond:expr, $($arg:tt)*) => {
+        if !$cond {
+            $crate::stages::bail!($($arg)*);
+        }
+    };
+}
+pub use stage_ensure as ensure;
+
+/// The artifact id of a required input (the runner checks required inputs are wired, so a
+/// missing one is a bug in the stage's input list, reported rather than read as empty).
+pub fn required_input<'a>(ctx: &'a RunCtx, name: &str) -> Result<&'a str, StageError> {
+    ctx.input(name)
+        .ok_or_else(|| StageError::Invalid(format!("input `{name}` is not wired")))
+}
 
 /// A pipeline stage with a typed config.
 pub trait Stage: Send + Sync + 'static {

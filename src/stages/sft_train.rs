@@ -4,18 +4,15 @@
 //! Writes the checkpoint, a deterministic per-step log with periodic held-out a_p / a_r / a, and
 //! the wall-clock timing. A killed run resumes from its last snapshot.
 
-use super::evaluate::score;
 use super::model_io::{read_checkpoint, read_examples, read_tokenizer, write_checkpoint};
-use super::rollout::{Mode, RolloutSpec, run_rollouts};
-use super::{Outputs, Stage, StageError, input, optional, outputs};
+use super::{Outputs, Stage, StageError, bail, input, optional, outputs, required_input};
 use crate::dag::{InputSpec, OutputSpec, RunCtx};
-use crate::model::sampling::SamplingConfig;
+use crate::eval::score::heldout_eval;
 use crate::model::{DeviceSpec, Vlm, VlmConfig};
 use crate::table::{self, cols};
-use crate::tasks::TaskKind;
 use crate::train::batch::Example;
 use crate::train::objective::ObjectiveKind;
-use crate::train::sft::{EvalPoint, LogRow, SftHooks, SftSettings, train};
+use crate::train::sft::{EvalPoint, LogRow, SftHooks, SftSettings, TrainError, train};
 use burn::backend::Autodiff;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use serde::{Deserialize, Serialize};
@@ -35,6 +32,17 @@ pub struct ModelOverrides {
     pub heads: Option<usize>,
     pub mlp_ratio: Option<usize>,
     pub max_seq_len: Option<usize>,
+}
+
+/// What to do with a training example longer than the model's context.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum Overlong {
+    /// Refuse to train, naming the longest example and the limit.
+    #[default]
+    Error,
+    /// Leave such examples out, counted in the log (`overlong_dropped`) and on stderr.
+    Drop,
 }
 
 /// Hyperparameter presets; explicit fields override them.
@@ -72,7 +80,10 @@ pub struct SftTrainConfig {
     /// Held-out evaluation every N steps (and at the end); 0 = only at the end.
     pub eval_every: usize,
     pub eval_items: usize,
-    pub eval_max_new_tokens: usize,
+    /// Token budget of the held-out rollouts; unset: the longest target plus a margin.
+    pub eval_max_new_tokens: Option<usize>,
+    /// Examples longer than the context: `error` (default) or `drop`.
+    pub overlong: Overlong,
     /// Perception/reasoning gradient-norm diagnostic every N steps (0 = never).
     pub diagnostics_every: usize,
     /// Resumable snapshot every N steps (0 = never).
@@ -100,7 +111,8 @@ impl Default for SftTrainConfig {
             eval_split: "test".into(),
             eval_every: 0,
             eval_items: 32,
-            eval_max_new_tokens: 256,
+            eval_max_new_tokens: None,
+            overlong: Overlong::Error,
             diagnostics_every: 10,
             snapshot_every: 25,
         }
@@ -166,68 +178,10 @@ impl SftTrainConfig {
     }
 }
 
-/// Greedy held-out a_p, a_r and a on a fixed subset.
-pub fn heldout_eval<B: Backend>(
-    model: &Vlm<B>,
-    tok: &crate::text::Tokenizer,
-    examples: &[Example],
-    max_new_tokens: usize,
-    device: &B::Device,
-) -> Result<EvalPoint, String> {
-    let spec = |mode| RolloutSpec {
-        mode,
-        samples: 1,
-        sampling: SamplingConfig::greedy(),
-        max_new_tokens,
-        batch_size: 32,
-    };
-    let std = run_rollouts(
-        model,
-        tok,
-        examples,
-        None,
-        &spec(Mode::Standard),
-        0,
-        device,
-        |_| {},
-    )
-    .map_err(|e| e.to_string())?;
-    let cf = run_rollouts(
-        model,
-        tok,
-        examples,
-        None,
-        &spec(Mode::Counterfactual),
-        0,
-        device,
-        |_| {},
-    )
-    .map_err(|e| e.to_string())?;
-    let (mut ap, mut ar, mut a) = (0usize, 0usize, 0usize);
-    for ((e, s), c) in examples.iter().zip(&std).zip(&cf) {
-        let task = TaskKind::parse(&e.task).ok_or_else(|| format!("unknown task `{}`", e.task))?;
-        let sc = score(
-            task,
-            &e.perception,
-            (s.perception.as_deref(), s.reasoning.as_deref()),
-            Some(c.reasoning.as_deref()),
-        );
-        ap += sc.a_p as usize;
-        a += sc.a as usize;
-        ar += sc.a_r.unwrap_or(false) as usize;
-    }
-    let n = examples.len().max(1) as f64;
-    Ok(EvalPoint {
-        a_p: ap as f64 / n,
-        a_r: ar as f64 / n,
-        a: a as f64 / n,
-    })
-}
-
 struct Hooks<'a, B: Backend> {
     tok: &'a crate::text::Tokenizer,
     eval_set: &'a [Example],
-    max_new_tokens: usize,
+    max_new_tokens: Option<usize>,
     device: &'a B::Device,
     bar: indicatif::ProgressBar,
     ctx: &'a RunCtx<'a>,
@@ -238,7 +192,10 @@ impl<B: Backend> SftHooks<Autodiff<B>> for Hooks<'_, B> {
         &mut self,
         _step: usize,
         model: &Vlm<<Autodiff<B> as AutodiffBackend>::InnerBackend>,
-    ) -> Result<Option<EvalPoint>, String> {
+    ) -> Result<Option<EvalPoint>, TrainError> {
+        if self.eval_set.is_empty() {
+            return Ok(None);
+        }
         heldout_eval(
             model,
             self.tok,
@@ -247,6 +204,7 @@ impl<B: Backend> SftHooks<Autodiff<B>> for Hooks<'_, B> {
             self.device,
         )
         .map(Some)
+        .map_err(TrainError::from)
     }
     fn after_step(&mut self, step: usize, row: &LogRow, tokens_per_sec: f64) {
         self.bar.inc(1);
@@ -260,7 +218,7 @@ pub struct SftTrain;
 
 impl Stage for SftTrain {
     const NAME: &'static str = "sft-train";
-    const VERSION: u32 = 2;
+    const VERSION: u32 = 3;
     const USES_DEVICE: bool = true;
     type Config = SftTrainConfig;
 
@@ -285,7 +243,7 @@ impl Stage for SftTrain {
     }
 
     fn run(cfg: &SftTrainConfig, ctx: &RunCtx) -> Result<Outputs, StageError> {
-        let data_id = ctx.input("data").unwrap_or_default();
+        let data_id = required_input(ctx, "data")?;
         let tok = read_tokenizer(ctx.store, data_id)?;
         let (mcfg, init) = match ctx.input("init") {
             Some(id) => {
@@ -294,7 +252,7 @@ impl Stage for SftTrain {
             }
             None => (cfg.model_config(tok.vocab_size())?, None),
         };
-        let train_set = read_examples(
+        let mut train_set = read_examples(
             ctx.store,
             data_id,
             Some(&cfg.train_split),
@@ -315,8 +273,44 @@ impl Stage for SftTrain {
             cfg.eval_items,
         )?;
         let settings = cfg.settings(ctx.seed, mcfg.max_seq_len - mcfg.patches());
-        let spec =
-            DeviceSpec::parse(&ctx.device).map_err(|e| StageError::Invalid(e.to_string()))?;
+        let fits = |e: &Example| e.prompt.len() + e.target.len() <= settings.max_text + 1;
+        let before = train_set.len();
+        match cfg.overlong {
+            Overlong::Error => {
+                if let Some(e) = train_set
+                    .iter()
+                    .filter(|e| !fits(e))
+                    .max_by_key(|e| e.prompt.len() + e.target.len())
+                {
+                    bail!(
+                        "{} of {before} training examples are longer than the model's context; \
+                         the longest, `{}`, has {} prompt + target tokens and the model reads {} \
+                         after the image (max_seq_len {} − {} image patches). Shorten the \
+                         targets (distill-format verbosity), raise size.max_seq_len, or set \
+                         overlong = \"drop\"",
+                        train_set.iter().filter(|e| !fits(e)).count(),
+                        e.id,
+                        e.prompt.len() + e.target.len(),
+                        settings.max_text + 1,
+                        mcfg.max_seq_len,
+                        mcfg.patches()
+                    );
+                }
+            }
+            Overlong::Drop => train_set.retain(|e| fits(e)),
+        }
+        let dropped = before - train_set.len();
+        if dropped > 0 {
+            eprintln!(
+                "warning: sft-train dropped {dropped} of {before} training examples longer than \
+                 the context ({} tokens after the image)",
+                settings.max_text + 1
+            );
+        }
+        if train_set.is_empty() {
+            bail!("no training example fits the model's context");
+        }
+        let spec = DeviceSpec::parse(&ctx.device)?;
         let bar = crate::progress::bar(settings.steps as u64, "sft-train");
         let scratch = ctx.scratch();
         let out = crate::with_backend!(spec, |B, dev| {
@@ -338,11 +332,11 @@ impl Stage for SftTrain {
                 tok.pad(),
                 &mut hooks,
             )
-            .map_err(|e| StageError::Invalid(e.to_string()))
+            .map_err(StageError::from)
         })?;
         bar.finish_and_clear();
         let ckpt = write_checkpoint(ctx, &mcfg, &out.weights, &tok)?;
-        let log_id = write_log(ctx, &out.log)?;
+        let log_id = write_log(ctx, &out.log, dropped)?;
         let mut w = ctx
             .store
             .writer("train_timing", table::schema("train_timing")?.version)?;
@@ -370,27 +364,40 @@ impl Stage for SftTrain {
     }
 }
 
-fn write_log(ctx: &RunCtx, log: &[LogRow]) -> Result<String, StageError> {
+fn write_log(ctx: &RunCtx, log: &[LogRow], dropped: usize) -> Result<String, StageError> {
     let mut w = ctx
         .store
         .writer("train_log", table::schema("train_log")?.version)?;
-    let n = table::write(
+    let f = |g: &dyn Fn(&LogRow) -> f64| cols::f64(log.iter().map(g).collect());
+    let opt = |g: &dyn Fn(&LogRow) -> Option<f64>| cols::f64_opt(log.iter().map(g).collect());
+    let n = table::write_named(
         &mut w,
         "train_log",
         vec![
-            cols::i32(log.iter().map(|r| r.step as i32).collect()),
-            cols::f64(log.iter().map(|r| r.loss).collect()),
-            cols::f64(log.iter().map(|r| r.loss_perception).collect()),
-            cols::f64(log.iter().map(|r| r.loss_reasoning).collect()),
-            cols::f64(log.iter().map(|r| r.perception_token_share).collect()),
-            cols::f64(log.iter().map(|r| r.perception_loss_share).collect()),
-            cols::f64_opt(log.iter().map(|r| r.perception_grad_share).collect()),
-            cols::f64_opt(log.iter().map(|r| r.loss_perception_blank).collect()),
-            cols::f64_opt(log.iter().map(|r| r.lambda).collect()),
-            cols::f64(log.iter().map(|r| r.lr).collect()),
-            cols::f64_opt(log.iter().map(|r| r.eval.map(|e| e.a_p)).collect()),
-            cols::f64_opt(log.iter().map(|r| r.eval.map(|e| e.a_r)).collect()),
-            cols::f64_opt(log.iter().map(|r| r.eval.map(|e| e.a)).collect()),
+            (
+                "step",
+                cols::i32(log.iter().map(|r| r.step as i32).collect()),
+            ),
+            ("loss", f(&|r| r.loss)),
+            ("loss_perception", f(&|r| r.loss_perception)),
+            ("loss_reasoning", f(&|r| r.loss_reasoning)),
+            ("perception_token_share", f(&|r| r.perception_token_share)),
+            ("perception_loss_share", f(&|r| r.perception_loss_share)),
+            ("perception_grad_share", opt(&|r| r.perception_grad_share)),
+            ("loss_perception_blank", opt(&|r| r.loss_perception_blank)),
+            ("lambda", opt(&|r| r.lambda)),
+            ("lr", f(&|r| r.lr)),
+            ("grad_norm", f(&|r| r.grad_norm)),
+            ("eval_a_p", opt(&|r| r.eval.map(|e| e.a_p))),
+            ("eval_a_r", opt(&|r| r.eval.map(|e| e.a_r))),
+            ("eval_a", opt(&|r| r.eval.map(|e| e.a))),
+            ("eval_a_tilde_r", opt(&|r| r.eval.map(|e| e.a_tilde_r))),
+            ("eval_a_given_p", opt(&|r| r.eval.and_then(|e| e.a_given_p))),
+            ("eval_truncated", opt(&|r| r.eval.map(|e| e.truncated))),
+            (
+                "overlong_dropped",
+                cols::i32(vec![dropped as i32; log.len()]),
+            ),
         ],
     )?;
     Ok(ctx.commit(w, Some(n))?)

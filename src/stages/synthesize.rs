@@ -1,14 +1,21 @@
 //! synthesize: generate puzzles for one task into test / sft / rl splits, with exact solutions and
 //! canonical perception text. No puzzle appears twice (deduplicated by canonical text), so no
 //! puzzle is in two splits.
+//!
+//! Splits are drawn from one distribution: deduplication favours small puzzles among the first
+//! attempts (they are the ones that repeat later), so the unique puzzles are shuffled by a keyed
+//! permutation and then dealt to the splits stratified by size (node count for graph coloring,
+//! number of givens for Sudoku), each stratum in proportion to the split sizes.
 
 use super::{Outputs, Stage, StageError, main_output, outputs};
 use crate::dag::{InputSpec, OutputSpec, RunCtx};
 use crate::table::{self, cols};
-use crate::tasks::TaskKind;
-use crate::tasks::graph_coloring::{self as gc, GcGen, Graph};
-use crate::tasks::sudoku::{Grid, SudokuGen};
+pub use crate::tasks::Puzzle;
+use crate::tasks::graph_coloring::{self as gc, GcGen};
+use crate::tasks::sudoku::SudokuGen;
+use crate::tasks::{GenConfig, TaskKind};
 use crate::util::rng::keyed;
+use rand::seq::SliceRandom;
 use serde::{Deserialize, Serialize};
 use std::collections::HashSet;
 
@@ -51,45 +58,60 @@ impl Default for SynthesizeConfig {
     }
 }
 
-/// One generated puzzle.
-#[derive(Debug, Clone)]
-pub struct Puzzle {
-    pub perception: String,
-    pub solution: String,
-    pub nodes: Option<i32>,
-    pub edges: Option<i32>,
-    pub chromatic: Option<i32>,
-    pub givens: Option<i32>,
-}
-
 /// Generates the puzzle for attempt number `attempt` (pure function of its arguments).
 pub fn generate(cfg: &SynthesizeConfig, seed: u64, attempt: u64) -> Puzzle {
     let mut rng = keyed(seed, cfg.task.name(), attempt, 0);
-    match cfg.task {
-        TaskKind::GraphColoring => {
-            let g = Graph::random(&mut rng, &cfg.graph);
-            let (k, colors) = gc::chromatic(&g);
-            Puzzle {
-                perception: g.canonical(),
-                solution: gc::answer_line(&colors),
-                nodes: Some(g.n as i32),
-                edges: Some(g.edges.len() as i32),
-                chromatic: Some(k as i32),
-                givens: None,
-            }
-        }
-        TaskKind::Sudoku => {
-            let (p, s) = Grid::random_puzzle(&mut rng, &cfg.sudoku);
-            Puzzle {
-                perception: p.canonical(),
-                solution: s.canonical(),
-                nodes: None,
-                edges: None,
-                chromatic: None,
-                givens: Some(p.givens() as i32),
+    let gen_cfg = GenConfig {
+        graph: cfg.graph,
+        sudoku: cfg.sudoku,
+    };
+    cfg.task.task().generate(&mut rng, &gen_cfg)
+}
+
+/// Deals `puzzles` to the splits `(name, size)` (sizes summing to the puzzle count): a keyed
+/// shuffle, then, stratum by stratum, each next puzzle goes to the split furthest below its
+/// proportional share (largest-deficit rounding), so every stratum is split in proportion and
+/// the totals are exact. Returns the puzzles grouped by split, in the order of `splits`.
+pub fn assign_splits<'a>(
+    puzzles: Vec<Puzzle>,
+    splits: &[(&'a str, usize)],
+    seed: u64,
+) -> Vec<(&'a str, Puzzle)> {
+    let total = puzzles.len();
+    let mut order: Vec<usize> = (0..total).collect();
+    order.shuffle(&mut keyed(seed, "synthesize/split", 0, 0));
+    // Stable sort by stratum keeps the shuffled order within each stratum.
+    order.sort_by_key(|&i| puzzles[i].stratum());
+    let mut given = vec![0usize; splits.len()];
+    let mut dest = vec![0usize; total];
+    for (k, &i) in order.iter().enumerate() {
+        let due = |s: usize| (k + 1) as f64 * splits[s].1 as f64 / total.max(1) as f64;
+        let s = (0..splits.len())
+            .filter(|&s| given[s] < splits[s].1)
+            .max_by(|&a, &b| {
+                (due(a) - given[a] as f64)
+                    .total_cmp(&(due(b) - given[b] as f64))
+                    .then(b.cmp(&a))
+            })
+            .unwrap_or(0);
+        given[s] += 1;
+        dest[i] = s;
+    }
+    let mut slots: Vec<Option<Puzzle>> = puzzles.into_iter().map(Some).collect();
+    let mut out = Vec::with_capacity(total);
+    // Within a split, puzzles keep the shuffled order.
+    let mut shuffled: Vec<usize> = (0..total).collect();
+    shuffled.shuffle(&mut keyed(seed, "synthesize/order", 0, 0));
+    for (s, (name, _)) in splits.iter().enumerate() {
+        for &i in &shuffled {
+            if dest[i] == s
+                && let Some(p) = slots[i].take()
+            {
+                out.push((*name, p));
             }
         }
     }
+    out
 }
 
 /// Generates `total` unique puzzles; attempts are computed in parallel chunks and deduplicated in
@@ -115,7 +137,7 @@ pub fn generate_unique(
             )));
         }
         let base = next;
-        let batch: Vec<Puzzle> = std::thread::scope(|s| {
+        let batch: Vec<Puzzle> = std::thread::scope(|s| -> Result<Vec<Puzzle>, StageError> {
             let handles: Vec<_> = (0..threads as u64)
                 .map(|t| {
                     s.spawn(move || {
@@ -126,13 +148,15 @@ pub fn generate_unique(
                     })
                 })
                 .collect();
-            let mut all: Vec<(u64, Puzzle)> = handles
-                .into_iter()
-                .flat_map(|h| h.join().unwrap_or_default())
-                .collect();
+            let mut all: Vec<(u64, Puzzle)> = Vec::with_capacity(chunk as usize);
+            for h in handles {
+                all.extend(h.join().map_err(|_| {
+                    StageError::Invalid("a puzzle generation thread panicked".into())
+                })?);
+            }
             all.sort_by_key(|(a, _)| *a);
-            all.into_iter().map(|(_, p)| p).collect()
-        });
+            Ok(all.into_iter().map(|(_, p)| p).collect())
+        })?;
         next += chunk;
         for p in batch {
             if out.len() < total && seen.insert(p.perception.clone()) {
@@ -147,7 +171,7 @@ pub struct Synthesize;
 
 impl Stage for Synthesize {
     const NAME: &'static str = "synthesize";
-    const VERSION: u32 = 1;
+    const VERSION: u32 = 2;
     type Config = SynthesizeConfig;
 
     fn inputs() -> Vec<InputSpec> {
@@ -167,18 +191,17 @@ impl Stage for Synthesize {
         }
         let total = cfg.splits.test + cfg.splits.sft + cfg.splits.rl;
         let puzzles = generate_unique(cfg, ctx.seed, total)?;
-        let prefix = match cfg.task {
-            TaskKind::GraphColoring => "gc",
-            TaskKind::Sudoku => "sd",
-        };
-        let mut split = Vec::with_capacity(total);
-        for (name, n) in [
-            ("test", cfg.splits.test),
-            ("sft", cfg.splits.sft),
-            ("rl", cfg.splits.rl),
-        ] {
-            split.extend(std::iter::repeat_n(name, n));
-        }
+        let prefix = cfg.task.task().id_prefix();
+        let dealt = assign_splits(
+            puzzles,
+            &[
+                ("test", cfg.splits.test),
+                ("sft", cfg.splits.sft),
+                ("rl", cfg.splits.rl),
+            ],
+            ctx.seed,
+        );
+        let (split, puzzles): (Vec<&str>, Vec<Puzzle>) = dealt.into_iter().unzip();
         let ids: Vec<String> = (0..total).map(|i| format!("{prefix}-{i:06}")).collect();
         let tasks = vec![cfg.task.name(); total];
         let mut w = ctx
@@ -211,5 +234,82 @@ impl Stage for Synthesize {
         )?;
         let id = ctx.commit(w, Some(rows))?;
         Ok(outputs(&[("main", id)]))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    /// Total variation distance between the stratum distributions of two splits.
+    fn tv(dealt: &[(&str, Puzzle)], a: &str, b: &str) -> f64 {
+        let dist = |name: &str| {
+            let mut m: BTreeMap<i32, f64> = BTreeMap::new();
+            let rows: Vec<_> = dealt.iter().filter(|(s, _)| *s == name).collect();
+            for (_, p) in &rows {
+                *m.entry(p.stratum()).or_default() += 1.0 / rows.len() as f64;
+            }
+            m
+        };
+        let (da, db) = (dist(a), dist(b));
+        let keys: std::collections::BTreeSet<i32> = da.keys().chain(db.keys()).copied().collect();
+        keys.iter()
+            .map(|k| (da.get(k).unwrap_or(&0.0) - db.get(k).unwrap_or(&0.0)).abs())
+            .sum::<f64>()
+            / 2.0
+    }
+
+    fn dealt(cfg: &SynthesizeConfig, n: usize) -> Vec<(&'static str, Puzzle)> {
+        let puzzles = generate_unique(cfg, 3, 2 * n).unwrap();
+        assert_eq!(puzzles.len(), 2 * n);
+        assert_splits(assign_splits(puzzles, &[("test", n), ("sft", n)], 3), n)
+    }
+
+    fn assert_splits(d: Vec<(&'static str, Puzzle)>, n: usize) -> Vec<(&'static str, Puzzle)> {
+        assert_eq!(d.iter().filter(|(s, _)| *s == "test").count(), n);
+        assert_eq!(d.iter().filter(|(s, _)| *s == "sft").count(), n);
+        d
+    }
+
+    #[test]
+    fn graph_splits_share_one_node_count_distribution() {
+        let cfg = SynthesizeConfig {
+            graph: GcGen {
+                min_nodes: 5,
+                max_nodes: 6,
+                edge_prob: 0.35,
+            },
+            ..SynthesizeConfig::default()
+        };
+        let d = dealt(&cfg, 2000);
+        let t = tv(&d, "test", "sft");
+        assert!(t <= 0.05, "node-count TV between test and sft = {t}");
+    }
+
+    #[test]
+    fn sudoku_splits_share_one_givens_distribution() {
+        let cfg = SynthesizeConfig {
+            task: TaskKind::Sudoku,
+            ..SynthesizeConfig::default()
+        };
+        let d = dealt(&cfg, 2000);
+        let t = tv(&d, "test", "sft");
+        assert!(t <= 0.05, "givens TV between test and sft = {t}");
+    }
+
+    #[test]
+    fn uneven_splits_get_exact_sizes() {
+        let cfg = SynthesizeConfig::default();
+        let puzzles = generate_unique(&cfg, 1, 107).unwrap();
+        let d = assign_splits(puzzles, &[("test", 10), ("sft", 0), ("rl", 97)], 1);
+        assert_eq!(d.iter().filter(|(s, _)| *s == "test").count(), 10);
+        assert_eq!(d.iter().filter(|(s, _)| *s == "rl").count(), 97);
+        let names: Vec<&str> = d.iter().map(|(s, _)| *s).collect();
+        assert!(
+            names
+                .windows(2)
+                .all(|w| w[0] == w[1] || (w[0] == "test" && w[1] == "rl"))
+        );
     }
 }

@@ -50,33 +50,46 @@ pub enum TableError {
 
 pub type Result<T> = std::result::Result<T, TableError>;
 
-fn writer_properties(kind: &str, version: u32) -> WriterProperties {
+fn writer_properties(s: &Schema) -> WriterProperties {
+    use parquet::file::metadata::KeyValue;
+    let mut kv = vec![
+        KeyValue::new("asymm.kind".into(), s.kind.clone()),
+        KeyValue::new("asymm.schema_version".into(), s.version.to_string()),
+    ];
+    if let Some(hf) = s.hf_metadata() {
+        kv.push(KeyValue::new("huggingface".into(), hf));
+    }
     WriterProperties::builder()
         .set_compression(Compression::SNAPPY)
         .set_max_row_group_row_count(Some(4096))
         .set_created_by("asymm".to_string())
-        .set_key_value_metadata(Some(vec![
-            parquet::file::metadata::KeyValue::new("asymm.kind".into(), kind.to_string()),
-            parquet::file::metadata::KeyValue::new(
-                "asymm.schema_version".into(),
-                version.to_string(),
-            ),
-        ]))
+        .set_key_value_metadata(Some(kv))
         .build()
 }
 
-/// Validates `columns` against the schema of `kind` and writes them as `data.parquet` into `w`.
-/// Returns the row count.
+/// Validates `columns` (in schema order) against the schema of `kind` and writes them as
+/// `data.parquet` into `w`. Returns the row count. Prefer [`write_named`].
 pub fn write(w: &mut ArtifactWriter, kind: &str, columns: Vec<ArrayRef>) -> Result<u64> {
+    let batch = schema(kind)?.batch(columns)?;
+    write_batch(w, kind, batch)
+}
+
+/// Validates `columns`, given by name in any order, against the schema of `kind` and writes
+/// them as `data.parquet` into `w`. Returns the row count.
+pub fn write_named(
+    w: &mut ArtifactWriter,
+    kind: &str,
+    columns: Vec<(&str, ArrayRef)>,
+) -> Result<u64> {
+    let batch = schema(kind)?.batch_named(columns)?;
+    write_batch(w, kind, batch)
+}
+
+fn write_batch(w: &mut ArtifactWriter, kind: &str, batch: RecordBatch) -> Result<u64> {
     let s = schema(kind)?;
-    let batch = s.batch(columns)?;
     let mut f = w.create(DATA_FILE)?;
     {
-        let mut aw = ArrowWriter::try_new(
-            &mut f,
-            batch.schema(),
-            Some(writer_properties(kind, s.version)),
-        )?;
+        let mut aw = ArrowWriter::try_new(&mut f, batch.schema(), Some(writer_properties(s)))?;
         aw.write(&batch)?;
         aw.close()?;
     }
@@ -213,6 +226,25 @@ impl Table {
         Ok(out)
     }
 
+    /// A `list<float32>` column as vectors.
+    pub fn f32_lists(&self, name: &str) -> Result<Vec<Vec<f32>>> {
+        let l = self.list(name)?;
+        let mut out = Vec::with_capacity(l.len());
+        for i in 0..l.len() {
+            let v = l.value(i);
+            let xs =
+                v.as_any()
+                    .downcast_ref::<Float32Array>()
+                    .ok_or_else(|| TableError::Column {
+                        kind: self.kind.clone(),
+                        column: name.to_string(),
+                        msg: "list items are not float32".into(),
+                    })?;
+            out.push(xs.values().to_vec());
+        }
+        Ok(out)
+    }
+
     /// A `list<utf8>` column as vectors.
     pub fn str_lists(&self, name: &str) -> Result<Vec<Vec<String>>> {
         let l = self.list(name)?;
@@ -294,6 +326,13 @@ pub mod cols {
             _,
         >(v.iter().map(|x| Some(x.iter().map(|&y| Some(y))))))
     }
+    pub fn list_f32(v: &[Vec<f32>]) -> ArrayRef {
+        Arc::new(ListArray::from_iter_primitive::<
+            arrow::datatypes::Float32Type,
+            _,
+            _,
+        >(v.iter().map(|x| Some(x.iter().map(|&y| Some(y))))))
+    }
     pub fn list_utf8(v: &[Vec<String>]) -> ArrayRef {
         let mut b = ListBuilder::new(StringBuilder::new());
         for row in v {
@@ -315,5 +354,78 @@ pub mod cols {
             vec![binary(pngs), utf8(paths)],
             None::<NullBuffer>,
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Image artifacts carry the `huggingface` features metadata naming every column, with the
+    /// image column as an `Image` feature; other kinds carry none.
+    #[test]
+    fn image_artifacts_carry_hf_features() {
+        let dir = crate::util::fsx::TempDir::new("asymm-hf").unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let s = schema("images").unwrap();
+        let mut w = store.writer("images", s.version).unwrap();
+        let columns: Vec<(&str, ArrayRef)> = s
+            .columns
+            .iter()
+            .map(|c| {
+                let a: ArrayRef = match c.ty {
+                    ColType::Image => cols::image(&[vec![1, 2]], &["x.png".to_string()]),
+                    t => arrow::array::new_null_array(&t.arrow(), 1),
+                };
+                (c.name.as_str(), a)
+            })
+            .collect();
+        // Nulls in non-nullable columns are refused; build those with values instead.
+        let columns = columns
+            .into_iter()
+            .map(|(n, a)| {
+                let spec = s.columns.iter().find(|c| c.name == n).unwrap();
+                let a = if a.null_count() > 0 && !spec.nullable {
+                    match spec.ty {
+                        ColType::Utf8 => cols::utf8(&["a"]),
+                        ColType::Int32 => cols::i32(vec![1]),
+                        ColType::Float32 => cols::f32(vec![1.0]),
+                        ColType::Float64 => cols::f64(vec![1.0]),
+                        ColType::Bool => cols::bool(vec![true]),
+                        ColType::Int64 => cols::i64(vec![1]),
+                        _ => a,
+                    }
+                } else {
+                    a
+                };
+                (n, a)
+            })
+            .collect();
+        write_named(&mut w, "images", columns).unwrap();
+        let id = w
+            .commit(Some(1), Default::default(), serde_json::Value::Null)
+            .unwrap();
+        let bytes = store.read_file(&id, DATA_FILE).unwrap();
+        let reader =
+            parquet::file::serialized_reader::SerializedFileReader::new(bytes::Bytes::from(bytes))
+                .unwrap();
+        use parquet::file::reader::FileReader;
+        let kv = reader
+            .metadata()
+            .file_metadata()
+            .key_value_metadata()
+            .cloned()
+            .unwrap_or_default();
+        let hf = kv
+            .iter()
+            .find(|k| k.key == "huggingface")
+            .and_then(|k| k.value.clone())
+            .expect("huggingface metadata");
+        let v: serde_json::Value = serde_json::from_str(&hf).unwrap();
+        let features = v["info"]["features"].as_object().unwrap();
+        assert_eq!(features.len(), s.columns.len());
+        assert_eq!(features["image"]["_type"], "Image");
+        assert_eq!(features["id"]["dtype"], "string");
+        assert!(schema("rollouts").unwrap().hf_metadata().is_none());
     }
 }

@@ -52,6 +52,8 @@ pub enum ColType {
     ListInt32,
     #[serde(rename = "list<utf8>")]
     ListUtf8,
+    #[serde(rename = "list<float32>")]
+    ListFloat32,
     /// HF-datasets image struct `{bytes: binary, path: utf8}`.
     #[serde(rename = "image")]
     Image,
@@ -70,7 +72,27 @@ impl ColType {
             ColType::Binary => "binary",
             ColType::ListInt32 => "list<int32>",
             ColType::ListUtf8 => "list<utf8>",
+            ColType::ListFloat32 => "list<float32>",
             ColType::Image => "image",
+        }
+    }
+
+    /// The Hugging Face `datasets` feature of this type (`Features.from_dict` form).
+    pub fn hf_feature(self) -> serde_json::Value {
+        use serde_json::json;
+        let value = |dtype: &str| json!({"dtype": dtype, "_type": "Value"});
+        match self {
+            ColType::Utf8 => value("string"),
+            ColType::Bool => value("bool"),
+            ColType::Int32 => value("int32"),
+            ColType::Int64 => value("int64"),
+            ColType::Float32 => value("float32"),
+            ColType::Float64 => value("float64"),
+            ColType::Binary => value("binary"),
+            ColType::ListInt32 => json!({"feature": value("int32"), "_type": "Sequence"}),
+            ColType::ListUtf8 => json!({"feature": value("string"), "_type": "Sequence"}),
+            ColType::ListFloat32 => json!({"feature": value("float32"), "_type": "Sequence"}),
+            ColType::Image => json!({"_type": "Image"}),
         }
     }
 
@@ -87,6 +109,9 @@ impl ColType {
                 DataType::List(Arc::new(Field::new("item", DataType::Int32, true)))
             }
             ColType::ListUtf8 => DataType::List(Arc::new(Field::new("item", DataType::Utf8, true))),
+            ColType::ListFloat32 => {
+                DataType::List(Arc::new(Field::new("item", DataType::Float32, true)))
+            }
             ColType::Image => DataType::Struct(Fields::from(vec![
                 Field::new("bytes", DataType::Binary, true),
                 Field::new("path", DataType::Utf8, true),
@@ -163,6 +188,20 @@ impl Schema {
         )
     }
 
+    /// The `huggingface` schema metadata that makes `datasets.load_dataset("parquet", …)` see
+    /// image columns as `Image` features without a cast; `None` for kinds without images.
+    pub fn hf_metadata(&self) -> Option<String> {
+        if !self.columns.iter().any(|c| c.ty == ColType::Image) {
+            return None;
+        }
+        let features: serde_json::Map<String, serde_json::Value> = self
+            .columns
+            .iter()
+            .map(|c| (c.name.clone(), c.ty.hf_feature()))
+            .collect();
+        Some(serde_json::json!({"info": {"features": features}}).to_string())
+    }
+
     fn col_err(&self, column: &str, msg: impl Into<String>) -> TableError {
         TableError::Column {
             kind: self.kind.clone(),
@@ -194,6 +233,30 @@ impl Schema {
             return Err(self.col_err(extra.name(), "not in the schema"));
         }
         Ok(())
+    }
+
+    /// Builds a record batch from columns given by name, in any order: each schema column must
+    /// be given exactly once and no other, so columns are bound by name, never by position.
+    pub fn batch_named(&self, columns: Vec<(&str, ArrayRef)>) -> Result<RecordBatch> {
+        let mut by_name: BTreeMap<&str, ArrayRef> = BTreeMap::new();
+        for (name, col) in columns {
+            if !self.columns.iter().any(|c| c.name == name) {
+                return Err(self.col_err(name, "not in the schema"));
+            }
+            if by_name.insert(name, col).is_some() {
+                return Err(self.col_err(name, "given twice"));
+            }
+        }
+        let ordered = self
+            .columns
+            .iter()
+            .map(|spec| {
+                by_name
+                    .remove(spec.name.as_str())
+                    .ok_or_else(|| self.col_err(&spec.name, "missing"))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        self.batch(ordered)
     }
 
     /// Builds a record batch from columns in schema order, checking types and nulls.
@@ -251,6 +314,54 @@ mod tests {
             schema(k).unwrap();
         }
         assert!(schema("nope").is_err());
+    }
+
+    #[test]
+    fn named_columns_bind_by_name() {
+        let s = schema("train_timing").unwrap();
+        let names: Vec<&str> = s.columns.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(names, ["step", "seconds", "tokens", "tokens_per_sec"]);
+        let cols = || {
+            vec![
+                ("tokens_per_sec", cols::f64(vec![2.0])),
+                ("step", cols::i32(vec![1])),
+                ("seconds", cols::f64(vec![0.5])),
+                ("tokens", cols::i64(vec![1])),
+            ]
+        };
+        let b = s.batch_named(cols()).unwrap();
+        let secs = b
+            .column_by_name("seconds")
+            .unwrap()
+            .as_any()
+            .downcast_ref::<arrow::array::Float64Array>()
+            .unwrap()
+            .value(0);
+        assert_eq!(secs, 0.5);
+        let mut missing = cols();
+        missing.pop();
+        assert!(
+            s.batch_named(missing)
+                .unwrap_err()
+                .to_string()
+                .contains("`tokens`")
+        );
+        let mut extra = cols();
+        extra.push(("speed", cols::f64(vec![1.0])));
+        assert!(
+            s.batch_named(extra)
+                .unwrap_err()
+                .to_string()
+                .contains("`speed`")
+        );
+        let mut twice = cols();
+        twice.push(("step", cols::i32(vec![1])));
+        assert!(
+            s.batch_named(twice)
+                .unwrap_err()
+                .to_string()
+                .contains("twice")
+        );
     }
 
     #[test]

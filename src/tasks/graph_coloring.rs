@@ -114,7 +114,7 @@ impl Graph {
 }
 
 /// Whether perception text `p` describes the same graph as `p_star`.
-pub fn perception_correct(p: &str, p_star: &str) -> bool {
+pub fn perception_equivalent(p: &str, p_star: &str) -> bool {
     match (Graph::parse(p), Graph::parse(p_star)) {
         (Some(a), Some(b)) => a == b,
         _ => false,
@@ -432,13 +432,16 @@ mod tests {
         let g = Graph::new(7, [(3, 1), (0, 6), (1, 3)]).unwrap();
         assert_eq!(g.canonical(), "nodes 7\nedges 0-6 1-3");
         assert_eq!(Graph::parse(&g.canonical()), Some(g.clone()));
-        assert!(perception_correct("nodes 7\nedges 1-3 6-0", &g.canonical()));
-        assert!(!perception_correct("nodes 7\nedges 1-3", &g.canonical()));
-        assert!(!perception_correct(
+        assert!(perception_equivalent(
+            "nodes 7\nedges 1-3 6-0",
+            &g.canonical()
+        ));
+        assert!(!perception_equivalent("nodes 7\nedges 1-3", &g.canonical()));
+        assert!(!perception_equivalent(
             "nodes 8\nedges 0-6 1-3",
             &g.canonical()
         ));
-        assert!(!perception_correct("garbage", &g.canonical()));
+        assert!(!perception_equivalent("garbage", &g.canonical()));
     }
 
     #[test]
@@ -476,7 +479,7 @@ mod tests {
         #[test]
         fn grader_never_panics(r in ".{0,200}", p in ".{0,200}") {
             let _ = accuracy(&r, &p);
-            let _ = perception_correct(&r, &p);
+            let _ = perception_equivalent(&r, &p);
         }
 
         #[test]

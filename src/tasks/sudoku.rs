@@ -247,7 +247,7 @@ impl Grid {
 }
 
 /// Whether perception text `p` is the same grid of givens as `p_star`.
-pub fn perception_correct(p: &str, p_star: &str) -> bool {
+pub fn perception_equivalent(p: &str, p_star: &str) -> bool {
     match (Grid::parse(p), Grid::parse(p_star)) {
         (Some(a), Some(b)) => a == b,
         _ => false,
@@ -534,7 +534,7 @@ mod tests {
         let ps = p.canonical();
         let good = format!("work\nanswer\n{}", s.canonical());
         assert!(accuracy(&good, &ps));
-        assert!(perception_correct(&ps, &ps));
+        assert!(perception_equivalent(&ps, &ps));
         // Break a cell.
         let mut bad = s;
         bad.0[0] = if s.0[0] == 1 { 2 } else { 1 };
@@ -578,7 +578,7 @@ mod tests {
         #[test]
         fn grader_never_panics(r in ".{0,300}", p in ".{0,300}") {
             let _ = accuracy(&r, &p);
-            let _ = perception_correct(&r, &p);
+            let _ = perception_equivalent(&r, &p);
         }
 
         #[test]

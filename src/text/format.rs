@@ -1,16 +1,13 @@
 //! The two-segment answer format `<perception>P</perception><reasoning>R</reasoning>`: building
-//! it, and parsing model output into segments or a typed reason why not.
+//! it, and parsing model output into segments, each with its own typed reason why not.
+//!
+//! The two segments are extracted independently: a perception closed by `</perception>` is
+//! returned even when the reasoning after it is truncated or followed by stray text, so that
+//! a_p = 1(p = p*) depends on the perception only.
 
 use super::tokenizer::{P_CLOSE, P_OPEN, R_CLOSE, R_OPEN};
 
-/// The parsed segments of one answer.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Segments {
-    pub perception: String,
-    pub reasoning: String,
-}
-
-/// Why an output is not in the expected format.
+/// Why a segment could not be extracted.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum FormatError {
     #[error("missing tag `{0}`")]
@@ -19,7 +16,7 @@ pub enum FormatError {
     Truncated(&'static str),
     #[error("empty {0} segment")]
     Empty(&'static str),
-    #[error("text before `<perception>` or after `</reasoning>`")]
+    #[error("text before `<perception>`, between the segments or after `</reasoning>`")]
     Stray,
 }
 
@@ -35,36 +32,84 @@ impl FormatError {
     }
 }
 
+/// The result of parsing one answer: each segment, or why it is missing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Parsed {
+    /// The perception segment (trimmed), whenever `</perception>` closes it.
+    pub perception: Result<String, FormatError>,
+    /// The reasoning segment (trimmed), when `<reasoning>…</reasoning>` follows the perception
+    /// with nothing but whitespace around it.
+    pub reasoning: Result<String, FormatError>,
+}
+
+impl Parsed {
+    /// The perception, if extracted.
+    pub fn perception(&self) -> Option<&str> {
+        self.perception.as_deref().ok()
+    }
+    /// The reasoning, if extracted.
+    pub fn reasoning(&self) -> Option<&str> {
+        self.reasoning.as_deref().ok()
+    }
+}
+
 /// Builds the target text.
 pub fn build(perception: &str, reasoning: &str) -> String {
     format!("{P_OPEN}{perception}{P_CLOSE}{R_OPEN}{reasoning}{R_CLOSE}")
 }
 
-/// Parses a full answer.
-pub fn parse(text: &str) -> Result<Segments, FormatError> {
-    let t = text.trim();
-    let rest = t.strip_prefix(P_OPEN).ok_or(if t.contains(P_OPEN) {
+/// Parses a full answer (perception then reasoning).
+pub fn parse(text: &str) -> Parsed {
+    let t = text.trim_start();
+    let Some(rest) = t.strip_prefix(P_OPEN) else {
+        let err = if t.contains(P_OPEN) {
+            FormatError::Stray
+        } else if t.trim().is_empty() {
+            FormatError::Truncated(P_OPEN)
+        } else {
+            FormatError::MissingTag(P_OPEN)
+        };
+        // Without a perception the reasoning cannot be located unambiguously: an output that
+        // starts with `<reasoning>` is still read, anything else is not.
+        let reasoning = if t.starts_with(R_OPEN) {
+            parse_after_perception(t)
+        } else {
+            Err(err.clone())
+        };
+        return Parsed {
+            perception: Err(err),
+            reasoning,
+        };
+    };
+    let Some((perception, after)) = rest.split_once(P_CLOSE) else {
+        let err = FormatError::Truncated(P_CLOSE);
+        return Parsed {
+            perception: Err(err.clone()),
+            reasoning: Err(err),
+        };
+    };
+    let perception = match perception.trim() {
+        "" => Err(FormatError::Empty("perception")),
+        p => Ok(p.to_string()),
+    };
+    Parsed {
+        perception,
+        reasoning: parse_after_perception(after),
+    }
+}
+
+/// The reasoning segment of the text that follows `</perception>`.
+fn parse_after_perception(after: &str) -> Result<String, FormatError> {
+    let rest = after.trim_start();
+    if rest.is_empty() {
+        return Err(FormatError::Truncated(R_OPEN));
+    }
+    let rest = rest.strip_prefix(R_OPEN).ok_or(if rest.contains(R_OPEN) {
         FormatError::Stray
-    } else {
-        FormatError::MissingTag(P_OPEN)
-    })?;
-    let (perception, rest) = rest
-        .split_once(P_CLOSE)
-        .ok_or(FormatError::Truncated(P_CLOSE))?;
-    let rest = rest.trim_start();
-    let rest = rest.strip_prefix(R_OPEN).ok_or(if rest.is_empty() {
-        FormatError::Truncated(R_OPEN)
     } else {
         FormatError::MissingTag(R_OPEN)
     })?;
-    let reasoning = parse_reasoning(rest)?;
-    if perception.trim().is_empty() {
-        return Err(FormatError::Empty("perception"));
-    }
-    Ok(Segments {
-        perception: perception.trim().to_string(),
-        reasoning,
-    })
+    parse_reasoning(rest)
 }
 
 /// Parses the reasoning continuation that follows a forced `<reasoning>` tag.
@@ -87,32 +132,56 @@ mod tests {
     use proptest::prelude::*;
 
     #[test]
-    fn round_trip_and_errors() {
+    fn round_trip() {
         let s = build("nodes 3\nedges 0-1", "answer 0:1 1:2 2:1");
-        let seg = parse(&s).unwrap();
-        assert_eq!(seg.perception, "nodes 3\nedges 0-1");
-        assert_eq!(seg.reasoning, "answer 0:1 1:2 2:1");
-        assert_eq!(parse("hello"), Err(FormatError::MissingTag(P_OPEN)));
+        let seg = parse(&s);
+        assert_eq!(seg.perception(), Some("nodes 3\nedges 0-1"));
+        assert_eq!(seg.reasoning(), Some("answer 0:1 1:2 2:1"));
+    }
+
+    #[test]
+    fn perception_survives_a_broken_reasoning() {
+        // Truncated reasoning: the perception is still read.
+        let p = parse("<perception>abc</perception><reasoning>xy");
+        assert_eq!(p.perception(), Some("abc"));
+        assert_eq!(p.reasoning, Err(FormatError::Truncated(R_CLOSE)));
+        // Stray text after the reasoning.
+        let p = parse("<perception>a</perception><reasoning>x</reasoning>junk");
+        assert_eq!(p.perception(), Some("a"));
+        assert_eq!(p.reasoning, Err(FormatError::Stray));
+        // No reasoning at all.
+        let p = parse("<perception>abc</perception>");
+        assert_eq!(p.perception(), Some("abc"));
+        assert_eq!(p.reasoning, Err(FormatError::Truncated(R_OPEN)));
+        // Text between the segments.
+        let p = parse("<perception>abc</perception> so <reasoning>x</reasoning>");
+        assert_eq!(p.perception(), Some("abc"));
+        assert_eq!(p.reasoning, Err(FormatError::Stray));
+        let p = parse("<perception>abc</perception> so");
+        assert_eq!(p.reasoning, Err(FormatError::MissingTag(R_OPEN)));
+    }
+
+    #[test]
+    fn perception_errors() {
+        let p = parse("hello");
+        assert_eq!(p.perception, Err(FormatError::MissingTag(P_OPEN)));
+        assert!(p.reasoning.is_err());
         assert_eq!(
-            parse("<perception>abc"),
+            parse("<perception>abc").perception,
             Err(FormatError::Truncated(P_CLOSE))
         );
         assert_eq!(
-            parse("<perception>abc</perception>"),
-            Err(FormatError::Truncated(R_OPEN))
-        );
-        assert_eq!(
-            parse("<perception>abc</perception><reasoning>xy"),
-            Err(FormatError::Truncated(R_CLOSE))
-        );
-        assert_eq!(
-            parse("<perception> </perception><reasoning>x</reasoning>"),
-            Err(FormatError::Empty("perception"))
-        );
-        assert_eq!(
-            parse("<perception>a</perception><reasoning>x</reasoning>junk"),
+            parse("x<perception>abc</perception>").perception,
             Err(FormatError::Stray)
         );
+        let p = parse("<perception> </perception><reasoning>x</reasoning>");
+        assert_eq!(p.perception, Err(FormatError::Empty("perception")));
+        assert_eq!(p.reasoning(), Some("x"));
+        // A reasoning without any perception is still read.
+        let p = parse("<reasoning>x</reasoning>");
+        assert_eq!(p.perception, Err(FormatError::MissingTag(P_OPEN)));
+        assert_eq!(p.reasoning(), Some("x"));
+        assert_eq!(parse("").perception, Err(FormatError::Truncated(P_OPEN)));
     }
 
     proptest! {
@@ -120,6 +189,13 @@ mod tests {
         fn parse_never_panics(s in ".{0,200}") {
             let _ = parse(&s);
             let _ = parse_reasoning(&s);
+        }
+
+        #[test]
+        fn perception_is_independent_of_what_follows(p in "[a-z0-9 -]{1,30}", tail in ".{0,60}") {
+            let s = format!("{P_OPEN}{p}{P_CLOSE}{tail}");
+            let parsed = parse(&s);
+            prop_assert_eq!(parsed.perception(), Some(p.trim()).filter(|p| !p.is_empty()));
         }
     }
 }

@@ -3,5 +3,5 @@
 pub mod format;
 pub mod tokenizer;
 
-pub use format::{FormatError, Segments};
+pub use format::{FormatError, Parsed};
 pub use tokenizer::Tokenizer;

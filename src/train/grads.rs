@@ -23,18 +23,29 @@ impl<B: AutodiffBackend> ModuleVisitor<B> for NormVisitor<'_, B> {
     }
 }
 
-/// ‖g‖₂ over all parameters of `model` (one host sync).
+/// ‖g‖₂ over all parameters of `model` (one host sync); 0 when no parameter has a gradient.
 pub fn grad_norm<B: AutodiffBackend, M: AutodiffModule<B>>(
     model: &M,
     grads: &GradientsParams,
-) -> f64 {
+) -> Result<f64, crate::model::ModelError> {
     let mut v = NormVisitor::<B> { grads, sum: None };
     model.visit(&mut v);
-    v.sum
-        .and_then(|s| crate::model::host_f32(s).ok())
-        .and_then(|x| x.first().copied())
-        .map(|x| (x as f64).sqrt())
-        .unwrap_or(0.0)
+    match v.sum {
+        Some(s) => Ok(crate::model::host_f32(s)?
+            .first()
+            .map(|&x| (x as f64).sqrt())
+            .unwrap_or(0.0)),
+        None => Ok(0.0),
+    }
+}
+
+/// `factor·g`, parameter by parameter (consumes `g`).
+pub fn scale<B: AutodiffBackend, M: AutodiffModule<B>>(
+    model: &M,
+    g: GradientsParams,
+    factor: f32,
+) -> GradientsParams {
+    combine::<B, M>(model, g, factor, GradientsParams::new(), 0.0)
 }
 
 struct CombineVisitor<'a, B: AutodiffBackend> {
@@ -109,11 +120,37 @@ mod tests {
         g
     }
 
+    /// Global-norm clipping scales every parameter's gradient by one factor: the direction is
+    /// kept (weights stay twice the biases), unlike a per-tensor clip, and the norm lands on the
+    /// threshold.
+    #[test]
+    fn global_clip_keeps_the_direction() {
+        let model: Linear<B> = LinearConfig::new(2, 3).init(&Default::default());
+        let g = grads(&model, 2.0, 1.0);
+        let n = grad_norm::<B, _>(&model, &g).unwrap();
+        let clipped = scale::<B, _>(&model, g, (1.0 / n) as f32);
+        assert!((grad_norm::<B, _>(&model, &clipped).unwrap() - 1.0).abs() < 1e-5);
+        let w = clipped
+            .get::<Inner, 2>(model.weight.id)
+            .unwrap()
+            .into_data()
+            .to_vec::<f32>()
+            .unwrap();
+        let b = clipped
+            .get::<Inner, 1>(model.bias.as_ref().unwrap().id)
+            .unwrap()
+            .into_data()
+            .to_vec::<f32>()
+            .unwrap();
+        assert!((w[0] / b[0] - 2.0).abs() < 1e-5, "{w:?} {b:?}");
+        assert!((w[0] - 2.0 / 27f32.sqrt()).abs() < 1e-5);
+    }
+
     #[test]
     fn norm_and_combination_over_parameters() {
         let model: Linear<B> = LinearConfig::new(2, 3).init(&Default::default());
         // 6 weights of 2 and 3 biases of 1: ‖g‖ = √(6·4 + 3·1) = √27.
-        let n = grad_norm::<B, _>(&model, &grads(&model, 2.0, 1.0));
+        let n = grad_norm::<B, _>(&model, &grads(&model, 2.0, 1.0)).unwrap();
         assert!((n - 27f64.sqrt()).abs() < 1e-5, "{n}");
         // NGDiff's combination: 0.25·g_a + 0.75·g_b with g_a = (2, 1), g_b = (-2, 3)
         // gives weights -1 and biases 2.5: ‖·‖ = √(6 + 3·6.25).
@@ -124,11 +161,11 @@ mod tests {
             grads(&model, -2.0, 3.0),
             0.75,
         );
-        let n = grad_norm::<B, _>(&model, &c);
+        let n = grad_norm::<B, _>(&model, &c).unwrap();
         assert!((n - (6.0f64 + 18.75).sqrt()).abs() < 1e-5, "{n}");
         let l = super::super::objective::ngdiff_lambda(
-            grad_norm::<B, _>(&model, &grads(&model, 2.0, 1.0)),
-            grad_norm::<B, _>(&model, &grads(&model, 4.0, 2.0)),
+            grad_norm::<B, _>(&model, &grads(&model, 2.0, 1.0)).unwrap(),
+            grad_norm::<B, _>(&model, &grads(&model, 4.0, 2.0)).unwrap(),
         );
         // Norms √27 and 2√27: λ = (1/√27)/(1/√27 + 1/(2√27)) = 2/3.
         assert!((l - 2.0 / 3.0).abs() < 1e-6, "{l}");

@@ -1,18 +1,18 @@
-//! The SFT loop: AdamW with gradient clipping, cosine schedule with warmup, gradient accumulation,
-//! the objectives of [`super::objective`], periodic diagnostics (perception's share of tokens,
-//! loss and gradient norm under the standard objective), periodic held-out evaluation through a
-//! callback, and resumable snapshots (weights + optimizer state + log) in a scratch directory.
+//! The SFT loop on the shared [`super::trainer`] (AdamW, schedule, global-norm clipping,
+//! snapshots): gradient accumulation over keyed micro-batches, the objectives of
+//! [`super::objective`], periodic diagnostics (perception's share of tokens, of loss and of
+//! gradient norm under the objective being trained, the image-blanked perception loss), and
+//! periodic held-out evaluation through a callback.
 
 use super::batch::{Example, make_batch};
 use super::grads::{combine, grad_norm};
 use super::objective::{ObjectiveKind, Selector, Term, span_mask, terms, token_weights};
-use super::schedule::cosine_with_warmup;
-use crate::model::checkpoint::{model_from_bytes, weights_to_bytes};
-use crate::model::{ModelError, Vlm, VlmConfig};
+use super::trainer::{OptimSettings, Trainer, TrainerError};
+pub use crate::eval::score::EvalPoint;
+use crate::model::{ModelError, Vlm, VlmConfig, host_f32};
 use crate::util::rng::keyed;
-use burn::module::{AutodiffModule, Module};
-use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
-use burn::record::{BinBytesRecorder, FullPrecisionSettings, Recorder};
+use burn::module::AutodiffModule;
+use burn::optim::GradientsParams;
 use burn::tensor::activation::log_softmax;
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{Tensor, TensorData};
@@ -43,14 +43,6 @@ pub struct SftSettings {
     pub max_text: usize,
 }
 
-/// Held-out accuracies at one point of training.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
-pub struct EvalPoint {
-    pub a_p: f64,
-    pub a_r: f64,
-    pub a: f64,
-}
-
 /// One row of the training log.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct LogRow {
@@ -60,12 +52,16 @@ pub struct LogRow {
     pub loss_reasoning: f64,
     pub perception_token_share: f64,
     pub perception_loss_share: f64,
+    /// ‖g_p‖ / (‖g_p‖ + ‖g_r‖), each gradient under the objective being trained restricted to
+    /// the perception or the reasoning tokens (diagnostic steps).
     pub perception_grad_share: Option<f64>,
     /// Mean perception cross-entropy with the image blanked (diagnostic steps): how much the
     /// model's transcription relies on the image.
     pub loss_perception_blank: Option<f64>,
     pub lambda: Option<f64>,
     pub lr: f64,
+    /// Global L2 norm of the step's gradient before clipping.
+    pub grad_norm: f64,
     pub eval: Option<EvalPoint>,
 }
 
@@ -82,17 +78,23 @@ pub struct TimingRow {
 pub enum TrainError {
     #[error(transparent)]
     Model(#[from] ModelError),
+    #[error("held-out evaluation: {0}")]
+    Eval(#[from] crate::eval::EvalError),
     #[error("training: {0}")]
     Other(String),
-    #[error("snapshot at {path}: {msg}")]
-    Snapshot { path: String, msg: String },
+    #[error(transparent)]
+    Trainer(#[from] TrainerError),
 }
 
 /// Hooks for a run without held-out evaluation or progress display.
 pub struct NoEval;
 
 impl<B: AutodiffBackend> SftHooks<B> for NoEval {
-    fn eval(&mut self, _: usize, _: &Vlm<B::InnerBackend>) -> Result<Option<EvalPoint>, String> {
+    fn eval(
+        &mut self,
+        _: usize,
+        _: &Vlm<B::InnerBackend>,
+    ) -> Result<Option<EvalPoint>, TrainError> {
         Ok(None)
     }
 }
@@ -111,7 +113,7 @@ pub trait SftHooks<B: AutodiffBackend> {
         &mut self,
         step: usize,
         model: &Vlm<B::InnerBackend>,
-    ) -> Result<Option<EvalPoint>, String>;
+    ) -> Result<Option<EvalPoint>, TrainError>;
     /// Called after each optimizer step (progress, fault injection).
     fn after_step(&mut self, _step: usize, _row: &LogRow, _tokens_per_sec: f64) {}
 }
@@ -122,86 +124,6 @@ struct SnapshotState {
     step: usize,
     log: Vec<LogRow>,
     timing: Vec<TimingRow>,
-}
-
-type Optim<B> = burn::optim::adaptor::OptimizerAdaptor<burn::optim::AdamW, Vlm<B>, B>;
-
-fn save_snapshot<B: AutodiffBackend>(
-    dir: &Path,
-    settings: &SftSettings,
-    step: usize,
-    model: &Vlm<B>,
-    optim: &Optim<B>,
-    log: &[LogRow],
-    timing: &[TimingRow],
-) -> Result<(), TrainError> {
-    let err = |msg: String| TrainError::Snapshot {
-        path: dir.display().to_string(),
-        msg,
-    };
-    std::fs::create_dir_all(dir).map_err(|e| err(e.to_string()))?;
-    // Burn's own record keeps parameter ids, which the optimizer state is keyed by.
-    let weights = BinBytesRecorder::<FullPrecisionSettings>::default()
-        .record(model.clone().into_record(), ())
-        .map_err(|e| err(format!("model state: {e:?}")))?;
-    let optim_bytes = BinBytesRecorder::<FullPrecisionSettings>::default()
-        .record(optim.to_record(), ())
-        .map_err(|e| err(format!("optimizer state: {e:?}")))?;
-    let state = SnapshotState {
-        settings: settings.clone(),
-        step,
-        log: log.to_vec(),
-        timing: timing.to_vec(),
-    };
-    let w = |name: &str, bytes: &[u8]| {
-        crate::util::fsx::write_atomic(&dir.join(name), bytes).map_err(|e| err(e.to_string()))
-    };
-    w("model.bin", &weights)?;
-    w("optim.bin", &optim_bytes)?;
-    // The state file is written last: it is what makes a snapshot valid.
-    w(
-        "state.json",
-        &serde_json::to_vec(&state).map_err(|e| err(e.to_string()))?,
-    )
-}
-
-#[allow(clippy::type_complexity)]
-fn load_snapshot<B: AutodiffBackend>(
-    dir: &Path,
-    settings: &SftSettings,
-    cfg: &VlmConfig,
-    device: &B::Device,
-    optim: Optim<B>,
-) -> Result<Option<(usize, Vlm<B>, Optim<B>, Vec<LogRow>, Vec<TimingRow>)>, TrainError> {
-    let Ok(state_bytes) = std::fs::read(dir.join("state.json")) else {
-        return Ok(None);
-    };
-    let Ok(state) = serde_json::from_slice::<SnapshotState>(&state_bytes) else {
-        return Ok(None);
-    };
-    if &state.settings != settings {
-        return Ok(None);
-    }
-    let err = |msg: String| TrainError::Snapshot {
-        path: dir.display().to_string(),
-        msg,
-    };
-    let weights = std::fs::read(dir.join("model.bin")).map_err(|e| err(e.to_string()))?;
-    let record = BinBytesRecorder::<FullPrecisionSettings>::default()
-        .load(weights, device)
-        .map_err(|e| err(format!("model state: {e:?}")))?;
-    let model = Vlm::<B>::new(cfg, device).load_record(record);
-    let optim_bytes = std::fs::read(dir.join("optim.bin")).map_err(|e| err(e.to_string()))?;
-    let record = BinBytesRecorder::<FullPrecisionSettings>::default()
-        .load(optim_bytes, device)
-        .map_err(|e| err(format!("optimizer state: {e:?}")))?;
-    Ok(Some((
-        state.step,
-        model,
-        optim.load_record(record),
-        state.log,
-        state.timing,
-    )))
 }
 
 /// The examples of micro-batch `micro` of `step`: epochs are keyed permutations of the data.
@@ -241,7 +163,7 @@ fn weighted_grads<B: AutodiffBackend>(
     batch: &super::batch::Batch<B>,
     weights: Vec<f32>,
     scale: f32,
-) -> (GradientsParams, Vec<f32>) {
+) -> Result<(GradientsParams, Vec<f32>), TrainError> {
     let device = batch.inputs.device();
     let [b, l] = batch.labels.dims();
     let w = Tensor::<B, 2>::from_data(
@@ -252,10 +174,10 @@ fn weighted_grads<B: AutodiffBackend>(
         &device,
     );
     let per_token = nll(model, batch, batch.images.clone());
-    let host = crate::model::host_f32(per_token.clone().detach()).unwrap_or_default();
+    let host = host_f32(per_token.clone().detach())?;
     let loss = (per_token * w).sum();
     let grads = GradientsParams::from_grads(loss.backward(), model);
-    (grads, host)
+    Ok((grads, host))
 }
 
 fn add<B: AutodiffBackend>(
@@ -267,6 +189,162 @@ fn add<B: AutodiffBackend>(
         Some(a) => combine::<B, _>(model, a, 1.0, g, 1.0),
         None => g,
     }
+}
+
+/// What one micro-batch contributed to a step.
+#[derive(Default)]
+struct MicroStats {
+    /// Summed cross-entropy over perception / reasoning / all target tokens, and their counts.
+    sum_p: f64,
+    sum_r: f64,
+    sum_all: f64,
+    n_p: usize,
+    n_r: usize,
+    tokens: usize,
+    /// Value of a fixed-weight objective.
+    objective: f64,
+    /// Summed perception cross-entropy with the image blanked, and its token count.
+    blank_sum: f64,
+    blank_n: usize,
+}
+
+impl MicroStats {
+    fn add(&mut self, o: MicroStats) {
+        self.sum_p += o.sum_p;
+        self.sum_r += o.sum_r;
+        self.sum_all += o.sum_all;
+        self.n_p += o.n_p;
+        self.n_r += o.n_r;
+        self.tokens += o.tokens;
+        self.objective += o.objective;
+        self.blank_sum += o.blank_sum;
+        self.blank_n += o.blank_n;
+    }
+}
+
+/// Gradients accumulated over a step's micro-batches.
+#[derive(Default)]
+struct StepGrads {
+    /// The objective's gradient (fixed-weight objectives).
+    total: Option<GradientsParams>,
+    /// NGDiff's two halves: the perception and reasoning mean losses' gradients.
+    perception: Option<GradientsParams>,
+    reasoning: Option<GradientsParams>,
+    /// Diagnostic: the objective restricted to perception / reasoning tokens.
+    diag_p: Option<GradientsParams>,
+    diag_r: Option<GradientsParams>,
+}
+
+fn check_settings(settings: &SftSettings, train_set: &[Example]) -> Result<(), TrainError> {
+    if train_set.is_empty() {
+        return Err(TrainError::Other("no training examples".into()));
+    }
+    if settings.batch_size == 0 || settings.grad_accum == 0 {
+        return Err(TrainError::Other(
+            "batch_size and grad_accum must be at least 1".into(),
+        ));
+    }
+    if settings.objective == ObjectiveKind::Ngdiff && !settings.extra_spans.is_empty() {
+        return Err(TrainError::Other(format!(
+            "the ngdiff objective balances the perception and reasoning spans only; it cannot \
+             also weight {:?} (remove span_weights or use objective = \"reweight\")",
+            settings
+                .extra_spans
+                .iter()
+                .map(|s| s.0.as_str())
+                .collect::<Vec<_>>()
+        )));
+    }
+    if let Some(e) = train_set
+        .iter()
+        .find(|e| e.prompt.len() + e.target.len() > settings.max_text + 1)
+    {
+        return Err(TrainError::Other(format!(
+            "example `{}` has {} prompt + target tokens, more than the {} the model reads after \
+             the image: it would be cut without its answer",
+            e.id,
+            e.prompt.len() + e.target.len(),
+            settings.max_text + 1
+        )));
+    }
+    Ok(())
+}
+
+/// Forward and backward passes of one micro-batch, accumulated into `g`.
+#[allow(clippy::too_many_arguments)]
+fn micro_batch<B: AutodiffBackend>(
+    model: &Vlm<B>,
+    settings: &SftSettings,
+    exs: &[&Example],
+    cfg: &VlmConfig,
+    pad: u32,
+    device: &B::Device,
+    diagnostics: bool,
+    g: &mut StepGrads,
+) -> Result<MicroStats, TrainError> {
+    let scale = 1.0 / settings.grad_accum as f32;
+    let batch = make_batch::<B>(exs, cfg.image_size, settings.max_text, pad, device);
+    let pmask = span_mask(exs, &batch.target_index, "perception");
+    let rmask = span_mask(exs, &batch.target_index, "reasoning");
+    let mut st = MicroStats::default();
+    let host = if settings.objective == ObjectiveKind::Ngdiff {
+        let half = |name: &str| -> Vec<Term> { vec![(Selector::Span(name.into()), 1.0)] };
+        let w = |name| token_weights(exs, &batch.target_index, &half(name));
+        let (gp, h) = weighted_grads(model, &batch, w("perception"), scale)?;
+        let (gr, _) = weighted_grads(model, &batch, w("reasoning"), scale)?;
+        g.perception = Some(add(model, g.perception.take(), gp));
+        g.reasoning = Some(add(model, g.reasoning.take(), gr));
+        h
+    } else {
+        let w = token_weights(
+            exs,
+            &batch.target_index,
+            &terms(settings.objective, settings.lambda, &settings.extra_spans),
+        );
+        let (grads, h) = weighted_grads(model, &batch, w.clone(), scale)?;
+        st.objective = h.iter().zip(&w).map(|(a, b)| (a * b) as f64).sum::<f64>() * scale as f64;
+        g.total = Some(add(model, g.total.take(), grads));
+        if diagnostics {
+            // Perception vs reasoning gradient under the objective being trained.
+            let masked = |mask: &[bool]| {
+                w.iter()
+                    .zip(mask)
+                    .map(|(&x, &m)| if m { x } else { 0.0 })
+                    .collect::<Vec<f32>>()
+            };
+            let (gp, _) = weighted_grads(model, &batch, masked(&pmask), scale)?;
+            let (gr, _) = weighted_grads(model, &batch, masked(&rmask), scale)?;
+            g.diag_p = Some(add(model, g.diag_p.take(), gp));
+            g.diag_r = Some(add(model, g.diag_r.take(), gr));
+        }
+        h
+    };
+    let is_target = batch.target_index.iter().flatten().map(Option::is_some);
+    for ((j, v), t) in host.iter().enumerate().zip(is_target) {
+        let v = *v as f64;
+        if pmask[j] {
+            st.sum_p += v;
+            st.n_p += 1;
+        }
+        if rmask[j] {
+            st.sum_r += v;
+            st.n_r += 1;
+        }
+        if t {
+            st.sum_all += v;
+            st.tokens += 1;
+        }
+    }
+    if diagnostics {
+        let blank = host_f32(nll(model, &batch, batch.images.zeros_like()).detach())?;
+        for (v, &m) in blank.iter().zip(&pmask) {
+            if m {
+                st.blank_sum += *v as f64;
+                st.blank_n += 1;
+            }
+        }
+    }
+    Ok(st)
 }
 
 /// Runs SFT from `init` (or a fresh model) and returns the final weights and logs.
@@ -281,199 +359,120 @@ pub fn train<B: AutodiffBackend>(
     pad: u32,
     hooks: &mut dyn SftHooks<B>,
 ) -> Result<SftOutput, TrainError> {
-    if train_set.is_empty() {
-        return Err(TrainError::Other("no training examples".into()));
-    }
-    if settings.batch_size == 0 || settings.grad_accum == 0 {
-        return Err(TrainError::Other(
-            "batch_size and grad_accum must be at least 1".into(),
-        ));
-    }
-    B::seed(device, settings.seed);
-    let mut model = match init {
-        Some(bytes) => model_from_bytes::<B>(cfg, bytes, device)?,
-        None => Vlm::<B>::new(cfg, device),
+    check_settings(settings, train_set)?;
+    let optim = OptimSettings {
+        steps: settings.steps,
+        lr: settings.lr,
+        min_lr: settings.min_lr,
+        warmup_ratio: settings.warmup_ratio,
+        weight_decay: settings.weight_decay,
+        grad_clip: settings.grad_clip,
     };
-    let mut optim_cfg = AdamWConfig::new().with_weight_decay(settings.weight_decay as f32);
-    if settings.grad_clip > 0.0 {
-        optim_cfg = optim_cfg.with_grad_clipping(Some(
-            burn::optim::grad_clipping::GradientClippingConfig::Norm(settings.grad_clip as f32),
-        ));
-    }
-    let mut optim: Optim<B> = optim_cfg.init();
+    let mut trainer = Trainer::<B>::new(cfg, init, &optim, settings.seed, device)?;
     let (mut start, mut log, mut timing) = (0, Vec::new(), Vec::new());
-    if let Some((s, m, o, l, t)) =
-        load_snapshot::<B>(scratch, settings, cfg, device, optim_cfg.init())?
-    {
-        (start, model, optim, log, timing) = (s, m, o, l, t);
+    if let Some(s) = trainer.resume::<SnapshotState>(scratch, |s| &s.settings == settings)? {
+        (start, log, timing) = (s.step, s.log, s.timing);
     }
-    let n = train_set.len();
-    let max_text = settings.max_text;
     for step in start..settings.steps {
         let t0 = Instant::now();
-        let lr = cosine_with_warmup(
-            step,
-            settings.steps,
-            settings.lr,
-            settings.min_lr,
-            settings.warmup_ratio,
-        );
-        let scale = 1.0 / settings.grad_accum as f32;
-        let (mut acc, mut acc_p, mut acc_r) = (None, None, None);
-        let (mut sum_loss, mut sum_p, mut sum_r, mut n_p, mut n_r, mut tokens) =
-            (0f64, 0f64, 0f64, 0usize, 0usize, 0usize);
-        let mut objective_value = 0f64;
         let diagnostics = settings.diagnostics_every > 0 && step % settings.diagnostics_every == 0;
-        let mut grad_share = None;
-        let mut lambda = match settings.objective {
-            ObjectiveKind::Reweight => Some(settings.lambda),
+        let mut grads = StepGrads::default();
+        let mut st = MicroStats::default();
+        for micro in 0..settings.grad_accum {
+            let idx = batch_indices(train_set.len(), settings, step, micro);
+            let exs: Vec<&Example> = idx.iter().map(|&i| &train_set[i]).collect();
+            let m = micro_batch(
+                &trainer.model,
+                settings,
+                &exs,
+                cfg,
+                pad,
+                device,
+                diagnostics,
+                &mut grads,
+            )?;
+            st.add(m);
+        }
+        let (mean_p, mean_r) = (
+            st.sum_p / st.n_p.max(1) as f64,
+            st.sum_r / st.n_r.max(1) as f64,
+        );
+        let model = &trainer.model;
+        let mut grad_share = match (grads.diag_p.take(), grads.diag_r.take()) {
+            (Some(gp), Some(gr)) => {
+                let (np, nr) = (
+                    grad_norm::<B, _>(model, &gp)?,
+                    grad_norm::<B, _>(model, &gr)?,
+                );
+                Some(np / (np + nr).max(1e-12))
+            }
             _ => None,
         };
-        let (mut dp, mut dr) = (None, None);
-        let (mut blank_sum, mut blank_n) = (0f64, 0usize);
-        for micro in 0..settings.grad_accum {
-            let idx = batch_indices(n, settings, step, micro);
-            let exs: Vec<&Example> = idx.iter().map(|&i| &train_set[i]).collect();
-            let batch = make_batch::<B>(&exs, cfg.image_size, max_text, pad, device);
-            let pmask = span_mask(&exs, &batch.target_index, "perception");
-            let rmask = span_mask(&exs, &batch.target_index, "reasoning");
-            let host = if settings.objective == ObjectiveKind::Ngdiff {
-                let half = |name: &str| -> Vec<Term> { vec![(Selector::Span(name.into()), 1.0)] };
-                let (gp, h) = weighted_grads(
-                    &model,
-                    &batch,
-                    token_weights(&exs, &batch.target_index, &half("perception")),
-                    scale,
-                );
-                let (gr, _) = weighted_grads(
-                    &model,
-                    &batch,
-                    token_weights(&exs, &batch.target_index, &half("reasoning")),
-                    scale,
-                );
-                acc_p = Some(add(&model, acc_p, gp));
-                acc_r = Some(add(&model, acc_r, gr));
-                h
-            } else {
-                let w = token_weights(
-                    &exs,
-                    &batch.target_index,
-                    &terms(settings.objective, settings.lambda, &settings.extra_spans),
-                );
-                let (g, h) = weighted_grads(&model, &batch, w.clone(), scale);
-                objective_value +=
-                    h.iter().zip(&w).map(|(a, b)| (a * b) as f64).sum::<f64>() * scale as f64;
-                acc = Some(add(&model, acc, g));
-                h
-            };
-            for (j, v) in host.iter().enumerate() {
-                if pmask[j] {
-                    sum_p += *v as f64;
-                    n_p += 1;
-                }
-                if rmask[j] {
-                    sum_r += *v as f64;
-                    n_r += 1;
-                }
-            }
-            sum_loss += host
-                .iter()
-                .zip(batch.target_index.iter().flatten())
-                .filter(|(_, k)| k.is_some())
-                .map(|(v, _)| *v as f64)
-                .sum::<f64>();
-            tokens += batch
-                .target_index
-                .iter()
-                .flatten()
-                .filter(|k| k.is_some())
-                .count();
-            if diagnostics {
-                // Perception vs reasoning gradient norms under the standard objective.
-                let total = batch
-                    .target_index
-                    .iter()
-                    .flatten()
-                    .filter(|k| k.is_some())
-                    .count()
-                    .max(1) as f32;
-                let mk = |mask: &[bool]| {
-                    mask.iter()
-                        .map(|&m| if m { 1.0 / total } else { 0.0 })
-                        .collect::<Vec<f32>>()
-                };
-                let (gp, _) = weighted_grads(&model, &batch, mk(&pmask), scale);
-                let (gr, _) = weighted_grads(&model, &batch, mk(&rmask), scale);
-                dp = Some(add(&model, dp, gp));
-                dr = Some(add(&model, dr, gr));
-                let blank =
-                    crate::model::host_f32(nll(&model, &batch, batch.images.zeros_like()).detach())
-                        .unwrap_or_default();
-                for (v, &m) in blank.iter().zip(&pmask) {
-                    if m {
-                        blank_sum += *v as f64;
-                        blank_n += 1;
-                    }
-                }
-            }
-        }
-        if let (Some(gp), Some(gr)) = (dp, dr) {
-            let (np, nr) = (
-                grad_norm::<B, _>(&model, &gp),
-                grad_norm::<B, _>(&model, &gr),
-            );
-            grad_share = Some(np / (np + nr).max(1e-12));
-        }
-        let grads = if settings.objective == ObjectiveKind::Ngdiff {
-            let (gp, gr) = match (acc_p, acc_r) {
-                (Some(p), Some(r)) => (p, r),
-                _ => return Err(TrainError::Other("no gradients".into())),
+        let (objective_grads, lambda, objective) = if settings.objective == ObjectiveKind::Ngdiff {
+            let (Some(gp), Some(gr)) = (grads.perception, grads.reasoning) else {
+                return Err(TrainError::Other("no gradients".into()));
             };
             let (np, nr) = (
-                grad_norm::<B, _>(&model, &gp),
-                grad_norm::<B, _>(&model, &gr),
+                grad_norm::<B, _>(model, &gp)?,
+                grad_norm::<B, _>(model, &gr)?,
             );
             let l = super::objective::ngdiff_lambda(np, nr);
-            lambda = Some(l);
-            objective_value = l * sum_p / n_p.max(1) as f64 + (1.0 - l) * sum_r / n_r.max(1) as f64;
-            combine::<B, _>(&model, gp, l as f32, gr, (1.0 - l) as f32)
+            if diagnostics {
+                // The trained objective's halves: λ·g_p and (1 − λ)·g_r.
+                let (wp, wr) = (l * np, (1.0 - l) * nr);
+                grad_share = Some(wp / (wp + wr).max(1e-12));
+            }
+            (
+                combine::<B, _>(model, gp, l as f32, gr, (1.0 - l) as f32),
+                Some(l),
+                l * mean_p + (1.0 - l) * mean_r,
+            )
         } else {
-            acc.ok_or_else(|| TrainError::Other("no gradients".into()))?
+            let g = grads
+                .total
+                .ok_or_else(|| TrainError::Other("no gradients".into()))?;
+            let lambda = (settings.objective == ObjectiveKind::Reweight).then_some(settings.lambda);
+            (g, lambda, st.objective)
         };
-        model = optim.step(lr, model, grads);
+        let stats = trainer.step(step, objective_grads)?;
         let mut row = LogRow {
             step: step + 1,
-            loss: objective_value,
-            loss_perception: sum_p / n_p.max(1) as f64,
-            loss_reasoning: sum_r / n_r.max(1) as f64,
-            perception_token_share: n_p as f64 / tokens.max(1) as f64,
-            perception_loss_share: sum_p / sum_loss.max(1e-12),
+            loss: objective,
+            loss_perception: mean_p,
+            loss_reasoning: mean_r,
+            perception_token_share: st.n_p as f64 / st.tokens.max(1) as f64,
+            perception_loss_share: st.sum_p / st.sum_all.max(1e-12),
             perception_grad_share: grad_share,
-            loss_perception_blank: (blank_n > 0).then(|| blank_sum / blank_n as f64),
+            loss_perception_blank: (st.blank_n > 0).then(|| st.blank_sum / st.blank_n as f64),
             lambda,
-            lr,
+            lr: stats.lr,
+            grad_norm: stats.grad_norm,
             eval: None,
         };
         let is_last = step + 1 == settings.steps;
         if (settings.eval_every > 0 && (step + 1) % settings.eval_every == 0) || is_last {
-            row.eval = hooks
-                .eval(step + 1, &model.valid())
-                .map_err(TrainError::Other)?;
+            row.eval = hooks.eval(step + 1, &trainer.model.valid())?;
         }
         let secs = t0.elapsed().as_secs_f64();
         timing.push(TimingRow {
             step: step + 1,
             seconds: secs,
-            tokens,
+            tokens: st.tokens,
         });
-        hooks.after_step(step + 1, &row, tokens as f64 / secs.max(1e-9));
+        hooks.after_step(step + 1, &row, st.tokens as f64 / secs.max(1e-9));
         log.push(row);
         if settings.snapshot_every > 0 && (step + 1) % settings.snapshot_every == 0 && !is_last {
-            save_snapshot(scratch, settings, step + 1, &model, &optim, &log, &timing)?;
+            let state = SnapshotState {
+                settings: settings.clone(),
+                step: step + 1,
+                log: log.clone(),
+                timing: timing.clone(),
+            };
+            trainer.snapshot(scratch, &state)?;
         }
     }
     Ok(SftOutput {
-        weights: weights_to_bytes(&model)?,
+        weights: trainer.weights()?,
         log,
         timing,
     })

@@ -1,0 +1,270 @@
+//! Batched sampling from the VLM with a KV cache, G samples per item, keeping each sampled token
+//! id, its sampling log-probability and the segment it belongs to, so that a policy-gradient
+//! update never re-tokenizes text.
+//!
+//! Modes: `standard` (image + prompt → perception then reasoning), `counterfactual` (the oracle p*
+//! forced as the perception segment → reasoning only), `text-only` (a blank image and a given
+//! perception — p*, or the perceptions of another rollout — → reasoning). Randomness is keyed by
+//! (seed, mode, item id, sample index): rollouts of two modes never share a stream.
+
+use super::{Result, bail};
+use crate::model::Vlm;
+use crate::model::decode::{SeqKey, generate};
+use crate::model::sampling::SamplingConfig;
+use crate::text::format;
+use crate::text::tokenizer::{P_CLOSE, P_OPEN, R_OPEN, Tokenizer};
+use crate::train::batch::Example;
+use burn::tensor::backend::Backend;
+use burn::tensor::{Tensor, TensorData};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum Mode {
+    Standard,
+    Counterfactual,
+    TextOnly,
+}
+
+impl Mode {
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Standard => "standard",
+            Mode::Counterfactual => "counterfactual",
+            Mode::TextOnly => "text-only",
+        }
+    }
+
+    /// The purpose the sampling streams of this mode are keyed by.
+    fn purpose(self) -> &'static str {
+        match self {
+            Mode::Standard => "rollout/standard",
+            Mode::Counterfactual => "rollout/counterfactual",
+            Mode::TextOnly => "rollout/text-only",
+        }
+    }
+}
+
+/// How to sample.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RolloutSpec {
+    pub mode: Mode,
+    /// G: samples per item.
+    pub samples: usize,
+    pub sampling: SamplingConfig,
+    /// Token budget per output; unset: enough for the longest target of the data (see
+    /// [`RolloutSpec::token_budget`]).
+    pub max_new_tokens: Option<usize>,
+    pub batch_size: usize,
+}
+
+impl Default for RolloutSpec {
+    fn default() -> Self {
+        RolloutSpec {
+            mode: Mode::Standard,
+            samples: 1,
+            sampling: SamplingConfig::default(),
+            max_new_tokens: None,
+            batch_size: 32,
+        }
+    }
+}
+
+/// Extra tokens over the longest target when the budget is derived from the data: a quarter
+/// more, and at least 16.
+fn margin(longest: usize) -> usize {
+    (longest / 4).max(16)
+}
+
+impl RolloutSpec {
+    /// The number of new tokens each output may have: `max_new_tokens` if set, else the longest
+    /// target the mode asks the model to write (the whole answer in standard mode, the reasoning
+    /// and its closing tags when the perception is forced) plus a margin.
+    pub fn token_budget(&self, examples: &[Example]) -> usize {
+        if let Some(n) = self.max_new_tokens {
+            return n;
+        }
+        let longest = examples
+            .iter()
+            .map(|e| match self.mode {
+                Mode::Standard => e.target.len(),
+                Mode::Counterfactual | Mode::TextOnly => e
+                    .span("reasoning")
+                    .map(|(s, _)| e.target.len().saturating_sub(s))
+                    .unwrap_or(e.target.len()),
+            })
+            .max()
+            .unwrap_or(0);
+        longest + margin(longest)
+    }
+}
+
+/// One sampled output.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RolloutRow {
+    pub id: String,
+    pub sample: usize,
+    pub task: String,
+    pub text: String,
+    /// The perception segment (the forced one in counterfactual and text-only modes), whenever
+    /// `</perception>` closes it, whatever follows.
+    pub perception: Option<String>,
+    pub reasoning: Option<String>,
+    /// Why the perception could not be read (a [`format::FormatError`] code).
+    pub perception_error: Option<String>,
+    /// Why the reasoning could not be read.
+    pub reasoning_error: Option<String>,
+    /// Every sampled token, the final `<eos>` included when it was sampled.
+    pub token_ids: Vec<u32>,
+    /// The sampling log-probability of each of `token_ids`.
+    pub logprobs: Vec<f32>,
+    /// The first `perception_tokens` of `token_ids` are the perception segment (through
+    /// `</perception>`), the rest the reasoning; 0 when the perception was forced.
+    pub perception_tokens: usize,
+    pub reasoning_tokens: usize,
+    /// Generated tokens, without the final `<eos>`.
+    pub new_tokens: usize,
+    /// Stopped by the token budget before `<eos>`.
+    pub truncated: bool,
+}
+
+/// Samples `spec.samples` outputs for every example. `perceptions` overrides the forced
+/// perception per (item, sample) in text-only mode.
+#[allow(clippy::too_many_arguments)]
+pub fn run_rollouts<B: Backend>(
+    model: &Vlm<B>,
+    tok: &Tokenizer,
+    examples: &[Example],
+    perceptions: Option<&HashMap<(String, usize), String>>,
+    spec: &RolloutSpec,
+    seed: u64,
+    device: &B::Device,
+    mut progress: impl FnMut(usize),
+) -> Result<Vec<RolloutRow>> {
+    let image_size = model.image_size;
+    let p_close = tok.id(P_CLOSE);
+    let budget = spec.token_budget(examples);
+    if budget == 0 {
+        bail!("the token budget per output is 0");
+    }
+    let mut rows: Vec<(usize, usize)> = Vec::new();
+    for (i, _) in examples.iter().enumerate() {
+        for s in 0..spec.samples {
+            rows.push((i, s));
+        }
+    }
+    let mut out = Vec::with_capacity(rows.len());
+    for chunk in rows.chunks(spec.batch_size.max(1)) {
+        let mut pixels = Vec::with_capacity(chunk.len() * image_size * image_size);
+        let mut prefixes = Vec::with_capacity(chunk.len());
+        let mut forced = Vec::with_capacity(chunk.len());
+        let mut keys = Vec::with_capacity(chunk.len());
+        for &(i, s) in chunk {
+            let e = &examples[i];
+            let forced_p = match spec.mode {
+                Mode::Standard => None,
+                Mode::Counterfactual => Some(e.perception.clone()),
+                Mode::TextOnly => Some(
+                    perceptions
+                        .and_then(|m| {
+                            m.get(&(e.id.clone(), s))
+                                .or_else(|| m.get(&(e.id.clone(), 0)))
+                        })
+                        .cloned()
+                        .unwrap_or_else(|| e.perception.clone()),
+                ),
+            };
+            if e.image.len() != image_size * image_size {
+                bail!(
+                    "item `{}`: image has {} pixels, the model reads {image_size}²",
+                    e.id,
+                    e.image.len()
+                );
+            }
+            if spec.mode == Mode::TextOnly {
+                pixels.extend(std::iter::repeat_n(0.0f32, image_size * image_size));
+            } else {
+                pixels.extend_from_slice(&e.image);
+            }
+            let mut prefix = e.prompt.clone();
+            if let Some(p) = &forced_p {
+                prefix.extend(tok.encode(&format!("{P_OPEN}{p}{P_CLOSE}{R_OPEN}")));
+            }
+            prefixes.push(prefix);
+            forced.push(forced_p);
+            keys.push(SeqKey {
+                purpose: spec.mode.purpose(),
+                item: e.id.clone(),
+                sample: s as u64,
+            });
+        }
+        let images = Tensor::<B, 3>::from_data(
+            TensorData::new(pixels, [chunk.len(), image_size, image_size]),
+            device,
+        );
+        let gens = generate(
+            model,
+            images,
+            &prefixes,
+            &keys,
+            &spec.sampling,
+            seed,
+            tok.eos(),
+            budget,
+        )?;
+        for ((&(i, s), g), forced_p) in chunk.iter().zip(gens).zip(forced) {
+            let text = tok.decode(&g.tokens);
+            let code = |e: &format::FormatError| e.code().to_string();
+            let (perception, reasoning, perception_error, reasoning_error, pt) = match forced_p {
+                None => {
+                    let pt = p_close
+                        .and_then(|c| g.tokens.iter().position(|&t| t == c))
+                        .map(|k| k + 1)
+                        .unwrap_or(g.tokens.len());
+                    let parsed = format::parse(&text);
+                    (
+                        parsed.perception.as_ref().ok().cloned(),
+                        parsed.reasoning.as_ref().ok().cloned(),
+                        parsed.perception.as_ref().err().map(code),
+                        parsed.reasoning.as_ref().err().map(code),
+                        pt,
+                    )
+                }
+                Some(p) => {
+                    let r = format::parse_reasoning(&text);
+                    (
+                        Some(p),
+                        r.as_ref().ok().cloned(),
+                        None,
+                        r.as_ref().err().map(code),
+                        0,
+                    )
+                }
+            };
+            let mut token_ids = g.tokens.clone();
+            if !g.truncated {
+                token_ids.push(tok.eos());
+            }
+            out.push(RolloutRow {
+                id: examples[i].id.clone(),
+                sample: s,
+                task: examples[i].task.clone(),
+                text,
+                perception,
+                reasoning,
+                perception_error,
+                reasoning_error,
+                perception_tokens: pt,
+                reasoning_tokens: token_ids.len() - pt,
+                new_tokens: g.tokens.len(),
+                token_ids,
+                logprobs: g.logprobs,
+                truncated: g.truncated,
+            });
+        }
+        progress(chunk.len());
+    }
+    Ok(out)
+}

@@ -1,0 +1,191 @@
+//! The part of a training loop that does not depend on the objective, shared by SFT and the RL
+//! update: the model and its AdamW state, the learning-rate schedule, global-norm gradient
+//! clipping, per-step statistics, and resumable snapshots in a scratch directory.
+//!
+//! A loop reads top to bottom: `Trainer::new` → `resume` (a snapshot whose run state matches) →
+//! for each step: compute gradients on `trainer.model`, `trainer.step(step, grads)`, maybe
+//! `trainer.snapshot(..)` → `trainer.weights()`.
+
+use super::grads::{grad_norm, scale};
+use super::schedule::cosine_with_warmup;
+use crate::model::checkpoint::{model_from_bytes, weights_to_bytes};
+use crate::model::{ModelError, Vlm, VlmConfig};
+use burn::module::Module;
+use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
+use burn::record::{BinBytesRecorder, FullPrecisionSettings, Recorder};
+use burn::tensor::backend::AutodiffBackend;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+/// Optimizer, schedule and clipping settings.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct OptimSettings {
+    /// Total optimizer steps (the schedule's length).
+    pub steps: usize,
+    pub lr: f64,
+    pub min_lr: f64,
+    pub warmup_ratio: f64,
+    pub weight_decay: f64,
+    /// Clip the gradient to this global L2 norm over all parameters (0 = no clipping), as HF
+    /// Trainer and LlamaFactory do; burn's own clipping is per tensor and is not used.
+    pub grad_clip: f64,
+}
+
+/// What one optimizer step did.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct StepStats {
+    pub lr: f64,
+    /// Global gradient norm before clipping.
+    pub grad_norm: f64,
+    /// Whether the gradient was scaled down to `grad_clip`.
+    pub clipped: bool,
+}
+
+/// Errors of the trainer.
+#[derive(Debug, thiserror::Error)]
+pub enum TrainerError {
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    #[error("snapshot at {path}: {msg}")]
+    Snapshot { path: String, msg: String },
+}
+
+pub type Result<T> = std::result::Result<T, TrainerError>;
+
+type Optim<B> = burn::optim::adaptor::OptimizerAdaptor<burn::optim::AdamW, Vlm<B>, B>;
+
+/// The model being trained with its optimizer.
+pub struct Trainer<B: AutodiffBackend> {
+    pub model: Vlm<B>,
+    optim: Optim<B>,
+    settings: OptimSettings,
+    cfg: VlmConfig,
+    device: B::Device,
+}
+
+const MODEL_FILE: &str = "model.bin";
+const OPTIM_FILE: &str = "optim.bin";
+const STATE_FILE: &str = "state.json";
+
+impl<B: AutodiffBackend> Trainer<B> {
+    /// A trainer for a fresh model (seeded from `seed`) or for the weights `init`.
+    pub fn new(
+        cfg: &VlmConfig,
+        init: Option<&[u8]>,
+        settings: &OptimSettings,
+        seed: u64,
+        device: &B::Device,
+    ) -> Result<Self> {
+        B::seed(device, seed);
+        let model = match init {
+            Some(bytes) => model_from_bytes::<B>(cfg, bytes, device)?,
+            None => Vlm::<B>::new(cfg, device),
+        };
+        Ok(Trainer {
+            model,
+            optim: Self::optim_config(settings).init(),
+            settings: settings.clone(),
+            cfg: cfg.clone(),
+            device: device.clone(),
+        })
+    }
+
+    fn optim_config(settings: &OptimSettings) -> AdamWConfig {
+        AdamWConfig::new().with_weight_decay(settings.weight_decay as f32)
+    }
+
+    /// The learning rate at `step` (0-based).
+    pub fn lr(&self, step: usize) -> f64 {
+        let s = &self.settings;
+        cosine_with_warmup(step, s.steps, s.lr, s.min_lr, s.warmup_ratio)
+    }
+
+    /// Clips `grads` to the global norm and applies one AdamW step at the scheduled rate.
+    pub fn step(&mut self, step: usize, grads: GradientsParams) -> Result<StepStats> {
+        let lr = self.lr(step);
+        let norm = grad_norm::<B, _>(&self.model, &grads)?;
+        let clip = self.settings.grad_clip;
+        let clipped = clip > 0.0 && norm > clip;
+        let grads = if clipped {
+            scale::<B, _>(&self.model, grads, (clip / norm) as f32)
+        } else {
+            grads
+        };
+        self.model = self.optim.step(lr, self.model.clone(), grads);
+        Ok(StepStats {
+            lr,
+            grad_norm: norm,
+            clipped,
+        })
+    }
+
+    /// The current weights in the checkpoint format.
+    pub fn weights(&self) -> Result<Vec<u8>> {
+        Ok(weights_to_bytes(&self.model)?)
+    }
+
+    /// Writes weights, optimizer state and the loop's `state` to `dir`; the state file is
+    /// written last, so a snapshot cut short is never taken for a valid one.
+    pub fn snapshot<S: Serialize>(&self, dir: &Path, state: &S) -> Result<()> {
+        let err = snapshot_error(dir);
+        std::fs::create_dir_all(dir).map_err(|e| err(e.to_string()))?;
+        // Burn's own record keeps parameter ids, which the optimizer state is keyed by.
+        let weights = BinBytesRecorder::<FullPrecisionSettings>::default()
+            .record(self.model.clone().into_record(), ())
+            .map_err(|e| err(format!("model state: {e:?}")))?;
+        let optim = BinBytesRecorder::<FullPrecisionSettings>::default()
+            .record(self.optim.to_record(), ())
+            .map_err(|e| err(format!("optimizer state: {e:?}")))?;
+        let w = |name: &str, bytes: &[u8]| {
+            crate::util::fsx::write_atomic(&dir.join(name), bytes).map_err(|e| err(e.to_string()))
+        };
+        w(MODEL_FILE, &weights)?;
+        w(OPTIM_FILE, &optim)?;
+        w(
+            STATE_FILE,
+            &serde_json::to_vec(state).map_err(|e| err(e.to_string()))?,
+        )
+    }
+
+    /// Restores the snapshot in `dir` if there is one whose state `accept`s (for example: the
+    /// same run settings), returning that state; otherwise leaves the trainer as it is.
+    pub fn resume<S: DeserializeOwned>(
+        &mut self,
+        dir: &Path,
+        accept: impl FnOnce(&S) -> bool,
+    ) -> Result<Option<S>> {
+        let Ok(bytes) = std::fs::read(dir.join(STATE_FILE)) else {
+            return Ok(None);
+        };
+        // A state from another code version or run is not ours to resume: start afresh.
+        let Ok(state) = serde_json::from_slice::<S>(&bytes) else {
+            return Ok(None);
+        };
+        if !accept(&state) {
+            return Ok(None);
+        }
+        let err = snapshot_error(dir);
+        let weights = std::fs::read(dir.join(MODEL_FILE)).map_err(|e| err(e.to_string()))?;
+        let record = BinBytesRecorder::<FullPrecisionSettings>::default()
+            .load(weights, &self.device)
+            .map_err(|e| err(format!("model state: {e:?}")))?;
+        self.model = Vlm::<B>::new(&self.cfg, &self.device).load_record(record);
+        let optim = std::fs::read(dir.join(OPTIM_FILE)).map_err(|e| err(e.to_string()))?;
+        let record = BinBytesRecorder::<FullPrecisionSettings>::default()
+            .load(optim, &self.device)
+            .map_err(|e| err(format!("optimizer state: {e:?}")))?;
+        self.optim = Self::optim_config(&self.settings)
+            .init()
+            .load_record(record);
+        Ok(Some(state))
+    }
+}
+
+fn snapshot_error(dir: &Path) -> impl Fn(String) -> TrainerError {
+    let path: PathBuf = dir.to_path_buf();
+    move |msg| TrainerError::Snapshot {
+        path: path.display().to_string(),
+        msg,
+    }
+}
