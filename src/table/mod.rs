@@ -52,13 +52,10 @@ pub type Result<T> = std::result::Result<T, TableError>;
 
 fn writer_properties(s: &Schema) -> WriterProperties {
     use parquet::file::metadata::KeyValue;
-    let mut kv = vec![
+    let kv = vec![
         KeyValue::new("asymm.kind".into(), s.kind.clone()),
         KeyValue::new("asymm.schema_version".into(), s.version.to_string()),
     ];
-    if let Some(hf) = s.hf_metadata() {
-        kv.push(KeyValue::new("huggingface".into(), hf));
-    }
     WriterProperties::builder()
         .set_compression(Compression::SNAPPY)
         .set_max_row_group_row_count(Some(4096))
@@ -87,6 +84,16 @@ pub fn write_named(
 
 fn write_batch(w: &mut ArtifactWriter, kind: &str, batch: RecordBatch) -> Result<u64> {
     let s = schema(kind)?;
+    // The `huggingface` features travel in the Arrow schema's metadata, where `datasets` reads
+    // them.
+    let batch = match s.hf_metadata() {
+        Some(hf) => {
+            let meta = std::collections::HashMap::from([("huggingface".to_string(), hf)]);
+            let schema = batch.schema().as_ref().clone().with_metadata(meta);
+            batch.with_schema(Arc::new(schema))?
+        }
+        None => batch,
+    };
     let mut f = w.create(DATA_FILE)?;
     {
         let mut aw = ArrowWriter::try_new(&mut f, batch.schema(), Some(writer_properties(s)))?;
@@ -406,21 +413,22 @@ mod tests {
             .commit(Some(1), Default::default(), serde_json::Value::Null)
             .unwrap();
         let bytes = store.read_file(&id, DATA_FILE).unwrap();
-        let reader =
-            parquet::file::serialized_reader::SerializedFileReader::new(bytes::Bytes::from(bytes))
-                .unwrap();
-        use parquet::file::reader::FileReader;
-        let kv = reader
+        let reader = ParquetRecordBatchReaderBuilder::try_new(bytes::Bytes::from(bytes)).unwrap();
+        let hf = reader
+            .schema()
             .metadata()
-            .file_metadata()
-            .key_value_metadata()
+            .get("huggingface")
             .cloned()
-            .unwrap_or_default();
-        let hf = kv
-            .iter()
-            .find(|k| k.key == "huggingface")
-            .and_then(|k| k.value.clone())
             .expect("huggingface metadata");
+        // `datasets` takes a feature only where its Arrow field equals the file's, nullability
+        // included: the image field must be nullable.
+        assert!(
+            reader
+                .schema()
+                .field_with_name("image")
+                .unwrap()
+                .is_nullable()
+        );
         let v: serde_json::Value = serde_json::from_str(&hf).unwrap();
         let features = v["info"]["features"].as_object().unwrap();
         assert_eq!(features.len(), s.columns.len());

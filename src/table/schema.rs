@@ -183,7 +183,10 @@ impl Schema {
         ArrowSchema::new(
             self.columns
                 .iter()
-                .map(|c| Field::new(&c.name, c.ty.arrow(), c.nullable))
+                // Image columns are nullable at the Arrow level, as `datasets`' `Image` feature
+                // is (it matches features to fields by type and nullability); the schema's own
+                // `nullable` is still enforced when writing.
+                .map(|c| Field::new(&c.name, c.ty.arrow(), c.nullable || c.ty == ColType::Image))
                 .collect::<Vec<_>>(),
         )
     }
