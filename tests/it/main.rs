@@ -5,4 +5,5 @@ mod bundles;
 mod cache;
 mod common;
 mod crash;
+mod json;
 mod model;
