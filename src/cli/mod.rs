@@ -2,6 +2,7 @@
 
 mod bench;
 mod bundle;
+mod dev;
 mod inspect;
 mod run;
 mod store_cmds;
@@ -62,17 +63,21 @@ pub enum Cmd {
     /// Export or import artifact bundles.
     #[command(subcommand)]
     Bundle(bundle::BundleCmd),
+    /// Maintenance commands for working on asymm itself.
+    #[command(subcommand, hide = true)]
+    Dev(dev::DevCmd),
 }
 
 /// Runs a command; returns the process exit code.
 pub fn dispatch(cli: Cli) -> anyhow::Result<i32> {
     let cmd = match cli.cmd {
         Cmd::Bench(a) => return bench::bench(a),
+        Cmd::Dev(d) => return dev::dev(d),
         cmd => cmd,
     };
     let store = asymm::store::Store::open(&cli.store)?;
     match cmd {
-        Cmd::Bench(_) => unreachable!("handled above"),
+        Cmd::Bench(_) | Cmd::Dev(_) => unreachable!("handled above"),
         Cmd::Run(a) => run::run(&store, a),
         Cmd::Status(a) => inspect::status(&store, a),
         Cmd::Dag(a) => inspect::dag(a),
