@@ -7,7 +7,7 @@ PIPELINE ?= pipelines/default.toml
 STORE    ?= artifacts
 MNIST_DIR := .cache/mnist/package/src/digits
 
-.PHONY: all run build test bench sudoku mnist status clean-store fmt lint
+.PHONY: all run build test bench sudoku mnist status clean-store fmt lint stage-versions
 
 all: run
 
@@ -41,6 +41,12 @@ bench: build
 
 fmt:
 	$(CARGO) fmt
+
+# Re-record the stages' source hashes (src/stages/versions.json) after bumping the VERSION of
+# every stage whose sources changed; refused otherwise. Add
+# ARGS="--unchanged-output STAGE" for a change that provably leaves STAGE's output unchanged.
+stage-versions:
+	$(CARGO) run --release --locked -- dev stage-versions --write $(ARGS)
 
 lint:
 	$(CARGO) fmt --check

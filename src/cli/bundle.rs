@@ -15,6 +15,10 @@ pub enum BundleCmd {
         /// Artifacts (ids, prefixes or PIPELINE.toml:STAGE).
         #[arg(required = true)]
         artifacts: Vec<String>,
+        /// Device whose results PIPELINE.toml:STAGE names for device-sensitive stages (default:
+        /// the most recent result on any device).
+        #[arg(long)]
+        device: Option<String>,
     },
     /// Verify and import a bundle into this store.
     Import {
@@ -25,10 +29,14 @@ pub enum BundleCmd {
 
 pub fn bundle(store: &Store, cmd: BundleCmd) -> anyhow::Result<i32> {
     match cmd {
-        BundleCmd::Export { out, artifacts } => {
+        BundleCmd::Export {
+            out,
+            artifacts,
+            device,
+        } => {
             let ids: Vec<String> = artifacts
                 .iter()
-                .map(|r| resolve_ref(store, r))
+                .map(|r| resolve_ref(store, r, device.as_deref()))
                 .collect::<anyhow::Result<_>>()?;
             let r = export_bundle(store, &ids, &out)?;
             println!(

@@ -1,10 +1,14 @@
 //! `asymm status`, `asymm dag` and `asymm show`: read-only views of pipelines and artifacts.
+//!
+//! With `--format json` each prints one JSON document on stdout (field names are stable; see
+//! each function) and nothing else there.
 
-use super::{resolve_ref, short};
+use super::{Format, print_json, resolve_ref, short};
 use asymm::dag::{Runner, parse_pipeline};
 use asymm::stages::StageRegistry;
 use asymm::store::Store;
 use clap::Args;
+use serde_json::{Value, json};
 use std::path::PathBuf;
 
 #[derive(Args, Debug)]
@@ -14,6 +18,9 @@ pub struct PipelineArg {
     /// Compute device the pipeline would run on (part of model stages' keys).
     #[arg(long, default_value = "cpu")]
     pub device: String,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t)]
+    pub format: Format,
 }
 
 #[derive(Args, Debug)]
@@ -21,17 +28,20 @@ pub struct DagArgs {
     /// Pipeline file (TOML).
     pub pipeline: PathBuf,
     /// Print Graphviz DOT instead of text.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "format")]
     pub dot: bool,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t)]
+    pub format: Format,
 }
 
 #[derive(Args, Debug)]
 pub struct ShowArgs {
     /// Artifact id, unique id prefix, or PIPELINE.toml:STAGE[.OUTPUT].
     pub artifact: String,
-    /// Number of rows to print.
-    #[arg(long, default_value_t = 5)]
-    pub rows: usize,
+    /// Number of rows to print [default: 5 as a table, all as JSON].
+    #[arg(long)]
+    pub rows: Option<usize>,
     /// Only these columns (comma-separated).
     #[arg(long, value_delimiter = ',')]
     pub columns: Vec<String>,
@@ -39,12 +49,39 @@ pub struct ShowArgs {
     /// held-out evaluations.
     #[arg(long)]
     pub where_set: Option<String>,
+    /// Device whose results PIPELINE.toml:STAGE names for device-sensitive stages (default: the
+    /// most recent result on any device).
+    #[arg(long)]
+    pub device: Option<String>,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t)]
+    pub format: Format,
 }
 
+/// JSON: `{"pipeline", "device", "stages": [{"name", "stage", "state": "cached|stale|missing",
+/// "key", "outputs": {name: id}, "why": [{"kind", "message", …}]}]}`. `key` is null while an
+/// upstream result is missing; `why` is empty for cached stages.
 pub fn status(store: &Store, a: PipelineArg) -> anyhow::Result<i32> {
     let reg = StageRegistry::default();
     let p = parse_pipeline(&a.pipeline, &reg)?;
     let rows = Runner::new(store, &reg, &a.device).status(&p)?;
+    if a.format == Format::Json {
+        let stages: Vec<Value> = rows
+            .iter()
+            .map(|r| {
+                json!({
+                    "name": r.instance,
+                    "stage": r.stage,
+                    "state": r.state,
+                    "key": r.key,
+                    "outputs": r.outputs,
+                    "why": r.reasons.iter().map(|x| x.to_json()).collect::<Vec<_>>(),
+                })
+            })
+            .collect();
+        print_json(&json!({"pipeline": p.name, "device": a.device, "stages": stages}))?;
+        return Ok(0);
+    }
     println!("{:<36} {:<8} artifact / why", "stage", "state");
     for r in rows {
         let detail = if r.state == "cached" {
@@ -54,17 +91,53 @@ pub fn status(store: &Store, a: PipelineArg) -> anyhow::Result<i32> {
                 .collect::<Vec<_>>()
                 .join(" ")
         } else {
-            r.reasons.join("; ")
+            r.reasons
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("; ")
         };
         println!("{:<36} {:<8} {}", r.instance, r.state, detail);
     }
     Ok(0)
 }
 
+/// JSON: `{"pipeline", "seed", "instances": [{"name", "decl", "stage", "seed", "vars",
+/// "config"}], "edges": [{"from", "output", "to", "input"}]}`, instances in run order.
 pub fn dag(a: DagArgs) -> anyhow::Result<i32> {
     let reg = StageRegistry::default();
     let p = parse_pipeline(&a.pipeline, &reg)?;
-    if a.dot {
+    if a.format == Format::Json {
+        let instances: Vec<Value> = p
+            .instances
+            .iter()
+            .map(|i| {
+                json!({
+                    "name": i.name,
+                    "decl": i.decl,
+                    "stage": i.stage,
+                    "seed": i.seed,
+                    "vars": i.vars,
+                    "config": i.config,
+                })
+            })
+            .collect();
+        let edges: Vec<Value> = p
+            .instances
+            .iter()
+            .flat_map(|i| {
+                i.inputs.iter().map(|(input, (up, out))| {
+                    json!({"from": up, "output": out, "to": i.name, "input": input})
+                })
+            })
+            .collect();
+        print_json(&json!({
+            "pipeline": p.name,
+            "seed": p.seed,
+            "instances": instances,
+            "edges": edges,
+        }))?;
+    } else if a.dot {
         println!("digraph \"{}\" {{", p.name);
         for i in &p.instances {
             println!("  \"{}\" [label=\"{}\\n({})\"];", i.name, i.name, i.stage);
@@ -93,9 +166,21 @@ pub fn dag(a: DagArgs) -> anyhow::Result<i32> {
     Ok(0)
 }
 
+/// JSON: `{"artifact", "manifest": {…as stored…}, "table"}` where `table` is null for
+/// non-tabular artifacts and otherwise `{"schema": {"kind", "version", "columns": [{"name",
+/// "type", "nullable", "doc"}]}, "columns": [names shown], "total_rows" (after --where-set),
+/// "rows": [{column: value}]}` (cells as in `Table::row_json`).
 pub fn show(store: &Store, a: ShowArgs) -> anyhow::Result<i32> {
-    let id = resolve_ref(store, &a.artifact)?;
+    let id = resolve_ref(store, &a.artifact, a.device.as_deref())?;
     let m = store.manifest(&id)?;
+    if a.format == Format::Json {
+        let table = match asymm::table::schema(&m.kind) {
+            Ok(s) => Some(show_table_json(store, &id, s, &a)?),
+            Err(_) => None,
+        };
+        print_json(&json!({"artifact": id, "manifest": m, "table": table}))?;
+        return Ok(0);
+    }
     println!("artifact {id}");
     println!("kind     {} (schema v{})", m.kind, m.schema_version);
     if let Some(r) = m.rows {
@@ -143,7 +228,53 @@ pub fn show(store: &Store, a: ShowArgs) -> anyhow::Result<i32> {
             }
             df = df.select(a.columns.iter().map(String::as_str))?;
         }
-        println!("{}", df.head(Some(a.rows)));
+        println!("{}", df.head(Some(a.rows.unwrap_or(5))));
     }
     Ok(0)
+}
+
+fn show_table_json(
+    store: &Store,
+    id: &str,
+    s: &asymm::table::Schema,
+    a: &ShowArgs,
+) -> anyhow::Result<Value> {
+    use arrow::array::Array;
+    let t = asymm::table::Table::read(store, id, &s.kind)?;
+    let names = t.column_names();
+    let known = |c: &String| -> anyhow::Result<()> {
+        if names.contains(c) {
+            Ok(())
+        } else {
+            anyhow::bail!("no column `{c}` in this artifact")
+        }
+    };
+    a.columns.iter().try_for_each(known)?;
+    let selected: Vec<usize> = match &a.where_set {
+        Some(col) => {
+            known(col)?;
+            let c = t
+                .batch
+                .column_by_name(col)
+                .ok_or_else(|| anyhow::anyhow!("no column `{col}` in this artifact"))?;
+            (0..t.rows()).filter(|&i| !c.is_null(i)).collect()
+        }
+        None => (0..t.rows()).collect(),
+    };
+    let rows = selected
+        .iter()
+        .take(a.rows.unwrap_or(usize::MAX))
+        .map(|&i| t.row_json(i, &a.columns).map(Value::Object))
+        .collect::<Result<Vec<_>, _>>()?;
+    let columns: Vec<Value> = s
+        .columns
+        .iter()
+        .map(|c| json!({"name": c.name, "type": c.ty.name(), "nullable": c.nullable, "doc": c.doc}))
+        .collect();
+    Ok(json!({
+        "schema": {"kind": s.kind, "version": s.version, "columns": columns},
+        "columns": if a.columns.is_empty() { names } else { a.columns.clone() },
+        "total_rows": selected.len(),
+        "rows": rows,
+    }))
 }

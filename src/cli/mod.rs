@@ -2,12 +2,29 @@
 
 mod bench;
 mod bundle;
+mod dev;
 mod inspect;
 mod run;
 mod store_cmds;
 
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
+
+/// Output format of the inspection commands.
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Format {
+    /// Aligned text for people.
+    #[default]
+    Table,
+    /// One JSON document on stdout, for scripts and tests.
+    Json,
+}
+
+/// Prints a JSON document on stdout.
+pub fn print_json(v: &serde_json::Value) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(v)?);
+    Ok(())
+}
 
 #[derive(Parser, Debug)]
 #[command(
@@ -46,16 +63,21 @@ pub enum Cmd {
     /// Export or import artifact bundles.
     #[command(subcommand)]
     Bundle(bundle::BundleCmd),
+    /// Maintenance commands for working on asymm itself.
+    #[command(subcommand, hide = true)]
+    Dev(dev::DevCmd),
 }
 
 /// Runs a command; returns the process exit code.
 pub fn dispatch(cli: Cli) -> anyhow::Result<i32> {
-    if let Cmd::Bench(a) = cli.cmd {
-        return bench::bench(a);
-    }
+    let cmd = match cli.cmd {
+        Cmd::Bench(a) => return bench::bench(a),
+        Cmd::Dev(d) => return dev::dev(d),
+        cmd => cmd,
+    };
     let store = asymm::store::Store::open(&cli.store)?;
-    match cli.cmd {
-        Cmd::Bench(_) => unreachable!("handled above"),
+    match cmd {
+        Cmd::Bench(_) | Cmd::Dev(_) => unreachable!("handled above"),
         Cmd::Run(a) => run::run(&store, a),
         Cmd::Status(a) => inspect::status(&store, a),
         Cmd::Dag(a) => inspect::dag(a),
@@ -69,15 +91,25 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<i32> {
 }
 
 /// Resolves an artifact reference: a full id, a unique id prefix (6+ characters), or
-/// `PIPELINE_FILE:INSTANCE[.OUTPUT]` (the instance's current cached output).
-pub fn resolve_ref(store: &asymm::store::Store, r: &str) -> anyhow::Result<String> {
+/// `PIPELINE_FILE:INSTANCE[.OUTPUT]` (the instance's current cached output). For the latter,
+/// `device` keys device-sensitive stages for that device; without it, their most recent result
+/// on any device is used (see [`asymm::dag::Runner::any_device`]).
+pub fn resolve_ref(
+    store: &asymm::store::Store,
+    r: &str,
+    device: Option<&str>,
+) -> anyhow::Result<String> {
     if let Some((file, inst)) = r.rsplit_once(':')
         && file.ends_with(".toml")
     {
         let reg = asymm::stages::StageRegistry::default();
         let p = asymm::dag::parse_pipeline(std::path::Path::new(file), &reg)?;
         let (inst, out) = inst.split_once('.').unwrap_or((inst, "main"));
-        let rows = asymm::dag::Runner::new(store, &reg, "cpu").status(&p)?;
+        let mut runner = match device {
+            Some(d) => asymm::dag::Runner::new(store, &reg, d),
+            None => asymm::dag::Runner::new(store, &reg, "cpu").any_device(),
+        };
+        let rows = runner.status(&p)?;
         let row = rows
             .iter()
             .find(|s| s.instance == inst)

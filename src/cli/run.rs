@@ -1,10 +1,11 @@
 //! `asymm run`: execute a pipeline and print the run table.
 
-use super::short;
+use super::{Format, print_json, short};
 use asymm::dag::{Outcome, RunOptions, Runner, parse_pipeline};
 use asymm::stages::StageRegistry;
 use asymm::store::Store;
 use clap::Args;
+use serde_json::{Value, json};
 use std::path::PathBuf;
 
 #[derive(Args, Debug)]
@@ -26,8 +27,25 @@ pub struct RunArgs {
     /// Compute device for model stages: cpu, cuda:N, or cuda:N/bf16 (bfloat16 on the GPU).
     #[arg(long, default_value = "cpu")]
     pub device: String,
+    /// Output format of the run report (progress always goes to stderr).
+    #[arg(long, value_enum, default_value_t)]
+    pub format: Format,
 }
 
+/// One evaluation summary row: task, metric, n, mean and 95 % interval.
+struct SummaryRow {
+    task: String,
+    metric: String,
+    n: i64,
+    mean: f64,
+    lo: f64,
+    hi: f64,
+}
+
+/// JSON: `{"pipeline", "device", "dry_run", "stages": [{"name", "stage", "result":
+/// "cached|ran|would_run|skipped", "seconds", "key", "outputs": {name: id}, "why": […]}],
+/// "stage_seconds", "evaluations": [{"stage", "artifact", "rows": [{"task", "metric", "n",
+/// "mean", "ci_low", "ci_high"}]}]}`.
 pub fn run(store: &Store, a: RunArgs) -> anyhow::Result<i32> {
     let reg = StageRegistry::default();
     let p = parse_pipeline(&a.pipeline, &reg)?;
@@ -39,19 +57,84 @@ pub fn run(store: &Store, a: RunArgs) -> anyhow::Result<i32> {
     };
     let mut runner = Runner::new(store, &reg, &a.device);
     let rows = runner.run(&p, &opts)?;
+    let total: f64 = rows.iter().map(|r| r.duration.as_secs_f64()).sum();
+    let mut summaries = Vec::new();
+    for r in &rows {
+        for id in r.outputs.values() {
+            if store.manifest(id).is_ok_and(|m| m.kind == "eval_summary") {
+                summaries.push((r.instance.clone(), id.clone(), summary(store, id)?));
+            }
+        }
+    }
+    if a.format == Format::Json {
+        let stages: Vec<Value> = rows
+            .iter()
+            .map(|r| {
+                let (result, why) = match &r.outcome {
+                    Outcome::Cached => ("cached", vec![]),
+                    Outcome::Ran => ("ran", vec![]),
+                    Outcome::WouldRun(why) => {
+                        ("would_run", why.iter().map(|x| x.to_json()).collect())
+                    }
+                    Outcome::Skipped => ("skipped", vec![]),
+                };
+                json!({
+                    "name": r.instance,
+                    "stage": r.stage,
+                    "result": result,
+                    "seconds": r.duration.as_secs_f64(),
+                    "key": r.key,
+                    "outputs": r.outputs,
+                    "why": why,
+                })
+            })
+            .collect();
+        let evaluations: Vec<Value> = summaries
+            .iter()
+            .map(|(stage, id, rows)| {
+                let rows: Vec<Value> = rows
+                    .iter()
+                    .map(|s| {
+                        json!({
+                            "task": s.task,
+                            "metric": s.metric,
+                            "n": s.n,
+                            "mean": s.mean,
+                            "ci_low": s.lo,
+                            "ci_high": s.hi,
+                        })
+                    })
+                    .collect();
+                json!({"stage": stage, "artifact": id, "rows": rows})
+            })
+            .collect();
+        print_json(&json!({
+            "pipeline": p.name,
+            "device": a.device,
+            "dry_run": opts.dry_run,
+            "stages": stages,
+            "stage_seconds": total,
+            "evaluations": evaluations,
+        }))?;
+        return Ok(0);
+    }
     println!("pipeline {} ({} stages)", p.name, rows.len());
     println!(
         "{:<36} {:<16} {:>10}  artifact / reason",
         "stage", "result", "seconds"
     );
-    let mut total = 0.0;
     for r in &rows {
         let secs = r.duration.as_secs_f64();
-        total += secs;
         let (result, detail) = match &r.outcome {
             Outcome::Cached => ("cached", outputs_label(&r.outputs)),
             Outcome::Ran => ("ran", outputs_label(&r.outputs)),
-            Outcome::WouldRun(why) => ("would run", why.join("; ")),
+            Outcome::WouldRun(why) => (
+                "would run",
+                why.iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join("; "),
+            ),
             Outcome::Skipped => ("skipped", String::new()),
         };
         println!(
@@ -60,18 +143,14 @@ pub fn run(store: &Store, a: RunArgs) -> anyhow::Result<i32> {
         );
     }
     println!("stage work: {total:.2} s");
-    for r in &rows {
-        for id in r.outputs.values() {
-            if store.manifest(id).is_ok_and(|m| m.kind == "eval_summary") {
-                print_summary(store, &r.instance, id)?;
-            }
-        }
+    for (instance, _, rows) in &summaries {
+        print_summary(instance, rows);
     }
     Ok(0)
 }
 
-/// Prints an evaluation summary (task, metric, n, mean, 95 % interval).
-fn print_summary(store: &Store, instance: &str, id: &str) -> anyhow::Result<()> {
+/// Reads an evaluation summary artifact.
+fn summary(store: &Store, id: &str) -> anyhow::Result<Vec<SummaryRow>> {
     let t = asymm::table::Table::read(store, id, "eval_summary")?;
     let (tasks, metrics) = (t.required_strings("task")?, t.required_strings("metric")?);
     let (n, mean, lo, hi) = (
@@ -80,24 +159,32 @@ fn print_summary(store: &Store, instance: &str, id: &str) -> anyhow::Result<()> 
         t.f64("ci_low")?,
         t.f64("ci_high")?,
     );
+    Ok((0..t.rows())
+        .map(|i| SummaryRow {
+            task: tasks[i].clone(),
+            metric: metrics[i].clone(),
+            n: n.value(i),
+            mean: mean.value(i),
+            lo: lo.value(i),
+            hi: hi.value(i),
+        })
+        .collect())
+}
+
+/// Prints an evaluation summary (task, metric, n, mean, 95 % interval).
+fn print_summary(instance: &str, rows: &[SummaryRow]) {
     println!();
     println!("{instance}:");
     println!(
         "  {:<16} {:<10} {:>6} {:>8}  95% CI",
         "task", "metric", "n", "mean"
     );
-    for i in 0..t.rows() {
+    for s in rows {
         println!(
             "  {:<16} {:<10} {:>6} {:>8.3}  [{:.3}, {:.3}]",
-            tasks[i],
-            metrics[i],
-            n.value(i),
-            mean.value(i),
-            lo.value(i),
-            hi.value(i)
+            s.task, s.metric, s.n, s.mean, s.lo, s.hi
         );
     }
-    Ok(())
 }
 
 fn outputs_label(o: &std::collections::BTreeMap<String, String>) -> String {

@@ -18,6 +18,10 @@ pub struct TagArgs {
     /// Artifacts (ids, prefixes or PIPELINE.toml:STAGE).
     #[arg(required = true)]
     pub artifacts: Vec<String>,
+    /// Device whose results PIPELINE.toml:STAGE names for device-sensitive stages (default: the
+    /// most recent result on any device).
+    #[arg(long)]
+    pub device: Option<String>,
 }
 
 pub fn verify(store: &Store) -> anyhow::Result<i32> {
@@ -58,7 +62,7 @@ pub fn tag(store: &Store, a: TagArgs) -> anyhow::Result<i32> {
     let ids: Vec<String> = a
         .artifacts
         .iter()
-        .map(|r| resolve_ref(store, r))
+        .map(|r| resolve_ref(store, r, a.device.as_deref()))
         .collect::<anyhow::Result<_>>()?;
     store.set_tag(&a.name, &ids)?;
     println!(

@@ -10,7 +10,7 @@ mod key;
 mod pipeline;
 mod runner;
 
-pub use key::{KeyParts, explain};
+pub use key::{KeyParts, Reason, explain};
 pub use pipeline::{Instance, Pipeline, parse_pipeline};
 pub use runner::{Outcome, RunOptions, RunRow, Runner, StatusRow};
 

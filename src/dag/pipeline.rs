@@ -446,12 +446,48 @@ fn topo_order(decls: &[Decl]) -> Result<Vec<String>, DagError> {
         }
     }
     if order.len() < decls.len() {
-        let stuck: Vec<&str> = indeg
+        let stuck: BTreeSet<&str> = names
             .iter()
-            .filter(|(k, _)| !order.iter().any(|o| o == *k))
-            .map(|(k, _)| *k)
+            .filter(|k| !order.iter().any(|o| o == *k))
+            .copied()
             .collect();
-        return Err(DagError::Cycle(stuck.join(" → ")));
+        return Err(DagError::Cycle(cycle_path(decls, &stuck)));
     }
     Ok(order)
+}
+
+/// One cycle among the stages Kahn's algorithm could not order, as `a → b → a` (each stage feeds
+/// the next), starting from its first name. Stages merely downstream of a cycle are left out.
+fn cycle_path(decls: &[Decl], stuck: &BTreeSet<&str>) -> String {
+    // Every stuck stage has a stuck upstream stage, so walking upstream must come back.
+    let upstream = |n: &str| -> Option<&str> {
+        let d = decls.iter().find(|d| d.name == n)?;
+        let ups: BTreeSet<&str> = d.inputs.values().map(|(s, _)| s.as_str()).collect();
+        ups.into_iter().find(|u| stuck.contains(u))
+    };
+    let Some(mut cur) = stuck.first().copied() else {
+        return String::new();
+    };
+    let mut path: Vec<&str> = vec![cur];
+    let cycle = loop {
+        match upstream(cur) {
+            Some(up) => {
+                if let Some(pos) = path.iter().position(|p| *p == up) {
+                    break path.split_off(pos);
+                }
+                path.push(up);
+                cur = up;
+            }
+            None => return stuck.iter().copied().collect::<Vec<_>>().join(" → "),
+        }
+    };
+    // `cycle` runs upstream; turn it around and start from its first name.
+    let mut down: Vec<&str> = cycle.into_iter().rev().collect();
+    if let Some(first) = (0..down.len()).min_by_key(|&i| down[i]) {
+        down.rotate_left(first);
+    }
+    if let Some(&head) = down.first() {
+        down.push(head);
+    }
+    down.join(" → ")
 }

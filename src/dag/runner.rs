@@ -3,11 +3,11 @@
 //! run record last so a crash loses at most the stage in flight.
 
 use super::externals::Fingerprinter;
-use super::key::{KeyParts, explain};
+use super::key::{KeyParts, Reason, explain};
 use super::{DagError, Instance, Pipeline, Registry, RunCtx};
 use crate::store::{RunRecord, Store};
 use std::collections::{BTreeMap, BTreeSet};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 /// What `run` should do.
 #[derive(Debug, Clone, Default)]
@@ -28,7 +28,7 @@ pub enum Outcome {
     Cached,
     Ran,
     /// Dry run: would run, for these reasons.
-    WouldRun(Vec<String>),
+    WouldRun(Vec<Reason>),
     /// Not selected by --only/--until.
     Skipped,
 }
@@ -41,6 +41,9 @@ pub struct RunRow {
     pub outcome: Outcome,
     pub duration: Duration,
     pub outputs: BTreeMap<String, String>,
+    /// The cache key of the result (that of the run record found or written); `None` while an
+    /// upstream result is missing, since the key depends on the inputs' content ids.
+    pub key: Option<String>,
 }
 
 /// One row of `status`.
@@ -48,10 +51,13 @@ pub struct RunRow {
 pub struct StatusRow {
     pub instance: String,
     pub stage: String,
-    /// `cached`, `stale` or `missing`.
+    /// `cached`, `stale` (ran before, with other key parts) or `missing` (never ran in this
+    /// pipeline).
     pub state: &'static str,
-    pub reasons: Vec<String>,
+    pub reasons: Vec<Reason>,
     pub outputs: BTreeMap<String, String>,
+    /// The cache key (see [`RunRow::key`]).
+    pub key: Option<String>,
 }
 
 /// Executes pipelines against a store.
@@ -60,6 +66,11 @@ pub struct Runner<'a> {
     reg: &'a dyn Registry,
     device: String,
     fingerprints: Fingerprinter,
+    /// Accept a device-sensitive stage's result whatever device computed it (see
+    /// [`Runner::any_device`]).
+    any_device: bool,
+    /// Every readable run record with its key parts and modification time, loaded on first use.
+    records: Option<Vec<(SystemTime, RunRecord, KeyParts)>>,
 }
 
 enum Resolved {
@@ -75,7 +86,68 @@ impl<'a> Runner<'a> {
             reg,
             device: device.to_string(),
             fingerprints: Fingerprinter::new(store.root()),
+            any_device: false,
+            records: None,
         }
+    }
+
+    /// For looking results up rather than computing them: a device-sensitive stage counts as
+    /// cached when a run record matches its key in everything but the device. The instance's
+    /// head (its most recent run in this pipeline) is preferred when it matches; otherwise the
+    /// most recently written matching record. Everything downstream is then keyed on that
+    /// result's artifacts, so `PIPELINE.toml:STAGE` finds what a `--device cuda:0` run produced.
+    pub fn any_device(mut self) -> Self {
+        self.any_device = true;
+        self
+    }
+
+    /// Whether `old` equals `parts` but for the device.
+    fn same_but_device(old: &KeyParts, parts: &KeyParts) -> bool {
+        old.device.is_some()
+            && KeyParts {
+                device: parts.device.clone(),
+                ..old.clone()
+            } == *parts
+    }
+
+    /// The completed run record for `parts` (whose key is `key`), if any.
+    fn lookup(
+        &mut self,
+        pipeline: &str,
+        inst: &Instance,
+        parts: &KeyParts,
+        key: &str,
+    ) -> Result<Option<RunRecord>, DagError> {
+        if !self.any_device || parts.device.is_none() {
+            return Ok(self.store.record(key)?);
+        }
+        if let Some(head) = self.store.head(pipeline, &inst.name)?
+            && let Some(rec) = self.store.record(&head)?
+            && serde_json::from_value::<KeyParts>(rec.key_parts.clone())
+                .is_ok_and(|old| Self::same_but_device(&old, parts))
+        {
+            return Ok(Some(rec));
+        }
+        if self.records.is_none() {
+            let mut all = Vec::new();
+            for k in self.store.record_keys()? {
+                let (Some(rec), Some(t)) = (self.store.record(&k)?, self.store.record_time(&k)?)
+                else {
+                    continue;
+                };
+                if let Ok(kp) = serde_json::from_value::<KeyParts>(rec.key_parts.clone()) {
+                    all.push((t, rec, kp));
+                }
+            }
+            self.records = Some(all);
+        }
+        Ok(self
+            .records
+            .iter()
+            .flatten()
+            .filter(|(_, _, kp)| Self::same_but_device(kp, parts))
+            .max_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.key.cmp(&b.1.key)))
+            .map(|(_, rec, _)| rec.clone()))
     }
 
     fn resolve(
@@ -124,24 +196,27 @@ impl<'a> Runner<'a> {
         pipeline: &str,
         inst: &Instance,
         parts: &KeyParts,
-    ) -> Result<Vec<String>, DagError> {
+    ) -> Result<Vec<Reason>, DagError> {
         let Some(old_key) = self.store.head(pipeline, &inst.name)? else {
-            return Ok(vec!["never run".into()]);
+            return Ok(vec![Reason::NeverRun]);
         };
         let Some(old) = self.store.record(&old_key)? else {
-            return Ok(vec!["previous result was removed".into()]);
+            return Ok(vec![Reason::PreviousRemoved]);
         };
         let old_parts: Option<KeyParts> = serde_json::from_value(old.key_parts).ok();
         Ok(match old_parts {
-            Some(o) => {
+            Some(mut o) => {
+                if self.any_device && o.device.is_some() {
+                    o.device.clone_from(&parts.device);
+                }
                 let r = explain(&o, parts);
                 if r.is_empty() {
-                    vec!["forced".into()]
+                    vec![Reason::Forced]
                 } else {
                     r
                 }
             }
-            None => vec!["previous record unreadable".into()],
+            None => vec![Reason::PreviousUnreadable],
         })
     }
 
@@ -198,9 +273,10 @@ impl<'a> Runner<'a> {
                     }
                     if opts.dry_run {
                         rows.push(RunRow {
-                            outcome: Outcome::WouldRun(vec![format!(
-                                "input `{input}`: upstream `{up}` runs first"
-                            )]),
+                            outcome: Outcome::WouldRun(vec![Reason::UpstreamPending {
+                                input,
+                                upstream: up,
+                            }]),
                             ..skipped(inst)
                         });
                         continue;
@@ -217,12 +293,12 @@ impl<'a> Runner<'a> {
             let cached = if forced {
                 None
             } else {
-                self.store.record(&key)?
+                self.lookup(&p.name, inst, &parts, &key)?
             };
             if let Some(rec) = cached {
                 results.insert(inst.name.clone(), rec.outputs.clone());
                 if is_sel && !opts.dry_run {
-                    self.store.set_head(&p.name, &inst.name, &key)?;
+                    self.store.set_head(&p.name, &inst.name, &rec.key)?;
                 }
                 rows.push(RunRow {
                     outcome: if is_sel {
@@ -231,22 +307,27 @@ impl<'a> Runner<'a> {
                         Outcome::Skipped
                     },
                     outputs: rec.outputs,
+                    key: Some(rec.key),
                     ..skipped(inst)
                 });
                 continue;
             }
             if !is_sel {
-                rows.push(skipped(inst));
+                rows.push(RunRow {
+                    key: Some(key),
+                    ..skipped(inst)
+                });
                 continue;
             }
             if opts.dry_run {
                 let mut why = self.why(&p.name, inst, &parts)?;
                 if forced {
-                    why.insert(0, "forced".into());
+                    why.insert(0, Reason::Forced);
                     why.dedup();
                 }
                 rows.push(RunRow {
                     outcome: Outcome::WouldRun(why),
+                    key: Some(key),
                     ..skipped(inst)
                 });
                 continue;
@@ -274,6 +355,7 @@ impl<'a> Runner<'a> {
             return Ok(RunRow {
                 outcome: Outcome::Cached,
                 outputs: rec.outputs,
+                key: Some(key),
                 ..skipped(inst)
             });
         }
@@ -337,6 +419,7 @@ impl<'a> Runner<'a> {
             outcome: Outcome::Ran,
             duration,
             outputs,
+            key: Some(key),
             ..skipped(inst)
         })
     }
@@ -354,7 +437,14 @@ impl<'a> Runner<'a> {
         for r in rows {
             let (state, reasons) = match r.outcome {
                 Outcome::Cached => ("cached", vec![]),
-                Outcome::WouldRun(why) if why == ["never run"] => ("missing", why),
+                Outcome::WouldRun(why) if why == [Reason::NeverRun] => ("missing", why),
+                // Waiting on upstream: missing if it never ran, stale if it did.
+                Outcome::WouldRun(why)
+                    if matches!(why[..], [Reason::UpstreamPending { .. }])
+                        && self.store.head(&p.name, &r.instance)?.is_none() =>
+                {
+                    ("missing", why)
+                }
                 Outcome::WouldRun(why) => ("stale", why),
                 Outcome::Ran | Outcome::Skipped => ("cached", vec![]),
             };
@@ -364,6 +454,7 @@ impl<'a> Runner<'a> {
                 state,
                 reasons,
                 outputs: r.outputs,
+                key: r.key,
             });
         }
         Ok(out)
@@ -377,5 +468,164 @@ fn skipped(inst: &Instance) -> RunRow {
         outcome: Outcome::Skipped,
         duration: Duration::ZERO,
         outputs: BTreeMap::new(),
+        key: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dag::{InputSpec, OutputSpec, StageDef, pipeline::parse_str};
+
+    /// `gen` writes its config; `train` (device-sensitive) and `eval` write their input id, and
+    /// `train` also the device, so a result shows where it came from.
+    struct Fake(&'static str);
+
+    impl StageDef for Fake {
+        fn name(&self) -> &'static str {
+            self.0
+        }
+        fn version(&self) -> u32 {
+            1
+        }
+        fn inputs(&self) -> Vec<InputSpec> {
+            match self.0 {
+                "gen" => vec![],
+                _ => vec![InputSpec {
+                    name: "x",
+                    kind: "blob",
+                    optional: false,
+                }],
+            }
+        }
+        fn outputs(&self) -> Vec<OutputSpec> {
+            vec![OutputSpec {
+                name: "main",
+                kind: "blob",
+            }]
+        }
+        fn config(&self, table: &toml::Table) -> Result<serde_json::Value, String> {
+            serde_json::to_value(table).map_err(|e| e.to_string())
+        }
+        fn uses_device(&self) -> bool {
+            self.0 == "train"
+        }
+        fn run(
+            &self,
+            ctx: &RunCtx,
+        ) -> Result<BTreeMap<String, String>, Box<dyn std::error::Error + Send + Sync>> {
+            let mut w = ctx.store.writer("blob", 1)?;
+            let body = format!(
+                "{} {} {} {}",
+                self.0,
+                ctx.config,
+                ctx.input("x").unwrap_or("-"),
+                if self.uses_device() { &ctx.device } else { "" }
+            );
+            w.add_bytes("data", body.as_bytes())?;
+            Ok([("main".to_string(), ctx.commit(w, None)?)].into())
+        }
+    }
+
+    struct Reg(Vec<Fake>);
+
+    impl Registry for Reg {
+        fn get(&self, name: &str) -> Option<&dyn StageDef> {
+            self.0
+                .iter()
+                .find(|s| s.0 == name)
+                .map(|s| s as &dyn StageDef)
+        }
+        fn names(&self) -> Vec<&'static str> {
+            self.0.iter().map(|s| s.0).collect()
+        }
+    }
+
+    fn pipeline(reg: &Reg, steps: u32) -> Pipeline {
+        let text = format!(
+            "[pipeline]\nname = \"p\"\n[stages.gen]\nn = 1\n\
+             [stages.train]\ninputs = {{ x = \"gen\" }}\nsteps = {steps}\n\
+             [stages.eval]\ninputs = {{ x = \"train\" }}\n"
+        );
+        parse_str(&text, "p.toml", "p", reg).unwrap()
+    }
+
+    fn outputs_of(rows: &[StatusRow], inst: &str) -> (&'static str, Option<String>) {
+        let r = rows.iter().find(|r| r.instance == inst).unwrap();
+        (r.state, r.outputs.get("main").cloned())
+    }
+
+    fn run_on(store: &Store, reg: &Reg, p: &Pipeline, device: &str) -> Vec<RunRow> {
+        Runner::new(store, reg, device)
+            .run(p, &RunOptions::default())
+            .unwrap()
+    }
+
+    #[test]
+    fn lookups_find_results_computed_on_another_device() {
+        let d = crate::util::fsx::TempDir::new("asymm-test").unwrap();
+        let store = Store::open(d.path()).unwrap();
+        let reg = Reg(vec![Fake("gen"), Fake("train"), Fake("eval")]);
+        let p = pipeline(&reg, 5);
+        let gpu = run_on(&store, &reg, &p, "cuda:0");
+        assert!(gpu.iter().all(|r| r.outcome == Outcome::Ran));
+        let out = |rows: &[RunRow], i: usize| rows[i].outputs.get("main").cloned();
+
+        // Keyed for the CPU, training and what follows it are not cached…
+        let strict = Runner::new(&store, &reg, "cpu").status(&p).unwrap();
+        assert_eq!(outputs_of(&strict, "gen"), ("cached", out(&gpu, 0)));
+        assert_eq!(outputs_of(&strict, "train").0, "stale");
+        assert_eq!(outputs_of(&strict, "eval").0, "stale");
+        // …but a lookup across devices finds the GPU run's artifacts, downstream included.
+        let any = Runner::new(&store, &reg, "cpu")
+            .any_device()
+            .status(&p)
+            .unwrap();
+        assert_eq!(outputs_of(&any, "train"), ("cached", out(&gpu, 1)));
+        assert_eq!(outputs_of(&any, "eval"), ("cached", out(&gpu, 2)));
+        assert_eq!(any[1].key, gpu[1].key, "the record found is the GPU run's");
+
+        // The most recent run of the instance wins: a CPU run, then the GPU run again (cached).
+        let cpu = run_on(&store, &reg, &p, "cpu");
+        assert_ne!(out(&cpu, 1), out(&gpu, 1));
+        let any = Runner::new(&store, &reg, "cpu")
+            .any_device()
+            .status(&p)
+            .unwrap();
+        assert_eq!(outputs_of(&any, "train").1, out(&cpu, 1));
+        let again = run_on(&store, &reg, &p, "cuda:0");
+        assert_eq!(again[1].outcome, Outcome::Cached);
+        let any = Runner::new(&store, &reg, "cuda:7")
+            .any_device()
+            .status(&p)
+            .unwrap();
+        assert_eq!(outputs_of(&any, "train").1, out(&gpu, 1));
+        assert_eq!(outputs_of(&any, "eval").1, out(&gpu, 2));
+
+        // Without a head (another pipeline name), the newest matching record is used.
+        let mut other = p.clone();
+        other.name = "q".into();
+        let any = Runner::new(&store, &reg, "cpu")
+            .any_device()
+            .status(&other)
+            .unwrap();
+        assert_eq!(outputs_of(&any, "train").0, "cached");
+
+        // Anything else that differs still makes the result stale, and says why (not the device).
+        let changed = pipeline(&reg, 6);
+        let any = Runner::new(&store, &reg, "cpu")
+            .any_device()
+            .status(&changed)
+            .unwrap();
+        let train = any.iter().find(|r| r.instance == "train").unwrap();
+        assert_eq!(train.state, "stale");
+        assert_eq!(
+            train.reasons,
+            vec![Reason::Config {
+                field: "steps".into(),
+                old: Some(serde_json::json!(5)),
+                new: Some(serde_json::json!(6)),
+            }]
+        );
     }
 }

@@ -11,6 +11,7 @@ pub mod render;
 pub mod rollout;
 pub mod sft_train;
 pub mod synthesize;
+pub mod versions;
 
 use crate::dag::{InputSpec, OutputSpec, Registry, RunCtx, StageDef};
 use crate::store::StoreError;

@@ -57,6 +57,19 @@ impl Store {
         )
     }
 
+    /// When the record for `key` was written (`None` if there is no such record).
+    pub fn record_time(&self, key: &str) -> Result<Option<std::time::SystemTime>> {
+        if !is_hex64(key) {
+            return Ok(None);
+        }
+        let p = self.root().join("records").join(format!("{key}.json"));
+        match fs::metadata(&p) {
+            Ok(m) => m.modified().map(Some).map_err(io_err(&p)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io_err(&p)(e)),
+        }
+    }
+
     /// Every record key in the store.
     pub fn record_keys(&self) -> Result<Vec<String>> {
         list_names(&self.root().join("records"), |n| {

@@ -286,6 +286,106 @@ impl Table {
     }
 }
 
+/// JSON views of tables (`asymm show --format json`).
+impl Table {
+    /// The column names, in schema order.
+    pub fn column_names(&self) -> Vec<String> {
+        self.batch
+            .schema()
+            .fields()
+            .iter()
+            .map(|f| f.name().clone())
+            .collect()
+    }
+
+    /// Row `i` as a JSON object over `columns` (all columns when empty). Strings, booleans and
+    /// numbers are themselves, nulls and non-finite floats `null`, lists arrays; a binary cell
+    /// is `{"len": bytes, "blake3": hex}` and a struct (such as an image) an object of its
+    /// fields.
+    pub fn row_json(
+        &self,
+        i: usize,
+        columns: &[String],
+    ) -> Result<serde_json::Map<String, serde_json::Value>> {
+        let names = if columns.is_empty() {
+            self.column_names()
+        } else {
+            columns.to_vec()
+        };
+        let mut row = serde_json::Map::new();
+        for name in names {
+            let col = self
+                .batch
+                .column_by_name(&name)
+                .ok_or_else(|| TableError::Column {
+                    kind: self.kind.clone(),
+                    column: name.clone(),
+                    msg: "missing".into(),
+                })?;
+            let v = cell_json(col.as_ref(), i).map_err(|msg| TableError::Column {
+                kind: self.kind.clone(),
+                column: name.clone(),
+                msg,
+            })?;
+            row.insert(name, v);
+        }
+        Ok(row)
+    }
+}
+
+fn downcast<T: 'static>(a: &dyn Array) -> std::result::Result<&T, String> {
+    a.as_any()
+        .downcast_ref::<T>()
+        .ok_or_else(|| format!("unexpected array for type {}", a.data_type()))
+}
+
+fn float_json(x: f64) -> serde_json::Value {
+    serde_json::Number::from_f64(x)
+        .map(serde_json::Value::Number)
+        .unwrap_or(serde_json::Value::Null)
+}
+
+/// One cell as JSON (see [`Table::row_json`]).
+fn cell_json(a: &dyn Array, i: usize) -> std::result::Result<serde_json::Value, String> {
+    use arrow::datatypes::DataType;
+    use serde_json::{Value, json};
+    if i >= a.len() {
+        return Err(format!("row {i} out of range ({} rows)", a.len()));
+    }
+    if a.is_null(i) {
+        return Ok(Value::Null);
+    }
+    Ok(match a.data_type() {
+        DataType::Utf8 => json!(downcast::<StringArray>(a)?.value(i)),
+        DataType::Boolean => json!(downcast::<BooleanArray>(a)?.value(i)),
+        DataType::Int32 => json!(downcast::<Int32Array>(a)?.value(i)),
+        DataType::Int64 => json!(downcast::<Int64Array>(a)?.value(i)),
+        DataType::Float32 => float_json(downcast::<Float32Array>(a)?.value(i) as f64),
+        DataType::Float64 => float_json(downcast::<Float64Array>(a)?.value(i)),
+        DataType::Binary => {
+            let b = downcast::<BinaryArray>(a)?.value(i);
+            json!({"len": b.len(), "blake3": blake3::hash(b).to_hex().to_string()})
+        }
+        DataType::List(_) => {
+            let items = downcast::<ListArray>(a)?.value(i);
+            Value::Array(
+                (0..items.len())
+                    .map(|k| cell_json(items.as_ref(), k))
+                    .collect::<std::result::Result<_, _>>()?,
+            )
+        }
+        DataType::Struct(fields) => {
+            let s = downcast::<StructArray>(a)?;
+            let mut m = serde_json::Map::new();
+            for (f, c) in fields.iter().zip(s.columns()) {
+                m.insert(f.name().clone(), cell_json(c.as_ref(), i)?);
+            }
+            Value::Object(m)
+        }
+        other => return Err(format!("type {other} has no JSON form")),
+    })
+}
+
 /// Column constructors.
 pub mod cols {
     use super::*;
@@ -367,6 +467,7 @@ pub mod cols {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     /// Image artifacts carry the `huggingface` features metadata naming every column, with the
     /// image column as an `Image` feature; other kinds carry none.
@@ -435,5 +536,40 @@ mod tests {
         assert_eq!(features["image"]["_type"], "Image");
         assert_eq!(features["id"]["dtype"], "string");
         assert!(schema("rollouts").unwrap().hf_metadata().is_none());
+    }
+
+    #[test]
+    fn rows_as_json() {
+        let batch = RecordBatch::try_from_iter(vec![
+            ("id", cols::utf8(&["a", "b"])),
+            ("x", cols::f64_opt(vec![Some(0.25), None])),
+            ("nan", cols::f64(vec![f64::NAN, 1.0])),
+            ("l", cols::list_i32(&[vec![1, 2], vec![]])),
+            (
+                "img",
+                cols::image(&[b"png".to_vec(), vec![]], &["p.png".into(), "q".into()]),
+            ),
+        ])
+        .unwrap();
+        let t = Table {
+            kind: "test".into(),
+            batch,
+        };
+        assert_eq!(t.column_names(), ["id", "x", "nan", "l", "img"]);
+        let r0 = serde_json::Value::Object(t.row_json(0, &[]).unwrap());
+        assert_eq!(
+            r0,
+            json!({
+                "id": "a", "x": 0.25, "nan": null, "l": [1, 2],
+                "img": {
+                    "bytes": {"len": 3, "blake3": blake3::hash(b"png").to_hex().to_string()},
+                    "path": "p.png"
+                }
+            })
+        );
+        let r1 = t.row_json(1, &["x".into(), "l".into()]).unwrap();
+        assert_eq!(serde_json::Value::Object(r1), json!({"x": null, "l": []}));
+        assert!(t.row_json(0, &["nope".into()]).is_err());
+        assert!(t.row_json(2, &[]).is_err());
     }
 }

@@ -511,16 +511,44 @@ mod tests {
     fn uniqueness_counter_sees_multiple_solutions() {
         let empty = Grid([0; 81]);
         assert_eq!(empty.count_solutions(2).0, 2);
-        let (_, s) = Grid::random_puzzle(&mut keyed(1, "t", 0, 0), &SudokuGen::default());
-        // A rectangle of two digits swapped in two rows/two cols (same boxes pair) is a second
-        // solution when all four are empty: removing every cell gives many.
-        let mut p = s;
-        for k in 0..81 {
-            if k % 2 == 0 {
-                p.0[k] = 0;
+        // A "deadly pattern": cells (r1,c1)=a, (r1,c2)=b, (r2,c1)=b, (r2,c2)=a with r1, r2 in the
+        // same band. The four cells lie in two boxes, so swapping a and b gives another valid
+        // grid; with exactly those four cells empty, each row, column and box involved misses
+        // just {a, b}, so the original and the swap are the only two solutions.
+        let rectangle = |g: &Grid| -> Option<[usize; 4]> {
+            for r1 in 0..9 {
+                for r2 in (r1 + 1)..(r1 / 3 * 3 + 3) {
+                    for c1 in 0..9 {
+                        for c2 in (c1 + 1)..9 {
+                            let (a, b) = (g.0[r1 * 9 + c1], g.0[r1 * 9 + c2]);
+                            if g.0[r2 * 9 + c1] == b && g.0[r2 * 9 + c2] == a {
+                                return Some([r1 * 9 + c1, r1 * 9 + c2, r2 * 9 + c1, r2 * 9 + c2]);
+                            }
+                        }
+                    }
+                }
             }
+            None
+        };
+        let (s, cells) = (0..50)
+            .map(|seed| Grid::random_solution(&mut keyed(1, "deadly", seed, 0)))
+            .find_map(|g| rectangle(&g).map(|c| (g, c)))
+            .expect("some random solution has a deadly pattern");
+        let mut swapped = s;
+        (swapped.0[cells[0]], swapped.0[cells[1]]) = (s.0[cells[1]], s.0[cells[0]]);
+        (swapped.0[cells[2]], swapped.0[cells[3]]) = (s.0[cells[3]], s.0[cells[2]]);
+        assert!(s.is_valid_solution() && swapped.is_valid_solution() && swapped != s);
+        let mut p = s;
+        for c in cells {
+            p.0[c] = 0;
         }
-        assert!(p.count_solutions(2).0 >= 1);
+        assert_eq!(p.count_solutions(2).0, 2);
+        assert_eq!(p.count_solutions(10).0, 2, "exactly two solutions");
+        let first = p.count_solutions(1).1;
+        assert!(first == Some(s) || first == Some(swapped), "{first:?}");
+        // With one of the four cells given, the solution is unique again.
+        p.0[cells[0]] = s.0[cells[0]];
+        assert_eq!(p.count_solutions(10), (1, Some(s)));
         // Conflicting givens: no solution.
         let mut bad = Grid([0; 81]);
         bad.0[0] = 5;

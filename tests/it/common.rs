@@ -106,3 +106,39 @@ pub fn object_files(store: &Path) -> Vec<PathBuf> {
     out.sort();
     out
 }
+
+/// Runs `asymm --store <store> args… --format json` successfully and parses its stdout (which
+/// must be exactly one JSON document).
+pub fn json(store: &Path, args: &[&str]) -> serde_json::Value {
+    let mut all: Vec<&str> = args.to_vec();
+    all.extend(["--format", "json"]);
+    let out = ok(asymm(store, &all));
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("not one JSON document ({e}):\n{out}"))
+}
+
+/// The entry named `name` in a `status`/`run` document's `stages`.
+pub fn stage<'a>(doc: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+    doc["stages"]
+        .as_array()
+        .and_then(|a| a.iter().find(|s| s["name"] == name))
+        .unwrap_or_else(|| panic!("no stage {name} in {doc:#}"))
+}
+
+/// The `why` kinds of a status entry.
+pub fn why_kinds(entry: &serde_json::Value) -> Vec<String> {
+    entry["why"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|w| w["kind"].as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The rows of a `show --format json` document's table.
+pub fn rows(doc: &serde_json::Value) -> &Vec<serde_json::Value> {
+    doc["table"]["rows"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no table rows in {doc:#}"))
+}

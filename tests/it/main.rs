@@ -6,4 +6,5 @@ mod cache;
 mod common;
 mod crash;
 mod fidelity;
+mod json;
 mod model;

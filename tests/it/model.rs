@@ -97,17 +97,53 @@ fn train_rollout_evaluate_resume_and_rerun_scope() {
         "scratch removed after success"
     );
 
-    // The log has the diagnostics and the periodic evaluation.
-    let log = ok(asymm(
-        &b,
-        &["show", &format!("{ps}:sft.log"), "--rows", "6"],
-    ));
-    assert!(
-        log.contains("perception_grad_share") && log.contains("eval_a_p"),
-        "{log}"
-    );
-    // The curve alone: held-out evaluations at steps 3 and 6 (eval_every = 3).
-    let curve = ok(asymm(
+    // The log, read as data: the loss on every step, λ fixed by the config, the gradient
+    // diagnostics on steps 1 and 4 (diagnostics_every = 3, counted from step 0) and the held-out
+    // evaluation on steps 3 and 6 (eval_every = 3), null elsewhere.
+    let log = json(&b, &["show", &format!("{ps}:sft.log")]);
+    let log = rows(&log);
+    let steps: Vec<i64> = log.iter().filter_map(|r| r["step"].as_i64()).collect();
+    assert_eq!(steps, [1, 2, 3, 4, 5, 6]);
+    let unit = |v: &serde_json::Value, lo_open: bool| {
+        v.as_f64().is_some_and(|x| {
+            if lo_open {
+                x > 0.0 && x < 1.0
+            } else {
+                (0.0..=1.0).contains(&x)
+            }
+        })
+    };
+    for r in log {
+        let step = r["step"].as_i64().unwrap_or(0);
+        assert!(
+            r["loss"].as_f64().is_some_and(|x| x.is_finite() && x > 0.0),
+            "{r}"
+        );
+        assert!(r["lr"].as_f64().is_some_and(|x| x > 0.0), "{r}");
+        assert_eq!(r["lambda"], 0.5, "{r}");
+        assert!(unit(&r["perception_token_share"], true), "{r}");
+        if step == 1 || step == 4 {
+            assert!(unit(&r["perception_grad_share"], true), "{r}");
+            assert!(
+                r["loss_perception_blank"]
+                    .as_f64()
+                    .is_some_and(|x| x.is_finite() && x > 0.0),
+                "{r}"
+            );
+        } else {
+            assert!(r["perception_grad_share"].is_null(), "{r}");
+            assert!(r["loss_perception_blank"].is_null(), "{r}");
+        }
+        for col in ["eval_a_p", "eval_a_r", "eval_a"] {
+            if step % 3 == 0 {
+                assert!(unit(&r[col], false), "{col} at step {step}: {r}");
+            } else {
+                assert!(r[col].is_null(), "{col} at step {step}: {r}");
+            }
+        }
+    }
+    // The curve alone: held-out evaluations at steps 3 and 6.
+    let curve = json(
         &b,
         &[
             "show",
@@ -117,8 +153,18 @@ fn train_rollout_evaluate_resume_and_rerun_scope() {
             "--columns",
             "step,eval_a_p,eval_a_r",
         ],
-    ));
-    assert!(curve.contains("shape: (2, 3)"), "{curve}");
+    );
+    assert_eq!(
+        curve["table"]["columns"],
+        serde_json::json!(["step", "eval_a_p", "eval_a_r"])
+    );
+    let curve_steps: Vec<&serde_json::Value> = rows(&curve).iter().map(|r| &r["step"]).collect();
+    assert_eq!(curve_steps, [3, 6]);
+    assert!(
+        rows(&curve)
+            .iter()
+            .all(|r| r.as_object().is_some_and(|o| o.len() == 3))
+    );
     let bad = asymm(&b, &["show", &format!("{ps}:sft.log"), "--columns", "nope"]);
     assert!(!bad.status.success() && stderr(&bad).contains("no column `nope`"));
 
@@ -126,34 +172,91 @@ fn train_rollout_evaluate_resume_and_rerun_scope() {
     let p = model_pipeline(d.path(), "objective = \"reweight\"\nlambda = 0.8");
     let status = ok(asymm(&b, &["status", p.to_str().unwrap()]));
     assert!(status.contains("config `lambda` 0.5 → 0.8"), "{status}");
-    let rerun = table(&ok(asymm(&b, &["run", p.to_str().unwrap()])));
+    let rerun = json(&b, &["run", p.to_str().unwrap()]);
     for s in ["synthesize", "render", "distill_format"] {
-        assert_eq!(result_of(&rerun, s), "cached");
+        assert_eq!(stage(&rerun, s)["result"], "cached", "{s}");
     }
     for s in ["sft", "rollout", "rollout_cf", "evaluate"] {
-        assert_eq!(result_of(&rerun, s), "ran", "{s}");
+        assert_eq!(stage(&rerun, s)["result"], "ran", "{s}");
+    }
+    // The evaluation summary it prints, as data: every metric over 4 test items × 2 samples.
+    let evals = rerun["evaluations"].as_array().unwrap();
+    assert_eq!(evals.len(), 1, "{rerun:#}");
+    assert_eq!(evals[0]["stage"], "evaluate");
+    assert_eq!(
+        evals[0]["artifact"],
+        stage(&rerun, "evaluate")["outputs"]["main"]
+    );
+    let summary = evals[0]["rows"].as_array().unwrap();
+    let metrics: Vec<&str> = summary
+        .iter()
+        .filter_map(|r| r["metric"].as_str())
+        .collect();
+    assert_eq!(metrics, ["a_p", "a", "a_tilde_r", "a_r"], "{summary:?}");
+    for r in summary {
+        assert_eq!(r["task"], "graph_coloring", "{r}");
+        assert_eq!(r["n"], 8, "{r}");
+        let f = |k: &str| r[k].as_f64().unwrap_or(f64::NAN);
+        let eps = 1e-12;
+        assert!(
+            -eps <= f("ci_low")
+                && f("ci_low") <= f("mean") + eps
+                && f("mean") <= f("ci_high") + eps
+                && f("ci_high") <= 1.0 + eps,
+            "{r}"
+        );
     }
 }
 
+/// The per-step λ of each objective's training log, read as data.
 #[test]
 fn ngdiff_and_perception_only_train() {
     let d = asymm::util::fsx::TempDir::new("asymm-it").unwrap();
-    for objective in ["objective = \"ngdiff\"", "objective = \"perception-only\""] {
+    let store = d.path().join("s");
+    let mut lambdas: Vec<Vec<Option<f64>>> = Vec::new();
+    for objective in [
+        "objective = \"reweight\"\nlambda = 0.5",
+        "objective = \"ngdiff\"",
+        "objective = \"perception-only\"",
+    ] {
         let p = model_pipeline(d.path(), objective);
-        let out = ok(asymm(
-            &d.path().join("s"),
-            &["run", p.to_str().unwrap(), "--until", "sft"],
-        ));
-        assert_eq!(result_of(&table(&out), "sft"), "ran");
-        let log = ok(asymm(
-            &d.path().join("s"),
-            &["show", &format!("{}:sft.log", p.display()), "--rows", "3"],
-        ));
+        let run = json(&store, &["run", p.to_str().unwrap(), "--until", "sft"]);
+        assert_eq!(stage(&run, "sft")["result"], "ran", "{objective}");
+        let log = json(&store, &["show", &format!("{}:sft.log", p.display())]);
+        let log = rows(&log);
+        assert_eq!(log.len(), 6, "{objective}");
         if objective.contains("ngdiff") {
-            // λ is chosen per batch and reported.
-            assert!(!log.contains("│ null     ┆ 0.001"), "{log}");
+            // NGDiff's λ is chosen per batch and weighs the two mean losses in the objective.
+            for r in log {
+                let l = r["lambda"].as_f64().unwrap_or(f64::NAN);
+                assert!(l > 0.0 && l < 1.0, "λ outside (0, 1): {r}");
+                let (lp, lr) = (
+                    r["loss_perception"].as_f64().unwrap_or(f64::NAN),
+                    r["loss_reasoning"].as_f64().unwrap_or(f64::NAN),
+                );
+                let want = l * lp + (1.0 - l) * lr;
+                let loss = r["loss"].as_f64().unwrap_or(f64::NAN);
+                assert!((loss - want).abs() <= 1e-9 * want.abs().max(1.0), "{r}");
+            }
         }
+        lambdas.push(log.iter().map(|r| r["lambda"].as_f64()).collect());
     }
+    let (fixed, ngdiff, perception_only) = (&lambdas[0], &lambdas[1], &lambdas[2]);
+    assert!(fixed.iter().all(|l| *l == Some(0.5)), "{fixed:?}");
+    assert!(
+        perception_only.iter().all(Option::is_none),
+        "{perception_only:?}"
+    );
+    let ng: Vec<f64> = ngdiff.iter().flatten().copied().collect();
+    assert_eq!(ng.len(), 6, "λ on every step: {ngdiff:?}");
+    let (lo, hi) = ng
+        .iter()
+        .fold((f64::MAX, f64::MIN), |(a, b), &x| (a.min(x), b.max(x)));
+    assert!(
+        hi - lo > 1e-6,
+        "λ should change from batch to batch: {ng:?}"
+    );
+    assert_ne!(ngdiff, fixed, "NGDiff's λ is not the fixed one");
 }
 
 #[test]
@@ -187,4 +290,72 @@ batch_size = 4
         .and_then(|n| n.parse().ok())
         .unwrap_or(u64::MAX);
     assert!(bytes < 1_000_000, "the tiny preset would be ~5 MB: {ckpt}");
+}
+
+/// `PIPELINE.toml:STAGE` finds a device-sensitive stage's result whatever device computed it.
+/// A `--device cuda:0` run is simulated by re-keying the CPU run's training record for cuda:0.
+#[test]
+fn stage_references_find_results_from_another_device() {
+    let d = asymm::util::fsx::TempDir::new("asymm-it").unwrap();
+    let p = model_pipeline(d.path(), "objective = \"standard\"");
+    let ps = p.to_str().unwrap();
+    let s = d.path().join("s");
+    ok(asymm(&s, &["run", ps, "--until", "sft"]));
+    let status = json(&s, &["status", ps]);
+    let (cpu_key, log_id) = (
+        stage(&status, "sft")["key"].as_str().unwrap().to_string(),
+        stage(&status, "sft")["outputs"]["log"].clone(),
+    );
+    let store = asymm::store::Store::open(&s).unwrap();
+    let mut rec = store.record(&cpu_key).unwrap().expect("record");
+    let mut parts: asymm::dag::KeyParts = serde_json::from_value(rec.key_parts.clone()).unwrap();
+    assert_eq!(parts.device.as_deref(), Some("cpu"));
+    parts.device = Some("cuda:0".into());
+    rec.key = parts.key();
+    rec.key_parts = serde_json::to_value(&parts).unwrap();
+    store.put_record(&rec).unwrap();
+    store.set_head("m", "sft", &rec.key).unwrap();
+    std::fs::remove_file(s.join("records").join(format!("{cpu_key}.json"))).unwrap();
+
+    // Keyed for the CPU, training is stale (it ran on cuda:0); for cuda:0 it is cached.
+    let cpu = json(&s, &["status", ps]);
+    assert_eq!(stage(&cpu, "sft")["state"], "stale");
+    assert_eq!(why_kinds(stage(&cpu, "sft")), ["device"]);
+    let gpu = json(&s, &["status", ps, "--device", "cuda:0"]);
+    assert_eq!(stage(&gpu, "sft")["state"], "cached");
+    assert_eq!(stage(&gpu, "sft")["key"], rec.key.as_str());
+    // References find the cuda:0 result unless a device is named.
+    let show = json(&s, &["show", &format!("{ps}:sft.log"), "--rows", "1"]);
+    assert_eq!(show["artifact"], log_id);
+    let pinned = json(
+        &s,
+        &[
+            "show",
+            &format!("{ps}:sft.log"),
+            "--rows",
+            "1",
+            "--device",
+            "cuda:0",
+        ],
+    );
+    assert_eq!(pinned["artifact"], log_id);
+    let on_cpu = asymm(&s, &["show", &format!("{ps}:sft.log"), "--device", "cpu"]);
+    assert!(!on_cpu.status.success());
+    assert!(
+        stderr(&on_cpu).contains("`sft` has no cached output `log` (state: stale)"),
+        "{}",
+        stderr(&on_cpu)
+    );
+    let bundle = d.path().join("x.bundle");
+    let out = ok(asymm(
+        &s,
+        &[
+            "bundle",
+            "export",
+            "-o",
+            bundle.to_str().unwrap(),
+            &format!("{ps}:sft"),
+        ],
+    ));
+    assert!(out.contains("exported"), "{out}");
 }
