@@ -52,6 +52,8 @@ pub enum ColType {
     ListInt32,
     #[serde(rename = "list<utf8>")]
     ListUtf8,
+    #[serde(rename = "list<float32>")]
+    ListFloat32,
     /// HF-datasets image struct `{bytes: binary, path: utf8}`.
     #[serde(rename = "image")]
     Image,
@@ -70,6 +72,7 @@ impl ColType {
             ColType::Binary => "binary",
             ColType::ListInt32 => "list<int32>",
             ColType::ListUtf8 => "list<utf8>",
+            ColType::ListFloat32 => "list<float32>",
             ColType::Image => "image",
         }
     }
@@ -87,6 +90,9 @@ impl ColType {
                 DataType::List(Arc::new(Field::new("item", DataType::Int32, true)))
             }
             ColType::ListUtf8 => DataType::List(Arc::new(Field::new("item", DataType::Utf8, true))),
+            ColType::ListFloat32 => {
+                DataType::List(Arc::new(Field::new("item", DataType::Float32, true)))
+            }
             ColType::Image => DataType::Struct(Fields::from(vec![
                 Field::new("bytes", DataType::Binary, true),
                 Field::new("path", DataType::Utf8, true),
@@ -227,7 +233,7 @@ impl Schema {
 }
 
 /// Type equality that ignores nested field nullability and names of list items.
-fn types_match(a: &DataType, b: &DataType) -> bool {
+pub(super) fn types_match(a: &DataType, b: &DataType) -> bool {
     match (a, b) {
         (DataType::List(x), DataType::List(y)) => types_match(x.data_type(), y.data_type()),
         (DataType::Struct(x), DataType::Struct(y)) => {
