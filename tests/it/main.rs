@@ -6,3 +6,4 @@ mod cache;
 mod common;
 mod crash;
 mod model;
+mod render;
