@@ -2,6 +2,7 @@
 //! digits, the stroke font for labels and fallback digits, and grayscale PNG encoding.
 //! Nothing is read from the system (no fonts), so images are byte-identical everywhere.
 
+pub mod clearance;
 pub mod digits;
 pub mod glyphs;
 pub mod graph;

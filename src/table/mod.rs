@@ -252,6 +252,41 @@ impl Table {
         Ok(out)
     }
 
+    /// A `list<float32>` column as vectors (null rows become `None`; a null item is an error).
+    pub fn float_lists(&self, name: &str) -> Result<Vec<Option<Vec<f32>>>> {
+        let l = self.list(name)?;
+        let err = |msg: &str| TableError::Column {
+            kind: self.kind.clone(),
+            column: name.to_string(),
+            msg: msg.into(),
+        };
+        let mut out = Vec::with_capacity(l.len());
+        for i in 0..l.len() {
+            if l.is_null(i) {
+                out.push(None);
+                continue;
+            }
+            let v = l.value(i);
+            let xs = v
+                .as_any()
+                .downcast_ref::<Float32Array>()
+                .ok_or_else(|| err("list items are not float32"))?;
+            if xs.null_count() > 0 {
+                return Err(err("null list item"));
+            }
+            out.push(Some(xs.values().to_vec()));
+        }
+        Ok(out)
+    }
+
+    /// A `float32` column as values (nulls become `None`).
+    pub fn floats(&self, name: &str) -> Result<Vec<Option<f32>>> {
+        let a = self.f32(name)?;
+        Ok((0..a.len())
+            .map(|i| (!a.is_null(i)).then(|| a.value(i)))
+            .collect())
+    }
+
     /// A `list<utf8>` column as vectors.
     pub fn str_lists(&self, name: &str) -> Result<Vec<Vec<String>>> {
         let l = self.list(name)?;
@@ -411,6 +446,9 @@ pub mod cols {
     pub fn f32(v: Vec<f32>) -> ArrayRef {
         Arc::new(Float32Array::from(v))
     }
+    pub fn f32_opt(v: Vec<Option<f32>>) -> ArrayRef {
+        Arc::new(Float32Array::from(v))
+    }
     pub fn f64(v: Vec<f64>) -> ArrayRef {
         Arc::new(Float64Array::from(v))
     }
@@ -439,6 +477,17 @@ pub mod cols {
             _,
             _,
         >(v.iter().map(|x| Some(x.iter().map(|&y| Some(y))))))
+    }
+    /// A `list<float32>` column; `None` rows are null.
+    pub fn list_f32_opt(v: &[Option<Vec<f32>>]) -> ArrayRef {
+        Arc::new(ListArray::from_iter_primitive::<
+            arrow::datatypes::Float32Type,
+            _,
+            _,
+        >(
+            v.iter()
+                .map(|row| row.as_ref().map(|xs| xs.iter().map(|&x| Some(x)))),
+        ))
     }
     pub fn list_utf8(v: &[Vec<String>]) -> ArrayRef {
         let mut b = ListBuilder::new(StringBuilder::new());
@@ -571,5 +620,26 @@ mod tests {
         assert_eq!(serde_json::Value::Object(r1), json!({"x": null, "l": []}));
         assert!(t.row_json(0, &["nope".into()]).is_err());
         assert!(t.row_json(2, &[]).is_err());
+    }
+
+    #[test]
+    fn float_lists_round_trip_with_null_rows() {
+        let rows = vec![Some(vec![1.5f32, 224.0]), None, Some(vec![])];
+        let batch = RecordBatch::try_from_iter([
+            ("xs", cols::list_f32_opt(&rows)),
+            ("r", cols::f32_opt(vec![Some(2.5), None, Some(0.0)])),
+        ])
+        .unwrap();
+        let t = Table {
+            kind: "test".into(),
+            batch,
+        };
+        assert_eq!(t.float_lists("xs").unwrap(), rows);
+        assert_eq!(t.floats("r").unwrap(), vec![Some(2.5), None, Some(0.0)]);
+        assert!(t.float_lists("r").is_err());
+        assert!(schema::types_match(
+            cols::list_f32_opt(&rows).data_type(),
+            &ColType::ListFloat32.arrow()
+        ));
     }
 }

@@ -293,7 +293,7 @@ impl Schema {
 }
 
 /// Type equality that ignores nested field nullability and names of list items.
-fn types_match(a: &DataType, b: &DataType) -> bool {
+pub(super) fn types_match(a: &DataType, b: &DataType) -> bool {
     match (a, b) {
         (DataType::List(x), DataType::List(y)) => types_match(x.data_type(), y.data_type()),
         (DataType::Struct(x), DataType::Struct(y)) => {

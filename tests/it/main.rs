@@ -8,3 +8,4 @@ mod crash;
 mod fidelity;
 mod json;
 mod model;
+mod render;
