@@ -32,20 +32,12 @@ pub struct RunArgs {
     pub format: Format,
 }
 
-/// One evaluation summary row: task, metric, n, mean and 95 % interval.
-struct SummaryRow {
-    task: String,
-    metric: String,
-    n: i64,
-    mean: f64,
-    lo: f64,
-    hi: f64,
-}
+use asymm::eval::score::SummaryRow;
 
 /// JSON: `{"pipeline", "device", "dry_run", "stages": [{"name", "stage", "result":
 /// "cached|ran|would_run|skipped", "seconds", "key", "outputs": {name: id}, "why": […]}],
 /// "stage_seconds", "evaluations": [{"stage", "artifact", "rows": [{"task", "metric", "n",
-/// "mean", "ci_low", "ci_high"}]}]}`.
+/// "items", "mean", "ci_low", "ci_high", "interval"}]}]}`.
 pub fn run(store: &Store, a: RunArgs) -> anyhow::Result<i32> {
     let reg = StageRegistry::default();
     let p = parse_pipeline(&a.pipeline, &reg)?;
@@ -91,22 +83,7 @@ pub fn run(store: &Store, a: RunArgs) -> anyhow::Result<i32> {
             .collect();
         let evaluations: Vec<Value> = summaries
             .iter()
-            .map(|(stage, id, rows)| {
-                let rows: Vec<Value> = rows
-                    .iter()
-                    .map(|s| {
-                        json!({
-                            "task": s.task,
-                            "metric": s.metric,
-                            "n": s.n,
-                            "mean": s.mean,
-                            "ci_low": s.lo,
-                            "ci_high": s.hi,
-                        })
-                    })
-                    .collect();
-                json!({"stage": stage, "artifact": id, "rows": rows})
-            })
+            .map(|(stage, id, rows)| json!({"stage": stage, "artifact": id, "rows": rows}))
             .collect();
         print_json(&json!({
             "pipeline": p.name,
@@ -152,37 +129,27 @@ pub fn run(store: &Store, a: RunArgs) -> anyhow::Result<i32> {
 /// Reads an evaluation summary artifact.
 fn summary(store: &Store, id: &str) -> anyhow::Result<Vec<SummaryRow>> {
     let t = asymm::table::Table::read(store, id, "eval_summary")?;
-    let (tasks, metrics) = (t.required_strings("task")?, t.required_strings("metric")?);
-    let (n, mean, lo, hi) = (
-        t.i64("n")?,
-        t.f64("mean")?,
-        t.f64("ci_low")?,
-        t.f64("ci_high")?,
-    );
-    Ok((0..t.rows())
-        .map(|i| SummaryRow {
-            task: tasks[i].clone(),
-            metric: metrics[i].clone(),
-            n: n.value(i),
-            mean: mean.value(i),
-            lo: lo.value(i),
-            hi: hi.value(i),
-        })
-        .collect())
+    Ok(asymm::stages::evaluate::read_summary(&t)?)
 }
 
-/// Prints an evaluation summary (task, metric, n, mean, 95 % interval).
+/// Prints an evaluation summary (task, metric, n, mean, 95 % interval and how it was computed).
 fn print_summary(instance: &str, rows: &[SummaryRow]) {
+    let w = rows
+        .iter()
+        .map(|s| s.metric.len())
+        .max()
+        .unwrap_or(6)
+        .max(6);
     println!();
     println!("{instance}:");
     println!(
-        "  {:<16} {:<10} {:>6} {:>8}  95% CI",
+        "  {:<16} {:<w$} {:>6} {:>8}  95% CI",
         "task", "metric", "n", "mean"
     );
     for s in rows {
         println!(
-            "  {:<16} {:<10} {:>6} {:>8.3}  [{:.3}, {:.3}]",
-            s.task, s.metric, s.n, s.mean, s.lo, s.hi
+            "  {:<16} {:<w$} {:>6} {:>8.3}  [{:.3}, {:.3}] {}",
+            s.task, s.metric, s.n, s.mean, s.ci_low, s.ci_high, s.interval
         );
     }
 }

@@ -121,6 +121,26 @@ fn write_summary(ctx: &RunCtx, rows: &[SummaryRow]) -> Result<String, StageError
     Ok(ctx.commit(w, Some(n))?)
 }
 
+/// Reads an `eval_summary` artifact back.
+pub fn read_summary(t: &Table) -> Result<Vec<SummaryRow>, StageError> {
+    let (tasks, metrics) = (t.required_strings("task")?, t.required_strings("metric")?);
+    let (n, items) = (t.i64("n")?, t.i64("items")?);
+    let (mean, lo, hi) = (t.f64("mean")?, t.f64("ci_low")?, t.f64("ci_high")?);
+    let interval = t.required_strings("interval")?;
+    Ok((0..t.rows())
+        .map(|i| SummaryRow {
+            task: tasks[i].clone(),
+            metric: metrics[i].clone(),
+            n: n.value(i).max(0) as u64,
+            items: items.value(i).max(0) as u64,
+            mean: mean.value(i),
+            ci_low: lo.value(i),
+            ci_high: hi.value(i),
+            interval: interval[i].clone(),
+        })
+        .collect())
+}
+
 impl Stage for Evaluate {
     const NAME: &'static str = "evaluate";
     const VERSION: u32 = 2;

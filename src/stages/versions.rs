@@ -66,8 +66,7 @@ pub const STAGE_SOURCES: &[(&str, &[&str])] = &[
         &[
             "src/stages/sft_train.rs",
             "src/stages/model_io.rs",
-            "src/stages/rollout.rs",
-            "src/stages/evaluate.rs",
+            "src/eval/",
             "src/model/",
             "src/train/",
             "src/text/",
@@ -81,6 +80,7 @@ pub const STAGE_SOURCES: &[(&str, &[&str])] = &[
         &[
             "src/stages/rollout.rs",
             "src/stages/model_io.rs",
+            "src/eval/",
             "src/model/",
             "src/text/",
             "src/train/batch.rs",
@@ -92,6 +92,8 @@ pub const STAGE_SOURCES: &[(&str, &[&str])] = &[
         "evaluate",
         &[
             "src/stages/evaluate.rs",
+            "src/stages/rollout.rs",
+            "src/eval/",
             "src/tasks/",
             "src/analysis/mod.rs",
         ],

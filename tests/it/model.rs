@@ -192,10 +192,20 @@ fn train_rollout_evaluate_resume_and_rerun_scope() {
         .iter()
         .filter_map(|r| r["metric"].as_str())
         .collect();
-    assert_eq!(metrics, ["a_p", "a", "a_tilde_r", "a_r"], "{summary:?}");
+    assert_eq!(
+        metrics[..4],
+        ["a_p", "a", "a_tilde_r", "a_r"],
+        "{summary:?}"
+    );
+    // The budget of 16 tokens cuts this untrained model's outputs: the summary says so.
+    assert!(metrics.contains(&"truncated"), "{metrics:?}");
     for r in summary {
         assert_eq!(r["task"], "graph_coloring", "{r}");
-        assert_eq!(r["n"], 8, "{r}");
+        assert_eq!(r["items"], 4, "{r}");
+        assert_eq!(r["interval"], "cluster-bootstrap", "{r}");
+        if r["metric"] != "a_given_p" {
+            assert_eq!(r["n"], 8, "{r}");
+        }
         let f = |k: &str| r[k].as_f64().unwrap_or(f64::NAN);
         let eps = 1e-12;
         assert!(
