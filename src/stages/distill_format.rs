@@ -5,9 +5,12 @@
 //! tokenizer with the artifact. The rendered image is carried along, so the artifact is a
 //! self-contained training set (image + target), like an HF dataset.
 
-use super::{Outputs, Stage, StageError, input, main_output, optional, outputs};
+use super::{
+    Outputs, Stage, StageError, input, optional, output, outputs, read_input, read_optional,
+    write_table_with_files,
+};
 use crate::dag::{InputSpec, OutputSpec, RunCtx};
-use crate::table::{self, Table, cols};
+use crate::table::cols;
 use crate::tasks::TaskKind;
 
 use crate::text::format;
@@ -88,44 +91,38 @@ pub fn encode(tok: &Tokenizer, prompt: &str, perception: &str, reasoning: &str) 
 
 pub struct DistillFormat;
 
+const PUZZLES: InputSpec = input("puzzles", "puzzles");
+const IMAGES: InputSpec = input("images", "images");
+const REASONING: InputSpec = optional("reasoning", "reasoning");
+const MAIN: OutputSpec = output("main", "sft_targets");
+
 impl Stage for DistillFormat {
     const NAME: &'static str = "distill-format";
     const VERSION: u32 = 1;
     type Config = DistillConfig;
 
     fn inputs() -> Vec<InputSpec> {
-        vec![
-            input("puzzles", "puzzles"),
-            input("images", "images"),
-            optional("reasoning", "reasoning"),
-        ]
+        vec![PUZZLES, IMAGES, REASONING]
     }
     fn outputs() -> Vec<OutputSpec> {
-        main_output("sft_targets")
+        vec![MAIN]
     }
 
     fn run(cfg: &DistillConfig, ctx: &RunCtx) -> Result<Outputs, StageError> {
         if cfg.verbosity > 3 {
             return Err(StageError::Invalid("verbosity must be 0..=3".into()));
         }
-        let puzzles = Table::read(
-            ctx.store,
-            ctx.input("puzzles").unwrap_or_default(),
-            "puzzles",
-        )?;
-        let external: Option<HashMap<String, String>> = match ctx.input("reasoning") {
-            Some(id) => {
-                let t = Table::read(ctx.store, id, "reasoning")?;
-                Some(
-                    t.required_strings("id")?
-                        .into_iter()
-                        .zip(t.required_strings("reasoning")?)
-                        .collect(),
-                )
-            }
+        let puzzles = read_input(ctx, &PUZZLES)?;
+        let external: Option<HashMap<String, String>> = match read_optional(ctx, &REASONING)? {
+            Some(t) => Some(
+                t.required_strings("id")?
+                    .into_iter()
+                    .zip(t.required_strings("reasoning")?)
+                    .collect(),
+            ),
             None => None,
         };
-        let images = Table::read(ctx.store, ctx.input("images").unwrap_or_default(), "images")?;
+        let images = read_input(ctx, &IMAGES)?;
         let image_ids = images.required_strings("id")?;
         let image_bytes = images.image_bytes("image")?;
         let image_of: HashMap<&str, usize> = image_ids
@@ -138,8 +135,9 @@ impl Stage for DistillFormat {
         let splits = puzzles.required_strings("split")?;
         let tasks = puzzles.required_strings("task")?;
         let percs = puzzles.required_strings("perception")?;
-        #[allow(clippy::type_complexity)]
-        let mut rows: Vec<(usize, String, String, String, Encoded, usize)> = Vec::new();
+        /// (puzzle row, prompt, reasoning, target, encoding, image row)
+        type Row = (usize, String, String, String, Encoded, usize);
+        let mut rows: Vec<Row> = Vec::new();
         for i in 0..ids.len() {
             if !cfg.splits.is_empty() && !cfg.splits.contains(&splits[i]) {
                 continue;
@@ -188,53 +186,49 @@ impl Stage for DistillFormat {
                 })
                 .collect()
         };
-        let mut w = ctx
-            .store
-            .writer("sft_targets", table::schema("sft_targets")?.version)?;
-        let n = table::write(
-            &mut w,
-            "sft_targets",
+        let text = |f: &dyn Fn(&Row) -> &str| cols::utf8(&rows.iter().map(f).collect::<Vec<_>>());
+        let ints = |f: &dyn Fn(&Encoded) -> Vec<i32>| {
+            cols::list_i32(&rows.iter().map(|r| f(&r.4)).collect::<Vec<_>>())
+        };
+        Ok(outputs([write_table_with_files(
+            ctx,
+            &MAIN,
             vec![
-                cols::utf8(&pick(&|i| ids[i].clone())),
-                cols::utf8(&pick(&|i| splits[i].clone())),
-                cols::utf8(&pick(&|i| tasks[i].clone())),
-                cols::image(
-                    &rows
-                        .iter()
-                        .map(|r| image_bytes.value(r.5).to_vec())
-                        .collect::<Vec<_>>(),
-                    &pick(&|i| format!("{}.png", ids[i])),
+                ("id", cols::utf8(&pick(&|i| ids[i].clone()))),
+                ("split", cols::utf8(&pick(&|i| splits[i].clone()))),
+                ("task", cols::utf8(&pick(&|i| tasks[i].clone()))),
+                (
+                    "image",
+                    cols::image(
+                        &rows
+                            .iter()
+                            .map(|r| image_bytes.value(r.5).to_vec())
+                            .collect::<Vec<_>>(),
+                        &pick(&|i| format!("{}.png", ids[i])),
+                    ),
                 ),
-                cols::utf8(&rows.iter().map(|r| r.1.as_str()).collect::<Vec<_>>()),
-                cols::utf8(&pick(&|i| percs[i].clone())),
-                cols::utf8(&rows.iter().map(|r| r.2.as_str()).collect::<Vec<_>>()),
-                cols::utf8(&rows.iter().map(|r| r.3.as_str()).collect::<Vec<_>>()),
-                cols::list_i32(
-                    &rows
-                        .iter()
-                        .map(|r| r.4.prompt_ids.clone())
-                        .collect::<Vec<_>>(),
+                ("prompt", text(&|r| &r.1)),
+                ("perception", cols::utf8(&pick(&|i| percs[i].clone()))),
+                ("reasoning", text(&|r| &r.2)),
+                ("target", text(&|r| &r.3)),
+                ("prompt_ids", ints(&|e| e.prompt_ids.clone())),
+                ("target_ids", ints(&|e| e.target_ids.clone())),
+                (
+                    "span_names",
+                    cols::list_utf8(
+                        &rows
+                            .iter()
+                            .map(|r| r.4.spans.iter().map(|s| s.0.clone()).collect())
+                            .collect::<Vec<_>>(),
+                    ),
                 ),
-                cols::list_i32(
-                    &rows
-                        .iter()
-                        .map(|r| r.4.target_ids.clone())
-                        .collect::<Vec<_>>(),
-                ),
-                cols::list_utf8(
-                    &rows
-                        .iter()
-                        .map(|r| r.4.spans.iter().map(|s| s.0.clone()).collect())
-                        .collect::<Vec<_>>(),
-                ),
-                cols::list_i32(&span_col(0)),
-                cols::list_i32(&span_col(1)),
-                cols::i32(len_of("perception")),
-                cols::i32(len_of("reasoning")),
+                ("span_starts", cols::list_i32(&span_col(0))),
+                ("span_ends", cols::list_i32(&span_col(1))),
+                ("perception_tokens", cols::i32(len_of("perception"))),
+                ("reasoning_tokens", cols::i32(len_of("reasoning"))),
             ],
-        )?;
-        w.add_bytes(TOKENIZER_FILE, tok.to_json().as_bytes())?;
-        Ok(outputs(&[("main", ctx.commit(w, Some(n))?)]))
+            &[(TOKENIZER_FILE, tok.to_json().as_bytes())],
+        )?]))
     }
 }
 

@@ -3,10 +3,13 @@
 //! a summary with 95 % intervals (`asymm run` prints it).
 
 use super::rollout::read_rollouts;
-use super::{Outputs, Stage, StageError, input, optional, outputs, required_input};
+use super::{
+    Outputs, Stage, StageError, Written, input, optional, output, outputs, read_input,
+    read_optional, write_table,
+};
 use crate::dag::{InputSpec, OutputSpec, RunCtx};
 use crate::eval::score::{ScoredItem, SummaryRow, score_rollouts, summarize};
-use crate::table::{self, Table, cols};
+use crate::table::{Table, cols};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 
@@ -16,14 +19,17 @@ pub struct EvaluateConfig {}
 
 pub struct Evaluate;
 
-fn write_items(ctx: &RunCtx, items: &[ScoredItem]) -> Result<String, StageError> {
-    let mut w = ctx
-        .store
-        .writer("eval_items", table::schema("eval_items")?.version)?;
+const DATA: InputSpec = input("data", "sft_targets");
+const STANDARD: InputSpec = input("standard", "rollouts");
+const COUNTERFACTUAL: InputSpec = optional("counterfactual", "rollouts");
+const MAIN: OutputSpec = output("main", "eval_summary");
+const ITEMS: OutputSpec = output("items", "eval_items");
+
+fn write_items(ctx: &RunCtx, items: &[ScoredItem]) -> Result<Written, StageError> {
     let flag = |f: &dyn Fn(&ScoredItem) -> bool| cols::bool(items.iter().map(f).collect());
-    let n = table::write_named(
-        &mut w,
-        "eval_items",
+    write_table(
+        ctx,
+        &ITEMS,
         vec![
             (
                 "id",
@@ -83,18 +89,14 @@ fn write_items(ctx: &RunCtx, items: &[ScoredItem]) -> Result<String, StageError>
                 ),
             ),
         ],
-    )?;
-    Ok(ctx.commit(w, Some(n))?)
+    )
 }
 
-fn write_summary(ctx: &RunCtx, rows: &[SummaryRow]) -> Result<String, StageError> {
-    let mut w = ctx
-        .store
-        .writer("eval_summary", table::schema("eval_summary")?.version)?;
+fn write_summary(ctx: &RunCtx, rows: &[SummaryRow]) -> Result<Written, StageError> {
     let f = |g: &dyn Fn(&SummaryRow) -> f64| cols::f64(rows.iter().map(g).collect());
-    let n = table::write_named(
-        &mut w,
-        "eval_summary",
+    write_table(
+        ctx,
+        &MAIN,
         vec![
             (
                 "task",
@@ -117,8 +119,7 @@ fn write_summary(ctx: &RunCtx, rows: &[SummaryRow]) -> Result<String, StageError
                 cols::utf8(&rows.iter().map(|r| &r.interval).collect::<Vec<_>>()),
             ),
         ],
-    )?;
-    Ok(ctx.commit(w, Some(n))?)
+    )
 }
 
 /// Reads an `eval_summary` artifact back.
@@ -147,44 +148,29 @@ impl Stage for Evaluate {
     type Config = EvaluateConfig;
 
     fn inputs() -> Vec<InputSpec> {
-        vec![
-            input("data", "sft_targets"),
-            input("standard", "rollouts"),
-            optional("counterfactual", "rollouts"),
-        ]
+        vec![DATA, STANDARD, COUNTERFACTUAL]
     }
     fn outputs() -> Vec<OutputSpec> {
-        vec![
-            OutputSpec {
-                name: "main",
-                kind: "eval_summary",
-            },
-            OutputSpec {
-                name: "items",
-                kind: "eval_items",
-            },
-        ]
+        vec![MAIN, ITEMS]
     }
 
     fn run(_cfg: &EvaluateConfig, ctx: &RunCtx) -> Result<Outputs, StageError> {
-        let data = Table::read(ctx.store, required_input(ctx, "data")?, "sft_targets")?;
+        let data = read_input(ctx, &DATA)?;
         let truth: HashMap<String, String> = data
             .required_strings("id")?
             .into_iter()
             .zip(data.required_strings("perception")?)
             .collect();
-        let standard = read_rollouts(&Table::read(
-            ctx.store,
-            required_input(ctx, "standard")?,
-            "rollouts",
-        )?)?;
-        let counterfactual = match ctx.input("counterfactual") {
-            Some(id) => Some(read_rollouts(&Table::read(ctx.store, id, "rollouts")?)?),
+        let standard = read_rollouts(&read_input(ctx, &STANDARD)?)?;
+        let counterfactual = match read_optional(ctx, &COUNTERFACTUAL)? {
+            Some(t) => Some(read_rollouts(&t)?),
             None => None,
         };
         let items = score_rollouts(&truth, &standard, counterfactual.as_deref())?;
-        let items_id = write_items(ctx, &items)?;
-        let summary_id = write_summary(ctx, &summarize(&items))?;
-        Ok(outputs(&[("main", summary_id), ("items", items_id)]))
+        let items_out = write_items(ctx, &items)?;
+        Ok(outputs([
+            write_summary(ctx, &summarize(&items))?,
+            items_out,
+        ]))
     }
 }

@@ -2,9 +2,9 @@
 //! and `reasoning`) into the store, so distill-format can use it in place of the programmatic
 //! teacher. The file's content is fingerprinted into the cache key.
 
-use super::{Outputs, Stage, StageError, main_output, outputs};
+use super::{Outputs, Stage, StageError, output, outputs, write_table};
 use crate::dag::{InputSpec, OutputSpec, RunCtx};
-use crate::table::{self, cols};
+use crate::table::cols;
 use arrow::array::{Array, StringArray};
 use arrow::datatypes::DataType;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
@@ -36,6 +36,8 @@ fn string_column(
         .ok_or_else(|| StageError::Invalid(format!("{path}: column `{name}` is not text")))
 }
 
+const MAIN: OutputSpec = output("main", "reasoning");
+
 impl Stage for ImportReasoning {
     const NAME: &'static str = "import-reasoning";
     const VERSION: u32 = 1;
@@ -45,7 +47,7 @@ impl Stage for ImportReasoning {
         vec![]
     }
     fn outputs() -> Vec<OutputSpec> {
-        main_output("reasoning")
+        vec![MAIN]
     }
     fn external_files(cfg: &ImportReasoningConfig) -> Vec<PathBuf> {
         vec![PathBuf::from(&cfg.path)]
@@ -75,14 +77,10 @@ impl Stage for ImportReasoning {
                 texts.push(r.value(i).to_string());
             }
         }
-        let mut w = ctx
-            .store
-            .writer("reasoning", table::schema("reasoning")?.version)?;
-        let rows = table::write(
-            &mut w,
-            "reasoning",
-            vec![cols::utf8(&ids), cols::utf8(&texts)],
-        )?;
-        Ok(outputs(&[("main", ctx.commit(w, Some(rows))?)]))
+        Ok(outputs([write_table(
+            ctx,
+            &MAIN,
+            vec![("id", cols::utf8(&ids)), ("reasoning", cols::utf8(&texts))],
+        )?]))
     }
 }

@@ -15,7 +15,8 @@ pub mod versions;
 
 use crate::dag::{InputSpec, OutputSpec, Registry, RunCtx, StageDef};
 use crate::store::StoreError;
-use crate::table::TableError;
+use crate::table::{self, Table, TableError};
+use arrow::array::ArrayRef;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use std::collections::BTreeMap;
@@ -67,13 +68,6 @@ macro_rules! stage_ensure {
 }
 pub use stage_ensure as ensure;
 
-/// The artifact id of a required input (the runner checks required inputs are wired, so a
-/// missing one is a bug in the stage's input list, reported rather than read as empty).
-pub fn required_input<'a>(ctx: &'a RunCtx, name: &str) -> Result<&'a str, StageError> {
-    ctx.input(name)
-        .ok_or_else(|| StageError::Invalid(format!("input `{name}` is not wired")))
-}
-
 /// A pipeline stage with a typed config.
 pub trait Stage: Send + Sync + 'static {
     const NAME: &'static str;
@@ -89,8 +83,25 @@ pub trait Stage: Send + Sync + 'static {
     fn run(cfg: &Self::Config, ctx: &RunCtx) -> Result<Outputs, StageError>;
 }
 
-/// Shorthand for an input spec.
-pub fn input(name: &'static str, kind: &'static str) -> InputSpec {
+/// A stored artifact's content id, as stages hand artifacts around.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ArtifactId(String);
+
+impl ArtifactId {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for ArtifactId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Declares a required input; stages name each input's kind once, in a constant:
+/// `const DATA: InputSpec = input("data", "sft_targets");`.
+pub const fn input(name: &'static str, kind: &'static str) -> InputSpec {
     InputSpec {
         name,
         kind,
@@ -98,8 +109,8 @@ pub fn input(name: &'static str, kind: &'static str) -> InputSpec {
     }
 }
 
-/// Shorthand for an optional input spec.
-pub fn optional(name: &'static str, kind: &'static str) -> InputSpec {
+/// Declares an optional input.
+pub const fn optional(name: &'static str, kind: &'static str) -> InputSpec {
     InputSpec {
         name,
         kind,
@@ -107,16 +118,88 @@ pub fn optional(name: &'static str, kind: &'static str) -> InputSpec {
     }
 }
 
-/// Shorthand for the single `main` output.
-pub fn main_output(kind: &'static str) -> Vec<OutputSpec> {
-    vec![OutputSpec { name: "main", kind }]
+/// Declares an output: `const MAIN: OutputSpec = output("main", "rollouts");`.
+pub const fn output(name: &'static str, kind: &'static str) -> OutputSpec {
+    OutputSpec { name, kind }
 }
 
-/// One output map entry.
-pub fn outputs(pairs: &[(&str, String)]) -> Outputs {
-    pairs
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.clone()))
+/// The artifact of a required input (the runner wires every required input, so a missing one
+/// is a mistake in the stage's declarations, reported rather than read as empty).
+pub fn input_id(ctx: &RunCtx, spec: &InputSpec) -> Result<ArtifactId, StageError> {
+    optional_id(ctx, spec)
+        .ok_or_else(|| StageError::Invalid(format!("input `{}` is not wired", spec.name)))
+}
+
+/// The artifact of an optional input, if wired.
+pub fn optional_id(ctx: &RunCtx, spec: &InputSpec) -> Option<ArtifactId> {
+    ctx.input(spec.name).map(|id| ArtifactId(id.to_string()))
+}
+
+/// Reads a required tabular input, checking it has the declared kind.
+pub fn read_input(ctx: &RunCtx, spec: &InputSpec) -> Result<Table, StageError> {
+    Ok(Table::read(
+        ctx.store,
+        input_id(ctx, spec)?.as_str(),
+        spec.kind,
+    )?)
+}
+
+/// Reads an optional tabular input, if wired.
+pub fn read_optional(ctx: &RunCtx, spec: &InputSpec) -> Result<Option<Table>, StageError> {
+    match optional_id(ctx, spec) {
+        Some(id) => Ok(Some(Table::read(ctx.store, id.as_str(), spec.kind)?)),
+        None => Ok(None),
+    }
+}
+
+/// The artifact written for one declared output.
+#[derive(Debug, Clone)]
+pub struct Written {
+    name: &'static str,
+    pub id: ArtifactId,
+}
+
+impl Written {
+    /// An artifact committed by other means (a directory artifact) for output `out`.
+    pub fn new(out: &OutputSpec, id: String) -> Written {
+        Written {
+            name: out.name,
+            id: ArtifactId(id),
+        }
+    }
+}
+
+/// Writes the table for output `out`: the kind comes from the declaration, the columns are
+/// bound to the schema by name, and the artifact is committed with this stage's lineage.
+pub fn write_table(
+    ctx: &RunCtx,
+    out: &OutputSpec,
+    columns: Vec<(&str, ArrayRef)>,
+) -> Result<Written, StageError> {
+    write_table_with_files(ctx, out, columns, &[])
+}
+
+/// [`write_table`], with further files stored beside the table in the same artifact.
+pub fn write_table_with_files(
+    ctx: &RunCtx,
+    out: &OutputSpec,
+    columns: Vec<(&str, ArrayRef)>,
+    files: &[(&str, &[u8])],
+) -> Result<Written, StageError> {
+    let schema = table::schema(out.kind)?;
+    let mut w = ctx.store.writer(out.kind, schema.version)?;
+    let rows = table::write(&mut w, out.kind, columns)?;
+    for (name, bytes) in files {
+        w.add_bytes(name, bytes)?;
+    }
+    Ok(Written::new(out, ctx.commit(w, Some(rows))?))
+}
+
+/// The output map of a run.
+pub fn outputs(written: impl IntoIterator<Item = Written>) -> Outputs {
+    written
+        .into_iter()
+        .map(|w| (w.name.to_string(), w.id.0))
         .collect()
 }
 

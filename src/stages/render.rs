@@ -7,14 +7,17 @@
 //! the stored image, so the image determines the edge list; the node centres and radius are stored
 //! beside the image (`node_x`, `node_y`, `node_radius`).
 
-use super::{Outputs, Stage, StageError, input, main_output, optional, outputs};
+use super::{
+    Outputs, Stage, StageError, input, optional, output, outputs, read_input, read_optional,
+    write_table,
+};
 use crate::dag::{InputSpec, OutputSpec, RunCtx};
 use crate::render::digits::DigitBank;
 use crate::render::graph::{
     GraphStyle, MAX_LAYOUT_ATTEMPTS, NodeGeometry, clear_layout, draw_px as draw_graph,
 };
 use crate::render::{Gray, sudoku};
-use crate::table::{self, Table, cols};
+use crate::table::cols;
 use crate::tasks::TaskKind;
 use crate::tasks::graph_coloring::Graph;
 use crate::tasks::sudoku::Grid;
@@ -104,30 +107,30 @@ pub struct Render;
 /// One rendered row: PNG bytes and the node geometry of a graph.
 type Encoded = (Vec<u8>, Option<NodeGeometry>);
 
+const PUZZLES: InputSpec = input("puzzles", "puzzles");
+const DIGITS: InputSpec = optional("digits", "digits");
+const MAIN: OutputSpec = output("main", "images");
+
 impl Stage for Render {
     const NAME: &'static str = "render";
     const VERSION: u32 = 2;
     type Config = RenderConfig;
 
     fn inputs() -> Vec<InputSpec> {
-        vec![input("puzzles", "puzzles"), optional("digits", "digits")]
+        vec![PUZZLES, DIGITS]
     }
     fn outputs() -> Vec<OutputSpec> {
-        main_output("images")
+        vec![MAIN]
     }
 
     fn run(cfg: &RenderConfig, ctx: &RunCtx) -> Result<Outputs, StageError> {
         if !(32..=2048).contains(&cfg.size) {
             return Err(StageError::Invalid("size must be within 32..=2048".into()));
         }
-        let puzzles = Table::read(
-            ctx.store,
-            ctx.input("puzzles").unwrap_or_default(),
-            "puzzles",
-        )?;
-        let (bank, source) = match ctx.input("digits") {
-            Some(id) => {
-                let (b, s) = super::digits::load_bank(&Table::read(ctx.store, id, "digits")?)?;
+        let puzzles = read_input(ctx, &PUZZLES)?;
+        let (bank, source) = match read_optional(ctx, &DIGITS)? {
+            Some(t) => {
+                let (b, s) = super::digits::load_bank(&t)?;
                 (Some(b), Some(s))
             }
             None => (None, None),
@@ -189,26 +192,25 @@ impl Stage for Render {
             .iter()
             .map(|k| (*k == TaskKind::Sudoku).then(|| source.clone().unwrap_or_default()))
             .collect();
-        let mut w = ctx
-            .store
-            .writer("images", table::schema("images")?.version)?;
-        let rows = table::write(
-            &mut w,
-            "images",
+        Ok(outputs([write_table(
+            ctx,
+            &MAIN,
             vec![
-                cols::utf8(&ids),
-                cols::utf8(&splits),
-                cols::utf8(&tasks),
-                cols::image(&pngs, &paths),
-                cols::i32(vec![cfg.size as i32; n]),
-                cols::i32(vec![cfg.size as i32; n]),
-                cols::utf8_opt(&digit_source),
-                cols::list_f32_opt(&coord(|c| c.0)),
-                cols::list_f32_opt(&coord(|c| c.1)),
-                cols::f32_opt(nodes.iter().map(|g| g.as_ref().map(|g| g.radius)).collect()),
+                ("id", cols::utf8(&ids)),
+                ("split", cols::utf8(&splits)),
+                ("task", cols::utf8(&tasks)),
+                ("image", cols::image(&pngs, &paths)),
+                ("width", cols::i32(vec![cfg.size as i32; n])),
+                ("height", cols::i32(vec![cfg.size as i32; n])),
+                ("digit_source", cols::utf8_opt(&digit_source)),
+                ("node_x", cols::list_f32_opt(&coord(|c| c.0))),
+                ("node_y", cols::list_f32_opt(&coord(|c| c.1))),
+                (
+                    "node_radius",
+                    cols::f32_opt(nodes.iter().map(|g| g.as_ref().map(|g| g.radius)).collect()),
+                ),
             ],
-        )?;
-        Ok(outputs(&[("main", ctx.commit(w, Some(rows))?)]))
+        )?]))
     }
 }
 

@@ -3,26 +3,28 @@
 
 use super::model_io::{read_checkpoint, read_examples, read_tokenizer};
 use super::{
-    Outputs, Stage, StageError, ensure, input, main_output, optional, outputs, required_input,
+    Outputs, Stage, StageError, Written, ensure, input, input_id, optional, output, outputs,
+    read_optional, write_table,
 };
 use crate::dag::{InputSpec, OutputSpec, RunCtx};
 use crate::eval::rollout::{Mode, RolloutRow, RolloutSpec, run_rollouts};
 use crate::model::DeviceSpec;
 use crate::model::checkpoint::model_from_bytes;
-use crate::table::{self, Table, cols};
+use crate::table::{Table, cols};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 
 /// Writes rollouts as a `rollouts` artifact.
-pub fn write_rollouts(ctx: &RunCtx, mode: Mode, rows: &[RolloutRow]) -> Result<String, StageError> {
-    let mut w = ctx
-        .store
-        .writer("rollouts", table::schema("rollouts")?.version)?;
+pub fn write_rollouts(
+    ctx: &RunCtx,
+    mode: Mode,
+    rows: &[RolloutRow],
+) -> Result<Written, StageError> {
     let strs = |f: &dyn Fn(&RolloutRow) -> Option<String>| rows.iter().map(f).collect::<Vec<_>>();
     let ints = |f: &dyn Fn(&RolloutRow) -> usize| rows.iter().map(|r| f(r) as i32).collect();
-    let n = table::write_named(
-        &mut w,
-        "rollouts",
+    write_table(
+        ctx,
+        &MAIN,
         vec![
             (
                 "id",
@@ -75,8 +77,7 @@ pub fn write_rollouts(ctx: &RunCtx, mode: Mode, rows: &[RolloutRow]) -> Result<S
                 cols::bool(rows.iter().map(|r| r.truncated).collect()),
             ),
         ],
-    )?;
-    Ok(ctx.commit(w, Some(n))?)
+    )
 }
 
 /// Reads a rollouts artifact back.
@@ -155,6 +156,11 @@ impl Default for RolloutConfig {
 
 pub struct Rollout;
 
+const CHECKPOINT: InputSpec = input("checkpoint", "checkpoint");
+const DATA: InputSpec = input("data", "sft_targets");
+const PERCEPTIONS: InputSpec = optional("perceptions", "rollouts");
+const MAIN: OutputSpec = output("main", "rollouts");
+
 impl Stage for Rollout {
     const NAME: &'static str = "rollout";
     const VERSION: u32 = 2;
@@ -162,22 +168,19 @@ impl Stage for Rollout {
     type Config = RolloutConfig;
 
     fn inputs() -> Vec<InputSpec> {
-        vec![
-            input("checkpoint", "checkpoint"),
-            input("data", "sft_targets"),
-            optional("perceptions", "rollouts"),
-        ]
+        vec![CHECKPOINT, DATA, PERCEPTIONS]
     }
     fn outputs() -> Vec<OutputSpec> {
-        main_output("rollouts")
+        vec![MAIN]
     }
 
     fn run(cfg: &RolloutConfig, ctx: &RunCtx) -> Result<Outputs, StageError> {
-        let data_id = required_input(ctx, "data")?;
+        let data_id = input_id(ctx, &DATA)?;
+        let data_id = data_id.as_str();
         let data_tok = read_tokenizer(ctx.store, data_id)?;
         let (mcfg, weights, tok) = read_checkpoint(
             ctx.store,
-            required_input(ctx, "checkpoint")?,
+            input_id(ctx, &CHECKPOINT)?.as_str(),
             Some(&data_tok),
         )?;
         let examples = read_examples(
@@ -188,9 +191,9 @@ impl Stage for Rollout {
             cfg.limit,
         )?;
         ensure!(!examples.is_empty(), "no items in split `{}`", cfg.split);
-        let perceptions = match ctx.input("perceptions") {
-            Some(id) => {
-                let rows = read_rollouts(&Table::read(ctx.store, id, "rollouts")?)?;
+        let perceptions = match read_optional(ctx, &PERCEPTIONS)? {
+            Some(t) => {
+                let rows = read_rollouts(&t)?;
                 Some(
                     rows.into_iter()
                         .map(|r| ((r.id, r.sample), r.perception.unwrap_or_default()))
@@ -216,9 +219,6 @@ impl Stage for Rollout {
             .map_err(StageError::from)
         })?;
         bar.finish_and_clear();
-        Ok(outputs(&[(
-            "main",
-            write_rollouts(ctx, cfg.spec.mode, &rows)?,
-        )]))
+        Ok(outputs([write_rollouts(ctx, cfg.spec.mode, &rows)?]))
     }
 }

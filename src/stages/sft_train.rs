@@ -5,11 +5,14 @@
 //! the wall-clock timing. A killed run resumes from its last snapshot.
 
 use super::model_io::{read_checkpoint, read_examples, read_tokenizer, write_checkpoint};
-use super::{Outputs, Stage, StageError, bail, input, optional, outputs, required_input};
+use super::{
+    Outputs, Stage, StageError, Written, bail, input, input_id, optional, optional_id, output,
+    outputs, write_table,
+};
 use crate::dag::{InputSpec, OutputSpec, RunCtx};
 use crate::eval::score::heldout_eval;
 use crate::model::{DeviceSpec, Vlm, VlmConfig};
-use crate::table::{self, cols};
+use crate::table::cols;
 use crate::train::batch::Example;
 use crate::train::objective::ObjectiveKind;
 use crate::train::sft::{EvalPoint, LogRow, SftHooks, SftSettings, TrainError, train};
@@ -216,6 +219,12 @@ impl<B: Backend> SftHooks<Autodiff<B>> for Hooks<'_, B> {
 
 pub struct SftTrain;
 
+const DATA: InputSpec = input("data", "sft_targets");
+const INIT: InputSpec = optional("init", "checkpoint");
+const MAIN: OutputSpec = output("main", "checkpoint");
+const LOG: OutputSpec = output("log", "train_log");
+const TIMING: OutputSpec = output("timing", "train_timing");
+
 impl Stage for SftTrain {
     const NAME: &'static str = "sft-train";
     const VERSION: u32 = 3;
@@ -223,31 +232,19 @@ impl Stage for SftTrain {
     type Config = SftTrainConfig;
 
     fn inputs() -> Vec<InputSpec> {
-        vec![input("data", "sft_targets"), optional("init", "checkpoint")]
+        vec![DATA, INIT]
     }
     fn outputs() -> Vec<OutputSpec> {
-        vec![
-            OutputSpec {
-                name: "main",
-                kind: "checkpoint",
-            },
-            OutputSpec {
-                name: "log",
-                kind: "train_log",
-            },
-            OutputSpec {
-                name: "timing",
-                kind: "train_timing",
-            },
-        ]
+        vec![MAIN, LOG, TIMING]
     }
 
     fn run(cfg: &SftTrainConfig, ctx: &RunCtx) -> Result<Outputs, StageError> {
-        let data_id = required_input(ctx, "data")?;
+        let data_id = input_id(ctx, &DATA)?;
+        let data_id = data_id.as_str();
         let tok = read_tokenizer(ctx.store, data_id)?;
-        let (mcfg, init) = match ctx.input("init") {
+        let (mcfg, init) = match optional_id(ctx, &INIT) {
             Some(id) => {
-                let (c, w, _) = read_checkpoint(ctx.store, id, Some(&tok))?;
+                let (c, w, _) = read_checkpoint(ctx.store, id.as_str(), Some(&tok))?;
                 (c, Some(w))
             }
             None => (cfg.model_config(tok.vocab_size())?, None),
@@ -335,44 +332,39 @@ impl Stage for SftTrain {
             .map_err(StageError::from)
         })?;
         bar.finish_and_clear();
-        let ckpt = write_checkpoint(ctx, &mcfg, &out.weights, &tok)?;
-        let log_id = write_log(ctx, &out.log, dropped)?;
-        let mut w = ctx
-            .store
-            .writer("train_timing", table::schema("train_timing")?.version)?;
+        let ckpt = Written::new(&MAIN, write_checkpoint(ctx, &mcfg, &out.weights, &tok)?);
+        let log = write_log(ctx, &out.log, dropped)?;
         let t = &out.timing;
-        let n = table::write(
-            &mut w,
-            "train_timing",
+        let timing = write_table(
+            ctx,
+            &TIMING,
             vec![
-                cols::i32(t.iter().map(|r| r.step as i32).collect()),
-                cols::f64(t.iter().map(|r| r.seconds).collect()),
-                cols::i64(t.iter().map(|r| r.tokens as i64).collect()),
-                cols::f64(
-                    t.iter()
-                        .map(|r| r.tokens as f64 / r.seconds.max(1e-9))
-                        .collect(),
+                ("step", cols::i32(t.iter().map(|r| r.step as i32).collect())),
+                ("seconds", cols::f64(t.iter().map(|r| r.seconds).collect())),
+                (
+                    "tokens",
+                    cols::i64(t.iter().map(|r| r.tokens as i64).collect()),
+                ),
+                (
+                    "tokens_per_sec",
+                    cols::f64(
+                        t.iter()
+                            .map(|r| r.tokens as f64 / r.seconds.max(1e-9))
+                            .collect(),
+                    ),
                 ),
             ],
         )?;
-        let timing_id = ctx.commit(w, Some(n))?;
-        Ok(outputs(&[
-            ("main", ckpt),
-            ("log", log_id),
-            ("timing", timing_id),
-        ]))
+        Ok(outputs([ckpt, log, timing]))
     }
 }
 
-fn write_log(ctx: &RunCtx, log: &[LogRow], dropped: usize) -> Result<String, StageError> {
-    let mut w = ctx
-        .store
-        .writer("train_log", table::schema("train_log")?.version)?;
+fn write_log(ctx: &RunCtx, log: &[LogRow], dropped: usize) -> Result<Written, StageError> {
     let f = |g: &dyn Fn(&LogRow) -> f64| cols::f64(log.iter().map(g).collect());
     let opt = |g: &dyn Fn(&LogRow) -> Option<f64>| cols::f64_opt(log.iter().map(g).collect());
-    let n = table::write_named(
-        &mut w,
-        "train_log",
+    write_table(
+        ctx,
+        &LOG,
         vec![
             (
                 "step",
@@ -399,6 +391,5 @@ fn write_log(ctx: &RunCtx, log: &[LogRow], dropped: usize) -> Result<String, Sta
                 cols::i32(vec![dropped as i32; log.len()]),
             ),
         ],
-    )?;
-    Ok(ctx.commit(w, Some(n))?)
+    )
 }

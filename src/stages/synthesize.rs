@@ -7,9 +7,9 @@
 //! permutation and then dealt to the splits stratified by size (node count for graph coloring,
 //! number of givens for Sudoku), each stratum in proportion to the split sizes.
 
-use super::{Outputs, Stage, StageError, main_output, outputs};
+use super::{Outputs, Stage, StageError, output, outputs, write_table};
 use crate::dag::{InputSpec, OutputSpec, RunCtx};
-use crate::table::{self, cols};
+use crate::table::cols;
 pub use crate::tasks::Puzzle;
 use crate::tasks::graph_coloring::{self as gc, GcGen};
 use crate::tasks::sudoku::SudokuGen;
@@ -169,6 +169,8 @@ pub fn generate_unique(
 
 pub struct Synthesize;
 
+const MAIN: OutputSpec = output("main", "puzzles");
+
 impl Stage for Synthesize {
     const NAME: &'static str = "synthesize";
     const VERSION: u32 = 2;
@@ -178,7 +180,7 @@ impl Stage for Synthesize {
         vec![]
     }
     fn outputs() -> Vec<OutputSpec> {
-        main_output("puzzles")
+        vec![MAIN]
     }
 
     fn run(cfg: &SynthesizeConfig, ctx: &RunCtx) -> Result<Outputs, StageError> {
@@ -204,36 +206,23 @@ impl Stage for Synthesize {
         let (split, puzzles): (Vec<&str>, Vec<Puzzle>) = dealt.into_iter().unzip();
         let ids: Vec<String> = (0..total).map(|i| format!("{prefix}-{i:06}")).collect();
         let tasks = vec![cfg.task.name(); total];
-        let mut w = ctx
-            .store
-            .writer("puzzles", table::schema("puzzles")?.version)?;
-        let rows = table::write(
-            &mut w,
-            "puzzles",
+        let text = |f: fn(&Puzzle) -> &str| cols::utf8(&puzzles.iter().map(f).collect::<Vec<_>>());
+        let count = |f: fn(&Puzzle) -> Option<i32>| cols::i32_opt(puzzles.iter().map(f).collect());
+        Ok(outputs([write_table(
+            ctx,
+            &MAIN,
             vec![
-                cols::utf8(&ids),
-                cols::utf8(&split),
-                cols::utf8(&tasks),
-                cols::utf8(
-                    &puzzles
-                        .iter()
-                        .map(|p| p.perception.as_str())
-                        .collect::<Vec<_>>(),
-                ),
-                cols::utf8(
-                    &puzzles
-                        .iter()
-                        .map(|p| p.solution.as_str())
-                        .collect::<Vec<_>>(),
-                ),
-                cols::i32_opt(puzzles.iter().map(|p| p.nodes).collect()),
-                cols::i32_opt(puzzles.iter().map(|p| p.edges).collect()),
-                cols::i32_opt(puzzles.iter().map(|p| p.chromatic).collect()),
-                cols::i32_opt(puzzles.iter().map(|p| p.givens).collect()),
+                ("id", cols::utf8(&ids)),
+                ("split", cols::utf8(&split)),
+                ("task", cols::utf8(&tasks)),
+                ("perception", text(|p| &p.perception)),
+                ("solution", text(|p| &p.solution)),
+                ("nodes", count(|p| p.nodes)),
+                ("edges", count(|p| p.edges)),
+                ("chromatic", count(|p| p.chromatic)),
+                ("givens", count(|p| p.givens)),
             ],
-        )?;
-        let id = ctx.commit(w, Some(rows))?;
-        Ok(outputs(&[("main", id)]))
+        )?]))
     }
 }
 

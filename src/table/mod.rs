@@ -64,20 +64,9 @@ fn writer_properties(s: &Schema) -> WriterProperties {
         .build()
 }
 
-/// Validates `columns` (in schema order) against the schema of `kind` and writes them as
-/// `data.parquet` into `w`. Returns the row count. Prefer [`write_named`].
-pub fn write(w: &mut ArtifactWriter, kind: &str, columns: Vec<ArrayRef>) -> Result<u64> {
-    let batch = schema(kind)?.batch(columns)?;
-    write_batch(w, kind, batch)
-}
-
 /// Validates `columns`, given by name in any order, against the schema of `kind` and writes
 /// them as `data.parquet` into `w`. Returns the row count.
-pub fn write_named(
-    w: &mut ArtifactWriter,
-    kind: &str,
-    columns: Vec<(&str, ArrayRef)>,
-) -> Result<u64> {
+pub fn write(w: &mut ArtifactWriter, kind: &str, columns: Vec<(&str, ArrayRef)>) -> Result<u64> {
     let batch = schema(kind)?.batch_named(columns)?;
     write_batch(w, kind, batch)
 }
@@ -558,7 +547,7 @@ mod tests {
                 (n, a)
             })
             .collect();
-        write_named(&mut w, "images", columns).unwrap();
+        write(&mut w, "images", columns).unwrap();
         let id = w
             .commit(Some(1), Default::default(), serde_json::Value::Null)
             .unwrap();

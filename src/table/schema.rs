@@ -263,7 +263,7 @@ impl Schema {
     }
 
     /// Builds a record batch from columns in schema order, checking types and nulls.
-    pub fn batch(&self, columns: Vec<ArrayRef>) -> Result<RecordBatch> {
+    fn batch(&self, columns: Vec<ArrayRef>) -> Result<RecordBatch> {
         if columns.len() != self.columns.len() {
             return Err(TableError::BadSchema {
                 kind: self.kind.clone(),
