@@ -6,53 +6,172 @@ use burn::module::Module;
 use burn::nn::{Linear, LinearConfig, RmsNorm, RmsNormConfig};
 use burn::tensor::activation::{silu, softmax};
 use burn::tensor::backend::Backend;
-use burn::tensor::{Int, Tensor, TensorData};
+use burn::tensor::{Tensor, TensorData};
 
 /// Large negative bias for masked attention scores.
 pub const MASKED: f32 = -1.0e9;
 
-/// Rotary position tables for a batch: `cos`, `sin` of shape [B, 1, T, d_head/2].
+/// Rotary position tables for a batch, laid out to rotate a fused `[B, T, 3, H, d_head]` query /
+/// key / value projection in one pass: `cos`, `sin` of shape [B, T, 3, 1, d_head] (the value
+/// slot holds cos = 1, sin = 0), and the fixed `rotate_half` map as a [d_head, d_head] matrix.
+/// Half-split convention: pairs (i, i + d_head/2) rotate by `position · θ^(−2i/d_head)`.
 #[derive(Clone, Debug)]
 pub struct Rope<B: Backend> {
-    pub cos: Tensor<B, 4>,
-    pub sin: Tensor<B, 4>,
+    pub cos: Tensor<B, 5>,
+    pub sin: Tensor<B, 5>,
+    pub rot: Tensor<B, 2>,
 }
 
 impl<B: Backend> Rope<B> {
-    /// Tables for explicit integer positions [B, T].
-    pub fn new(positions: Tensor<B, 2, Int>, d_head: usize, theta: f32) -> Self {
-        let device = positions.device();
+    /// Tables for explicit integer positions, `positions[b·T + t]` for row b and step t.
+    pub fn new(
+        positions: &[i64],
+        [b, t]: [usize; 2],
+        d_head: usize,
+        theta: f32,
+        device: &B::Device,
+    ) -> Self {
         let half = d_head / 2;
-        let inv: Vec<f32> = (0..half)
-            .map(|i| 1.0 / theta.powf(2.0 * i as f32 / d_head as f32))
+        let inv: Vec<f64> = (0..half)
+            .map(|i| 1.0 / (theta as f64).powf(2.0 * i as f64 / d_head as f64))
             .collect();
-        let inv = Tensor::<B, 1>::from_data(TensorData::new(inv, [half]), &device);
-        let [b, t] = positions.dims();
-        let angles = positions.float().reshape([b, t, 1]) * inv.reshape([1, 1, half]);
-        let angles = angles.reshape([b, 1, t, half]);
+        let n = b * t * 3 * d_head;
+        let (mut cos, mut sin) = (Vec::with_capacity(n), Vec::with_capacity(n));
+        for &p in positions.iter().take(b * t) {
+            let (c, s): (Vec<f32>, Vec<f32>) = inv
+                .iter()
+                .map(|f| {
+                    // The angle in f32, as a float tensor product would compute it.
+                    let a = p as f32 * *f as f32;
+                    (a.cos(), a.sin())
+                })
+                .unzip();
+            for _ in 0..2 {
+                // query, key
+                cos.extend_from_slice(&c);
+                cos.extend_from_slice(&c);
+                sin.extend_from_slice(&s);
+                sin.extend_from_slice(&s);
+            }
+            // value: identity
+            cos.extend(std::iter::repeat_n(1.0f32, d_head));
+            sin.extend(std::iter::repeat_n(0.0f32, d_head));
+        }
+        let mut rot = vec![0.0f32; d_head * d_head];
+        for j in 0..half {
+            // rotate_half(x) = [−x₂, x₁]: column j < half takes −x[j + half], column j + half
+            // takes x[j].
+            rot[(j + half) * d_head + j] = -1.0;
+            rot[j * d_head + j + half] = 1.0;
+        }
+        let table =
+            |v: Vec<f32>| Tensor::from_data(TensorData::new(v, [b, t, 3, 1, d_head]), device);
         Rope {
-            cos: angles.clone().cos(),
-            sin: angles.sin(),
+            cos: table(cos),
+            sin: table(sin),
+            rot: Tensor::from_data(TensorData::new(rot, [d_head, d_head]), device),
         }
     }
 
-    /// Rotates `x` [B, H, T, d_head] (half-split convention).
-    pub fn apply(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
-        let [b, h, t, d] = x.dims();
-        let half = d / 2;
-        let x1 = x.clone().slice([0..b, 0..h, 0..t, 0..half]);
-        let x2 = x.slice([0..b, 0..h, 0..t, half..d]);
-        let r1 = x1.clone() * self.cos.clone() - x2.clone() * self.sin.clone();
-        let r2 = x1 * self.sin.clone() + x2 * self.cos.clone();
-        Tensor::cat(vec![r1, r2], 3)
+    /// Rotates the query and key parts of a fused projection `qkv` [B, T, 3, H, d_head]; the
+    /// value part passes unchanged.
+    pub fn apply_qkv(&self, qkv: Tensor<B, 5>) -> Tensor<B, 5> {
+        let [b, t, three, h, d] = qkv.dims();
+        let rotated = qkv
+            .clone()
+            .reshape([b * t * three * h, d])
+            .matmul(self.rot.clone())
+            .reshape([b, t, three, h, d]);
+        qkv * self.cos.clone() + rotated * self.sin.clone()
     }
 }
 
-/// Cached keys and values of one attention layer: [B, H, T, d_head].
-#[derive(Clone, Debug)]
+/// A linear layer applied to `[B, T, d_in]` as one `[B·T, d_in] × [d_in, d_out]` product (burn's
+/// `Linear` on a 3-d input runs one small product per batch row, several times slower on CPU).
+pub fn linear3<B: Backend>(layer: &Linear<B>, x: Tensor<B, 3>) -> Tensor<B, 3> {
+    let [b, t, d] = x.dims();
+    let y = layer.forward(x.reshape([b * t, d]));
+    let out = y.dims()[1];
+    y.reshape([b, t, out])
+}
+
+/// Positions gathered before a block of the cache is sealed.
+pub const KV_BLOCK: usize = 32;
+
+/// Cached keys and values of one attention layer, each [B, H, n, d_head], kept as a list of
+/// sealed blocks plus a growing tail: a decoding step appends to the tail only (copying at most
+/// `KV_BLOCK` positions) instead of re-concatenating the whole cache, and attention runs over
+/// the blocks in turn with one softmax across all of them.
+#[derive(Clone, Debug, Default)]
 pub struct KvCache<B: Backend> {
-    pub k: Tensor<B, 4>,
-    pub v: Tensor<B, 4>,
+    pub blocks: Vec<(Tensor<B, 4>, Tensor<B, 4>)>,
+    pub tail: Option<(Tensor<B, 4>, Tensor<B, 4>)>,
+}
+
+impl<B: Backend> KvCache<B> {
+    /// Appends new keys and values; a prefill (several positions at once) or a full tail is
+    /// sealed into a block.
+    fn push(&mut self, k: Tensor<B, 4>, v: Tensor<B, 4>) {
+        let (k, v) = match self.tail.take() {
+            Some((tk, tv)) => (Tensor::cat(vec![tk, k], 2), Tensor::cat(vec![tv, v], 2)),
+            None => (k, v),
+        };
+        if k.dims()[2] >= KV_BLOCK || self.blocks.is_empty() {
+            self.blocks.push((k, v));
+        } else {
+            self.tail = Some((k, v));
+        }
+    }
+
+    /// The parts in position order.
+    fn parts(&self) -> impl Iterator<Item = &(Tensor<B, 4>, Tensor<B, 4>)> {
+        self.blocks.iter().chain(self.tail.as_ref())
+    }
+}
+
+/// Scaled dot-product attention of `q` [B, H, T, d] over keys and values given in parts
+/// (concatenated along positions), with an additive `bias` broadcastable to [B, H, T, keys].
+fn attend<B: Backend>(
+    q: Tensor<B, 4>,
+    parts: &[(Tensor<B, 4>, Tensor<B, 4>)],
+    bias: Option<Tensor<B, 4>>,
+) -> Tensor<B, 4> {
+    let dh = q.dims()[3];
+    let scale = 1.0 / (dh as f64).sqrt();
+    let mut scores = if parts.len() == 1 {
+        q.matmul(parts[0].0.clone().swap_dims(2, 3))
+    } else {
+        Tensor::cat(
+            parts
+                .iter()
+                .map(|(k, _)| q.clone().matmul(k.clone().swap_dims(2, 3)))
+                .collect(),
+            3,
+        )
+    } * scale;
+    if let Some(bias) = bias {
+        scores = scores + bias;
+    }
+    let probs = softmax(scores, 3);
+    if parts.len() == 1 {
+        return probs.matmul(parts[0].1.clone());
+    }
+    let [b, h, t, _] = probs.dims();
+    let mut start = 0;
+    let mut out: Option<Tensor<B, 4>> = None;
+    for (_, v) in parts {
+        let n = v.dims()[2];
+        let y = probs
+            .clone()
+            .slice([0..b, 0..h, 0..t, start..start + n])
+            .matmul(v.clone());
+        out = Some(match out {
+            Some(acc) => acc + y,
+            None => y,
+        });
+        start += n;
+    }
+    out.unwrap_or(probs)
 }
 
 /// Multi-head self-attention.
@@ -84,39 +203,28 @@ impl<B: Backend> Attention<B> {
         let [b, t, d] = x.dims();
         let h = self.heads;
         let dh = d / h;
-        let qkv = self.qkv.forward(x).reshape([b, t, 3, h, dh]);
+        let mut qkv = linear3(&self.qkv, x).reshape([b, t, 3, h, dh]);
+        if let Some(r) = rope {
+            qkv = r.apply_qkv(qkv);
+        }
         let split = |i: usize| -> Tensor<B, 4> {
             qkv.clone()
                 .slice([0..b, 0..t, i..i + 1, 0..h, 0..dh])
                 .reshape([b, t, h, dh])
                 .swap_dims(1, 2)
         };
-        let (mut q, mut k, v) = (split(0), split(1), split(2));
-        if let Some(r) = rope {
-            q = r.apply(q);
-            k = r.apply(k);
-        }
-        let (k, v) = match cache {
+        let (q, k, v) = (split(0), split(1), split(2));
+        let ctx = match cache {
             Some(slot) => {
-                let (k, v) = match slot.take() {
-                    Some(c) => (Tensor::cat(vec![c.k, k], 2), Tensor::cat(vec![c.v, v], 2)),
-                    None => (k, v),
-                };
-                *slot = Some(KvCache {
-                    k: k.clone(),
-                    v: v.clone(),
-                });
-                (k, v)
+                let c = slot.get_or_insert_with(KvCache::default);
+                c.push(k, v);
+                let parts: Vec<_> = c.parts().cloned().collect();
+                attend(q, &parts, bias)
             }
-            None => (k, v),
+            None => attend(q, &[(k, v)], bias),
         };
-        let mut scores = q.matmul(k.swap_dims(2, 3)) / (dh as f64).sqrt();
-        if let Some(bias) = bias {
-            scores = scores + bias;
-        }
-        let probs = softmax(scores, 3);
-        let ctx = probs.matmul(v).swap_dims(1, 2).reshape([b, t, d]);
-        self.out.forward(ctx)
+        let ctx = ctx.swap_dims(1, 2).reshape([b, t, d]);
+        linear3(&self.out, ctx)
     }
 }
 
@@ -138,8 +246,10 @@ impl<B: Backend> GatedMlp<B> {
     }
 
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        self.down
-            .forward(silu(self.gate.forward(x.clone())) * self.up.forward(x))
+        linear3(
+            &self.down,
+            silu(linear3(&self.gate, x.clone())) * linear3(&self.up, x),
+        )
     }
 }
 
@@ -183,4 +293,56 @@ pub fn causal_bias<B: Backend>(t: usize, device: &B::Device) -> Tensor<B, 4> {
         }
     }
     Tensor::from_data(TensorData::new(v, [1, 1, t, t]), device)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    type B = crate::model::Cpu;
+
+    /// The fused rotation equals the half-split rotary formula applied to the query and key
+    /// parts separately, and leaves the value part unchanged.
+    #[test]
+    fn rope_rotates_query_and_key_and_keeps_value() {
+        let (b, t, h, d) = (2usize, 3usize, 2usize, 8usize);
+        let n = b * t * 3 * h * d;
+        let x: Vec<f32> = (0..n)
+            .map(|i| ((i * 37 % 101) as f32 - 50.0) / 25.0)
+            .collect();
+        let positions: Vec<i64> = vec![0, 1, 5, 7, 2, 40];
+        let dev = Default::default();
+        let rope = Rope::<B>::new(&positions, [b, t], d, 10000.0, &dev);
+        let qkv = Tensor::<B, 5>::from_data(TensorData::new(x.clone(), [b, t, 3, h, d]), &dev);
+        let got = rope.apply_qkv(qkv).into_data().to_vec::<f32>().unwrap();
+        let half = d / 2;
+        for bi in 0..b {
+            for ti in 0..t {
+                let p = positions[bi * t + ti] as f32;
+                for part in 0..3 {
+                    for hi in 0..h {
+                        let base = (((bi * t + ti) * 3 + part) * h + hi) * d;
+                        for i in 0..d {
+                            let want = if part == 2 {
+                                x[base + i]
+                            } else {
+                                let j = i % half;
+                                let a = p * (1.0 / 10000f32.powf(2.0 * j as f32 / d as f32));
+                                let (x1, x2) = (x[base + j], x[base + j + half]);
+                                if i < half {
+                                    x1 * a.cos() - x2 * a.sin()
+                                } else {
+                                    x1 * a.sin() + x2 * a.cos()
+                                }
+                            };
+                            assert!(
+                                (got[base + i] - want).abs() < 1e-4,
+                                "b{bi} t{ti} part{part} h{hi} i{i}: {} vs {want}",
+                                got[base + i]
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
 }

@@ -4,7 +4,7 @@
 //! [`Vlm::step`] with a KV cache.
 
 use super::config::VlmConfig;
-use super::layers::{Block, KvCache, MASKED, Rope, causal_bias};
+use super::layers::{Block, KvCache, MASKED, Rope, causal_bias, linear3};
 use burn::module::{Module, Param};
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{
@@ -127,28 +127,35 @@ impl<B: Backend> Vlm<B> {
                     .reshape([b, g * g, c * q * q])
             }
         };
-        let mut x = self.patch_embed.forward(self.patch_norm.forward(patches))
+        let mut x = linear3(&self.patch_embed, self.patch_norm.forward(patches))
             + self.vit_pos.val().unsqueeze::<3>();
         for blk in &self.vit_blocks {
             x = blk.forward(x, None, None, None);
         }
-        self.projector.forward(self.vit_norm.forward(x))
+        linear3(&self.projector, self.vit_norm.forward(x))
     }
 
     fn run_lm(
         &self,
         x: Tensor<B, 3>,
-        positions: Tensor<B, 2, Int>,
+        positions: &[i64],
         bias: Tensor<B, 4>,
         mut caches: Option<&mut Vec<Option<KvCache<B>>>>,
     ) -> Tensor<B, 3> {
-        let rope = Rope::new(positions, self.d_head(), self.rope_theta);
+        let [b, t, _] = x.dims();
+        let rope = Rope::new(
+            positions,
+            [b, t],
+            self.d_head(),
+            self.rope_theta,
+            &x.device(),
+        );
         let mut x = x;
         for (i, blk) in self.blocks.iter().enumerate() {
             let cache = caches.as_deref_mut().map(|c| &mut c[i]);
             x = blk.forward(x, Some(&rope), Some(bias.clone()), cache);
         }
-        self.lm_head.forward(self.norm.forward(x))
+        linear3(&self.lm_head, self.norm.forward(x))
     }
 
     /// Teacher-forced logits for text `ids` [B, L] after the image: [B, L, vocab]; the logits at
@@ -161,8 +168,7 @@ impl<B: Backend> Vlm<B> {
         let x = Tensor::cat(vec![img, self.embed.forward(ids)], 1);
         let t = n + l;
         let pos: Vec<i64> = (0..b).flat_map(|_| 0..t as i64).collect();
-        let positions = Tensor::<B, 2, Int>::from_data(TensorData::new(pos, [b, t]), &device);
-        let logits = self.run_lm(x, positions, causal_bias(t, &device), None);
+        let logits = self.run_lm(x, &pos, causal_bias(t, &device), None);
         let vocab = logits.dims()[2];
         logits.slice([0..b, n..t, 0..vocab])
     }
@@ -216,11 +222,10 @@ impl<B: Backend> Vlm<B> {
             rows.push(Tensor::cat(parts, 1));
         }
         let x = Tensor::cat(rows, 0);
-        let positions = Tensor::<B, 2, Int>::from_data(TensorData::new(pos, [b, t]), &device);
         let key_bias = Tensor::<B, 4>::from_data(TensorData::new(key_bias, [b, 1, 1, t]), &device);
         let bias = causal_bias::<B>(t, &device) + key_bias.clone();
         let mut caches = vec![None; self.blocks.len()];
-        let logits = self.run_lm(x, positions, bias, Some(&mut caches));
+        let logits = self.run_lm(x, &pos, bias, Some(&mut caches));
         let vocab = logits.dims()[2];
         let last = logits.slice([0..b, t - 1..t, 0..vocab]).reshape([b, vocab]);
         (
@@ -241,10 +246,7 @@ impl<B: Backend> Vlm<B> {
             TensorData::new(tokens.iter().map(|&x| x as i64).collect::<Vec<_>>(), [b, 1]),
             &device,
         );
-        let positions = Tensor::<B, 2, Int>::from_data(
-            TensorData::new(state.next_pos.clone(), [b, 1]),
-            &device,
-        );
+        let positions = state.next_pos.clone();
         for p in &mut state.next_pos {
             *p += 1;
         }
@@ -254,7 +256,7 @@ impl<B: Backend> Vlm<B> {
         );
         let logits = self.run_lm(
             self.embed.forward(ids),
-            positions,
+            &positions,
             state.key_bias.clone(),
             Some(&mut state.caches),
         );

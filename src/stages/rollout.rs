@@ -163,7 +163,7 @@ const MAIN: OutputSpec = output("main", "rollouts");
 
 impl Stage for Rollout {
     const NAME: &'static str = "rollout";
-    const VERSION: u32 = 2;
+    const VERSION: u32 = 3;
     const USES_DEVICE: bool = true;
     type Config = RolloutConfig;
 

@@ -227,7 +227,7 @@ const TIMING: OutputSpec = output("timing", "train_timing");
 
 impl Stage for SftTrain {
     const NAME: &'static str = "sft-train";
-    const VERSION: u32 = 3;
+    const VERSION: u32 = 4;
     const USES_DEVICE: bool = true;
     type Config = SftTrainConfig;
 
