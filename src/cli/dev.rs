@@ -21,10 +21,54 @@ pub enum DevCmd {
         #[arg(long, default_value = ".")]
         root: PathBuf,
     },
+    /// Check a compute device where the test suite cannot run: KV-cached == uncached greedy
+    /// decoding, logits equal to the CPU's for the same weights (within --tolerance), and a few
+    /// training steps lowering the loss. Prints JSON; exits 1 if a check fails.
+    DeviceCheck {
+        /// cpu, cuda:N or cuda:N/bf16.
+        #[arg(long, default_value = "cpu")]
+        device: String,
+        /// Model size preset.
+        #[arg(long, default_value = "tiny")]
+        model: String,
+        /// Largest accepted |logit difference| against the CPU.
+        #[arg(long, default_value_t = 1e-3)]
+        tolerance: f32,
+        /// Training steps.
+        #[arg(long, default_value_t = 10)]
+        steps: usize,
+    },
 }
 
 pub fn dev(cmd: DevCmd) -> anyhow::Result<i32> {
     match cmd {
+        DevCmd::DeviceCheck {
+            device,
+            model,
+            tolerance,
+            steps,
+        } => {
+            let spec = asymm::model::DeviceSpec::parse(&device)?;
+            let vocab = asymm::text::Tokenizer::task_vocabulary().vocab_size();
+            let cfg = asymm::model::VlmConfig::preset(&model, vocab)
+                .ok_or_else(|| anyhow::anyhow!("unknown model preset `{model}` (tiny, small)"))?;
+            let report = asymm::with_backend!(spec, |B, dev| {
+                asymm::model::check::check_device::<burn::backend::Autodiff<B>>(&cfg, &dev, steps)
+                    .map_err(anyhow::Error::from)
+            })?;
+            let passed = report.passed(tolerance);
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&serde_json::json!({
+                    "device": device,
+                    "model": model,
+                    "tolerance": tolerance,
+                    "passed": passed,
+                    "report": report,
+                }))?
+            );
+            Ok(if passed { 0 } else { 1 })
+        }
         DevCmd::StageVersions {
             write,
             unchanged_output,

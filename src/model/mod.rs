@@ -3,6 +3,7 @@
 //! burn backend; the CPU backend is Flex, CUDA is behind the `cuda` cargo feature.
 //! The model knows nothing of tasks: it maps images and token ids to logits.
 
+pub mod check;
 pub mod checkpoint;
 pub mod config;
 pub mod decode;
@@ -33,6 +34,44 @@ pub enum ModelError {
     Input(String),
     #[error("reading a tensor back to the host: {0}")]
     TensorRead(String),
+    #[error(
+        "device `{device}` is not usable: {msg}. A CUDA build loads the driver library \
+         (libcuda.so.1) and NVRTC (libnvrtc.so, e.g. from a PyTorch install under \
+         site-packages/nvidia/cuda_nvrtc/lib) at run time: put their folders on LD_LIBRARY_PATH"
+    )]
+    DeviceUnavailable { device: String, msg: String },
+}
+
+/// Runs one tiny operation on `device`, turning a panic inside the backend (a CUDA library
+/// that cannot be loaded, no such device) into an error naming the device and what it needs.
+pub fn probe_device<B: burn::tensor::backend::Backend>(
+    spec: &str,
+    device: &B::Device,
+) -> Result<(), ModelError> {
+    let previous = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let t = burn::tensor::Tensor::<B, 1>::from_data(
+            burn::tensor::TensorData::new(vec![1.0f32, 2.0], [2]),
+            device,
+        );
+        host_f32(t.sum())
+    }));
+    std::panic::set_hook(previous);
+    let msg = match r {
+        Ok(Ok(v)) if v.first() == Some(&3.0) => return Ok(()),
+        Ok(Ok(v)) => format!("1 + 2 gave {v:?}"),
+        Ok(Err(e)) => e.to_string(),
+        Err(payload) => payload
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_else(|| "the backend panicked".into()),
+    };
+    Err(ModelError::DeviceUnavailable {
+        device: spec.to_string(),
+        msg,
+    })
 }
 
 /// A parsed `--device` value: `cpu`, `cuda`, `cuda:N`; a CUDA device may be suffixed `/bf16` to
@@ -98,12 +137,14 @@ macro_rules! with_backend {
             $crate::model::DeviceSpec::Cuda(n) => {
                 type $B = burn::backend::Cuda;
                 let $dev = burn::backend::cuda::CudaDevice::new(n);
+                $crate::model::probe_device::<$B>(&format!("cuda:{n}"), &$dev)?;
                 $body
             }
             #[cfg(feature = "cuda")]
             $crate::model::DeviceSpec::CudaBf16(n) => {
                 type $B = burn::backend::Cuda<burn::tensor::bf16>;
                 let $dev = burn::backend::cuda::CudaDevice::new(n);
+                $crate::model::probe_device::<$B>(&format!("cuda:{n}/bf16"), &$dev)?;
                 $body
             }
             #[cfg(not(feature = "cuda"))]
@@ -117,6 +158,11 @@ macro_rules! with_backend {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_cpu_probe_passes() {
+        probe_device::<Cpu>("cpu", &Default::default()).unwrap();
+    }
 
     #[test]
     fn device_specs() {
