@@ -5,7 +5,7 @@
 use super::{Outputs, Stage, StageError, output, outputs, write_table};
 use crate::dag::{InputSpec, OutputSpec, RunCtx};
 use crate::render::digits::{DigitBank, MNIST_SOURCE, STROKES_SOURCE};
-use crate::table::{self, cols};
+use crate::table::cols;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
@@ -101,28 +101,4 @@ impl Stage for Digits {
             ],
         )?]))
     }
-}
-
-/// Reads a digits artifact back into a bank, with its source label.
-pub fn load_bank(t: &table::Table) -> Result<(DigitBank, String), StageError> {
-    let digit = t.i32("digit")?;
-    let pixels = t.binary("pixels")?;
-    let source = t.utf8("source")?;
-    let mut bank = DigitBank::default();
-    for i in 0..t.rows() {
-        let d = digit.value(i);
-        let px = pixels.value(i);
-        if !(0..10).contains(&d) || px.len() != crate::render::digits::PIXELS {
-            return Err(StageError::Invalid(format!(
-                "digits row {i}: bad digit or image size"
-            )));
-        }
-        bank.by_digit[d as usize].push(px.to_vec());
-    }
-    let label = if t.rows() > 0 {
-        source.value(0).to_string()
-    } else {
-        String::new()
-    };
-    Ok((bank, label))
 }

@@ -5,6 +5,7 @@
 //! tokenizer with the artifact. The rendered image is carried along, so the artifact is a
 //! self-contained training set (image + target), like an HF dataset.
 
+use super::model_io::TOKENIZER_FILE;
 use super::{
     Outputs, Stage, StageError, input, optional, output, outputs, read_input, read_optional,
     write_table_with_files,
@@ -19,7 +20,6 @@ use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 
 /// File name of the tokenizer inside token-bearing artifacts.
-pub const TOKENIZER_FILE: &str = "tokenizer.json";
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]

@@ -2,7 +2,7 @@
 //! a_p, a, ã_r and counterfactual a_r with the format problems that may explain a zero; per task
 //! a summary with 95 % intervals (`asymm run` prints it).
 
-use super::rollout::read_rollouts;
+use super::artifacts::read_rollouts;
 use super::{
     Outputs, Stage, StageError, Written, input, optional, output, outputs, read_input,
     read_optional, write_table,

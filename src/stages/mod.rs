@@ -2,6 +2,7 @@
 //! them), a code `VERSION` bumped whenever its output for the same inputs would change, the inputs
 //! it reads and outputs it writes, and a `run` from input artifacts to output artifacts.
 
+pub mod artifacts;
 pub mod digits;
 pub mod distill_format;
 pub mod evaluate;

@@ -2,7 +2,6 @@
 //! spans) from an `sft_targets` artifact, and reading or writing checkpoint artifacts.
 
 use super::StageError;
-use super::distill_format::TOKENIZER_FILE;
 use crate::dag::RunCtx;
 use crate::model::VlmConfig;
 use crate::model::checkpoint::{
@@ -12,6 +11,9 @@ use crate::store::Store;
 use crate::table::Table;
 use crate::text::Tokenizer;
 use crate::train::batch::{Example, image_ink};
+
+/// The tokenizer file stored in `sft_targets` and checkpoint artifacts.
+pub const TOKENIZER_FILE: &str = "tokenizer.json";
 
 /// Artifact kind of checkpoints.
 pub const CHECKPOINT_KIND: &str = "checkpoint";

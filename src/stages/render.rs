@@ -130,7 +130,7 @@ impl Stage for Render {
         let puzzles = read_input(ctx, &PUZZLES)?;
         let (bank, source) = match read_optional(ctx, &DIGITS)? {
             Some(t) => {
-                let (b, s) = super::digits::load_bank(&t)?;
+                let (b, s) = super::artifacts::load_bank(&t)?;
                 (Some(b), Some(s))
             }
             None => (None, None),

@@ -1,6 +1,7 @@
 //! rollout: sample G outputs per item from a checkpoint (see [`crate::eval::rollout`] for the
 //! modes and keyed sampling) and store them with their token ids and log-probabilities.
 
+use super::artifacts::read_rollouts;
 use super::model_io::{read_checkpoint, read_examples, read_tokenizer};
 use super::{
     Outputs, Stage, StageError, Written, ensure, input, input_id, optional, output, outputs,
@@ -10,7 +11,7 @@ use crate::dag::{InputSpec, OutputSpec, RunCtx};
 use crate::eval::rollout::{Mode, RolloutRow, RolloutSpec, run_rollouts};
 use crate::model::DeviceSpec;
 use crate::model::checkpoint::model_from_bytes;
-use crate::table::{Table, cols};
+use crate::table::cols;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 
@@ -78,59 +79,6 @@ pub fn write_rollouts(
             ),
         ],
     )
-}
-
-/// Reads a rollouts artifact back.
-pub fn read_rollouts(t: &Table) -> Result<Vec<RolloutRow>, StageError> {
-    let ids = t.required_strings("id")?;
-    let samples = t.i32("sample")?;
-    let tasks = t.required_strings("task")?;
-    let texts = t.required_strings("text")?;
-    let ps = t.strings("perception")?;
-    let rs = t.strings("reasoning")?;
-    let pe = t.strings("perception_error")?;
-    let re = t.strings("reasoning_error")?;
-    let toks = t.int_lists("token_ids")?;
-    let lps = t.f32_lists("logprobs")?;
-    let pt = t.i32("perception_tokens")?;
-    let rt = t.i32("reasoning_tokens")?;
-    let nt = t.i32("new_tokens")?;
-    let tr = t.bool("truncated")?;
-    let count = |v: i32, what: &str, i: usize| {
-        usize::try_from(v)
-            .map_err(|_| StageError::Invalid(format!("rollouts row {i}: negative {what} {v}")))
-    };
-    (0..t.rows())
-        .map(|i| {
-            let token_ids = toks[i]
-                .iter()
-                .map(|&x| u32::try_from(x))
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|_| StageError::Invalid(format!("rollouts row {i}: negative token id")))?;
-            ensure!(
-                token_ids.len() == lps[i].len(),
-                "rollouts row {i}: {} token ids but {} log-probabilities",
-                token_ids.len(),
-                lps[i].len()
-            );
-            Ok(RolloutRow {
-                id: ids[i].clone(),
-                sample: count(samples.value(i), "sample", i)?,
-                task: tasks[i].clone(),
-                text: texts[i].clone(),
-                perception: ps[i].clone(),
-                reasoning: rs[i].clone(),
-                perception_error: pe[i].clone(),
-                reasoning_error: re[i].clone(),
-                token_ids,
-                logprobs: lps[i].clone(),
-                perception_tokens: count(pt.value(i), "perception_tokens", i)?,
-                reasoning_tokens: count(rt.value(i), "reasoning_tokens", i)?,
-                new_tokens: count(nt.value(i), "new_tokens", i)?,
-                truncated: tr.value(i),
-            })
-        })
-        .collect()
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -50,7 +50,7 @@ pub const STAGE_SOURCES: &[(&str, &[&str])] = &[
         "render",
         &[
             "src/stages/render.rs",
-            "src/stages/digits.rs",
+            "src/stages/artifacts.rs",
             "src/render/",
             "src/tasks/",
             "src/util/rng.rs",
@@ -79,6 +79,7 @@ pub const STAGE_SOURCES: &[(&str, &[&str])] = &[
         "rollout",
         &[
             "src/stages/rollout.rs",
+            "src/stages/artifacts.rs",
             "src/stages/model_io.rs",
             "src/eval/",
             "src/model/",
@@ -92,7 +93,7 @@ pub const STAGE_SOURCES: &[(&str, &[&str])] = &[
         "evaluate",
         &[
             "src/stages/evaluate.rs",
-            "src/stages/rollout.rs",
+            "src/stages/artifacts.rs",
             "src/eval/",
             "src/tasks/",
             "src/analysis/mod.rs",

@@ -482,6 +482,66 @@ pub fn train<B: AutodiffBackend>(
 mod tests {
     use super::*;
 
+    fn settings(objective: ObjectiveKind, extra_spans: Vec<(String, f64)>) -> SftSettings {
+        SftSettings {
+            objective,
+            lambda: 0.5,
+            extra_spans,
+            steps: 1,
+            batch_size: 1,
+            grad_accum: 1,
+            lr: 1e-3,
+            min_lr: 1e-4,
+            warmup_ratio: 0.0,
+            weight_decay: 0.0,
+            grad_clip: 1.0,
+            diagnostics_every: 0,
+            snapshot_every: 0,
+            eval_every: 0,
+            seed: 1,
+            max_text: 8,
+        }
+    }
+
+    fn example(target_len: usize) -> Example {
+        Example {
+            id: format!("e{target_len}"),
+            task: "t".into(),
+            perception: String::new(),
+            image: vec![0.0; 16],
+            prompt: vec![1],
+            target: vec![2; target_len],
+            spans: vec![
+                ("perception".into(), 0, 1),
+                ("reasoning".into(), 1, target_len),
+            ],
+        }
+    }
+
+    /// NGDiff balances two spans only: further span weights are refused, not ignored; and a
+    /// target longer than the context is refused, naming the example, not cut silently.
+    #[test]
+    fn refused_settings_name_the_problem() {
+        let answer = vec![("answer".to_string(), 2.0)];
+        let e = check_settings(
+            &settings(ObjectiveKind::Ngdiff, answer.clone()),
+            &[example(4)],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("ngdiff") && e.contains("answer"), "{e}");
+        check_settings(&settings(ObjectiveKind::Reweight, answer), &[example(4)]).unwrap();
+        // prompt 1 + target 8 = 9 = max_text + 1 fits; one more does not.
+        check_settings(&settings(ObjectiveKind::Standard, vec![]), &[example(8)]).unwrap();
+        let e = check_settings(&settings(ObjectiveKind::Standard, vec![]), &[example(9)])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("`e9`") && e.contains("10 prompt + target tokens"),
+            "{e}"
+        );
+    }
+
     #[test]
     fn batches_cover_each_epoch_once() {
         let s = SftSettings {
