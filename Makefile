@@ -47,6 +47,8 @@ DEVICE       ?= cpu
 TWIN_MODEL   ?= tiny
 TWIN_ROUNDS  ?= 3
 TWIN_THREADS ?= $(shell nproc)
+# PASSIVE keeps the twin's OpenMP threads from spinning on a machine shared with other work.
+TWIN_OMP_WAIT_POLICY ?=
 TWIN_VENV    := .cache/twin-venv
 TWIN_PYTHON  ?= $(TWIN_VENV)/bin/python
 
@@ -54,7 +56,8 @@ bench-twin: $(if $(filter $(TWIN_VENV)/bin/python,$(TWIN_PYTHON)),twin-venv)
 	$(CARGO) build --release --locked $(if $(filter cuda%,$(DEVICE)),--features cuda)
 	python3 benches/twin/driver.py --asymm $(BIN) --python $(TWIN_PYTHON) \
 		--model $(TWIN_MODEL) --device $(DEVICE) --threads $(TWIN_THREADS) \
-		--rounds $(TWIN_ROUNDS) --write BENCHMARKS-twin-latest.md
+		--rounds $(TWIN_ROUNDS) --omp-wait-policy "$(TWIN_OMP_WAIT_POLICY)" \
+		--write BENCHMARKS-twin-latest.md
 
 # torch 2.15.0 from the Python registry, without the dependencies it does not need on a CPU.
 twin-venv: $(TWIN_VENV)/.installed

@@ -10,6 +10,7 @@ import argparse
 import json
 import os
 import platform
+import shlex
 import statistics
 import subprocess
 import sys
@@ -60,6 +61,9 @@ def main():
     ap.add_argument("--device", default="cpu", help="cpu or cuda:N (the twin runs on cuda:N)")
     ap.add_argument("--threads", type=int, default=os.cpu_count(),
                     help="compute threads of each side (RAYON_NUM_THREADS, torch.set_num_threads)")
+    ap.add_argument("--omp-wait-policy", default="",
+                    help="OMP_WAIT_POLICY for the twin (PASSIVE: its OpenMP threads sleep instead "
+                    "of spinning, as rayon's do; empty: libgomp's default)")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--steps", type=int, default=10,
                     help="SFT steps per measurement, the first (warm-up) one not timed")
@@ -80,8 +84,9 @@ def main():
     export = json.loads(export_path.read_text())
 
     twin_device = a.device
+    if "/" in a.device:
+        sys.exit(f"--device {a.device}: the twin computes in f32; compare on cpu or cuda:N")
     if a.device.startswith("cuda"):
-        twin_device = a.device.split("/")[0]
         probe = subprocess.run([a.python, "-c", "import torch; print(torch.cuda.is_available())"],
                                capture_output=True, text=True)
         if probe.stdout.strip() != "True":
@@ -90,6 +95,9 @@ def main():
         sys.exit(f"unknown device `{a.device}` (cpu, cuda:N)")
 
     env = dict(os.environ, RAYON_NUM_THREADS=str(a.threads), OMP_NUM_THREADS=str(a.threads))
+    env.pop("OMP_WAIT_POLICY", None)
+    if a.omp_wait_policy:
+        env["OMP_WAIT_POLICY"] = a.omp_wait_policy
     measures = ["sft-standard", "sft-ngdiff"] + [
         f"rollout-{p['batch']}" for p in export["rollout"]["plans"]]
 
@@ -124,6 +132,7 @@ def main():
                 row = (out["sft"] or out["rollout"])[0]
                 row["peak_rss_kib"] = out.get("peak_rss_kib")
                 row["cuda_peak_allocated_kib"] = out.get("cuda_peak_allocated_kib")
+                row["import_rss_kib"] = out.get("import_rss_kib")
                 results[m][side].append(row)
                 if side == "asymm" and "stops" in row:
                     stops = work / f"stops-{m}.json"
@@ -169,6 +178,11 @@ def main():
         rows.append(f"| {what} | {ra:,.0f} | {rt:,.0f} | {ratio(ra, rt)} | {mib(ma)} | {mib(mt)} "
                     f"| {ratio(ma, mt)} |")
 
+    imported = [x["import_rss_kib"] for m in measures for x in results[m]["twin"]
+                if x.get("import_rss_kib")]
+    if imported:
+        notes.append(f"the twin's process holds {mib(statistics.median(imported))} once torch is "
+                     "imported, before any work")
     cuda = [x["cuda_peak_allocated_kib"] for m in measures for x in results[m]["twin"]
             if x.get("cuda_peak_allocated_kib")]
     if cuda:
@@ -176,7 +190,8 @@ def main():
                      "is not measured; the memory columns are host memory)")
 
     head = (f"asymm `{export['model']}` ({export['parameters']:,} parameters) vs its PyTorch twin "
-            f"(torch {torch_version}) on {a.device}, {a.threads} threads each, "
+            f"(torch {torch_version}) on {a.device}, {a.threads} threads each"
+            f"{f' (twin: OMP_WAIT_POLICY={a.omp_wait_policy})' if a.omp_wait_policy else ''}, "
             f"median of {a.rounds} rounds")
     md = [f"| {head} | asymm | twin | asymm / twin | asymm peak RSS | twin peak RSS "
           f"| asymm / twin |",
@@ -184,7 +199,7 @@ def main():
     md.append("")
     md.append(f"Machine: {cpu_model()}, {os.cpu_count()} logical CPUs, load average "
               f"{load_start} at the start and {loadavg()} at the end; "
-              f"`{' '.join(sys.argv)}`.")
+              f"`{shlex.join(sys.argv)}`.")
     md += [f"Note: {n}." for n in notes]
     text = "\n".join(md) + "\n"
     print(text, end="")

@@ -24,6 +24,22 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+
+def rss_kib(field):
+    """A memory field of /proc/self/status (VmRSS, VmHWM) in KiB."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+# Resident memory once torch is loaded, before any work: the runtime's own share of the peak.
+IMPORT_RSS_KIB = rss_kib("VmRSS")
+
 # asymm's additive bias for masked attention scores.
 MASKED = -1.0e9
 
@@ -390,18 +406,6 @@ def rollout(model, export, examples, plan, device, stops=None):
     return new_total, truncated, time.perf_counter() - t0
 
 
-def peak_rss_kib():
-    """This process's VmHWM in KiB."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return None
-
-
 def build_model(export, device):
     model = Vlm(export["config"])
     count = sum(p.numel() for p in model.parameters())
@@ -491,7 +495,8 @@ def main():
             "truncated": truncated, "seconds": secs, "new_tokens_per_s": new / max(secs, 1e-9)})
     else:
         sys.exit(f"unknown measurement `{a.measure}`")
-    out["peak_rss_kib"] = peak_rss_kib()
+    out["peak_rss_kib"] = rss_kib("VmHWM")
+    out["import_rss_kib"] = IMPORT_RSS_KIB
     if device.type == "cuda":
         out["cuda_peak_allocated_kib"] = torch.cuda.max_memory_allocated(device) // 1024
     print(json.dumps(out, indent=2))
