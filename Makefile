@@ -7,7 +7,7 @@ PIPELINE ?= pipelines/default.toml
 STORE    ?= artifacts
 MNIST_DIR := .cache/mnist/package/src/digits
 
-.PHONY: all run build test bench sudoku mnist status clean-store fmt lint stage-versions
+.PHONY: all run build test bench bench-twin twin-venv sudoku mnist status clean-store fmt lint stage-versions
 
 all: run
 
@@ -38,6 +38,35 @@ $(MNIST_DIR)/0.json:
 
 bench: build
 	$(BIN) bench --write BENCHMARKS-latest.md
+
+# asymm against its PyTorch twin (benches/twin/): one Markdown table, also written to
+# BENCHMARKS-twin-latest.md. A benchmark only, never part of the pipeline or `make test`.
+# DEVICE=cuda:0 builds with CUDA and runs the twin on the GPU; a machine whose Python already
+# has PyTorch uses it with TWIN_PYTHON=python3 (otherwise a venv is made under .cache/).
+DEVICE       ?= cpu
+TWIN_MODEL   ?= tiny
+TWIN_ROUNDS  ?= 3
+TWIN_THREADS ?= $(shell nproc)
+# PASSIVE keeps the twin's OpenMP threads from spinning on a machine shared with other work.
+TWIN_OMP_WAIT_POLICY ?=
+TWIN_VENV    := .cache/twin-venv
+TWIN_PYTHON  ?= $(TWIN_VENV)/bin/python
+
+bench-twin: $(if $(filter $(TWIN_VENV)/bin/python,$(TWIN_PYTHON)),twin-venv)
+	$(CARGO) build --release --locked $(if $(filter cuda%,$(DEVICE)),--features cuda)
+	python3 benches/twin/driver.py --asymm $(BIN) --python $(TWIN_PYTHON) \
+		--model $(TWIN_MODEL) --device $(DEVICE) --threads $(TWIN_THREADS) \
+		--rounds $(TWIN_ROUNDS) --omp-wait-policy "$(TWIN_OMP_WAIT_POLICY)" \
+		--write BENCHMARKS-twin-latest.md
+
+# torch 2.15.0 from the Python registry, without the dependencies it does not need on a CPU.
+twin-venv: $(TWIN_VENV)/.installed
+
+$(TWIN_VENV)/.installed: benches/twin/requirements.txt
+	python3 -m venv $(TWIN_VENV)
+	$(TWIN_VENV)/bin/pip install --quiet --no-deps -r benches/twin/requirements.txt
+	$(TWIN_VENV)/bin/python benches/twin/twin.py --self-check
+	touch $@
 
 fmt:
 	$(CARGO) fmt

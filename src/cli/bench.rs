@@ -2,6 +2,11 @@
 //! unique puzzles generated per second) and of the model (SFT target tokens/s per objective,
 //! rollout new tokens/s with the KV cache), printed as Markdown tables and optionally written to a
 //! file. Targets are recorded beside the measurements; nothing here asserts them.
+//!
+//! For the side-by-side comparison with the PyTorch twin (`make bench-twin`, `benches/twin/`),
+//! `--json` prints the measurements with the process's peak resident memory, `--objectives` and
+//! `--rollout-batches` pick the measurements of one process, and `--export-twin` writes the
+//! examples, the SFT batch order and the settings for the twin to read.
 
 use asymm::eval::rollout::{Mode, RolloutSpec, run_rollouts};
 use asymm::model::sampling::SamplingConfig;
@@ -15,6 +20,7 @@ use asymm::train::batch::{Example, image_ink};
 use asymm::train::objective::ObjectiveKind;
 use asymm::train::sft::{NoEval, SftSettings, train};
 use burn::backend::Autodiff;
+use burn::optim::AdamWConfig;
 use burn::tensor::backend::AutodiffBackend;
 use clap::Args;
 use std::path::PathBuf;
@@ -40,7 +46,34 @@ pub struct BenchArgs {
     /// Also write the table to this file.
     #[arg(long)]
     pub write: Option<PathBuf>,
+    /// Print one JSON document (measurements, parameter count, threads, peak resident memory)
+    /// instead of Markdown.
+    #[arg(long)]
+    pub json: bool,
+    /// SFT objectives timed by the model suite, comma-separated (standard, ngdiff), or `none`.
+    #[arg(long, default_value = "standard,ngdiff")]
+    pub objectives: String,
+    /// Rollout batch sizes timed by the model suite, comma-separated, or `none`.
+    #[arg(long, default_value = "1,16")]
+    pub rollout_batches: String,
+    /// Samples per prompt (G) in rollout batches that are a multiple of it: batch 40 with G = 8
+    /// samples 5 prompts 8 times each; other batches sample each prompt once.
+    #[arg(long, default_value_t = 1)]
+    pub rollout_samples: usize,
+    /// Write the model suite's examples, SFT batch order and settings as JSON for the PyTorch
+    /// twin (benches/twin/) to this file, and measure nothing.
+    #[arg(long)]
+    pub export_twin: Option<PathBuf>,
 }
+
+/// New tokens per rollout output.
+const ROLLOUT_TOKENS: usize = 128;
+/// SFT batch size of the model suite.
+const SFT_BATCH: usize = 8;
+/// Seed of the model suite's SFT runs (model initialization and batch order).
+const SFT_SEED: u64 = 1;
+/// Training examples built for the model suite (more when the rollouts need more prompts).
+const EXAMPLES: usize = 64;
 
 struct Row {
     what: String,
@@ -59,13 +92,28 @@ fn per_sec(n: usize, f: impl FnMut(usize)) -> f64 {
 }
 
 pub fn bench(a: BenchArgs) -> anyhow::Result<i32> {
-    let mut out = String::new();
+    if !["data", "model", "all"].contains(&a.suite.as_str()) {
+        anyhow::bail!("unknown suite `{}` (data, model, all)", a.suite);
+    }
+    if let Some(p) = &a.export_twin {
+        std::fs::write(p, serde_json::to_string(&twin_export(&a)?)?)?;
+        return Ok(0);
+    }
+    let mut report = Report::default();
     if a.suite == "data" || a.suite == "all" {
-        out.push_str(&data_suite(&a));
+        report.markdown.push_str(&data_suite(&a, &mut report.data));
     }
     if a.suite == "model" || a.suite == "all" {
-        out.push_str(&model_suite(&a)?);
+        let md = model_suite(&a, &mut report)?;
+        report.markdown.push_str(&md);
     }
+    let out = if a.json {
+        let mut v = serde_json::to_string_pretty(&report.to_json(&a))?;
+        v.push('\n');
+        v
+    } else {
+        report.markdown
+    };
     print!("{out}");
     if let Some(p) = &a.write {
         std::fs::write(p, &out)?;
@@ -73,7 +121,158 @@ pub fn bench(a: BenchArgs) -> anyhow::Result<i32> {
     Ok(0)
 }
 
-fn data_suite(a: &BenchArgs) -> String {
+/// Everything one `bench` process measured.
+#[derive(Default)]
+struct Report {
+    markdown: String,
+    data: Vec<Row>,
+    parameters: Option<usize>,
+    sft: Vec<SftMeasure>,
+    rollout: Vec<RolloutMeasure>,
+}
+
+struct SftMeasure {
+    objective: ObjectiveKind,
+    /// Timed steps (the warm-up step excluded) and the target tokens they trained on.
+    steps: usize,
+    tokens: usize,
+    seconds: f64,
+}
+
+struct RolloutMeasure {
+    plan: RolloutPlan,
+    new_tokens: usize,
+    /// Each output's new tokens and whether it ended with `<eos>` (else the budget cut it).
+    rows: Vec<(usize, bool)>,
+    seconds: f64,
+}
+
+impl Report {
+    fn to_json(&self, a: &BenchArgs) -> serde_json::Value {
+        use serde_json::json;
+        json!({
+            "suite": a.suite,
+            "model": a.model,
+            "device": a.device,
+            "parameters": self.parameters,
+            "threads": threads(),
+            "data": self.data.iter().map(|r| json!({
+                "measurement": r.what, "rate": r.rate, "unit": r.unit,
+            })).collect::<Vec<_>>(),
+            "sft": self.sft.iter().map(|m| json!({
+                "objective": objective_name(m.objective),
+                "batch": SFT_BATCH,
+                "steps_timed": m.steps,
+                "target_tokens": m.tokens,
+                "seconds": m.seconds,
+                "target_tokens_per_s": m.tokens as f64 / m.seconds.max(1e-9),
+            })).collect::<Vec<_>>(),
+            "rollout": self.rollout.iter().map(|m| json!({
+                "batch": m.plan.batch,
+                "samples": m.plan.samples,
+                "prompts_per_batch": m.plan.prompts,
+                "batches": m.plan.batches,
+                "max_new_tokens": ROLLOUT_TOKENS,
+                "sequences": m.plan.sequences(),
+                "new_tokens": m.new_tokens,
+                "truncated": m.rows.iter().filter(|r| !r.1).count(),
+                // Where each output stopped: its new tokens, or null where the budget cut it.
+                "stops": m.rows.iter().map(|&(n, eos)| eos.then_some(n)).collect::<Vec<_>>(),
+                "seconds": m.seconds,
+                "new_tokens_per_s": m.new_tokens as f64 / m.seconds.max(1e-9),
+            })).collect::<Vec<_>>(),
+            "peak_rss_kib": peak_rss_kib(),
+        })
+    }
+}
+
+/// The compute threads the CPU backend uses (rayon's global pool).
+fn threads() -> usize {
+    std::env::var("RAYON_NUM_THREADS")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+}
+
+/// This process's peak resident set size (VmHWM) in KiB; `None` where /proc is unavailable.
+fn peak_rss_kib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+fn objective_name(o: ObjectiveKind) -> String {
+    format!("{o:?}").to_lowercase()
+}
+
+/// A comma-separated list, or `none` for an empty one.
+fn list<T>(s: &str, what: &str, parse: impl Fn(&str) -> Option<T>) -> anyhow::Result<Vec<T>> {
+    if s.trim() == "none" {
+        return Ok(Vec::new());
+    }
+    s.split(',')
+        .map(|x| parse(x.trim()).ok_or_else(|| anyhow::anyhow!("bad {what} `{x}`")))
+        .collect()
+}
+
+fn objectives(a: &BenchArgs) -> anyhow::Result<Vec<ObjectiveKind>> {
+    list(&a.objectives, "objective (standard, ngdiff)", |x| match x {
+        "standard" => Some(ObjectiveKind::Standard),
+        "ngdiff" => Some(ObjectiveKind::Ngdiff),
+        _ => None,
+    })
+}
+
+/// How one rollout measurement is run: `batches` batches of `prompts` prompts × `samples`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct RolloutPlan {
+    batch: usize,
+    samples: usize,
+    prompts: usize,
+    batches: usize,
+}
+
+impl RolloutPlan {
+    /// Batch `batch` with G = `g`: G samples per prompt when the batch is a multiple of G, and
+    /// enough batches for at least 4 outputs (batch 1 runs 4 batches).
+    fn new(batch: usize, g: usize) -> RolloutPlan {
+        let samples = if g > 1 && batch.is_multiple_of(g) {
+            g
+        } else {
+            1
+        };
+        RolloutPlan {
+            batch,
+            samples,
+            prompts: batch / samples,
+            batches: 4usize.div_ceil(batch),
+        }
+    }
+
+    fn sequences(&self) -> usize {
+        self.batch * self.batches
+    }
+
+    /// The examples it reads.
+    fn examples(&self) -> usize {
+        self.prompts * self.batches
+    }
+}
+
+fn rollout_plans(a: &BenchArgs) -> anyhow::Result<Vec<RolloutPlan>> {
+    let g = a.rollout_samples.max(1);
+    list(&a.rollout_batches, "rollout batch", |x| {
+        x.parse::<usize>()
+            .ok()
+            .filter(|&b| b > 0)
+            .map(|b| RolloutPlan::new(b, g))
+    })
+}
+
+fn data_suite(a: &BenchArgs, rows_out: &mut Vec<Row>) -> String {
     let n = a.items.max(10);
     let mut rows = Vec::new();
     let gc = SynthesizeConfig::default();
@@ -144,6 +343,7 @@ fn data_suite(a: &BenchArgs) -> String {
         &gcs[..200.min(gcs.len())],
         &sds[..200.min(sds.len())],
     ));
+    *rows_out = rows;
     out
 }
 
@@ -178,13 +378,15 @@ fn perception_share(gcs: &[String], sds: &[String]) -> String {
 }
 
 /// SFT steps and KV-cached rollouts on graph-coloring examples (verbosity 0 teacher traces).
-fn model_suite(a: &BenchArgs) -> anyhow::Result<String> {
+fn model_suite(a: &BenchArgs, report: &mut Report) -> anyhow::Result<String> {
     let spec = DeviceSpec::parse(&a.device)?;
     let tok = Tokenizer::task_vocabulary();
-    let cfg = VlmConfig::preset(&a.model, tok.vocab_size())
-        .ok_or_else(|| anyhow::anyhow!("unknown model preset `{}` (tiny, small)", a.model))?;
-    let examples = examples(&tok, cfg.image_size, 64)?;
+    let cfg = model_config(a, &tok)?;
+    let objectives = objectives(a)?;
+    let plans = rollout_plans(a)?;
+    let examples = examples(&tok, cfg.image_size, example_count(&plans))?;
     let steps = a.steps.max(2);
+    report.parameters = Some(cfg.parameters());
     asymm::with_backend!(spec, |B, device| {
         let mut out = format!(
             "\n| model suite: `{}` ({:.1} M parameters) on {} | rate |\n|---|---:|\n",
@@ -192,42 +394,210 @@ fn model_suite(a: &BenchArgs) -> anyhow::Result<String> {
             cfg.parameters() as f64 / 1e6,
             a.device
         );
-        for objective in [ObjectiveKind::Standard, ObjectiveKind::Ngdiff] {
-            let rate =
-                sft_rate::<Autodiff<B>>(&cfg, &examples, objective, steps, &device, tok.pad())?;
-            out.push_str(&format!(
-                "| SFT, {} objective, batch 8 | {rate:.0} target tokens/s |\n",
-                format!("{objective:?}").to_lowercase()
-            ));
-        }
-        let model = Vlm::<B>::new(&cfg, &device);
-        for (batch, n) in [(1usize, 4usize), (16, 16)] {
-            let spec = RolloutSpec {
-                mode: Mode::Standard,
-                samples: 1,
-                sampling: SamplingConfig::default(),
-                max_new_tokens: Some(128),
-                batch_size: batch,
-            };
-            let t = Instant::now();
-            let rows = run_rollouts(
-                &model,
-                &tok,
-                &examples[..n],
-                None,
-                &spec,
-                1,
+        for &objective in &objectives {
+            let (tokens, seconds) = sft_rate::<Autodiff<B>>(
+                &cfg,
+                &examples[..EXAMPLES],
+                objective,
+                steps,
                 &device,
-                |_| {},
+                tok.pad(),
             )?;
-            let new: usize = rows.iter().map(|r| r.new_tokens).sum();
             out.push_str(&format!(
-                "| rollout (KV cache), batch {batch}, ≤128 new tokens | {:.0} new tokens/s |\n",
-                new as f64 / t.elapsed().as_secs_f64()
+                "| SFT, {} objective, batch {SFT_BATCH} | {:.0} target tokens/s |\n",
+                objective_name(objective),
+                tokens as f64 / seconds.max(1e-9)
             ));
+            report.sft.push(SftMeasure {
+                objective,
+                steps: steps - 1,
+                tokens,
+                seconds,
+            });
+        }
+        if !plans.is_empty() {
+            // A seeded model, so that every run samples the same outputs.
+            <B as burn::tensor::backend::Backend>::seed(&device, SFT_SEED);
+            let model = Vlm::<B>::new(&cfg, &device);
+            for &plan in &plans {
+                let spec = RolloutSpec {
+                    mode: Mode::Standard,
+                    samples: plan.samples,
+                    sampling: SamplingConfig::default(),
+                    max_new_tokens: Some(ROLLOUT_TOKENS),
+                    batch_size: plan.batch,
+                };
+                let t = Instant::now();
+                let rows = run_rollouts(
+                    &model,
+                    &tok,
+                    &examples[..plan.examples()],
+                    None,
+                    &spec,
+                    1,
+                    &device,
+                    |_| {},
+                )?;
+                let seconds = t.elapsed().as_secs_f64();
+                let new: usize = rows.iter().map(|r| r.new_tokens).sum();
+                let shape = if plan.samples > 1 {
+                    format!(" ({} prompts × {} samples)", plan.prompts, plan.samples)
+                } else {
+                    String::new()
+                };
+                out.push_str(&format!(
+                    "| rollout (KV cache), batch {}{shape}, ≤{ROLLOUT_TOKENS} new tokens | {:.0} new tokens/s |\n",
+                    plan.batch,
+                    new as f64 / seconds
+                ));
+                report.rollout.push(RolloutMeasure {
+                    plan,
+                    new_tokens: new,
+                    rows: rows.iter().map(|r| (r.new_tokens, !r.truncated)).collect(),
+                    seconds,
+                });
+            }
         }
         Ok::<String, anyhow::Error>(out)
     })
+}
+
+fn model_config(a: &BenchArgs, tok: &Tokenizer) -> anyhow::Result<VlmConfig> {
+    VlmConfig::preset(&a.model, tok.vocab_size())
+        .ok_or_else(|| anyhow::anyhow!("unknown model preset `{}` (tiny, small)", a.model))
+}
+
+/// Examples to build: the SFT set, or more when the rollouts read more prompts.
+fn example_count(plans: &[RolloutPlan]) -> usize {
+    plans
+        .iter()
+        .map(RolloutPlan::examples)
+        .max()
+        .unwrap_or(0)
+        .max(EXAMPLES)
+}
+
+/// The SFT batches of the first `steps` steps, as the trainer draws them: epochs are keyed
+/// permutations of the examples (mirrors `train::sft`'s batch order, without gradient
+/// accumulation, so that the twin trains on the same batches).
+fn sft_batches(n: usize, steps: usize) -> Vec<Vec<usize>> {
+    use rand::seq::SliceRandom;
+    let mut perms: Vec<Vec<usize>> = Vec::new();
+    (0..steps)
+        .map(|step| {
+            (step * SFT_BATCH..(step + 1) * SFT_BATCH)
+                .map(|c| {
+                    let epoch = c / n;
+                    while perms.len() <= epoch {
+                        let mut p: Vec<usize> = (0..n).collect();
+                        p.shuffle(&mut asymm::util::rng::keyed(
+                            SFT_SEED,
+                            "sft/shuffle",
+                            perms.len() as u64,
+                            0,
+                        ));
+                        perms.push(p);
+                    }
+                    perms[epoch][c % n]
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// What the PyTorch twin needs to repeat the model suite: the model shape and parameter count,
+/// the examples (images as base64 little-endian f32), the SFT batches and settings, and the
+/// rollout plans and sampling settings.
+fn twin_export(a: &BenchArgs) -> anyhow::Result<serde_json::Value> {
+    use base64_f32 as b64;
+    use serde_json::json;
+    let tok = Tokenizer::task_vocabulary();
+    let cfg = model_config(a, &tok)?;
+    let plans = rollout_plans(a)?;
+    let examples = examples(&tok, cfg.image_size, example_count(&plans))?;
+    let steps = a.steps.max(2);
+    let sampling = SamplingConfig::default();
+    let s = sft_settings(&cfg, ObjectiveKind::Standard, steps);
+    // The trainer's optimizer: burn's AdamW defaults with the run's weight decay.
+    let adamw = AdamWConfig::new().with_weight_decay(s.weight_decay as f32);
+    Ok(json!({
+        "model": a.model,
+        "config": {
+            "image_size": cfg.image_size,
+            "patch_size": cfg.patch_size,
+            "vit_dim": cfg.vit_dim,
+            "vit_layers": cfg.vit_layers,
+            "vit_heads": cfg.vit_heads,
+            "conv_stem": cfg.conv_stem,
+            "d_model": cfg.d_model,
+            "layers": cfg.layers,
+            "heads": cfg.heads,
+            "mlp_ratio": cfg.mlp_ratio,
+            "vocab_size": cfg.vocab_size,
+            "max_seq_len": cfg.max_seq_len,
+            "rope_theta": cfg.rope_theta,
+        },
+        "parameters": cfg.parameters(),
+        "pad": tok.pad(),
+        "eos": tok.eos(),
+        "sft": {
+            "batch": SFT_BATCH,
+            "steps": steps,
+            "batches": sft_batches(EXAMPLES, steps),
+            "lr": s.lr,
+            "min_lr": s.min_lr,
+            "warmup_ratio": s.warmup_ratio,
+            "weight_decay": s.weight_decay,
+            "grad_clip": s.grad_clip,
+            "max_text": s.max_text,
+            "adamw": serde_json::to_value(&adamw)?,
+        },
+        "rollout": {
+            "max_new_tokens": ROLLOUT_TOKENS,
+            "temperature": sampling.temperature,
+            "top_p": sampling.top_p,
+            "top_k": sampling.top_k,
+            "plans": plans.iter().map(|p| json!({
+                "batch": p.batch,
+                "samples": p.samples,
+                "prompts_per_batch": p.prompts,
+                "batches": p.batches,
+            })).collect::<Vec<_>>(),
+        },
+        "examples": examples.iter().map(|e| json!({
+            "id": e.id,
+            "prompt": e.prompt,
+            "target": e.target,
+            "spans": e.spans,
+            "image_f32le_base64": b64::encode(&e.image),
+        })).collect::<Vec<_>>(),
+    }))
+}
+
+/// Little-endian f32 values as standard base64 (with padding).
+mod base64_f32 {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+
+    pub fn encode(values: &[f32]) -> String {
+        let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+        for chunk in bytes.chunks(3) {
+            let b = [
+                chunk[0],
+                chunk.get(1).copied().unwrap_or(0),
+                chunk.get(2).copied().unwrap_or(0),
+            ];
+            let n = ((b[0] as u32) << 16) | ((b[1] as u32) << 8) | (b[2] as u32);
+            for (k, shift) in [18, 12, 6, 0].into_iter().enumerate() {
+                if k <= chunk.len() {
+                    out.push(ALPHABET[((n >> shift) & 63) as usize] as char);
+                } else {
+                    out.push('=');
+                }
+            }
+        }
+        out
+    }
 }
 
 /// Training examples built in memory, as distill-format would.
@@ -264,21 +634,14 @@ fn examples(tok: &Tokenizer, image_size: usize, n: usize) -> anyhow::Result<Vec<
         .collect()
 }
 
-/// Target tokens per second over `steps` SFT steps, the first (warm-up) step excluded.
-fn sft_rate<B: AutodiffBackend>(
-    cfg: &VlmConfig,
-    examples: &[Example],
-    objective: ObjectiveKind,
-    steps: usize,
-    device: &B::Device,
-    pad: u32,
-) -> anyhow::Result<f64> {
-    let settings = SftSettings {
+/// The model suite's SFT settings.
+fn sft_settings(cfg: &VlmConfig, objective: ObjectiveKind, steps: usize) -> SftSettings {
+    SftSettings {
         objective,
         lambda: 0.5,
         extra_spans: vec![],
         steps,
-        batch_size: 8,
+        batch_size: SFT_BATCH,
         grad_accum: 1,
         lr: 1e-3,
         min_lr: 1e-4,
@@ -288,9 +651,21 @@ fn sft_rate<B: AutodiffBackend>(
         diagnostics_every: 0,
         snapshot_every: 0,
         eval_every: 0,
-        seed: 1,
+        seed: SFT_SEED,
         max_text: cfg.max_seq_len - cfg.patches(),
-    };
+    }
+}
+
+/// Target tokens and seconds over `steps` SFT steps, the first (warm-up) step excluded.
+fn sft_rate<B: AutodiffBackend>(
+    cfg: &VlmConfig,
+    examples: &[Example],
+    objective: ObjectiveKind,
+    steps: usize,
+    device: &B::Device,
+    pad: u32,
+) -> anyhow::Result<(usize, f64)> {
+    let settings = sft_settings(cfg, objective, steps);
     let scratch = asymm::util::fsx::TempDir::new("asymm-bench")?;
     let out = train::<B>(
         &settings,
@@ -305,5 +680,58 @@ fn sft_rate<B: AutodiffBackend>(
     let timed = &out.timing[1..];
     let tokens: usize = timed.iter().map(|t| t.tokens).sum();
     let secs: f64 = timed.iter().map(|t| t.seconds).sum();
-    Ok(tokens as f64 / secs.max(1e-9))
+    Ok((tokens, secs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rollout_plans_keep_the_default_and_group_samples() {
+        assert_eq!(
+            RolloutPlan::new(1, 1),
+            RolloutPlan {
+                batch: 1,
+                samples: 1,
+                prompts: 1,
+                batches: 4
+            }
+        );
+        assert_eq!(RolloutPlan::new(16, 1).examples(), 16);
+        let p = RolloutPlan::new(40, 8);
+        assert_eq!(
+            (p.samples, p.prompts, p.batches, p.sequences()),
+            (8, 5, 1, 40)
+        );
+        // A batch that is not a multiple of G samples each prompt once.
+        assert_eq!(RolloutPlan::new(1, 8).samples, 1);
+        assert_eq!(example_count(&[RolloutPlan::new(100, 1)]), 100);
+        assert_eq!(example_count(&[]), EXAMPLES);
+    }
+
+    #[test]
+    fn lists_parse_and_refuse() {
+        let p = |s: &str| list(s, "n", |x| x.parse::<usize>().ok());
+        assert_eq!(p("1, 40").unwrap(), vec![1, 40]);
+        assert!(p("none").unwrap().is_empty());
+        assert!(p("1,x").unwrap_err().to_string().contains("bad n `x`"));
+    }
+
+    #[test]
+    fn sft_batches_cover_each_epoch_once() {
+        let b = sft_batches(16, 4);
+        assert!(b.iter().all(|x| x.len() == SFT_BATCH));
+        let mut first: Vec<usize> = b[..2].concat();
+        first.sort();
+        assert_eq!(first, (0..16).collect::<Vec<_>>());
+        assert_eq!(b, sft_batches(16, 4));
+    }
+
+    #[test]
+    fn base64_of_f32() {
+        assert_eq!(base64_f32::encode(&[1.0]), "AACAPw==");
+        assert_eq!(base64_f32::encode(&[]), "");
+        assert_eq!(base64_f32::encode(&[0.0, 1.0]), "AAAAAAAAgD8=");
+    }
 }
