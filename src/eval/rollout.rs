@@ -9,7 +9,7 @@
 
 use super::{Result, bail};
 use crate::model::Vlm;
-use crate::model::decode::{SeqKey, generate};
+use crate::model::decode::{SeqKey, generate_shared};
 use crate::model::sampling::SamplingConfig;
 use crate::text::format;
 use crate::text::tokenizer::{P_CLOSE, P_OPEN, R_OPEN, Tokenizer};
@@ -157,8 +157,11 @@ pub fn run_rollouts<B: Backend>(
     }
     let mut out = Vec::with_capacity(rows.len());
     for chunk in rows.chunks(spec.batch_size.max(1)) {
+        // Rows of one item with the same prefix (the G samples of a prompt) share a prefill.
         let mut pixels = Vec::with_capacity(chunk.len() * image_size * image_size);
-        let mut prefixes = Vec::with_capacity(chunk.len());
+        let mut prompts: Vec<Vec<u32>> = Vec::with_capacity(chunk.len());
+        let mut prompt_of: HashMap<(usize, Vec<u32>), usize> = HashMap::new();
+        let mut row_prompt = Vec::with_capacity(chunk.len());
         let mut forced = Vec::with_capacity(chunk.len());
         let mut keys = Vec::with_capacity(chunk.len());
         for &(i, s) in chunk {
@@ -183,16 +186,21 @@ pub fn run_rollouts<B: Backend>(
                     e.image.len()
                 );
             }
-            if spec.mode == Mode::TextOnly {
-                pixels.extend(std::iter::repeat_n(0.0f32, image_size * image_size));
-            } else {
-                pixels.extend_from_slice(&e.image);
-            }
             let mut prefix = e.prompt.clone();
             if let Some(p) = &forced_p {
                 prefix.extend(tok.encode(&format!("{P_OPEN}{p}{P_CLOSE}{R_OPEN}")));
             }
-            prefixes.push(prefix);
+            let next = prompts.len();
+            let k = *prompt_of.entry((i, prefix.clone())).or_insert(next);
+            if k == next {
+                if spec.mode == Mode::TextOnly {
+                    pixels.extend(std::iter::repeat_n(0.0f32, image_size * image_size));
+                } else {
+                    pixels.extend_from_slice(&e.image);
+                }
+                prompts.push(prefix);
+            }
+            row_prompt.push(k);
             forced.push(forced_p);
             keys.push(SeqKey {
                 purpose: spec.mode.purpose(),
@@ -201,13 +209,14 @@ pub fn run_rollouts<B: Backend>(
             });
         }
         let images = Tensor::<B, 3>::from_data(
-            TensorData::new(pixels, [chunk.len(), image_size, image_size]),
+            TensorData::new(pixels, [prompts.len(), image_size, image_size]),
             device,
         );
-        let gens = generate(
+        let gens = generate_shared(
             model,
             images,
-            &prefixes,
+            &prompts,
+            &row_prompt,
             &keys,
             &spec.sampling,
             seed,

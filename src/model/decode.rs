@@ -42,11 +42,54 @@ pub fn generate<B: Backend>(
     eos: u32,
     max_new_tokens: usize,
 ) -> Result<Vec<Generated>, ModelError> {
-    let b = prefixes.len();
+    let rows: Vec<usize> = (0..prefixes.len()).collect();
+    generate_shared(
+        model,
+        images,
+        prefixes,
+        &rows,
+        keys,
+        sampling,
+        seed,
+        eos,
+        max_new_tokens,
+    )
+}
+
+/// Generates one continuation per row, where row i continues prompt `rows[i]` (an image of
+/// `images` and its prefix in `prompts`): each prompt is prefilled once and its cache forked to
+/// its rows, so the G samples of a prompt share one prefill. Each row samples from its own keyed
+/// stream, so the result does not depend on how rows share prompts.
+#[allow(clippy::too_many_arguments)]
+pub fn generate_shared<B: Backend>(
+    model: &Vlm<B>,
+    images: Tensor<B, 3>,
+    prompts: &[Vec<u32>],
+    rows: &[usize],
+    keys: &[SeqKey],
+    sampling: &SamplingConfig,
+    seed: u64,
+    eos: u32,
+    max_new_tokens: usize,
+) -> Result<Vec<Generated>, ModelError> {
+    let b = rows.len();
     let vocab = model.embed.weight.dims()[0];
-    if let Some(bad) = prefixes.iter().flatten().find(|&&t| t as usize >= vocab) {
+    if let Some(bad) = prompts.iter().flatten().find(|&&t| t as usize >= vocab) {
         return Err(ModelError::Input(format!(
             "token id {bad} is outside the vocabulary ({vocab})"
+        )));
+    }
+    if let Some(bad) = rows.iter().find(|&&r| r >= prompts.len()) {
+        return Err(ModelError::Input(format!(
+            "row of prompt {bad}, but there are {} prompts",
+            prompts.len()
+        )));
+    }
+    if images.dims()[0] != prompts.len() {
+        return Err(ModelError::Input(format!(
+            "{} images for {} prompts",
+            images.dims()[0],
+            prompts.len()
         )));
     }
     if keys.len() != b {
@@ -70,7 +113,15 @@ pub fn generate<B: Backend>(
     if b == 0 {
         return Ok(out);
     }
-    let (mut logits, mut state) = model.prefill(images, prefixes);
+    let (mut logits, mut state) = model.prefill(images, prompts);
+    if rows.iter().enumerate().any(|(i, &r)| i != r) || prompts.len() != b {
+        let idx = Tensor::<B, 1, burn::tensor::Int>::from_data(
+            burn::tensor::TensorData::new(rows.iter().map(|&r| r as i64).collect::<Vec<_>>(), [b]),
+            &logits.device(),
+        );
+        logits = logits.select(0, idx);
+        state = state.fork(rows);
+    }
     for step in 0..max_new_tokens {
         let host: Vec<f32> = super::host_f32(logits)?;
         let vocab = host.len() / b;
@@ -240,6 +291,34 @@ mod tests {
         )
         .unwrap();
         assert_eq!(first_alone[0], both[0]);
+        // Sharing one prefill between rows of the same prompt changes nothing.
+        let shared = generate_shared(
+            &m,
+            images(1, cfg.image_size),
+            &p[..1],
+            &[0, 0],
+            &[keys[0].clone(), keys[1].clone()],
+            &s,
+            5,
+            39,
+            10,
+        )
+        .unwrap();
+        let separate = generate(
+            &m,
+            Tensor::cat(
+                vec![images(1, cfg.image_size), images(1, cfg.image_size)],
+                0,
+            ),
+            &[p[0].clone(), p[0].clone()],
+            &keys,
+            &s,
+            5,
+            39,
+            10,
+        )
+        .unwrap();
+        assert_eq!(shared, separate);
         // Each token carries its sampling log-probability (plus the final <eos>'s).
         for g in &both {
             assert_eq!(g.logprobs.len(), g.tokens.len() + usize::from(!g.truncated));

@@ -70,6 +70,41 @@ pub struct DecodeState<B: Backend> {
     pub next_pos: Vec<i64>,
 }
 
+impl<B: Backend> DecodeState<B> {
+    /// The state of a batch made of rows of this one (`rows[i]` = the source row of row i): the
+    /// way G samples of one prompt share a single prefill.
+    pub fn fork(self, rows: &[usize]) -> Self {
+        let device = self.key_bias.device();
+        let idx = Tensor::<B, 1, Int>::from_data(
+            TensorData::new(
+                rows.iter().map(|&r| r as i64).collect::<Vec<_>>(),
+                [rows.len()],
+            ),
+            &device,
+        );
+        let pick = |t: Tensor<B, 4>| t.select(0, idx.clone());
+        let caches = self
+            .caches
+            .into_iter()
+            .map(|c| {
+                c.map(|c| KvCache {
+                    blocks: c
+                        .blocks
+                        .into_iter()
+                        .map(|(k, v)| (pick(k), pick(v)))
+                        .collect(),
+                    tail: c.tail.map(|(k, v)| (pick(k), pick(v))),
+                })
+            })
+            .collect();
+        DecodeState {
+            caches,
+            key_bias: pick(self.key_bias),
+            next_pos: rows.iter().map(|&r| self.next_pos[r]).collect(),
+        }
+    }
+}
+
 impl<B: Backend> Vlm<B> {
     /// A freshly initialized model (seed the backend first for reproducibility).
     pub fn new(cfg: &VlmConfig, device: &B::Device) -> Self {

@@ -111,7 +111,7 @@ const MAIN: OutputSpec = output("main", "rollouts");
 
 impl Stage for Rollout {
     const NAME: &'static str = "rollout";
-    const VERSION: u32 = 3;
+    const VERSION: u32 = 4;
     const USES_DEVICE: bool = true;
     type Config = RolloutConfig;
 
