@@ -638,21 +638,11 @@ fn examples(tok: &Tokenizer, image_size: usize, n: usize) -> anyhow::Result<Vec<
 fn sft_settings(cfg: &VlmConfig, objective: ObjectiveKind, steps: usize) -> SftSettings {
     SftSettings {
         objective,
-        lambda: 0.5,
-        extra_spans: vec![],
         steps,
         batch_size: SFT_BATCH,
-        grad_accum: 1,
-        lr: 1e-3,
-        min_lr: 1e-4,
-        warmup_ratio: 0.0,
-        weight_decay: 0.0,
-        grad_clip: 1.0,
-        diagnostics_every: 0,
-        snapshot_every: 0,
-        eval_every: 0,
         seed: SFT_SEED,
         max_text: cfg.max_seq_len - cfg.patches(),
+        ..SftSettings::default()
     }
 }
 

@@ -43,6 +43,31 @@ pub struct SftSettings {
     pub max_text: usize,
 }
 
+impl Default for SftSettings {
+    /// One standard step at batch 8, lr 1e-3 (cosine to 1e-4, no warmup), no weight decay,
+    /// global-norm clipping at 1.0, no diagnostics, snapshots or evaluation.
+    fn default() -> Self {
+        SftSettings {
+            objective: ObjectiveKind::Standard,
+            lambda: 0.5,
+            extra_spans: vec![],
+            steps: 1,
+            batch_size: 8,
+            grad_accum: 1,
+            lr: 1e-3,
+            min_lr: 1e-4,
+            warmup_ratio: 0.0,
+            weight_decay: 0.0,
+            grad_clip: 1.0,
+            diagnostics_every: 0,
+            snapshot_every: 0,
+            eval_every: 0,
+            seed: 0,
+            max_text: 256,
+        }
+    }
+}
+
 /// One row of the training log.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct LogRow {
@@ -485,21 +510,11 @@ mod tests {
     fn settings(objective: ObjectiveKind, extra_spans: Vec<(String, f64)>) -> SftSettings {
         SftSettings {
             objective,
-            lambda: 0.5,
             extra_spans,
-            steps: 1,
             batch_size: 1,
-            grad_accum: 1,
-            lr: 1e-3,
-            min_lr: 1e-4,
-            warmup_ratio: 0.0,
-            weight_decay: 0.0,
-            grad_clip: 1.0,
-            diagnostics_every: 0,
-            snapshot_every: 0,
-            eval_every: 0,
             seed: 1,
             max_text: 8,
+            ..SftSettings::default()
         }
     }
 
@@ -545,22 +560,12 @@ mod tests {
     #[test]
     fn batches_cover_each_epoch_once() {
         let s = SftSettings {
-            objective: ObjectiveKind::Standard,
-            lambda: 0.5,
-            extra_spans: vec![],
             steps: 10,
             batch_size: 4,
-            grad_accum: 1,
-            lr: 1e-3,
-            min_lr: 1e-4,
-            warmup_ratio: 0.0,
-            weight_decay: 0.0,
             grad_clip: 0.0,
-            diagnostics_every: 0,
-            snapshot_every: 0,
-            eval_every: 0,
             seed: 1,
             max_text: 100,
+            ..SftSettings::default()
         };
         let mut seen: Vec<usize> = (0..3).flat_map(|st| batch_indices(12, &s, st, 0)).collect();
         seen.sort();
@@ -610,22 +615,14 @@ mod tests {
                 rope_theta: 10000.0,
             };
             let settings = SftSettings {
-                objective: ObjectiveKind::Standard,
-                lambda: 0.5,
-                extra_spans: vec![],
                 steps: 60,
                 batch_size: 4,
-                grad_accum: 1,
                 lr: 1e-2,
                 min_lr: 1e-3,
-                warmup_ratio: 0.0,
-                weight_decay: 0.0,
-                grad_clip: 1.0,
                 diagnostics_every: 59,
-                snapshot_every: 0,
-                eval_every: 0,
                 seed: 3,
                 max_text: 8,
+                ..SftSettings::default()
             };
             let dir = crate::util::fsx::TempDir::new("asymm-read").unwrap();
             let out = train::<B>(
