@@ -2,12 +2,15 @@
 //! them), a code `VERSION` bumped whenever its output for the same inputs would change, the inputs
 //! it reads and outputs it writes, and a `run` from input artifacts to output artifacts.
 
+pub mod correlate;
 pub mod digits;
 pub mod distill_format;
 pub mod evaluate;
+pub mod grpo_update;
 pub mod import_reasoning;
 pub mod model_io;
 pub mod render;
+pub mod reward_score;
 pub mod rollout;
 pub mod sft_train;
 pub mod synthesize;
@@ -36,6 +39,8 @@ pub enum StageError {
     Eval(#[from] crate::eval::EvalError),
     #[error(transparent)]
     Train(#[from] crate::train::sft::TrainError),
+    #[error(transparent)]
+    Rl(#[from] crate::rl::RlError),
     #[error("{0}")]
     Invalid(String),
     #[error("i/o error at {path}: {source}")]
@@ -264,6 +269,9 @@ impl Default for StageRegistry {
                 b::<sft_train::SftTrain>(),
                 b::<rollout::Rollout>(),
                 b::<evaluate::Evaluate>(),
+                b::<reward_score::RewardScore>(),
+                b::<grpo_update::GrpoUpdate>(),
+                b::<correlate::Correlate>(),
             ],
         }
     }
