@@ -76,7 +76,7 @@ impl Default for GrpoUpdateConfig {
             micro_batch: 8,
             token_lambda: None,
             adv_std: StdKind::Sample,
-            max_logprob_gap: 0.05,
+            max_logprob_gap: 0.02,
         }
     }
 }

@@ -1,6 +1,8 @@
-//! The RL stages end to end on a very small model: SFT, rollouts of an RL step's keyed items,
-//! reward-score with the self and teacher surrogates, one GRPO update with a KL to the SFT
-//! model, and correlate — read back as data; a rerun is a no-op.
+//! The RL stages end to end on a very small model: SFT (long enough that sampled perceptions
+//! sometimes match the greedy transcription, so rewards vary within a group), rollouts of an RL
+//! step's keyed items, reward-score with the teacher reward in the reward and the self-reward
+//! beside it, GRPO updates (token-level with a KL to the SFT model and token reweighting; GSPO)
+//! and correlate — read back as data; a rerun is a no-op.
 
 use crate::common::*;
 use arrow::array::Array;
@@ -29,8 +31,8 @@ verbosity = 0
 [stages.sft]
 stage = "sft-train"
 inputs = { data = "distill_format" }
-size = { image_size = 32, patch_size = 16, vit_dim = 16, vit_layers = 1, vit_heads = 2, d_model = 32, layers = 1, heads = 2, max_seq_len = 256 }
-steps = 4
+size = { image_size = 32, patch_size = 16, vit_dim = 16, vit_layers = 1, vit_heads = 2, d_model = 48, layers = 2, heads = 2, max_seq_len = 256 }
+steps = 600
 batch_size = 4
 eval_items = 1
 eval_max_new_tokens = 8
@@ -43,7 +45,8 @@ split = "rl"
 prompts_per_step = 2
 step = 0
 samples = 4
-max_new_tokens = 16
+max_new_tokens = 48
+sampling = { temperature = 0.5 }
 
 [stages.rollout_next]
 stage = "rollout"
@@ -57,9 +60,11 @@ max_new_tokens = 4
 [stages.reward]
 stage = "reward-score"
 inputs = { rollouts = "rollout", data = "distill_format", checkpoint = "sft", teacher = "sft" }
-surrogates = ["self", "teacher"]
+alpha = 0.5
+perception = "teacher"
+surrogates = ["self"]
 self_n = 2
-self_max_new_tokens = 12
+self_max_new_tokens = 40
 
 [stages.grpo]
 stage = "grpo-update"
@@ -70,6 +75,15 @@ ppo_epochs = 2
 mini_batch = 4
 micro_batch = 2
 token_lambda = 0.5
+
+[stages.grpo_gspo]
+stage = "grpo-update"
+inputs = { checkpoint = "sft", rollouts = "rollout", rewards = "reward", data = "distill_format" }
+lr = 1e-3
+gspo = true
+clip_low = 3e-4
+clip_high = 4e-4
+ppo_epochs = 2
 
 [stages.correlate]
 inputs = { rewards = "reward" }
@@ -114,7 +128,7 @@ fn rollout_reward_update_correlate_and_rerun() {
     assert_eq!(items(&next).len(), 2);
     assert!(items(&roll).is_disjoint(&items(&next)));
     let temps = roll.f32("temperature").unwrap();
-    assert!((0..roll.rows()).all(|i| temps.value(i) == 0.7));
+    assert!((0..roll.rows()).all(|i| temps.value(i) == 0.5));
 
     // One reward row per rollout, every component kept.
     let rw = read(&store, "reward", "main", "rewards");
@@ -122,9 +136,13 @@ fn rollout_reward_update_correlate_and_rerun() {
     let (a, reward) = (rw.bool("a").unwrap(), rw.f64("reward").unwrap());
     let (first_self, mean_self) = (rw.f64("self_first").unwrap(), rw.f64("self_mean").unwrap());
     let (n, teacher) = (rw.i32("self_samples").unwrap(), rw.f64("teacher").unwrap());
+    let ids = rw.required_strings("id").unwrap();
+    let mut groups: std::collections::BTreeMap<&str, Vec<f64>> = Default::default();
     for i in 0..rw.rows() {
-        // The default reward is the outcome.
-        assert_eq!(reward.value(i), f64::from(u8::from(a.value(i))));
+        // α-augmentation with the teacher reward: R = 0.5·teacher + 0.5·a.
+        let want = 0.5 * teacher.value(i) + 0.5 * f64::from(u8::from(a.value(i)));
+        assert!((reward.value(i) - want).abs() < 1e-12, "row {i}");
+        groups.entry(&ids[i]).or_default().push(reward.value(i));
         assert_eq!(n.value(i), 2);
         for c in [first_self, mean_self, teacher] {
             assert!(
@@ -135,6 +153,18 @@ fn rollout_reward_update_correlate_and_rerun() {
         // With N = 2 the mean is a multiple of 1/2.
         assert_eq!((mean_self.value(i) * 2.0).fract(), 0.0);
     }
+
+    let zero_groups = groups
+        .values()
+        .filter(|g| g.iter().all(|&x| x == g[0]))
+        .count() as f64
+        / groups.len() as f64;
+    assert!(
+        zero_groups < 1.0,
+        "no group has reward variance (the SFT model no longer varies its perceptions): \
+         {groups:?}"
+    );
+    let mean_reward = (0..rw.rows()).map(|i| reward.value(i)).sum::<f64>() / 8.0;
 
     // The update: 2 epochs × 2 mini-batches of 4; the first is on-policy.
     let log = read(&store, "grpo", "log", "rl_log");
@@ -164,11 +194,29 @@ fn rollout_reward_update_correlate_and_rerun() {
         assert!(kl.value(i).is_finite() && kl.value(i) > -1e-6);
         assert!((0.0..=1.0).contains(&clip.value(i)));
         assert!((0.0..=1.0).contains(&col("perception_share").value(i)));
-        assert!((0.0..=1.0).contains(&col("zero_adv_groups").value(i)));
+        assert_eq!(col("zero_adv_groups").value(i), zero_groups);
+        assert!((col("step_reward").value(i) - mean_reward).abs() < 1e-12);
+        assert!(
+            col("step_r_reward_a_p").is_null(i) || col("step_r_reward_a_p").value(i).abs() <= 1.0
+        );
         assert_eq!(col("token_lambda").value(i), 0.5);
         assert!(col("response_len").value(i) > 0.0);
     }
     assert!(gap.value(3) > 0.0, "the policy moved");
+    // Some advantage is not zero: the policy term moves once the ratio leaves 1.
+    assert!(
+        (1..4).any(|i| col("pg_loss").value(i).abs() > 1e-9),
+        "{:?}",
+        col("pg_loss")
+    );
+
+    // GSPO: one mini-batch of all 8 per epoch; the first on-policy, without a KL term.
+    let gspo = read(&store, "grpo_gspo", "log", "rl_log");
+    assert_eq!(gspo.rows(), 2);
+    let (g_ratio, g_kl) = (gspo.f64("ratio_mean").unwrap(), gspo.f64("kl").unwrap());
+    assert!((g_ratio.value(0) - 1.0).abs() < 1e-3);
+    assert!(g_kl.is_null(0) && g_kl.is_null(1));
+    assert_eq!(gspo.i32("sequences").unwrap().value(0), 8);
     let ckpt = Store::open(&store)
         .unwrap()
         .manifest(&artifact(&store, "grpo", "main"))
@@ -205,6 +253,12 @@ fn rollout_reward_update_correlate_and_rerun() {
     for i in 0..c.rows() {
         assert!(r.is_null(i) || (-1.0..=1.0).contains(&r.value(i)));
     }
+    // The teacher reward varies: its r with ã_r is defined, with an interval around it.
+    let k = (0..c.rows())
+        .find(|&i| names[i] == "teacher" && against[i] == "a_tilde_r")
+        .unwrap();
+    let (lo, hi) = (c.f64("ci_low").unwrap(), c.f64("ci_high").unwrap());
+    assert!(!r.is_null(k) && !lo.is_null(k) && lo.value(k) <= hi.value(k));
 
     // A rerun is a no-op.
     let again = table(&ok(asymm(&store, &["run", ps])));
