@@ -6,6 +6,7 @@ pub mod correlate;
 pub mod digits;
 pub mod distill_format;
 pub mod evaluate;
+pub mod grpo_loop;
 pub mod grpo_update;
 pub mod import_reasoning;
 pub mod model_io;
@@ -286,5 +287,11 @@ impl Registry for StageRegistry {
     }
     fn names(&self) -> Vec<&'static str> {
         self.stages.iter().map(|s| s.name()).collect()
+    }
+    fn expand(&self, kind: &str, name: &str, table: &toml::Table) -> Option<crate::dag::Expansion> {
+        (kind == grpo_loop::KIND).then(|| grpo_loop::expand(name, table))
+    }
+    fn composites(&self) -> Vec<&'static str> {
+        vec![grpo_loop::KIND]
     }
 }

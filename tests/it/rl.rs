@@ -138,11 +138,11 @@ fn rollout_reward_update_correlate_and_rerun() {
     let (n, teacher) = (rw.i32("self_samples").unwrap(), rw.f64("teacher").unwrap());
     let ids = rw.required_strings("id").unwrap();
     let mut groups: std::collections::BTreeMap<&str, Vec<f64>> = Default::default();
-    for i in 0..rw.rows() {
+    for (i, id) in ids.iter().enumerate() {
         // α-augmentation with the teacher reward: R = 0.5·teacher + 0.5·a.
         let want = 0.5 * teacher.value(i) + 0.5 * f64::from(u8::from(a.value(i)));
         assert!((reward.value(i) - want).abs() < 1e-12, "row {i}");
-        groups.entry(&ids[i]).or_default().push(reward.value(i));
+        groups.entry(id).or_default().push(reward.value(i));
         assert_eq!(n.value(i), 2);
         for c in [first_self, mean_self, teacher] {
             assert!(
@@ -262,5 +262,114 @@ fn rollout_reward_update_correlate_and_rerun() {
 
     // A rerun is a no-op.
     let again = table(&ok(asymm(&store, &["run", ps])));
+    assert!(again.iter().all(|r| r.1 == "cached"), "{again:?}");
+}
+
+const LOOP: &str = r#"
+[pipeline]
+name = "loop"
+seed = 3
+
+[stages.synthesize]
+splits = { test = 2, sft = 8, rl = 4 }
+graph = { min_nodes = 3, max_nodes = 4, edge_prob = 0.5 }
+
+[stages.render]
+inputs = { puzzles = "synthesize" }
+size = 32
+
+[stages.distill_format]
+inputs = { puzzles = "synthesize", images = "render" }
+verbosity = 0
+
+[stages.sft]
+stage = "sft-train"
+inputs = { data = "distill_format" }
+size = { image_size = 32, patch_size = 16, vit_dim = 16, vit_layers = 1, vit_heads = 2, d_model = 32, layers = 1, heads = 2, max_seq_len = 256 }
+steps = 2
+batch_size = 4
+eval_items = 1
+eval_max_new_tokens = 4
+diagnostics_every = 0
+snapshot_every = 0
+
+[stages.rl]
+stage = "grpo"
+inputs = { checkpoint = "sft", data = "distill_format", reference = "sft" }
+steps = STEPS
+rollout = { prompts_per_step = 2, samples = 2, max_new_tokens = 8 }
+update = { lr = 1e-3, kl_coef = 0.01, mini_batch = 2 }
+"#;
+
+fn ids(t: &[(String, String, String)]) -> Vec<(String, String)> {
+    t.iter().map(|r| (r.0.clone(), r.2.clone())).collect()
+}
+
+/// The loop construct: per-step instances chained by checkpoint; a killed loop resumes where it
+/// stopped and ends with the same artifacts; lengthening it keeps the steps done; rerunning is
+/// a no-op.
+#[test]
+fn rl_loop_expands_resumes_and_extends() {
+    let d = asymm::util::fsx::TempDir::new("asymm-rl").unwrap();
+    let p = d.path().join("loop.toml");
+    let write =
+        |steps: usize| std::fs::write(&p, LOOP.replace("STEPS", &steps.to_string())).unwrap();
+    let ps = p.to_str().unwrap();
+    write(2);
+    let a = d.path().join("a");
+    let clean = table(&ok(asymm(&a, &["run", ps])));
+    let names: Vec<&str> = clean.iter().map(|r| r.0.as_str()).collect();
+    for n in [
+        "rl_0_rollout",
+        "rl_0_reward",
+        "rl_0_update",
+        "rl_1_rollout",
+        "rl_1_reward",
+        "rl",
+    ] {
+        assert!(names.contains(&n), "{n} in {names:?}");
+    }
+    assert!(!names.contains(&"rl_1_update"));
+    // Step 1 samples from step 0's checkpoint.
+    let status = json(&a, &["status", ps]);
+    let key = stage(&status, "rl_1_rollout")["key"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let rec = Store::open(&a).unwrap().record(&key).unwrap().unwrap();
+    assert_eq!(
+        rec.key_parts["inputs"]["checkpoint"],
+        stage(&status, "rl_0_update")["outputs"]["main"]
+    );
+    let log = json(&a, &["show", &format!("{ps}:rl.log")]);
+    assert!(rows(&log).iter().all(|r| r["step"] == 1), "{log:#}");
+
+    // Killed while committing step 1's rewards, then resumed: the same artifacts.
+    let b = d.path().join("b");
+    let crashed = asymm_env(
+        &b,
+        &["run", ps],
+        &[("ASYMM_FAULT", "rl_1_reward:before-commit")],
+    );
+    assert!(!crashed.status.success());
+    let resumed = table(&ok(asymm(&b, &["run", ps])));
+    assert_eq!(result_of(&resumed, "rl_0_update"), "cached");
+    assert_eq!(result_of(&resumed, "rl_1_reward"), "ran");
+    assert_eq!(ids(&resumed), ids(&clean));
+
+    // Three steps: the first two are kept (the former final update is now `rl_1_update`).
+    write(3);
+    let longer = table(&ok(asymm(&a, &["run", ps])));
+    for n in ["rl_0_update", "rl_1_rollout", "rl_1_reward", "rl_1_update"] {
+        assert_eq!(result_of(&longer, n), "cached", "{n}");
+    }
+    for n in ["rl_2_rollout", "rl_2_reward", "rl"] {
+        assert_eq!(result_of(&longer, n), "ran", "{n}");
+    }
+    let art = |t: &[(String, String, String)], n: &str| {
+        t.iter().find(|r| r.0 == n).map(|r| r.2.clone()).unwrap()
+    };
+    assert_eq!(art(&longer, "rl_1_update"), art(&clean, "rl"));
+    let again = table(&ok(asymm(&a, &["run", ps])));
     assert!(again.iter().all(|r| r.1 == "cached"), "{again:?}");
 }
