@@ -12,6 +12,7 @@ pub mod eval;
 pub mod model;
 pub mod progress;
 pub mod render;
+pub mod rl;
 pub mod stages;
 pub mod store;
 pub mod table;

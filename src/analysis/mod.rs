@@ -60,6 +60,64 @@ pub fn pearson(x: &[f64], y: &[f64]) -> Option<f64> {
     (sxx > 0.0 && syy > 0.0).then(|| sxy / (sxx * syy).sqrt())
 }
 
+/// Pearson r of paired samples grouped in clusters (the samples of one item), with a 95 %
+/// percentile-bootstrap interval that resamples whole clusters with replacement `reps` times.
+/// Replicates in which r is undefined (a constant variable) are left out; the result carries
+/// how many were kept. Deterministic for a given `seed`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct BootstrapR {
+    /// r on all samples (`None` if undefined).
+    pub r: Option<f64>,
+    /// The interval (`None` when no replicate had a defined r).
+    pub ci: Option<(f64, f64)>,
+    /// Replicates with a defined r.
+    pub reps: usize,
+}
+
+pub fn pearson_cluster_bootstrap(
+    clusters: &[Vec<(f64, f64)>],
+    reps: usize,
+    seed: u64,
+) -> BootstrapR {
+    let (x, y): (Vec<f64>, Vec<f64>) = clusters.iter().flatten().copied().unzip();
+    let r = pearson(&x, &y);
+    let m = clusters.len();
+    if m == 0 {
+        return BootstrapR {
+            r,
+            ci: None,
+            reps: 0,
+        };
+    }
+    let mut rng = crate::util::rng::keyed(seed, "analysis/pearson-bootstrap", m as u64, 0);
+    let mut stats: Vec<f64> = Vec::with_capacity(reps);
+    let (mut bx, mut by) = (Vec::with_capacity(x.len()), Vec::with_capacity(y.len()));
+    for _ in 0..reps {
+        bx.clear();
+        by.clear();
+        for _ in 0..m {
+            for &(a, b) in &clusters[rng.random_range(0..m)] {
+                bx.push(a);
+                by.push(b);
+            }
+        }
+        if let Some(v) = pearson(&bx, &by) {
+            stats.push(v);
+        }
+    }
+    stats.sort_by(f64::total_cmp);
+    let ci = (!stats.is_empty()).then(|| {
+        let q =
+            |p: f64| stats[((p * (stats.len() - 1) as f64).round() as usize).min(stats.len() - 1)];
+        (q(0.025), q(0.975))
+    });
+    BootstrapR {
+        r,
+        ci,
+        reps: stats.len(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -106,5 +164,58 @@ mod tests {
         assert!((pearson(&[1.0, 2.0, 3.0], &[2.0, 4.0, 6.0]).unwrap() - 1.0).abs() < 1e-12);
         assert!((pearson(&[1.0, 2.0, 3.0], &[3.0, 2.0, 1.0]).unwrap() + 1.0).abs() < 1e-12);
         assert!(pearson(&[1.0, 1.0], &[1.0, 2.0]).is_none());
+    }
+
+    /// Against the Fisher-z interval tanh(atanh r ± 1.96/√(n − 3)) on a large sample of
+    /// independent pairs (one per cluster), where both are accurate.
+    #[test]
+    fn pearson_bootstrap_agrees_with_fisher_on_independent_pairs() {
+        let mut rng = crate::util::rng::keyed(4, "test/pearson", 0, 0);
+        let n = 600;
+        let clusters: Vec<Vec<(f64, f64)>> = (0..n)
+            .map(|_| {
+                let (u, v): (f64, f64) = (rng.random(), rng.random());
+                let w: f64 = rng.random();
+                vec![(u + w, v + w)]
+            })
+            .collect();
+        let b = pearson_cluster_bootstrap(&clusters, 2000, 9);
+        let r = b.r.unwrap();
+        // x = u + w, y = v + w with u, v, w iid uniform: r = 1/2 in the population.
+        assert!((r - 0.5).abs() < 0.08, "{r}");
+        let half = 1.959_963_984_540_054 / ((n - 3) as f64).sqrt();
+        let (lo, hi) = ((r.atanh() - half).tanh(), (r.atanh() + half).tanh());
+        let (blo, bhi) = b.ci.unwrap();
+        assert!(
+            (blo - lo).abs() < 0.02 && (bhi - hi).abs() < 0.02,
+            "{blo} {bhi} vs {lo} {hi}"
+        );
+        assert_eq!(b.reps, 2000);
+        assert_eq!(pearson_cluster_bootstrap(&clusters, 2000, 9), b);
+    }
+
+    /// Clusters of perfectly repeated samples: the point estimate is that of the pooled samples,
+    /// the interval as wide as the clusters alone would give (not the pooled count), and a
+    /// constant variable gives no r.
+    #[test]
+    fn pearson_bootstrap_resamples_clusters() {
+        let single: Vec<Vec<(f64, f64)>> = (0..40)
+            .map(|i| vec![(i as f64 % 7.0, (i as f64 % 7.0) + (i % 3) as f64)])
+            .collect();
+        let repeated: Vec<Vec<(f64, f64)>> = single.iter().map(|c| vec![c[0]; 8]).collect();
+        let (s, r) = (
+            pearson_cluster_bootstrap(&single, 2000, 1),
+            pearson_cluster_bootstrap(&repeated, 2000, 1),
+        );
+        assert!((s.r.unwrap() - r.r.unwrap()).abs() < 1e-12);
+        let width = |b: &BootstrapR| b.ci.map(|c| c.1 - c.0).unwrap();
+        assert!((width(&s) - width(&r)).abs() < 0.05, "{s:?} {r:?}");
+        let flat: Vec<Vec<(f64, f64)>> = (0..10).map(|i| vec![(1.0, i as f64)]).collect();
+        let f = pearson_cluster_bootstrap(&flat, 100, 1);
+        assert_eq!((f.r, f.ci, f.reps), (None, None, 0));
+        // A hand-checked r: x = 1, 2, 3, 4 and y = 1, 3, 2, 4 give r = 0.8.
+        let h: Vec<Vec<(f64, f64)>> =
+            vec![vec![(1.0, 1.0), (2.0, 3.0)], vec![(3.0, 2.0), (4.0, 4.0)]];
+        assert!((pearson_cluster_bootstrap(&h, 10, 1).r.unwrap() - 0.8).abs() < 1e-12);
     }
 }

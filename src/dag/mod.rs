@@ -179,8 +179,22 @@ pub trait StageDef: Send + Sync {
     ) -> Result<BTreeMap<String, String>, Box<dyn std::error::Error + Send + Sync>>;
 }
 
+/// A composite's expansion: ordinary declarations, each a name and its `[stages.<name>]` table
+/// (with its own `stage` and `inputs`), or why the composite's table is wrong.
+pub type Expansion = Result<Vec<(String, toml::Table)>, String>;
+
 /// Where the DAG finds stage types by name.
 pub trait Registry {
     fn get(&self, name: &str) -> Option<&dyn StageDef>;
     fn names(&self) -> Vec<&'static str>;
+    /// Composite stage types: a declaration `[stages.<name>]` of such a type stands for several
+    /// ordinary declarations, which it expands into before the graph is built. `None` for an
+    /// ordinary type. The DAG knows nothing of what a composite means.
+    fn expand(&self, _kind: &str, _name: &str, _table: &toml::Table) -> Option<Expansion> {
+        None
+    }
+    /// The composite types' names (for messages).
+    fn composites(&self) -> Vec<&'static str> {
+        Vec::new()
+    }
 }

@@ -14,7 +14,9 @@
 //! sweep = { lambda = [0.3, 0.7] }     # one instance per value (cartesian over keys)
 //! ```
 //! Stages downstream of a swept stage are expanded once per upstream instance, so a sweep
-//! propagates through the rest of the graph without copy-pasting stages.
+//! propagates through the rest of the graph without copy-pasting stages. A declaration of a
+//! composite type (see [`Registry::expand`]) is first replaced by the ordinary declarations it
+//! stands for.
 
 use super::{DagError, Registry};
 use std::collections::{BTreeMap, BTreeSet};
@@ -119,12 +121,41 @@ pub fn parse_str(
         .get("stages")
         .and_then(|s| s.as_table())
         .ok_or_else(|| perr(origin, "no `[stages.*]` tables"))?;
-    let mut decls = Vec::new();
+    let mut decls: Vec<Decl> = Vec::new();
     for (sname, v) in stages {
         let t = v
             .as_table()
             .ok_or_else(|| perr(origin, format!("`stages.{sname}` must be a table")))?;
-        decls.push(parse_decl(origin, sname, t)?);
+        let kind = match t.get("stage").and_then(|k| k.as_str()) {
+            Some(k) => k.to_string(),
+            None => sname.replace('_', "-"),
+        };
+        match reg.expand(&kind, sname, t) {
+            None => decls.push(parse_decl(origin, sname, t)?),
+            Some(Err(msg)) => {
+                return Err(DagError::Config {
+                    stage: sname.clone(),
+                    msg,
+                });
+            }
+            Some(Ok(parts)) => {
+                for (name, table) in parts {
+                    decls.push(parse_decl(origin, &name, &table)?);
+                }
+            }
+        }
+    }
+    let mut seen = BTreeSet::new();
+    for d in &decls {
+        if !seen.insert(d.name.as_str()) {
+            return Err(perr(
+                origin,
+                format!(
+                    "two stages are named `{}` (one expanded from a composite)",
+                    d.name
+                ),
+            ));
+        }
     }
     let order = topo_order(&decls)?;
     let by_name: BTreeMap<&str, &Decl> = decls.iter().map(|d| (d.name.as_str(), d)).collect();
@@ -339,10 +370,12 @@ fn parse_decl(origin: &str, name: &str, t: &toml::Table) -> Result<Decl, DagErro
 }
 
 fn unknown_stage(d: &Decl, reg: &dyn Registry) -> DagError {
+    let mut known = reg.names();
+    known.extend(reg.composites());
     DagError::UnknownStage {
         stage: d.name.clone(),
         kind: d.stage.clone(),
-        known: reg.names().join(", "),
+        known: known.join(", "),
     }
 }
 

@@ -130,6 +130,16 @@ pub struct RolloutRow {
     pub truncated: bool,
 }
 
+/// The tokens a rollout's generation follows: the prompt, then, when the perception is forced,
+/// `<perception>p</perception><reasoning>`.
+pub fn prefix(tok: &Tokenizer, prompt: &[u32], forced_perception: Option<&str>) -> Vec<u32> {
+    let mut prefix = prompt.to_vec();
+    if let Some(p) = forced_perception {
+        prefix.extend(tok.encode(&format!("{P_OPEN}{p}{P_CLOSE}{R_OPEN}")));
+    }
+    prefix
+}
+
 /// Samples `spec.samples` outputs for every example. `perceptions` overrides the forced
 /// perception per (item, sample) in text-only mode.
 #[allow(clippy::too_many_arguments)]
@@ -186,10 +196,7 @@ pub fn run_rollouts<B: Backend>(
                     e.image.len()
                 );
             }
-            let mut prefix = e.prompt.clone();
-            if let Some(p) = &forced_p {
-                prefix.extend(tok.encode(&format!("{P_OPEN}{p}{P_CLOSE}{R_OPEN}")));
-            }
+            let prefix = prefix(tok, &e.prompt, forced_p.as_deref());
             let next = prompts.len();
             let k = *prompt_of.entry((i, prefix.clone())).or_insert(next);
             if k == next {

@@ -1,8 +1,9 @@
 //! Readers of artifact kinds that several stages consume (stages never import each other).
 
 use super::{StageError, ensure};
-use crate::eval::rollout::RolloutRow;
+use crate::eval::rollout::{Mode, RolloutRow};
 use crate::render::digits::DigitBank;
+use crate::rl::reward::RewardRow;
 use crate::table::{self, Table};
 
 /// Reads a rollouts artifact back.
@@ -80,4 +81,61 @@ pub fn load_bank(t: &table::Table) -> Result<(DigitBank, String), StageError> {
         String::new()
     };
     Ok((bank, label))
+}
+
+/// The sampling mode and temperature of a rollouts artifact (one of each per artifact).
+pub fn read_sampling(t: &Table) -> Result<Option<(Mode, f32)>, StageError> {
+    let modes = t.required_strings("mode")?;
+    let temps = t.f32("temperature")?;
+    let mut out: Option<(Mode, f32)> = None;
+    for (i, m) in modes.iter().enumerate() {
+        let mode = [Mode::Standard, Mode::Counterfactual, Mode::TextOnly]
+            .into_iter()
+            .find(|x| x.name() == m)
+            .ok_or_else(|| StageError::Invalid(format!("rollouts row {i}: unknown mode `{m}`")))?;
+        let temp = temps.value(i);
+        match out {
+            None => out = Some((mode, temp)),
+            Some(o) => ensure!(
+                o == (mode, temp),
+                "rollouts mix modes or temperatures: {} at {} and {m} at {temp} (row {i})",
+                o.0.name(),
+                o.1
+            ),
+        }
+    }
+    Ok(out)
+}
+
+/// Reads a `rewards` artifact back.
+pub fn read_rewards(t: &crate::table::Table) -> Result<Vec<RewardRow>, StageError> {
+    let ids = t.required_strings("id")?;
+    let samples = t.i32("sample")?;
+    let tasks = t.required_strings("task")?;
+    let (a, a_p, a_tr) = (t.bool("a")?, t.bool("a_p")?, t.bool("a_tilde_r")?);
+    let (first, mean) = (t.f64("self_first")?, t.f64("self_mean")?);
+    let n = t.i32("self_samples")?;
+    let teacher = t.f64("teacher")?;
+    let reward = t.f64("reward")?;
+    use arrow::array::Array;
+    let opt = |c: &arrow::array::Float64Array, i: usize| (!c.is_null(i)).then(|| c.value(i));
+    (0..t.rows())
+        .map(|i| {
+            Ok(RewardRow {
+                id: ids[i].clone(),
+                sample: usize::try_from(samples.value(i)).map_err(|_| {
+                    StageError::Invalid(format!("rewards row {i}: negative sample"))
+                })?,
+                task: tasks[i].clone(),
+                a: a.value(i),
+                a_p: a_p.value(i),
+                a_tilde_r: a_tr.value(i),
+                self_first: opt(first, i),
+                self_mean: opt(mean, i),
+                self_n: n.value(i).max(0) as usize,
+                teacher: opt(teacher, i),
+                reward: reward.value(i),
+            })
+        })
+        .collect()
 }

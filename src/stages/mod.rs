@@ -3,12 +3,16 @@
 //! it reads and outputs it writes, and a `run` from input artifacts to output artifacts.
 
 pub mod artifacts;
+pub mod correlate;
 pub mod digits;
 pub mod distill_format;
 pub mod evaluate;
+pub mod grpo_loop;
+pub mod grpo_update;
 pub mod import_reasoning;
 pub mod model_io;
 pub mod render;
+pub mod reward_score;
 pub mod rollout;
 pub mod sft_train;
 pub mod synthesize;
@@ -37,6 +41,8 @@ pub enum StageError {
     Eval(#[from] crate::eval::EvalError),
     #[error(transparent)]
     Train(#[from] crate::train::sft::TrainError),
+    #[error(transparent)]
+    Rl(#[from] crate::rl::RlError),
     #[error("{0}")]
     Invalid(String),
     #[error("i/o error at {path}: {source}")]
@@ -265,6 +271,9 @@ impl Default for StageRegistry {
                 b::<sft_train::SftTrain>(),
                 b::<rollout::Rollout>(),
                 b::<evaluate::Evaluate>(),
+                b::<reward_score::RewardScore>(),
+                b::<grpo_update::GrpoUpdate>(),
+                b::<correlate::Correlate>(),
             ],
         }
     }
@@ -279,5 +288,11 @@ impl Registry for StageRegistry {
     }
     fn names(&self) -> Vec<&'static str> {
         self.stages.iter().map(|s| s.name()).collect()
+    }
+    fn expand(&self, kind: &str, name: &str, table: &toml::Table) -> Option<crate::dag::Expansion> {
+        (kind == grpo_loop::KIND).then(|| grpo_loop::expand(name, table))
+    }
+    fn composites(&self) -> Vec<&'static str> {
+        vec![grpo_loop::KIND]
     }
 }

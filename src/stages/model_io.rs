@@ -38,6 +38,33 @@ pub fn read_examples(
     image_size: usize,
     limit: usize,
 ) -> Result<Vec<Example>, StageError> {
+    read_examples_where(store, id, image_size, limit, &|s: &str, _: &str| {
+        split.is_none_or(|x| x == s)
+    })
+}
+
+/// The item ids of `split`, in data order.
+pub fn split_ids(store: &Store, id: &str, split: &str) -> Result<Vec<String>, StageError> {
+    let t = Table::read(store, id, "sft_targets")?;
+    let ids = t.required_strings("id")?;
+    let splits = t.required_strings("split")?;
+    Ok(ids
+        .into_iter()
+        .zip(splits)
+        .filter(|(_, s)| s == split)
+        .map(|(i, _)| i)
+        .collect())
+}
+
+/// The examples whose (split, id) `keep` accepts, at most `limit` (0 = all), in data order;
+/// only their images are decoded.
+pub fn read_examples_where(
+    store: &Store,
+    id: &str,
+    image_size: usize,
+    limit: usize,
+    keep: &dyn Fn(&str, &str) -> bool,
+) -> Result<Vec<Example>, StageError> {
     let t = Table::read(store, id, "sft_targets")?;
     let ids = t.required_strings("id")?;
     let splits = t.required_strings("split")?;
@@ -51,7 +78,7 @@ pub fn read_examples(
     let ends = t.int_lists("span_ends")?;
     let mut out = Vec::new();
     for i in 0..t.rows() {
-        if split.is_some_and(|s| s != splits[i]) {
+        if !keep(&splits[i], &ids[i]) {
             continue;
         }
         if limit > 0 && out.len() >= limit {

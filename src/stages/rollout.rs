@@ -2,7 +2,9 @@
 //! modes and keyed sampling) and store them with their token ids and log-probabilities.
 
 use super::artifacts::read_rollouts;
-use super::model_io::{read_checkpoint, read_examples, read_tokenizer};
+use super::model_io::{
+    read_checkpoint, read_examples, read_examples_where, read_tokenizer, split_ids,
+};
 use super::{
     Outputs, Stage, StageError, Written, ensure, input, input_id, optional, output, outputs,
     read_optional, write_table,
@@ -11,14 +13,16 @@ use crate::dag::{InputSpec, OutputSpec, RunCtx};
 use crate::eval::rollout::{Mode, RolloutRow, RolloutSpec, run_rollouts};
 use crate::model::DeviceSpec;
 use crate::model::checkpoint::model_from_bytes;
+use crate::rl::select::step_items;
 use crate::table::cols;
 use serde::{Deserialize, Serialize};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 /// Writes rollouts as a `rollouts` artifact.
 pub fn write_rollouts(
     ctx: &RunCtx,
     mode: Mode,
+    temperature: f32,
     rows: &[RolloutRow],
 ) -> Result<Written, StageError> {
     let strs = |f: &dyn Fn(&RolloutRow) -> Option<String>| rows.iter().map(f).collect::<Vec<_>>();
@@ -33,6 +37,7 @@ pub fn write_rollouts(
             ),
             ("sample", cols::i32(ints(&|r| r.sample))),
             ("mode", cols::utf8(&vec![mode.name(); rows.len()])),
+            ("temperature", cols::f32(vec![temperature; rows.len()])),
             (
                 "task",
                 cols::utf8(&rows.iter().map(|r| &r.task).collect::<Vec<_>>()),
@@ -88,6 +93,12 @@ pub struct RolloutConfig {
     pub split: String,
     /// At most this many items (0 = all).
     pub limit: usize,
+    /// RL: sample this many items of the split, a keyed subset per `step` that covers the
+    /// split once per epoch (0 = every item, or `limit`).
+    pub prompts_per_step: usize,
+    /// RL: the step this rollout belongs to; picks the step's items and keys its sampling, so
+    /// that an item drawn at two steps is not sampled with the same random stream.
+    pub step: Option<usize>,
     #[serde(flatten)]
     pub spec: RolloutSpec,
 }
@@ -97,9 +108,20 @@ impl Default for RolloutConfig {
         RolloutConfig {
             split: "test".into(),
             limit: 0,
+            prompts_per_step: 0,
+            step: None,
             spec: RolloutSpec::default(),
         }
     }
+}
+
+/// The sampling seed of RL step `step`.
+fn step_seed(seed: u64, step: usize) -> u64 {
+    let mut h = blake3::Hasher::new();
+    h.update(b"asymm-rollout-step");
+    h.update(&seed.to_le_bytes());
+    h.update(&(step as u64).to_le_bytes());
+    u64::from_le_bytes(h.finalize().as_bytes()[..8].try_into().unwrap_or([0; 8]))
 }
 
 pub struct Rollout;
@@ -111,7 +133,7 @@ const MAIN: OutputSpec = output("main", "rollouts");
 
 impl Stage for Rollout {
     const NAME: &'static str = "rollout";
-    const VERSION: u32 = 4;
+    const VERSION: u32 = 5;
     const USES_DEVICE: bool = true;
     type Config = RolloutConfig;
 
@@ -131,14 +153,42 @@ impl Stage for Rollout {
             input_id(ctx, &CHECKPOINT)?.as_str(),
             Some(&data_tok),
         )?;
-        let examples = read_examples(
-            ctx.store,
-            data_id,
-            Some(&cfg.split),
-            mcfg.image_size,
-            cfg.limit,
-        )?;
+        ensure!(
+            cfg.limit == 0 || cfg.prompts_per_step == 0,
+            "set either `limit` or `prompts_per_step`, not both"
+        );
+        let examples = if cfg.prompts_per_step > 0 {
+            let ids = split_ids(ctx.store, data_id, &cfg.split)?;
+            let chosen: HashSet<&str> = step_items(
+                ids.len(),
+                cfg.prompts_per_step,
+                cfg.step.unwrap_or(0),
+                ctx.seed,
+            )
+            .into_iter()
+            .map(|i| ids[i].as_str())
+            .collect();
+            read_examples_where(
+                ctx.store,
+                data_id,
+                mcfg.image_size,
+                0,
+                &|s: &str, id: &str| s == cfg.split && chosen.contains(id),
+            )?
+        } else {
+            read_examples(
+                ctx.store,
+                data_id,
+                Some(&cfg.split),
+                mcfg.image_size,
+                cfg.limit,
+            )?
+        };
         ensure!(!examples.is_empty(), "no items in split `{}`", cfg.split);
+        let seed = match cfg.step {
+            Some(k) => step_seed(ctx.seed, k),
+            None => ctx.seed,
+        };
         let perceptions = match read_optional(ctx, &PERCEPTIONS)? {
             Some(t) => {
                 let rows = read_rollouts(&t)?;
@@ -160,13 +210,18 @@ impl Stage for Rollout {
                 &examples,
                 perceptions.as_ref(),
                 &cfg.spec,
-                ctx.seed,
+                seed,
                 &dev,
                 |n| bar.inc(n as u64),
             )
             .map_err(StageError::from)
         })?;
         bar.finish_and_clear();
-        Ok(outputs([write_rollouts(ctx, cfg.spec.mode, &rows)?]))
+        Ok(outputs([write_rollouts(
+            ctx,
+            cfg.spec.mode,
+            cfg.spec.sampling.temperature,
+            &rows,
+        )?]))
     }
 }

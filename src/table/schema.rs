@@ -29,6 +29,12 @@ const SCHEMA_FILES: &[(&str, &str)] = &[
         "eval_summary",
         include_str!("../../schemas/eval_summary.json"),
     ),
+    ("rewards", include_str!("../../schemas/rewards.json")),
+    ("rl_log", include_str!("../../schemas/rl_log.json")),
+    (
+        "correlations",
+        include_str!("../../schemas/correlations.json"),
+    ),
 ];
 
 /// A column type as written in schema files.

@@ -9,3 +9,4 @@ mod fidelity;
 mod json;
 mod model;
 mod render;
+mod rl;

@@ -1,0 +1,56 @@
+//! Reinforcement learning on the VLM (GRPO), as libraries the stages adapt:
+//!
+//! - [`advantage`]: group-normalized advantages and the per-token advantage rescaling of the
+//!   paper's appendix B.3 (token reweighting between perception and reasoning);
+//! - [`grpo`]: per-token log-probabilities of sampled sequences by teacher forcing, and the
+//!   PPO-clipped objective (token mean per sequence, mean over sequences), KL to a reference
+//!   (k3) and GSPO's sequence ratio;
+//! - [`update`]: one policy update (epochs of mini-batches) on the shared trainer;
+//! - [`reward`]: the outcome reward, ground-truth and surrogate perception rewards (self,
+//!   teacher) and their composition;
+//! - [`select`]: the keyed subset of items an RL step samples.
+
+pub mod advantage;
+pub mod grpo;
+pub mod reward;
+pub mod select;
+pub mod update;
+
+/// Errors of the RL libraries.
+#[derive(Debug, thiserror::Error)]
+pub enum RlError {
+    #[error(transparent)]
+    Model(#[from] crate::model::ModelError),
+    #[error(transparent)]
+    Eval(#[from] crate::eval::EvalError),
+    #[error(transparent)]
+    Trainer(#[from] crate::train::trainer::TrainerError),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+pub type Result<T> = std::result::Result<T, RlError>;
+
+#[cfg(test)]
+mod tests {
+    use crate::model::VlmConfig;
+
+    /// A model small enough for exact checks on the CPU.
+    pub(crate) fn small_config() -> VlmConfig {
+        VlmConfig {
+            image_size: 32,
+            patch_size: 8,
+            vit_dim: 32,
+            vit_layers: 1,
+            vit_heads: 2,
+            conv_stem: 4,
+            d_model: 32,
+            layers: 2,
+            heads: 4,
+            mlp_ratio: 2,
+            vocab_size: 40,
+            max_seq_len: 128,
+            rope_theta: 10000.0,
+        }
+    }
+}

@@ -1,0 +1,399 @@
+//! One GRPO policy update from a step's sequences on the shared [`crate::train::trainer`]
+//! (AdamW, global-norm clipping): `ppo_epochs` passes over the sequences in keyed-shuffled
+//! mini-batches of `mini_batch` sequences, one optimizer step per mini-batch (gradients
+//! accumulated over micro-batches of `micro_batch`), so that after the first mini-batch the
+//! policy has moved and the ratio is no longer identically 1.
+
+use super::grpo::{ForcedBatch, LossSettings, Sequence, clipped_objective, token_logprobs};
+use super::{Result, RlError};
+use crate::model::checkpoint::model_from_bytes;
+use crate::model::{Vlm, VlmConfig, host_f32};
+use crate::train::grads::combine;
+use crate::train::trainer::{OptimSettings, Trainer};
+use crate::util::rng::keyed;
+use burn::optim::GradientsParams;
+use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::{Tensor, TensorData};
+use rand::seq::SliceRandom;
+use serde::{Deserialize, Serialize};
+
+/// Everything one update needs besides the model and the data.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct UpdateSettings {
+    pub loss: LossSettings,
+    /// Passes over the step's sequences.
+    pub ppo_epochs: usize,
+    /// Sequences per optimizer step.
+    pub mini_batch: usize,
+    /// Sequences per forward/backward pass (gradients accumulated up to `mini_batch`).
+    pub micro_batch: usize,
+    pub lr: f64,
+    pub weight_decay: f64,
+    /// Global gradient-norm clip (0 = off).
+    pub grad_clip: f64,
+    pub seed: u64,
+    /// Refuse to update when the mean |log π_θ − log π_old| over the first mini-batch, taken
+    /// before any step (so θ = θ_old), exceeds this: the rollouts were not sampled from this
+    /// checkpoint at this temperature (0 = no check).
+    pub max_logprob_gap: f64,
+}
+
+/// What one mini-batch (one optimizer step) did.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MinibatchRow {
+    pub epoch: usize,
+    pub minibatch: usize,
+    pub sequences: usize,
+    pub tokens: usize,
+    /// The objective's value (pg + β·KL, aggregated as trained).
+    pub loss: f64,
+    /// The clipped policy-gradient term alone.
+    pub pg_loss: f64,
+    /// The k3 KL to the reference, aggregated as the loss (when a reference is given).
+    pub kl: Option<f64>,
+    /// Share of generated tokens whose clipped branch was taken.
+    pub clip_frac: f64,
+    /// Mean importance ratio over generated tokens.
+    pub ratio_mean: f64,
+    /// Mean per-token entropy of the policy at the sampling temperature.
+    pub entropy: f64,
+    /// Mean |log π_θ − log π_old| per token: before any step on the first mini-batch (a
+    /// fidelity check of the stored log-probabilities), the policy's drift afterwards.
+    pub logprob_gap: f64,
+    pub grad_norm: f64,
+    pub lr: f64,
+    pub mean_reward: f64,
+    /// Mean generated tokens per sequence.
+    pub response_len: f64,
+    /// Perception tokens / generated tokens.
+    pub perception_share: f64,
+}
+
+/// The result of an update.
+pub struct UpdateOutput {
+    pub weights: Vec<u8>,
+    pub log: Vec<MinibatchRow>,
+}
+
+fn check(settings: &UpdateSettings, seqs: &[Sequence]) -> Result<()> {
+    settings.loss.check()?;
+    if seqs.is_empty() {
+        return Err(RlError::Invalid("no sequences to update on".into()));
+    }
+    if settings.ppo_epochs == 0 || settings.mini_batch == 0 || settings.micro_batch == 0 {
+        return Err(RlError::Invalid(
+            "ppo_epochs, mini_batch and micro_batch must be at least 1".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// The mini-batches of one epoch: a keyed permutation of the sequences, cut into runs of
+/// `mini_batch` (the last one may be shorter).
+pub fn minibatches(n: usize, mini_batch: usize, seed: u64, epoch: usize) -> Vec<Vec<usize>> {
+    let mut perm: Vec<usize> = (0..n).collect();
+    perm.shuffle(&mut keyed(seed, "grpo/minibatch", epoch as u64, 0));
+    perm.chunks(mini_batch.max(1))
+        .map(<[usize]>::to_vec)
+        .collect()
+}
+
+#[derive(Default)]
+struct Acc {
+    loss: f64,
+    pg: f64,
+    kl: Option<f64>,
+    clipped: f64,
+    ratio: f64,
+    entropy: f64,
+    gap: f64,
+    tokens: usize,
+}
+
+/// Runs one update of the policy `init` (weights in the checkpoint format) on `seqs`, with an
+/// optional frozen `reference`: its KL is logged whenever it is given, and added to the loss
+/// with weight `kl_coef` (which needs one).
+#[allow(clippy::too_many_arguments)]
+pub fn update<B: AutodiffBackend>(
+    settings: &UpdateSettings,
+    cfg: &VlmConfig,
+    init: &[u8],
+    reference: Option<&[u8]>,
+    seqs: &[Sequence],
+    pad: u32,
+    device: &B::Device,
+    mut progress: impl FnMut(&MinibatchRow),
+) -> Result<UpdateOutput> {
+    check(settings, seqs)?;
+    let per_epoch = seqs.len().div_ceil(settings.mini_batch);
+    let optim = OptimSettings {
+        steps: settings.ppo_epochs * per_epoch,
+        lr: settings.lr,
+        min_lr: settings.lr,
+        warmup_ratio: 0.0,
+        weight_decay: settings.weight_decay,
+        grad_clip: settings.grad_clip,
+    };
+    let mut trainer = Trainer::<B>::new(cfg, Some(init), &optim, settings.seed, device)?;
+    let reference = match reference {
+        Some(bytes) => Some(model_from_bytes::<B::InnerBackend>(cfg, bytes, device)?),
+        None if settings.loss.kl_coef > 0.0 => {
+            return Err(RlError::Invalid(format!(
+                "kl_coef is {} but no reference model is given",
+                settings.loss.kl_coef
+            )));
+        }
+        None => None,
+    };
+    let mut log = Vec::new();
+    let mut step = 0;
+    for epoch in 0..settings.ppo_epochs {
+        for (mb, idx) in minibatches(seqs.len(), settings.mini_batch, settings.seed, epoch)
+            .into_iter()
+            .enumerate()
+        {
+            let mut grads: Option<GradientsParams> = None;
+            let mut acc = Acc::default();
+            for micro in idx.chunks(settings.micro_batch) {
+                let part: Vec<&Sequence> = micro.iter().map(|&i| &seqs[i]).collect();
+                let g = micro_step(
+                    &trainer.model,
+                    reference.as_ref(),
+                    &part,
+                    idx.len(),
+                    cfg.image_size,
+                    pad,
+                    &settings.loss,
+                    device,
+                    &mut acc,
+                )?;
+                grads = Some(match grads {
+                    Some(a) => combine::<B, _>(&trainer.model, a, 1.0, g, 1.0),
+                    None => g,
+                });
+            }
+            let tokens = acc.tokens.max(1) as f64;
+            let gap = acc.gap / tokens;
+            if step == 0 && settings.max_logprob_gap > 0.0 && gap > settings.max_logprob_gap {
+                return Err(RlError::Invalid(format!(
+                    "before any update the policy's log-probabilities differ from the rollouts' \
+                     by {gap:.4} per token on average (limit {}): the rollouts were not sampled \
+                     from this checkpoint, or not at temperature {}",
+                    settings.max_logprob_gap, settings.loss.temperature
+                )));
+            }
+            let Some(grads) = grads else {
+                return Err(RlError::Invalid("an empty mini-batch".into()));
+            };
+            let stats = trainer.step(step, grads)?;
+            let chosen: Vec<&Sequence> = idx.iter().map(|&i| &seqs[i]).collect();
+            let generated: usize = chosen.iter().map(|s| s.tokens.len()).sum();
+            let perception: usize = chosen
+                .iter()
+                .map(|s| s.perception_tokens.min(s.tokens.len()))
+                .sum();
+            let row = MinibatchRow {
+                epoch,
+                minibatch: mb,
+                sequences: idx.len(),
+                tokens: acc.tokens,
+                loss: acc.loss,
+                pg_loss: acc.pg,
+                kl: acc.kl,
+                clip_frac: acc.clipped / tokens,
+                ratio_mean: acc.ratio / tokens,
+                entropy: acc.entropy / tokens,
+                logprob_gap: gap,
+                grad_norm: stats.grad_norm,
+                lr: stats.lr,
+                mean_reward: chosen.iter().map(|s| s.reward).sum::<f64>() / idx.len() as f64,
+                response_len: generated as f64 / idx.len() as f64,
+                perception_share: perception as f64 / generated.max(1) as f64,
+            };
+            progress(&row);
+            log.push(row);
+            step += 1;
+        }
+    }
+    Ok(UpdateOutput {
+        weights: trainer.weights()?,
+        log,
+    })
+}
+
+/// Forward and backward passes of one micro-batch of a mini-batch of `of` sequences.
+#[allow(clippy::too_many_arguments)]
+fn micro_step<B: AutodiffBackend>(
+    model: &Vlm<B>,
+    reference: Option<&Vlm<B::InnerBackend>>,
+    part: &[&Sequence],
+    of: usize,
+    image_size: usize,
+    pad: u32,
+    loss: &LossSettings,
+    device: &B::Device,
+    acc: &mut Acc,
+) -> Result<GradientsParams> {
+    let batch = ForcedBatch::<B>::new(part, image_size, pad, device)?;
+    let (logp, entropy) = token_logprobs(model, &batch, loss.temperature);
+    let ref_logp = match reference {
+        Some(r) => {
+            let inner = ForcedBatch::<B::InnerBackend>::new(part, image_size, pad, device)?;
+            Some(Tensor::<B, 2>::from_inner(
+                token_logprobs(r, &inner, loss.temperature).0,
+            ))
+        }
+        None => None,
+    };
+    let of = of as f32;
+    let mask = batch.tensor(|_, _| 1.0, device);
+    let weight = batch.tensor(|i, _| 1.0 / (part[i].tokens.len() as f32 * of), device);
+    let inv_len = Tensor::<B, 2>::from_data(
+        TensorData::new(
+            part.iter()
+                .map(|s| 1.0 / s.tokens.len() as f32)
+                .collect::<Vec<_>>(),
+            [part.len(), 1],
+        ),
+        device,
+    );
+    let old = batch.tensor(|i, j| part[i].old_logprobs[j], device);
+    let gap = ((logp.clone().detach() - old.clone()).abs() * mask.clone()).sum();
+    let o = clipped_objective(
+        logp,
+        old,
+        batch.tensor(|i, j| part[i].advantages[j], device),
+        mask.clone(),
+        weight.clone(),
+        inv_len,
+        ref_logp,
+        loss,
+    );
+    // One host read for every statistic.
+    let scalars: Vec<Tensor<B, 1>> = vec![
+        o.loss.clone().detach(),
+        (o.pg.detach() * weight.clone()).sum(),
+        o.kl.clone()
+            .map(|k| (k.detach() * weight.clone()).sum())
+            .unwrap_or_else(|| Tensor::zeros([1], device)),
+        (o.clipped * mask.clone()).sum(),
+        (o.ratio * mask.clone()).sum(),
+        (entropy * mask).sum(),
+        gap,
+    ];
+    let host = host_f32(Tensor::cat(scalars, 0))?;
+    let v = |k: usize| host.get(k).copied().unwrap_or(f32::NAN) as f64;
+    acc.loss += v(0);
+    acc.pg += v(1);
+    if o.kl.is_some() {
+        acc.kl = Some(acc.kl.unwrap_or(0.0) + v(2));
+    }
+    acc.clipped += v(3);
+    acc.ratio += v(4);
+    acc.entropy += v(5);
+    acc.gap += v(6);
+    acc.tokens += part.iter().map(|s| s.tokens.len()).sum::<usize>();
+    Ok(GradientsParams::from_grads(o.loss.backward(), model))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::checkpoint::weights_to_bytes;
+    use crate::model::{Cpu, Vlm};
+    use crate::rl::tests::small_config;
+    use burn::backend::Autodiff;
+    use burn::tensor::backend::Backend;
+    use std::sync::Arc;
+
+    type B = Autodiff<Cpu>;
+
+    #[test]
+    fn minibatches_cover_each_sequence_once_per_epoch() {
+        for epoch in 0..3 {
+            let mb = minibatches(10, 4, 7, epoch);
+            assert_eq!(mb.iter().map(Vec::len).collect::<Vec<_>>(), [4, 4, 2]);
+            let mut all: Vec<usize> = mb.into_iter().flatten().collect();
+            all.sort();
+            assert_eq!(all, (0..10).collect::<Vec<_>>());
+        }
+        assert_ne!(minibatches(10, 4, 7, 0), minibatches(10, 4, 7, 1));
+        assert_eq!(minibatches(10, 4, 7, 1), minibatches(10, 4, 7, 1));
+    }
+
+    /// Two sequences of one item, one rewarded and one not: the update makes the rewarded one
+    /// likelier and the other less likely; the first mini-batch is on-policy (ratio 1, gap ~0),
+    /// later ones are not.
+    #[test]
+    fn an_update_moves_probability_toward_positive_advantage() {
+        let cfg = small_config();
+        let dev = Default::default();
+        Cpu::seed(&dev, 2);
+        let model = Vlm::<Cpu>::new(&cfg, &dev);
+        let init = weights_to_bytes(&model).unwrap();
+        let image: Arc<[f32]> = vec![0.5f32; 32 * 32].into();
+        let temperature = 1.0;
+        let make = |tokens: Vec<u32>, adv: f32, m: &Vlm<Cpu>| {
+            let s = Sequence {
+                image: image.clone(),
+                prefix: vec![1, 2],
+                old_logprobs: vec![0.0; tokens.len()],
+                perception_tokens: 1,
+                advantages: vec![adv; tokens.len()],
+                tokens,
+                reward: f64::from(adv > 0.0),
+            };
+            let b = ForcedBatch::<Cpu>::new(&[&s], 32, 0, &dev).unwrap();
+            let lp = b.gather_host(&host_f32(token_logprobs(m, &b, temperature).0).unwrap());
+            Sequence {
+                old_logprobs: lp[0].clone(),
+                ..s
+            }
+        };
+        let good = make(vec![5, 6, 7, 39], 1.0, &model);
+        let bad = make(vec![8, 9, 39], -1.0, &model);
+        let settings = UpdateSettings {
+            loss: LossSettings {
+                clip_low: 0.2,
+                clip_high: 0.2,
+                kl_coef: 0.0,
+                gspo: false,
+                temperature,
+            },
+            ppo_epochs: 4,
+            mini_batch: 2,
+            micro_batch: 1,
+            lr: 3e-3,
+            weight_decay: 0.0,
+            grad_clip: 1.0,
+            seed: 1,
+            max_logprob_gap: 1e-3,
+        };
+        let seqs = vec![good.clone(), bad.clone()];
+        let out = update::<B>(&settings, &cfg, &init, None, &seqs, 0, &dev, |_| {}).unwrap();
+        assert_eq!(out.log.len(), 4);
+        let first = &out.log[0];
+        assert!(first.logprob_gap < 1e-4, "{first:?}");
+        assert!((first.ratio_mean - 1.0).abs() < 1e-4, "{first:?}");
+        assert!((first.loss - 0.0).abs() < 1e-5, "−mean Â = 0: {first:?}");
+        assert!(out.log[3].logprob_gap > 1e-3, "{:?}", out.log[3]);
+        let after =
+            crate::model::checkpoint::model_from_bytes::<Cpu>(&cfg, &out.weights, &dev).unwrap();
+        let total = |s: &Sequence, m: &Vlm<Cpu>| -> f32 {
+            let b = ForcedBatch::<Cpu>::new(&[s], 32, 0, &dev).unwrap();
+            b.gather_host(&host_f32(token_logprobs(m, &b, temperature).0).unwrap())[0]
+                .iter()
+                .sum()
+        };
+        assert!(total(&good, &after) > total(&good, &model) + 0.1);
+        assert!(total(&bad, &after) < total(&bad, &model) - 0.1);
+
+        // Rollouts from another policy are refused before any step.
+        let other = make(vec![5, 6, 7, 39], 1.0, &Vlm::<Cpu>::new(&cfg, &dev));
+        let err = update::<B>(&settings, &cfg, &init, None, &[other, bad], 0, &dev, |_| {})
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(err.contains("not sampled from this checkpoint"), "{err}");
+    }
+}

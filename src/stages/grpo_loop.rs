@@ -1,0 +1,260 @@
+//! The RL loop as a composite stage type: a declaration
+//!
+//! ```toml
+//! [stages.rl]
+//! stage = "grpo"
+//! inputs = { checkpoint = "sft", data = "distill_format", reference = "sft" }  # + teacher
+//! steps = 3
+//! rollout = { prompts_per_step = 8, samples = 4 }   # each step's rollout (split "rl", G = 4 by default)
+//! reward = { alpha = 0.5, perception = "ground_truth" }
+//! update = { lr = 1e-4, kl_coef = 0.01 }
+//! ```
+//!
+//! expands into per-step instances `rl_k_rollout` → `rl_k_reward` → `rl_k_update` (k from 0),
+//! each step sampling from the previous step's checkpoint; the last update is named `rl` itself,
+//! so `inputs = { checkpoint = "rl" }` downstream reads the final policy. Each instance is an
+//! ordinary stage, so the runner's cache resumes a killed loop at its first incomplete step,
+//! rerunning an unchanged loop is a no-op, and lengthening it keeps the steps already done.
+//! `reference` feeds every update's KL term, `teacher` every reward's teacher; the reward's
+//! self-reward reads the step's own policy.
+
+use crate::dag::Expansion;
+
+/// The composite's type name.
+pub const KIND: &str = "grpo";
+
+const INPUTS: &[(&str, bool)] = &[
+    ("checkpoint", true),
+    ("data", true),
+    ("reference", false),
+    ("teacher", false),
+];
+
+fn sub_table(t: &toml::Table, key: &str) -> Result<toml::Table, String> {
+    match t.get(key) {
+        None => Ok(toml::Table::new()),
+        Some(toml::Value::Table(x)) => {
+            for reserved in ["stage", "inputs", "step", "sweep", "seed"] {
+                if x.contains_key(reserved) {
+                    return Err(format!(
+                        "`{key}.{reserved}` is set by the loop (or belongs on the loop's table)"
+                    ));
+                }
+            }
+            Ok(x.clone())
+        }
+        Some(_) => Err(format!("`{key}` must be a table of that stage's settings")),
+    }
+}
+
+fn stage_table(
+    kind: &str,
+    inputs: &[(&str, String)],
+    mut table: toml::Table,
+    seed: Option<&toml::Value>,
+) -> toml::Table {
+    table.insert("stage".into(), toml::Value::String(kind.into()));
+    let mut it = toml::Table::new();
+    for (k, v) in inputs {
+        it.insert((*k).into(), toml::Value::String(v.clone()));
+    }
+    table.insert("inputs".into(), toml::Value::Table(it));
+    if let Some(s) = seed {
+        table.insert("seed".into(), s.clone());
+    }
+    table
+}
+
+/// The declarations a `grpo` loop named `name` stands for.
+pub fn expand(name: &str, t: &toml::Table) -> Expansion {
+    for k in t.keys() {
+        if ![
+            "stage", "inputs", "seed", "steps", "rollout", "reward", "update",
+        ]
+        .contains(&k.as_str())
+        {
+            return Err(format!(
+                "unknown key `{k}` of a `{KIND}` loop (steps, rollout, reward, update, inputs, \
+                 seed{})",
+                if k == "sweep" {
+                    "; sweep an upstream stage instead"
+                } else {
+                    ""
+                }
+            ));
+        }
+    }
+    let steps = t
+        .get("steps")
+        .and_then(|v| v.as_integer())
+        .and_then(|v| usize::try_from(v).ok())
+        .filter(|&v| v > 0)
+        .ok_or("`steps` must be a positive integer")?;
+    let given = t
+        .get("inputs")
+        .and_then(|v| v.as_table())
+        .ok_or("`inputs` must name at least `checkpoint` and `data`")?;
+    let mut inputs: Vec<(&str, String)> = Vec::new();
+    for (k, v) in given {
+        if !INPUTS.iter().any(|(n, _)| n == k) {
+            return Err(format!(
+                "unknown input `{k}` of a `{KIND}` loop (checkpoint, data, reference, teacher)"
+            ));
+        }
+        let v = v
+            .as_str()
+            .ok_or_else(|| format!("`inputs.{k}` must be a stage name"))?;
+        let k = INPUTS.iter().find(|(n, _)| n == k).map_or("", |(n, _)| *n);
+        inputs.push((k, v.to_string()));
+    }
+    for (n, required) in INPUTS {
+        if *required && !inputs.iter().any(|(k, _)| k == n) {
+            return Err(format!("a `{KIND}` loop needs input `{n}`"));
+        }
+    }
+    let input = |n: &str| inputs.iter().find(|(k, _)| *k == n).map(|(_, v)| v.clone());
+    let data = input("data").unwrap_or_default();
+    let seed = t.get("seed");
+    let mut rollout = sub_table(t, "rollout")?;
+    rollout
+        .entry("split")
+        .or_insert_with(|| toml::Value::String("rl".into()));
+    rollout.entry("samples").or_insert(toml::Value::Integer(4));
+    let reward = sub_table(t, "reward")?;
+    let update = sub_table(t, "update")?;
+
+    let mut out = Vec::with_capacity(3 * steps);
+    let mut policy = input("checkpoint").unwrap_or_default();
+    for k in 0..steps {
+        let (r, w) = (format!("{name}_{k}_rollout"), format!("{name}_{k}_reward"));
+        let u = if k + 1 == steps {
+            name.to_string()
+        } else {
+            format!("{name}_{k}_update")
+        };
+        let with_step = |mut t: toml::Table| {
+            t.insert("step".into(), toml::Value::Integer(k as i64));
+            t
+        };
+        out.push((
+            r.clone(),
+            stage_table(
+                "rollout",
+                &[("checkpoint", policy.clone()), ("data", data.clone())],
+                with_step(rollout.clone()),
+                seed,
+            ),
+        ));
+        let mut reward_inputs = vec![
+            ("rollouts", r.clone()),
+            ("data", data.clone()),
+            ("checkpoint", policy.clone()),
+        ];
+        if let Some(teacher) = input("teacher") {
+            reward_inputs.push(("teacher", teacher));
+        }
+        out.push((
+            w.clone(),
+            stage_table("reward-score", &reward_inputs, reward.clone(), seed),
+        ));
+        let mut update_inputs = vec![
+            ("checkpoint", policy.clone()),
+            ("rollouts", r),
+            ("rewards", w),
+            ("data", data.clone()),
+        ];
+        if let Some(reference) = input("reference") {
+            update_inputs.push(("reference", reference));
+        }
+        out.push((
+            u.clone(),
+            stage_table(
+                "grpo-update",
+                &update_inputs,
+                with_step(update.clone()),
+                seed,
+            ),
+        ));
+        policy = u;
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> toml::Table {
+        text.parse().unwrap()
+    }
+
+    #[test]
+    fn a_loop_expands_into_chained_steps() {
+        let t = parse(
+            r#"
+stage = "grpo"
+inputs = { checkpoint = "sft", data = "fmt", reference = "sft" }
+steps = 2
+rollout = { prompts_per_step = 4 }
+update = { lr = 0.001 }
+"#,
+        );
+        let out = expand("rl", &t).unwrap();
+        let names: Vec<&str> = out.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "rl_0_rollout",
+                "rl_0_reward",
+                "rl_0_update",
+                "rl_1_rollout",
+                "rl_1_reward",
+                "rl"
+            ]
+        );
+        let get = |n: &str| &out.iter().find(|(x, _)| x == n).unwrap().1;
+        let inputs = |n: &str| get(n)["inputs"].as_table().unwrap().clone();
+        assert_eq!(inputs("rl_0_rollout")["checkpoint"].as_str(), Some("sft"));
+        assert_eq!(
+            inputs("rl_1_rollout")["checkpoint"].as_str(),
+            Some("rl_0_update")
+        );
+        assert_eq!(inputs("rl")["checkpoint"].as_str(), Some("rl_0_update"));
+        assert_eq!(inputs("rl")["rollouts"].as_str(), Some("rl_1_rollout"));
+        assert_eq!(inputs("rl")["reference"].as_str(), Some("sft"));
+        assert_eq!(
+            inputs("rl_1_reward")["checkpoint"].as_str(),
+            Some("rl_0_update")
+        );
+        assert!(!inputs("rl_1_reward").contains_key("teacher"));
+        assert_eq!(get("rl_1_rollout")["step"].as_integer(), Some(1));
+        assert_eq!(get("rl_1_rollout")["split"].as_str(), Some("rl"));
+        assert_eq!(get("rl_1_rollout")["samples"].as_integer(), Some(4));
+        assert_eq!(
+            get("rl_1_rollout")["prompts_per_step"].as_integer(),
+            Some(4)
+        );
+        assert_eq!(get("rl")["step"].as_integer(), Some(1));
+        assert_eq!(get("rl")["lr"].as_float(), Some(0.001));
+        assert_eq!(get("rl")["stage"].as_str(), Some("grpo-update"));
+    }
+
+    #[test]
+    fn mistakes_are_named() {
+        let err = |text: &str| expand("rl", &parse(text)).unwrap_err();
+        assert!(err("inputs = { checkpoint = \"a\" }\nsteps = 1").contains("needs input `data`"));
+        assert!(err("inputs = { checkpoint = \"a\", data = \"b\" }").contains("steps"));
+        assert!(
+            err("inputs = { checkpoint = \"a\", data = \"b\" }\nsteps = 1\nsweep = { x = [1] }")
+                .contains("sweep an upstream stage")
+        );
+        assert!(
+            err("inputs = { checkpoint = \"a\", data = \"b\" }\nsteps = 1\nrollout = { step = 3 }")
+                .contains("`rollout.step` is set by the loop")
+        );
+        assert!(
+            err("inputs = { checkpoint = \"a\", data = \"b\", init = \"c\" }\nsteps = 1")
+                .contains("unknown input `init`")
+        );
+    }
+}

@@ -1,0 +1,314 @@
+//! reward-score: one row per standard rollout with every reward component kept (outcome a,
+//! ground-truth a_p, ã_r, the surrogate perception rewards computed) and the final scalar reward
+//! (see [`crate::rl::reward`]).
+//!
+//! The reward is `reward = { outcome = 1.0 }` (the default: standard RL), any weighted sum of
+//! `outcome`, `ground_truth`, `self`, `teacher`, or α-augmentation
+//! `alpha = α, perception = "ground_truth" | "self" | "teacher"`:
+//! R = α·(perception reward) + (1 − α)·a. `surrogates` computes further perception rewards
+//! beside those the reward uses, for `correlate`. `self` needs the policy's `checkpoint`
+//! (the one that sampled the rollouts), `teacher` a `teacher` checkpoint.
+
+use super::artifacts::{read_rollouts, read_sampling};
+use super::model_io::{read_checkpoint, read_examples_where, read_tokenizer};
+use super::{
+    Outputs, Stage, StageError, Written, bail, ensure, input, input_id, optional, optional_id,
+    output, outputs, read_input, write_table,
+};
+use crate::dag::{InputSpec, OutputSpec, RunCtx};
+use crate::eval::rollout::{Mode, RolloutSpec};
+use crate::model::DeviceSpec;
+use crate::model::checkpoint::model_from_bytes;
+use crate::model::sampling::SamplingConfig;
+use crate::rl::reward::{
+    Component, RewardRow, RewardWeights, VlmReasoner, VlmTranscriber, reward_rows, self_rewards,
+    teacher_rewards,
+};
+use crate::table::cols;
+use crate::train::batch::Example;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RewardScoreConfig {
+    /// The reward as component weights, e.g. `{ outcome = 1.0 }` (unset: the outcome alone, or
+    /// α-augmentation when `alpha` is set).
+    pub reward: Option<BTreeMap<Component, f64>>,
+    /// α of R = α·(perception reward) + (1 − α)·a (instead of `reward`).
+    pub alpha: Option<f64>,
+    /// The perception reward of α-augmentation.
+    pub perception: Component,
+    /// Further perception rewards to compute and keep (not in the reward): `self`, `teacher`.
+    pub surrogates: Vec<Component>,
+    /// N: text-only re-rollouts per perception for the self-reward.
+    pub self_n: usize,
+    /// Sampling of the self-reward's re-rollouts (default: the evaluation sampling, T = 0.7).
+    pub self_sampling: SamplingConfig,
+    /// Token budget of a re-rollout; unset: the longest reasoning target of the data + a margin.
+    pub self_max_new_tokens: Option<usize>,
+    pub batch_size: usize,
+}
+
+impl Default for RewardScoreConfig {
+    fn default() -> Self {
+        RewardScoreConfig {
+            reward: None,
+            alpha: None,
+            perception: Component::GroundTruth,
+            surrogates: Vec::new(),
+            self_n: 4,
+            self_sampling: SamplingConfig::default(),
+            self_max_new_tokens: None,
+            batch_size: 32,
+        }
+    }
+}
+
+impl RewardScoreConfig {
+    fn weights(&self) -> Result<RewardWeights, StageError> {
+        match (&self.reward, self.alpha) {
+            (Some(_), Some(_)) => bail!("set either `reward` or `alpha`, not both"),
+            (Some(w), None) => {
+                ensure!(!w.is_empty(), "`reward` names no component");
+                ensure!(
+                    w.values().all(|v| v.is_finite()),
+                    "`reward` weights must be finite"
+                );
+                Ok(RewardWeights(w.clone()))
+            }
+            (None, Some(a)) => Ok(RewardWeights::augmented(a, self.perception)?),
+            (None, None) => Ok(RewardWeights::outcome()),
+        }
+    }
+
+    /// The surrogate perception rewards to compute: those the reward uses and the extra ones.
+    fn needed(&self, w: &RewardWeights) -> Result<BTreeSet<Component>, StageError> {
+        let mut need: BTreeSet<Component> = self.surrogates.iter().copied().collect();
+        for c in &need {
+            ensure!(
+                matches!(c, Component::SelfReward | Component::Teacher),
+                "`surrogates` lists `{}`, which is always computed; list `self` or `teacher`",
+                c.name()
+            );
+        }
+        need.extend(
+            [Component::SelfReward, Component::Teacher]
+                .into_iter()
+                .filter(|&c| w.uses(c)),
+        );
+        Ok(need)
+    }
+}
+
+pub struct RewardScore;
+
+const ROLLOUTS: InputSpec = input("rollouts", "rollouts");
+const DATA: InputSpec = input("data", "sft_targets");
+const CHECKPOINT: InputSpec = optional("checkpoint", "checkpoint");
+const TEACHER: InputSpec = optional("teacher", "checkpoint");
+const MAIN: OutputSpec = output("main", "rewards");
+
+/// Per item of the data: prompt ids, p*, and the target's longest reasoning and perception.
+struct ItemInfo {
+    prompts: HashMap<String, Vec<u32>>,
+    p_star: HashMap<String, String>,
+    /// Light examples (no image) of the items, for token budgets.
+    budget_examples: Vec<Example>,
+}
+
+fn item_info(ctx: &RunCtx, items: &HashSet<String>) -> Result<ItemInfo, StageError> {
+    let t = read_input(ctx, &DATA)?;
+    let ids = t.required_strings("id")?;
+    let percs = t.required_strings("perception")?;
+    let prompts = t.int_lists("prompt_ids")?;
+    let targets = t.int_lists("target_ids")?;
+    let names = t.str_lists("span_names")?;
+    let starts = t.int_lists("span_starts")?;
+    let ends = t.int_lists("span_ends")?;
+    let mut info = ItemInfo {
+        prompts: HashMap::new(),
+        p_star: HashMap::new(),
+        budget_examples: Vec::new(),
+    };
+    for i in 0..t.rows() {
+        if !items.contains(&ids[i]) {
+            continue;
+        }
+        let prompt = prompts[i]
+            .iter()
+            .map(|&x| u32::try_from(x))
+            .collect::<Result<Vec<u32>, _>>()
+            .map_err(|_| StageError::Invalid(format!("{}: negative token id", ids[i])))?;
+        let spans = names[i]
+            .iter()
+            .zip(&starts[i])
+            .zip(&ends[i])
+            .map(|((n, &s), &e)| (n.clone(), s.max(0) as usize, e.max(0) as usize))
+            .collect();
+        info.budget_examples.push(Example {
+            id: ids[i].clone(),
+            task: String::new(),
+            perception: percs[i].clone(),
+            image: Vec::new(),
+            prompt: Vec::new(),
+            target: vec![0; targets[i].len()],
+            spans,
+        });
+        info.prompts.insert(ids[i].clone(), prompt);
+        info.p_star.insert(ids[i].clone(), percs[i].clone());
+    }
+    Ok(info)
+}
+
+/// Tokens enough for the longest perception of the data (through `</perception>`) plus a margin.
+fn perception_budget(examples: &[Example]) -> usize {
+    let longest = examples
+        .iter()
+        .filter_map(|e| e.span("perception").map(|s| s.1))
+        .max()
+        .unwrap_or(0);
+    longest + (longest / 4).max(16)
+}
+
+impl Stage for RewardScore {
+    const NAME: &'static str = "reward-score";
+    const VERSION: u32 = 1;
+    const USES_DEVICE: bool = true;
+    type Config = RewardScoreConfig;
+
+    fn inputs() -> Vec<InputSpec> {
+        vec![ROLLOUTS, DATA, CHECKPOINT, TEACHER]
+    }
+    fn outputs() -> Vec<OutputSpec> {
+        vec![MAIN]
+    }
+
+    fn run(cfg: &RewardScoreConfig, ctx: &RunCtx) -> Result<Outputs, StageError> {
+        let weights = cfg.weights()?;
+        let need = cfg.needed(&weights)?;
+        let table = read_input(ctx, &ROLLOUTS)?;
+        if let Some((mode, _)) = read_sampling(&table)? {
+            ensure!(
+                mode == Mode::Standard,
+                "reward-score scores standard rollouts; these are {}",
+                mode.name()
+            );
+        }
+        let rows = read_rollouts(&table)?;
+        let items: HashSet<String> = rows.iter().map(|r| r.id.clone()).collect();
+        let info = item_info(ctx, &items)?;
+        let data_id = input_id(ctx, &DATA)?;
+        let data_tok = read_tokenizer(ctx.store, data_id.as_str())?;
+        let spec = DeviceSpec::parse(&ctx.device)?;
+
+        let self_scores = if need.contains(&Component::SelfReward) {
+            let Some(id) = optional_id(ctx, &CHECKPOINT) else {
+                bail!("the self-reward needs the policy: wire input `checkpoint`");
+            };
+            ensure!(cfg.self_n >= 1, "self_n must be at least 1");
+            let (mcfg, w, tok) = read_checkpoint(ctx.store, id.as_str(), Some(&data_tok))?;
+            let budget = cfg.self_max_new_tokens.unwrap_or_else(|| {
+                RolloutSpec {
+                    mode: Mode::TextOnly,
+                    ..RolloutSpec::default()
+                }
+                .token_budget(&info.budget_examples)
+            });
+            let scores = crate::with_backend!(spec, |B, dev| {
+                let model = model_from_bytes::<B>(&mcfg, &w, &dev)?;
+                let mut reasoner = VlmReasoner::<B> {
+                    model: &model,
+                    tok: &tok,
+                    prompts: &info.prompts,
+                    sampling: cfg.self_sampling,
+                    max_new_tokens: budget,
+                    batch_size: cfg.batch_size,
+                    seed: ctx.seed,
+                    device: &dev,
+                };
+                self_rewards(&rows, &info.p_star, cfg.self_n, &mut reasoner)
+                    .map_err(StageError::from)
+            })?;
+            Some(scores)
+        } else {
+            None
+        };
+
+        let teacher = if need.contains(&Component::Teacher) {
+            let Some(id) = optional_id(ctx, &TEACHER) else {
+                bail!("the teacher reward needs a teacher: wire input `teacher`");
+            };
+            let (mcfg, w, tok) = read_checkpoint(ctx.store, id.as_str(), Some(&data_tok))?;
+            let examples =
+                read_examples_where(ctx.store, data_id.as_str(), mcfg.image_size, 0, &|_, id| {
+                    items.contains(id)
+                })?;
+            let budget = perception_budget(&examples);
+            let refs: Vec<&Example> = examples.iter().collect();
+            let transcripts = crate::with_backend!(spec, |B, dev| {
+                let model = model_from_bytes::<B>(&mcfg, &w, &dev)?;
+                let mut t = VlmTranscriber::<B> {
+                    model: &model,
+                    tok: &tok,
+                    max_new_tokens: budget,
+                    batch_size: cfg.batch_size,
+                    device: &dev,
+                };
+                crate::rl::reward::Transcriber::transcribe(&mut t, &refs).map_err(StageError::from)
+            })?;
+            let by_id: HashMap<String, Option<String>> = examples
+                .iter()
+                .map(|e| e.id.clone())
+                .zip(transcripts)
+                .collect();
+            Some(teacher_rewards(&rows, &by_id).map_err(StageError::from)?)
+        } else {
+            None
+        };
+
+        let out = reward_rows(
+            &rows,
+            &info.p_star,
+            &weights,
+            self_scores.as_deref().map(|s| (s, cfg.self_n)),
+            teacher.as_deref(),
+        )
+        .map_err(StageError::from)?;
+        Ok(outputs([write_rewards(ctx, &out)?]))
+    }
+}
+
+fn write_rewards(ctx: &RunCtx, rows: &[RewardRow]) -> Result<Written, StageError> {
+    let flag = |f: &dyn Fn(&RewardRow) -> bool| cols::bool(rows.iter().map(f).collect());
+    let opt = |f: &dyn Fn(&RewardRow) -> Option<f64>| cols::f64_opt(rows.iter().map(f).collect());
+    write_table(
+        ctx,
+        &MAIN,
+        vec![
+            (
+                "id",
+                cols::utf8(&rows.iter().map(|r| &r.id).collect::<Vec<_>>()),
+            ),
+            (
+                "sample",
+                cols::i32(rows.iter().map(|r| r.sample as i32).collect()),
+            ),
+            (
+                "task",
+                cols::utf8(&rows.iter().map(|r| &r.task).collect::<Vec<_>>()),
+            ),
+            ("a", flag(&|r| r.a)),
+            ("a_p", flag(&|r| r.a_p)),
+            ("a_tilde_r", flag(&|r| r.a_tilde_r)),
+            ("self_first", opt(&|r| r.self_first)),
+            ("self_mean", opt(&|r| r.self_mean)),
+            (
+                "self_samples",
+                cols::i32(rows.iter().map(|r| r.self_n as i32).collect()),
+            ),
+            ("teacher", opt(&|r| r.teacher)),
+            ("reward", cols::f64(rows.iter().map(|r| r.reward).collect())),
+        ],
+    )
+}

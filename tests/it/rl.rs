@@ -1,0 +1,375 @@
+//! The RL stages end to end on a very small model: SFT (long enough that sampled perceptions
+//! sometimes match the greedy transcription, so rewards vary within a group), rollouts of an RL
+//! step's keyed items, reward-score with the teacher reward in the reward and the self-reward
+//! beside it, GRPO updates (token-level with a KL to the SFT model and token reweighting; GSPO)
+//! and correlate — read back as data; a rerun is a no-op.
+
+use crate::common::*;
+use arrow::array::Array;
+use asymm::store::Store;
+use asymm::table::Table;
+use std::collections::BTreeSet;
+use std::path::Path;
+
+const PIPELINE: &str = r#"
+[pipeline]
+name = "rl"
+seed = 7
+
+[stages.synthesize]
+splits = { test = 2, sft = 16, rl = 4 }
+graph = { min_nodes = 3, max_nodes = 4, edge_prob = 0.5 }
+
+[stages.render]
+inputs = { puzzles = "synthesize" }
+size = 64
+
+[stages.distill_format]
+inputs = { puzzles = "synthesize", images = "render" }
+verbosity = 0
+
+[stages.sft]
+stage = "sft-train"
+inputs = { data = "distill_format" }
+size = { image_size = 32, patch_size = 16, vit_dim = 16, vit_layers = 1, vit_heads = 2, d_model = 48, layers = 2, heads = 2, max_seq_len = 256 }
+steps = 600
+batch_size = 4
+eval_items = 1
+eval_max_new_tokens = 8
+diagnostics_every = 0
+snapshot_every = 0
+
+[stages.rollout]
+inputs = { checkpoint = "sft", data = "distill_format" }
+split = "rl"
+prompts_per_step = 2
+step = 0
+samples = 4
+max_new_tokens = 48
+sampling = { temperature = 0.5 }
+
+[stages.rollout_next]
+stage = "rollout"
+inputs = { checkpoint = "sft", data = "distill_format" }
+split = "rl"
+prompts_per_step = 2
+step = 1
+samples = 1
+max_new_tokens = 4
+
+[stages.reward]
+stage = "reward-score"
+inputs = { rollouts = "rollout", data = "distill_format", checkpoint = "sft", teacher = "sft" }
+alpha = 0.5
+perception = "teacher"
+surrogates = ["self"]
+self_n = 2
+self_max_new_tokens = 40
+
+[stages.grpo]
+stage = "grpo-update"
+inputs = { checkpoint = "sft", rollouts = "rollout", rewards = "reward", data = "distill_format", reference = "sft" }
+lr = 1e-3
+kl_coef = 0.01
+ppo_epochs = 2
+mini_batch = 4
+micro_batch = 2
+token_lambda = 0.5
+
+[stages.grpo_gspo]
+stage = "grpo-update"
+inputs = { checkpoint = "sft", rollouts = "rollout", rewards = "reward", data = "distill_format" }
+lr = 1e-3
+gspo = true
+clip_low = 3e-4
+clip_high = 4e-4
+ppo_epochs = 2
+
+[stages.correlate]
+inputs = { rewards = "reward" }
+reps = 200
+"#;
+
+fn artifact(store: &Path, instance: &str, output: &str) -> String {
+    let s = Store::open(store).unwrap();
+    let key = s
+        .head("rl", instance)
+        .unwrap()
+        .unwrap_or_else(|| panic!("no run of {instance}"));
+    s.record(&key).unwrap().unwrap().outputs[output].clone()
+}
+
+fn read(store: &Path, instance: &str, output: &str, kind: &str) -> Table {
+    Table::read(
+        &Store::open(store).unwrap(),
+        &artifact(store, instance, output),
+        kind,
+    )
+    .unwrap()
+}
+
+#[test]
+fn rollout_reward_update_correlate_and_rerun() {
+    let d = asymm::util::fsx::TempDir::new("asymm-rl").unwrap();
+    let store = d.path().join("s");
+    let p = d.path().join("rl.toml");
+    std::fs::write(&p, PIPELINE).unwrap();
+    let ps = p.to_str().unwrap();
+    let first = table(&ok(asymm(&store, &["run", ps])));
+    assert!(first.iter().all(|r| r.1 == "ran"), "{first:?}");
+
+    // Each step samples its own keyed items of the RL split: two, disjoint from the next step's.
+    let roll = read(&store, "rollout", "main", "rollouts");
+    let next = read(&store, "rollout_next", "main", "rollouts");
+    let items =
+        |t: &Table| -> BTreeSet<String> { t.required_strings("id").unwrap().into_iter().collect() };
+    assert_eq!(roll.rows(), 8);
+    assert_eq!(items(&roll).len(), 2);
+    assert_eq!(items(&next).len(), 2);
+    assert!(items(&roll).is_disjoint(&items(&next)));
+    let temps = roll.f32("temperature").unwrap();
+    assert!((0..roll.rows()).all(|i| temps.value(i) == 0.5));
+
+    // One reward row per rollout, every component kept.
+    let rw = read(&store, "reward", "main", "rewards");
+    assert_eq!(rw.rows(), 8);
+    let (a, reward) = (rw.bool("a").unwrap(), rw.f64("reward").unwrap());
+    let (first_self, mean_self) = (rw.f64("self_first").unwrap(), rw.f64("self_mean").unwrap());
+    let (n, teacher) = (rw.i32("self_samples").unwrap(), rw.f64("teacher").unwrap());
+    let ids = rw.required_strings("id").unwrap();
+    let mut groups: std::collections::BTreeMap<&str, Vec<f64>> = Default::default();
+    for (i, id) in ids.iter().enumerate() {
+        // α-augmentation with the teacher reward: R = 0.5·teacher + 0.5·a.
+        let want = 0.5 * teacher.value(i) + 0.5 * f64::from(u8::from(a.value(i)));
+        assert!((reward.value(i) - want).abs() < 1e-12, "row {i}");
+        groups.entry(id).or_default().push(reward.value(i));
+        assert_eq!(n.value(i), 2);
+        for c in [first_self, mean_self, teacher] {
+            assert!(
+                !c.is_null(i) && (0.0..=1.0).contains(&c.value(i)),
+                "row {i}"
+            );
+        }
+        // With N = 2 the mean is a multiple of 1/2.
+        assert_eq!((mean_self.value(i) * 2.0).fract(), 0.0);
+    }
+
+    let zero_groups = groups
+        .values()
+        .filter(|g| g.iter().all(|&x| x == g[0]))
+        .count() as f64
+        / groups.len() as f64;
+    assert!(
+        zero_groups < 1.0,
+        "no group has reward variance (the SFT model no longer varies its perceptions): \
+         {groups:?}"
+    );
+    let mean_reward = (0..rw.rows()).map(|i| reward.value(i)).sum::<f64>() / 8.0;
+
+    // The update: 2 epochs × 2 mini-batches of 4; the first is on-policy.
+    let log = read(&store, "grpo", "log", "rl_log");
+    assert_eq!(log.rows(), 4);
+    let col = |c: &str| log.f64(c).unwrap().clone();
+    let (gap, ratio, kl, clip) = (
+        col("logprob_gap"),
+        col("ratio_mean"),
+        col("kl"),
+        col("clip_frac"),
+    );
+    let (epoch, mb) = (log.i32("epoch").unwrap(), log.i32("minibatch").unwrap());
+    assert_eq!(
+        (0..4)
+            .map(|i| (epoch.value(i), mb.value(i)))
+            .collect::<Vec<_>>(),
+        [(0, 0), (0, 1), (1, 0), (1, 1)]
+    );
+    assert!(
+        gap.value(0) < 1e-3,
+        "stored log-probs match: {}",
+        gap.value(0)
+    );
+    assert!((ratio.value(0) - 1.0).abs() < 1e-3);
+    assert!(kl.value(0).abs() < 1e-6, "policy = reference at first");
+    for i in 0..4 {
+        assert!(kl.value(i).is_finite() && kl.value(i) > -1e-6);
+        assert!((0.0..=1.0).contains(&clip.value(i)));
+        assert!((0.0..=1.0).contains(&col("perception_share").value(i)));
+        assert_eq!(col("zero_adv_groups").value(i), zero_groups);
+        assert!((col("step_reward").value(i) - mean_reward).abs() < 1e-12);
+        assert!(
+            col("step_r_reward_a_p").is_null(i) || col("step_r_reward_a_p").value(i).abs() <= 1.0
+        );
+        assert_eq!(col("token_lambda").value(i), 0.5);
+        assert!(col("response_len").value(i) > 0.0);
+    }
+    assert!(gap.value(3) > 0.0, "the policy moved");
+    // Some advantage is not zero: the policy term moves once the ratio leaves 1.
+    assert!(
+        (1..4).any(|i| col("pg_loss").value(i).abs() > 1e-9),
+        "{:?}",
+        col("pg_loss")
+    );
+
+    // GSPO: one mini-batch of all 8 per epoch; the first on-policy, without a KL term.
+    let gspo = read(&store, "grpo_gspo", "log", "rl_log");
+    assert_eq!(gspo.rows(), 2);
+    let (g_ratio, g_kl) = (gspo.f64("ratio_mean").unwrap(), gspo.f64("kl").unwrap());
+    assert!((g_ratio.value(0) - 1.0).abs() < 1e-3);
+    assert!(g_kl.is_null(0) && g_kl.is_null(1));
+    assert_eq!(gspo.i32("sequences").unwrap().value(0), 8);
+    let ckpt = Store::open(&store)
+        .unwrap()
+        .manifest(&artifact(&store, "grpo", "main"))
+        .unwrap();
+    assert_eq!(ckpt.kind, "checkpoint");
+    assert_ne!(
+        artifact(&store, "grpo", "main"),
+        artifact(&store, "sft", "main")
+    );
+
+    // Correlations of every reward column with a_p and ã_r.
+    let c = read(&store, "correlate", "main", "correlations");
+    let names: Vec<String> = c.required_strings("reward").unwrap();
+    let against: Vec<String> = c.required_strings("against").unwrap();
+    let want = [
+        "outcome",
+        "ground_truth",
+        "self_1",
+        "self_2",
+        "teacher",
+        "reward",
+    ];
+    assert_eq!(c.rows(), 2 * want.len());
+    for (k, w) in want.iter().enumerate() {
+        assert_eq!(names[2 * k], *w);
+        assert_eq!(
+            (against[2 * k].as_str(), against[2 * k + 1].as_str()),
+            ("a_p", "a_tilde_r")
+        );
+    }
+    let (nn, items) = (c.i64("n").unwrap(), c.i64("items").unwrap());
+    assert!((0..c.rows()).all(|i| nn.value(i) == 8 && items.value(i) == 2));
+    let r = c.f64("r").unwrap();
+    for i in 0..c.rows() {
+        assert!(r.is_null(i) || (-1.0..=1.0).contains(&r.value(i)));
+    }
+    // The teacher reward varies: its r with ã_r is defined, with an interval around it.
+    let k = (0..c.rows())
+        .find(|&i| names[i] == "teacher" && against[i] == "a_tilde_r")
+        .unwrap();
+    let (lo, hi) = (c.f64("ci_low").unwrap(), c.f64("ci_high").unwrap());
+    assert!(!r.is_null(k) && !lo.is_null(k) && lo.value(k) <= hi.value(k));
+
+    // A rerun is a no-op.
+    let again = table(&ok(asymm(&store, &["run", ps])));
+    assert!(again.iter().all(|r| r.1 == "cached"), "{again:?}");
+}
+
+const LOOP: &str = r#"
+[pipeline]
+name = "loop"
+seed = 3
+
+[stages.synthesize]
+splits = { test = 2, sft = 8, rl = 4 }
+graph = { min_nodes = 3, max_nodes = 4, edge_prob = 0.5 }
+
+[stages.render]
+inputs = { puzzles = "synthesize" }
+size = 32
+
+[stages.distill_format]
+inputs = { puzzles = "synthesize", images = "render" }
+verbosity = 0
+
+[stages.sft]
+stage = "sft-train"
+inputs = { data = "distill_format" }
+size = { image_size = 32, patch_size = 16, vit_dim = 16, vit_layers = 1, vit_heads = 2, d_model = 32, layers = 1, heads = 2, max_seq_len = 256 }
+steps = 2
+batch_size = 4
+eval_items = 1
+eval_max_new_tokens = 4
+diagnostics_every = 0
+snapshot_every = 0
+
+[stages.rl]
+stage = "grpo"
+inputs = { checkpoint = "sft", data = "distill_format", reference = "sft" }
+steps = STEPS
+rollout = { prompts_per_step = 2, samples = 2, max_new_tokens = 8 }
+update = { lr = 1e-3, kl_coef = 0.01, mini_batch = 2 }
+"#;
+
+fn ids(t: &[(String, String, String)]) -> Vec<(String, String)> {
+    t.iter().map(|r| (r.0.clone(), r.2.clone())).collect()
+}
+
+/// The loop construct: per-step instances chained by checkpoint; a killed loop resumes where it
+/// stopped and ends with the same artifacts; lengthening it keeps the steps done; rerunning is
+/// a no-op.
+#[test]
+fn rl_loop_expands_resumes_and_extends() {
+    let d = asymm::util::fsx::TempDir::new("asymm-rl").unwrap();
+    let p = d.path().join("loop.toml");
+    let write =
+        |steps: usize| std::fs::write(&p, LOOP.replace("STEPS", &steps.to_string())).unwrap();
+    let ps = p.to_str().unwrap();
+    write(2);
+    let a = d.path().join("a");
+    let clean = table(&ok(asymm(&a, &["run", ps])));
+    let names: Vec<&str> = clean.iter().map(|r| r.0.as_str()).collect();
+    for n in [
+        "rl_0_rollout",
+        "rl_0_reward",
+        "rl_0_update",
+        "rl_1_rollout",
+        "rl_1_reward",
+        "rl",
+    ] {
+        assert!(names.contains(&n), "{n} in {names:?}");
+    }
+    assert!(!names.contains(&"rl_1_update"));
+    // Step 1 samples from step 0's checkpoint.
+    let status = json(&a, &["status", ps]);
+    let key = stage(&status, "rl_1_rollout")["key"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let rec = Store::open(&a).unwrap().record(&key).unwrap().unwrap();
+    assert_eq!(
+        rec.key_parts["inputs"]["checkpoint"],
+        stage(&status, "rl_0_update")["outputs"]["main"]
+    );
+    let log = json(&a, &["show", &format!("{ps}:rl.log")]);
+    assert!(rows(&log).iter().all(|r| r["step"] == 1), "{log:#}");
+
+    // Killed while committing step 1's rewards, then resumed: the same artifacts.
+    let b = d.path().join("b");
+    let crashed = asymm_env(
+        &b,
+        &["run", ps],
+        &[("ASYMM_FAULT", "rl_1_reward:before-commit")],
+    );
+    assert!(!crashed.status.success());
+    let resumed = table(&ok(asymm(&b, &["run", ps])));
+    assert_eq!(result_of(&resumed, "rl_0_update"), "cached");
+    assert_eq!(result_of(&resumed, "rl_1_reward"), "ran");
+    assert_eq!(ids(&resumed), ids(&clean));
+
+    // Three steps: the first two are kept (the former final update is now `rl_1_update`).
+    write(3);
+    let longer = table(&ok(asymm(&a, &["run", ps])));
+    for n in ["rl_0_update", "rl_1_rollout", "rl_1_reward", "rl_1_update"] {
+        assert_eq!(result_of(&longer, n), "cached", "{n}");
+    }
+    for n in ["rl_2_rollout", "rl_2_reward", "rl"] {
+        assert_eq!(result_of(&longer, n), "ran", "{n}");
+    }
+    let art = |t: &[(String, String, String)], n: &str| {
+        t.iter().find(|r| r.0 == n).map(|r| r.2.clone()).unwrap()
+    };
+    assert_eq!(art(&longer, "rl_1_update"), art(&clean, "rl"));
+    let again = table(&ok(asymm(&a, &["run", ps])));
+    assert!(again.iter().all(|r| r.1 == "cached"), "{again:?}");
+}
