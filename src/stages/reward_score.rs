@@ -7,7 +7,8 @@
 //! `alpha = α, perception = "ground_truth" | "self" | "teacher"`:
 //! R = α·(perception reward) + (1 − α)·a. `surrogates` computes further perception rewards
 //! beside those the reward uses, for `correlate`. `self` needs the policy's `checkpoint`
-//! (the one that sampled the rollouts), `teacher` a `teacher` checkpoint.
+//! (the one that sampled the rollouts), `teacher` a `teacher` checkpoint. The self-reward's
+//! re-rollouts are keyed by the rollouts they score, so two RL steps never share a stream.
 
 use super::artifacts::{read_rollouts, read_sampling};
 use super::model_io::{read_checkpoint, read_examples_where, read_tokenizer};
@@ -161,6 +162,16 @@ fn item_info(ctx: &RunCtx, items: &HashSet<String>) -> Result<ItemInfo, StageErr
     Ok(info)
 }
 
+/// The self-reward's sampling seed: the pipeline seed mixed with the rollouts' artifact id, so
+/// that the re-rollouts of two RL steps never share a random stream.
+fn rollout_seed(seed: u64, rollouts: &str) -> u64 {
+    let mut h = blake3::Hasher::new();
+    h.update(b"asymm-self-reward");
+    h.update(&seed.to_le_bytes());
+    h.update(rollouts.as_bytes());
+    u64::from_le_bytes(h.finalize().as_bytes()[..8].try_into().unwrap_or([0; 8]))
+}
+
 /// Tokens enough for the longest perception of the data (through `</perception>`) plus a margin.
 fn perception_budget(examples: &[Example]) -> usize {
     let longest = examples
@@ -173,7 +184,7 @@ fn perception_budget(examples: &[Example]) -> usize {
 
 impl Stage for RewardScore {
     const NAME: &'static str = "reward-score";
-    const VERSION: u32 = 1;
+    const VERSION: u32 = 2;
     const USES_DEVICE: bool = true;
     type Config = RewardScoreConfig;
 
@@ -224,7 +235,7 @@ impl Stage for RewardScore {
                     sampling: cfg.self_sampling,
                     max_new_tokens: budget,
                     batch_size: cfg.batch_size,
-                    seed: ctx.seed,
+                    seed: rollout_seed(ctx.seed, input_id(ctx, &ROLLOUTS)?.as_str()),
                     device: &dev,
                 };
                 self_rewards(&rows, &info.p_star, cfg.self_n, &mut reasoner)
