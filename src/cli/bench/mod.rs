@@ -8,6 +8,12 @@
 //! `--rollout-batches` pick the measurements of one process, and `--export-twin` writes the
 //! examples, the SFT batch order and the settings for the twin to read.
 
+mod data;
+mod twin;
+
+use data::data_suite;
+use twin::twin_export;
+
 use asymm::eval::rollout::{Mode, RolloutSpec, run_rollouts};
 use asymm::model::sampling::SamplingConfig;
 use asymm::model::{DeviceSpec, Vlm, VlmConfig};
@@ -272,111 +278,6 @@ fn rollout_plans(a: &BenchArgs) -> anyhow::Result<Vec<RolloutPlan>> {
     })
 }
 
-fn data_suite(a: &BenchArgs, rows_out: &mut Vec<Row>) -> String {
-    let n = a.items.max(10);
-    let mut rows = Vec::new();
-    let gc = SynthesizeConfig::default();
-    let sd = SynthesizeConfig {
-        task: TaskKind::Sudoku,
-        ..SynthesizeConfig::default()
-    };
-    rows.push(Row {
-        what: "graph coloring generation (exact chromatic number)".into(),
-        rate: per_sec(n, |i| {
-            std::hint::black_box(generate(&gc, 1, i as u64));
-        }),
-        unit: "puzzles/s",
-        target: "",
-    });
-    let sd_n = (n / 2).max(10);
-    rows.push(Row {
-        what: "sudoku generation (unique solution, 30 givens)".into(),
-        rate: per_sec(sd_n, |i| {
-            std::hint::black_box(generate(&sd, 1, i as u64));
-        }),
-        unit: "puzzles/s",
-        target: "≥ 1,000",
-    });
-    let gcs: Vec<String> = (0..n)
-        .map(|i| generate(&gc, 2, i as u64).perception)
-        .collect();
-    let sds: Vec<String> = (0..sd_n)
-        .map(|i| generate(&sd, 2, i as u64).perception)
-        .collect();
-    let bank = DigitBank::strokes(50, 0);
-    for size in [128u32, 224] {
-        let cfg = RenderConfig {
-            size,
-            ..RenderConfig::default()
-        };
-        rows.push(Row {
-            what: format!("graph coloring render + PNG, {size}×{size}"),
-            rate: per_sec(n, |i| {
-                let img = render_one(TaskKind::GraphColoring, "x", &gcs[i], &cfg, None, 1);
-                std::hint::black_box(img.map(|g| g.to_png()).ok());
-            }),
-            unit: "images/s",
-            target: if size == 224 { "≥ 2,000" } else { "" },
-        });
-    }
-    let cfg = RenderConfig {
-        size: 252,
-        ..RenderConfig::default()
-    };
-    rows.push(Row {
-        what: "sudoku render + PNG, 252×252".into(),
-        rate: per_sec(sd_n, |i| {
-            let img = render_one(TaskKind::Sudoku, "x", &sds[i], &cfg, Some(&bank), 1);
-            std::hint::black_box(img.map(|g| g.to_png()).ok());
-        }),
-        unit: "images/s",
-        target: "",
-    });
-    let mut out = String::from("| measurement (one core) | rate | target |\n|---|---:|---|\n");
-    for r in &rows {
-        out.push_str(&format!(
-            "| {} | {:.0} {} | {} |\n",
-            r.what, r.rate, r.unit, r.target
-        ));
-    }
-    out.push_str(&perception_share(
-        &gcs[..200.min(gcs.len())],
-        &sds[..200.min(sds.len())],
-    ));
-    *rows_out = rows;
-    out
-}
-
-/// Perception's share of SFT target tokens per task and teacher verbosity.
-fn perception_share(gcs: &[String], sds: &[String]) -> String {
-    use asymm::stages::distill_format::{encode, teacher_reasoning};
-    let tok = asymm::text::Tokenizer::task_vocabulary();
-    let mut out = String::from(
-        "\n| task | verbosity | mean target tokens | perception share of target tokens |\n|---|---:|---:|---:|\n",
-    );
-    for (task, items) in [(TaskKind::GraphColoring, gcs), (TaskKind::Sudoku, sds)] {
-        for v in 0..=3u8 {
-            let (mut p, mut total) = (0usize, 0usize);
-            for perception in items {
-                let Some(r) = teacher_reasoning(task, perception, v) else {
-                    continue;
-                };
-                let e = encode(&tok, task.prompt(), perception, &r);
-                p += (e.spans[0].2 - e.spans[0].1) as usize;
-                total += e.target_ids.len();
-            }
-            let n = items.len().max(1);
-            out.push_str(&format!(
-                "| {} | {v} | {} | {:.1} % |\n",
-                task.name(),
-                total / n,
-                100.0 * p as f64 / total.max(1) as f64
-            ));
-        }
-    }
-    out
-}
-
 /// SFT steps and KV-cached rollouts on graph-coloring examples (verbosity 0 teacher traces).
 fn model_suite(a: &BenchArgs, report: &mut Report) -> anyhow::Result<String> {
     let spec = DeviceSpec::parse(&a.device)?;
@@ -477,129 +378,6 @@ fn example_count(plans: &[RolloutPlan]) -> usize {
         .max(EXAMPLES)
 }
 
-/// The SFT batches of the first `steps` steps, as the trainer draws them: epochs are keyed
-/// permutations of the examples (mirrors `train::sft`'s batch order, without gradient
-/// accumulation, so that the twin trains on the same batches).
-fn sft_batches(n: usize, steps: usize) -> Vec<Vec<usize>> {
-    use rand::seq::SliceRandom;
-    let mut perms: Vec<Vec<usize>> = Vec::new();
-    (0..steps)
-        .map(|step| {
-            (step * SFT_BATCH..(step + 1) * SFT_BATCH)
-                .map(|c| {
-                    let epoch = c / n;
-                    while perms.len() <= epoch {
-                        let mut p: Vec<usize> = (0..n).collect();
-                        p.shuffle(&mut asymm::util::rng::keyed(
-                            SFT_SEED,
-                            "sft/shuffle",
-                            perms.len() as u64,
-                            0,
-                        ));
-                        perms.push(p);
-                    }
-                    perms[epoch][c % n]
-                })
-                .collect()
-        })
-        .collect()
-}
-
-/// What the PyTorch twin needs to repeat the model suite: the model shape and parameter count,
-/// the examples (images as base64 little-endian f32), the SFT batches and settings, and the
-/// rollout plans and sampling settings.
-fn twin_export(a: &BenchArgs) -> anyhow::Result<serde_json::Value> {
-    use base64_f32 as b64;
-    use serde_json::json;
-    let tok = Tokenizer::task_vocabulary();
-    let cfg = model_config(a, &tok)?;
-    let plans = rollout_plans(a)?;
-    let examples = examples(&tok, cfg.image_size, example_count(&plans))?;
-    let steps = a.steps.max(2);
-    let sampling = SamplingConfig::default();
-    let s = sft_settings(&cfg, ObjectiveKind::Standard, steps);
-    // The trainer's optimizer: burn's AdamW defaults with the run's weight decay.
-    let adamw = AdamWConfig::new().with_weight_decay(s.weight_decay as f32);
-    Ok(json!({
-        "model": a.model,
-        "config": {
-            "image_size": cfg.image_size,
-            "patch_size": cfg.patch_size,
-            "vit_dim": cfg.vit_dim,
-            "vit_layers": cfg.vit_layers,
-            "vit_heads": cfg.vit_heads,
-            "conv_stem": cfg.conv_stem,
-            "d_model": cfg.d_model,
-            "layers": cfg.layers,
-            "heads": cfg.heads,
-            "mlp_ratio": cfg.mlp_ratio,
-            "vocab_size": cfg.vocab_size,
-            "max_seq_len": cfg.max_seq_len,
-            "rope_theta": cfg.rope_theta,
-        },
-        "parameters": cfg.parameters(),
-        "pad": tok.pad(),
-        "eos": tok.eos(),
-        "sft": {
-            "batch": SFT_BATCH,
-            "steps": steps,
-            "batches": sft_batches(EXAMPLES, steps),
-            "lr": s.lr,
-            "min_lr": s.min_lr,
-            "warmup_ratio": s.warmup_ratio,
-            "weight_decay": s.weight_decay,
-            "grad_clip": s.grad_clip,
-            "max_text": s.max_text,
-            "adamw": serde_json::to_value(&adamw)?,
-        },
-        "rollout": {
-            "max_new_tokens": ROLLOUT_TOKENS,
-            "temperature": sampling.temperature,
-            "top_p": sampling.top_p,
-            "top_k": sampling.top_k,
-            "plans": plans.iter().map(|p| json!({
-                "batch": p.batch,
-                "samples": p.samples,
-                "prompts_per_batch": p.prompts,
-                "batches": p.batches,
-            })).collect::<Vec<_>>(),
-        },
-        "examples": examples.iter().map(|e| json!({
-            "id": e.id,
-            "prompt": e.prompt,
-            "target": e.target,
-            "spans": e.spans,
-            "image_f32le_base64": b64::encode(&e.image),
-        })).collect::<Vec<_>>(),
-    }))
-}
-
-/// Little-endian f32 values as standard base64 (with padding).
-mod base64_f32 {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-
-    pub fn encode(values: &[f32]) -> String {
-        let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
-        let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
-        for chunk in bytes.chunks(3) {
-            let b = [
-                chunk[0],
-                chunk.get(1).copied().unwrap_or(0),
-                chunk.get(2).copied().unwrap_or(0),
-            ];
-            let n = ((b[0] as u32) << 16) | ((b[1] as u32) << 8) | (b[2] as u32);
-            for (k, shift) in [18, 12, 6, 0].into_iter().enumerate() {
-                if k <= chunk.len() {
-                    out.push(ALPHABET[((n >> shift) & 63) as usize] as char);
-                } else {
-                    out.push('=');
-                }
-            }
-        }
-        out
-    }
-}
-
 /// Training examples built in memory, as distill-format would.
 fn examples(tok: &Tokenizer, image_size: usize, n: usize) -> anyhow::Result<Vec<Example>> {
     use asymm::stages::distill_format::{encode, teacher_reasoning};
@@ -675,6 +453,7 @@ fn sft_rate<B: AutodiffBackend>(
 
 #[cfg(test)]
 mod tests {
+    use super::twin::{base64_f32, sft_batches};
     use super::*;
 
     #[test]

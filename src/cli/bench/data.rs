@@ -1,0 +1,108 @@
+//! The data suite: puzzle generation, rendering and target-length statistics on one core.
+
+use super::*;
+
+pub(super) fn data_suite(a: &BenchArgs, rows_out: &mut Vec<Row>) -> String {
+    let n = a.items.max(10);
+    let mut rows = Vec::new();
+    let gc = SynthesizeConfig::default();
+    let sd = SynthesizeConfig {
+        task: TaskKind::Sudoku,
+        ..SynthesizeConfig::default()
+    };
+    rows.push(Row {
+        what: "graph coloring generation (exact chromatic number)".into(),
+        rate: per_sec(n, |i| {
+            std::hint::black_box(generate(&gc, 1, i as u64));
+        }),
+        unit: "puzzles/s",
+        target: "",
+    });
+    let sd_n = (n / 2).max(10);
+    rows.push(Row {
+        what: "sudoku generation (unique solution, 30 givens)".into(),
+        rate: per_sec(sd_n, |i| {
+            std::hint::black_box(generate(&sd, 1, i as u64));
+        }),
+        unit: "puzzles/s",
+        target: "≥ 1,000",
+    });
+    let gcs: Vec<String> = (0..n)
+        .map(|i| generate(&gc, 2, i as u64).perception)
+        .collect();
+    let sds: Vec<String> = (0..sd_n)
+        .map(|i| generate(&sd, 2, i as u64).perception)
+        .collect();
+    let bank = DigitBank::strokes(50, 0);
+    for size in [128u32, 224] {
+        let cfg = RenderConfig {
+            size,
+            ..RenderConfig::default()
+        };
+        rows.push(Row {
+            what: format!("graph coloring render + PNG, {size}×{size}"),
+            rate: per_sec(n, |i| {
+                let img = render_one(TaskKind::GraphColoring, "x", &gcs[i], &cfg, None, 1);
+                std::hint::black_box(img.map(|g| g.to_png()).ok());
+            }),
+            unit: "images/s",
+            target: if size == 224 { "≥ 2,000" } else { "" },
+        });
+    }
+    let cfg = RenderConfig {
+        size: 252,
+        ..RenderConfig::default()
+    };
+    rows.push(Row {
+        what: "sudoku render + PNG, 252×252".into(),
+        rate: per_sec(sd_n, |i| {
+            let img = render_one(TaskKind::Sudoku, "x", &sds[i], &cfg, Some(&bank), 1);
+            std::hint::black_box(img.map(|g| g.to_png()).ok());
+        }),
+        unit: "images/s",
+        target: "",
+    });
+    let mut out = String::from("| measurement (one core) | rate | target |\n|---|---:|---|\n");
+    for r in &rows {
+        out.push_str(&format!(
+            "| {} | {:.0} {} | {} |\n",
+            r.what, r.rate, r.unit, r.target
+        ));
+    }
+    out.push_str(&perception_share(
+        &gcs[..200.min(gcs.len())],
+        &sds[..200.min(sds.len())],
+    ));
+    *rows_out = rows;
+    out
+}
+
+/// Perception's share of SFT target tokens per task and teacher verbosity.
+pub(super) fn perception_share(gcs: &[String], sds: &[String]) -> String {
+    use asymm::stages::distill_format::{encode, teacher_reasoning};
+    let tok = asymm::text::Tokenizer::task_vocabulary();
+    let mut out = String::from(
+        "\n| task | verbosity | mean target tokens | perception share of target tokens |\n|---|---:|---:|---:|\n",
+    );
+    for (task, items) in [(TaskKind::GraphColoring, gcs), (TaskKind::Sudoku, sds)] {
+        for v in 0..=3u8 {
+            let (mut p, mut total) = (0usize, 0usize);
+            for perception in items {
+                let Some(r) = teacher_reasoning(task, perception, v) else {
+                    continue;
+                };
+                let e = encode(&tok, task.prompt(), perception, &r);
+                p += (e.spans[0].2 - e.spans[0].1) as usize;
+                total += e.target_ids.len();
+            }
+            let n = items.len().max(1);
+            out.push_str(&format!(
+                "| {} | {v} | {} | {:.1} % |\n",
+                task.name(),
+                total / n,
+                100.0 * p as f64 / total.max(1) as f64
+            ));
+        }
+    }
+    out
+}

@@ -1,0 +1,126 @@
+//! What the PyTorch twin needs to train and sample on the same work as the model suite.
+
+use super::*;
+
+/// The SFT batches of the first `steps` steps, as the trainer draws them: epochs are keyed
+/// permutations of the examples (mirrors `train::sft`'s batch order, without gradient
+/// accumulation, so that the twin trains on the same batches).
+pub(super) fn sft_batches(n: usize, steps: usize) -> Vec<Vec<usize>> {
+    use rand::seq::SliceRandom;
+    let mut perms: Vec<Vec<usize>> = Vec::new();
+    (0..steps)
+        .map(|step| {
+            (step * SFT_BATCH..(step + 1) * SFT_BATCH)
+                .map(|c| {
+                    let epoch = c / n;
+                    while perms.len() <= epoch {
+                        let mut p: Vec<usize> = (0..n).collect();
+                        p.shuffle(&mut asymm::util::rng::keyed(
+                            SFT_SEED,
+                            "sft/shuffle",
+                            perms.len() as u64,
+                            0,
+                        ));
+                        perms.push(p);
+                    }
+                    perms[epoch][c % n]
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// What the PyTorch twin needs to repeat the model suite: the model shape and parameter count,
+/// the examples (images as base64 little-endian f32), the SFT batches and settings, and the
+/// rollout plans and sampling settings.
+pub(super) fn twin_export(a: &BenchArgs) -> anyhow::Result<serde_json::Value> {
+    use base64_f32 as b64;
+    use serde_json::json;
+    let tok = Tokenizer::task_vocabulary();
+    let cfg = model_config(a, &tok)?;
+    let plans = rollout_plans(a)?;
+    let examples = examples(&tok, cfg.image_size, example_count(&plans))?;
+    let steps = a.steps.max(2);
+    let sampling = SamplingConfig::default();
+    let s = sft_settings(&cfg, ObjectiveKind::Standard, steps);
+    // The trainer's optimizer: burn's AdamW defaults with the run's weight decay.
+    let adamw = AdamWConfig::new().with_weight_decay(s.weight_decay as f32);
+    Ok(json!({
+        "model": a.model,
+        "config": {
+            "image_size": cfg.image_size,
+            "patch_size": cfg.patch_size,
+            "vit_dim": cfg.vit_dim,
+            "vit_layers": cfg.vit_layers,
+            "vit_heads": cfg.vit_heads,
+            "conv_stem": cfg.conv_stem,
+            "d_model": cfg.d_model,
+            "layers": cfg.layers,
+            "heads": cfg.heads,
+            "mlp_ratio": cfg.mlp_ratio,
+            "vocab_size": cfg.vocab_size,
+            "max_seq_len": cfg.max_seq_len,
+            "rope_theta": cfg.rope_theta,
+        },
+        "parameters": cfg.parameters(),
+        "pad": tok.pad(),
+        "eos": tok.eos(),
+        "sft": {
+            "batch": SFT_BATCH,
+            "steps": steps,
+            "batches": sft_batches(EXAMPLES, steps),
+            "lr": s.lr,
+            "min_lr": s.min_lr,
+            "warmup_ratio": s.warmup_ratio,
+            "weight_decay": s.weight_decay,
+            "grad_clip": s.grad_clip,
+            "max_text": s.max_text,
+            "adamw": serde_json::to_value(&adamw)?,
+        },
+        "rollout": {
+            "max_new_tokens": ROLLOUT_TOKENS,
+            "temperature": sampling.temperature,
+            "top_p": sampling.top_p,
+            "top_k": sampling.top_k,
+            "plans": plans.iter().map(|p| json!({
+                "batch": p.batch,
+                "samples": p.samples,
+                "prompts_per_batch": p.prompts,
+                "batches": p.batches,
+            })).collect::<Vec<_>>(),
+        },
+        "examples": examples.iter().map(|e| json!({
+            "id": e.id,
+            "prompt": e.prompt,
+            "target": e.target,
+            "spans": e.spans,
+            "image_f32le_base64": b64::encode(&e.image),
+        })).collect::<Vec<_>>(),
+    }))
+}
+
+/// Little-endian f32 values as standard base64 (with padding).
+pub(super) mod base64_f32 {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+
+    pub fn encode(values: &[f32]) -> String {
+        let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+        for chunk in bytes.chunks(3) {
+            let b = [
+                chunk[0],
+                chunk.get(1).copied().unwrap_or(0),
+                chunk.get(2).copied().unwrap_or(0),
+            ];
+            let n = ((b[0] as u32) << 16) | ((b[1] as u32) << 8) | (b[2] as u32);
+            for (k, shift) in [18, 12, 6, 0].into_iter().enumerate() {
+                if k <= chunk.len() {
+                    out.push(ALPHABET[((n >> shift) & 63) as usize] as char);
+                } else {
+                    out.push('=');
+                }
+            }
+        }
+        out
+    }
+}
