@@ -284,3 +284,45 @@ pub fn run_rollouts<B: Backend>(
     }
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn example(target: usize, reasoning_start: usize) -> Example {
+        Example {
+            id: "x".into(),
+            task: "t".into(),
+            perception: String::new(),
+            image: vec![],
+            prompt: vec![1],
+            target: vec![2; target],
+            spans: vec![
+                ("perception".into(), 0, reasoning_start),
+                ("reasoning".into(), reasoning_start, target),
+            ],
+        }
+    }
+
+    /// The default budget is the longest target the mode asks for plus max(25 %, 16) tokens; an
+    /// explicit `max_new_tokens` wins.
+    #[test]
+    fn token_budget_follows_the_data() {
+        let data = [example(100, 10), example(200, 40)];
+        let spec = |mode, max_new_tokens| RolloutSpec {
+            mode,
+            max_new_tokens,
+            ..RolloutSpec::default()
+        };
+        assert_eq!(spec(Mode::Standard, None).token_budget(&data), 200 + 50);
+        assert_eq!(
+            spec(Mode::Counterfactual, None).token_budget(&data),
+            160 + 40
+        );
+        assert_eq!(
+            spec(Mode::TextOnly, None).token_budget(&[example(40, 10)]),
+            30 + 16
+        );
+        assert_eq!(spec(Mode::Standard, Some(7)).token_budget(&data), 7);
+    }
+}

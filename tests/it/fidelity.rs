@@ -174,10 +174,13 @@ inputs = { data = "distill_format", standard = "rollout", counterfactual = "roll
             toks[i].len(),
             new.value(i) as usize + usize::from(!truncated.value(i))
         );
+        // The budget is the longest test target plus a quarter (at least 16): no output is
+        // longer, and one cut by it has exactly that length.
+        let budget = longest + (longest / 4).max(16);
+        assert!(new.value(i) as usize <= budget);
         if truncated.value(i) {
             cut += 1;
-            // The budget is the longest test target plus a quarter (at least 16).
-            assert_eq!(new.value(i) as usize, longest + (longest / 4).max(16));
+            assert_eq!(new.value(i) as usize, budget);
         }
     }
     // An untrained model rarely stops: the summary must say how many outputs were cut.
