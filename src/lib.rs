@@ -7,6 +7,7 @@
 //! [`render`] (images) and [`text`] (tokenizer, answer format).
 
 pub mod analysis;
+pub mod clip;
 pub mod dag;
 pub mod eval;
 pub mod model;

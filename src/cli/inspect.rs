@@ -49,6 +49,10 @@ pub struct ShowArgs {
     /// held-out evaluations.
     #[arg(long)]
     pub where_set: Option<String>,
+    /// Only the last row of each run of equal values in this column, e.g. `step` for one row
+    /// per RL step of a GRPO log (its last mini-batch).
+    #[arg(long)]
+    pub last_per: Option<String>,
     /// Device whose results PIPELINE.toml:STAGE names for device-sensitive stages (default: the
     /// most recent result on any device).
     #[arg(long)]
@@ -215,11 +219,14 @@ pub fn show(store: &Store, a: ShowArgs) -> anyhow::Result<i32> {
         let df = polars::prelude::ParquetReader::new(std::io::Cursor::new(bytes));
         use polars::prelude::SerReader;
         let mut df = df.finish()?;
-        if let Some(col) = &a.where_set {
-            let mask = df
-                .column(col)
-                .map_err(|_| anyhow::anyhow!("no column `{col}` in this artifact"))?
-                .is_not_null();
+        if a.where_set.is_some() || a.last_per.is_some() {
+            let t = asymm::table::Table::read(store, &id, &s.kind)?;
+            let keep = selected_rows(&t, &a)?;
+            let mut mask = vec![false; t.rows()];
+            for i in keep {
+                mask[i] = true;
+            }
+            let mask: polars::prelude::BooleanChunked = mask.into_iter().collect();
             df = df.filter(&mask)?;
         }
         if !a.columns.is_empty() {
@@ -233,13 +240,41 @@ pub fn show(store: &Store, a: ShowArgs) -> anyhow::Result<i32> {
     Ok(0)
 }
 
+/// The rows `--where-set` and `--last-per` keep, in order.
+fn selected_rows(t: &asymm::table::Table, a: &ShowArgs) -> anyhow::Result<Vec<usize>> {
+    use arrow::array::Array;
+    let column = |col: &str| {
+        t.batch
+            .column_by_name(col)
+            .ok_or_else(|| anyhow::anyhow!("no column `{col}` in this artifact"))
+    };
+    let mut keep: Vec<usize> = (0..t.rows()).collect();
+    if let Some(col) = &a.where_set {
+        let c = column(col)?;
+        keep.retain(|&i| !c.is_null(i));
+    }
+    if let Some(col) = &a.last_per {
+        let c = column(col)?;
+        let rows: Vec<arrow::array::ArrayRef> = keep.iter().map(|&i| c.slice(i, 1)).collect();
+        keep = keep
+            .iter()
+            .enumerate()
+            .filter(|(k, _)| {
+                rows.get(k + 1)
+                    .is_none_or(|next| next.as_ref() != rows[*k].as_ref())
+            })
+            .map(|(_, &i)| i)
+            .collect();
+    }
+    Ok(keep)
+}
+
 fn show_table_json(
     store: &Store,
     id: &str,
     s: &asymm::table::Schema,
     a: &ShowArgs,
 ) -> anyhow::Result<Value> {
-    use arrow::array::Array;
     let t = asymm::table::Table::read(store, id, &s.kind)?;
     let names = t.column_names();
     let known = |c: &String| -> anyhow::Result<()> {
@@ -250,17 +285,7 @@ fn show_table_json(
         }
     };
     a.columns.iter().try_for_each(known)?;
-    let selected: Vec<usize> = match &a.where_set {
-        Some(col) => {
-            known(col)?;
-            let c = t
-                .batch
-                .column_by_name(col)
-                .ok_or_else(|| anyhow::anyhow!("no column `{col}` in this artifact"))?;
-            (0..t.rows()).filter(|&i| !c.is_null(i)).collect()
-        }
-        None => (0..t.rows()).collect(),
-    };
+    let selected = selected_rows(&t, a)?;
     let rows = selected
         .iter()
         .take(a.rows.unwrap_or(usize::MAX))

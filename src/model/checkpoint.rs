@@ -4,6 +4,7 @@
 
 use super::{ModelError, VlmConfig, vlm::Vlm};
 use crate::text::Tokenizer;
+use burn::module::Module;
 use burn::tensor::backend::Backend;
 use burn_store::{ModuleSnapshot, SafetensorsStore};
 
@@ -12,7 +13,7 @@ pub const CONFIG_FILE: &str = "config.json";
 pub const TOKENIZER_FILE: &str = "tokenizer.json";
 
 /// Serialized weights (no free-form metadata, so identical weights give identical bytes).
-pub fn weights_to_bytes<B: Backend>(model: &Vlm<B>) -> Result<Vec<u8>, ModelError> {
+pub fn weights_to_bytes<B: Backend, M: Module<B>>(model: &M) -> Result<Vec<u8>, ModelError> {
     let mut store = SafetensorsStore::from_bytes(None).clear_metadata();
     model
         .save_into(&mut store)
@@ -29,7 +30,11 @@ pub fn model_from_bytes<B: Backend>(
     device: &B::Device,
 ) -> Result<Vlm<B>, ModelError> {
     cfg.validate().map_err(ModelError::Config)?;
-    let mut model = Vlm::<B>::new(cfg, device);
+    load_weights(Vlm::<B>::new(cfg, device), bytes)
+}
+
+/// Loads [`weights_to_bytes`] output into `model`, which must have every weight it names.
+pub fn load_weights<B: Backend, M: Module<B>>(mut model: M, bytes: &[u8]) -> Result<M, ModelError> {
     let mut store = SafetensorsStore::from_bytes(Some(bytes.to_vec()));
     let r = model
         .load_from(&mut store)

@@ -62,6 +62,31 @@ impl<B: Backend> ConvStem<B> {
     }
 }
 
+/// Patch features [B, N, F] of images [B, S, S]: the raw pixels of each `patch`-sized square, or
+/// with a conv stem its feature map [B, C, S/4, S/4] cut into one token per patch.
+pub fn patchify<B: Backend>(
+    stem: Option<&ConvStem<B>>,
+    images: Tensor<B, 3>,
+    patch: usize,
+) -> Tensor<B, 3> {
+    let [b, s, _] = images.dims();
+    let g = s / patch;
+    match stem {
+        None => images
+            .reshape([b, g, patch, g, patch])
+            .swap_dims(2, 3)
+            .reshape([b, g * g, patch * patch]),
+        Some(stem) => {
+            let f = stem.forward(images.reshape([b, 1, s, s]));
+            let [_, c, h, _] = f.dims();
+            let q = h / g;
+            f.reshape([b, c, g, q, g, q])
+                .permute([0, 2, 4, 1, 3, 5])
+                .reshape([b, g * g, c * q * q])
+        }
+    }
+}
+
 /// Per-layer caches of a batch being decoded, plus each row's next position.
 pub struct DecodeState<B: Backend> {
     pub caches: Vec<Option<KvCache<B>>>,
@@ -142,26 +167,7 @@ impl<B: Backend> Vlm<B> {
 
     /// Image tokens [B, N, d_model] from images [B, S, S] with ink in 0..1.
     pub fn encode_image(&self, images: Tensor<B, 3>) -> Tensor<B, 3> {
-        let [b, s, _] = images.dims();
-        let g = s / self.patch_size;
-        let patches = match &self.stem {
-            None => {
-                let p = self.patch_size;
-                images
-                    .reshape([b, g, p, g, p])
-                    .swap_dims(2, 3)
-                    .reshape([b, g * g, p * p])
-            }
-            Some(stem) => {
-                // Features [B, C, S/4, S/4] → one token per patch of (S/4)/g cells.
-                let f = stem.forward(images.reshape([b, 1, s, s]));
-                let [_, c, h, _] = f.dims();
-                let q = h / g;
-                f.reshape([b, c, g, q, g, q])
-                    .permute([0, 2, 4, 1, 3, 5])
-                    .reshape([b, g * g, c * q * q])
-            }
-        };
+        let patches = patchify(self.stem.as_ref(), images, self.patch_size);
         let mut x = linear3(&self.patch_embed, self.patch_norm.forward(patches))
             + self.vit_pos.val().unsqueeze::<3>();
         for blk in &self.vit_blocks {

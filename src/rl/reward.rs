@@ -8,9 +8,13 @@
 //!   re-rollout alone is the N = 1 reward, so one pass with N = 4 measures both.
 //! - `teacher`: another model transcribes the image greedily; the reward is 1(p = teacher's p),
 //!   equality in the canonical format (as a_p's, up to surrounding whitespace).
+//! - `clip`: the cosine similarity of the image's and the perception's embeddings under a
+//!   contrastively trained dual encoder ([`crate::clip`]); a perception that cannot be read, or
+//!   is longer than the encoder reads, gets the lowest similarity, −1.
 //!
 //! Rewards compose as a weighted sum of components (`outcome`, `ground_truth`, `self`,
-//! `teacher`); α-augmentation R = α·(perception reward) + (1 − α)·a is the two-term case.
+//! `teacher`, `clip`); α-augmentation R = α·(perception reward) + (1 − α)·a is the two-term
+//! case.
 
 use super::{Result, RlError};
 use crate::eval::rollout::{Mode, RolloutRow, RolloutSpec, run_rollouts};
@@ -37,6 +41,8 @@ pub enum Component {
     SelfReward,
     /// 1(p = the teacher's transcription).
     Teacher,
+    /// Cosine similarity of image and perception under the dual encoder.
+    Clip,
 }
 
 impl Component {
@@ -46,6 +52,7 @@ impl Component {
             Component::GroundTruth => "ground_truth",
             Component::SelfReward => "self",
             Component::Teacher => "teacher",
+            Component::Clip => "clip",
         }
     }
 }
@@ -101,6 +108,7 @@ pub struct RewardRow {
     /// N (0 when the self-reward was not computed).
     pub self_n: usize,
     pub teacher: Option<f64>,
+    pub clip: Option<f64>,
     /// The final scalar reward.
     pub reward: f64,
 }
@@ -113,6 +121,7 @@ impl RewardRow {
             Component::GroundTruth => Some(f64::from(u8::from(self.a_p))),
             Component::SelfReward => self.self_mean,
             Component::Teacher => self.teacher,
+            Component::Clip => self.clip,
         }
     }
 }
@@ -217,23 +226,79 @@ pub fn teacher_rewards(
         .collect()
 }
 
-/// Scores rollouts and composes their rewards. `self_scores` and `teacher` must be given when
-/// the weights use them.
+/// Cosine similarities of (row, perception tokens) queries with their items' images.
+pub type Similarity<'a> = dyn FnMut(&[(usize, Vec<u32>)]) -> Result<Vec<f64>> + 'a;
+
+/// The CLIP reward of each rollout: `similarity(i, perception tokens)` of its item's image
+/// and its perception, or −1 (the lowest similarity) where the perception cannot be read or
+/// has more than `max_tokens` tokens. Returns the rewards and how many rows got −1 that way.
+pub fn clip_rewards(
+    rows: &[RolloutRow],
+    tok: &Tokenizer,
+    max_tokens: usize,
+    similarity: &mut Similarity,
+) -> Result<(Vec<f64>, usize)> {
+    let mut queries = Vec::new();
+    for (i, r) in rows.iter().enumerate() {
+        if let Some(p) = &r.perception {
+            let ids = tok.encode(p.trim());
+            if !ids.is_empty() && ids.len() <= max_tokens {
+                queries.push((i, ids));
+            }
+        }
+    }
+    let sims = similarity(&queries)?;
+    if sims.len() != queries.len() {
+        return Err(RlError::Invalid(format!(
+            "{} similarities for {} perceptions",
+            sims.len(),
+            queries.len()
+        )));
+    }
+    let mut out = vec![-1.0; rows.len()];
+    for ((i, _), s) in queries.iter().zip(sims) {
+        out[*i] = s;
+    }
+    Ok((out, rows.len() - queries.len()))
+}
+
+/// The surrogate perception rewards computed for a set of rollouts (row-aligned).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Surrogates<'a> {
+    /// Self-rewards (N = 1, N = n) and n.
+    pub self_scores: Option<(&'a [(f64, f64)], usize)>,
+    pub teacher: Option<&'a [f64]>,
+    pub clip: Option<&'a [f64]>,
+}
+
+/// Scores rollouts and composes their rewards. The surrogates the weights use must be given.
 pub fn reward_rows(
     rows: &[RolloutRow],
     p_star: &HashMap<String, String>,
     weights: &RewardWeights,
-    self_scores: Option<(&[(f64, f64)], usize)>,
-    teacher: Option<&[f64]>,
+    sur: Surrogates,
 ) -> Result<Vec<RewardRow>> {
     for (c, given) in [
-        (Component::SelfReward, self_scores.is_some()),
-        (Component::Teacher, teacher.is_some()),
+        (Component::SelfReward, sur.self_scores.is_some()),
+        (Component::Teacher, sur.teacher.is_some()),
+        (Component::Clip, sur.clip.is_some()),
     ] {
         if weights.uses(c) && !given {
             return Err(RlError::Invalid(format!(
                 "the reward uses `{}`, which was not computed",
                 c.name()
+            )));
+        }
+    }
+    for (name, n) in [
+        ("self", sur.self_scores.map(|(v, _)| v.len())),
+        ("teacher", sur.teacher.map(<[f64]>::len)),
+        ("clip", sur.clip.map(<[f64]>::len)),
+    ] {
+        if let Some(n) = n.filter(|&n| n != rows.len()) {
+            return Err(RlError::Invalid(format!(
+                "{n} {name} rewards for {} rollouts",
+                rows.len()
             )));
         }
     }
@@ -253,10 +318,11 @@ pub fn reward_rows(
                 a: s.a,
                 a_p: s.a_p,
                 a_tilde_r: s.a_tilde_r,
-                self_first: self_scores.map(|(v, _)| v[i].0),
-                self_mean: self_scores.map(|(v, _)| v[i].1),
-                self_n: self_scores.map(|(_, n)| n).unwrap_or(0),
-                teacher: teacher.map(|t| t[i]),
+                self_first: sur.self_scores.map(|(v, _)| v[i].0),
+                self_mean: sur.self_scores.map(|(v, _)| v[i].1),
+                self_n: sur.self_scores.map(|(_, n)| n).unwrap_or(0),
+                teacher: sur.teacher.map(|t| t[i]),
+                clip: sur.clip.map(|t| t[i]),
                 reward: 0.0,
             };
             let mut total = 0.0;
@@ -491,7 +557,12 @@ mod tests {
             teacher_rewards(&rows, &[("g".to_string(), Some(P.to_string()))].into()).unwrap();
         assert_eq!(teacher, [1.0, 0.0, 1.0]);
         let w = RewardWeights::augmented(0.25, Component::GroundTruth).unwrap();
-        let out = reward_rows(&rows, &truth(), &w, Some((&selfs, 4)), Some(&teacher)).unwrap();
+        let sur = Surrogates {
+            self_scores: Some((&selfs, 4)),
+            teacher: Some(&teacher),
+            clip: None,
+        };
+        let out = reward_rows(&rows, &truth(), &w, sur).unwrap();
         let flags: Vec<(bool, bool, bool)> =
             out.iter().map(|r| (r.a, r.a_p, r.a_tilde_r)).collect();
         assert_eq!(
@@ -509,19 +580,29 @@ mod tests {
         assert_eq!(out[1].self_mean, Some(0.25));
         assert_eq!(out[2].teacher, Some(1.0));
         assert_eq!(out[0].self_n, 4);
-        let outcome = reward_rows(&rows, &truth(), &RewardWeights::outcome(), None, None).unwrap();
+        let outcome = reward_rows(
+            &rows,
+            &truth(),
+            &RewardWeights::outcome(),
+            Surrogates::default(),
+        )
+        .unwrap();
         assert_eq!(
             outcome.iter().map(|r| r.reward).collect::<Vec<_>>(),
             [1.0, 0.0, 0.0]
         );
         let s = RewardWeights::augmented(0.5, Component::SelfReward).unwrap();
-        let out = reward_rows(&rows, &truth(), &s, Some((&selfs, 4)), None).unwrap();
+        let only_self = Surrogates {
+            self_scores: Some((&selfs, 4)),
+            ..Surrogates::default()
+        };
+        let out = reward_rows(&rows, &truth(), &s, only_self).unwrap();
         assert_eq!(
             out.iter().map(|r| r.reward).collect::<Vec<_>>(),
             [1.0, 0.125, 0.25]
         );
         // A reward that needs a component not computed is refused.
-        assert!(reward_rows(&rows, &truth(), &s, None, None).is_err());
+        assert!(reward_rows(&rows, &truth(), &s, Surrogates::default()).is_err());
         assert!(RewardWeights::augmented(1.5, Component::Teacher).is_err());
     }
 }

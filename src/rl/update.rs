@@ -9,7 +9,7 @@ use super::{Result, RlError};
 use crate::model::checkpoint::model_from_bytes;
 use crate::model::{Vlm, VlmConfig, host_f32};
 use crate::train::grads::combine;
-use crate::train::trainer::{OptimSettings, Trainer};
+use crate::train::trainer::{OptimSettings, OptimState, Trainer};
 use crate::util::rng::keyed;
 use burn::optim::GradientsParams;
 use burn::tensor::backend::AutodiffBackend;
@@ -72,6 +72,8 @@ pub struct MinibatchRow {
 /// The result of an update.
 pub struct UpdateOutput {
     pub weights: Vec<u8>,
+    /// The AdamW state after the update, for the next RL step to continue from.
+    pub state: OptimState,
     pub log: Vec<MinibatchRow>,
 }
 
@@ -112,12 +114,15 @@ struct Acc {
 
 /// Runs one update of the policy `init` (weights in the checkpoint format) on `seqs`, with an
 /// optional frozen `reference`: its KL is logged whenever it is given, and added to the loss
-/// with weight `kl_coef` (which needs one).
+/// with weight `kl_coef` (which needs one). With `state` (the previous update's
+/// [`UpdateOutput::state`]), AdamW continues from its moments and step count, as an RL trainer
+/// that keeps its optimizer across steps does; its weights must be `init`.
 #[allow(clippy::too_many_arguments)]
 pub fn update<B: AutodiffBackend>(
     settings: &UpdateSettings,
     cfg: &VlmConfig,
     init: &[u8],
+    state: Option<&OptimState>,
     reference: Option<&[u8]>,
     seqs: &[Sequence],
     pad: u32,
@@ -135,6 +140,16 @@ pub fn update<B: AutodiffBackend>(
         grad_clip: settings.grad_clip,
     };
     let mut trainer = Trainer::<B>::new(cfg, Some(init), &optim, settings.seed, device)?;
+    if let Some(st) = state {
+        trainer.load_state(st)?;
+        if trainer.weights()? != init {
+            return Err(RlError::Invalid(
+                "the optimizer state was saved with other weights than the policy checkpoint \
+                 (it belongs to another RL step)"
+                    .into(),
+            ));
+        }
+    }
     let reference = match reference {
         Some(bytes) => Some(model_from_bytes::<B::InnerBackend>(cfg, bytes, device)?),
         None if settings.loss.kl_coef > 0.0 => {
@@ -217,6 +232,7 @@ pub fn update<B: AutodiffBackend>(
     }
     Ok(UpdateOutput {
         weights: trainer.weights()?,
+        state: trainer.state()?,
         log,
     })
 }
@@ -370,7 +386,7 @@ mod tests {
             max_logprob_gap: 1e-3,
         };
         let seqs = vec![good.clone(), bad.clone()];
-        let out = update::<B>(&settings, &cfg, &init, None, &seqs, 0, &dev, |_| {}).unwrap();
+        let out = update::<B>(&settings, &cfg, &init, None, None, &seqs, 0, &dev, |_| {}).unwrap();
         assert_eq!(out.log.len(), 4);
         let first = &out.log[0];
         assert!(first.logprob_gap < 1e-4, "{first:?}");
@@ -388,12 +404,76 @@ mod tests {
         assert!(total(&good, &after) > total(&good, &model) + 0.1);
         assert!(total(&bad, &after) < total(&bad, &model) - 0.1);
 
+        // Two updates of two epochs each, the second continuing the first's AdamW state, end
+        // where one update of four epochs does (one mini-batch per epoch, so only the order
+        // of the two sequences within it differs); a fresh optimizer for the second does not.
+        let whole = UpdateSettings {
+            mini_batch: 2,
+            micro_batch: 2,
+            max_logprob_gap: 0.0,
+            ..settings.clone()
+        };
+        let half = UpdateSettings {
+            ppo_epochs: 2,
+            ..whole.clone()
+        };
+        let flat = |w: &[u8]| -> Vec<f32> {
+            let m = crate::model::checkpoint::model_from_bytes::<Cpu>(&cfg, w, &dev).unwrap();
+            let mut v = Vec::new();
+            for p in [m.lm_head.weight.val(), m.embed.weight.val()] {
+                v.extend(p.into_data().to_vec::<f32>().unwrap());
+            }
+            v
+        };
+        let run = |s: &UpdateSettings, init: &[u8], st: Option<&OptimState>| {
+            update::<B>(s, &cfg, init, st, None, &seqs, 0, &dev, |_| {}).unwrap()
+        };
+        let one = run(&whole, &init, None);
+        let first = run(&half, &init, None);
+        let carried = run(&half, &first.weights, Some(&first.state));
+        let fresh = run(&half, &first.weights, None);
+        let dist = |a: &[u8], b: &[u8]| -> f32 {
+            flat(a)
+                .iter()
+                .zip(flat(b))
+                .map(|(x, y)| (x - y).abs())
+                .fold(0.0, f32::max)
+        };
+        assert!(dist(&carried.weights, &one.weights) < 1e-5);
+        assert!(dist(&fresh.weights, &one.weights) > 1e-4);
+        // A state saved with other weights is refused.
+        let err = update::<B>(
+            &half,
+            &cfg,
+            &init,
+            Some(&first.state),
+            None,
+            &seqs,
+            0,
+            &dev,
+            |_| {},
+        )
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+        assert!(err.contains("other weights"), "{err}");
+
         // Rollouts from another policy are refused before any step.
         let other = make(vec![5, 6, 7, 39], 1.0, &Vlm::<Cpu>::new(&cfg, &dev));
-        let err = update::<B>(&settings, &cfg, &init, None, &[other, bad], 0, &dev, |_| {})
-            .err()
-            .map(|e| e.to_string())
-            .unwrap_or_default();
+        let err = update::<B>(
+            &settings,
+            &cfg,
+            &init,
+            None,
+            None,
+            &[other, bad],
+            0,
+            &dev,
+            |_| {},
+        )
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
         assert!(err.contains("not sampled from this checkpoint"), "{err}");
     }
 }

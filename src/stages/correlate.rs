@@ -1,7 +1,7 @@
 //! correlate: how each reward couples to perception and to reasoning over a pool of rollouts —
 //! Pearson r between every reward column of a `rewards` artifact (the outcome, the
 //! ground-truth perception reward, the self-rewards with N = 1 and N, the teacher reward, the
-//! final reward) and a_p and ã_r, with a 95 % bootstrap interval that resamples items (the
+//! CLIP reward, the final reward) and a_p and ã_r, with a 95 % bootstrap interval that resamples items (the
 //! samples of one item are not independent). The paper's Figure 8 and Table 3.
 
 use super::artifacts::read_rewards;
@@ -70,6 +70,9 @@ fn reward_columns(rows: &[RewardRow]) -> Vec<(String, Getter)> {
     if rows.iter().any(|r| r.teacher.is_some()) {
         out.push(("teacher".into(), Box::new(|r: &RewardRow| r.teacher)));
     }
+    if rows.iter().any(|r| r.clip.is_some()) {
+        out.push(("clip".into(), Box::new(|r: &RewardRow| r.clip)));
+    }
     out.push(("reward".into(), Box::new(|r: &RewardRow| Some(r.reward))));
     out
 }
@@ -112,7 +115,7 @@ pub fn correlate(rows: &[RewardRow], reps: usize, seed: u64) -> Vec<CorrelationR
 
 impl Stage for Correlate {
     const NAME: &'static str = "correlate";
-    const VERSION: u32 = 1;
+    const VERSION: u32 = 2;
     type Config = CorrelateConfig;
 
     fn inputs() -> Vec<InputSpec> {
@@ -181,6 +184,7 @@ mod tests {
             self_mean: None,
             self_n: 0,
             teacher,
+            clip: None,
             reward: f64::from(u8::from(a)),
         }
     }

@@ -8,11 +8,16 @@
 //! rollout = { prompts_per_step = 8, samples = 4 }   # each step's rollout (split "rl", G = 4 by default)
 //! reward = { alpha = 0.5, perception = "ground_truth" }
 //! update = { lr = 1e-4, kl_coef = 0.01 }
+//! eval = { every = 10, items = 64 }                 # held-out evaluation (optional)
 //! ```
 //!
 //! expands into per-step instances `rl_k_rollout` → `rl_k_reward` → `rl_k_update` (k from 0),
 //! each step sampling from the previous step's checkpoint; the last update is named `rl` itself,
-//! so `inputs = { checkpoint = "rl" }` downstream reads the final policy. Each instance is an
+//! so `inputs = { checkpoint = "rl" }` downstream reads the final policy. Each update continues
+//! the previous one's AdamW state (`optimizer`), log (`history`: the last log holds the whole
+//! run, with the running correlations) and evaluations (`eval_history`). With `eval`, the
+//! policy is evaluated greedily on `items` held-out items (`split`, default "test") before the
+//! first step and after every `every`-th (`rl.eval` holds them all). Each instance is an
 //! ordinary stage, so the runner's cache resumes a killed loop at its first incomplete step,
 //! rerunning an unchanged loop is a no-op, and lengthening it keeps the steps already done.
 //! `reference` feeds every update's KL term, `teacher` every reward's teacher; the reward's
@@ -69,13 +74,13 @@ fn stage_table(
 pub fn expand(name: &str, t: &toml::Table) -> Expansion {
     for k in t.keys() {
         if ![
-            "stage", "inputs", "seed", "steps", "rollout", "reward", "update",
+            "stage", "inputs", "seed", "steps", "rollout", "reward", "update", "eval",
         ]
         .contains(&k.as_str())
         {
             return Err(format!(
-                "unknown key `{k}` of a `{KIND}` loop (steps, rollout, reward, update, inputs, \
-                 seed{})",
+                "unknown key `{k}` of a `{KIND}` loop (steps, rollout, reward, update, eval, \
+                 inputs, seed{})",
                 if k == "sweep" {
                     "; sweep an upstream stage instead"
                 } else {
@@ -122,9 +127,22 @@ pub fn expand(name: &str, t: &toml::Table) -> Expansion {
     rollout.entry("samples").or_insert(toml::Value::Integer(4));
     let reward = sub_table(t, "reward")?;
     let update = sub_table(t, "update")?;
+    for k in [
+        "eval_items",
+        "eval_start",
+        "eval_after",
+        "eval_split",
+        "eval_max_new_tokens",
+    ] {
+        if update.contains_key(k) {
+            return Err(format!("`update.{k}` is set by the loop's `eval` table"));
+        }
+    }
+    let eval = Eval::parse(t.get("eval"))?;
 
     let mut out = Vec::with_capacity(3 * steps);
     let mut policy = input("checkpoint").unwrap_or_default();
+    let mut previous: Option<String> = None;
     for k in 0..steps {
         let (r, w) = (format!("{name}_{k}_rollout"), format!("{name}_{k}_reward"));
         let u = if k + 1 == steps {
@@ -166,18 +184,82 @@ pub fn expand(name: &str, t: &toml::Table) -> Expansion {
         if let Some(reference) = input("reference") {
             update_inputs.push(("reference", reference));
         }
+        if let Some(prev) = &previous {
+            update_inputs.push(("optimizer", format!("{prev}.optimizer")));
+            update_inputs.push(("history", format!("{prev}.log")));
+            update_inputs.push(("eval_history", format!("{prev}.eval")));
+        }
+        let mut settings = with_step(update.clone());
+        eval.set(&mut settings, k);
         out.push((
             u.clone(),
-            stage_table(
-                "grpo-update",
-                &update_inputs,
-                with_step(update.clone()),
-                seed,
-            ),
+            stage_table("grpo-update", &update_inputs, settings, seed),
         ));
-        policy = u;
+        policy = u.clone();
+        previous = Some(u);
     }
     Ok(out)
+}
+
+/// The loop's `eval` table.
+#[derive(Debug, Default)]
+struct Eval {
+    every: usize,
+    items: i64,
+    split: Option<toml::Value>,
+    max_new_tokens: Option<toml::Value>,
+}
+
+impl Eval {
+    fn parse(v: Option<&toml::Value>) -> Result<Eval, String> {
+        let Some(v) = v else {
+            return Ok(Eval::default());
+        };
+        let t = v
+            .as_table()
+            .ok_or("`eval` must be a table: { every = N, items = M }")?;
+        for k in t.keys() {
+            if !["every", "items", "split", "max_new_tokens"].contains(&k.as_str()) {
+                return Err(format!(
+                    "unknown key `eval.{k}` (every, items, split, max_new_tokens)"
+                ));
+            }
+        }
+        let positive = |k: &str| {
+            t.get(k)
+                .and_then(toml::Value::as_integer)
+                .filter(|&v| v > 0)
+                .ok_or(format!("`eval.{k}` must be a positive integer"))
+        };
+        Ok(Eval {
+            every: usize::try_from(positive("every")?).map_err(|e| e.to_string())?,
+            items: positive("items")?,
+            split: t.get("split").cloned(),
+            max_new_tokens: t.get("max_new_tokens").cloned(),
+        })
+    }
+
+    /// Sets the evaluation of update `k`: the starting policy before step 0, and the policy
+    /// after every `every`-th step.
+    fn set(&self, update: &mut toml::Table, k: usize) {
+        if self.every == 0 {
+            return;
+        }
+        let start = k == 0;
+        let after = (k + 1).is_multiple_of(self.every);
+        if !(start || after) {
+            return;
+        }
+        update.insert("eval_items".into(), toml::Value::Integer(self.items));
+        update.insert("eval_start".into(), toml::Value::Boolean(start));
+        update.insert("eval_after".into(), toml::Value::Boolean(after));
+        if let Some(s) = &self.split {
+            update.insert("eval_split".into(), s.clone());
+        }
+        if let Some(m) = &self.max_new_tokens {
+            update.insert("eval_max_new_tokens".into(), m.clone());
+        }
+    }
 }
 
 #[cfg(test)]

@@ -10,19 +10,25 @@
 //! one-row-per-mini-batch `rl_log`.
 
 use super::artifacts::{read_rewards, read_rollouts, read_sampling};
-use super::model_io::{read_checkpoint, read_examples_where, read_tokenizer, write_checkpoint};
+use super::model_io::{
+    read_checkpoint, read_examples, read_examples_where, read_tokenizer, write_checkpoint,
+};
 use super::{
     Outputs, Stage, StageError, Written, bail, ensure, input, input_id, optional, optional_id,
-    output, outputs, read_input, write_table,
+    output, outputs, read_input, read_optional, write_table_after,
 };
-use crate::analysis::pearson;
+use crate::analysis::{pearson, wilson};
 use crate::dag::{InputSpec, OutputSpec, RunCtx};
 use crate::eval::rollout::{Mode, prefix};
+use crate::eval::score::{EvalPoint, heldout_eval};
 use crate::model::DeviceSpec;
+use crate::model::checkpoint::model_from_bytes;
 use crate::rl::advantage::{ADV_EPS, StdKind, grouped_advantages, token_advantages};
 use crate::rl::grpo::{LossSettings, Sequence};
 use crate::rl::update::{MinibatchRow, UpdateSettings, update};
+use crate::table::Table;
 use crate::table::cols;
+use crate::train::trainer::OptimState;
 use burn::backend::Autodiff;
 use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, HashSet};
@@ -57,6 +63,15 @@ pub struct GrpoUpdateConfig {
     /// Refuse rollouts whose stored log-probabilities differ from this checkpoint's by more
     /// than this per token on average, before any step (0 = no check).
     pub max_logprob_gap: f64,
+    /// Held-out greedy evaluation (a, a_p, counterfactual a_r, ã_r) on the first `eval_items`
+    /// items of `eval_split` (0 = none): of the updated policy (`eval_after`) and of the
+    /// starting one (`eval_start`, logged as step −1). A `grpo` loop sets these from its `eval`.
+    pub eval_items: usize,
+    pub eval_split: String,
+    pub eval_start: bool,
+    pub eval_after: bool,
+    /// Token budget of the evaluation's outputs; unset: the longest target + a margin.
+    pub eval_max_new_tokens: Option<usize>,
 }
 
 impl Default for GrpoUpdateConfig {
@@ -76,6 +91,11 @@ impl Default for GrpoUpdateConfig {
             token_lambda: None,
             adv_std: StdKind::Sample,
             max_logprob_gap: 0.02,
+            eval_items: 0,
+            eval_split: "test".into(),
+            eval_start: false,
+            eval_after: true,
+            eval_max_new_tokens: None,
         }
     }
 }
@@ -87,8 +107,20 @@ const ROLLOUTS: InputSpec = input("rollouts", "rollouts");
 const REWARDS: InputSpec = input("rewards", "rewards");
 const DATA: InputSpec = input("data", "sft_targets");
 const REFERENCE: InputSpec = optional("reference", "checkpoint");
+/// The previous step's optimizer state (AdamW continues from it).
+const OPTIMIZER_IN: InputSpec = optional("optimizer", OPTIMIZER_KIND);
+/// The previous step's log and evaluations, continued by this step's.
+const HISTORY: InputSpec = optional("history", "rl_log");
+const EVAL_HISTORY: InputSpec = optional("eval_history", "rl_eval");
 const MAIN: OutputSpec = output("main", "checkpoint");
 const LOG: OutputSpec = output("log", "rl_log");
+const OPTIMIZER: OutputSpec = output("optimizer", OPTIMIZER_KIND);
+const EVAL: OutputSpec = output("eval", "rl_eval");
+
+/// The kind of an optimizer-state artifact: the model as burn's record and the AdamW state.
+pub const OPTIMIZER_KIND: &str = "optimizer_state";
+const STATE_MODEL_FILE: &str = "model.bin";
+const STATE_OPTIM_FILE: &str = "optim.bin";
 
 /// Statistics of the whole step, repeated on every log row.
 struct StepStats {
@@ -99,19 +131,118 @@ struct StepStats {
     r_a_p: Option<f64>,
     r_a_tilde_r: Option<f64>,
     zero_groups: f64,
+    running: Running,
+}
+
+/// Sums over every rollout of the run so far, from which the running Pearson r of the reward
+/// x with a_p and with ã_r follow (both binary, so Σy² = Σy).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+struct Running {
+    n: f64,
+    x: f64,
+    xx: f64,
+    p: f64,
+    xp: f64,
+    r: f64,
+    xr: f64,
+}
+
+/// The running sums' columns, in the log's order.
+const RUNNING: [&str; 7] = [
+    "running_rollouts",
+    "running_sum_reward",
+    "running_sum_reward2",
+    "running_sum_a_p",
+    "running_sum_reward_a_p",
+    "running_sum_a_tilde_r",
+    "running_sum_reward_a_tilde_r",
+];
+
+impl Running {
+    fn add(&mut self, x: f64, a_p: f64, a_tr: f64) {
+        self.n += 1.0;
+        self.x += x;
+        self.xx += x * x;
+        self.p += a_p;
+        self.xp += x * a_p;
+        self.r += a_tr;
+        self.xr += x * a_tr;
+    }
+
+    fn values(&self) -> [f64; 7] {
+        [self.n, self.x, self.xx, self.p, self.xp, self.r, self.xr]
+    }
+
+    /// Pearson r of the reward with a binary y of sum `y` and cross sum `xy`; `None` when
+    /// either is constant.
+    fn r(&self, y: f64, xy: f64) -> Option<f64> {
+        let n = self.n;
+        let vx = n * self.xx - self.x * self.x;
+        let vy = n * y - y * y;
+        let scale = (n * self.xx).max(1.0) * n.max(1.0);
+        if vx <= 1e-12 * scale || vy <= 1e-12 * n * n.max(1.0) {
+            return None;
+        }
+        Some(((n * xy - self.x * y) / (vx * vy).sqrt()).clamp(-1.0, 1.0))
+    }
+
+    /// The sums on the last row of an earlier log (zero without one).
+    fn from_log(t: Option<&Table>) -> Result<Running, StageError> {
+        let Some(t) = t.filter(|t| t.rows() > 0) else {
+            return Ok(Running::default());
+        };
+        let last = t.rows() - 1;
+        let mut v = [0.0; 7];
+        v[0] = t.i64(RUNNING[0])?.value(last) as f64;
+        for (slot, name) in v.iter_mut().zip(RUNNING).skip(1) {
+            *slot = t.f64(name)?.value(last);
+        }
+        let [n, x, xx, p, xp, r, xr] = v;
+        Ok(Running {
+            n,
+            x,
+            xx,
+            p,
+            xp,
+            r,
+            xr,
+        })
+    }
+}
+
+/// The last step in an earlier log or evaluation table, which must be the one before `step`.
+fn check_history(t: Option<&Table>, step: usize, what: &str) -> Result<(), StageError> {
+    let Some(t) = t.filter(|t| t.rows() > 0) else {
+        return Ok(());
+    };
+    let last = t.i32("step")?.value(t.rows() - 1);
+    ensure!(
+        i64::from(last) < step as i64,
+        "the {what} wired as history ends at step {last}, not before this step ({step})"
+    );
+    Ok(())
 }
 
 impl Stage for GrpoUpdate {
     const NAME: &'static str = "grpo-update";
-    const VERSION: u32 = 1;
+    const VERSION: u32 = 2;
     const USES_DEVICE: bool = true;
     type Config = GrpoUpdateConfig;
 
     fn inputs() -> Vec<InputSpec> {
-        vec![CHECKPOINT, ROLLOUTS, REWARDS, DATA, REFERENCE]
+        vec![
+            CHECKPOINT,
+            ROLLOUTS,
+            REWARDS,
+            DATA,
+            REFERENCE,
+            OPTIMIZER_IN,
+            HISTORY,
+            EVAL_HISTORY,
+        ]
     }
     fn outputs() -> Vec<OutputSpec> {
-        vec![MAIN, LOG]
+        vec![MAIN, LOG, OPTIMIZER, EVAL]
     }
 
     fn run(cfg: &GrpoUpdateConfig, ctx: &RunCtx) -> Result<Outputs, StageError> {
@@ -219,6 +350,18 @@ impl Stage for GrpoUpdate {
         };
         let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
         let (a, a_p, a_tr) = (flag(&|r| r.a), flag(&|r| r.a_p), flag(&|r| r.a_tilde_r));
+        let history = read_optional(ctx, &HISTORY)?;
+        let eval_history = read_optional(ctx, &EVAL_HISTORY)?;
+        check_history(history.as_ref(), cfg.step, "log")?;
+        check_history(eval_history.as_ref(), cfg.step, "evaluation")?;
+        let mut running = Running::from_log(history.as_ref())?;
+        for k in 0..reward.len() {
+            running.add(reward[k], a_p[k], a_tr[k]);
+        }
+        let state = match optional_id(ctx, &OPTIMIZER_IN) {
+            Some(id) => Some(read_state(ctx, id.as_str())?),
+            None => None,
+        };
         let step = StepStats {
             reward: mean(&reward),
             a: mean(&a),
@@ -227,6 +370,7 @@ impl Stage for GrpoUpdate {
             r_a_p: pearson(&reward, &a_p),
             r_a_tilde_r: pearson(&reward, &a_tr),
             zero_groups: zero.values().filter(|&&z| z).count() as f64 / zero.len().max(1) as f64,
+            running,
         };
 
         let settings = UpdateSettings {
@@ -253,11 +397,42 @@ impl Stage for GrpoUpdate {
         let spec = DeviceSpec::parse(&ctx.device)?;
         let total = cfg.ppo_epochs * seqs.len().div_ceil(settings.mini_batch.max(1));
         let bar = crate::progress::bar(total as u64, "grpo-update");
+        let eval_set = if cfg.eval_items > 0 {
+            read_examples(
+                ctx.store,
+                data_id.as_str(),
+                Some(&cfg.eval_split),
+                mcfg.image_size,
+                cfg.eval_items,
+            )?
+        } else {
+            Vec::new()
+        };
+        let evaluate = |weights: &[u8]| -> Result<Option<EvalPoint>, StageError> {
+            if eval_set.is_empty() {
+                return Ok(None);
+            }
+            crate::with_backend!(spec, |B, dev| {
+                let model = model_from_bytes::<B>(&mcfg, weights, &dev)?;
+                Ok(Some(heldout_eval(
+                    &model,
+                    &tok,
+                    &eval_set,
+                    cfg.eval_max_new_tokens,
+                    &dev,
+                )?))
+            })
+        };
+        let mut evals = Vec::new();
+        if cfg.eval_start {
+            evals.push((-1, evaluate(&init)?));
+        }
         let out = crate::with_backend!(spec, |B, dev| {
             update::<Autodiff<B>>(
                 &settings,
                 &mcfg,
                 &init,
+                state.as_ref(),
                 ref_weights.as_deref(),
                 &seqs,
                 tok.pad(),
@@ -270,15 +445,91 @@ impl Stage for GrpoUpdate {
             .map_err(StageError::from)
         })?;
         bar.finish_and_clear();
+        if cfg.eval_after {
+            evals.push((cfg.step as i32, evaluate(&out.weights)?));
+        }
         let ckpt = Written::new(&MAIN, write_checkpoint(ctx, &mcfg, &out.weights, &tok)?);
-        let log = write_log(ctx, cfg, &out.log, &step)?;
-        Ok(outputs([ckpt, log]))
+        let log = write_log(ctx, cfg, history.as_ref(), &out.log, &step)?;
+        let optimizer = write_state(ctx, &out.state)?;
+        let eval = write_evals(ctx, eval_history.as_ref(), &evals, eval_set.len())?;
+        Ok(outputs([ckpt, log, optimizer, eval]))
     }
+}
+
+fn read_state(ctx: &RunCtx, id: &str) -> Result<OptimState, StageError> {
+    let m = ctx.store.manifest(id)?;
+    ensure!(
+        m.kind == OPTIMIZER_KIND,
+        "artifact {id} is a `{}`, not an `{OPTIMIZER_KIND}`",
+        m.kind
+    );
+    Ok(OptimState {
+        model: ctx.store.read_file(id, STATE_MODEL_FILE)?,
+        optim: ctx.store.read_file(id, STATE_OPTIM_FILE)?,
+    })
+}
+
+fn write_state(ctx: &RunCtx, st: &OptimState) -> Result<Written, StageError> {
+    let mut w = ctx.store.writer(OPTIMIZER_KIND, 1)?;
+    w.add_bytes(STATE_MODEL_FILE, &st.model)?;
+    w.add_bytes(STATE_OPTIM_FILE, &st.optim)?;
+    Ok(Written::new(&OPTIMIZER, ctx.commit(w, None)?))
+}
+
+/// The evaluations measured (the step after which each was taken, −1 for the starting policy),
+/// after those of earlier steps.
+fn write_evals(
+    ctx: &RunCtx,
+    earlier: Option<&Table>,
+    evals: &[(i32, Option<EvalPoint>)],
+    items: usize,
+) -> Result<Written, StageError> {
+    let got: Vec<(i32, &EvalPoint)> = evals
+        .iter()
+        .filter_map(|(s, e)| e.as_ref().map(|e| (*s, e)))
+        .collect();
+    let f = |g: &dyn Fn(&EvalPoint) -> f64| cols::f64(got.iter().map(|(_, e)| g(e)).collect());
+    let ci = |g: &dyn Fn(&EvalPoint) -> f64, hi: bool| {
+        cols::f64(
+            got.iter()
+                .map(|(_, e)| {
+                    let k = (g(e) * items as f64).round() as u64;
+                    let (lo, up) = wilson(k, items as u64);
+                    if hi { up } else { lo }
+                })
+                .collect(),
+        )
+    };
+    write_table_after(
+        ctx,
+        &EVAL,
+        earlier,
+        vec![
+            ("step", cols::i32(got.iter().map(|(s, _)| *s).collect())),
+            ("items", cols::i32(vec![items as i32; got.len()])),
+            ("a", f(&|e| e.a)),
+            ("a_lo", ci(&|e| e.a, false)),
+            ("a_hi", ci(&|e| e.a, true)),
+            ("a_p", f(&|e| e.a_p)),
+            ("a_p_lo", ci(&|e| e.a_p, false)),
+            ("a_p_hi", ci(&|e| e.a_p, true)),
+            ("a_r", f(&|e| e.a_r)),
+            ("a_r_lo", ci(&|e| e.a_r, false)),
+            ("a_r_hi", ci(&|e| e.a_r, true)),
+            ("a_tilde_r", f(&|e| e.a_tilde_r)),
+            (
+                "a_given_p",
+                cols::f64_opt(got.iter().map(|(_, e)| e.a_given_p).collect()),
+            ),
+            ("truncated", f(&|e| e.truncated)),
+        ],
+    )
 }
 
 fn write_log(
     ctx: &RunCtx,
     cfg: &GrpoUpdateConfig,
+    earlier: Option<&Table>,
     log: &[MinibatchRow],
     s: &StepStats,
 ) -> Result<Written, StageError> {
@@ -288,38 +539,80 @@ fn write_log(
         |g: &dyn Fn(&MinibatchRow) -> usize| cols::i32(log.iter().map(|r| g(r) as i32).collect());
     let rep = |v: f64| cols::f64(vec![v; n]);
     let rep_opt = |v: Option<f64>| cols::f64_opt(vec![v; n]);
-    write_table(
-        ctx,
-        &LOG,
-        vec![
-            ("step", cols::i32(vec![cfg.step as i32; n])),
-            ("epoch", i(&|r| r.epoch)),
-            ("minibatch", i(&|r| r.minibatch)),
-            ("sequences", i(&|r| r.sequences)),
-            (
-                "tokens",
-                cols::i64(log.iter().map(|r| r.tokens as i64).collect()),
-            ),
-            ("loss", f(&|r| r.loss)),
-            ("pg_loss", f(&|r| r.pg_loss)),
-            ("kl", cols::f64_opt(log.iter().map(|r| r.kl).collect())),
-            ("clip_frac", f(&|r| r.clip_frac)),
-            ("ratio_mean", f(&|r| r.ratio_mean)),
-            ("entropy", f(&|r| r.entropy)),
-            ("logprob_gap", f(&|r| r.logprob_gap)),
-            ("grad_norm", f(&|r| r.grad_norm)),
-            ("lr", f(&|r| r.lr)),
-            ("mean_reward", f(&|r| r.mean_reward)),
-            ("response_len", f(&|r| r.response_len)),
-            ("perception_share", f(&|r| r.perception_share)),
-            ("token_lambda", rep_opt(cfg.token_lambda)),
-            ("step_reward", rep(s.reward)),
-            ("step_a", rep(s.a)),
-            ("step_a_p", rep(s.a_p)),
-            ("step_a_tilde_r", rep(s.a_tilde_r)),
-            ("step_r_reward_a_p", rep_opt(s.r_a_p)),
-            ("step_r_reward_a_tilde_r", rep_opt(s.r_a_tilde_r)),
-            ("zero_adv_groups", rep(s.zero_groups)),
-        ],
-    )
+    let sums = s.running.values();
+    let mut columns = vec![
+        ("step", cols::i32(vec![cfg.step as i32; n])),
+        ("epoch", i(&|r| r.epoch)),
+        ("minibatch", i(&|r| r.minibatch)),
+        ("sequences", i(&|r| r.sequences)),
+        (
+            "tokens",
+            cols::i64(log.iter().map(|r| r.tokens as i64).collect()),
+        ),
+        ("loss", f(&|r| r.loss)),
+        ("pg_loss", f(&|r| r.pg_loss)),
+        ("kl", cols::f64_opt(log.iter().map(|r| r.kl).collect())),
+        ("clip_frac", f(&|r| r.clip_frac)),
+        ("ratio_mean", f(&|r| r.ratio_mean)),
+        ("entropy", f(&|r| r.entropy)),
+        ("logprob_gap", f(&|r| r.logprob_gap)),
+        ("grad_norm", f(&|r| r.grad_norm)),
+        ("lr", f(&|r| r.lr)),
+        ("mean_reward", f(&|r| r.mean_reward)),
+        ("response_len", f(&|r| r.response_len)),
+        ("perception_share", f(&|r| r.perception_share)),
+        ("token_lambda", rep_opt(cfg.token_lambda)),
+        ("step_reward", rep(s.reward)),
+        ("step_a", rep(s.a)),
+        ("step_a_p", rep(s.a_p)),
+        ("step_a_tilde_r", rep(s.a_tilde_r)),
+        ("step_r_reward_a_p", rep_opt(s.r_a_p)),
+        ("step_r_reward_a_tilde_r", rep_opt(s.r_a_tilde_r)),
+        ("zero_adv_groups", rep(s.zero_groups)),
+        (
+            "running_r_reward_a_p",
+            rep_opt(s.running.r(s.running.p, s.running.xp)),
+        ),
+        (
+            "running_r_reward_a_tilde_r",
+            rep_opt(s.running.r(s.running.r, s.running.xr)),
+        ),
+        (RUNNING[0], cols::i64(vec![sums[0] as i64; n])),
+    ];
+    for (name, v) in RUNNING.iter().zip(sums).skip(1) {
+        columns.push((name, rep(v)));
+    }
+    write_table_after(ctx, &LOG, earlier, columns)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The running r, accumulated step by step from sums, equals Pearson's r over every
+    /// rollout at once; it is undefined while a side is constant.
+    #[test]
+    fn running_r_equals_pearson_over_all_rollouts() {
+        let x: Vec<f64> = (0..40).map(|i| ((i * 7 % 11) as f64) / 10.0).collect();
+        let p: Vec<f64> = (0..40).map(|i| f64::from(u8::from(i % 3 == 0))).collect();
+        let r: Vec<f64> = (0..40)
+            .map(|i| f64::from(u8::from(i * 5 % 7 < 3)))
+            .collect();
+        let mut run = Running::default();
+        for k in 0..40 {
+            run.add(x[k], p[k], r[k]);
+            if k % 8 == 7 {
+                let n = k + 1;
+                let want_p = pearson(&x[..n], &p[..n]).unwrap();
+                let want_r = pearson(&x[..n], &r[..n]).unwrap();
+                assert!((run.r(run.p, run.xp).unwrap() - want_p).abs() < 1e-12);
+                assert!((run.r(run.r, run.xr).unwrap() - want_r).abs() < 1e-12);
+            }
+        }
+        let mut flat = Running::default();
+        for _ in 0..5 {
+            flat.add(0.5, 1.0, 0.0);
+        }
+        assert_eq!(flat.r(flat.p, flat.xp), None);
+    }
 }

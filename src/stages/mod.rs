@@ -3,6 +3,7 @@
 //! it reads and outputs it writes, and a `run` from input artifacts to output artifacts.
 
 pub mod artifacts;
+pub mod clip_train;
 pub mod correlate;
 pub mod digits;
 pub mod distill_format;
@@ -41,6 +42,8 @@ pub enum StageError {
     Eval(#[from] crate::eval::EvalError),
     #[error(transparent)]
     Train(#[from] crate::train::sft::TrainError),
+    #[error(transparent)]
+    Clip(#[from] crate::clip::train::ClipError),
     #[error(transparent)]
     Rl(#[from] crate::rl::RlError),
     #[error("{0}")]
@@ -186,6 +189,20 @@ pub fn write_table(
     write_table_with_files(ctx, out, columns, &[])
 }
 
+/// [`write_table`], with the rows of `earlier` (the same kind, e.g. the previous step's log)
+/// before the new ones.
+pub fn write_table_after(
+    ctx: &RunCtx,
+    out: &OutputSpec,
+    earlier: Option<&Table>,
+    columns: Vec<(&str, ArrayRef)>,
+) -> Result<Written, StageError> {
+    let schema = table::schema(out.kind)?;
+    let mut w = ctx.store.writer(out.kind, schema.version)?;
+    let rows = table::write_after(&mut w, out.kind, earlier, columns)?;
+    Ok(Written::new(out, ctx.commit(w, Some(rows))?))
+}
+
 /// [`write_table`], with further files stored beside the table in the same artifact.
 pub fn write_table_with_files(
     ctx: &RunCtx,
@@ -274,6 +291,7 @@ impl Default for StageRegistry {
                 b::<reward_score::RewardScore>(),
                 b::<grpo_update::GrpoUpdate>(),
                 b::<correlate::Correlate>(),
+                b::<clip_train::ClipTrain>(),
             ],
         }
     }

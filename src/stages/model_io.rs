@@ -2,15 +2,17 @@
 //! spans) from an `sft_targets` artifact, and reading or writing checkpoint artifacts.
 
 use super::StageError;
+use crate::clip::{Clip, ClipConfig};
 use crate::dag::RunCtx;
 use crate::model::VlmConfig;
 use crate::model::checkpoint::{
-    CONFIG_FILE, WEIGHTS_FILE, check_tokenizer, config_from_json, config_to_json,
+    CONFIG_FILE, WEIGHTS_FILE, check_tokenizer, config_from_json, config_to_json, load_weights,
 };
 use crate::store::Store;
 use crate::table::Table;
 use crate::text::Tokenizer;
 use crate::train::batch::{Example, image_ink};
+use burn::tensor::backend::Backend;
 
 /// The tokenizer file stored in `sft_targets` and checkpoint artifacts.
 pub const TOKENIZER_FILE: &str = "tokenizer.json";
@@ -163,4 +165,48 @@ pub fn write_checkpoint(
     w.add_bytes(CONFIG_FILE, config_to_json(cfg).as_bytes())?;
     w.add_bytes(TOKENIZER_FILE, tok.to_json().as_bytes())?;
     Ok(ctx.commit(w, None)?)
+}
+
+/// The kind of a dual-encoder artifact (clip-train): weights, config and tokenizer.
+pub const CLIP_KIND: &str = "clip_checkpoint";
+
+/// Writes a dual encoder with its config and the data's tokenizer.
+pub fn write_clip(
+    ctx: &RunCtx,
+    cfg: &ClipConfig,
+    weights: &[u8],
+    tok: &Tokenizer,
+) -> Result<String, StageError> {
+    let mut w = ctx.store.writer(CLIP_KIND, 1)?;
+    w.add_bytes(WEIGHTS_FILE, weights)?;
+    let json = serde_json::to_string_pretty(cfg).map_err(|e| StageError::Invalid(e.to_string()))?;
+    w.add_bytes(CONFIG_FILE, json.as_bytes())?;
+    w.add_bytes(TOKENIZER_FILE, tok.to_json().as_bytes())?;
+    Ok(ctx.commit(w, None)?)
+}
+
+/// A dual encoder written by clip-train, with its config; its tokenizer must be the data's.
+pub fn read_clip<B: Backend>(
+    store: &Store,
+    id: &str,
+    data_tok: &Tokenizer,
+    device: &B::Device,
+) -> Result<(ClipConfig, Clip<B>), StageError> {
+    let m = store.manifest(id)?;
+    if m.kind != CLIP_KIND {
+        return Err(StageError::Invalid(format!(
+            "artifact {id} is a `{}`, not a `{CLIP_KIND}`",
+            m.kind
+        )));
+    }
+    if read_tokenizer(store, id)? != *data_tok {
+        return Err(StageError::Invalid(format!(
+            "the dual encoder {id} was trained with another tokenizer than the data's"
+        )));
+    }
+    let cfg: ClipConfig = serde_json::from_slice(&store.read_file(id, CONFIG_FILE)?)
+        .map_err(|e| StageError::Invalid(format!("{id}: config.json: {e}")))?;
+    cfg.validate().map_err(StageError::Invalid)?;
+    let model = load_weights(cfg.init::<B>(device), &store.read_file(id, WEIGHTS_FILE)?)?;
+    Ok((cfg, model))
 }

@@ -3,27 +3,29 @@
 //! (see [`crate::rl::reward`]).
 //!
 //! The reward is `reward = { outcome = 1.0 }` (the default: standard RL), any weighted sum of
-//! `outcome`, `ground_truth`, `self`, `teacher`, or α-augmentation
-//! `alpha = α, perception = "ground_truth" | "self" | "teacher"`:
+//! `outcome`, `ground_truth`, `self`, `teacher`, `clip`, or α-augmentation
+//! `alpha = α, perception = "ground_truth" | "self" | "teacher" | "clip"`:
 //! R = α·(perception reward) + (1 − α)·a. `surrogates` computes further perception rewards
 //! beside those the reward uses, for `correlate`. `self` needs the policy's `checkpoint`
-//! (the one that sampled the rollouts), `teacher` a `teacher` checkpoint. The self-reward's
-//! re-rollouts are keyed by the rollouts they score, so two RL steps never share a stream.
+//! (the one that sampled the rollouts), `teacher` a `teacher` checkpoint, `clip` a dual encoder
+//! from a clip-train stage. The self-reward's re-rollouts are keyed by the rollouts they score,
+//! so two RL steps never share a stream.
 
 use super::artifacts::{read_rollouts, read_sampling};
-use super::model_io::{read_checkpoint, read_examples_where, read_tokenizer};
+use super::model_io::{CLIP_KIND, read_checkpoint, read_clip, read_examples_where, read_tokenizer};
 use super::{
     Outputs, Stage, StageError, Written, bail, ensure, input, input_id, optional, optional_id,
     output, outputs, read_input, write_table,
 };
+use crate::clip::train::{Pair, similarities};
 use crate::dag::{InputSpec, OutputSpec, RunCtx};
 use crate::eval::rollout::{Mode, RolloutSpec};
 use crate::model::DeviceSpec;
 use crate::model::checkpoint::model_from_bytes;
 use crate::model::sampling::SamplingConfig;
 use crate::rl::reward::{
-    Component, RewardRow, RewardWeights, VlmReasoner, VlmTranscriber, reward_rows, self_rewards,
-    teacher_rewards,
+    Component, RewardRow, RewardWeights, Surrogates, VlmReasoner, VlmTranscriber, clip_rewards,
+    reward_rows, self_rewards, teacher_rewards,
 };
 use crate::table::cols;
 use crate::train::batch::Example;
@@ -40,7 +42,8 @@ pub struct RewardScoreConfig {
     pub alpha: Option<f64>,
     /// The perception reward of α-augmentation.
     pub perception: Component,
-    /// Further perception rewards to compute and keep (not in the reward): `self`, `teacher`.
+    /// Further perception rewards to compute and keep (not in the reward): `self`, `teacher`,
+    /// `clip`.
     pub surrogates: Vec<Component>,
     /// N: text-only re-rollouts per perception for the self-reward.
     pub self_n: usize,
@@ -88,13 +91,17 @@ impl RewardScoreConfig {
         let mut need: BTreeSet<Component> = self.surrogates.iter().copied().collect();
         for c in &need {
             ensure!(
-                matches!(c, Component::SelfReward | Component::Teacher),
-                "`surrogates` lists `{}`, which is always computed; list `self` or `teacher`",
+                matches!(
+                    c,
+                    Component::SelfReward | Component::Teacher | Component::Clip
+                ),
+                "`surrogates` lists `{}`, which is always computed; list `self`, `teacher` or \
+                 `clip`",
                 c.name()
             );
         }
         need.extend(
-            [Component::SelfReward, Component::Teacher]
+            [Component::SelfReward, Component::Teacher, Component::Clip]
                 .into_iter()
                 .filter(|&c| w.uses(c)),
         );
@@ -108,6 +115,7 @@ const ROLLOUTS: InputSpec = input("rollouts", "rollouts");
 const DATA: InputSpec = input("data", "sft_targets");
 const CHECKPOINT: InputSpec = optional("checkpoint", "checkpoint");
 const TEACHER: InputSpec = optional("teacher", "checkpoint");
+const CLIP: InputSpec = optional("clip", CLIP_KIND);
 const MAIN: OutputSpec = output("main", "rewards");
 
 /// Per item of the data: prompt ids, p*, and the target's longest reasoning and perception.
@@ -184,12 +192,12 @@ fn perception_budget(examples: &[Example]) -> usize {
 
 impl Stage for RewardScore {
     const NAME: &'static str = "reward-score";
-    const VERSION: u32 = 2;
+    const VERSION: u32 = 3;
     const USES_DEVICE: bool = true;
     type Config = RewardScoreConfig;
 
     fn inputs() -> Vec<InputSpec> {
-        vec![ROLLOUTS, DATA, CHECKPOINT, TEACHER]
+        vec![ROLLOUTS, DATA, CHECKPOINT, TEACHER, CLIP]
     }
     fn outputs() -> Vec<OutputSpec> {
         vec![MAIN]
@@ -278,14 +286,60 @@ impl Stage for RewardScore {
             None
         };
 
-        let out = reward_rows(
-            &rows,
-            &info.p_star,
-            &weights,
-            self_scores.as_deref().map(|s| (s, cfg.self_n)),
-            teacher.as_deref(),
-        )
-        .map_err(StageError::from)?;
+        let clip = if need.contains(&Component::Clip) {
+            let Some(id) = optional_id(ctx, &CLIP) else {
+                bail!(
+                    "the clip reward needs a dual encoder: wire input `clip` (a clip-train stage)"
+                );
+            };
+            let (scores, unscored) = crate::with_backend!(spec, |B, dev| {
+                let (ccfg, model) = read_clip::<B>(ctx.store, id.as_str(), &data_tok, &dev)?;
+                let examples = read_examples_where(
+                    ctx.store,
+                    data_id.as_str(),
+                    ccfg.image_size,
+                    0,
+                    &|_, id| items.contains(id),
+                )?;
+                let image: HashMap<&str, &[f32]> = examples
+                    .iter()
+                    .map(|e| (e.id.as_str(), e.image.as_slice()))
+                    .collect();
+                let mut similarity = |queries: &[(usize, Vec<u32>)]| {
+                    let mut pairs = Vec::with_capacity(queries.len());
+                    for (i, text) in queries {
+                        let Some(img) = image.get(rows[*i].id.as_str()) else {
+                            return Err(crate::rl::RlError::Invalid(format!(
+                                "rollout item `{}` is not in the data",
+                                rows[*i].id
+                            )));
+                        };
+                        pairs.push(Pair { image: img, text });
+                    }
+                    similarities(&model, ccfg.image_size, &pairs, cfg.batch_size, &dev)
+                        .map_err(|e| crate::rl::RlError::Invalid(e.to_string()))
+                };
+                clip_rewards(&rows, &data_tok, ccfg.max_text_len, &mut similarity)
+                    .map_err(StageError::from)
+            })?;
+            if unscored > 0 {
+                eprintln!(
+                    "reward-score: {unscored} of {} perceptions could not be read or are longer \
+                     than the dual encoder reads; their clip reward is -1",
+                    rows.len()
+                );
+            }
+            Some(scores)
+        } else {
+            None
+        };
+
+        let sur = Surrogates {
+            self_scores: self_scores.as_deref().map(|s| (s, cfg.self_n)),
+            teacher: teacher.as_deref(),
+            clip: clip.as_deref(),
+        };
+        let out = reward_rows(&rows, &info.p_star, &weights, sur).map_err(StageError::from)?;
         Ok(outputs([write_rewards(ctx, &out)?]))
     }
 }
@@ -319,6 +373,7 @@ fn write_rewards(ctx: &RunCtx, rows: &[RewardRow]) -> Result<Written, StageError
                 cols::i32(rows.iter().map(|r| r.self_n as i32).collect()),
             ),
             ("teacher", opt(&|r| r.teacher)),
+            ("clip", opt(&|r| r.clip)),
             ("reward", cols::f64(rows.iter().map(|r| r.reward).collect())),
         ],
     )

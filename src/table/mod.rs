@@ -71,6 +71,31 @@ pub fn write(w: &mut ArtifactWriter, kind: &str, columns: Vec<(&str, ArrayRef)>)
     write_batch(w, kind, batch)
 }
 
+/// [`write`], with the rows of `earlier` (a table of the same kind) first: a log that grows by
+/// one artifact per step.
+pub fn write_after(
+    w: &mut ArtifactWriter,
+    kind: &str,
+    earlier: Option<&Table>,
+    columns: Vec<(&str, ArrayRef)>,
+) -> Result<u64> {
+    let batch = schema(kind)?.batch_named(columns)?;
+    let batch = match earlier {
+        Some(t) => {
+            if t.kind != kind {
+                return Err(TableError::WrongKind {
+                    id: "(earlier rows)".into(),
+                    found: t.kind.clone(),
+                    expected: kind.to_string(),
+                });
+            }
+            arrow::compute::concat_batches(&batch.schema(), [&t.batch, &batch])?
+        }
+        None => batch,
+    };
+    write_batch(w, kind, batch)
+}
+
 fn write_batch(w: &mut ArtifactWriter, kind: &str, batch: RecordBatch) -> Result<u64> {
     let s = schema(kind)?;
     // The `huggingface` features travel in the Arrow schema's metadata, where `datasets` reads

@@ -30,6 +30,8 @@ const SCHEMA_FILES: &[(&str, &str)] = &[
         include_str!("../../schemas/eval_summary.json"),
     ),
     ("rewards", include_str!("../../schemas/rewards.json")),
+    ("rl_eval", include_str!("../../schemas/rl_eval.json")),
+    ("clip_log", include_str!("../../schemas/clip_log.json")),
     ("rl_log", include_str!("../../schemas/rl_log.json")),
     (
         "correlations",

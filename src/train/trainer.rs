@@ -49,6 +49,8 @@ pub enum TrainerError {
     Model(#[from] ModelError),
     #[error("snapshot at {path}: {msg}")]
     Snapshot { path: String, msg: String },
+    #[error("training state: {0}")]
+    State(String),
 }
 
 pub type Result<T> = std::result::Result<T, TrainerError>;
@@ -125,23 +127,47 @@ impl<B: AutodiffBackend> Trainer<B> {
         Ok(weights_to_bytes(&self.model)?)
     }
 
+    /// The model (as burn's record, which keeps the parameter ids the optimizer state is keyed
+    /// by) and the AdamW state (moments and step count), to carry training on elsewhere.
+    pub fn state(&self) -> Result<OptimState> {
+        let weights = BinBytesRecorder::<FullPrecisionSettings>::default()
+            .record(self.model.clone().into_record(), ())
+            .map_err(|e| TrainerError::State(format!("model: {e:?}")))?;
+        let optim = BinBytesRecorder::<FullPrecisionSettings>::default()
+            .record(self.optim.to_record(), ())
+            .map_err(|e| TrainerError::State(format!("optimizer: {e:?}")))?;
+        Ok(OptimState {
+            model: weights,
+            optim,
+        })
+    }
+
+    /// Restores a [`Trainer::state`]: the model and the optimizer continue where it was taken.
+    pub fn load_state(&mut self, state: &OptimState) -> Result<()> {
+        let record = BinBytesRecorder::<FullPrecisionSettings>::default()
+            .load(state.model.clone(), &self.device)
+            .map_err(|e| TrainerError::State(format!("model: {e:?}")))?;
+        self.model = Vlm::<B>::new(&self.cfg, &self.device).load_record(record);
+        let record = BinBytesRecorder::<FullPrecisionSettings>::default()
+            .load(state.optim.clone(), &self.device)
+            .map_err(|e| TrainerError::State(format!("optimizer: {e:?}")))?;
+        self.optim = Self::optim_config(&self.settings)
+            .init()
+            .load_record(record);
+        Ok(())
+    }
+
     /// Writes weights, optimizer state and the loop's `state` to `dir`; the state file is
     /// written last, so a snapshot cut short is never taken for a valid one.
     pub fn snapshot<S: Serialize>(&self, dir: &Path, state: &S) -> Result<()> {
         let err = snapshot_error(dir);
         std::fs::create_dir_all(dir).map_err(|e| err(e.to_string()))?;
-        // Burn's own record keeps parameter ids, which the optimizer state is keyed by.
-        let weights = BinBytesRecorder::<FullPrecisionSettings>::default()
-            .record(self.model.clone().into_record(), ())
-            .map_err(|e| err(format!("model state: {e:?}")))?;
-        let optim = BinBytesRecorder::<FullPrecisionSettings>::default()
-            .record(self.optim.to_record(), ())
-            .map_err(|e| err(format!("optimizer state: {e:?}")))?;
+        let st = self.state().map_err(|e| err(e.to_string()))?;
         let w = |name: &str, bytes: &[u8]| {
             crate::util::fsx::write_atomic(&dir.join(name), bytes).map_err(|e| err(e.to_string()))
         };
-        w(MODEL_FILE, &weights)?;
-        w(OPTIM_FILE, &optim)?;
+        w(MODEL_FILE, &st.model)?;
+        w(OPTIM_FILE, &st.optim)?;
         w(
             STATE_FILE,
             &serde_json::to_vec(state).map_err(|e| err(e.to_string()))?,
@@ -166,20 +192,21 @@ impl<B: AutodiffBackend> Trainer<B> {
             return Ok(None);
         }
         let err = snapshot_error(dir);
-        let weights = std::fs::read(dir.join(MODEL_FILE)).map_err(|e| err(e.to_string()))?;
-        let record = BinBytesRecorder::<FullPrecisionSettings>::default()
-            .load(weights, &self.device)
-            .map_err(|e| err(format!("model state: {e:?}")))?;
-        self.model = Vlm::<B>::new(&self.cfg, &self.device).load_record(record);
-        let optim = std::fs::read(dir.join(OPTIM_FILE)).map_err(|e| err(e.to_string()))?;
-        let record = BinBytesRecorder::<FullPrecisionSettings>::default()
-            .load(optim, &self.device)
-            .map_err(|e| err(format!("optimizer state: {e:?}")))?;
-        self.optim = Self::optim_config(&self.settings)
-            .init()
-            .load_record(record);
+        let read = |name: &str| std::fs::read(dir.join(name)).map_err(|e| err(e.to_string()));
+        let st = OptimState {
+            model: read(MODEL_FILE)?,
+            optim: read(OPTIM_FILE)?,
+        };
+        self.load_state(&st).map_err(|e| err(e.to_string()))?;
         Ok(Some(state))
     }
+}
+
+/// A trainer's model and optimizer state as bytes ([`Trainer::state`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OptimState {
+    pub model: Vec<u8>,
+    pub optim: Vec<u8>,
 }
 
 fn snapshot_error(dir: &Path) -> impl Fn(String) -> TrainerError {

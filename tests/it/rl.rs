@@ -1,7 +1,7 @@
 //! The RL stages end to end on a very small model: SFT (long enough that sampled perceptions
 //! sometimes match the greedy transcription, so rewards vary within a group), rollouts of an RL
-//! step's keyed items, reward-score with the teacher reward in the reward and the self-reward
-//! beside it, GRPO updates (token-level with a KL to the SFT model and token reweighting; GSPO)
+//! step's keyed items, a CLIP-style dual encoder, reward-score with the teacher reward in the
+//! reward and the self-reward and the CLIP reward beside it, GRPO updates (token-level with a KL to the SFT model and token reweighting; GSPO)
 //! and correlate — read back as data; a rerun is a no-op.
 
 use crate::common::*;
@@ -57,12 +57,26 @@ step = 1
 samples = 1
 max_new_tokens = 4
 
+[stages.clip]
+stage = "clip-train"
+inputs = { data = "distill_format" }
+image_size = 32
+conv_stem = 0
+dim = 16
+image_layers = 1
+text_layers = 1
+heads = 2
+embed_dim = 8
+steps = 12
+batch_size = 4
+eval_items = 2
+
 [stages.reward]
 stage = "reward-score"
-inputs = { rollouts = "rollout", data = "distill_format", checkpoint = "sft", teacher = "sft" }
+inputs = { rollouts = "rollout", data = "distill_format", checkpoint = "sft", teacher = "sft", clip = "clip" }
 alpha = 0.5
 perception = "teacher"
-surrogates = ["self"]
+surrogates = ["self", "clip"]
 self_n = 2
 self_max_new_tokens = 40
 
@@ -136,6 +150,7 @@ fn rollout_reward_update_correlate_and_rerun() {
     let (a, reward) = (rw.bool("a").unwrap(), rw.f64("reward").unwrap());
     let (first_self, mean_self) = (rw.f64("self_first").unwrap(), rw.f64("self_mean").unwrap());
     let (n, teacher) = (rw.i32("self_samples").unwrap(), rw.f64("teacher").unwrap());
+    let clip = rw.f64("clip").unwrap();
     let ids = rw.required_strings("id").unwrap();
     let mut groups: std::collections::BTreeMap<&str, Vec<f64>> = Default::default();
     for (i, id) in ids.iter().enumerate() {
@@ -150,6 +165,8 @@ fn rollout_reward_update_correlate_and_rerun() {
                 "row {i}"
             );
         }
+        // A cosine similarity (−1 for a perception that cannot be read).
+        assert!(!clip.is_null(i) && (-1.0..=1.0).contains(&clip.value(i)));
         // With N = 2 the mean is a multiple of 1/2.
         assert_eq!((mean_self.value(i) * 2.0).fract(), 0.0);
     }
@@ -227,6 +244,14 @@ fn rollout_reward_update_correlate_and_rerun() {
         artifact(&store, "sft", "main")
     );
 
+    // The dual encoder's log: one row per step, the held-out retrieval on the last.
+    let clog = read(&store, "clip", "log", "clip_log");
+    assert_eq!(clog.rows(), 12);
+    let retrieval = clog.f64("eval_retrieval").unwrap();
+    assert!((0..11).all(|i| retrieval.is_null(i)));
+    assert!((0.0..=1.0).contains(&retrieval.value(11)));
+    assert_eq!(clog.f64("eval_chance").unwrap().value(11), 0.5);
+
     // Correlations of every reward column with a_p and ã_r.
     let c = read(&store, "correlate", "main", "correlations");
     let names: Vec<String> = c.required_strings("reward").unwrap();
@@ -237,6 +262,7 @@ fn rollout_reward_update_correlate_and_rerun() {
         "self_1",
         "self_2",
         "teacher",
+        "clip",
         "reward",
     ];
     assert_eq!(c.rows(), 2 * want.len());
@@ -299,6 +325,7 @@ inputs = { checkpoint = "sft", data = "distill_format", reference = "sft" }
 steps = STEPS
 rollout = { prompts_per_step = 2, samples = 2, max_new_tokens = 8 }
 update = { lr = 1e-3, kl_coef = 0.01, mini_batch = 2 }
+eval = { every = 1, items = 1, max_new_tokens = 4 }
 "#;
 
 fn ids(t: &[(String, String, String)]) -> Vec<(String, String)> {
@@ -341,8 +368,36 @@ fn rl_loop_expands_resumes_and_extends() {
         rec.key_parts["inputs"]["checkpoint"],
         stage(&status, "rl_0_update")["outputs"]["main"]
     );
+    // The last step's log continues the first's: both steps, with running sums over the
+    // rollouts of both (2 prompts × 2 samples each).
     let log = json(&a, &["show", &format!("{ps}:rl.log")]);
-    assert!(rows(&log).iter().all(|r| r["step"] == 1), "{log:#}");
+    let steps: Vec<i64> = rows(&log)
+        .iter()
+        .filter_map(|r| r["step"].as_i64())
+        .collect();
+    assert_eq!(steps, [0, 0, 1, 1], "{log:#}");
+    let last = rows(&log).last().cloned().unwrap_or_default();
+    assert_eq!(last["running_rollouts"], 8, "{last:#}");
+    let per_step = json(&a, &["show", &format!("{ps}:rl.log"), "--last-per", "step"]);
+    assert_eq!(rows(&per_step).len(), 2, "{per_step:#}");
+    assert_eq!(rows(&per_step)[1], last);
+    // Held-out evaluations of the starting policy and after each step.
+    let eval = json(&a, &["show", &format!("{ps}:rl.eval")]);
+    let at: Vec<i64> = rows(&eval)
+        .iter()
+        .filter_map(|r| r["step"].as_i64())
+        .collect();
+    assert_eq!(at, [-1, 0, 1], "{eval:#}");
+    // Step 1 continues step 0's optimizer state.
+    let rec1 = Store::open(&a)
+        .unwrap()
+        .record(stage(&status, "rl")["key"].as_str().unwrap())
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        rec1.key_parts["inputs"]["optimizer"],
+        stage(&status, "rl_0_update")["outputs"]["optimizer"]
+    );
 
     // Killed while committing step 1's rewards, then resumed: the same artifacts.
     let b = d.path().join("b");
