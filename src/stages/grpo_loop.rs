@@ -9,6 +9,7 @@
 //! reward = { alpha = 0.5, perception = "ground_truth" }
 //! update = { lr = 1e-4, kl_coef = 0.01 }
 //! eval = { every = 10, items = 64 }                 # held-out evaluation (optional)
+//! keep_every = 10                                   # retention (optional)
 //! ```
 //!
 //! expands into per-step instances `rl_k_rollout` → `rl_k_reward` → `rl_k_update` (k from 0),
@@ -17,7 +18,10 @@
 //! the previous one's AdamW state (`optimizer`), log (`history`: the last log holds the whole
 //! run, with the running correlations) and evaluations (`eval_history`). With `eval`, the
 //! policy is evaluated greedily on `items` held-out items (`split`, default "test") before the
-//! first step and after every `every`-th (`rl.eval` holds them all). Each instance is an
+//! first step and after every `every`-th (`rl.eval` holds them all). With `keep_every = k`,
+//! only every k-th step's checkpoint and the last step's are kept once the next step has read
+//! them (and only the last optimizer state); the others are discarded from the store, and
+//! recomputed by the runner if a stage that must run needs them. Each instance is an
 //! ordinary stage, so the runner's cache resumes a killed loop at its first incomplete step,
 //! rerunning an unchanged loop is a no-op, and lengthening it keeps the steps already done.
 //! `reference` feeds every update's KL term, `teacher` every reward's teacher; the reward's
@@ -74,13 +78,21 @@ fn stage_table(
 pub fn expand(name: &str, t: &toml::Table) -> Expansion {
     for k in t.keys() {
         if ![
-            "stage", "inputs", "seed", "steps", "rollout", "reward", "update", "eval",
+            "stage",
+            "inputs",
+            "seed",
+            "steps",
+            "rollout",
+            "reward",
+            "update",
+            "eval",
+            "keep_every",
         ]
         .contains(&k.as_str())
         {
             return Err(format!(
                 "unknown key `{k}` of a `{KIND}` loop (steps, rollout, reward, update, eval, \
-                 inputs, seed{})",
+                 keep_every, inputs, seed{})",
                 if k == "sweep" {
                     "; sweep an upstream stage instead"
                 } else {
@@ -139,6 +151,13 @@ pub fn expand(name: &str, t: &toml::Table) -> Expansion {
         }
     }
     let eval = Eval::parse(t.get("eval"))?;
+    let keep_every = match t.get("keep_every") {
+        None => 0,
+        Some(v) => v
+            .as_integer()
+            .and_then(|v| usize::try_from(v).ok())
+            .ok_or("`keep_every` must be a non-negative integer (0 keeps every step)")?,
+    };
 
     let mut out = Vec::with_capacity(3 * steps);
     let mut policy = input("checkpoint").unwrap_or_default();
@@ -191,10 +210,16 @@ pub fn expand(name: &str, t: &toml::Table) -> Expansion {
         }
         let mut settings = with_step(update.clone());
         eval.set(&mut settings, k);
-        out.push((
-            u.clone(),
-            stage_table("grpo-update", &update_inputs, settings, seed),
-        ));
+        let mut table = stage_table("grpo-update", &update_inputs, settings, seed);
+        let last = k + 1 == steps;
+        if keep_every > 0 && !last {
+            let mut discard = vec![toml::Value::String("optimizer".into())];
+            if !(k + 1).is_multiple_of(keep_every) {
+                discard.push(toml::Value::String("main".into()));
+            }
+            table.insert("discard".into(), toml::Value::Array(discard));
+        }
+        out.push((u.clone(), table));
         policy = u.clone();
         previous = Some(u);
     }

@@ -117,10 +117,10 @@ const LOG: OutputSpec = output("log", "rl_log");
 const OPTIMIZER: OutputSpec = output("optimizer", OPTIMIZER_KIND);
 const EVAL: OutputSpec = output("eval", "rl_eval");
 
-/// The kind of an optimizer-state artifact: the model as burn's record and the AdamW state.
+/// The kind of an optimizer-state artifact: the AdamW state and the hash of the weights it
+/// belongs to.
 pub const OPTIMIZER_KIND: &str = "optimizer_state";
-const STATE_MODEL_FILE: &str = "model.bin";
-const STATE_OPTIM_FILE: &str = "optim.bin";
+const STATE_FILE: &str = "optimizer.bin";
 
 /// Statistics of the whole step, repeated on every log row.
 struct StepStats {
@@ -225,7 +225,7 @@ fn check_history(t: Option<&Table>, step: usize, what: &str) -> Result<(), Stage
 
 impl Stage for GrpoUpdate {
     const NAME: &'static str = "grpo-update";
-    const VERSION: u32 = 2;
+    const VERSION: u32 = 3;
     const USES_DEVICE: bool = true;
     type Config = GrpoUpdateConfig;
 
@@ -463,16 +463,13 @@ fn read_state(ctx: &RunCtx, id: &str) -> Result<OptimState, StageError> {
         "artifact {id} is a `{}`, not an `{OPTIMIZER_KIND}`",
         m.kind
     );
-    Ok(OptimState {
-        model: ctx.store.read_file(id, STATE_MODEL_FILE)?,
-        optim: ctx.store.read_file(id, STATE_OPTIM_FILE)?,
-    })
+    OptimState::from_bytes(&ctx.store.read_file(id, STATE_FILE)?)
+        .map_err(|e| StageError::Invalid(format!("{id}: {e}")))
 }
 
 fn write_state(ctx: &RunCtx, st: &OptimState) -> Result<Written, StageError> {
     let mut w = ctx.store.writer(OPTIMIZER_KIND, 1)?;
-    w.add_bytes(STATE_MODEL_FILE, &st.model)?;
-    w.add_bytes(STATE_OPTIM_FILE, &st.optim)?;
+    w.add_bytes(STATE_FILE, &st.to_bytes())?;
     Ok(Written::new(&OPTIMIZER, ctx.commit(w, None)?))
 }
 

@@ -1,8 +1,9 @@
 //! Garbage collection: keep every artifact reachable (through lineage) from the roots — the
 //! outputs of every pipeline head and every tag — and delete the rest, with records that pointed
-//! only at deleted artifacts and stale temporary files.
+//! at deleted artifacts and stale temporary files. Records whose outputs were discarded by
+//! retention stay: the runner recomputes such outputs when they are needed.
 
-use super::{Result, Store, io_err};
+use super::{Result, Store};
 use std::collections::BTreeSet;
 use std::fs;
 
@@ -53,20 +54,21 @@ impl Store {
                 report.kept += 1;
                 continue;
             }
-            let dir = self.object_dir(&id);
-            report.bytes_freed += dir_size(&dir);
-            if !dry_run {
-                // Remove the manifest first so a crash never leaves a half-object that looks valid.
-                let m = dir.join("manifest.json");
-                fs::remove_file(&m).map_err(io_err(&m))?;
-                fs::remove_dir_all(&dir).map_err(io_err(&dir))?;
+            if dry_run {
+                report.bytes_freed += dir_size(&self.object_dir(&id));
+            } else {
+                report.bytes_freed += self.remove_object(&id)?;
             }
             report.removed.push(id);
         }
         for key in self.record_keys()? {
             let p = self.root().join("records").join(format!("{key}.json"));
             let r: super::RunRecord = super::read_json(&p)?;
-            if r.outputs.values().any(|id| !keep.contains(id)) {
+            // A discarded output (retention) can be recomputed from the record: keep it.
+            if r.outputs
+                .values()
+                .any(|id| !keep.contains(id) && !self.is_discarded(id))
+            {
                 report.records_removed += 1;
                 if !dry_run {
                     self.remove_record(&key)?;
@@ -95,7 +97,7 @@ impl Store {
     }
 }
 
-fn dir_size(dir: &std::path::Path) -> u64 {
+pub(crate) fn dir_size(dir: &std::path::Path) -> u64 {
     fs::read_dir(dir)
         .map(|rd| {
             rd.flatten()

@@ -6,6 +6,9 @@
 //! records/<key>.json                        run record: a cache key and the artifacts it produced
 //! refs/heads/<pipeline>/<instance>.json     the key an instance last ran with (for "why stale")
 //! refs/tags/<name>.json                     named roots kept by `gc`
+//! discarded/<id>                            tombstone of an artifact removed by retention: its
+//!                                           run records stay valid, and the runner recomputes it
+//!                                           when a stage that must run needs it
 //! locks/<key>.lock                          OS file locks, one per cache key
 //! tmp/                                      staging area; anything here is garbage after a crash
 //! ```
@@ -36,6 +39,10 @@ pub enum StoreError {
     },
     #[error("artifact {0} is not in the store")]
     Missing(String),
+    #[error(
+        "artifact {0} was discarded by a retention setting (`keep_every`); `asymm run` recomputes it when a stage needs it"
+    )]
+    Discarded(String),
     #[error("artifact {id} has no file named `{name}`")]
     MissingFile { id: String, name: String },
     #[error("artifact {id} is corrupt: {what}")]
@@ -74,6 +81,7 @@ const DIRS: &[&str] = &[
     "refs/tags",
     "locks",
     "tmp",
+    "discarded",
 ];
 
 impl Store {
@@ -102,6 +110,38 @@ impl Store {
     /// Whether artifact `id` is present (its manifest exists).
     pub fn has(&self, id: &str) -> bool {
         is_hex64(id) && self.object_dir(id).join("manifest.json").is_file()
+    }
+
+    fn tombstone(&self, id: &str) -> PathBuf {
+        self.root.join("discarded").join(id)
+    }
+
+    /// Whether artifact `id` was removed by [`Store::discard`] (and not written again since).
+    pub fn is_discarded(&self, id: &str) -> bool {
+        is_hex64(id) && !self.has(id) && self.tombstone(id).is_file()
+    }
+
+    /// Removes artifact `id`, leaving a tombstone so that the run records naming it stay valid
+    /// (`gc` keeps them) and a stage needing it can have it recomputed. Returns the bytes
+    /// freed; discarding an absent artifact frees nothing.
+    pub fn discard(&self, id: &str) -> Result<u64> {
+        if !self.has(id) {
+            return Ok(0);
+        }
+        let t = self.tombstone(id);
+        fs::write(&t, b"").map_err(io_err(&t))?;
+        self.remove_object(id)
+    }
+
+    /// Removes an object directory (manifest first, so a crash never leaves a half-object that
+    /// looks valid); returns its size.
+    pub(crate) fn remove_object(&self, id: &str) -> Result<u64> {
+        let dir = self.object_dir(id);
+        let bytes = gc::dir_size(&dir);
+        let m = dir.join("manifest.json");
+        fs::remove_file(&m).map_err(io_err(&m))?;
+        fs::remove_dir_all(&dir).map_err(io_err(&dir))?;
+        Ok(bytes)
     }
 
     /// All artifact ids present in the store, sorted.

@@ -120,6 +120,9 @@ impl Store {
         }
         let p = self.object_dir(id).join("manifest.json");
         if !p.is_file() {
+            if self.is_discarded(id) {
+                return Err(StoreError::Discarded(id.to_string()));
+            }
             return Err(StoreError::Missing(id.to_string()));
         }
         let m: Manifest = read_json(&p)?;

@@ -38,8 +38,12 @@ impl Store {
             return Ok(None);
         }
         let r: RunRecord = read_json(&p)?;
-        // A record whose outputs were collected away is no cache hit.
-        if r.outputs.values().all(|id| self.has(id)) {
+        // A record whose outputs were collected away is no cache hit; outputs discarded by
+        // retention are recomputed when needed (see the runner).
+        if r.outputs
+            .values()
+            .all(|id| self.has(id) || self.is_discarded(id))
+        {
             Ok(Some(r))
         } else {
             Ok(None)

@@ -10,10 +10,11 @@ use super::grads::{grad_norm, scale};
 use super::schedule::cosine_with_warmup;
 use crate::model::checkpoint::{model_from_bytes, weights_to_bytes};
 use crate::model::{ModelError, Vlm, VlmConfig};
-use burn::module::Module;
+use burn::module::{Module, ModuleVisitor, Param, ParamId};
 use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
 use burn::record::{BinBytesRecorder, FullPrecisionSettings, Recorder};
-use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::Tensor;
+use burn::tensor::backend::{AutodiffBackend, Backend};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -127,33 +128,65 @@ impl<B: AutodiffBackend> Trainer<B> {
         Ok(weights_to_bytes(&self.model)?)
     }
 
-    /// The model (as burn's record, which keeps the parameter ids the optimizer state is keyed
-    /// by) and the AdamW state (moments and step count), to carry training on elsewhere.
+    /// The AdamW state (moments and step count of every parameter, in the model's parameter
+    /// order, so the bytes do not depend on burn's random parameter ids) with a hash of the
+    /// weights it belongs to, to carry training on elsewhere.
     pub fn state(&self) -> Result<OptimState> {
-        let weights = BinBytesRecorder::<FullPrecisionSettings>::default()
-            .record(self.model.clone().into_record(), ())
-            .map_err(|e| TrainerError::State(format!("model: {e:?}")))?;
-        let optim = BinBytesRecorder::<FullPrecisionSettings>::default()
-            .record(self.optim.to_record(), ())
-            .map_err(|e| TrainerError::State(format!("optimizer: {e:?}")))?;
+        let mut records = self.optim.to_record();
+        let mut adam = Vec::new();
+        for id in param_ids(&self.model) {
+            match records.remove(&id) {
+                Some(r) => {
+                    let bytes = BinBytesRecorder::<FullPrecisionSettings>::default()
+                        .record(r, ())
+                        .map_err(|e| TrainerError::State(format!("optimizer: {e:?}")))?;
+                    adam.push(1u8);
+                    adam.extend_from_slice(&(bytes.len() as u64).to_le_bytes());
+                    adam.extend_from_slice(&bytes);
+                }
+                None => adam.push(0u8),
+            }
+        }
         Ok(OptimState {
-            model: weights,
-            optim,
+            weights: *blake3::hash(&self.weights()?).as_bytes(),
+            adam,
         })
     }
 
-    /// Restores a [`Trainer::state`]: the model and the optimizer continue where it was taken.
+    /// Restores a [`Trainer::state`] taken with this trainer's current weights: the optimizer
+    /// continues from its moments and step count.
     pub fn load_state(&mut self, state: &OptimState) -> Result<()> {
-        let record = BinBytesRecorder::<FullPrecisionSettings>::default()
-            .load(state.model.clone(), &self.device)
-            .map_err(|e| TrainerError::State(format!("model: {e:?}")))?;
-        self.model = Vlm::<B>::new(&self.cfg, &self.device).load_record(record);
-        let record = BinBytesRecorder::<FullPrecisionSettings>::default()
-            .load(state.optim.clone(), &self.device)
-            .map_err(|e| TrainerError::State(format!("optimizer: {e:?}")))?;
+        if *blake3::hash(&self.weights()?).as_bytes() != state.weights {
+            return Err(TrainerError::State(
+                "the optimizer state was saved with other weights than the model's".into(),
+            ));
+        }
+        let bad = |what: &str| TrainerError::State(format!("optimizer state: {what}"));
+        // burn's own map type, emptied.
+        let mut records = self.optim.to_record();
+        records.clear();
+        let mut rest: &[u8] = &state.adam;
+        for id in param_ids(&self.model) {
+            let (&flag, tail) = rest.split_first().ok_or_else(|| bad("truncated"))?;
+            rest = tail;
+            if flag == 0 {
+                continue;
+            }
+            let (len, tail) = rest.split_at_checked(8).ok_or_else(|| bad("truncated"))?;
+            let len = u64::from_le_bytes(len.try_into().map_err(|_| bad("length"))?) as usize;
+            let (bytes, tail) = tail.split_at_checked(len).ok_or_else(|| bad("truncated"))?;
+            rest = tail;
+            let record = BinBytesRecorder::<FullPrecisionSettings>::default()
+                .load(bytes.to_vec(), &self.device)
+                .map_err(|e| bad(&format!("{e:?}")))?;
+            records.insert(id, record);
+        }
+        if !rest.is_empty() {
+            return Err(bad("more parameters than the model has"));
+        }
         self.optim = Self::optim_config(&self.settings)
             .init()
-            .load_record(record);
+            .load_record(records);
         Ok(())
     }
 
@@ -166,8 +199,8 @@ impl<B: AutodiffBackend> Trainer<B> {
         let w = |name: &str, bytes: &[u8]| {
             crate::util::fsx::write_atomic(&dir.join(name), bytes).map_err(|e| err(e.to_string()))
         };
-        w(MODEL_FILE, &st.model)?;
-        w(OPTIM_FILE, &st.optim)?;
+        w(MODEL_FILE, &self.weights()?)?;
+        w(OPTIM_FILE, &st.to_bytes())?;
         w(
             STATE_FILE,
             &serde_json::to_vec(state).map_err(|e| err(e.to_string()))?,
@@ -193,20 +226,53 @@ impl<B: AutodiffBackend> Trainer<B> {
         }
         let err = snapshot_error(dir);
         let read = |name: &str| std::fs::read(dir.join(name)).map_err(|e| err(e.to_string()));
-        let st = OptimState {
-            model: read(MODEL_FILE)?,
-            optim: read(OPTIM_FILE)?,
-        };
+        self.model = model_from_bytes::<B>(&self.cfg, &read(MODEL_FILE)?, &self.device)?;
+        let st = OptimState::from_bytes(&read(OPTIM_FILE)?).map_err(|e| err(e.to_string()))?;
         self.load_state(&st).map_err(|e| err(e.to_string()))?;
         Ok(Some(state))
     }
 }
 
-/// A trainer's model and optimizer state as bytes ([`Trainer::state`]).
+/// The ids of a model's float parameters in visiting order (the module tree's order).
+fn param_ids<B: AutodiffBackend>(model: &Vlm<B>) -> Vec<ParamId> {
+    struct Ids(Vec<ParamId>);
+    impl<B: Backend> ModuleVisitor<B> for Ids {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+            self.0.push(param.id);
+        }
+    }
+    let mut ids = Ids(Vec::new());
+    model.visit(&mut ids);
+    ids.0
+}
+
+/// A trainer's optimizer state ([`Trainer::state`]): the blake3 hash of the weights it was
+/// taken with, and the AdamW records in parameter order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OptimState {
-    pub model: Vec<u8>,
-    pub optim: Vec<u8>,
+    pub weights: [u8; 32],
+    pub adam: Vec<u8>,
+}
+
+impl OptimState {
+    /// One byte string: the weights' hash, then the records.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut v = self.weights.to_vec();
+        v.extend_from_slice(&self.adam);
+        v
+    }
+
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self> {
+        let (hash, adam) = bytes
+            .split_at_checked(32)
+            .ok_or_else(|| TrainerError::State("optimizer state: truncated".into()))?;
+        Ok(OptimState {
+            weights: hash
+                .try_into()
+                .map_err(|_| TrainerError::State("optimizer state: hash".into()))?,
+            adam: adam.to_vec(),
+        })
+    }
 }
 
 fn snapshot_error(dir: &Path) -> impl Fn(String) -> TrainerError {

@@ -69,6 +69,7 @@ pub fn table(out: &str) -> Vec<(String, String, String)> {
     out.lines()
         .skip(2)
         .take_while(|l| !l.starts_with("stage work"))
+        .filter(|l| !l.starts_with('('))
         .filter_map(|l| {
             let cols: Vec<&str> = l.split_whitespace().collect();
             if cols.len() < 2 {

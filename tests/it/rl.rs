@@ -411,6 +411,22 @@ fn rl_loop_expands_resumes_and_extends() {
     assert_eq!(result_of(&resumed, "rl_0_update"), "cached");
     assert_eq!(result_of(&resumed, "rl_1_reward"), "ran");
     assert_eq!(ids(&resumed), ids(&clean));
+    // Every output of every stage, the optimizer states included, is byte-identical (but the
+    // wall-clock timing).
+    let outputs = |store: &Path| -> Vec<serde_json::Value> {
+        let st = json(store, &["status", ps]);
+        st["stages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| {
+                let mut o = s["outputs"].clone();
+                o.as_object_mut().map(|m| m.remove("timing"));
+                o
+            })
+            .collect()
+    };
+    assert_eq!(outputs(&a), outputs(&b));
 
     // Three steps: the first two are kept (the former final update is now `rl_1_update`).
     write(3);
@@ -427,4 +443,42 @@ fn rl_loop_expands_resumes_and_extends() {
     assert_eq!(art(&longer, "rl_1_update"), art(&clean, "rl"));
     let again = table(&ok(asymm(&a, &["run", ps])));
     assert!(again.iter().all(|r| r.1 == "cached"), "{again:?}");
+}
+
+/// Retention: with `keep_every = 2` over 3 steps, step 0's checkpoint and every optimizer state
+/// but the last are discarded once read; `gc` keeps their records, a rerun is a no-op, and a
+/// stage that must run again gets a discarded input recomputed, byte-identical on CPU.
+#[test]
+fn rl_loop_retention_discards_and_recomputes() {
+    let d = asymm::util::fsx::TempDir::new("asymm-rl").unwrap();
+    let p = d.path().join("loop.toml");
+    let text = LOOP
+        .replace("STEPS", "3")
+        .replace("eval = {", "keep_every = 2\neval = {");
+    std::fs::write(&p, text).unwrap();
+    let ps = p.to_str().unwrap();
+    let s = d.path().join("s");
+    let first = table(&ok(asymm(&s, &["run", ps])));
+    let store = Store::open(&s).unwrap();
+    let out = |inst: &str, o: &str| -> String {
+        let key = store.head("loop", inst).unwrap().unwrap();
+        store.record(&key).unwrap().unwrap().outputs[o].clone()
+    };
+    let gone = |inst: &str, o: &str| store.is_discarded(&out(inst, o));
+    assert!(gone("rl_0_update", "main") && gone("rl_0_update", "optimizer"));
+    assert!(!gone("rl_1_update", "main") && gone("rl_1_update", "optimizer"));
+    assert!(!gone("rl", "main") && !gone("rl", "optimizer"));
+    assert!(!gone("rl_0_update", "log"));
+    let shown = asymm(&s, &["show", &out("rl_0_update", "main")]);
+    assert!(stderr(&shown).contains("discarded"), "{}", stderr(&shown));
+
+    ok(asymm(&s, &["gc"]));
+    let again = table(&ok(asymm(&s, &["run", ps])));
+    assert!(again.iter().all(|r| r.1 == "cached"), "{again:?}");
+
+    let forced = table(&ok(asymm(&s, &["run", ps, "--force", "rl_1_update"])));
+    assert_eq!(result_of(&forced, "rl_1_update"), "ran");
+    assert_eq!(result_of(&forced, "rl"), "cached");
+    assert_eq!(ids(&forced), ids(&first));
+    assert!(gone("rl_0_update", "main"), "discarded again once read");
 }
