@@ -6,6 +6,18 @@ mod cli;
 use clap::Parser;
 
 fn main() {
+    // `asymm show` prints polars tables: every selected row and column (`--rows` and
+    // `--columns` choose them), not polars' default abbreviation, unless the user set these.
+    for (var, value) in [
+        ("POLARS_FMT_MAX_ROWS", "-1"),
+        ("POLARS_FMT_MAX_COLS", "-1"),
+        ("POLARS_TABLE_WIDTH", "400"),
+    ] {
+        if std::env::var_os(var).is_none() {
+            // SAFETY: the program has not started any other thread yet.
+            unsafe { std::env::set_var(var, value) };
+        }
+    }
     let args = cli::Cli::parse();
     match cli::dispatch(args) {
         Ok(code) => std::process::exit(code),

@@ -25,6 +25,9 @@ pub struct InputSpec {
     /// Artifact kind the input must have.
     pub kind: &'static str,
     pub optional: bool,
+    /// A list of artifacts of this kind: the pipeline gives `name = ["a", "b.log", …]` (or one
+    /// name), wired as inputs `name.0`, `name.1`, … (see [`RunCtx::inputs_many`]).
+    pub many: bool,
 }
 
 /// One named output of a stage.
@@ -126,6 +129,26 @@ impl RunCtx<'_> {
     /// The artifact id of input `name`.
     pub fn input(&self, name: &str) -> Option<&str> {
         self.inputs.get(name).map(String::as_str)
+    }
+
+    /// The artifacts of a list input `name`, in the pipeline's order.
+    pub fn inputs_many(&self, name: &str) -> Vec<&str> {
+        let mut v: Vec<(usize, &str)> = self
+            .inputs
+            .iter()
+            .filter_map(|(k, id)| {
+                let index = if k == name {
+                    Some(0)
+                } else {
+                    k.strip_prefix(name)
+                        .and_then(|r| r.strip_prefix('.'))
+                        .and_then(|i| i.parse().ok())
+                };
+                index.map(|i| (i, id.as_str()))
+            })
+            .collect();
+        v.sort();
+        v.into_iter().map(|(_, id)| id).collect()
     }
 
     /// A scratch directory private to this key that survives a crash (for resumable stages);

@@ -318,14 +318,28 @@ fn parse_decl(origin: &str, name: &str, t: &toml::Table) -> Result<Decl, DagErro
             )
         })?;
         for (iname, target) in it {
-            let target = target.as_str().ok_or_else(|| {
+            let bad = || {
                 perr(
                     origin,
-                    format!("`stages.{name}.inputs.{iname}` must be a stage name"),
+                    format!(
+                        "`stages.{name}.inputs.{iname}` must be a stage name (or a list of them)"
+                    ),
                 )
-            })?;
-            let (up, out) = target.split_once('.').unwrap_or((target, "main"));
-            inputs.insert(iname.clone(), (up.to_string(), out.to_string()));
+            };
+            let targets: Vec<(String, &str)> = match target {
+                toml::Value::String(t) => vec![(iname.clone(), t.as_str())],
+                toml::Value::Array(a) => a
+                    .iter()
+                    .enumerate()
+                    .map(|(k, v)| v.as_str().map(|t| (format!("{iname}.{k}"), t)))
+                    .collect::<Option<Vec<_>>>()
+                    .ok_or_else(bad)?,
+                _ => return Err(bad()),
+            };
+            for (iname, target) in targets {
+                let (up, out) = target.split_once('.').unwrap_or((target, "main"));
+                inputs.insert(iname, (up.to_string(), out.to_string()));
+            }
         }
     }
     let mut sweep = Vec::new();
@@ -426,9 +440,11 @@ fn check_decl(
     }
     let specs = def.inputs();
     for (iname, (up, out)) in &d.inputs {
+        // A list input's entries are `name.k`.
+        let base = iname.split_once('.').map_or(iname.as_str(), |(b, _)| b);
         let spec = specs
             .iter()
-            .find(|s| s.name == iname)
+            .find(|s| s.name == iname || (s.many && s.name == base))
             .ok_or_else(|| DagError::ExtraInput {
                 stage: d.name.clone(),
                 input: iname.clone(),

@@ -351,10 +351,13 @@ impl<'a> Runner<'a> {
             let row = self.execute(p, inst, parts, key, forced)?;
             results.insert(inst.name.clone(), row.outputs.clone());
             rows.push(row);
+            // What this stage was the last to read may go now, not at the end of the run.
+            let producers: BTreeSet<&str> = inst.inputs.values().map(|(u, _)| u.as_str()).collect();
+            self.discard_consumed(p, &results, Some(&producers))?;
         }
         self.fingerprints.save();
         if !opts.dry_run {
-            self.discard_consumed(p, &results)?;
+            self.discard_consumed(p, &results, None)?;
         }
         Ok(rows)
     }
@@ -396,15 +399,19 @@ impl<'a> Runner<'a> {
         Ok(any)
     }
 
-    /// Discards the outputs instances mark `discard` once every instance of `p` that reads
-    /// them has its result in this run, unless the same artifact is also kept as another
-    /// output of the pipeline or tagged.
+    /// Discards the outputs instances mark `discard` (of the instances in `among`, or all)
+    /// once every instance of `p` that reads them has its result in this run, unless the same
+    /// artifact is also kept as another output of the pipeline or tagged.
     fn discard_consumed(
         &self,
         p: &Pipeline,
         results: &BTreeMap<String, BTreeMap<String, String>>,
+        among: Option<&BTreeSet<&str>>,
     ) -> Result<(), DagError> {
-        if p.instances.iter().all(|i| i.discard.is_empty()) {
+        let candidates = |i: &Instance| {
+            !i.discard.is_empty() && among.is_none_or(|a| a.contains(i.name.as_str()))
+        };
+        if !p.instances.iter().any(candidates) {
             return Ok(());
         }
         let mut protected: BTreeSet<String> = self.store.tags()?.into_values().flatten().collect();
@@ -415,7 +422,7 @@ impl<'a> Runner<'a> {
                 }
             }
         }
-        for inst in &p.instances {
+        for inst in p.instances.iter().filter(|i| candidates(i)) {
             let Some(outs) = results.get(&inst.name) else {
                 continue;
             };
@@ -593,6 +600,7 @@ mod tests {
                     name: "x",
                     kind: "blob",
                     optional: false,
+                    many: false,
                 }],
             }
         }

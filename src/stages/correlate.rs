@@ -3,12 +3,22 @@
 //! ground-truth perception reward, the self-rewards with N = 1 and N, the teacher reward, the
 //! CLIP reward, the final reward) and a_p and ã_r, with a 95 % bootstrap interval that resamples items (the
 //! samples of one item are not independent). The paper's Figure 8 and Table 3.
+//!
+//! Across RL runs (`logs = ["rl_a0.log", …]`, `evals = ["rl_a0.eval", …]`, one per run, in the
+//! same order): each run's reward–a_p and reward–ã_r correlation over all its rollouts (the
+//! log's running r at its last step) against its held-out gains Δa_p, Δa_r, Δa (last evaluation
+//! minus the starting policy's), with the least-squares line of Δa_p on r(R, a_p) — the paper's
+//! Figure 11.
 
 use super::artifacts::read_rewards;
-use super::{Outputs, Stage, StageError, Written, input, output, outputs, read_input, write_table};
+use super::{
+    Outputs, Stage, StageError, Written, bail, ensure, many, optional, output, outputs, read_many,
+    read_optional, write_table,
+};
 use crate::analysis::{BootstrapR, pearson_cluster_bootstrap};
 use crate::dag::{InputSpec, OutputSpec, RunCtx};
 use crate::rl::reward::RewardRow;
+use crate::table::Table;
 use crate::table::cols;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -28,8 +38,11 @@ impl Default for CorrelateConfig {
 
 pub struct Correlate;
 
-const REWARDS: InputSpec = input("rewards", "rewards");
+const REWARDS: InputSpec = optional("rewards", "rewards");
+const LOGS: InputSpec = many("logs", "rl_log");
+const EVALS: InputSpec = many("evals", "rl_eval");
 const MAIN: OutputSpec = output("main", "correlations");
+const RUNS: OutputSpec = output("runs", "run_correlations");
 
 /// One row of the output.
 #[derive(Debug, Clone, PartialEq)]
@@ -115,21 +128,164 @@ pub fn correlate(rows: &[RewardRow], reps: usize, seed: u64) -> Vec<CorrelationR
 
 impl Stage for Correlate {
     const NAME: &'static str = "correlate";
-    const VERSION: u32 = 2;
+    const VERSION: u32 = 3;
     type Config = CorrelateConfig;
 
     fn inputs() -> Vec<InputSpec> {
-        vec![REWARDS]
+        vec![REWARDS, LOGS, EVALS]
     }
     fn outputs() -> Vec<OutputSpec> {
-        vec![MAIN]
+        vec![MAIN, RUNS]
     }
 
     fn run(cfg: &CorrelateConfig, ctx: &RunCtx) -> Result<Outputs, StageError> {
-        let rows = read_rewards(&read_input(ctx, &REWARDS)?)?;
-        let table = correlate(&rows, cfg.reps, ctx.seed);
-        Ok(outputs([write(ctx, &table)?]))
+        let rewards = read_optional(ctx, &REWARDS)?;
+        let (logs, evals) = (read_many(ctx, &LOGS)?, read_many(ctx, &EVALS)?);
+        ensure!(
+            rewards.is_some() || !logs.is_empty(),
+            "nothing to correlate: wire `rewards` (a pool of rollouts) or `logs` and `evals` \
+             (RL runs)"
+        );
+        ensure!(
+            logs.len() == evals.len(),
+            "{} logs but {} evaluation tables: give one of each per run, in the same order",
+            logs.len(),
+            evals.len()
+        );
+        let table = match rewards {
+            Some(t) => correlate(&read_rewards(&t)?, cfg.reps, ctx.seed),
+            None => Vec::new(),
+        };
+        let mut runs = Vec::with_capacity(logs.len());
+        for ((id, log), (_, eval)) in logs.iter().zip(&evals) {
+            let label = ctx
+                .store
+                .manifest(id.as_str())?
+                .producer
+                .get("instance")
+                .and_then(|v| v.as_str())
+                .unwrap_or(id.as_str())
+                .to_string();
+            runs.push(run_row(label, log, eval)?);
+        }
+        Ok(outputs([write(ctx, &table)?, write_runs(ctx, &runs)?]))
     }
+}
+
+/// One RL run: its coupling and its held-out gains.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunRow {
+    pub run: String,
+    pub rollouts: i64,
+    pub r_a_p: Option<f64>,
+    pub r_a_tilde_r: Option<f64>,
+    /// (start, end) of held-out a_p, a_r, a.
+    pub a_p: (f64, f64),
+    pub a_r: (f64, f64),
+    pub a: (f64, f64),
+}
+
+fn run_row(run: String, log: &Table, eval: &Table) -> Result<RunRow, StageError> {
+    use arrow::array::Array;
+    ensure!(log.rows() > 0, "run `{run}`: its log is empty");
+    let last = log.rows() - 1;
+    let opt = |c: &str| -> Result<Option<f64>, StageError> {
+        let a = log.f64(c)?;
+        Ok((!a.is_null(last)).then(|| a.value(last)))
+    };
+    let steps = eval.i32("step")?;
+    let Some(start) = (0..eval.rows()).find(|&i| steps.value(i) == -1) else {
+        bail!(
+            "run `{run}`: its evaluations do not include the starting policy (give the loop an \
+             `eval` table)"
+        );
+    };
+    let end = eval.rows() - 1;
+    ensure!(end != start, "run `{run}`: no evaluation after a step");
+    let pair = |c: &str| -> Result<(f64, f64), StageError> {
+        let a = eval.f64(c)?;
+        Ok((a.value(start), a.value(end)))
+    };
+    Ok(RunRow {
+        rollouts: log.i64("running_rollouts")?.value(last),
+        r_a_p: opt("running_r_reward_a_p")?,
+        r_a_tilde_r: opt("running_r_reward_a_tilde_r")?,
+        a_p: pair("a_p")?,
+        a_r: pair("a_r")?,
+        a: pair("a")?,
+        run,
+    })
+}
+
+/// Least squares y = slope·x + intercept with Pearson r, over the points given; `None` with
+/// fewer than two distinct x.
+pub fn fit_line(points: &[(f64, f64)]) -> Option<(f64, f64, Option<f64>)> {
+    let n = points.len() as f64;
+    let (mx, my) = (
+        points.iter().map(|p| p.0).sum::<f64>() / n,
+        points.iter().map(|p| p.1).sum::<f64>() / n,
+    );
+    let sxx: f64 = points.iter().map(|p| (p.0 - mx).powi(2)).sum();
+    let sxy: f64 = points.iter().map(|p| (p.0 - mx) * (p.1 - my)).sum();
+    if points.len() < 2 || sxx <= 1e-12 {
+        return None;
+    }
+    let slope = sxy / sxx;
+    let (x, y): (Vec<f64>, Vec<f64>) = points.iter().copied().unzip();
+    Some((slope, my - slope * mx, crate::analysis::pearson(&x, &y)))
+}
+
+fn write_runs(ctx: &RunCtx, runs: &[RunRow]) -> Result<Written, StageError> {
+    let delta = |f: &dyn Fn(&RunRow) -> (f64, f64)| {
+        cols::f64(
+            runs.iter()
+                .map(|r| {
+                    let (s, e) = f(r);
+                    e - s
+                })
+                .collect(),
+        )
+    };
+    let points: Vec<(f64, f64)> = runs
+        .iter()
+        .filter_map(|r| r.r_a_p.map(|x| (x, r.a_p.1 - r.a_p.0)))
+        .collect();
+    let fit = fit_line(&points);
+    let n = runs.len();
+    let rep = |v: Option<f64>| cols::f64_opt(vec![v; n]);
+    write_table(
+        ctx,
+        &RUNS,
+        vec![
+            (
+                "run",
+                cols::utf8(&runs.iter().map(|r| &r.run).collect::<Vec<_>>()),
+            ),
+            (
+                "rollouts",
+                cols::i64(runs.iter().map(|r| r.rollouts).collect()),
+            ),
+            (
+                "r_reward_a_p",
+                cols::f64_opt(runs.iter().map(|r| r.r_a_p).collect()),
+            ),
+            (
+                "r_reward_a_tilde_r",
+                cols::f64_opt(runs.iter().map(|r| r.r_a_tilde_r).collect()),
+            ),
+            (
+                "a_p_start",
+                cols::f64(runs.iter().map(|r| r.a_p.0).collect()),
+            ),
+            ("a_p_end", cols::f64(runs.iter().map(|r| r.a_p.1).collect())),
+            ("delta_a_p", delta(&|r| r.a_p)),
+            ("delta_a_r", delta(&|r| r.a_r)),
+            ("delta_a", delta(&|r| r.a)),
+            ("fit_slope", rep(fit.map(|f| f.0))),
+            ("fit_intercept", rep(fit.map(|f| f.1))),
+            ("fit_r", rep(fit.and_then(|f| f.2))),
+        ],
+    )
 }
 
 fn write(ctx: &RunCtx, rows: &[CorrelationRow]) -> Result<Written, StageError> {
@@ -233,5 +389,23 @@ mod tests {
                 "{r:?}"
             );
         }
+    }
+
+    /// The fitted line through points on a line is that line, with r = ±1; fewer than two
+    /// distinct x give none.
+    #[test]
+    fn fit_line_recovers_a_line() {
+        let pts: Vec<(f64, f64)> = [0.1, 0.4, 0.7]
+            .iter()
+            .map(|&x| (x, 0.5 - 2.0 * x))
+            .collect();
+        let (slope, intercept, r) = fit_line(&pts).unwrap();
+        assert!((slope + 2.0).abs() < 1e-12 && (intercept - 0.5).abs() < 1e-12);
+        assert!((r.unwrap() + 1.0).abs() < 1e-12);
+        let noisy = [(0.0, 0.0), (1.0, 1.0), (2.0, 1.0)];
+        let (slope, intercept, _) = fit_line(&noisy).unwrap();
+        assert!((slope - 0.5).abs() < 1e-12 && (intercept - 1.0 / 6.0).abs() < 1e-12);
+        assert!(fit_line(&[(0.3, 1.0), (0.3, 2.0)]).is_none());
+        assert!(fit_line(&[(0.3, 1.0)]).is_none());
     }
 }

@@ -116,6 +116,7 @@ pub const fn input(name: &'static str, kind: &'static str) -> InputSpec {
         name,
         kind,
         optional: false,
+        many: false,
     }
 }
 
@@ -125,7 +126,31 @@ pub const fn optional(name: &'static str, kind: &'static str) -> InputSpec {
         name,
         kind,
         optional: true,
+        many: false,
     }
+}
+
+/// Declares a list input (`name = ["a", "b"]` in the pipeline; possibly empty).
+pub const fn many(name: &'static str, kind: &'static str) -> InputSpec {
+    InputSpec {
+        name,
+        kind,
+        optional: true,
+        many: true,
+    }
+}
+
+/// Reads every table of a list input, in the pipeline's order, with its artifact id.
+pub fn read_many(ctx: &RunCtx, spec: &InputSpec) -> Result<Vec<(ArtifactId, Table)>, StageError> {
+    ctx.inputs_many(spec.name)
+        .into_iter()
+        .map(|id| {
+            Ok((
+                ArtifactId(id.to_string()),
+                Table::read(ctx.store, id, spec.kind)?,
+            ))
+        })
+        .collect()
 }
 
 /// Declares an output: `const MAIN: OutputSpec = output("main", "rollouts");`.

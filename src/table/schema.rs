@@ -32,6 +32,10 @@ const SCHEMA_FILES: &[(&str, &str)] = &[
     ("rewards", include_str!("../../schemas/rewards.json")),
     ("rl_eval", include_str!("../../schemas/rl_eval.json")),
     ("clip_log", include_str!("../../schemas/clip_log.json")),
+    (
+        "run_correlations",
+        include_str!("../../schemas/run_correlations.json"),
+    ),
     ("rl_log", include_str!("../../schemas/rl_log.json")),
     (
         "correlations",

@@ -481,4 +481,77 @@ fn rl_loop_retention_discards_and_recomputes() {
     assert_eq!(result_of(&forced, "rl"), "cached");
     assert_eq!(ids(&forced), ids(&first));
     assert!(gone("rl_0_update", "main"), "discarded again once read");
+
+    // Discarding happens as the run goes: killed in step 2, step 0's checkpoint is already
+    // gone; the resumed run ends with the same artifacts.
+    let k = d.path().join("k");
+    let crashed = asymm_env(
+        &k,
+        &["run", ps],
+        &[("ASYMM_FAULT", "rl_2_reward:before-commit")],
+    );
+    assert!(!crashed.status.success());
+    let ks = Store::open(&k).unwrap();
+    let key = ks.head("loop", "rl_0_update").unwrap().unwrap();
+    let ckpt = ks.record(&key).unwrap().unwrap().outputs["main"].clone();
+    assert!(ks.is_discarded(&ckpt));
+    let resumed = table(&ok(asymm(&k, &["run", ps])));
+    assert_eq!(ids(&resumed), ids(&first));
+}
+
+/// correlate across RL runs: one row per run (its running r over all its rollouts and its
+/// held-out gains from the starting policy), read from each run's final log and evaluations.
+#[test]
+fn correlate_across_runs() {
+    let d = asymm::util::fsx::TempDir::new("asymm-rl").unwrap();
+    let p = d.path().join("runs.toml");
+    let text = LOOP.replace("STEPS", "1")
+        + r#"
+[stages.rl_b]
+stage = "grpo"
+inputs = { checkpoint = "sft", data = "distill_format", reference = "sft" }
+steps = 2
+rollout = { prompts_per_step = 2, samples = 2, max_new_tokens = 8 }
+update = { lr = 1e-2, kl_coef = 0.01, mini_batch = 2 }
+eval = { every = 2, items = 1, max_new_tokens = 4 }
+
+[stages.runs]
+stage = "correlate"
+inputs = { logs = ["rl.log", "rl_b.log"], evals = ["rl.eval", "rl_b.eval"] }
+"#;
+    std::fs::write(&p, text).unwrap();
+    let ps = p.to_str().unwrap();
+    let s = d.path().join("s");
+    ok(asymm(&s, &["run", ps]));
+    let store = Store::open(&s).unwrap();
+    let out = |inst: &str, o: &str| -> String {
+        let key = store.head("loop", inst).unwrap().unwrap();
+        store.record(&key).unwrap().unwrap().outputs[o].clone()
+    };
+    let runs = Table::read(&store, &out("runs", "runs"), "run_correlations").unwrap();
+    assert_eq!(runs.required_strings("run").unwrap(), ["rl", "rl_b"]);
+    let rollouts = runs.i64("rollouts").unwrap();
+    assert_eq!((rollouts.value(0), rollouts.value(1)), (4, 8));
+    for (k, inst) in ["rl", "rl_b"].iter().enumerate() {
+        let eval = Table::read(&store, &out(inst, "eval"), "rl_eval").unwrap();
+        let a_p = eval.f64("a_p").unwrap();
+        let want = a_p.value(eval.rows() - 1) - a_p.value(0);
+        assert_eq!(runs.f64("delta_a_p").unwrap().value(k), want);
+    }
+    // No rewards wired: the pool table is empty.
+    let pool = Table::read(&store, &out("runs", "main"), "correlations").unwrap();
+    assert_eq!(pool.rows(), 0);
+    // Lists of different lengths are refused.
+    let bad = std::fs::read_to_string(&p).unwrap().replace(
+        r#"evals = ["rl.eval", "rl_b.eval"]"#,
+        r#"evals = ["rl.eval"]"#,
+    );
+    std::fs::write(&p, bad).unwrap();
+    let err = asymm(&s, &["run", ps]);
+    assert!(!err.status.success());
+    assert!(
+        stderr(&err).contains("2 logs but 1 evaluation"),
+        "{}",
+        stderr(&err)
+    );
 }
