@@ -2,7 +2,9 @@
 //! B.4): an image encoder and a text encoder map a puzzle image and a perception transcription
 //! into one embedding space, trained contrastively (symmetric InfoNCE, learned temperature) on
 //! (image, p*) pairs; the reward of a generated perception is the cosine similarity of its
-//! embedding with the image's. Nothing here is pretrained: the encoder sees only the puzzles it
+//! embedding with the image's. Each encoder projects its tokens flattened in order (not their
+//! mean), so that *where* a symbol stands reaches the embedding: two Sudoku grids differ in the
+//! places of the same digits, which any pooling over positions would erase. Nothing here is pretrained: the encoder sees only the puzzles it
 //! is trained on, which is what a coarse image–text similarity can learn from them.
 //!
 //! `ClipConfig` → `init(&device)` → [`Clip`]; training in [`train`].
@@ -90,8 +92,8 @@ impl ClipConfig {
                 .map(|_| Block::new(self.dim, self.heads, self.mlp_ratio, device))
                 .collect()
         };
-        let proj = || {
-            LinearConfig::new(self.dim, self.embed_dim)
+        let proj = |tokens: usize| {
+            LinearConfig::new(tokens * self.dim, self.embed_dim)
                 .with_bias(false)
                 .init(device)
         };
@@ -102,12 +104,12 @@ impl ClipConfig {
             image_pos: pos(self.patches()),
             image_blocks: blocks(self.image_layers),
             image_norm: RmsNormConfig::new(self.dim).init(device),
-            image_proj: proj(),
+            image_proj: proj(self.patches()),
             token_embed: EmbeddingConfig::new(self.vocab_size, self.dim).init(device),
             text_pos: pos(self.max_text_len),
             text_blocks: blocks(self.text_layers),
             text_norm: RmsNormConfig::new(self.dim).init(device),
-            text_proj: proj(),
+            text_proj: proj(self.max_text_len),
             // CLIP's initial temperature, 0.07.
             logit_scale: Param::from_tensor(Tensor::from_data(
                 TensorData::new(vec![(1.0f32 / 0.07).ln()], [1]),
@@ -153,8 +155,11 @@ impl<B: Backend> Clip<B> {
         for blk in &self.image_blocks {
             x = blk.forward(x, None, None, None);
         }
-        let pooled = self.image_norm.forward(x).mean_dim(1).squeeze_dim::<2>(1);
-        unit(self.image_proj.forward(pooled))
+        let [b, n, d] = x.dims();
+        unit(
+            self.image_proj
+                .forward(self.image_norm.forward(x).reshape([b, n * d])),
+        )
     }
 
     /// Longest text the encoder reads.
@@ -163,10 +168,11 @@ impl<B: Backend> Clip<B> {
     }
 
     /// Unit embeddings [B, E] of token sequences (each non-empty and at most
-    /// [`Clip::max_text_len`] long; padded here, padding masked out of attention and pooling).
+    /// [`Clip::max_text_len`] long; padded here to that length, padding masked out of attention
+    /// and zeroed before the projection).
     pub fn encode_texts(&self, texts: &[Vec<u32>], device: &B::Device) -> Tensor<B, 2> {
         let b = texts.len();
-        let t = texts.iter().map(Vec::len).max().unwrap_or(1).max(1);
+        let t = self.max_text_len();
         let mut ids = vec![0i64; b * t];
         let mut keep = vec![0.0f32; b * t];
         for (i, s) in texts.iter().enumerate() {
@@ -182,15 +188,14 @@ impl<B: Backend> Clip<B> {
         let ids = Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [b, t]), device);
         let keep = Tensor::<B, 2>::from_data(TensorData::new(keep, [b, t]), device);
         let bias = Tensor::<B, 4>::from_data(TensorData::new(bias, [b, 1, 1, t]), device);
-        let pos = self.text_pos.val().narrow(0, 0, t).unsqueeze::<3>();
+        let pos = self.text_pos.val().unsqueeze::<3>();
         let mut x = self.token_embed.forward(ids) + pos;
         for blk in &self.text_blocks {
             x = blk.forward(x, None, Some(bias.clone()), None);
         }
-        let x = self.text_norm.forward(x);
-        let w = keep.clone().unsqueeze_dim::<3>(2);
-        let pooled = (x * w).sum_dim(1).squeeze_dim::<2>(1) / keep.sum_dim(1).clamp_min(1.0);
-        unit(self.text_proj.forward(pooled))
+        let x = self.text_norm.forward(x) * keep.unsqueeze_dim::<3>(2);
+        let d = x.dims()[2];
+        unit(self.text_proj.forward(x.reshape([b, t * d])))
     }
 
     /// Symmetric InfoNCE over a batch of matched pairs (row i of `images` with row i of

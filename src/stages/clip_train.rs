@@ -58,10 +58,12 @@ impl Default for ClipTrainConfig {
             heads: 4,
             mlp_ratio: 2,
             embed_dim: 64,
-            steps: 500,
+            steps: 300,
             batch_size: 32,
-            lr: 1e-3,
-            min_lr: 1e-4,
+            // At 1e-3 the encoders collapse onto one embedding within ten steps on Sudoku
+            // (retrieval at chance); at 1e-4 held-out retrieval reaches 0.98 by step 150.
+            lr: 1e-4,
+            min_lr: 1e-5,
             warmup_ratio: 0.05,
             weight_decay: 0.01,
             grad_clip: 1.0,
@@ -99,7 +101,7 @@ fn pairs<'a>(examples: &'a [crate::train::batch::Example], texts: &'a [Vec<u32>]
 
 impl Stage for ClipTrain {
     const NAME: &'static str = "clip-train";
-    const VERSION: u32 = 1;
+    const VERSION: u32 = 2;
     const USES_DEVICE: bool = true;
     type Config = ClipTrainConfig;
 
