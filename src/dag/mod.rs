@@ -115,6 +115,9 @@ pub struct RunCtx<'a> {
     pub config: serde_json::Value,
     /// Input name → artifact id.
     pub inputs: BTreeMap<String, String>,
+    /// Input name → the instance that produced it (for labels only: not part of the key, and
+    /// an artifact two instances produced alike carries the first one's manifest).
+    pub sources: BTreeMap<String, String>,
     pub seed: u64,
     /// Compute device requested on the command line (`cpu`, `cuda:0`).
     pub device: String,
@@ -131,9 +134,10 @@ impl RunCtx<'_> {
         self.inputs.get(name).map(String::as_str)
     }
 
-    /// The artifacts of a list input `name`, in the pipeline's order.
-    pub fn inputs_many(&self, name: &str) -> Vec<&str> {
-        let mut v: Vec<(usize, &str)> = self
+    /// The artifacts of a list input `name`, in the pipeline's order, each with the instance
+    /// that produced it.
+    pub fn inputs_many(&self, name: &str) -> Vec<(&str, &str)> {
+        let mut v: Vec<(usize, &str, &str)> = self
             .inputs
             .iter()
             .filter_map(|(k, id)| {
@@ -144,11 +148,12 @@ impl RunCtx<'_> {
                         .and_then(|r| r.strip_prefix('.'))
                         .and_then(|i| i.parse().ok())
                 };
-                index.map(|i| (i, id.as_str()))
+                let source = self.sources.get(k).map_or("", String::as_str);
+                index.map(|i| (i, id.as_str(), source))
             })
             .collect();
         v.sort();
-        v.into_iter().map(|(_, id)| id).collect()
+        v.into_iter().map(|(_, id, source)| (id, source)).collect()
     }
 
     /// A scratch directory private to this key that survives a crash (for resumable stages);

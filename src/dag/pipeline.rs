@@ -59,10 +59,12 @@ struct Decl {
     seed: Option<u64>,
     /// Outputs to discard once every stage of the pipeline that reads them has its result.
     discard: Vec<String>,
+    /// (sweep variable, config path): set the path to the value of a variable swept upstream.
+    follow: Vec<(String, String)>,
     table: toml::Table,
 }
 
-const RESERVED: &[&str] = &["stage", "inputs", "sweep", "seed", "discard"];
+const RESERVED: &[&str] = &["stage", "inputs", "sweep", "seed", "discard", "follow"];
 
 fn perr(path: &str, msg: impl Into<String>) -> DagError {
     DagError::Parse {
@@ -171,13 +173,33 @@ pub fn parse_str(
     }
     let mut instances: Vec<Instance> = Vec::new();
     let mut by_decl: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+    // The value behind each (sweep variable, label).
+    let mut swept: BTreeMap<(String, String), toml::Value> = BTreeMap::new();
     for dname in order {
         let d = by_name[dname.as_str()];
         let def = reg.get(&d.stage).ok_or_else(|| unknown_stage(d, reg))?;
-        // Join upstream instances whose sweep values agree.
+        for (key, values) in &d.sweep {
+            for v in values {
+                swept.insert((key.clone(), value_label(v)), v.clone());
+            }
+        }
+        // A list input gathers every instance of the stages it names (their sweep values do
+        // not pass on); the other inputs join upstream instances whose sweep values agree.
+        let many: BTreeSet<&str> = def
+            .inputs()
+            .iter()
+            .filter(|s| s.many)
+            .map(|s| s.name)
+            .collect();
+        let gathered = |iname: &str| many.contains(iname.split_once('.').map_or(iname, |p| p.0));
         let mut combos: Vec<(BTreeMap<String, String>, BTreeMap<String, String>)> =
             vec![(BTreeMap::new(), BTreeMap::new())]; // (vars, upstream decl → instance)
-        let ups: BTreeSet<&str> = d.inputs.values().map(|(s, _)| s.as_str()).collect();
+        let ups: BTreeSet<&str> = d
+            .inputs
+            .iter()
+            .filter(|(iname, _)| !gathered(iname))
+            .map(|(_, (s, _))| s.as_str())
+            .collect();
         for up in ups {
             let mut next = Vec::new();
             for (vars, chosen) in &combos {
@@ -230,6 +252,22 @@ pub fn parse_str(
                         msg: format!("cannot set `{key}`"),
                     })?;
             }
+            for (var, path) in &d.follow {
+                let v = vars
+                    .get(var)
+                    .and_then(|label| swept.get(&(var.clone(), label.clone())))
+                    .cloned()
+                    .ok_or_else(|| DagError::Sweep {
+                        stage: d.name.clone(),
+                        msg: format!("follows `{var}`, which no stage upstream sweeps"),
+                    })?;
+                set_path(&mut table, path)
+                    .map(|slot| *slot = v)
+                    .ok_or_else(|| DagError::Sweep {
+                        stage: d.name.clone(),
+                        msg: format!("cannot set `{path}`"),
+                    })?;
+            }
             let config = def.config(&table).map_err(|msg| DagError::Config {
                 stage: d.name.clone(),
                 msg,
@@ -244,11 +282,34 @@ pub fn parse_str(
                 stage: d.name.clone(),
                 msg: e.to_string(),
             })?;
-            let inputs = d
-                .inputs
-                .iter()
-                .map(|(iname, (up, out))| (iname.clone(), (chosen[up].clone(), out.clone())))
-                .collect();
+            let mut inputs = BTreeMap::new();
+            let mut lists: BTreeMap<&str, Vec<(String, String)>> = BTreeMap::new();
+            for (iname, (up, out)) in &d.inputs {
+                if gathered(iname) {
+                    let base = iname.split_once('.').map_or(iname.as_str(), |p| p.0);
+                    // Entries in the order given (`name.k`, k numeric), each expanded to every
+                    // instance of its stage.
+                    let k: usize = iname
+                        .split_once('.')
+                        .and_then(|p| p.1.parse().ok())
+                        .unwrap_or(0);
+                    let list = lists.entry(base).or_default();
+                    for &i in &by_decl[up] {
+                        list.push((format!("{k:06}/{}", instances[i].name), out.clone()));
+                    }
+                    list.sort();
+                } else {
+                    inputs.insert(iname.clone(), (chosen[up].clone(), out.clone()));
+                }
+            }
+            for (base, list) in lists {
+                for (k, (tagged, out)) in list.into_iter().enumerate() {
+                    let inst = tagged
+                        .split_once('/')
+                        .map_or(tagged.clone(), |p| p.1.to_string());
+                    inputs.insert(format!("{base}.{k}"), (inst, out));
+                }
+            }
             by_decl
                 .entry(d.name.clone())
                 .or_default()
@@ -391,6 +452,22 @@ fn parse_decl(origin: &str, name: &str, t: &toml::Table) -> Result<Decl, DagErro
                 )
             })?,
     };
+    let follow = match t.get("follow") {
+        None => Vec::new(),
+        Some(v) => v
+            .as_table()
+            .and_then(|f| {
+                f.iter()
+                    .map(|(var, path)| path.as_str().map(|p| (var.clone(), p.to_string())))
+                    .collect::<Option<Vec<_>>>()
+            })
+            .ok_or_else(|| {
+                perr(
+                    origin,
+                    format!("`stages.{name}.follow` must be a table of variable = \"config.path\""),
+                )
+            })?,
+    };
     let table = t
         .iter()
         .filter(|(k, _)| !RESERVED.contains(&k.as_str()))
@@ -403,6 +480,7 @@ fn parse_decl(origin: &str, name: &str, t: &toml::Table) -> Result<Decl, DagErro
         sweep,
         seed,
         discard,
+        follow,
         table,
     })
 }

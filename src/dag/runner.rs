@@ -481,6 +481,11 @@ impl<'a> Runner<'a> {
             instance: inst.name.clone(),
             config: inst.config.clone(),
             inputs: parts.inputs.clone(),
+            sources: inst
+                .inputs
+                .iter()
+                .map(|(name, (up, _))| (name.clone(), up.clone()))
+                .collect(),
             seed: inst.seed,
             device: self.device.clone(),
             producer: serde_json::json!({

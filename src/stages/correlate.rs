@@ -8,7 +8,8 @@
 //! same order): each run's reward–a_p and reward–ã_r correlation over all its rollouts (the
 //! log's running r at its last step) against its held-out gains Δa_p, Δa_r, Δa (last evaluation
 //! minus the starting policy's), with the least-squares line of Δa_p on r(R, a_p) — the paper's
-//! Figure 11.
+//! Figure 11. A list entry naming a swept stage (a swept `grpo` loop) stands for all its
+//! instances; each run is labelled by the instance that wrote its log.
 
 use super::artifacts::read_rewards;
 use super::{
@@ -128,7 +129,7 @@ pub fn correlate(rows: &[RewardRow], reps: usize, seed: u64) -> Vec<CorrelationR
 
 impl Stage for Correlate {
     const NAME: &'static str = "correlate";
-    const VERSION: u32 = 3;
+    const VERSION: u32 = 4;
     type Config = CorrelateConfig;
 
     fn inputs() -> Vec<InputSpec> {
@@ -157,16 +158,8 @@ impl Stage for Correlate {
             None => Vec::new(),
         };
         let mut runs = Vec::with_capacity(logs.len());
-        for ((id, log), (_, eval)) in logs.iter().zip(&evals) {
-            let label = ctx
-                .store
-                .manifest(id.as_str())?
-                .producer
-                .get("instance")
-                .and_then(|v| v.as_str())
-                .unwrap_or(id.as_str())
-                .to_string();
-            runs.push(run_row(label, log, eval)?);
+        for ((source, log), (_, eval)) in logs.iter().zip(&evals) {
+            runs.push(run_row(source.clone(), log, eval)?);
         }
         Ok(outputs([write(ctx, &table)?, write_runs(ctx, &runs)?]))
     }

@@ -87,17 +87,13 @@ pub fn expand(name: &str, t: &toml::Table) -> Expansion {
             "update",
             "eval",
             "keep_every",
+            "sweep",
         ]
         .contains(&k.as_str())
         {
             return Err(format!(
                 "unknown key `{k}` of a `{KIND}` loop (steps, rollout, reward, update, eval, \
-                 keep_every, inputs, seed{})",
-                if k == "sweep" {
-                    "; sweep an upstream stage instead"
-                } else {
-                    ""
-                }
+                 keep_every, sweep, inputs, seed)"
             ));
         }
     }
@@ -159,6 +155,7 @@ pub fn expand(name: &str, t: &toml::Table) -> Expansion {
             .ok_or("`keep_every` must be a non-negative integer (0 keeps every step)")?,
     };
 
+    let sweeps = Sweeps::parse(t.get("sweep"))?;
     let mut out = Vec::with_capacity(3 * steps);
     let mut policy = input("checkpoint").unwrap_or_default();
     let mut previous: Option<String> = None;
@@ -173,15 +170,14 @@ pub fn expand(name: &str, t: &toml::Table) -> Expansion {
             t.insert("step".into(), toml::Value::Integer(k as i64));
             t
         };
-        out.push((
-            r.clone(),
-            stage_table(
-                "rollout",
-                &[("checkpoint", policy.clone()), ("data", data.clone())],
-                with_step(rollout.clone()),
-                seed,
-            ),
-        ));
+        let mut table = stage_table(
+            "rollout",
+            &[("checkpoint", policy.clone()), ("data", data.clone())],
+            with_step(rollout.clone()),
+            seed,
+        );
+        sweeps.set(&mut table, "rollout", k);
+        out.push((r.clone(), table));
         let mut reward_inputs = vec![
             ("rollouts", r.clone()),
             ("data", data.clone()),
@@ -190,10 +186,9 @@ pub fn expand(name: &str, t: &toml::Table) -> Expansion {
         if let Some(teacher) = input("teacher") {
             reward_inputs.push(("teacher", teacher));
         }
-        out.push((
-            w.clone(),
-            stage_table("reward-score", &reward_inputs, reward.clone(), seed),
-        ));
+        let mut table = stage_table("reward-score", &reward_inputs, reward.clone(), seed);
+        sweeps.set(&mut table, "reward", k);
+        out.push((w.clone(), table));
         let mut update_inputs = vec![
             ("checkpoint", policy.clone()),
             ("rollouts", r),
@@ -211,6 +206,7 @@ pub fn expand(name: &str, t: &toml::Table) -> Expansion {
         let mut settings = with_step(update.clone());
         eval.set(&mut settings, k);
         let mut table = stage_table("grpo-update", &update_inputs, settings, seed);
+        sweeps.set(&mut table, "update", k);
         let last = k + 1 == steps;
         if keep_every > 0 && !last {
             let mut discard = vec![toml::Value::String("optimizer".into())];
@@ -224,6 +220,56 @@ pub fn expand(name: &str, t: &toml::Table) -> Expansion {
         previous = Some(u);
     }
     Ok(out)
+}
+
+/// The loop's `sweep`: `{ "reward.alpha" = [0.5, 1.0], … }`, keys naming a setting of the
+/// rollout, reward or update stages. Step 0's stage of that kind sweeps it; the later steps'
+/// stages follow the value their inputs were computed with, so each value is one chain of
+/// steps (instances `rl_3_reward[alpha=0.5]`, …, `rl[alpha=0.5]`), and what steps share before
+/// the swept stage is computed once.
+#[derive(Debug, Default)]
+struct Sweeps(Vec<(String, String, toml::Value)>);
+
+impl Sweeps {
+    fn parse(v: Option<&toml::Value>) -> Result<Sweeps, String> {
+        let Some(v) = v else {
+            return Ok(Sweeps::default());
+        };
+        let t = v
+            .as_table()
+            .ok_or("`sweep` must be a table of \"rollout|reward|update.key\" = [values]")?;
+        let mut out: Vec<(String, String, toml::Value)> = Vec::new();
+        for (path, values) in t {
+            let (sub, key) = path
+                .split_once('.')
+                .filter(|(s, _)| ["rollout", "reward", "update"].contains(s))
+                .ok_or(format!(
+                    "`sweep.{path}`: name a setting of rollout, reward or update, e.g. \
+                     \"reward.alpha\""
+                ))?;
+            if out.iter().any(|(_, k, _)| k == key) {
+                return Err(format!("`sweep` names `{key}` twice"));
+            }
+            out.push((sub.to_string(), key.to_string(), values.clone()));
+        }
+        Ok(Sweeps(out))
+    }
+
+    fn set(&self, table: &mut toml::Table, sub: &str, k: usize) {
+        for (_, key, values) in self.0.iter().filter(|(s, _, _)| s == sub) {
+            let (slot, value) = if k == 0 {
+                ("sweep", values.clone())
+            } else {
+                ("follow", toml::Value::String(key.clone()))
+            };
+            let entry = table
+                .entry(slot)
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            if let Some(t) = entry.as_table_mut() {
+                t.insert(key.clone(), value);
+            }
+        }
+    }
 }
 
 /// The loop's `eval` table.
@@ -353,7 +399,7 @@ update = { lr = 0.001 }
         assert!(err("inputs = { checkpoint = \"a\", data = \"b\" }").contains("steps"));
         assert!(
             err("inputs = { checkpoint = \"a\", data = \"b\" }\nsteps = 1\nsweep = { x = [1] }")
-                .contains("sweep an upstream stage")
+                .contains("name a setting of rollout, reward or update")
         );
         assert!(
             err("inputs = { checkpoint = \"a\", data = \"b\" }\nsteps = 1\nrollout = { step = 3 }")

@@ -140,16 +140,12 @@ pub const fn many(name: &'static str, kind: &'static str) -> InputSpec {
     }
 }
 
-/// Reads every table of a list input, in the pipeline's order, with its artifact id.
-pub fn read_many(ctx: &RunCtx, spec: &InputSpec) -> Result<Vec<(ArtifactId, Table)>, StageError> {
+/// Reads every table of a list input, in the pipeline's order, with the instance that
+/// produced it.
+pub fn read_many(ctx: &RunCtx, spec: &InputSpec) -> Result<Vec<(String, Table)>, StageError> {
     ctx.inputs_many(spec.name)
         .into_iter()
-        .map(|id| {
-            Ok((
-                ArtifactId(id.to_string()),
-                Table::read(ctx.store, id, spec.kind)?,
-            ))
-        })
+        .map(|(id, source)| Ok((source.to_string(), Table::read(ctx.store, id, spec.kind)?)))
         .collect()
 }
 

@@ -555,3 +555,54 @@ inputs = { logs = ["rl.log", "rl_b.log"], evals = ["rl.eval", "rl_b.eval"] }
         stderr(&err)
     );
 }
+
+/// A swept loop: one chain of steps per value, sharing what comes before the swept stage (step
+/// 0's rollout); every step's reward follows its chain's value; a list input gathers every
+/// chain's log.
+#[test]
+fn a_swept_loop_runs_one_chain_per_value() {
+    let d = asymm::util::fsx::TempDir::new("asymm-rl").unwrap();
+    let p = d.path().join("sweep.toml");
+    let text = LOOP.replace("STEPS", "2").replace(
+        "eval = {",
+        "reward = { perception = \"ground_truth\" }\nsweep = { \"reward.alpha\" = [0.0, 1.0] }\neval = {",
+    ) + r#"
+[stages.runs]
+stage = "correlate"
+inputs = { logs = ["rl.log"], evals = ["rl.eval"] }
+"#;
+    std::fs::write(&p, text).unwrap();
+    let ps = p.to_str().unwrap();
+    let s = d.path().join("s");
+    let rows = table(&ok(asymm(&s, &["run", ps])));
+    let names: Vec<&str> = rows.iter().map(|r| r.0.as_str()).collect();
+    for n in [
+        "rl_0_rollout",
+        "rl_0_reward[alpha=0.0]",
+        "rl_0_reward[alpha=1.0]",
+        "rl_1_rollout[alpha=1.0]",
+        "rl_1_reward[alpha=1.0]",
+        "rl[alpha=0.0]",
+        "rl[alpha=1.0]",
+    ] {
+        assert!(names.contains(&n), "{n} in {names:?}");
+    }
+    assert!(
+        !names.iter().any(|n| n.starts_with("rl_0_rollout[")),
+        "{names:?}"
+    );
+    let store = Store::open(&s).unwrap();
+    let record = |inst: &str| {
+        let key = store.head("loop", inst).unwrap().unwrap();
+        store.record(&key).unwrap().unwrap()
+    };
+    for alpha in [0.0, 1.0] {
+        let r = record(&format!("rl_1_reward[alpha={alpha:.1}]"));
+        assert_eq!(r.key_parts["config"]["alpha"], alpha, "{:#}", r.key_parts);
+    }
+    let runs = Table::read(&store, &record("runs").outputs["runs"], "run_correlations").unwrap();
+    assert_eq!(
+        runs.required_strings("run").unwrap(),
+        ["rl[alpha=0.0]", "rl[alpha=1.0]"]
+    );
+}
