@@ -104,3 +104,24 @@ inputs = { puzzles = "synthesize", images = "render" }
     assert_eq!(run.len(), 5);
     assert_ne!(run[1].2, run[2].2, "the two sizes give different images");
 }
+
+#[test]
+fn follow_without_an_upstream_sweep_and_bad_discard() {
+    let e = err_of(
+        "[stages.synthesize]\n[stages.render]\ninputs = { puzzles = \"synthesize\" }\nfollow = { size = \"size\" }\n",
+    );
+    assert!(
+        e.contains("follows `size`, which no stage upstream sweeps"),
+        "{e}"
+    );
+    let e = err_of("[stages.synthesize]\ndiscard = [\"mian\"]\n");
+    assert!(
+        e.contains("`discard` names `mian`, which is not an output of synthesize"),
+        "{e}"
+    );
+    let e = err_of("[stages.synthesize]\nfollow = [\"size\"]\n");
+    assert!(
+        e.contains("`stages.synthesize.follow` must be a table"),
+        "{e}"
+    );
+}
