@@ -118,6 +118,61 @@ pub fn pearson_cluster_bootstrap(
     }
 }
 
+/// Sufficient statistics of Pearson's r between x and each of K binary variables y_k,
+/// accumulated one observation at a time (so Σy² = Σy), e.g. across the steps of an RL run.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RunningPearson<const K: usize> {
+    pub n: f64,
+    pub x: f64,
+    pub xx: f64,
+    pub y: [f64; K],
+    pub xy: [f64; K],
+}
+
+impl<const K: usize> Default for RunningPearson<K> {
+    fn default() -> Self {
+        RunningPearson {
+            n: 0.0,
+            x: 0.0,
+            xx: 0.0,
+            y: [0.0; K],
+            xy: [0.0; K],
+        }
+    }
+}
+
+impl<const K: usize> RunningPearson<K> {
+    pub fn add(&mut self, x: f64, ys: [f64; K]) {
+        self.n += 1.0;
+        self.x += x;
+        self.xx += x * x;
+        for ((y, xy), v) in self.y.iter_mut().zip(&mut self.xy).zip(ys) {
+            *y += v;
+            *xy += x * v;
+        }
+    }
+
+    /// Pearson r of x with y_k so far; `None` when either is constant.
+    pub fn r(&self, k: usize) -> Option<f64> {
+        let (n, y, xy) = (self.n, *self.y.get(k)?, *self.xy.get(k)?);
+        let vx = n * self.xx - self.x * self.x;
+        let vy = n * y - y * y;
+        if vx <= 1e-12 * (n * self.xx).max(1.0) * n.max(1.0) || vy <= 1e-12 * n * n.max(1.0) {
+            return None;
+        }
+        Some(((n * xy - self.x * y) / (vx * vy).sqrt()).clamp(-1.0, 1.0))
+    }
+}
+
+impl RunningPearson<2> {
+    /// n, Σx, Σx², Σy₀, Σxy₀, Σy₁, Σxy₁.
+    pub fn sums(&self) -> [f64; 7] {
+        [
+            self.n, self.x, self.xx, self.y[0], self.xy[0], self.y[1], self.xy[1],
+        ]
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -217,5 +272,30 @@ mod tests {
         let h: Vec<Vec<(f64, f64)>> =
             vec![vec![(1.0, 1.0), (2.0, 3.0)], vec![(3.0, 2.0), (4.0, 4.0)]];
         assert!((pearson_cluster_bootstrap(&h, 10, 1).r.unwrap() - 0.8).abs() < 1e-12);
+    }
+
+    /// The running r, accumulated one observation at a time, equals Pearson's r over all of
+    /// them; it is undefined while a side is constant.
+    #[test]
+    fn running_r_equals_pearson_over_all_observations() {
+        let x: Vec<f64> = (0..40).map(|i| ((i * 7 % 11) as f64) / 10.0).collect();
+        let p: Vec<f64> = (0..40).map(|i| f64::from(u8::from(i % 3 == 0))).collect();
+        let r: Vec<f64> = (0..40)
+            .map(|i| f64::from(u8::from(i * 5 % 7 < 3)))
+            .collect();
+        let mut run = RunningPearson::<2>::default();
+        for k in 0..40 {
+            run.add(x[k], [p[k], r[k]]);
+            if k % 8 == 7 {
+                let n = k + 1;
+                assert!((run.r(0).unwrap() - pearson(&x[..n], &p[..n]).unwrap()).abs() < 1e-12);
+                assert!((run.r(1).unwrap() - pearson(&x[..n], &r[..n]).unwrap()).abs() < 1e-12);
+            }
+        }
+        let mut flat = RunningPearson::<1>::default();
+        for _ in 0..5 {
+            flat.add(0.5, [1.0]);
+        }
+        assert_eq!(flat.r(0), None);
     }
 }

@@ -17,7 +17,7 @@ use super::{
     Outputs, Stage, StageError, Written, bail, ensure, input, input_id, optional, optional_id,
     output, outputs, read_input, read_optional, write_table_after,
 };
-use crate::analysis::{pearson, wilson};
+use crate::analysis::{RunningPearson, pearson, wilson};
 use crate::dag::{InputSpec, OutputSpec, RunCtx};
 use crate::eval::rollout::{Mode, prefix};
 use crate::eval::score::{EvalPoint, heldout_eval};
@@ -131,23 +131,10 @@ struct StepStats {
     r_a_p: Option<f64>,
     r_a_tilde_r: Option<f64>,
     zero_groups: f64,
-    running: Running,
+    running: RunningPearson<2>,
 }
 
-/// Sums over every rollout of the run so far, from which the running Pearson r of the reward
-/// x with a_p and with ã_r follow (both binary, so Σy² = Σy).
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
-struct Running {
-    n: f64,
-    x: f64,
-    xx: f64,
-    p: f64,
-    xp: f64,
-    r: f64,
-    xr: f64,
-}
-
-/// The running sums' columns, in the log's order.
+/// The running sums' columns, in the log's order (see [`RunningPearson::sums`]).
 const RUNNING: [&str; 7] = [
     "running_rollouts",
     "running_sum_reward",
@@ -158,56 +145,25 @@ const RUNNING: [&str; 7] = [
     "running_sum_reward_a_tilde_r",
 ];
 
-impl Running {
-    fn add(&mut self, x: f64, a_p: f64, a_tr: f64) {
-        self.n += 1.0;
-        self.x += x;
-        self.xx += x * x;
-        self.p += a_p;
-        self.xp += x * a_p;
-        self.r += a_tr;
-        self.xr += x * a_tr;
+/// The running sums (reward against a_p and ã_r) on the last row of an earlier log, or none.
+fn running_from_log(t: Option<&Table>) -> Result<RunningPearson<2>, StageError> {
+    let Some(t) = t.filter(|t| t.rows() > 0) else {
+        return Ok(RunningPearson::default());
+    };
+    let last = t.rows() - 1;
+    let mut v = [0.0; 7];
+    v[0] = t.i64(RUNNING[0])?.value(last) as f64;
+    for (slot, name) in v.iter_mut().zip(RUNNING).skip(1) {
+        *slot = t.f64(name)?.value(last);
     }
-
-    fn values(&self) -> [f64; 7] {
-        [self.n, self.x, self.xx, self.p, self.xp, self.r, self.xr]
-    }
-
-    /// Pearson r of the reward with a binary y of sum `y` and cross sum `xy`; `None` when
-    /// either is constant.
-    fn r(&self, y: f64, xy: f64) -> Option<f64> {
-        let n = self.n;
-        let vx = n * self.xx - self.x * self.x;
-        let vy = n * y - y * y;
-        let scale = (n * self.xx).max(1.0) * n.max(1.0);
-        if vx <= 1e-12 * scale || vy <= 1e-12 * n * n.max(1.0) {
-            return None;
-        }
-        Some(((n * xy - self.x * y) / (vx * vy).sqrt()).clamp(-1.0, 1.0))
-    }
-
-    /// The sums on the last row of an earlier log (zero without one).
-    fn from_log(t: Option<&Table>) -> Result<Running, StageError> {
-        let Some(t) = t.filter(|t| t.rows() > 0) else {
-            return Ok(Running::default());
-        };
-        let last = t.rows() - 1;
-        let mut v = [0.0; 7];
-        v[0] = t.i64(RUNNING[0])?.value(last) as f64;
-        for (slot, name) in v.iter_mut().zip(RUNNING).skip(1) {
-            *slot = t.f64(name)?.value(last);
-        }
-        let [n, x, xx, p, xp, r, xr] = v;
-        Ok(Running {
-            n,
-            x,
-            xx,
-            p,
-            xp,
-            r,
-            xr,
-        })
-    }
+    let [n, x, xx, p, xp, r, xr] = v;
+    Ok(RunningPearson {
+        n,
+        x,
+        xx,
+        y: [p, r],
+        xy: [xp, xr],
+    })
 }
 
 /// The last step in an earlier log or evaluation table, which must be the one before `step`.
@@ -354,9 +310,9 @@ impl Stage for GrpoUpdate {
         let eval_history = read_optional(ctx, &EVAL_HISTORY)?;
         check_history(history.as_ref(), cfg.step, "log")?;
         check_history(eval_history.as_ref(), cfg.step, "evaluation")?;
-        let mut running = Running::from_log(history.as_ref())?;
+        let mut running = running_from_log(history.as_ref())?;
         for k in 0..reward.len() {
-            running.add(reward[k], a_p[k], a_tr[k]);
+            running.add(reward[k], [a_p[k], a_tr[k]]);
         }
         let state = match optional_id(ctx, &OPTIMIZER_IN) {
             Some(id) => Some(read_state(ctx, id.as_str())?),
@@ -536,7 +492,7 @@ fn write_log(
         |g: &dyn Fn(&MinibatchRow) -> usize| cols::i32(log.iter().map(|r| g(r) as i32).collect());
     let rep = |v: f64| cols::f64(vec![v; n]);
     let rep_opt = |v: Option<f64>| cols::f64_opt(vec![v; n]);
-    let sums = s.running.values();
+    let sums = s.running.sums();
     let mut columns = vec![
         ("step", cols::i32(vec![cfg.step as i32; n])),
         ("epoch", i(&|r| r.epoch)),
@@ -566,50 +522,12 @@ fn write_log(
         ("step_r_reward_a_p", rep_opt(s.r_a_p)),
         ("step_r_reward_a_tilde_r", rep_opt(s.r_a_tilde_r)),
         ("zero_adv_groups", rep(s.zero_groups)),
-        (
-            "running_r_reward_a_p",
-            rep_opt(s.running.r(s.running.p, s.running.xp)),
-        ),
-        (
-            "running_r_reward_a_tilde_r",
-            rep_opt(s.running.r(s.running.r, s.running.xr)),
-        ),
+        ("running_r_reward_a_p", rep_opt(s.running.r(0))),
+        ("running_r_reward_a_tilde_r", rep_opt(s.running.r(1))),
         (RUNNING[0], cols::i64(vec![sums[0] as i64; n])),
     ];
     for (name, v) in RUNNING.iter().zip(sums).skip(1) {
         columns.push((name, rep(v)));
     }
     write_table_after(ctx, &LOG, earlier, columns)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// The running r, accumulated step by step from sums, equals Pearson's r over every
-    /// rollout at once; it is undefined while a side is constant.
-    #[test]
-    fn running_r_equals_pearson_over_all_rollouts() {
-        let x: Vec<f64> = (0..40).map(|i| ((i * 7 % 11) as f64) / 10.0).collect();
-        let p: Vec<f64> = (0..40).map(|i| f64::from(u8::from(i % 3 == 0))).collect();
-        let r: Vec<f64> = (0..40)
-            .map(|i| f64::from(u8::from(i * 5 % 7 < 3)))
-            .collect();
-        let mut run = Running::default();
-        for k in 0..40 {
-            run.add(x[k], p[k], r[k]);
-            if k % 8 == 7 {
-                let n = k + 1;
-                let want_p = pearson(&x[..n], &p[..n]).unwrap();
-                let want_r = pearson(&x[..n], &r[..n]).unwrap();
-                assert!((run.r(run.p, run.xp).unwrap() - want_p).abs() < 1e-12);
-                assert!((run.r(run.r, run.xr).unwrap() - want_r).abs() < 1e-12);
-            }
-        }
-        let mut flat = Running::default();
-        for _ in 0..5 {
-            flat.add(0.5, 1.0, 0.0);
-        }
-        assert_eq!(flat.r(flat.p, flat.xp), None);
-    }
 }
