@@ -104,7 +104,7 @@ pub fn resolve_ref(
     {
         let reg = asymm::stages::StageRegistry::default();
         let p = asymm::dag::parse_pipeline(std::path::Path::new(file), &reg)?;
-        let (inst, out) = inst.split_once('.').unwrap_or((inst, "main"));
+        let (inst, out) = asymm::dag::split_output(inst);
         let mut runner = match device {
             Some(d) => asymm::dag::Runner::new(store, &reg, d),
             None => asymm::dag::Runner::new(store, &reg, "cpu").any_device(),

@@ -11,7 +11,7 @@ mod pipeline;
 mod runner;
 
 pub use key::{KeyParts, Reason, explain};
-pub use pipeline::{Instance, Pipeline, parse_pipeline};
+pub use pipeline::{Instance, Pipeline, parse_pipeline, split_output};
 pub use runner::{Outcome, RunOptions, RunRow, Runner, StatusRow};
 
 use crate::store::Store;

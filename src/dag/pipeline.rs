@@ -344,6 +344,16 @@ fn value_label(v: &toml::Value) -> String {
     }
 }
 
+/// `stage.output` → (stage, output), `stage` → (stage, "main"); a swept instance's brackets
+/// (`rl[alpha=0.5].eval`) are part of the stage.
+pub fn split_output(s: &str) -> (&str, &str) {
+    let from = s.rfind(']').map_or(0, |i| i + 1);
+    match s[from..].find('.') {
+        Some(i) => (&s[..from + i], &s[from + i + 1..]),
+        None => (s, "main"),
+    }
+}
+
 /// The slot for a dotted key path inside a table, creating intermediate tables.
 fn set_path<'a>(t: &'a mut toml::Table, path: &str) -> Option<&'a mut toml::Value> {
     let mut parts: Vec<&str> = path.split('.').collect();
@@ -398,7 +408,7 @@ fn parse_decl(origin: &str, name: &str, t: &toml::Table) -> Result<Decl, DagErro
                 _ => return Err(bad()),
             };
             for (iname, target) in targets {
-                let (up, out) = target.split_once('.').unwrap_or((target, "main"));
+                let (up, out) = split_output(target);
                 inputs.insert(iname, (up.to_string(), out.to_string()));
             }
         }
@@ -656,4 +666,21 @@ fn cycle_path(decls: &[Decl], stuck: &BTreeSet<&str>) -> String {
         down.push(head);
     }
     down.join(" → ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outputs_split_after_a_swept_instance_s_brackets() {
+        assert_eq!(split_output("rl.log"), ("rl", "log"));
+        assert_eq!(split_output("rl"), ("rl", "main"));
+        assert_eq!(split_output("rl[alpha=0.5]"), ("rl[alpha=0.5]", "main"));
+        assert_eq!(
+            split_output("rl[alpha=0.5].eval"),
+            ("rl[alpha=0.5]", "eval")
+        );
+        assert_eq!(split_output("r[a=1,b=0.25].x"), ("r[a=1,b=0.25]", "x"));
+    }
 }
