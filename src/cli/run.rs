@@ -51,10 +51,22 @@ pub fn run(store: &Store, a: RunArgs) -> anyhow::Result<i32> {
     let rows = runner.run(&p, &opts)?;
     let total: f64 = rows.iter().map(|r| r.duration.as_secs_f64()).sum();
     let mut summaries = Vec::new();
-    for r in &rows {
+    let mut shares = Vec::new();
+    for r in rows
+        .iter()
+        .filter(|r| !matches!(r.outcome, Outcome::Skipped))
+    {
         for id in r.outputs.values() {
-            if store.manifest(id).is_ok_and(|m| m.kind == "eval_summary") {
-                summaries.push((r.instance.clone(), id.clone(), summary(store, id)?));
+            match store.manifest(id).map(|m| m.kind) {
+                Ok(k) if k == "eval_summary" => {
+                    summaries.push((r.instance.clone(), id.clone(), summary(store, id)?));
+                }
+                Ok(k) if k == "train_log" => {
+                    if let Some(s) = perception_shares(store, id)? {
+                        shares.push((r.instance.clone(), s));
+                    }
+                }
+                _ => {}
             }
         }
     }
@@ -85,6 +97,13 @@ pub fn run(store: &Store, a: RunArgs) -> anyhow::Result<i32> {
             .iter()
             .map(|(stage, id, rows)| json!({"stage": stage, "artifact": id, "rows": rows}))
             .collect();
+        let shares: Vec<Value> = shares
+            .iter()
+            .map(|(stage, s)| {
+                json!({"stage": stage, "step": s.step, "tokens": s.tokens, "loss": s.loss,
+                       "gradient": s.gradient})
+            })
+            .collect();
         print_json(&json!({
             "pipeline": p.name,
             "device": a.device,
@@ -92,6 +111,7 @@ pub fn run(store: &Store, a: RunArgs) -> anyhow::Result<i32> {
             "stages": stages,
             "stage_seconds": total,
             "evaluations": evaluations,
+            "perception_shares": shares,
         }))?;
         return Ok(0);
     }
@@ -130,10 +150,49 @@ pub fn run(store: &Store, a: RunArgs) -> anyhow::Result<i32> {
         println!("({skipped} {noun} not selected)");
     }
     println!("stage work: {total:.2} s");
+    for (instance, s) in &shares {
+        let pct = |v: Option<f64>| v.map_or("–".to_string(), |v| format!("{:.1} %", 100.0 * v));
+        println!(
+            "\n{instance}: perception is {} of the target tokens, {} of the loss and {} of the \
+             gradient norm (step {})",
+            pct(Some(s.tokens)),
+            pct(Some(s.loss)),
+            pct(s.gradient),
+            s.step
+        );
+    }
     for (instance, _, rows) in &summaries {
         print_summary(instance, rows);
     }
     Ok(0)
+}
+
+/// Perception's share of an SFT run's target tokens, loss and gradient norm, from its log's
+/// last diagnostic step (the last step when none measured the gradient).
+struct Shares {
+    step: i32,
+    tokens: f64,
+    loss: f64,
+    gradient: Option<f64>,
+}
+
+fn perception_shares(store: &Store, id: &str) -> anyhow::Result<Option<Shares>> {
+    use arrow::array::Array;
+    let t = asymm::table::Table::read(store, id, "train_log")?;
+    if t.rows() == 0 {
+        return Ok(None);
+    }
+    let grad = t.f64("perception_grad_share")?;
+    let i = (0..t.rows())
+        .rev()
+        .find(|&i| !grad.is_null(i))
+        .unwrap_or(t.rows() - 1);
+    Ok(Some(Shares {
+        step: t.i32("step")?.value(i),
+        tokens: t.f64("perception_token_share")?.value(i),
+        loss: t.f64("perception_loss_share")?.value(i),
+        gradient: (!grad.is_null(i)).then(|| grad.value(i)),
+    }))
 }
 
 /// Reads an evaluation summary artifact.

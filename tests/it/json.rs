@@ -80,6 +80,7 @@ fn run_status_dag_and_show_as_json() {
         assert!(e["seconds"].as_f64().is_some_and(|x| x >= 0.0), "{e}");
     }
     assert_eq!(run["evaluations"], j!([]));
+    assert_eq!(run["perception_shares"], j!([]));
     let status = json(&store, &["status", ps]);
     for s in ["synthesize", "render", "distill_format"] {
         let (a, b) = (stage(&status, s), stage(&run, s));

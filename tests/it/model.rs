@@ -179,6 +179,14 @@ fn train_rollout_evaluate_resume_and_rerun_scope() {
     for s in ["sft", "rollout", "rollout_cf", "evaluate"] {
         assert_eq!(stage(&rerun, s)["result"], "ran", "{s}");
     }
+    // Perception's share of the SFT target tokens, loss and gradient, from the training log.
+    let shares = rerun["perception_shares"].as_array().unwrap();
+    assert_eq!(shares.len(), 1, "{rerun:#}");
+    assert_eq!(shares[0]["stage"], "sft");
+    for k in ["tokens", "loss"] {
+        let v = shares[0][k].as_f64().unwrap();
+        assert!(v > 0.0 && v < 1.0, "{k}: {v}");
+    }
     // The evaluation summary it prints, as data: every metric over 4 test items × 2 samples.
     let evals = rerun["evaluations"].as_array().unwrap();
     assert_eq!(evals.len(), 1, "{rerun:#}");
