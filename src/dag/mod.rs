@@ -8,6 +8,7 @@
 mod externals;
 mod key;
 mod pipeline;
+mod retention;
 mod runner;
 
 pub use key::{KeyParts, Reason, explain};
