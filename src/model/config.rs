@@ -138,6 +138,26 @@ impl VlmConfig {
     }
 }
 
+/// A model small enough for exact checks on the CPU (tests only).
+#[cfg(test)]
+pub(crate) fn small_config() -> VlmConfig {
+    VlmConfig {
+        image_size: 32,
+        patch_size: 8,
+        vit_dim: 32,
+        vit_layers: 1,
+        vit_heads: 2,
+        conv_stem: 4,
+        d_model: 32,
+        layers: 2,
+        heads: 4,
+        mlp_ratio: 2,
+        vocab_size: 40,
+        max_seq_len: 128,
+        rope_theta: 10000.0,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

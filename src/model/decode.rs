@@ -202,21 +202,7 @@ mod tests {
     use burn::tensor::TensorData;
 
     fn small_model() -> (Vlm<Cpu>, VlmConfig) {
-        let cfg = VlmConfig {
-            image_size: 32,
-            patch_size: 8,
-            vit_dim: 32,
-            vit_layers: 1,
-            vit_heads: 2,
-            conv_stem: 4,
-            d_model: 32,
-            layers: 2,
-            heads: 4,
-            mlp_ratio: 2,
-            vocab_size: 40,
-            max_seq_len: 128,
-            rope_theta: 10000.0,
-        };
+        let cfg = crate::model::config::small_config();
         let dev = Default::default();
         Cpu::seed(&dev, 11);
         (Vlm::new(&cfg, &dev), cfg)

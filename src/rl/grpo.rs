@@ -279,10 +279,10 @@ pub fn clipped_objective<B: Backend>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::config::small_config;
     use crate::model::decode::{SeqKey, generate};
     use crate::model::sampling::SamplingConfig;
     use crate::model::{Cpu, host_f32};
-    use crate::rl::tests::small_config;
 
     fn image(k: usize, s: usize) -> Arc<[f32]> {
         (0..s * s)

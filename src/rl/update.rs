@@ -309,8 +309,8 @@ fn micro_step<B: AutodiffBackend>(
 mod tests {
     use super::*;
     use crate::model::checkpoint::weights_to_bytes;
+    use crate::model::config::small_config;
     use crate::model::{Cpu, Vlm};
-    use crate::rl::tests::small_config;
     use burn::backend::Autodiff;
     use burn::tensor::backend::Backend;
     use std::sync::Arc;
