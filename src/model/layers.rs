@@ -12,9 +12,11 @@ use burn::tensor::{Tensor, TensorData};
 pub const MASKED: f32 = -1.0e9;
 
 /// Rotary position tables for a batch, laid out to rotate a fused `[B, T, 3, H, d_head]` query /
-/// key / value projection in one pass: `cos`, `sin` of shape [B, T, 3, 1, d_head] (the value
-/// slot holds cos = 1, sin = 0), and the fixed `rotate_half` map as a [d_head, d_head] matrix.
-/// Half-split convention: pairs (i, i + d_head/2) rotate by `position · θ^(−2i/d_head)`.
+/// key / value projection in one pass: `cos`, `sin` of that full shape (the value slot holds
+/// cos = 1, sin = 0; repeated over heads so that both products run on contiguous operands, which
+/// the CPU backend's element-wise kernels need to vectorize), and the fixed `rotate_half` map as
+/// a [d_head, d_head] matrix. Half-split convention: pairs (i, i + d_head/2) rotate by
+/// `position · θ^(−2i/d_head)`.
 #[derive(Clone, Debug)]
 pub struct Rope<B: Backend> {
     pub cos: Tensor<B, 5>,
@@ -27,6 +29,7 @@ impl<B: Backend> Rope<B> {
     pub fn new(
         positions: &[i64],
         [b, t]: [usize; 2],
+        heads: usize,
         d_head: usize,
         theta: f32,
         device: &B::Device,
@@ -35,7 +38,7 @@ impl<B: Backend> Rope<B> {
         let inv: Vec<f64> = (0..half)
             .map(|i| 1.0 / (theta as f64).powf(2.0 * i as f64 / d_head as f64))
             .collect();
-        let n = b * t * 3 * d_head;
+        let n = b * t * 3 * heads * d_head;
         let (mut cos, mut sin) = (Vec::with_capacity(n), Vec::with_capacity(n));
         for &p in positions.iter().take(b * t) {
             let (c, s): (Vec<f32>, Vec<f32>) = inv
@@ -46,7 +49,7 @@ impl<B: Backend> Rope<B> {
                     (a.cos(), a.sin())
                 })
                 .unzip();
-            for _ in 0..2 {
+            for _ in 0..2 * heads {
                 // query, key
                 cos.extend_from_slice(&c);
                 cos.extend_from_slice(&c);
@@ -54,8 +57,8 @@ impl<B: Backend> Rope<B> {
                 sin.extend_from_slice(&s);
             }
             // value: identity
-            cos.extend(std::iter::repeat_n(1.0f32, d_head));
-            sin.extend(std::iter::repeat_n(0.0f32, d_head));
+            cos.extend(std::iter::repeat_n(1.0f32, heads * d_head));
+            sin.extend(std::iter::repeat_n(0.0f32, heads * d_head));
         }
         let mut rot = vec![0.0f32; d_head * d_head];
         for j in 0..half {
@@ -65,7 +68,7 @@ impl<B: Backend> Rope<B> {
             rot[j * d_head + j + half] = 1.0;
         }
         let table =
-            |v: Vec<f32>| Tensor::from_data(TensorData::new(v, [b, t, 3, 1, d_head]), device);
+            |v: Vec<f32>| Tensor::from_data(TensorData::new(v, [b, t, 3, heads, d_head]), device);
         Rope {
             cos: table(cos),
             sin: table(sin),
@@ -284,15 +287,37 @@ impl<B: Backend> Block<B> {
     }
 }
 
-/// Causal additive bias [1, 1, T, T].
-pub fn causal_bias<B: Backend>(t: usize, device: &B::Device) -> Tensor<B, 4> {
-    let mut v = vec![0.0f32; t * t];
-    for i in 0..t {
-        for j in i + 1..t {
-            v[i * t + j] = MASKED;
+/// Additive attention bias [B, H, T, T_keys] for `t` queries that are the last `t` of each row's
+/// `T_keys` keys: query i sees key j iff j ≤ T_keys − t + i, and then with the row's own bias on
+/// that key (`key_bias[r][j]`: 0, or [`MASKED`] on padding; an empty row means no padding and
+/// `T_keys` = `t`). Built in full on the host: with a broadcast operand the CPU backend's addition
+/// falls back to a scalar strided loop, once per layer and again in the backward pass.
+pub fn attention_bias<B: Backend>(
+    key_bias: &[Vec<f32>],
+    heads: usize,
+    t: usize,
+    device: &B::Device,
+) -> Tensor<B, 4> {
+    let b = key_bias.len();
+    let tk = key_bias.iter().map(Vec::len).max().unwrap_or(0).max(t);
+    let mut v = Vec::with_capacity(b * heads * t * tk);
+    let mut row = vec![0.0f32; t * tk];
+    for keys in key_bias {
+        for i in 0..t {
+            let last = tk - t + i;
+            for j in 0..tk {
+                row[i * tk + j] = if j > last {
+                    MASKED
+                } else {
+                    keys.get(j).copied().unwrap_or(0.0)
+                };
+            }
+        }
+        for _ in 0..heads {
+            v.extend_from_slice(&row);
         }
     }
-    Tensor::from_data(TensorData::new(v, [1, 1, t, t]), device)
+    Tensor::from_data(TensorData::new(v, [b, heads, t, tk]), device)
 }
 
 #[cfg(test)]
@@ -311,7 +336,7 @@ mod tests {
             .collect();
         let positions: Vec<i64> = vec![0, 1, 5, 7, 2, 40];
         let dev = Default::default();
-        let rope = Rope::<B>::new(&positions, [b, t], d, 10000.0, &dev);
+        let rope = Rope::<B>::new(&positions, [b, t], h, d, 10000.0, &dev);
         let qkv = Tensor::<B, 5>::from_data(TensorData::new(x.clone(), [b, t, 3, h, d]), &dev);
         let got = rope.apply_qkv(qkv).into_data().to_vec::<f32>().unwrap();
         let half = d / 2;

@@ -4,8 +4,8 @@
 //! [`Vlm::step`] with a KV cache.
 
 use super::config::VlmConfig;
-use super::layers::{Block, KvCache, MASKED, Rope, causal_bias, linear3};
-use burn::module::{Module, Param};
+use super::layers::{Block, KvCache, MASKED, Rope, attention_bias, linear3};
+use burn::module::{Module, ModuleVisitor, Param};
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{
     Embedding, EmbeddingConfig, Linear, LinearConfig, PaddingConfig2d, RmsNorm, RmsNormConfig,
@@ -90,16 +90,17 @@ pub fn patchify<B: Backend>(
 /// Per-layer caches of a batch being decoded, plus each row's next position.
 pub struct DecodeState<B: Backend> {
     pub caches: Vec<Option<KvCache<B>>>,
-    /// Additive bias over cached keys, [B, 1, 1, T_keys] (masks left padding).
-    pub key_bias: Tensor<B, 4>,
+    /// Additive bias of each row over its cached keys (0, or `MASKED` on left padding).
+    pub key_bias: Vec<Vec<f32>>,
     pub next_pos: Vec<i64>,
+    pub device: B::Device,
 }
 
 impl<B: Backend> DecodeState<B> {
     /// The state of a batch made of rows of this one (`rows[i]` = the source row of row i): the
     /// way G samples of one prompt share a single prefill.
     pub fn fork(self, rows: &[usize]) -> Self {
-        let device = self.key_bias.device();
+        let device = self.device.clone();
         let idx = Tensor::<B, 1, Int>::from_data(
             TensorData::new(
                 rows.iter().map(|&r| r as i64).collect::<Vec<_>>(),
@@ -124,15 +125,30 @@ impl<B: Backend> DecodeState<B> {
             .collect();
         DecodeState {
             caches,
-            key_bias: pick(self.key_bias),
+            key_bias: rows.iter().map(|&r| self.key_bias[r].clone()).collect(),
             next_pos: rows.iter().map(|&r| self.next_pos[r]).collect(),
+            device,
         }
     }
 }
 
 impl<B: Backend> Vlm<B> {
-    /// A freshly initialized model (seed the backend first for reproducibility).
+    /// A freshly initialized model (seed the backend first for reproducibility). Every
+    /// parameter is drawn here, in module order: burn initializes parameters lazily, at first
+    /// use, and the weights would otherwise depend on which code touches them first.
     pub fn new(cfg: &VlmConfig, device: &B::Device) -> Self {
+        struct InitNow;
+        impl<B: Backend> ModuleVisitor<B> for InitNow {
+            fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+                let _ = param.val();
+            }
+        }
+        let model = Self::uninitialized(cfg, device);
+        model.visit(&mut InitNow);
+        model
+    }
+
+    fn uninitialized(cfg: &VlmConfig, device: &B::Device) -> Self {
         let n = cfg.patches();
         Vlm {
             stem: (cfg.conv_stem > 0).then(|| ConvStem::new(cfg.conv_stem, device)),
@@ -187,6 +203,7 @@ impl<B: Backend> Vlm<B> {
         let rope = Rope::new(
             positions,
             [b, t],
+            self.heads,
             self.d_head(),
             self.rope_theta,
             &x.device(),
@@ -209,7 +226,8 @@ impl<B: Backend> Vlm<B> {
         let x = Tensor::cat(vec![img, self.embed.forward(ids)], 1);
         let t = n + l;
         let pos: Vec<i64> = (0..b).flat_map(|_| 0..t as i64).collect();
-        let logits = self.run_lm(x, &pos, causal_bias(t, &device), None);
+        let bias = attention_bias(&vec![Vec::new(); b], self.heads, t, &device);
+        let logits = self.run_lm(x, &pos, bias, None);
         let vocab = logits.dims()[2];
         logits.slice([0..b, n..t, 0..vocab])
     }
@@ -229,18 +247,19 @@ impl<B: Backend> Vlm<B> {
         // Text ids left-padded with 0 (their embeddings are masked out of every attention).
         let mut ids = Vec::with_capacity(b * lmax);
         let mut pos = Vec::with_capacity(b * t);
-        let mut key_bias = Vec::with_capacity(b * t);
+        let mut key_bias = Vec::with_capacity(b);
         let mut next_pos = Vec::with_capacity(b);
         for p in prefixes {
             let padn = lmax - p.len();
             ids.extend(std::iter::repeat_n(0i64, padn));
             ids.extend(p.iter().map(|&x| x as i64));
             // Pads sit before the image: [pads, image, prefix ids].
-            for j in 0..t {
-                let real = j >= padn;
-                pos.push(if real { (j - padn) as i64 } else { 0 });
-                key_bias.push(if real { 0.0f32 } else { MASKED });
-            }
+            pos.extend((0..t).map(|j| j.saturating_sub(padn) as i64));
+            key_bias.push(
+                (0..t)
+                    .map(|j| if j >= padn { 0.0f32 } else { MASKED })
+                    .collect::<Vec<_>>(),
+            );
             next_pos.push((n + p.len()) as i64);
         }
         let text = self
@@ -263,8 +282,7 @@ impl<B: Backend> Vlm<B> {
             rows.push(Tensor::cat(parts, 1));
         }
         let x = Tensor::cat(rows, 0);
-        let key_bias = Tensor::<B, 4>::from_data(TensorData::new(key_bias, [b, 1, 1, t]), &device);
-        let bias = causal_bias::<B>(t, &device) + key_bias.clone();
+        let bias = attention_bias(&key_bias, self.heads, t, &device);
         let mut caches = vec![None; self.blocks.len()];
         let logits = self.run_lm(x, &pos, bias, Some(&mut caches));
         let vocab = logits.dims()[2];
@@ -275,13 +293,14 @@ impl<B: Backend> Vlm<B> {
                 caches,
                 key_bias,
                 next_pos,
+                device,
             },
         )
     }
 
     /// Feeds one token per row and returns the next logits [B, vocab].
     pub fn step(&self, tokens: &[u32], state: &mut DecodeState<B>) -> Tensor<B, 2> {
-        let device = state.key_bias.device();
+        let device = state.device.clone();
         let b = tokens.len();
         let ids = Tensor::<B, 2, Int>::from_data(
             TensorData::new(tokens.iter().map(|&x| x as i64).collect::<Vec<_>>(), [b, 1]),
@@ -291,14 +310,14 @@ impl<B: Backend> Vlm<B> {
         for p in &mut state.next_pos {
             *p += 1;
         }
-        state.key_bias = Tensor::cat(
-            vec![state.key_bias.clone(), Tensor::zeros([b, 1, 1, 1], &device)],
-            3,
-        );
+        for row in &mut state.key_bias {
+            row.push(0.0);
+        }
+        let bias = attention_bias(&state.key_bias, self.heads, 1, &device);
         let logits = self.run_lm(
             self.embed.forward(ids),
             &positions,
-            state.key_bias.clone(),
+            bias,
             Some(&mut state.caches),
         );
         let vocab = logits.dims()[2];

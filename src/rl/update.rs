@@ -9,6 +9,7 @@ use super::{Result, RlError};
 use crate::model::checkpoint::model_from_bytes;
 use crate::model::{Vlm, VlmConfig, host_f32};
 use crate::train::grads::combine;
+use crate::train::parallel::{map_shards, replica};
 use crate::train::trainer::{OptimSettings, OptimState, Trainer};
 use crate::util::rng::keyed;
 use burn::optim::GradientsParams;
@@ -112,6 +113,21 @@ struct Acc {
     tokens: usize,
 }
 
+impl Acc {
+    fn add(&mut self, o: Acc) {
+        self.loss += o.loss;
+        self.pg += o.pg;
+        if let Some(k) = o.kl {
+            self.kl = Some(self.kl.unwrap_or(0.0) + k);
+        }
+        self.clipped += o.clipped;
+        self.ratio += o.ratio;
+        self.entropy += o.entropy;
+        self.gap += o.gap;
+        self.tokens += o.tokens;
+    }
+}
+
 /// Runs one update of the policy `init` (weights in the checkpoint format) on `seqs`, with an
 /// optional frozen `reference`: its KL is logged whenever it is given, and added to the loss
 /// with weight `kl_coef` (which needs one). With `state` (the previous update's
@@ -162,21 +178,40 @@ pub fn update<B: AutodiffBackend>(
         {
             let mut grads: Option<GradientsParams> = None;
             let mut acc = Acc::default();
-            for micro in idx.chunks(settings.micro_batch) {
-                let part: Vec<&Sequence> = micro.iter().map(|&i| &seqs[i]).collect();
-                let g = micro_step(
-                    &trainer.model,
+            // The micro-batches run concurrently, each on its own replica of the model, and
+            // are summed in order: the same bits as running them one after another.
+            let micros: Vec<Vec<&Sequence>> = idx
+                .chunks(settings.micro_batch)
+                .map(|m| m.iter().map(|&i| &seqs[i]).collect())
+                .collect();
+            let model = &trainer.model;
+            let parts = map_shards(micros.len(), |i| {
+                let mut a = Acc::default();
+                let local;
+                let m = if micros.len() > 1 {
+                    local = replica(model);
+                    &local
+                } else {
+                    model
+                };
+                micro_step(
+                    m,
                     reference.as_ref(),
-                    &part,
+                    &micros[i],
                     idx.len(),
                     cfg.image_size,
                     pad,
                     &settings.loss,
                     device,
-                    &mut acc,
-                )?;
+                    &mut a,
+                )
+                .map(|g| (g, a))
+            });
+            for part in parts {
+                let (g, a) = part?;
+                acc.add(a);
                 grads = Some(match grads {
-                    Some(a) => combine::<B, _>(&trainer.model, a, 1.0, g, 1.0),
+                    Some(a) => combine::<B, _>(model, a, 1.0, g, 1.0),
                     None => g,
                 });
             }
@@ -396,6 +431,17 @@ mod tests {
         };
         assert!(total(&good, &after) > total(&good, &model) + 0.1);
         assert!(total(&bad, &after) < total(&bad, &model) - 0.1);
+        // The two micro-batches of each mini-batch ran concurrently; on a one-thread pool
+        // they run one after the other, and the result is the same to the bit.
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(1)
+            .build()
+            .unwrap();
+        let serial = pool.install(|| {
+            update::<B>(&settings, &cfg, &init, None, None, &seqs, 0, &dev, |_| {}).unwrap()
+        });
+        assert_eq!(serial.weights, out.weights);
+        assert_eq!(serial.log, out.log);
 
         // Two updates of two epochs each, the second continuing the first's AdamW state, end
         // where one update of four epochs does (one mini-batch per epoch, so only the order

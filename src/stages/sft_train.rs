@@ -73,6 +73,9 @@ pub struct SftTrainConfig {
     pub steps: Option<usize>,
     pub batch_size: Option<usize>,
     pub grad_accum: usize,
+    /// Shards of each micro-batch trained concurrently (data parallelism over the cores); part
+    /// of the result's identity, so fixed rather than the machine's core count.
+    pub data_shards: usize,
     pub lr: Option<f64>,
     pub min_lr: Option<f64>,
     pub warmup_ratio: Option<f64>,
@@ -105,6 +108,7 @@ impl Default for SftTrainConfig {
             steps: None,
             batch_size: None,
             grad_accum: 1,
+            data_shards: 2,
             lr: None,
             min_lr: None,
             warmup_ratio: None,
@@ -167,6 +171,7 @@ impl SftTrainConfig {
             steps: self.steps.unwrap_or(steps),
             batch_size: self.batch_size.unwrap_or(bs),
             grad_accum: self.grad_accum.max(1),
+            data_shards: self.data_shards,
             lr: self.lr.unwrap_or(lr),
             min_lr: self.min_lr.unwrap_or(min_lr),
             warmup_ratio: self.warmup_ratio.unwrap_or(warmup),
@@ -227,7 +232,7 @@ const TIMING: OutputSpec = output("timing", "train_timing");
 
 impl Stage for SftTrain {
     const NAME: &'static str = "sft-train";
-    const VERSION: u32 = 4;
+    const VERSION: u32 = 5;
     const USES_DEVICE: bool = true;
     type Config = SftTrainConfig;
 

@@ -5,6 +5,7 @@
 pub mod batch;
 pub mod grads;
 pub mod objective;
+pub mod parallel;
 pub mod schedule;
 pub mod sft;
 pub mod trainer;

@@ -7,6 +7,7 @@
 use super::batch::{Example, make_batch};
 use super::grads::{combine, grad_norm};
 use super::objective::{ObjectiveKind, Selector, Term, span_mask, terms, token_weights};
+use super::parallel::{map_shards, replica, split};
 use super::trainer::{OptimSettings, Trainer, TrainerError};
 pub use crate::eval::score::EvalPoint;
 use crate::model::{ModelError, Vlm, VlmConfig, host_f32};
@@ -30,6 +31,11 @@ pub struct SftSettings {
     pub steps: usize,
     pub batch_size: usize,
     pub grad_accum: usize,
+    /// Each micro-batch is split into this many contiguous shards whose forward and backward
+    /// passes run concurrently ([`super::parallel`]); a fixed setting, not the core count, so
+    /// that results do not depend on the machine.
+    #[serde(default = "one")]
+    pub data_shards: usize,
     pub lr: f64,
     pub min_lr: f64,
     pub warmup_ratio: f64,
@@ -54,6 +60,7 @@ impl Default for SftSettings {
             steps: 1,
             batch_size: 8,
             grad_accum: 1,
+            data_shards: 1,
             lr: 1e-3,
             min_lr: 1e-4,
             warmup_ratio: 0.0,
@@ -149,6 +156,10 @@ struct SnapshotState {
     step: usize,
     log: Vec<LogRow>,
     timing: Vec<TimingRow>,
+}
+
+fn one() -> usize {
+    1
 }
 
 /// The examples of micro-batch `micro` of `step`: epochs are keyed permutations of the data.
@@ -260,13 +271,29 @@ struct StepGrads {
     diag_r: Option<GradientsParams>,
 }
 
+impl StepGrads {
+    /// Adds another shard's or micro-batch's gradients, field by field.
+    fn add<B: AutodiffBackend>(&mut self, model: &Vlm<B>, o: StepGrads) {
+        let sum = |a: &mut Option<GradientsParams>, b: Option<GradientsParams>| {
+            if let Some(b) = b {
+                *a = Some(add(model, a.take(), b));
+            }
+        };
+        sum(&mut self.total, o.total);
+        sum(&mut self.perception, o.perception);
+        sum(&mut self.reasoning, o.reasoning);
+        sum(&mut self.diag_p, o.diag_p);
+        sum(&mut self.diag_r, o.diag_r);
+    }
+}
+
 fn check_settings(settings: &SftSettings, train_set: &[Example]) -> Result<(), TrainError> {
     if train_set.is_empty() {
         return Err(TrainError::Other("no training examples".into()));
     }
-    if settings.batch_size == 0 || settings.grad_accum == 0 {
+    if settings.batch_size == 0 || settings.grad_accum == 0 || settings.data_shards == 0 {
         return Err(TrainError::Other(
-            "batch_size and grad_accum must be at least 1".into(),
+            "batch_size, grad_accum and data_shards must be at least 1".into(),
         ));
     }
     if settings.objective == ObjectiveKind::Ngdiff && !settings.extra_spans.is_empty() {
@@ -301,13 +328,13 @@ fn micro_batch<B: AutodiffBackend>(
     model: &Vlm<B>,
     settings: &SftSettings,
     exs: &[&Example],
+    scale: f32,
     cfg: &VlmConfig,
     pad: u32,
     device: &B::Device,
     diagnostics: bool,
     g: &mut StepGrads,
 ) -> Result<MicroStats, TrainError> {
-    let scale = 1.0 / settings.grad_accum as f32;
     let batch = make_batch::<B>(exs, cfg.image_size, settings.max_text, pad, device);
     let pmask = span_mask(exs, &batch.target_index, "perception");
     let rmask = span_mask(exs, &batch.target_index, "reasoning");
@@ -406,17 +433,47 @@ pub fn train<B: AutodiffBackend>(
         for micro in 0..settings.grad_accum {
             let idx = batch_indices(train_set.len(), settings, step, micro);
             let exs: Vec<&Example> = idx.iter().map(|&i| &train_set[i]).collect();
-            let m = micro_batch(
-                &trainer.model,
-                settings,
-                &exs,
-                cfg,
-                pad,
-                device,
-                diagnostics,
-                &mut grads,
-            )?;
-            st.add(m);
+            let model = &trainer.model;
+            let shards = split(&exs, settings.data_shards);
+            // Token weights are per-example means over the batch: a shard's share of the batch
+            // rescales them so that the shards' gradients sum to the batch's.
+            let scale = |shard: &[&Example]| {
+                shard.len() as f32 / exs.len() as f32 / settings.grad_accum as f32
+            };
+            if shards.len() == 1 {
+                st.add(micro_batch(
+                    model,
+                    settings,
+                    &exs,
+                    scale(&exs),
+                    cfg,
+                    pad,
+                    device,
+                    diagnostics,
+                    &mut grads,
+                )?);
+                continue;
+            }
+            let parts = map_shards(shards.len(), |i| {
+                let mut g = StepGrads::default();
+                micro_batch(
+                    &replica(model),
+                    settings,
+                    shards[i],
+                    scale(shards[i]),
+                    cfg,
+                    pad,
+                    device,
+                    diagnostics,
+                    &mut g,
+                )
+                .map(|m| (m, g))
+            });
+            for part in parts {
+                let (m, g) = part?;
+                st.add(m);
+                grads.add(model, g);
+            }
         }
         let (mean_p, mean_r) = (
             st.sum_p / st.n_p.max(1) as f64,
@@ -644,6 +701,90 @@ mod tests {
                 last.loss_perception
             );
             assert!(blank > 1.0, "stem {conv_stem}: {blank}");
+        }
+    }
+
+    /// Shards run concurrently on replicas and their gradients sum to the whole batch's: the
+    /// same training run with 1, 2 and 3 shards (unequal shards, different padding per shard)
+    /// ends with the same weights and logs, for a fixed-weight objective with diagnostics and
+    /// for NGDiff. Broken by leaving the token weights unrescaled, it fails.
+    #[test]
+    fn data_shards_sum_to_the_batch_gradient() {
+        type B = burn::backend::Autodiff<crate::model::Cpu>;
+        let cfg = crate::model::config::small_config();
+        let data: Vec<Example> = (0..5)
+            .map(|i| {
+                let mut e = example(3 + i);
+                e.id = format!("e{i}");
+                e.image = (0..cfg.image_size * cfg.image_size)
+                    .map(|p| ((p * (i + 3)) % 7) as f32 / 7.0)
+                    .collect();
+                e.target = (0..3 + i).map(|k| (4 + (k * 5 + i) % 30) as u32).collect();
+                e
+            })
+            .collect();
+        for objective in [ObjectiveKind::Reweight, ObjectiveKind::Ngdiff] {
+            let run = |data_shards: usize| {
+                let settings = SftSettings {
+                    objective,
+                    lambda: 0.3,
+                    steps: 2,
+                    batch_size: 5,
+                    data_shards,
+                    diagnostics_every: 1,
+                    seed: 7,
+                    max_text: 12,
+                    ..SftSettings::default()
+                };
+                let dir = crate::util::fsx::TempDir::new("asymm-shards").unwrap();
+                let out = train::<B>(
+                    &settings,
+                    &cfg,
+                    None,
+                    &data,
+                    &Default::default(),
+                    dir.path(),
+                    0,
+                    &mut NoEval,
+                )
+                .unwrap();
+                struct Flat(Vec<f32>);
+                impl burn::module::ModuleVisitor<crate::model::Cpu> for Flat {
+                    fn visit_float<const D: usize>(
+                        &mut self,
+                        p: &burn::module::Param<Tensor<crate::model::Cpu, D>>,
+                    ) {
+                        self.0.extend(p.val().into_data().to_vec::<f32>().unwrap());
+                    }
+                }
+                let model = crate::model::checkpoint::load_weights(
+                    Vlm::<crate::model::Cpu>::new(&cfg, &Default::default()),
+                    &out.weights,
+                )
+                .unwrap();
+                let mut w = Flat(Vec::new());
+                burn::module::Module::visit(&model, &mut w);
+                (w.0, out.log)
+            };
+            let (w1, log1) = run(1);
+            for shards in [2, 3] {
+                let (w, log) = run(shards);
+                let diff = w1
+                    .iter()
+                    .zip(&w)
+                    .map(|(a, b)| (a - b).abs())
+                    .fold(0.0f32, f32::max);
+                assert!(
+                    diff < 1e-5,
+                    "{objective:?}, {shards} shards: max |Δw| {diff}"
+                );
+                for (a, b) in log1.iter().zip(&log) {
+                    assert!((a.loss - b.loss).abs() < 1e-5, "{objective:?} {shards}");
+                    let (ga, gb) = (a.perception_grad_share, b.perception_grad_share);
+                    assert!((ga.unwrap() - gb.unwrap()).abs() < 1e-4, "{ga:?} {gb:?}");
+                    assert_eq!(a.perception_token_share, b.perception_token_share);
+                }
+            }
         }
     }
 }

@@ -66,6 +66,9 @@ pub struct BenchArgs {
     /// samples 5 prompts 8 times each; other batches sample each prompt once.
     #[arg(long, default_value_t = 1)]
     pub rollout_samples: usize,
+    /// Concurrent data-parallel shards of each SFT batch (sft-train's `data_shards`).
+    #[arg(long, default_value_t = 2)]
+    pub data_shards: usize,
     /// Write the model suite's examples, SFT batch order and settings as JSON for the PyTorch
     /// twin (benches/twin/) to this file, and measure nothing.
     #[arg(long)]
@@ -301,6 +304,7 @@ fn model_suite(a: &BenchArgs, report: &mut Report) -> anyhow::Result<String> {
                 &examples[..EXAMPLES],
                 objective,
                 steps,
+                a.data_shards,
                 &device,
                 tok.pad(),
             )?;
@@ -413,10 +417,16 @@ fn examples(tok: &Tokenizer, image_size: usize, n: usize) -> anyhow::Result<Vec<
 }
 
 /// The model suite's SFT settings.
-fn sft_settings(cfg: &VlmConfig, objective: ObjectiveKind, steps: usize) -> SftSettings {
+fn sft_settings(
+    cfg: &VlmConfig,
+    objective: ObjectiveKind,
+    steps: usize,
+    data_shards: usize,
+) -> SftSettings {
     SftSettings {
         objective,
         steps,
+        data_shards,
         batch_size: SFT_BATCH,
         seed: SFT_SEED,
         max_text: cfg.max_seq_len - cfg.patches(),
@@ -430,10 +440,11 @@ fn sft_rate<B: AutodiffBackend>(
     examples: &[Example],
     objective: ObjectiveKind,
     steps: usize,
+    data_shards: usize,
     device: &B::Device,
     pad: u32,
 ) -> anyhow::Result<(usize, f64)> {
-    let settings = sft_settings(cfg, objective, steps);
+    let settings = sft_settings(cfg, objective, steps, data_shards);
     let scratch = asymm::util::fsx::TempDir::new("asymm-bench")?;
     let out = train::<B>(
         &settings,

@@ -42,7 +42,7 @@ pub(super) fn twin_export(a: &BenchArgs) -> anyhow::Result<serde_json::Value> {
     let examples = examples(&tok, cfg.image_size, example_count(&plans))?;
     let steps = a.steps.max(2);
     let sampling = SamplingConfig::default();
-    let s = sft_settings(&cfg, ObjectiveKind::Standard, steps);
+    let s = sft_settings(&cfg, ObjectiveKind::Standard, steps, a.data_shards);
     // The trainer's optimizer: burn's AdamW defaults with the run's weight decay.
     let adamw = AdamWConfig::new().with_weight_decay(s.weight_decay as f32);
     Ok(json!({
