@@ -7,7 +7,7 @@ PIPELINE ?= pipelines/default.toml
 STORE    ?= artifacts
 MNIST_DIR := .cache/mnist/package/src/digits
 
-.PHONY: all run build test rl rl-surrogates rl-alpha bench bench-twin twin-venv sudoku mnist status clean-store fmt lint stage-versions
+.PHONY: all run build test chromium paper-mini rl rl-surrogates rl-alpha bench bench-twin twin-venv sudoku mnist status clean-store fmt lint stage-versions
 
 all: run
 
@@ -16,12 +16,26 @@ build:
 
 run: build
 	$(BIN) --store $(STORE) run $(PIPELINE)
+	@echo "The whole experiment grid and its report (tables, figures, findings): make paper-mini"
 
 status: build
 	$(BIN) --store $(STORE) status $(PIPELINE)
 
-test:
+test: chromium
 	$(CARGO) test --release --locked
+
+# The report's browser test loads the HTML in headless Chromium: Debian's package, installed
+# here when missing (as root, or through sudo).
+chromium:
+	@command -v chromium >/dev/null 2>&1 || { \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q chromium; }
+
+# The experiment grid at CPU scale (pipelines/paper-mini.toml) and its report: SFT standard /
+# λ sweep / NGDiff / perception-only init + λ sweep, RL α sweep, self and teacher perception
+# rewards, the reward correlation pool. Reuses `make`'s checkpoint; reruns are cache hits.
+paper-mini: build
+	$(BIN) --store $(STORE) run pipelines/paper-mini.toml
 
 # GRPO from a partially trained SFT checkpoint (pipelines/rl.toml), then one log row per RL step
 # (reward, a, a_p, ã_r, KL, the running correlations) and the held-out evaluations.

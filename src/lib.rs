@@ -13,6 +13,7 @@ pub mod eval;
 pub mod model;
 pub mod progress;
 pub mod render;
+pub mod report;
 pub mod rl;
 pub mod stages;
 pub mod store;

@@ -52,6 +52,7 @@ pub fn run(store: &Store, a: RunArgs) -> anyhow::Result<i32> {
     let total: f64 = rows.iter().map(|r| r.duration.as_secs_f64()).sum();
     let mut summaries = Vec::new();
     let mut shares = Vec::new();
+    let mut reports = Vec::new();
     for r in rows
         .iter()
         .filter(|r| !matches!(r.outcome, Outcome::Skipped))
@@ -61,6 +62,7 @@ pub fn run(store: &Store, a: RunArgs) -> anyhow::Result<i32> {
                 Ok(k) if k == "eval_summary" => {
                     summaries.push((r.instance.clone(), id.clone(), summary(store, id)?));
                 }
+                Ok(k) if k == "report" => reports.push((r.instance.clone(), id.clone())),
                 Ok(k) if k == "train_log" => {
                     if let Some(s) = perception_shares(store, id)? {
                         shares.push((r.instance.clone(), s));
@@ -164,7 +166,56 @@ pub fn run(store: &Store, a: RunArgs) -> anyhow::Result<i32> {
     for (instance, _, rows) in &summaries {
         print_summary(instance, rows);
     }
+    for (instance, id) in &reports {
+        print_report(store, instance, id)?;
+    }
     Ok(0)
+}
+
+/// A report's findings (one line each) and where its HTML is.
+fn print_report(store: &Store, instance: &str, id: &str) -> anyhow::Result<()> {
+    let md = String::from_utf8(store.read_file(id, "report.md")?)?;
+    println!("\n{instance}:");
+    let findings = md
+        .lines()
+        .skip_while(|l| !l.starts_with("## Findings"))
+        .skip(1)
+        .take_while(|l| !l.starts_with("## "));
+    for line in findings.filter(|l| l.starts_with("- ")) {
+        println!("  {}", line.trim_start_matches("- ").replace("**", ""));
+    }
+    println!(
+        "  open {}",
+        store.verified_path(id, "report.html")?.display()
+    );
+    Ok(())
+}
+
+/// Where the perception/reasoning asymmetry shows in one task's evaluation: reasoning with the
+/// oracle transcription forced (a_r) against end-to-end (a) and perception (a_p).
+fn asymmetry(rows: &[SummaryRow], task: &str) -> Option<String> {
+    let get = |m: &str| rows.iter().find(|s| s.task == task && s.metric == m);
+    let (a, a_p, a_r) = (get("a")?, get("a_p")?, get("a_r")?);
+    let verdict = if a_r.ci_low > a.ci_high && a_r.ci_low > a_p.ci_high {
+        "reasoning succeeds far more often when given the right transcription than the model \
+         transcribes right: perception is what fails first"
+    } else if a_p.ci_low > a_r.ci_high {
+        "the model transcribes right more often than it reasons right: reasoning is what fails \
+         first"
+    } else {
+        "the intervals overlap: no clear asymmetry at this sample size"
+    };
+    let given = get("a_given_p").map_or(String::new(), |g| {
+        format!(
+            ", and P(a | a_p) = {:.3} when its own transcription is right",
+            g.mean
+        )
+    });
+    Some(format!(
+        "  asymmetry ({task}): a_r = {:.3} with p* forced against a_p = {:.3} and a = {:.3}{given}; \
+         {verdict}.",
+        a_r.mean, a_p.mean, a.mean
+    ))
 }
 
 /// Perception's share of an SFT run's target tokens, loss and gradient norm, from its log's
@@ -220,6 +271,13 @@ fn print_summary(instance: &str, rows: &[SummaryRow]) {
             "  {:<16} {:<w$} {:>6} {:>8.3}  [{:.3}, {:.3}] {}",
             s.task, s.metric, s.n, s.mean, s.ci_low, s.ci_high, s.interval
         );
+    }
+    let mut tasks: Vec<&str> = rows.iter().map(|s| s.task.as_str()).collect();
+    tasks.dedup();
+    for t in tasks {
+        if let Some(line) = asymmetry(rows, t) {
+            println!("{line}");
+        }
     }
 }
 

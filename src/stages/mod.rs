@@ -13,6 +13,7 @@ pub mod grpo_update;
 pub mod import_reasoning;
 pub mod model_io;
 pub mod render;
+pub mod report;
 pub mod reward_score;
 pub mod rollout;
 pub mod sft_train;
@@ -313,6 +314,7 @@ impl Default for StageRegistry {
                 b::<grpo_update::GrpoUpdate>(),
                 b::<correlate::Correlate>(),
                 b::<clip_train::ClipTrain>(),
+                b::<report::Report>(),
             ],
         }
     }

@@ -157,6 +157,10 @@ pub const STAGE_SOURCES: &[(&str, &[&str])] = &[
             "src/util/rng.rs",
         ],
     ),
+    (
+        "report",
+        &["src/stages/report.rs", "src/report/", "src/analysis/mod.rs"],
+    ),
 ];
 
 /// Errors of the version guard.

@@ -41,6 +41,7 @@ const SCHEMA_FILES: &[(&str, &str)] = &[
         "correlations",
         include_str!("../../schemas/correlations.json"),
     ),
+    ("report", include_str!("../../schemas/report.json")),
 ];
 
 /// A column type as written in schema files.

@@ -33,6 +33,7 @@ fn status_of_the_default_pipeline_is_json() {
     assert_eq!(
         names,
         [
+            "digits",
             "synthesize",
             "render",
             "distill_format",
@@ -42,15 +43,17 @@ fn status_of_the_default_pipeline_is_json() {
             "evaluate"
         ]
     );
-    // Nothing ran in an empty store: the first stage has a key and was never run, the others
-    // wait for it.
-    let synth = stage(&doc, "synthesize");
-    assert_eq!(synth["state"], "missing");
-    assert_eq!(synth["stage"], "synthesize");
-    assert!(is_key(&synth["key"]), "{synth}");
-    assert_eq!(why_kinds(synth), ["never_run"]);
-    assert_eq!(synth["why"][0]["message"], "never run");
-    for s in &names[1..] {
+    // Nothing ran in an empty store: the two root stages have keys and were never run, the
+    // others wait for them.
+    for root in ["digits", "synthesize"] {
+        let r = stage(&doc, root);
+        assert_eq!(r["state"], "missing");
+        assert_eq!(r["stage"], root);
+        assert!(is_key(&r["key"]), "{r}");
+        assert_eq!(why_kinds(r), ["never_run"]);
+        assert_eq!(r["why"][0]["message"], "never run");
+    }
+    for s in &names[2..] {
         let e = stage(&doc, s);
         assert_eq!(e["state"], "missing", "{s}");
         assert!(e["key"].is_null(), "{s}");

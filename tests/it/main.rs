@@ -9,4 +9,5 @@ mod fidelity;
 mod json;
 mod model;
 mod render;
+mod report;
 mod rl;

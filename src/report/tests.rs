@@ -1,0 +1,295 @@
+use super::*;
+
+fn src(id: &str, instance: &str) -> Source {
+    Source {
+        id: id.repeat(64 / id.len()),
+        instance: instance.into(),
+    }
+}
+
+fn est(mean: f64, half: f64) -> Estimate {
+    Estimate {
+        mean,
+        lo: mean - half,
+        hi: mean + half,
+    }
+}
+
+fn acc(a: f64, a_p: f64, a_r: f64) -> Accuracies {
+    Accuracies {
+        a: est(a, 0.05),
+        a_p: est(a_p, 0.05),
+        a_r: est(a_r, 0.05),
+        items: 128,
+    }
+}
+
+fn curve(end: &Accuracies) -> Vec<CurvePoint> {
+    [(-1, 0.5), (9, 1.0)]
+        .iter()
+        .map(|&(step, f)| CurvePoint {
+            step,
+            a: end.a.mean * f,
+            a_p: end.a_p.mean * f,
+            a_r: end.a_r.mean * f,
+        })
+        .collect()
+}
+
+fn rl(role: RlRole, id: &str, end: Accuracies, r_a_p: f64) -> RlResult {
+    RlResult {
+        curve: curve(&end),
+        role,
+        source: src(id, "rl"),
+        log: src(&format!("{id}0"), "rl.log"),
+        start: acc(0.2, 0.4, 0.5),
+        end,
+        r_a_p: Some(r_a_p),
+        r_a_tilde_r: Some(0.9),
+        rollouts: 640,
+    }
+}
+
+fn pool(reward: &str, against: &str, r: f64) -> PoolR {
+    PoolR {
+        source: src("c", "correlate"),
+        reward: reward.into(),
+        against: against.into(),
+        r: Some(r),
+        lo: Some(r - 0.05),
+        hi: Some(r + 0.05),
+        n: 2560,
+    }
+}
+
+fn results() -> Results {
+    let sft = vec![
+        SftResult {
+            role: SftRole::Standard,
+            source: src("a", "eval_standard"),
+            acc: acc(0.20, 0.40, 0.55),
+        },
+        SftResult {
+            role: SftRole::Lambda(0.2),
+            source: src("b", "eval_lambda[lambda=0.2]"),
+            acc: acc(0.25, 0.45, 0.55),
+        },
+        SftResult {
+            role: SftRole::Lambda(0.8),
+            source: src("d", "eval_lambda[lambda=0.8]"),
+            acc: acc(0.40, 0.65, 0.50),
+        },
+        SftResult {
+            role: SftRole::Ngdiff,
+            source: src("e", "eval_ngdiff"),
+            acc: acc(0.30, 0.50, 0.52),
+        },
+    ];
+    let sft_curves = vec![Curve {
+        label: "standard".into(),
+        source: src("f", "sft_standard.log"),
+        points: curve(&sft[0].acc),
+    }];
+    Results {
+        title: "test report".into(),
+        sft,
+        sft_curves,
+        shares: vec![Shares {
+            source: src("f", "sft_standard.log"),
+            tokens: 0.08,
+            loss: 0.2,
+            grad: Some(0.15),
+        }],
+        rl: vec![
+            rl(RlRole::Alpha(0.0), "1", acc(0.30, 0.50, 0.60), 0.6),
+            rl(RlRole::Alpha(0.5), "2", acc(0.45, 0.70, 0.60), 0.9),
+            rl(RlRole::Alpha(1.0), "3", acc(0.20, 0.75, 0.30), 1.0),
+            rl(
+                RlRole::Surrogate("self".into()),
+                "4",
+                acc(0.35, 0.55, 0.6),
+                0.7,
+            ),
+        ],
+        pool: vec![
+            pool("outcome", "a_p", 0.59),
+            pool("outcome", "a_tilde_r", 0.98),
+            pool("clip", "a_p", 0.04),
+            pool("self_1", "a_p", 0.63),
+            pool("self_4", "a_p", 0.71),
+            pool("teacher", "a_p", 0.98),
+        ],
+    }
+}
+
+/// Each table cell carries the number of the result it names and that result's artifact.
+#[test]
+fn tables_carry_each_number_with_its_source() {
+    let r = results();
+    let t = tables(&r);
+    let keys: Vec<&str> = t.iter().map(|t| t.key.as_str()).collect();
+    assert_eq!(
+        keys,
+        [
+            "table1_sft",
+            "table2_rl",
+            "table3_perception_rewards",
+            "table4_reward_correlations",
+            "table5_shares"
+        ]
+    );
+    let c = t[0].cell("λ = 0.8", "a").unwrap();
+    let want = r.sft[2].acc.a;
+    assert_eq!(
+        (c.value, c.lo, c.hi),
+        (Some(0.40), Some(want.lo), Some(want.hi))
+    );
+    assert_eq!(c.source, r.sft[2].source);
+    let init = t[1].cell("initialization", "a_p").unwrap();
+    assert_eq!(init.value, Some(0.4));
+    let a1 = t[1].cell("α = 1", "a_r").unwrap();
+    assert_eq!((a1.value, &a1.source), (Some(0.30), &r.rl[2].source));
+    // Table 3: α = 0 and 0.5 and the surrogate run, not α = 1; r comes from the log.
+    let (rows, _) = t[2].layout();
+    assert_eq!(
+        rows,
+        [
+            "outcome only (α = 0)",
+            "ground truth (α = 0.5)",
+            "self (α = 0.5)"
+        ]
+    );
+    let rr = t[2].cell("self (α = 0.5)", "r(R, a_p)").unwrap();
+    assert_eq!((rr.value, &rr.source), (Some(0.7), &r.rl[3].log));
+    assert_eq!(
+        t[3].cell("teacher", "r with a_p").unwrap().value,
+        Some(0.98)
+    );
+    assert_eq!(
+        cell_text(t[4].cell("sft_standard.log", "token share").unwrap()),
+        "8.0 %"
+    );
+}
+
+fn cell_text(c: &Cell) -> String {
+    page::cell_text(c)
+}
+
+fn verdicts(r: &Results) -> Vec<Verdict> {
+    findings(r).iter().map(|f| f.verdict).collect()
+}
+
+/// Each finding follows its numbers: flip the numbers and the verdict flips.
+#[test]
+fn findings_follow_the_numbers() {
+    use Verdict::*;
+    let r = results();
+    // 6: coupling r(R, a_p) 0.6/0.9/1.0/0.7 against Δa_p 0.1/0.3/0.35/0.15 rises.
+    assert_eq!(
+        verdicts(&r),
+        [
+            Reproduced, Reproduced, Reproduced, Reproduced, Reproduced, Reproduced
+        ]
+    );
+    let mut worse = r.clone();
+    worse.sft[2].acc = acc(0.05, 0.2, 0.2); // the best λ falls behind the standard run
+    worse.sft[1].acc = acc(0.05, 0.2, 0.2);
+    worse.sft[3].acc = acc(0.05, 0.2, 0.2);
+    worse.shares[0].tokens = 0.45;
+    worse.pool[1].r = Some(0.3); // outcome couples to reasoning less than to perception
+    worse.pool[1].lo = Some(0.25);
+    worse.pool[1].hi = Some(0.35);
+    worse.pool[5].r = Some(0.5); // teacher below self
+    // α > 0 ends below α = 0, and the perception gains fall as the coupling rises.
+    worse.rl[0].end = acc(0.30, 0.80, 0.6);
+    worse.rl[1].end = acc(0.10, 0.50, 0.2);
+    worse.rl[2].end = acc(0.10, 0.45, 0.2);
+    worse.rl[3].end = acc(0.3, 0.70, 0.2);
+    assert_eq!(
+        verdicts(&worse),
+        [
+            NotReproduced,
+            NotReproduced,
+            NotReproduced,
+            NotReproduced,
+            NotReproduced,
+            NotReproduced
+        ]
+    );
+    let mut close = r.clone();
+    close.sft[2].acc = acc(0.22, 0.4, 0.5);
+    close.sft[3].acc = acc(0.22, 0.4, 0.5);
+    assert_eq!(verdicts(&close)[1], Inconclusive);
+    let empty = Results::default();
+    assert!(verdicts(&empty).iter().all(|v| *v == NotRun));
+}
+
+/// Every figure decodes as a PNG of the stated size and is the same bytes when drawn again.
+#[test]
+fn figures_decode_and_are_deterministic() {
+    let r = results();
+    let f = figures::figures(&r).unwrap();
+    let files: Vec<&str> = f.iter().map(|f| f.file.as_str()).collect();
+    assert_eq!(
+        files,
+        [
+            "sft_curves.png",
+            "rl_curves.png",
+            "sft_frontier.png",
+            "rl_frontier.png",
+            "correlations.png",
+            "coupling.png"
+        ]
+    );
+    for fig in &f {
+        let pm = tiny_skia::Pixmap::decode_png(&fig.png).unwrap();
+        assert_eq!((pm.width(), pm.height()), (1000, 440), "{}", fig.file);
+        // Not a blank canvas: some pixels are dark (axes, text).
+        let dark = pm.pixels().iter().filter(|p| p.red() < 100).count();
+        assert!(dark > 1000, "{}: {dark} dark pixels", fig.file);
+    }
+    let again = figures::figures(&r).unwrap();
+    assert!(f.iter().zip(&again).all(|(a, b)| a.png == b.png));
+}
+
+/// The page holds every table, figure and source, and every number links to its artifact.
+#[test]
+fn page_links_every_number_to_its_artifact() {
+    let r = results();
+    let (t, f, fi) = (tables(&r), figures::figures(&r).unwrap(), findings(&r));
+    let h = page::html(&r, &t, &f, &fi);
+    for table in &t {
+        assert!(h.contains(&format!("data-table=\"{}\"", table.key)));
+        for c in &table.cells {
+            let link = format!(
+                "title=\"asymm show {}\">{}</a>",
+                c.source.id,
+                page::cell_text(c)
+            );
+            assert!(h.contains(&link), "{link}");
+        }
+    }
+    assert_eq!(
+        h.matches("<img src=\"data:image/png;base64,").count(),
+        f.len()
+    );
+    for id in sources(&r).keys() {
+        assert!(h.contains(&format!("<code>{id}</code>")));
+    }
+    let m = page::markdown(&r, &t, &f, &fi);
+    assert!(m.contains("](sft_curves.png)") && m.contains("**reproduced**"));
+}
+
+#[test]
+fn instance_labels_parse() {
+    assert_eq!(page::base_name("eval_lambda[lambda=0.1]"), "eval_lambda");
+    assert_eq!(
+        page::params("rl[alpha=0.5]"),
+        vec![("alpha".to_string(), "0.5".to_string())]
+    );
+    assert!(page::params("eval").is_empty());
+    assert_eq!(
+        page::params("rl[alpha=0.0].eval"),
+        vec![("alpha".to_string(), "0.0".to_string())]
+    );
+}

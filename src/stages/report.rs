@@ -1,0 +1,391 @@
+//! report: the paper's tables, figures and findings from an experiment grid's artifacts, as one
+//! artifact holding the tables (tidy Parquet: one row per cell, with the artifact each number
+//! came from), `report.html` (self-contained), `report.md` and the figures as PNG.
+//!
+//! Inputs are lists (each entry a stage, a swept stage standing for all its instances):
+//! `evals` (SFT variants' evaluations), `sft_logs` (their training logs), `rl_evals` and
+//! `rl_logs` (RL runs, one of each per run, in the same order), `pools` (reward correlations
+//! over a pool of rollouts). `roles` names what each stage is, by its name without the sweep
+//! suffix: `standard`, `lambda`, `ngdiff`, `perception-init-lambda` (SFT), `alpha`, `self`,
+//! `teacher` (RL); λ and α come from the instance's sweep value (`eval_lambda[lambda=0.2]`) or
+//! from the role (`lambda=0.2`).
+
+use super::{
+    Outputs, Stage, StageError, bail, ensure, many, output, outputs, read_many,
+    write_table_with_files,
+};
+use crate::dag::{InputSpec, OutputSpec, RunCtx};
+use crate::report::page::{base_name, params};
+use crate::report::{
+    Accuracies, Curve, CurvePoint, Estimate, PoolR, Results, RlResult, RlRole, SftResult, SftRole,
+    Shares, Source, figures, findings, page, tables,
+};
+use crate::table::{Table, cols};
+use arrow::array::Array;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReportConfig {
+    pub title: String,
+    /// Stage name (without sweep suffix) → role.
+    pub roles: BTreeMap<String, String>,
+}
+
+impl Default for ReportConfig {
+    fn default() -> Self {
+        ReportConfig {
+            title: "Perception vs reasoning: experiment report".into(),
+            roles: BTreeMap::new(),
+        }
+    }
+}
+
+pub struct Report;
+
+const EVALS: InputSpec = many("evals", "eval_summary");
+const SFT_LOGS: InputSpec = many("sft_logs", "train_log");
+const RL_EVALS: InputSpec = many("rl_evals", "rl_eval");
+const RL_LOGS: InputSpec = many("rl_logs", "rl_log");
+const POOLS: InputSpec = many("pools", "correlations");
+const MAIN: OutputSpec = output("main", "report");
+
+/// A role and its parameter (λ or α), from the config and the instance's sweep values.
+fn role_of(cfg: &ReportConfig, instance: &str) -> Result<(String, Option<f64>), StageError> {
+    let base = base_name(instance);
+    let base = base.split('.').next().unwrap_or(base);
+    let Some(role) = cfg.roles.get(base) else {
+        bail!(
+            "report: no role for `{base}` (from `{instance}`); add it to `roles`, e.g. roles = \
+             {{ {base} = \"standard\" }}"
+        );
+    };
+    let (name, fixed) = match role.split_once('=') {
+        Some((n, v)) => (n.trim().to_string(), Some(v.trim().to_string())),
+        None => (role.trim().to_string(), None),
+    };
+    let key = match name.as_str() {
+        "lambda" | "perception-init-lambda" => Some("lambda"),
+        "alpha" => Some("alpha"),
+        _ => None,
+    };
+    let value = match key {
+        Some(k) => {
+            let swept = params(instance)
+                .into_iter()
+                .find(|(p, _)| p == k || p.ends_with(&format!(".{k}")))
+                .map(|x| x.1);
+            let Some(text) = swept.or(fixed) else {
+                bail!(
+                    "report: `{instance}` has role `{name}` but no {k} value (sweep it, or write \
+                     the role as `{name}={k}-value`)"
+                );
+            };
+            Some(text.parse::<f64>().map_err(|_| {
+                StageError::Invalid(format!(
+                    "report: `{instance}`: {k} `{text}` is not a number"
+                ))
+            })?)
+        }
+        None => None,
+    };
+    Ok((name, value))
+}
+
+fn sft_role(cfg: &ReportConfig, instance: &str) -> Result<SftRole, StageError> {
+    let (name, v) = role_of(cfg, instance)?;
+    Ok(match (name.as_str(), v) {
+        ("standard", _) => SftRole::Standard,
+        ("ngdiff", _) => SftRole::Ngdiff,
+        ("lambda", Some(l)) => SftRole::Lambda(l),
+        ("perception-init-lambda", Some(l)) => SftRole::PerceptionInitLambda(l),
+        _ => bail!(
+            "report: `{instance}` has role `{name}`, not an SFT role (standard, lambda, ngdiff, \
+             perception-init-lambda)"
+        ),
+    })
+}
+
+fn rl_role(cfg: &ReportConfig, instance: &str) -> Result<RlRole, StageError> {
+    let (name, v) = role_of(cfg, instance)?;
+    Ok(match (name.as_str(), v) {
+        ("alpha", Some(a)) => RlRole::Alpha(a),
+        ("self" | "teacher", _) => RlRole::Surrogate(name),
+        _ => bail!("report: `{instance}` has role `{name}`, not an RL role (alpha, self, teacher)"),
+    })
+}
+
+/// a, a_p and a_r of an evaluation summary (one task).
+fn summary_accuracies(t: &Table, instance: &str) -> Result<Accuracies, StageError> {
+    let (tasks, metrics) = (t.required_strings("task")?, t.required_strings("metric")?);
+    let (n, mean, lo, hi) = (
+        t.i64("n")?,
+        t.f64("mean")?,
+        t.f64("ci_low")?,
+        t.f64("ci_high")?,
+    );
+    let first = tasks.first().cloned().unwrap_or_default();
+    ensure!(
+        tasks.iter().all(|x| *x == first),
+        "report: `{instance}` evaluates several tasks; the report covers one task per grid"
+    );
+    let get = |m: &str| -> Result<(Estimate, i64), StageError> {
+        let Some(i) = metrics.iter().position(|x| x == m) else {
+            bail!(
+                "report: `{instance}` has no `{m}` row (was it evaluated with a counterfactual rollout?)"
+            );
+        };
+        Ok((
+            Estimate {
+                mean: mean.value(i),
+                lo: lo.value(i),
+                hi: hi.value(i),
+            },
+            n.value(i),
+        ))
+    };
+    let (a, items) = get("a")?;
+    Ok(Accuracies {
+        a,
+        a_p: get("a_p")?.0,
+        a_r: get("a_r")?.0,
+        items: items as u64,
+    })
+}
+
+fn eval_row(t: &Table, i: usize) -> Result<(Accuracies, CurvePoint), StageError> {
+    let f = |c: &str| -> Result<f64, StageError> { Ok(t.f64(c)?.value(i)) };
+    let e = |c: &str| -> Result<Estimate, StageError> {
+        Ok(Estimate {
+            mean: f(c)?,
+            lo: f(&format!("{c}_lo"))?,
+            hi: f(&format!("{c}_hi"))?,
+        })
+    };
+    let acc = Accuracies {
+        a: e("a")?,
+        a_p: e("a_p")?,
+        a_r: e("a_r")?,
+        items: t.i32("items")?.value(i) as u64,
+    };
+    let point = CurvePoint {
+        step: t.i32("step")?.value(i) as i64,
+        a: acc.a.mean,
+        a_p: acc.a_p.mean,
+        a_r: acc.a_r.mean,
+    };
+    Ok((acc, point))
+}
+
+fn rl_run(
+    role: RlRole,
+    source: Source,
+    log_source: Source,
+    eval: &Table,
+    log: &Table,
+) -> Result<RlResult, StageError> {
+    let steps = eval.i32("step")?;
+    let Some(start) = (0..eval.rows()).find(|&i| steps.value(i) == -1) else {
+        bail!(
+            "report: `{}` has no evaluation of the starting policy (give the loop `eval`)",
+            source.instance
+        );
+    };
+    ensure!(
+        eval.rows() > 1,
+        "report: `{}` has no evaluation after a step",
+        source.instance
+    );
+    let mut curve = Vec::new();
+    for i in 0..eval.rows() {
+        curve.push(eval_row(eval, i)?.1);
+    }
+    ensure!(
+        log.rows() > 0,
+        "report: `{}` is an empty log",
+        log_source.instance
+    );
+    let last = log.rows() - 1;
+    let opt = |c: &str| -> Result<Option<f64>, StageError> {
+        let a = log.f64(c)?;
+        Ok((!a.is_null(last)).then(|| a.value(last)))
+    };
+    Ok(RlResult {
+        role,
+        start: eval_row(eval, start)?.0,
+        end: eval_row(eval, eval.rows() - 1)?.0,
+        curve,
+        r_a_p: opt("running_r_reward_a_p")?,
+        r_a_tilde_r: opt("running_r_reward_a_tilde_r")?,
+        rollouts: log.i64("running_rollouts")?.value(last),
+        source,
+        log: log_source,
+    })
+}
+
+fn mean_of(t: &Table, c: &str) -> Result<Option<f64>, StageError> {
+    let a = t.f64(c)?;
+    let v: Vec<f64> = (0..a.len())
+        .filter(|&i| !a.is_null(i))
+        .map(|i| a.value(i))
+        .collect();
+    Ok((!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64))
+}
+
+/// Everything the report reads, from the stage's inputs.
+fn gather(cfg: &ReportConfig, ctx: &RunCtx) -> Result<Results, StageError> {
+    let src = |id: &str, instance: &str| Source {
+        id: id.to_string(),
+        instance: instance.to_string(),
+    };
+    let ids = |spec: &InputSpec| -> Vec<String> {
+        ctx.inputs_many(spec.name)
+            .into_iter()
+            .map(|(id, _)| id.to_string())
+            .collect()
+    };
+    let mut r = Results {
+        title: cfg.title.clone(),
+        ..Results::default()
+    };
+    for ((instance, t), id) in read_many(ctx, &EVALS)?.iter().zip(ids(&EVALS)) {
+        r.sft.push(SftResult {
+            role: sft_role(cfg, instance)?,
+            acc: summary_accuracies(t, instance)?,
+            source: src(&id, instance),
+        });
+    }
+    for ((instance, t), id) in read_many(ctx, &SFT_LOGS)?.iter().zip(ids(&SFT_LOGS)) {
+        let role = sft_role(cfg, instance)?;
+        let source = src(&id, instance);
+        let steps = t.i32("step")?;
+        let (ea, ep, er) = (t.f64("eval_a")?, t.f64("eval_a_p")?, t.f64("eval_a_r")?);
+        let points = (0..t.rows())
+            .filter(|&i| !ep.is_null(i) && !er.is_null(i) && !ea.is_null(i))
+            .map(|i| CurvePoint {
+                step: steps.value(i) as i64,
+                a: ea.value(i),
+                a_p: ep.value(i),
+                a_r: er.value(i),
+            })
+            .collect();
+        r.sft_curves.push(Curve {
+            label: role.label(),
+            source: source.clone(),
+            points,
+        });
+        if role == SftRole::Standard {
+            r.shares.push(Shares {
+                tokens: mean_of(t, "perception_token_share")?.unwrap_or(f64::NAN),
+                loss: mean_of(t, "perception_loss_share")?.unwrap_or(f64::NAN),
+                grad: mean_of(t, "perception_grad_share")?,
+                source,
+            });
+        }
+    }
+    let (rl_evals, rl_logs) = (read_many(ctx, &RL_EVALS)?, read_many(ctx, &RL_LOGS)?);
+    ensure!(
+        rl_evals.len() == rl_logs.len(),
+        "report: {} RL evaluation tables but {} logs: give one of each per run, in the same order",
+        rl_evals.len(),
+        rl_logs.len()
+    );
+    let (eval_ids, log_ids) = (ids(&RL_EVALS), ids(&RL_LOGS));
+    for (k, ((ei, et), (li, lt))) in rl_evals.iter().zip(&rl_logs).enumerate() {
+        ensure!(
+            base_name(ei).split('.').next() == base_name(li).split('.').next()
+                && params(ei) == params(li),
+            "report: RL evaluation `{ei}` is paired with log `{li}` of another run (list them in \
+             the same order)"
+        );
+        r.rl.push(rl_run(
+            rl_role(cfg, ei)?,
+            src(&eval_ids[k], ei),
+            src(&log_ids[k], li),
+            et,
+            lt,
+        )?);
+    }
+    for ((instance, t), id) in read_many(ctx, &POOLS)?.iter().zip(ids(&POOLS)) {
+        let (reward, against) = (
+            t.required_strings("reward")?,
+            t.required_strings("against")?,
+        );
+        let (rr, lo, hi, n) = (
+            t.f64("r")?,
+            t.f64("ci_low")?,
+            t.f64("ci_high")?,
+            t.i64("n")?,
+        );
+        let opt = |a: &arrow::array::Float64Array, i: usize| (!a.is_null(i)).then(|| a.value(i));
+        for i in 0..t.rows() {
+            r.pool.push(PoolR {
+                source: src(&id, instance),
+                reward: reward[i].clone(),
+                against: against[i].clone(),
+                r: opt(rr, i),
+                lo: opt(lo, i),
+                hi: opt(hi, i),
+                n: n.value(i),
+            });
+        }
+    }
+    Ok(r)
+}
+
+impl Stage for Report {
+    const NAME: &'static str = "report";
+    const VERSION: u32 = 1;
+    type Config = ReportConfig;
+
+    fn inputs() -> Vec<InputSpec> {
+        vec![EVALS, SFT_LOGS, RL_EVALS, RL_LOGS, POOLS]
+    }
+    fn outputs() -> Vec<OutputSpec> {
+        vec![MAIN]
+    }
+
+    fn run(cfg: &ReportConfig, ctx: &RunCtx) -> Result<Outputs, StageError> {
+        let r = gather(cfg, ctx)?;
+        let tables = tables(&r);
+        ensure!(
+            !tables.is_empty(),
+            "report: nothing to report; wire `evals`, `rl_evals` or `pools`"
+        );
+        let figs = figures::figures(&r).map_err(|e| StageError::Invalid(e.to_string()))?;
+        let found = findings(&r);
+        let html = page::html(&r, &tables, &figs, &found);
+        let md = page::markdown(&r, &tables, &figs, &found);
+        let cells: Vec<&crate::report::Cell> = tables.iter().flat_map(|t| &t.cells).collect();
+        let s = |f: &dyn Fn(&crate::report::Cell) -> String| {
+            cols::utf8(&cells.iter().map(|c| f(c)).collect::<Vec<_>>())
+        };
+        let o = |f: &dyn Fn(&crate::report::Cell) -> Option<f64>| {
+            cols::f64_opt(cells.iter().map(|c| f(c)).collect())
+        };
+        let mut files: Vec<(&str, &[u8])> = vec![
+            ("report.html", html.as_bytes()),
+            ("report.md", md.as_bytes()),
+        ];
+        for f in &figs {
+            files.push((&f.file, &f.png));
+        }
+        let written = write_table_with_files(
+            ctx,
+            &MAIN,
+            vec![
+                ("table", s(&|c| c.table.clone())),
+                ("row", s(&|c| c.row.clone())),
+                ("column", s(&|c| c.column.clone())),
+                ("value", o(&|c| c.value)),
+                ("ci_low", o(&|c| c.lo)),
+                ("ci_high", o(&|c| c.hi)),
+                ("source", s(&|c| c.source.id.clone())),
+                ("source_instance", s(&|c| c.source.instance.clone())),
+            ],
+            &files,
+        )?;
+        Ok(outputs([written]))
+    }
+}
