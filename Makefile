@@ -7,7 +7,7 @@ PIPELINE ?= pipelines/default.toml
 STORE    ?= artifacts
 MNIST_DIR := .cache/mnist/package/src/digits
 
-.PHONY: all run build test chromium paper-mini rl rl-surrogates rl-alpha bench bench-twin twin-venv sudoku mnist status clean-store fmt lint stage-versions
+.PHONY: all run build test chromium paper-mini bundle rl rl-surrogates rl-alpha bench bench-twin twin-venv sudoku mnist status clean-store fmt lint stage-versions
 
 all: run
 
@@ -36,6 +36,12 @@ chromium:
 # rewards, the reward correlation pool. Reuses `make`'s checkpoint; reruns are cache hits.
 paper-mini: build
 	$(BIN) --store $(STORE) run pipelines/paper-mini.toml
+
+# The report and its whole lineage as one file; `asymm bundle import paper-mini.bundle` on another
+# clone, then `make paper-mini`, reuses every artifact and names the identical report.
+BUNDLE ?= paper-mini.bundle
+bundle: build
+	$(BIN) --store $(STORE) bundle export -o $(BUNDLE) pipelines/paper-mini.toml:report
 
 # GRPO from a partially trained SFT checkpoint (pipelines/rl.toml), then one log row per RL step
 # (reward, a, a_p, ã_r, KL, the running correlations) and the held-out evaluations.

@@ -35,14 +35,56 @@ pub fn export_bundle(store: &Store, roots: &[String], out: &Path) -> Result<Bund
             return Err(StoreError::Missing(r.clone()));
         }
     }
-    let ids = store.closure(roots)?;
-    let mut records = Vec::new();
+    // The roots' lineage, grown to whole runs: a run record is a cache hit only when every one of
+    // its outputs is there (a training run's timing table, an RL step's optimizer state, an
+    // evaluation's per-item table), so each run that produced an exported artifact brings all
+    // of its outputs and their lineage.
+    let mut all = Vec::new();
     for key in store.record_keys()? {
         if let Some(r) = store.record(&key)?
             && !r.outputs.is_empty()
-            && r.outputs.values().all(|id| ids.contains(id))
         {
-            records.push(r);
+            all.push(r);
+        }
+    }
+    let mut ids = store.closure(roots)?;
+    loop {
+        let mut more = Vec::new();
+        for r in &all {
+            if r.outputs.values().any(|id| ids.contains(id)) {
+                more.extend(
+                    r.outputs
+                        .values()
+                        .filter(|id| !ids.contains(*id) && store.has(id))
+                        .cloned(),
+                );
+            }
+        }
+        if more.is_empty() {
+            break;
+        }
+        ids.extend(store.closure(&more)?);
+    }
+    // Outputs discarded after use travel as tombstones, so their records stay cache hits.
+    let gone = |id: &String| !ids.contains(id) && store.is_discarded(id);
+    let records: Vec<RunRecord> = all
+        .into_iter()
+        .filter(|r| {
+            r.outputs.values().any(|id| ids.contains(id))
+                && r.outputs.values().all(|id| ids.contains(id) || gone(id))
+        })
+        .collect();
+    let mut tombstones: BTreeSet<String> = records
+        .iter()
+        .flat_map(|r| r.outputs.values())
+        .filter(|id| gone(id))
+        .cloned()
+        .collect();
+    for id in &ids {
+        for up in store.manifest(id)?.lineage.values() {
+            if gone(up) {
+                tombstones.insert(up.clone());
+            }
         }
     }
     let tmp = out.with_extension(format!("partial-{}", std::process::id()));
@@ -55,6 +97,7 @@ pub fn export_bundle(store: &Store, roots: &[String], out: &Path) -> Result<Bund
         "roots": roots,
         "artifacts": ids,
         "records": records.iter().map(|r| r.key.clone()).collect::<Vec<_>>(),
+        "discarded": tombstones,
     });
     append(
         &mut tar,
@@ -74,6 +117,9 @@ pub fn export_bundle(store: &Store, roots: &[String], out: &Path) -> Result<Bund
             append(&mut tar, &format!("objects/{id}/{name}"), &bytes)?;
         }
         report.artifacts += 1;
+    }
+    for id in &tombstones {
+        append(&mut tar, &format!("discarded/{id}"), b"")?;
     }
     for r in &records {
         let bytes = serde_json::to_vec_pretty(r).unwrap_or_default();
@@ -101,6 +147,8 @@ enum Slot {
     Index,
     Object(String, String),
     Record(String),
+    /// An artifact discarded after use in the exporting store.
+    Tombstone(String),
 }
 
 fn classify(path: &Path) -> std::result::Result<Slot, String> {
@@ -122,6 +170,7 @@ fn classify(path: &Path) -> std::result::Result<Slot, String> {
         ["objects", id, name] if is_hex64(id) && safe_file(name) => {
             Ok(Slot::Object(id.to_string(), name.to_string()))
         }
+        ["discarded", id] if is_hex64(id) => Ok(Slot::Tombstone(id.to_string())),
         ["records", f] => match f.strip_suffix(".json") {
             Some(k) if is_hex64(k) => Ok(Slot::Record(k.to_string())),
             _ => Err(format!("unexpected path `{}`", path.display())),
@@ -156,6 +205,7 @@ fn import_staged(store: &Store, path: &Path, stage: &Path) -> Result<BundleRepor
     let mut archive = tar::Archive::new(file);
     let mut objects: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
     let mut records: Vec<String> = Vec::new();
+    let mut tombstones: BTreeSet<String> = BTreeSet::new();
     let mut saw_index = false;
     let mut report = BundleReport::default();
     let entries = archive
@@ -193,6 +243,12 @@ fn import_staged(store: &Store, path: &Path, stage: &Path) -> Result<BundleRepor
         let dest = match &slot {
             Slot::Index => {
                 saw_index = true;
+                continue;
+            }
+            Slot::Tombstone(id) => {
+                if !bytes.is_empty() || !tombstones.insert(id.clone()) {
+                    return Err(bundle_err(format!("bad tombstone `{}`", epath.display())));
+                }
                 continue;
             }
             Slot::Object(id, name) => {
@@ -242,7 +298,11 @@ fn import_staged(store: &Store, path: &Path, stage: &Path) -> Result<BundleRepor
             .verify(id)
             .map_err(|e| bundle_err(format!("hash mismatch: {e}")))?;
         for up in m.lineage.values() {
-            if !objects.contains_key(up) && !store.has(up) {
+            if !objects.contains_key(up)
+                && !store.has(up)
+                && !tombstones.contains(up)
+                && !store.is_discarded(up)
+            {
                 return Err(bundle_err(format!(
                     "artifact {id} depends on {up}, which is neither in the bundle nor the store"
                 )));
@@ -257,7 +317,7 @@ fn import_staged(store: &Store, path: &Path, stage: &Path) -> Result<BundleRepor
             return Err(bundle_err(format!("record {k} names key {}", r.key)));
         }
         for id in r.outputs.values() {
-            if !objects.contains_key(id) && !store.has(id) {
+            if !objects.contains_key(id) && !store.has(id) && !tombstones.contains(id) {
                 return Err(bundle_err(format!(
                     "record {k} points at missing artifact {id}"
                 )));
@@ -279,6 +339,11 @@ fn import_staged(store: &Store, path: &Path, stage: &Path) -> Result<BundleRepor
             return Err(io_err(&to)(e));
         }
         report.artifacts += 1;
+    }
+    for id in &tombstones {
+        if !store.has(id) && !objects.contains_key(id) {
+            store.put_tombstone(id)?;
+        }
     }
     for r in &parsed {
         if store.record(&r.key)?.is_none() {

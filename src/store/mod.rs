@@ -121,6 +121,15 @@ impl Store {
         is_hex64(id) && !self.has(id) && self.tombstone(id).is_file()
     }
 
+    /// Records that artifact `id` was discarded elsewhere (a bundle's tombstone).
+    pub(crate) fn put_tombstone(&self, id: &str) -> Result<()> {
+        let t = self.tombstone(id);
+        if let Some(dir) = t.parent() {
+            fs::create_dir_all(dir).map_err(io_err(dir))?;
+        }
+        fs::write(&t, b"").map_err(io_err(&t))
+    }
+
     /// Removes artifact `id`, leaving a tombstone so that the run records naming it stay valid
     /// (`gc` keeps them) and a stage needing it can have it recomputed. Returns the bytes
     /// freed; discarding an absent artifact frees nothing.

@@ -82,6 +82,7 @@ rollout = { prompts_per_step = 2, samples = 2 }
 reward = { perception = "ground_truth" }
 update = { lr = 1e-3, kl_coef = 0.01, mini_batch = 2 }
 eval = { every = 1, items = 8 }
+keep_every = 2
 sweep = { "reward.alpha" = [0.0, 0.5, 1.0] }
 
 [stages.pool]
@@ -346,4 +347,45 @@ fn report_renders_in_a_browser() {
         .collect();
     assert_eq!(tables.len(), 5, "{tables:?}");
     assert!(tables.iter().all(|t| t.1 > 0), "{tables:?}");
+}
+
+/// `make bundle`'s round trip: the report and its whole lineage exported as one bundle and
+/// imported into an empty store; running the grid there reuses every artifact (nothing runs,
+/// not even the RL steps whose checkpoints were discarded: their tombstones travel too) and
+/// names the identical report.
+#[test]
+fn report_bundle_round_trip() {
+    let (d, s) = grid();
+    let p = d.path().join("grid.toml");
+    let ps = p.to_str().unwrap();
+    let store = Store::open(s).unwrap();
+    let id = report_id(&store);
+    let bundle = d.path().join("report.bundle");
+    ok(asymm(
+        s,
+        &[
+            "bundle",
+            "export",
+            "-o",
+            bundle.to_str().unwrap(),
+            &format!("{ps}:report"),
+        ],
+    ));
+    let fresh = d.path().join("fresh");
+    ok(asymm(
+        &fresh,
+        &["bundle", "import", bundle.to_str().unwrap()],
+    ));
+    assert!(
+        std::fs::read_dir(fresh.join("discarded")).unwrap().count() > 0,
+        "no tombstones travelled"
+    );
+    let rows = table(&ok(asymm(&fresh, &["run", ps])));
+    assert!(rows.iter().all(|r| r.1 == "cached"), "{rows:?}");
+    let again = Store::open(&fresh).unwrap();
+    assert_eq!(report_id(&again), id);
+    assert_eq!(
+        again.read_file(&id, "report.html").unwrap(),
+        store.read_file(&id, "report.html").unwrap()
+    );
 }

@@ -464,7 +464,7 @@ fn sft_rate<B: AutodiffBackend>(
 
 #[cfg(test)]
 mod tests {
-    use super::twin::{base64_f32, sft_batches};
+    use super::twin::{f32le_base64, sft_batches};
     use super::*;
 
     #[test]
@@ -510,8 +510,8 @@ mod tests {
 
     #[test]
     fn base64_of_f32() {
-        assert_eq!(base64_f32::encode(&[1.0]), "AACAPw==");
-        assert_eq!(base64_f32::encode(&[]), "");
-        assert_eq!(base64_f32::encode(&[0.0, 1.0]), "AAAAAAAAgD8=");
+        assert_eq!(f32le_base64(&[1.0]), "AACAPw==");
+        assert_eq!(f32le_base64(&[]), "");
+        assert_eq!(f32le_base64(&[0.0, 1.0]), "AAAAAAAAgD8=");
     }
 }

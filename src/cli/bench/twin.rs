@@ -34,7 +34,6 @@ pub(super) fn sft_batches(n: usize, steps: usize) -> Vec<Vec<usize>> {
 /// the examples (images as base64 little-endian f32), the SFT batches and settings, and the
 /// rollout plans and sampling settings.
 pub(super) fn twin_export(a: &BenchArgs) -> anyhow::Result<serde_json::Value> {
-    use base64_f32 as b64;
     use serde_json::json;
     let tok = Tokenizer::task_vocabulary();
     let cfg = model_config(a, &tok)?;
@@ -94,33 +93,14 @@ pub(super) fn twin_export(a: &BenchArgs) -> anyhow::Result<serde_json::Value> {
             "prompt": e.prompt,
             "target": e.target,
             "spans": e.spans,
-            "image_f32le_base64": b64::encode(&e.image),
+            "image_f32le_base64": f32le_base64(&e.image),
         })).collect::<Vec<_>>(),
     }))
 }
 
-/// Little-endian f32 values as standard base64 (with padding).
-pub(super) mod base64_f32 {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-
-    pub fn encode(values: &[f32]) -> String {
-        let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
-        let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
-        for chunk in bytes.chunks(3) {
-            let b = [
-                chunk[0],
-                chunk.get(1).copied().unwrap_or(0),
-                chunk.get(2).copied().unwrap_or(0),
-            ];
-            let n = ((b[0] as u32) << 16) | ((b[1] as u32) << 8) | (b[2] as u32);
-            for (k, shift) in [18, 12, 6, 0].into_iter().enumerate() {
-                if k <= chunk.len() {
-                    out.push(ALPHABET[((n >> shift) & 63) as usize] as char);
-                } else {
-                    out.push('=');
-                }
-            }
-        }
-        out
-    }
+/// Little-endian f32 values as standard base64 (with padding), as the twin reads images.
+pub(super) fn f32le_base64(values: &[f32]) -> String {
+    use base64::Engine;
+    let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+    base64::engine::general_purpose::STANDARD.encode(bytes)
 }
