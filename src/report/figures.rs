@@ -72,6 +72,21 @@ fn color(i: usize) -> RGBColor {
 
 type Series = (String, Vec<(f64, f64)>);
 
+/// The series legend, in a light box.
+fn legend<'a, DB: DrawingBackend + 'a, CT: CoordTranslate>(
+    chart: &mut ChartContext<'a, DB, CT>,
+    position: SeriesLabelPosition,
+) -> std::result::Result<(), String> {
+    chart
+        .configure_series_labels()
+        .label_font((FONT, 13))
+        .background_style(WHITE.mix(0.85))
+        .border_style(RGBColor(180, 180, 180))
+        .position(position)
+        .draw()
+        .map_err(|e| e.to_string())
+}
+
 /// Line charts side by side, one per panel (title, y label, series).
 fn panels(file: &str, x_desc: &str, panels: &[(String, Vec<Series>)]) -> Result<Vec<u8>> {
     render(file, |root| {
@@ -116,17 +131,31 @@ fn panels(file: &str, x_desc: &str, panels: &[(String, Vec<Series>)]) -> Result<
                     .draw_series(pts.iter().map(|p| Circle::new(*p, 3, c.filled())))
                     .map_err(|e| e.to_string())?;
             }
-            chart
-                .configure_series_labels()
-                .label_font((FONT, 13))
-                .background_style(WHITE.mix(0.85))
-                .border_style(RGBColor(180, 180, 180))
-                .position(SeriesLabelPosition::UpperLeft)
-                .draw()
-                .map_err(|e| e.to_string())?;
+            legend(&mut chart, SeriesLabelPosition::UpperLeft)?;
         }
         Ok(())
     })
+}
+
+/// Two panels, a_p and a_r against `x`, one line per labelled run.
+fn curve_panels(
+    file: &str,
+    x_desc: &str,
+    runs: &[(String, Vec<(f64, super::CurvePoint)>)],
+) -> Result<Vec<u8>> {
+    let series = |f: fn(&super::CurvePoint) -> f64| -> Vec<Series> {
+        runs.iter()
+            .map(|(label, pts)| (label.clone(), pts.iter().map(|(x, p)| (*x, f(p))).collect()))
+            .collect()
+    };
+    panels(
+        file,
+        x_desc,
+        &[
+            ("Perception a_p".into(), series(|p| p.a_p)),
+            ("Reasoning a_r (p* forced)".into(), series(|p| p.a_r)),
+        ],
+    )
 }
 
 /// a_p against a_r, one labelled point per run (end-to-end a in the label).
@@ -224,14 +253,7 @@ fn bars(file: &str, title: &str, rows: &[Bar]) -> Result<Vec<u8>> {
             });
             chart.draw_series(whiskers).map_err(|e| e.to_string())?;
         }
-        chart
-            .configure_series_labels()
-            .label_font((FONT, 13))
-            .background_style(WHITE.mix(0.85))
-            .border_style(RGBColor(180, 180, 180))
-            .position(SeriesLabelPosition::LowerRight)
-            .draw()
-            .map_err(|e| e.to_string())?;
+        legend(&mut chart, SeriesLabelPosition::LowerRight)?;
         Ok(())
     })
 }
@@ -287,14 +309,7 @@ fn coupling(file: &str, points: &[(String, f64, f64)]) -> Result<Vec<u8>> {
                 )))
                 .map_err(|e| e.to_string())?;
         }
-        chart
-            .configure_series_labels()
-            .label_font((FONT, 13))
-            .background_style(WHITE.mix(0.85))
-            .border_style(RGBColor(180, 180, 180))
-            .position(SeriesLabelPosition::UpperLeft)
-            .draw()
-            .map_err(|e| e.to_string())?;
+        legend(&mut chart, SeriesLabelPosition::UpperLeft)?;
         Ok(())
     })
 }
@@ -325,25 +340,14 @@ pub fn figures(r: &Results) -> Result<Vec<Figure>> {
         .filter(|c| c.points.len() > 1 && (keep.contains(&c.label) || r.sft.is_empty()))
         .collect();
     if !shown.is_empty() {
-        let series = |f: fn(&super::CurvePoint) -> f64| -> Vec<Series> {
-            shown
-                .iter()
-                .map(|c| {
-                    (
-                        c.label.clone(),
-                        c.points.iter().map(|p| (p.step as f64, f(p))).collect(),
-                    )
-                })
-                .collect()
-        };
-        let png = panels(
-            "sft_curves.png",
-            "SFT step",
-            &[
-                ("Perception a_p".into(), series(|p| p.a_p)),
-                ("Reasoning a_r (p* forced)".into(), series(|p| p.a_r)),
-            ],
-        )?;
+        let runs: Vec<(String, Vec<(f64, super::CurvePoint)>)> = shown
+            .iter()
+            .map(|c| {
+                let pts = c.points.iter().map(|p| (p.step as f64, *p)).collect();
+                (c.label.clone(), pts)
+            })
+            .collect();
+        let png = curve_panels("sft_curves.png", "SFT step", &runs)?;
         push(
             "sft_curves.png",
             "SFT optimization curves",
@@ -352,30 +356,17 @@ pub fn figures(r: &Results) -> Result<Vec<Figure>> {
         );
     }
 
-    // RL curves: each α run.
-    let rl: Vec<&super::RlResult> = r.rl.iter().filter(|x| x.curve.len() > 1).collect();
-    if !rl.is_empty() {
-        let series = |f: fn(&super::CurvePoint) -> f64| -> Vec<Series> {
-            rl.iter()
-                .map(|x| {
-                    (
-                        x.role.label(),
-                        x.curve
-                            .iter()
-                            .map(|p| ((p.step + 1) as f64, f(p)))
-                            .collect(),
-                    )
-                })
-                .collect()
-        };
-        let png = panels(
-            "rl_curves.png",
-            "RL steps done",
-            &[
-                ("Perception a_p".into(), series(|p| p.a_p)),
-                ("Reasoning a_r (p* forced)".into(), series(|p| p.a_r)),
-            ],
-        )?;
+    // RL curves: each run, against the steps done (0 = the starting checkpoint).
+    let runs: Vec<(String, Vec<(f64, super::CurvePoint)>)> =
+        r.rl.iter()
+            .filter(|x| x.curve.len() > 1)
+            .map(|x| {
+                let pts = x.curve.iter().map(|p| ((p.step + 1) as f64, *p)).collect();
+                (x.role.label(), pts)
+            })
+            .collect();
+    if !runs.is_empty() {
+        let png = curve_panels("rl_curves.png", "RL steps done", &runs)?;
         push(
             "rl_curves.png",
             "RL optimization curves",

@@ -431,8 +431,8 @@ mod tests {
         };
         assert!(total(&good, &after) > total(&good, &model) + 0.1);
         assert!(total(&bad, &after) < total(&bad, &model) - 0.1);
-        // The two micro-batches of each mini-batch ran concurrently; on a one-thread pool
-        // they run one after the other, and the result is the same to the bit.
+        // The two micro-batches of each mini-batch ran concurrently, their kernels on rayon's
+        // pool; with a one-thread pool the result is the same to the bit.
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(1)
             .build()

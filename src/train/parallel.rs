@@ -1,5 +1,5 @@
 //! Data parallelism within one process: a batch split into shards whose forward and backward
-//! passes run concurrently on rayon's pool, each on its own replica of the model, their
+//! passes run concurrently, each on its own thread and its own replica of the model, their
 //! gradients then summed in shard order.
 //!
 //! A replica shares the weights' storage and parameter ids with the model (so its gradients
@@ -8,13 +8,19 @@
 //! graphs merged (and the merge and a concurrent backward pass take the same two locks in
 //! opposite order).
 //!
+//! The shards run on threads of their own, not on rayon's pool: a backward pass holds its graph's
+//! lock while its kernels run on the pool, and burn's autodiff, after each backward pass, visits
+//! every live graph under that graph's lock. Were the shards themselves pool jobs, two of them
+//! could each wait for the other's lock while the kernels that would release it wait for a pool
+//! thread (seen as a hang with tests training concurrently). Kept off the pool, the pool's
+//! threads only ever run kernels, which take no autodiff lock.
+//!
 //! The shard count is a setting, never the machine's core count, so that results do not depend
 //! on where they were computed; the shards are contiguous slices of the batch.
 
 use burn::module::{Module, ModuleMapper, Param};
 use burn::tensor::Tensor;
 use burn::tensor::backend::AutodiffBackend;
-use rayon::prelude::*;
 
 /// A copy of `model` with the same weights and parameter ids and its own autodiff leaves.
 pub fn replica<B: AutodiffBackend, M: Module<B>>(model: &M) -> M {
@@ -47,12 +53,23 @@ pub fn split<T>(items: &[T], shards: usize) -> Vec<&[T]> {
     out
 }
 
-/// `f(i)` for every shard `i` in `0..n`, concurrently, results in shard order.
-pub fn map_shards<T: Send>(n: usize, f: impl Fn(usize) -> T + Sync + Send) -> Vec<T> {
+/// `f(i)` for every shard `i` in `0..n`, concurrently (the last on the calling thread), results
+/// in shard order.
+pub fn map_shards<T: Send>(n: usize, f: impl Fn(usize) -> T + Sync) -> Vec<T> {
     if n <= 1 {
         return (0..n).map(f).collect();
     }
-    (0..n).into_par_iter().map(f).collect()
+    let f = &f;
+    std::thread::scope(|s| {
+        let handles: Vec<_> = (0..n - 1).map(|i| s.spawn(move || f(i))).collect();
+        let last = f(n - 1);
+        let mut out: Vec<T> = handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
+            .collect();
+        out.push(last);
+        out
+    })
 }
 
 #[cfg(test)]

@@ -630,11 +630,33 @@ mod tests {
         assert_eq!(batch_indices(12, &s, 5, 0), batch_indices(12, &s, 5, 0));
     }
 
+    /// A fresh-model run on the CPU with no held-out evaluation.
+    fn train_cpu(
+        settings: &SftSettings,
+        cfg: &VlmConfig,
+        init: Option<&[u8]>,
+        data: &[Example],
+    ) -> SftOutput {
+        type B = burn::backend::Autodiff<crate::model::Cpu>;
+        let dir = crate::util::fsx::TempDir::new("asymm-sft").unwrap();
+        let device = Default::default();
+        train::<B>(
+            settings,
+            cfg,
+            init,
+            data,
+            &device,
+            dir.path(),
+            0,
+            &mut NoEval,
+        )
+        .unwrap()
+    }
+
     /// The perception token is a function of the image alone (which quadrant holds ink), so
     /// the loss can only fall below ln 4 by reading the image; the blank-image loss stays high.
     #[test]
     fn learns_to_read_the_image() {
-        type B = burn::backend::Autodiff<crate::model::Cpu>;
         let s = 16usize;
         let example = |q: usize| {
             let mut image = vec![0.0f32; s * s];
@@ -681,18 +703,7 @@ mod tests {
                 max_text: 8,
                 ..SftSettings::default()
             };
-            let dir = crate::util::fsx::TempDir::new("asymm-read").unwrap();
-            let out = train::<B>(
-                &settings,
-                &cfg,
-                None,
-                &data,
-                &Default::default(),
-                dir.path(),
-                0,
-                &mut NoEval,
-            )
-            .unwrap();
+            let out = train_cpu(&settings, &cfg, None, &data);
             let last = out.log.last().unwrap();
             let blank = out.log[59].loss_perception_blank.unwrap();
             assert!(
@@ -710,7 +721,6 @@ mod tests {
     /// for NGDiff. Broken by leaving the token weights unrescaled, it fails.
     #[test]
     fn data_shards_sum_to_the_batch_gradient() {
-        type B = burn::backend::Autodiff<crate::model::Cpu>;
         let cfg = crate::model::config::small_config();
         let data: Vec<Example> = (0..5)
             .map(|i| {
@@ -723,6 +733,13 @@ mod tests {
                 e
             })
             .collect();
+        // One initialization for every run (the backend's random stream is shared by tests
+        // running concurrently).
+        let init = crate::model::checkpoint::weights_to_bytes(&Vlm::<crate::model::Cpu>::new(
+            &cfg,
+            &Default::default(),
+        ))
+        .unwrap();
         for objective in [ObjectiveKind::Reweight, ObjectiveKind::Ngdiff] {
             let run = |data_shards: usize| {
                 let settings = SftSettings {
@@ -736,18 +753,7 @@ mod tests {
                     max_text: 12,
                     ..SftSettings::default()
                 };
-                let dir = crate::util::fsx::TempDir::new("asymm-shards").unwrap();
-                let out = train::<B>(
-                    &settings,
-                    &cfg,
-                    None,
-                    &data,
-                    &Default::default(),
-                    dir.path(),
-                    0,
-                    &mut NoEval,
-                )
-                .unwrap();
+                let out = train_cpu(&settings, &cfg, Some(&init), &data);
                 struct Flat(Vec<f32>);
                 impl burn::module::ModuleVisitor<crate::model::Cpu> for Flat {
                     fn visit_float<const D: usize>(
