@@ -8,12 +8,12 @@
 //! graphs merged (and the merge and a concurrent backward pass take the same two locks in
 //! opposite order).
 //!
-//! The shards run on threads of their own, not on rayon's pool: a backward pass holds its graph's
-//! lock while its kernels run on the pool, and burn's autodiff, after each backward pass, visits
-//! every live graph under that graph's lock. Were the shards themselves pool jobs, two of them
-//! could each wait for the other's lock while the kernels that would release it wait for a pool
-//! thread (seen as a hang with tests training concurrently). Kept off the pool, the pool's
-//! threads only ever run kernels, which take no autodiff lock.
+//! The shards run on threads of their own, each with its own rayon pool for its kernels, not as
+//! jobs of the global pool: a backward pass holds its graph's lock while its kernels run, and
+//! burn's autodiff, after each backward pass, visits every live graph under that graph's lock.
+//! Were the shards jobs of the global pool, a shard could block on the lock of another thread's
+//! backward pass whose kernels wait for that very pool (seen as a hang with tests training
+//! concurrently).
 //!
 //! The shard count is a setting, never the machine's core count, so that results do not depend
 //! on where they were computed; the shards are contiguous slices of the batch.
@@ -21,6 +21,7 @@
 use burn::module::{Module, ModuleMapper, Param};
 use burn::tensor::Tensor;
 use burn::tensor::backend::AutodiffBackend;
+use std::sync::{Arc, Mutex};
 
 /// A copy of `model` with the same weights and parameter ids and its own autodiff leaves.
 pub fn replica<B: AutodiffBackend, M: Module<B>>(model: &M) -> M {
@@ -53,22 +54,51 @@ pub fn split<T>(items: &[T], shards: usize) -> Vec<&[T]> {
     out
 }
 
-/// `f(i)` for every shard `i` in `0..n`, concurrently (the last on the calling thread), results
-/// in shard order.
+/// The shards' pools, made once and kept: a fresh thread per shard and step would start with
+/// cold allocator and matrix-kernel buffers every time.
+fn shard_pools(n: usize) -> Vec<Arc<rayon::ThreadPool>> {
+    static POOLS: Mutex<Vec<Arc<rayon::ThreadPool>>> = Mutex::new(Vec::new());
+    let threads = (rayon::current_num_threads() / n).max(1);
+    let mut pools = POOLS.lock().unwrap_or_else(|e| e.into_inner());
+    while pools.len() < n {
+        match rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .thread_name(|i| format!("asymm-shard-{i}"))
+            .build()
+        {
+            Ok(p) => pools.push(Arc::new(p)),
+            Err(_) => break,
+        }
+    }
+    pools.iter().take(n).cloned().collect()
+}
+
+/// `f(i)` for every shard `i` in `0..n`, concurrently, results in shard order. Each shard runs
+/// in a rayon pool of its own (an equal part of the global pool's threads, at least one), so a
+/// shard's kernels run on its own threads and never wait on a pool that another shard or another
+/// thread's backward pass keeps busy.
 pub fn map_shards<T: Send>(n: usize, f: impl Fn(usize) -> T + Sync) -> Vec<T> {
     if n <= 1 {
         return (0..n).map(f).collect();
     }
     let f = &f;
+    let pools = shard_pools(n);
     std::thread::scope(|s| {
-        let handles: Vec<_> = (0..n - 1).map(|i| s.spawn(move || f(i))).collect();
-        let last = f(n - 1);
-        let mut out: Vec<T> = handles
+        let handles: Vec<_> = (0..n)
+            .map(|i| {
+                let pool = pools.get(i).cloned();
+                s.spawn(move || match pool {
+                    Some(pool) => pool.install(|| f(i)),
+                    // No pool (threads could not be spawned): the kernels go to the global
+                    // pool, which is slower but as correct.
+                    None => f(i),
+                })
+            })
+            .collect();
+        handles
             .into_iter()
             .map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
-            .collect();
-        out.push(last);
-        out
+            .collect()
     })
 }
 
