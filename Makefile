@@ -7,7 +7,7 @@ PIPELINE ?= pipelines/default.toml
 STORE    ?= artifacts
 MNIST_DIR := .cache/mnist/package/src/digits
 
-.PHONY: all run build test chromium paper-mini bundle rl rl-surrogates rl-alpha bench bench-twin twin-venv sudoku mnist status clean-store fmt lint stage-versions
+.PHONY: all run build test chromium paper-mini paper-gpu bundle rl rl-surrogates rl-alpha bench bench-twin twin-venv sudoku mnist status clean-store fmt lint stage-versions
 
 all: run
 
@@ -36,6 +36,12 @@ chromium:
 # rewards, the reward correlation pool. Reuses `make`'s checkpoint; reruns are cache hits.
 paper-mini: build
 	$(BIN) --store $(STORE) run pipelines/paper-mini.toml
+
+# The same grid for graph coloring at GPU scale (pipelines/paper-gpu.toml): the `small` model,
+# verbosity-3 traces (perception ≈ 3 % of target tokens), on cuda:0. Needs a CUDA build.
+paper-gpu:
+	$(CARGO) build --release --locked --features cuda
+	$(BIN) --store $(STORE) run pipelines/paper-gpu.toml --device cuda:0
 
 # The report and its whole lineage as one file; `asymm bundle import paper-mini.bundle` on another
 # clone, then `make paper-mini`, reuses every artifact and names the identical report.
