@@ -161,12 +161,18 @@ fn curve_panels(
 /// a_p against a_r, one labelled point per run (end-to-end a in the label).
 fn frontier(file: &str, title: &str, points: &[(String, f64, f64, f64)]) -> Result<Vec<u8>> {
     render(file, |root| {
+        let range = |v: &mut dyn Iterator<Item = f64>| {
+            let (lo, hi) = v.fold((1.0f64, 0.0f64), |(a, b), x| (a.min(x), b.max(x)));
+            ((lo - 0.1).max(0.0), (hi + 0.1).min(1.0).max(lo + 0.2))
+        };
+        let (x0, x1) = range(&mut points.iter().map(|p| p.1));
+        let (y0, y1) = range(&mut points.iter().map(|p| p.2));
         let mut chart = ChartBuilder::on(root)
             .caption(title, (FONT, 20))
             .margin(14)
             .x_label_area_size(44)
             .y_label_area_size(54)
-            .build_cartesian_2d(0f64..1f64, 0f64..1f64)
+            .build_cartesian_2d(x0..x1, y0..y1)
             .map_err(|e| e.to_string())?;
         chart
             .configure_mesh()
@@ -177,21 +183,73 @@ fn frontier(file: &str, title: &str, points: &[(String, f64, f64, f64)]) -> Resu
             .bold_line_style(RGBColor(225, 225, 225))
             .draw()
             .map_err(|e| e.to_string())?;
+        let mut labels = Vec::new();
         for (i, (label, ap, ar, a)) in points.iter().enumerate() {
             let c = color(i);
             chart
                 .draw_series(std::iter::once(Circle::new((*ap, *ar), 6, c.filled())))
                 .map_err(|e| e.to_string())?;
-            chart
-                .draw_series(std::iter::once(Text::new(
-                    format!("{label} (a = {a:.2})"),
-                    (*ap + 0.012, *ar + 0.012),
-                    (FONT, 13).into_font().color(&c),
-                )))
-                .map_err(|e| e.to_string())?;
+            labels.push((
+                chart.backend_coord(&(*ap, *ar)),
+                format!("{label} (a = {a:.2})"),
+                c,
+            ));
         }
-        Ok(())
+        place_labels(root, &labels)
     })
+}
+
+/// Draws each label beside its point, at the one of eight places around it whose box overlaps
+/// the fewest points and labels placed before (text width estimated).
+fn place_labels(
+    root: &DrawingArea<BitMapBackend<'_>, Shift>,
+    labels: &[((i32, i32), String, RGBColor)],
+) -> std::result::Result<(), String> {
+    const TH: i32 = 15;
+    type Box4 = (i32, i32, i32, i32);
+    let marks: Vec<Box4> = labels
+        .iter()
+        .map(|((x, y), _, _)| (x - 7, y - 7, x + 7, y + 7))
+        .collect();
+    let mut placed: Vec<Box4> = Vec::new();
+    for ((x, y), text, c) in labels {
+        let (x, y) = (*x, *y);
+        let w = text.chars().count() as i32 * 7 + 4;
+        let places = [
+            (x + 9, y - TH / 2),
+            (x + 9, y - TH - 3),
+            (x + 9, y + 3),
+            (x - w - 9, y - TH / 2),
+            (x - w - 9, y - TH - 3),
+            (x - w - 9, y + 3),
+            (x - w / 2, y - TH - 9),
+            (x - w / 2, y + 9),
+        ];
+        // The place overlapping the fewest points and labels (the first of equals).
+        let clashes = |&(lx, ly): &(i32, i32)| -> usize {
+            let b = (lx, ly, lx + w, ly + TH);
+            let outside = usize::from(lx < 0 || lx + w > W as i32) * 100;
+            outside
+                + placed
+                    .iter()
+                    .chain(&marks)
+                    .filter(|p| b.0 < p.2 && p.0 < b.2 && b.1 < p.3 && p.1 < b.3)
+                    .count()
+        };
+        let (lx, ly) = places
+            .iter()
+            .copied()
+            .min_by_key(|p| clashes(p))
+            .unwrap_or(places[0]);
+        placed.push((lx, ly, lx + w, ly + TH));
+        root.draw(&Text::new(
+            text.clone(),
+            (lx, ly),
+            (FONT, 13).into_font().color(c),
+        ))
+        .map_err(|e| e.to_string())?;
+    }
+    Ok(())
 }
 
 /// Grouped bars of r with a_p and with ã_r per reward, with 95 % interval whiskers.
@@ -296,20 +354,16 @@ fn coupling(file: &str, points: &[(String, f64, f64)]) -> Result<Vec<u8>> {
                 .label(format!("least squares: slope {b:.3}"))
                 .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color(6)));
         }
+        let mut labels = Vec::new();
         for (i, (label, x, y)) in points.iter().enumerate() {
             let c = color(i);
             chart
                 .draw_series(std::iter::once(Circle::new((*x, *y), 6, c.filled())))
                 .map_err(|e| e.to_string())?;
-            chart
-                .draw_series(std::iter::once(Text::new(
-                    label.clone(),
-                    (*x + 0.012, *y),
-                    (FONT, 13).into_font().color(&c),
-                )))
-                .map_err(|e| e.to_string())?;
+            labels.push((chart.backend_coord(&(*x, *y)), label.clone(), c));
         }
         legend(&mut chart, SeriesLabelPosition::UpperLeft)?;
+        place_labels(root, &labels)?;
         Ok(())
     })
 }

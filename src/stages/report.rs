@@ -336,7 +336,7 @@ fn gather(cfg: &ReportConfig, ctx: &RunCtx) -> Result<Results, StageError> {
 
 impl Stage for Report {
     const NAME: &'static str = "report";
-    const VERSION: u32 = 1;
+    const VERSION: u32 = 2;
     type Config = ReportConfig;
 
     fn inputs() -> Vec<InputSpec> {
