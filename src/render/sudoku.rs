@@ -112,24 +112,26 @@ fn blit(img: &mut Gray, ink: &[u8], x0: f32, y0: f32, w: f32) {
             padded[(y + border) * p + x + border] = ink[y * SIDE + x] as f32;
         }
     }
-    let at = |x: i32, y: i32| -> f32 {
-        let (x, y) = (x + border as i32, y + border as i32);
-        if x < 0 || y < 0 || x as usize >= p || y as usize >= p {
-            0.0
-        } else {
-            padded[y as usize * p + x as usize]
-        }
-    };
-    let cols = taps(xa, xb, x0, scale);
-    let rows = taps(ya, yb, y0, scale);
-    for (py, &(iy, ty)) in (ya..yb).zip(&rows) {
+    // Every tap lies inside the padded ink, so a sample is one index: the row's offset plus the
+    // column's (the arithmetic is the reference's, term for term).
+    let offset = |i: i32| (i + border as i32).clamp(0, (p - 2) as i32) as usize;
+    let cols: Vec<(usize, f32)> = taps(xa, xb, x0, scale)
+        .into_iter()
+        .map(|(ix, tx)| (offset(ix), tx))
+        .collect();
+    let rows: Vec<(usize, f32)> = taps(ya, yb, y0, scale)
+        .into_iter()
+        .map(|(iy, ty)| (offset(iy) * p, ty))
+        .collect();
+    for (py, &(r, ty)) in (ya..yb).zip(&rows) {
         let line = (py * img.width) as usize;
-        for (px, &(ix, tx)) in (xa..xb).zip(&cols) {
-            let v = at(ix, iy) * (1.0 - tx) * (1.0 - ty)
-                + at(ix + 1, iy) * tx * (1.0 - ty)
-                + at(ix, iy + 1) * (1.0 - tx) * ty
-                + at(ix + 1, iy + 1) * tx * ty;
-            let o = &mut img.pixels[line + px as usize];
+        let (top, bottom) = (&padded[r..r + p], &padded[r + p..r + 2 * p]);
+        let out = &mut img.pixels[line + xa as usize..line + xb as usize];
+        for (o, &(c, tx)) in out.iter_mut().zip(&cols) {
+            let v = top[c] * (1.0 - tx) * (1.0 - ty)
+                + top[c + 1] * tx * (1.0 - ty)
+                + bottom[c] * (1.0 - tx) * ty
+                + bottom[c + 1] * tx * ty;
             *o = (*o).min(255 - v.round().clamp(0.0, 255.0) as u8);
         }
     }
