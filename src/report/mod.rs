@@ -104,6 +104,9 @@ pub enum RlRole {
     Alpha(f64),
     /// α = 0.5 with a surrogate perception reward (`self`, `teacher`).
     Surrogate(String),
+    /// The outcome reward with the advantage rescaled per segment: λ on perception tokens,
+    /// 1 − λ on reasoning tokens (appendix B.3).
+    TokenLambda(f64),
 }
 
 /// An RL run: its held-out evaluations and the reward's coupling over its rollouts.
@@ -259,6 +262,7 @@ impl RlRole {
         match self {
             RlRole::Alpha(a) => format!("α = {}", fmt_param(*a)),
             RlRole::Surrogate(s) => format!("α = 0.5, {s} perception reward"),
+            RlRole::TokenLambda(l) => format!("token λ = {}", fmt_param(*l)),
         }
     }
 }
@@ -359,11 +363,19 @@ pub fn tables(r: &Results) -> Vec<Table> {
     for (_, run) in r.alpha_runs() {
         t.accuracies(&run.role.label(), &run.end, &run.source);
     }
+    for run in
+        r.rl.iter()
+            .filter(|x| matches!(x.role, RlRole::TokenLambda(_)))
+    {
+        t.accuracies(&run.role.label(), &run.end, &run.source);
+    }
     if !t.cells.is_empty() {
         out.push(t.done(
             "Table 2 — after RL",
             "Held-out a, a_p, a_r of the starting checkpoint and after the last step of each \
-             run with R = α·a_p + (1 − α)·a (α = 0: the outcome reward alone).",
+             run with R = α·a_p + (1 − α)·a (α = 0: the outcome reward alone), and of the \
+             outcome-reward runs whose advantage is rescaled per segment (token λ on \
+             perception tokens, 1 − λ on reasoning tokens).",
         ));
     }
 
@@ -373,6 +385,7 @@ pub fn tables(r: &Results) -> Vec<Table> {
             .filter(|x| match &x.role {
                 RlRole::Alpha(a) => *a == 0.0 || *a == 0.5,
                 RlRole::Surrogate(_) => true,
+                RlRole::TokenLambda(_) => false,
             })
             .collect();
     for run in half {
@@ -380,6 +393,7 @@ pub fn tables(r: &Results) -> Vec<Table> {
             RlRole::Alpha(a) if *a == 0.0 => "outcome only (α = 0)".to_string(),
             RlRole::Alpha(_) => "ground truth (α = 0.5)".to_string(),
             RlRole::Surrogate(s) => format!("{s} (α = 0.5)"),
+            RlRole::TokenLambda(_) => continue,
         };
         t.val(&row, "r(R, a_p)", run.r_a_p, &run.log);
         t.val(&row, "r(R, ã_r)", run.r_a_tilde_r, &run.log);

@@ -110,6 +110,10 @@ fn results() -> Results {
                 acc(0.35, 0.55, 0.6),
                 0.7,
             ),
+            RlResult {
+                r_a_p: None,
+                ..rl(RlRole::TokenLambda(0.2), "5", acc(0.28, 0.52, 0.6), 0.0)
+            },
         ],
         pool: vec![
             pool("outcome", "a_p", 0.59),
@@ -147,6 +151,8 @@ fn tables_carry_each_number_with_its_source() {
     assert_eq!(c.source, r.sft[2].source);
     let init = t[1].cell("initialization", "a_p").unwrap();
     assert_eq!(init.value, Some(0.4));
+    let tl = t[1].cell("token λ = 0.2", "a").unwrap();
+    assert_eq!((tl.value, &tl.source), (Some(0.28), &r.rl[4].source));
     let a1 = t[1].cell("α = 1", "a_r").unwrap();
     assert_eq!((a1.value, &a1.source), (Some(0.30), &r.rl[2].source));
     // Table 3: α = 0 and 0.5 and the surrogate run, not α = 1; r comes from the log.

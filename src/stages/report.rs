@@ -7,8 +7,8 @@
 //! `rl_logs` (RL runs, one of each per run, in the same order), `pools` (reward correlations
 //! over a pool of rollouts). `roles` names what each stage is, by its name without the sweep
 //! suffix: `standard`, `lambda`, `ngdiff`, `perception-init-lambda` (SFT), `alpha`, `self`,
-//! `teacher` (RL); λ and α come from the instance's sweep value (`eval_lambda[lambda=0.2]`) or
-//! from the role (`lambda=0.2`).
+//! `teacher`, `token-lambda` (RL); λ and α come from the instance's sweep value
+//! (`eval_lambda[lambda=0.2]`, `rl_tokens[token_lambda=0.1]`) or from the role (`lambda=0.2`).
 
 use super::{
     Outputs, Stage, StageError, bail, ensure, many, output, outputs, read_many,
@@ -67,6 +67,7 @@ fn role_of(cfg: &ReportConfig, instance: &str) -> Result<(String, Option<f64>), 
     };
     let key = match name.as_str() {
         "lambda" | "perception-init-lambda" => Some("lambda"),
+        "token-lambda" => Some("token_lambda"),
         "alpha" => Some("alpha"),
         _ => None,
     };
@@ -336,7 +337,7 @@ fn gather(cfg: &ReportConfig, ctx: &RunCtx) -> Result<Results, StageError> {
 
 impl Stage for Report {
     const NAME: &'static str = "report";
-    const VERSION: u32 = 2;
+    const VERSION: u32 = 3;
     type Config = ReportConfig;
 
     fn inputs() -> Vec<InputSpec> {
