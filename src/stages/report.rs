@@ -113,7 +113,11 @@ fn rl_role(cfg: &ReportConfig, instance: &str) -> Result<RlRole, StageError> {
     Ok(match (name.as_str(), v) {
         ("alpha", Some(a)) => RlRole::Alpha(a),
         ("self" | "teacher", _) => RlRole::Surrogate(name),
-        _ => bail!("report: `{instance}` has role `{name}`, not an RL role (alpha, self, teacher)"),
+        ("token-lambda", Some(l)) => RlRole::TokenLambda(l),
+        _ => bail!(
+            "report: `{instance}` has role `{name}`, not an RL role (alpha, self, teacher, \
+             token-lambda)"
+        ),
     })
 }
 
