@@ -29,7 +29,7 @@ test: chromium
 chromium:
 	@command -v chromium >/dev/null 2>&1 || { \
 		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-		$$SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q chromium; }
+		$$SUDO apt-get update -q && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; }
 
 # The experiment grid at CPU scale (pipelines/paper-mini.toml) and its report: SFT standard /
 # λ sweep / NGDiff / perception-only init + λ sweep, RL α sweep, self and teacher perception
