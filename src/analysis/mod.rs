@@ -173,6 +173,24 @@ impl RunningPearson<2> {
     }
 }
 
+/// Least squares y = slope·x + intercept with Pearson r, over the points given; `None` with
+/// fewer than two distinct x.
+pub fn fit_line(points: &[(f64, f64)]) -> Option<(f64, f64, Option<f64>)> {
+    let n = points.len() as f64;
+    let (mx, my) = (
+        points.iter().map(|p| p.0).sum::<f64>() / n,
+        points.iter().map(|p| p.1).sum::<f64>() / n,
+    );
+    let sxx: f64 = points.iter().map(|p| (p.0 - mx).powi(2)).sum();
+    let sxy: f64 = points.iter().map(|p| (p.0 - mx) * (p.1 - my)).sum();
+    if points.len() < 2 || sxx <= 1e-12 {
+        return None;
+    }
+    let slope = sxy / sxx;
+    let (x, y): (Vec<f64>, Vec<f64>) = points.iter().copied().unzip();
+    Some((slope, my - slope * mx, pearson(&x, &y)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -297,5 +315,23 @@ mod tests {
             flat.add(0.5, [1.0]);
         }
         assert_eq!(flat.r(0), None);
+    }
+
+    /// The fitted line through points on a line is that line, with r = ±1; fewer than two
+    /// distinct x give none.
+    #[test]
+    fn fit_line_recovers_a_line() {
+        let pts: Vec<(f64, f64)> = [0.1, 0.4, 0.7]
+            .iter()
+            .map(|&x| (x, 0.5 - 2.0 * x))
+            .collect();
+        let (slope, intercept, r) = fit_line(&pts).unwrap();
+        assert!((slope + 2.0).abs() < 1e-12 && (intercept - 0.5).abs() < 1e-12);
+        assert!((r.unwrap() + 1.0).abs() < 1e-12);
+        let noisy = [(0.0, 0.0), (1.0, 1.0), (2.0, 1.0)];
+        let (slope, intercept, _) = fit_line(&noisy).unwrap();
+        assert!((slope - 0.5).abs() < 1e-12 && (intercept - 1.0 / 6.0).abs() < 1e-12);
+        assert!(fit_line(&[(0.3, 1.0), (0.3, 2.0)]).is_none());
+        assert!(fit_line(&[(0.3, 1.0)]).is_none());
     }
 }

@@ -341,13 +341,9 @@ fn coupling(file: &str, points: &[(String, f64, f64)]) -> Result<Vec<u8>> {
             .bold_line_style(RGBColor(225, 225, 225))
             .draw()
             .map_err(|e| e.to_string())?;
-        let (xs, ys): (Vec<f64>, Vec<f64>) = points.iter().map(|p| (p.1, p.2)).unzip();
-        if let Some(b) = super::slope(&xs, &ys) {
-            let (mx, my) = (
-                xs.iter().sum::<f64>() / xs.len() as f64,
-                ys.iter().sum::<f64>() / ys.len() as f64,
-            );
-            let line = [0.0, 1.05].map(|x| (x, my + b * (x - mx)));
+        let fit: Vec<(f64, f64)> = points.iter().map(|p| (p.1, p.2)).collect();
+        if let Some((b, intercept, _)) = crate::analysis::fit_line(&fit) {
+            let line = [0.0, 1.05].map(|x| (x, intercept + b * x));
             chart
                 .draw_series(LineSeries::new(line, color(6).stroke_width(1)))
                 .map_err(|e| e.to_string())?

@@ -16,7 +16,7 @@ use super::{
     Outputs, Stage, StageError, Written, bail, ensure, many, optional, output, outputs, read_many,
     read_optional, write_table,
 };
-use crate::analysis::{BootstrapR, pearson_cluster_bootstrap};
+use crate::analysis::{BootstrapR, fit_line, pearson_cluster_bootstrap};
 use crate::dag::{InputSpec, OutputSpec, RunCtx};
 use crate::rl::reward::RewardRow;
 use crate::table::Table;
@@ -210,24 +210,6 @@ fn run_row(run: String, log: &Table, eval: &Table) -> Result<RunRow, StageError>
     })
 }
 
-/// Least squares y = slope·x + intercept with Pearson r, over the points given; `None` with
-/// fewer than two distinct x.
-pub fn fit_line(points: &[(f64, f64)]) -> Option<(f64, f64, Option<f64>)> {
-    let n = points.len() as f64;
-    let (mx, my) = (
-        points.iter().map(|p| p.0).sum::<f64>() / n,
-        points.iter().map(|p| p.1).sum::<f64>() / n,
-    );
-    let sxx: f64 = points.iter().map(|p| (p.0 - mx).powi(2)).sum();
-    let sxy: f64 = points.iter().map(|p| (p.0 - mx) * (p.1 - my)).sum();
-    if points.len() < 2 || sxx <= 1e-12 {
-        return None;
-    }
-    let slope = sxy / sxx;
-    let (x, y): (Vec<f64>, Vec<f64>) = points.iter().copied().unzip();
-    Some((slope, my - slope * mx, crate::analysis::pearson(&x, &y)))
-}
-
 fn write_runs(ctx: &RunCtx, runs: &[RunRow]) -> Result<Written, StageError> {
     let delta = |f: &dyn Fn(&RunRow) -> (f64, f64)| {
         cols::f64(
@@ -382,23 +364,5 @@ mod tests {
                 "{r:?}"
             );
         }
-    }
-
-    /// The fitted line through points on a line is that line, with r = ±1; fewer than two
-    /// distinct x give none.
-    #[test]
-    fn fit_line_recovers_a_line() {
-        let pts: Vec<(f64, f64)> = [0.1, 0.4, 0.7]
-            .iter()
-            .map(|&x| (x, 0.5 - 2.0 * x))
-            .collect();
-        let (slope, intercept, r) = fit_line(&pts).unwrap();
-        assert!((slope + 2.0).abs() < 1e-12 && (intercept - 0.5).abs() < 1e-12);
-        assert!((r.unwrap() + 1.0).abs() < 1e-12);
-        let noisy = [(0.0, 0.0), (1.0, 1.0), (2.0, 1.0)];
-        let (slope, intercept, _) = fit_line(&noisy).unwrap();
-        assert!((slope - 0.5).abs() < 1e-12 && (intercept - 1.0 / 6.0).abs() < 1e-12);
-        assert!(fit_line(&[(0.3, 1.0), (0.3, 2.0)]).is_none());
-        assert!(fit_line(&[(0.3, 1.0)]).is_none());
     }
 }
