@@ -95,46 +95,99 @@ fn taps(from: u32, to: u32, origin: f32, scale: f32) -> Vec<(i32, f32)> {
 }
 
 /// Darkens `img` with a 28×28 ink image scaled (bilinear) into the square at (x0, y0) of side `w`.
+///
+/// A destination pixel's value is, term for term, `s(x,y)·(1−tx)·(1−ty) + s(x+1,y)·tx·(1−ty) +
+/// s(x,y+1)·(1−tx)·ty + s(x+1,y+1)·tx·ty` over the samples `s` (zero outside the ink). The
+/// products `s·(1−tx)` and `s·tx` depend on the sample row and the column only, so they are
+/// computed once per ink row and each destination row is a contiguous, vectorizable loop.
 fn blit(img: &mut Gray, ink: &[u8], x0: f32, y0: f32, w: f32) {
+    // Only ink is drawn: a destination pixel whose four samples are all blank gets v = 0, which
+    // leaves it as it is, so the loops run over the taps that reach the ink's bounding box.
+    let Some((bx, by)) = ink_bounds(ink) else {
+        return;
+    };
     let scale = SIDE as f32 / w;
     let (xa, ya) = (x0.floor().max(0.0) as u32, y0.floor().max(0.0) as u32);
     let (xb, yb) = (
         ((x0 + w).ceil() as u32).min(img.width),
         ((y0 + w).ceil() as u32).min(img.height),
     );
-    // The ink inside a border of zeros wide enough for every tap (a destination pixel at most
-    // one pixel outside the square reaches `scale + 1` samples out), so taps read without checks.
-    let border = scale.ceil() as usize + 2;
-    let p = SIDE + 2 * border;
-    let mut padded = vec![0.0f32; p * p];
-    for y in 0..SIDE {
-        for x in 0..SIDE {
-            padded[(y + border) * p + x + border] = ink[y * SIDE + x] as f32;
+    // A tap at sample i reads samples i and i + 1; taps grow with the pixel, so the columns that
+    // reach the ink are one run.
+    let reaches = |i: i32, (a, b): (i32, i32)| i + 1 >= a && i <= b;
+    let cols: Vec<(u32, (i32, f32))> = (xa..xb)
+        .zip(taps(xa, xb, x0, scale))
+        .filter(|&(_, (ix, _))| reaches(ix, bx))
+        .collect();
+    let Some(&(cx, _)) = cols.first() else {
+        return;
+    };
+    let n = cols.len();
+    // Per ink row y in the bounding box: [s(x,y)·(1−tx) for each column, then s(x+1,y)·tx].
+    let at = |row: &[u8], x: i32| -> f32 {
+        usize::try_from(x)
+            .ok()
+            .and_then(|x| row.get(x))
+            .map_or(0.0, |&v| f32::from(v))
+    };
+    let rows = (by.1 - by.0 + 1) as usize;
+    let mut halves = vec![0.0f32; (rows + 1) * 2 * n]; // the last row is blank
+    for (r, half) in halves.chunks_exact_mut(2 * n).take(rows).enumerate() {
+        let row = &ink[(by.0 as usize + r) * SIDE..][..SIDE];
+        let (left, right) = half.split_at_mut(n);
+        for ((l, rt), &(_, (ix, tx))) in left.iter_mut().zip(right.iter_mut()).zip(&cols) {
+            *l = at(row, ix) * (1.0 - tx);
+            *rt = at(row, ix + 1) * tx;
         }
     }
-    // Every tap lies inside the padded ink, so a sample is one index: the row's offset plus the
-    // column's (the arithmetic is the reference's, term for term).
-    let offset = |i: i32| (i + border as i32).clamp(0, (p - 2) as i32) as usize;
-    let cols: Vec<(usize, f32)> = taps(xa, xb, x0, scale)
-        .into_iter()
-        .map(|(ix, tx)| (offset(ix), tx))
-        .collect();
-    let rows: Vec<(usize, f32)> = taps(ya, yb, y0, scale)
-        .into_iter()
-        .map(|(iy, ty)| (offset(iy) * p, ty))
-        .collect();
-    for (py, &(r, ty)) in (ya..yb).zip(&rows) {
-        let line = (py * img.width) as usize;
-        let (top, bottom) = (&padded[r..r + p], &padded[r + p..r + 2 * p]);
-        let out = &mut img.pixels[line + xa as usize..line + xb as usize];
-        for (o, &(c, tx)) in out.iter_mut().zip(&cols) {
-            let v = top[c] * (1.0 - tx) * (1.0 - ty)
-                + top[c + 1] * tx * (1.0 - ty)
-                + bottom[c] * (1.0 - tx) * ty
-                + bottom[c + 1] * tx * ty;
-            *o = (*o).min(255 - v.round().clamp(0.0, 255.0) as u8);
+    let half = |y: i32| -> (&[f32], &[f32]) {
+        let r = if (by.0..=by.1).contains(&y) {
+            (y - by.0) as usize
+        } else {
+            rows
+        };
+        halves[r * 2 * n..(r + 1) * 2 * n].split_at(n)
+    };
+    for (py, (iy, ty)) in (ya..yb).zip(taps(ya, yb, y0, scale)) {
+        if !reaches(iy, by) {
+            continue;
+        }
+        let ((ta, tb), (ba, bb)) = (half(iy), half(iy + 1));
+        let line = (py * img.width + cx) as usize;
+        let out = &mut img.pixels[line..line + n];
+        let (uy, ly) = (1.0 - ty, ty);
+        for ((((o, &a), &b), &c), &d) in out.iter_mut().zip(ta).zip(tb).zip(ba).zip(bb) {
+            let v = a * uy + b * uy + c * ly + d * ly;
+            *o = (*o).min(255 - round_to_byte(v));
         }
     }
+}
+
+/// The columns and rows (first, last) that hold ink, or `None` for a blank image.
+fn ink_bounds(ink: &[u8]) -> Option<((i32, i32), (i32, i32))> {
+    let mut any = [0u8; SIDE];
+    let (mut y0, mut y1) = (i32::MAX, i32::MIN);
+    for (y, row) in ink.chunks_exact(SIDE).enumerate() {
+        let mut inked = 0u8;
+        for (a, &v) in any.iter_mut().zip(row) {
+            *a |= v;
+            inked |= v;
+        }
+        if inked != 0 {
+            (y0, y1) = (y0.min(y as i32), y as i32);
+        }
+    }
+    let x0 = any.iter().position(|&v| v != 0)? as i32;
+    let x1 = any.iter().rposition(|&v| v != 0)? as i32;
+    Some(((x0, x1), (y0, y1)))
+}
+
+/// `v.round().clamp(0.0, 255.0) as u8` for `v ≥ 0` (half away from zero), without the libm call:
+/// `v - trunc(v)` is exact below 2^23.
+#[inline]
+fn round_to_byte(v: f32) -> u8 {
+    let t = v as i32;
+    (t + i32::from(v - t as f32 >= 0.5)).clamp(0, 255) as u8
 }
 
 #[cfg(test)]
