@@ -11,7 +11,7 @@
 
 pub mod train;
 
-use crate::model::layers::{Block, MASKED, linear3};
+use crate::model::layers::{Block, MASKED, Mask, linear3};
 use crate::model::vlm::{ConvStem, patchify};
 use burn::module::{Module, Param};
 use burn::nn::{Embedding, EmbeddingConfig, Linear, LinearConfig, RmsNorm, RmsNormConfig};
@@ -153,7 +153,7 @@ impl<B: Backend> Clip<B> {
         let mut x = linear3(&self.patch_embed, self.patch_norm.forward(patches))
             + self.image_pos.val().unsqueeze::<3>();
         for blk in &self.image_blocks {
-            x = blk.forward(x, None, None, None);
+            x = blk.forward(x, None, &Mask::Bidirectional, None);
         }
         let [b, n, d] = x.dims();
         unit(
@@ -187,11 +187,14 @@ impl<B: Backend> Clip<B> {
             .collect();
         let ids = Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [b, t]), device);
         let keep = Tensor::<B, 2>::from_data(TensorData::new(keep, [b, t]), device);
-        let bias = Tensor::<B, 4>::from_data(TensorData::new(bias, [b, 1, 1, t]), device);
+        let mask = Mask::Bias(Tensor::<B, 4>::from_data(
+            TensorData::new(bias, [b, 1, 1, t]),
+            device,
+        ));
         let pos = self.text_pos.val().unsqueeze::<3>();
         let mut x = self.token_embed.forward(ids) + pos;
         for blk in &self.text_blocks {
-            x = blk.forward(x, None, Some(bias.clone()), None);
+            x = blk.forward(x, None, &mask, None);
         }
         let x = self.text_norm.forward(x) * keep.unsqueeze_dim::<3>(2);
         let d = x.dims()[2];

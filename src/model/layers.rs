@@ -177,6 +177,60 @@ fn attend<B: Backend>(
     out.unwrap_or(probs)
 }
 
+/// Which keys each query attends to.
+#[derive(Clone, Debug)]
+pub enum Mask<B: Backend> {
+    /// Every key (the image encoder).
+    Bidirectional,
+    /// Keys up to the query's own position, queries and keys being the same `T` positions (the
+    /// language model in training).
+    Causal,
+    /// An additive bias broadcastable to [B, H, T, T_keys] (0 or [`MASKED`]): padding, a cache.
+    Bias(Tensor<B, 4>),
+}
+
+impl<B: Backend> Mask<B> {
+    /// The mask as an additive bias for `t` queries over as many keys, `None` for no mask.
+    pub fn bias(
+        &self,
+        b: usize,
+        heads: usize,
+        t: usize,
+        device: &B::Device,
+    ) -> Option<Tensor<B, 4>> {
+        match self {
+            Mask::Bidirectional => None,
+            Mask::Causal => Some(attention_bias(&vec![Vec::new(); b], heads, t, device)),
+            Mask::Bias(bias) => Some(bias.clone()),
+        }
+    }
+}
+
+/// Attention of a fused projection `qkv` [B, T, 3, H, d] composed from tensor operations: the
+/// context [B, T, H·d]. The reference for the fused CPU kernel and the path of other backends.
+pub fn attention_reference<B: Backend>(
+    qkv: Tensor<B, 5>,
+    bias: Option<Tensor<B, 4>>,
+) -> Tensor<B, 3> {
+    let [b, t, _, h, dh] = qkv.dims();
+    let (q, k, v) = split_heads(qkv);
+    attend(q, &[(k, v)], bias)
+        .swap_dims(1, 2)
+        .reshape([b, t, h * dh])
+}
+
+/// Query, key and value [B, H, T, d] of a fused projection [B, T, 3, H, d].
+fn split_heads<B: Backend>(qkv: Tensor<B, 5>) -> (Tensor<B, 4>, Tensor<B, 4>, Tensor<B, 4>) {
+    let [b, t, _, h, dh] = qkv.dims();
+    let split = |i: usize| -> Tensor<B, 4> {
+        qkv.clone()
+            .slice([0..b, 0..t, i..i + 1, 0..h, 0..dh])
+            .reshape([b, t, h, dh])
+            .swap_dims(1, 2)
+    };
+    (split(0), split(1), split(2))
+}
+
 /// Multi-head self-attention.
 #[derive(Module, Debug)]
 pub struct Attention<B: Backend> {
@@ -194,39 +248,46 @@ impl<B: Backend> Attention<B> {
         }
     }
 
-    /// `x` [B, T, d]; `bias` broadcastable to [B, H, T, T_keys]; with `cache`, the new keys and
-    /// values are appended to it and attention covers cached plus new positions.
+    /// `x` [B, T, d]; with `cache`, the new keys and values are appended to it and attention
+    /// covers cached plus new positions. Without a cache and with a bidirectional or causal
+    /// mask, the CPU backend runs the fused kernel ([`super::fused`]).
     pub fn forward(
         &self,
         x: Tensor<B, 3>,
         rope: Option<&Rope<B>>,
-        bias: Option<Tensor<B, 4>>,
+        mask: &Mask<B>,
         cache: Option<&mut Option<KvCache<B>>>,
     ) -> Tensor<B, 3> {
         let [b, t, d] = x.dims();
         let h = self.heads;
         let dh = d / h;
+        let device = x.device();
         let mut qkv = linear3(&self.qkv, x).reshape([b, t, 3, h, dh]);
         if let Some(r) = rope {
             qkv = r.apply_qkv(qkv);
         }
-        let split = |i: usize| -> Tensor<B, 4> {
-            qkv.clone()
-                .slice([0..b, 0..t, i..i + 1, 0..h, 0..dh])
-                .reshape([b, t, h, dh])
-                .swap_dims(1, 2)
-        };
-        let (q, k, v) = (split(0), split(1), split(2));
         let ctx = match cache {
             Some(slot) => {
+                let (q, k, v) = split_heads(qkv);
                 let c = slot.get_or_insert_with(KvCache::default);
                 c.push(k, v);
                 let parts: Vec<_> = c.parts().cloned().collect();
-                attend(q, &parts, bias)
+                attend(q, &parts, mask.bias(b, h, t, &device))
+                    .swap_dims(1, 2)
+                    .reshape([b, t, d])
             }
-            None => attend(q, &[(k, v)], bias),
+            None => {
+                let fused = match mask {
+                    Mask::Bidirectional => super::fused::attention(qkv.clone(), false),
+                    Mask::Causal => super::fused::attention(qkv.clone(), true),
+                    Mask::Bias(_) => None,
+                };
+                match fused {
+                    Some(ctx) => ctx,
+                    None => attention_reference(qkv, mask.bias(b, h, t, &device)),
+                }
+            }
         };
-        let ctx = ctx.swap_dims(1, 2).reshape([b, t, d]);
         linear3(&self.out, ctx)
     }
 }
@@ -279,10 +340,10 @@ impl<B: Backend> Block<B> {
         &self,
         x: Tensor<B, 3>,
         rope: Option<&Rope<B>>,
-        bias: Option<Tensor<B, 4>>,
+        mask: &Mask<B>,
         cache: Option<&mut Option<KvCache<B>>>,
     ) -> Tensor<B, 3> {
-        let x = x.clone() + self.attn.forward(self.norm1.forward(x), rope, bias, cache);
+        let x = x.clone() + self.attn.forward(self.norm1.forward(x), rope, mask, cache);
         x.clone() + self.mlp.forward(self.norm2.forward(x))
     }
 }

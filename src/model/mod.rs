@@ -7,6 +7,7 @@ pub mod check;
 pub mod checkpoint;
 pub mod config;
 pub mod decode;
+pub mod fused;
 pub mod layers;
 pub mod sampling;
 pub mod vlm;

@@ -4,7 +4,7 @@
 //! [`Vlm::step`] with a KV cache.
 
 use super::config::VlmConfig;
-use super::layers::{Block, KvCache, MASKED, Rope, attention_bias, linear3};
+use super::layers::{Block, KvCache, MASKED, Mask, Rope, attention_bias, linear3};
 use burn::module::{Module, ModuleVisitor, Param};
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{
@@ -187,7 +187,7 @@ impl<B: Backend> Vlm<B> {
         let mut x = linear3(&self.patch_embed, self.patch_norm.forward(patches))
             + self.vit_pos.val().unsqueeze::<3>();
         for blk in &self.vit_blocks {
-            x = blk.forward(x, None, None, None);
+            x = blk.forward(x, None, &Mask::Bidirectional, None);
         }
         linear3(&self.projector, self.vit_norm.forward(x))
     }
@@ -196,10 +196,20 @@ impl<B: Backend> Vlm<B> {
         &self,
         x: Tensor<B, 3>,
         positions: &[i64],
-        bias: Tensor<B, 4>,
+        mask: Mask<B>,
         mut caches: Option<&mut Vec<Option<KvCache<B>>>>,
     ) -> Tensor<B, 3> {
         let [b, t, _] = x.dims();
+        // Without the fused kernel a causal mask is an additive bias: built once, not per layer.
+        let mask = match mask {
+            Mask::Causal if !super::fused::available::<B>() => Mask::Bias(attention_bias(
+                &vec![Vec::new(); b],
+                self.heads,
+                t,
+                &x.device(),
+            )),
+            m => m,
+        };
         let rope = Rope::new(
             positions,
             [b, t],
@@ -211,7 +221,7 @@ impl<B: Backend> Vlm<B> {
         let mut x = x;
         for (i, blk) in self.blocks.iter().enumerate() {
             let cache = caches.as_deref_mut().map(|c| &mut c[i]);
-            x = blk.forward(x, Some(&rope), Some(bias.clone()), cache);
+            x = blk.forward(x, Some(&rope), &mask, cache);
         }
         linear3(&self.lm_head, self.norm.forward(x))
     }
@@ -219,15 +229,13 @@ impl<B: Backend> Vlm<B> {
     /// Teacher-forced logits for text `ids` [B, L] after the image: [B, L, vocab]; the logits at
     /// text position t predict token t+1.
     pub fn forward_text(&self, images: Tensor<B, 3>, ids: Tensor<B, 2, Int>) -> Tensor<B, 3> {
-        let device = ids.device();
         let img = self.encode_image(images);
         let [b, n, _] = img.dims();
         let [_, l] = ids.dims();
         let x = Tensor::cat(vec![img, self.embed.forward(ids)], 1);
         let t = n + l;
         let pos: Vec<i64> = (0..b).flat_map(|_| 0..t as i64).collect();
-        let bias = attention_bias(&vec![Vec::new(); b], self.heads, t, &device);
-        let logits = self.run_lm(x, &pos, bias, None);
+        let logits = self.run_lm(x, &pos, Mask::Causal, None);
         let vocab = logits.dims()[2];
         logits.slice([0..b, n..t, 0..vocab])
     }
@@ -284,7 +292,7 @@ impl<B: Backend> Vlm<B> {
         let x = Tensor::cat(rows, 0);
         let bias = attention_bias(&key_bias, self.heads, t, &device);
         let mut caches = vec![None; self.blocks.len()];
-        let logits = self.run_lm(x, &pos, bias, Some(&mut caches));
+        let logits = self.run_lm(x, &pos, Mask::Bias(bias), Some(&mut caches));
         let vocab = logits.dims()[2];
         let last = logits.slice([0..b, t - 1..t, 0..vocab]).reshape([b, vocab]);
         (
@@ -317,7 +325,7 @@ impl<B: Backend> Vlm<B> {
         let logits = self.run_lm(
             self.embed.forward(ids),
             &positions,
-            bias,
+            Mask::Bias(bias),
             Some(&mut state.caches),
         );
         let vocab = logits.dims()[2];
