@@ -310,10 +310,12 @@ impl<B: Backend> GatedMlp<B> {
     }
 
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        linear3(
-            &self.down,
-            silu(linear3(&self.gate, x.clone())) * linear3(&self.up, x),
-        )
+        let (g, u) = (linear3(&self.gate, x.clone()), linear3(&self.up, x));
+        let h = match super::fused::silu_gate(g.clone(), u.clone()) {
+            Some(h) => h,
+            None => silu(g) * u,
+        };
+        linear3(&self.down, h)
     }
 }
 

@@ -58,8 +58,32 @@ impl<B: Backend> ConvStem<B> {
     }
 
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
-        gelu(self.conv2.forward(gelu(self.conv1.forward(x))))
+        gelu(conv(&self.conv2, gelu(conv(&self.conv1, x))))
     }
+}
+
+/// `layer` applied to `x`: on the CPU backend by the fused patch-matrix kernel
+/// ([`super::fused::conv2d`]) when the layer's options allow it, else by burn's convolution.
+fn conv<B: Backend>(layer: &Conv2d<B>, x: Tensor<B, 4>) -> Tensor<B, 4> {
+    let padding = match layer.padding {
+        PaddingConfig2d::Valid => Some([0, 0]),
+        PaddingConfig2d::Explicit(top, left, bottom, right) if top == bottom && left == right => {
+            Some([top, left])
+        }
+        _ => None,
+    };
+    let plain = layer.dilation == [1, 1] && layer.groups == 1;
+    let fused = match (padding, &layer.bias) {
+        (Some(padding), Some(bias)) if plain => super::fused::conv2d(
+            x.clone(),
+            layer.weight.val(),
+            bias.val(),
+            layer.stride,
+            padding,
+        ),
+        _ => None,
+    };
+    fused.unwrap_or_else(|| layer.forward(x))
 }
 
 /// Patch features [B, N, F] of images [B, S, S]: the raw pixels of each `patch`-sized square, or

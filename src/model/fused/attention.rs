@@ -1,4 +1,4 @@
-//! Fused attention for the CPU backend, forward and backward.
+//! Fused self-attention, forward and backward.
 //!
 //! Composed from tensor operations, one attention layer is a score product, a scale, a mask, a
 //! softmax (max, subtract, exp, sum, divide) and a value product, each a pass over the
@@ -13,28 +13,22 @@
 //! dV = Pᵀ dO   dP = dO Vᵀ   dS = scale · P ∘ (dP − rowsum(P ∘ dP))   dQ = dS K   dK = dSᵀ Q
 //! ```
 //!
-//! The probabilities are kept for the backward pass (`B·H·T²` floats per layer). Backends other
-//! than Flex (CUDA) use the composed operations: [`attention`] returns `None` for them.
+//!
+//! The probabilities are kept for the backward pass (`B·H·T²` floats per layer).
 
+use super::{
+    Ad, LANES, Mat, Out, available, cast, contiguous, exp_nonpositive, matmul, max, same, values,
+};
+use burn::backend::Flex;
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
 use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind, unary};
 use burn::backend::flex::{FlexTensor, Layout};
-use burn::backend::{Autodiff, Flex};
 use burn::tensor::backend::Backend;
 use burn::tensor::{Bytes, DType, Shape, Tensor, TensorPrimitive};
 use rayon::prelude::*;
-use std::any::{Any, TypeId};
 use std::sync::Arc;
-
-/// The CPU backend with autodiff, as training uses it.
-type Ad = Autodiff<Flex>;
-
-/// Whether `B` has the fused kernels (the CPU backend, with or without autodiff).
-pub fn available<B: Backend>() -> bool {
-    same::<B, Ad>() || same::<B, Flex>()
-}
 
 /// Self-attention of a fused, rotated projection `qkv` [B, T, 3, H, d] (query, key, value per
 /// head): the context [B, T, H·d] with the heads side by side, as the output projection reads
@@ -54,36 +48,6 @@ pub fn attention<B: Backend>(qkv: Tensor<B, 5>, causal: bool) -> Option<Tensor<B
     cast(Tensor::<Flex, 3>::from_primitive(TensorPrimitive::Float(
         dims.context_tensor(out),
     )))
-}
-
-fn same<S: 'static, T: 'static>() -> bool {
-    TypeId::of::<S>() == TypeId::of::<T>()
-}
-
-/// `x` as a `T`, when `S` is `T`.
-fn cast<S: 'static, T: 'static>(x: S) -> Option<T> {
-    (Box::new(x) as Box<dyn Any>)
-        .downcast::<T>()
-        .ok()
-        .map(|t| *t)
-}
-
-fn contiguous(t: FlexTensor) -> FlexTensor {
-    if t.layout().contiguous_offsets().is_some() {
-        t
-    } else {
-        t.to_contiguous()
-    }
-}
-
-/// The `len` values of a contiguous f32 tensor.
-fn values(t: &FlexTensor, len: usize) -> &[f32] {
-    let (start, end) = t
-        .layout()
-        .contiguous_offsets()
-        .expect("fused attention: operand made contiguous");
-    assert_eq!(end - start, len, "fused attention: operand size");
-    &t.storage::<f32>()[start..end]
 }
 
 /// Shape of one fused attention call.
@@ -176,63 +140,6 @@ impl Backward<Flex, 1> for AttentionBackward {
     }
 }
 
-/// A pointer shared by the parallel (batch, head) tasks, each of which writes its own disjoint
-/// elements.
-#[derive(Clone, Copy)]
-struct Out(*mut f32);
-// SAFETY: the tasks write disjoint elements (their own head's columns of their own batch row)
-// and the buffer outlives the parallel loop that uses the pointer.
-unsafe impl Send for Out {}
-unsafe impl Sync for Out {}
-
-impl Out {
-    fn at(self, offset: usize) -> *mut f32 {
-        self.0.wrapping_add(offset)
-    }
-}
-
-/// A matrix operand: base pointer, row stride, column stride.
-#[derive(Clone, Copy)]
-struct Mat(*const f32, isize, isize);
-
-impl Mat {
-    fn t(self) -> Mat {
-        Mat(self.0, self.2, self.1)
-    }
-}
-
-/// `dst = lhs · rhs · beta` (`accumulate`: `dst += …`) for an m×k `lhs` and a k×n `rhs`.
-///
-/// # Safety
-/// Every element the strides reach must lie inside its buffer, and `dst` must not overlap the
-/// operands or be written by another thread.
-unsafe fn matmul(m: usize, n: usize, k: usize, dst: Mat, lhs: Mat, rhs: Mat, beta: f32) {
-    // SAFETY: guaranteed by the caller.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst.0 as *mut f32,
-            dst.2,
-            dst.1,
-            false,
-            lhs.0,
-            lhs.2,
-            lhs.1,
-            rhs.0,
-            rhs.2,
-            rhs.1,
-            0.0,
-            beta,
-            false,
-            false,
-            false,
-            gemm::Parallelism::None,
-        )
-    }
-}
-
 /// The context [B, T, H·d] and the probabilities [B, H, T, T] of `qkv` [B, T, 3, H, d].
 fn forward(qkv: &[f32], dims: Dims) -> (Vec<f32>, Vec<f32>) {
     let Dims { b, t, h, d, .. } = dims;
@@ -255,13 +162,13 @@ fn forward(qkv: &[f32], dims: Dims) -> (Vec<f32>, Vec<f32>) {
             // head's offset); `p` is this task's t×t block; the context rows are `width` apart
             // inside `out`, this task writing its head's d columns of its batch row only.
             unsafe {
-                matmul(t, t, d, pm, q, k.t(), scale);
+                matmul(t, t, d, pm, q, k.t(), scale, false);
             }
             softmax_rows(p, dims);
             let o = Mat(dst.at(bi * t * width + hi * d), width as isize, 1);
             // SAFETY: as above.
             unsafe {
-                matmul(t, d, t, o, pm, v, 1.0);
+                matmul(t, d, t, o, pm, v, 1.0, false);
             }
         });
     (out, probs)
@@ -290,76 +197,51 @@ fn backward(qkv: &[f32], probs: &[f32], dout: &[f32], dims: Dims) -> Vec<f32> {
             // SAFETY: operands as in `forward`; `ds` is this task's scratch; the three
             // gradient slots are this task's head columns of its batch row in `grad`.
             unsafe {
-                matmul(t, d, t, at(2), pm.t(), g, 1.0); // dV = Pᵀ dO
-                matmul(t, t, d, dsm, g, v.t(), 1.0); // dP = dO Vᵀ
+                matmul(t, d, t, at(2), pm.t(), g, 1.0, false); // dV = Pᵀ dO
+                matmul(t, t, d, dsm, g, v.t(), 1.0, false); // dP = dO Vᵀ
             }
             softmax_backward_rows(p, ds, scale, dims);
             // SAFETY: as above.
             unsafe {
-                matmul(t, d, t, at(0), dsm, k, 1.0); // dQ = dS K
-                matmul(t, d, t, at(1), dsm.t(), q, 1.0); // dK = dSᵀ Q
+                matmul(t, d, t, at(0), dsm, k, 1.0, false); // dQ = dS K
+                matmul(t, d, t, at(1), dsm.t(), q, 1.0, false); // dK = dSᵀ Q
             }
         },
     );
     grad
 }
 
-/// In place, each row of the t×t scores `p`: its softmax over the keys the query sees, zero
-/// beyond them.
-fn softmax_rows(p: &mut [f32], dims: Dims) {
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
-        // SAFETY: the CPU has the features the function is compiled for.
-        return unsafe { softmax_rows_avx2(p, dims) };
-    }
-    softmax_rows_any(p, dims)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-fn softmax_rows_avx2(p: &mut [f32], dims: Dims) {
-    softmax_rows_any(p, dims)
-}
+// In place, each row of the t×t scores `p`: its softmax over the keys the query sees, zero
+// beyond them.
+avx2_dispatch!(softmax_rows, softmax_rows_avx2, softmax_rows_any, (p: &mut [f32], dims: Dims) -> ());
 
 #[inline(always)]
 fn softmax_rows_any(p: &mut [f32], dims: Dims) {
     for (i, r) in p.chunks_exact_mut(dims.t).enumerate() {
         let (live, dead) = r.split_at_mut(dims.keys(i));
         let m = max(live);
-        let mut sum = [0.0f32; LANES];
-        let mut chunks = live.chunks_exact_mut(LANES);
-        for c in &mut chunks {
-            for (s, x) in sum.iter_mut().zip(c.iter_mut()) {
-                *x = exp_nonpositive(*x - m);
-                *s += *x;
+        live.iter_mut().for_each(|x| *x = exp_nonpositive(*x - m));
+        let sum = {
+            let mut acc = [0.0f32; LANES];
+            let chunks = live.chunks_exact(LANES);
+            let rest = chunks.remainder();
+            for c in chunks {
+                for (a, &x) in acc.iter_mut().zip(c) {
+                    *a += x;
+                }
             }
-        }
-        for (s, x) in sum.iter_mut().zip(chunks.into_remainder()) {
-            *x = exp_nonpositive(*x - m);
-            *s += *x;
-        }
-        let inv = 1.0 / sum.iter().sum::<f32>();
+            acc.iter().sum::<f32>() + rest.iter().sum::<f32>()
+        };
+        let inv = 1.0 / sum;
         live.iter_mut().for_each(|x| *x *= inv);
         dead.fill(0.0);
     }
 }
 
-/// In place, each row of `ds` (holding dP): `scale · P ∘ (dP − Σ_j P_j dP_j)` over the keys the
-/// query sees, zero beyond them.
-fn softmax_backward_rows(p: &[f32], ds: &mut [f32], scale: f32, dims: Dims) {
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
-        // SAFETY: the CPU has the features the function is compiled for.
-        return unsafe { softmax_backward_rows_avx2(p, ds, scale, dims) };
-    }
-    softmax_backward_rows_any(p, ds, scale, dims)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-fn softmax_backward_rows_avx2(p: &[f32], ds: &mut [f32], scale: f32, dims: Dims) {
-    softmax_backward_rows_any(p, ds, scale, dims)
-}
+// In place, each row of `ds` (holding dP): `scale · P ∘ (dP − Σ_j P_j dP_j)` over the keys the
+// query sees, zero beyond them.
+avx2_dispatch!(softmax_backward_rows, softmax_backward_rows_avx2, softmax_backward_rows_any,
+    (p: &[f32], ds: &mut [f32], scale: f32, dims: Dims) -> ());
 
 #[inline(always)]
 fn softmax_backward_rows_any(p: &[f32], ds: &mut [f32], scale: f32, dims: Dims) {
@@ -390,65 +272,11 @@ fn softmax_backward_rows_any(p: &[f32], ds: &mut [f32], scale: f32, dims: Dims) 
     }
 }
 
-/// Accumulator lanes of the row reductions (one AVX register of f32).
-const LANES: usize = 8;
-
-#[inline(always)]
-fn max(xs: &[f32]) -> f32 {
-    let mut m = [f32::NEG_INFINITY; LANES];
-    let mut chunks = xs.chunks_exact(LANES);
-    for c in &mut chunks {
-        for (a, &x) in m.iter_mut().zip(c) {
-            *a = if x > *a { x } else { *a };
-        }
-    }
-    for (a, &x) in m.iter_mut().zip(chunks.remainder()) {
-        *a = if x > *a { x } else { *a };
-    }
-    m.iter().fold(f32::NEG_INFINITY, |a, &x| a.max(x))
-}
-
-/// `eˣ` for `x ≤ 0` (scores minus their row's maximum) within 2 ulp, in plain arithmetic that
-/// vectorizes: `x = n·ln 2 + r` with `|r| ≤ ln 2 / 2`, a degree-6 polynomial for `eʳ` (Cephes'
-/// `expf` coefficients) and `2ⁿ` built in the exponent bits. Below −87 the result is that of −87
-/// (≈ 1.6·10⁻³⁸, negligible against the row's maximum, whose term is 1).
-#[inline(always)]
-fn exp_nonpositive(x: f32) -> f32 {
-    const LOG2E: f32 = std::f32::consts::LOG2_E;
-    const LN2_HI: f32 = 0.693_359_4;
-    const LN2_LO: f32 = -2.121_944_4e-4;
-    let x = if x < -87.0 { -87.0 } else { x };
-    // round(x·log₂e) for x ≤ 0, by truncation toward zero of a value shifted by one half.
-    let n = (x * LOG2E - 0.5) as i32;
-    let nf = n as f32;
-    let r = x - nf * LN2_HI - nf * LN2_LO;
-    let mut p = 1.987_569_1e-4f32;
-    p = p * r + 1.398_199_9e-3;
-    p = p * r + 8.333_452e-3;
-    p = p * r + 4.166_579_6e-2;
-    p = p * r + 1.666_666_5e-1;
-    p = p * r + 0.5;
-    let y = p * r * r + r + 1.0;
-    y * f32::from_bits(((n + 127) as u32) << 23)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::model::layers::{MASKED, attention_reference};
     use burn::tensor::TensorData;
-
-    #[test]
-    fn exp_matches_the_standard_library() {
-        let mut worst = 0.0f32;
-        for i in 0..=100_000 {
-            let x = -87.0 * i as f32 / 100_000.0;
-            let (got, want) = (exp_nonpositive(x), x.exp());
-            worst = worst.max(((got - want) / want).abs());
-        }
-        assert!(worst < 3.0e-7, "relative error {worst}");
-        assert_eq!(exp_nonpositive(0.0), 1.0);
-    }
 
     fn input(dims: [usize; 5], seed: usize) -> Vec<f32> {
         (0..dims.iter().product::<usize>())
