@@ -11,7 +11,7 @@
 
 pub mod train;
 
-use crate::model::layers::{Block, MASKED, Mask, linear3};
+use crate::model::layers::{Block, MASKED, Mask, linear3, rms_norm};
 use crate::model::vlm::{ConvStem, patchify};
 use burn::module::{Module, Param};
 use burn::nn::{Embedding, EmbeddingConfig, Linear, LinearConfig, RmsNorm, RmsNormConfig};
@@ -150,7 +150,7 @@ impl<B: Backend> Clip<B> {
     /// Unit embeddings [B, E] of images [B, S, S] with ink in 0..1 (mean over patch tokens).
     pub fn encode_images(&self, images: Tensor<B, 3>) -> Tensor<B, 2> {
         let patches = patchify(self.stem.as_ref(), images, self.patch_size);
-        let mut x = linear3(&self.patch_embed, self.patch_norm.forward(patches))
+        let mut x = linear3(&self.patch_embed, rms_norm(&self.patch_norm, patches))
             + self.image_pos.val().unsqueeze::<3>();
         for blk in &self.image_blocks {
             x = blk.forward(x, None, &Mask::Bidirectional, None);
@@ -158,7 +158,7 @@ impl<B: Backend> Clip<B> {
         let [b, n, d] = x.dims();
         unit(
             self.image_proj
-                .forward(self.image_norm.forward(x).reshape([b, n * d])),
+                .forward(rms_norm(&self.image_norm, x).reshape([b, n * d])),
         )
     }
 
@@ -196,7 +196,7 @@ impl<B: Backend> Clip<B> {
         for blk in &self.text_blocks {
             x = blk.forward(x, None, &mask, None);
         }
-        let x = self.text_norm.forward(x) * keep.unsqueeze_dim::<3>(2);
+        let x = rms_norm(&self.text_norm, x) * keep.unsqueeze_dim::<3>(2);
         let d = x.dims()[2];
         unit(self.text_proj.forward(x.reshape([b, t * d])))
     }

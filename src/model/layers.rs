@@ -90,12 +90,26 @@ impl<B: Backend> Rope<B> {
 }
 
 /// A linear layer applied to `[B, T, d_in]` as one `[B·T, d_in] × [d_in, d_out]` product (burn's
-/// `Linear` on a 3-d input runs one small product per batch row, several times slower on CPU).
+/// `Linear` on a 3-d input runs one small product per batch row, several times slower on CPU);
+/// on the CPU backend by the fused kernel ([`super::fused::linear`]).
 pub fn linear3<B: Backend>(layer: &Linear<B>, x: Tensor<B, 3>) -> Tensor<B, 3> {
     let [b, t, d] = x.dims();
-    let y = layer.forward(x.reshape([b * t, d]));
+    let x = x.reshape([b * t, d]);
+    let fused = super::fused::linear(
+        x.clone(),
+        layer.weight.val(),
+        layer.bias.as_ref().map(|b| b.val()),
+    );
+    let y = fused.unwrap_or_else(|| layer.forward(x));
     let out = y.dims()[1];
     y.reshape([b, t, out])
+}
+
+/// `layer` applied to `x`: by the fused kernel on the CPU backend ([`super::fused::rms_norm`]),
+/// by burn's `RmsNorm` elsewhere.
+pub fn rms_norm<B: Backend, const D: usize>(layer: &RmsNorm<B>, x: Tensor<B, D>) -> Tensor<B, D> {
+    super::fused::rms_norm(x.clone(), layer.gamma.val(), layer.epsilon)
+        .unwrap_or_else(|| layer.forward(x))
 }
 
 /// Positions gathered before a block of the cache is sealed.
@@ -345,8 +359,11 @@ impl<B: Backend> Block<B> {
         mask: &Mask<B>,
         cache: Option<&mut Option<KvCache<B>>>,
     ) -> Tensor<B, 3> {
-        let x = x.clone() + self.attn.forward(self.norm1.forward(x), rope, mask, cache);
-        x.clone() + self.mlp.forward(self.norm2.forward(x))
+        let x = x.clone()
+            + self
+                .attn
+                .forward(rms_norm(&self.norm1, x), rope, mask, cache);
+        x.clone() + self.mlp.forward(rms_norm(&self.norm2, x))
     }
 }
 

@@ -4,7 +4,7 @@
 //! [`Vlm::step`] with a KV cache.
 
 use super::config::VlmConfig;
-use super::layers::{Block, KvCache, MASKED, Mask, Rope, attention_bias, linear3};
+use super::layers::{Block, KvCache, MASKED, Mask, Rope, attention_bias, linear3, rms_norm};
 use burn::module::{Module, ModuleVisitor, Param};
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{
@@ -208,12 +208,12 @@ impl<B: Backend> Vlm<B> {
     /// Image tokens [B, N, d_model] from images [B, S, S] with ink in 0..1.
     pub fn encode_image(&self, images: Tensor<B, 3>) -> Tensor<B, 3> {
         let patches = patchify(self.stem.as_ref(), images, self.patch_size);
-        let mut x = linear3(&self.patch_embed, self.patch_norm.forward(patches))
+        let mut x = linear3(&self.patch_embed, rms_norm(&self.patch_norm, patches))
             + self.vit_pos.val().unsqueeze::<3>();
         for blk in &self.vit_blocks {
             x = blk.forward(x, None, &Mask::Bidirectional, None);
         }
-        linear3(&self.projector, self.vit_norm.forward(x))
+        linear3(&self.projector, rms_norm(&self.vit_norm, x))
     }
 
     fn run_lm(
@@ -247,7 +247,7 @@ impl<B: Backend> Vlm<B> {
             let cache = caches.as_deref_mut().map(|c| &mut c[i]);
             x = blk.forward(x, Some(&rope), &mask, cache);
         }
-        linear3(&self.lm_head, self.norm.forward(x))
+        linear3(&self.lm_head, rms_norm(&self.norm, x))
     }
 
     /// Teacher-forced logits for text `ids` [B, L] after the image: [B, L, vocab]; the logits at

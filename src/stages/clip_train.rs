@@ -101,7 +101,7 @@ fn pairs<'a>(examples: &'a [crate::train::batch::Example], texts: &'a [Vec<u32>]
 
 impl Stage for ClipTrain {
     const NAME: &'static str = "clip-train";
-    const VERSION: u32 = 4;
+    const VERSION: u32 = 5;
     const USES_DEVICE: bool = true;
     type Config = ClipTrainConfig;
 

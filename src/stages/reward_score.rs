@@ -192,7 +192,7 @@ fn perception_budget(examples: &[Example]) -> usize {
 
 impl Stage for RewardScore {
     const NAME: &'static str = "reward-score";
-    const VERSION: u32 = 5;
+    const VERSION: u32 = 6;
     const USES_DEVICE: bool = true;
     type Config = RewardScoreConfig;
 

@@ -133,7 +133,7 @@ const MAIN: OutputSpec = output("main", "rollouts");
 
 impl Stage for Rollout {
     const NAME: &'static str = "rollout";
-    const VERSION: u32 = 7;
+    const VERSION: u32 = 8;
     const USES_DEVICE: bool = true;
     type Config = RolloutConfig;
 

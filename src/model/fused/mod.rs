@@ -9,6 +9,8 @@
 //! - [`attention`]: self-attention of the fused `[B, T, 3, H, d]` projection, causal or not.
 //! - [`silu_gate`]: the gated MLP's `silu(g) ∘ u`.
 //! - [`conv2d`]: a convolution as one matrix product per image over its patches (im2col).
+//! - [`rms_norm`]: RMS normalization over the last dimension.
+//! - [`linear`]: a linear layer on rows.
 
 use burn::backend::flex::{FlexTensor, Layout};
 use burn::backend::{Autodiff, Flex};
@@ -48,10 +50,14 @@ macro_rules! avx2_dispatch {
 mod attention;
 mod conv;
 mod gate;
+mod linear;
+mod norm;
 
 pub use attention::attention;
 pub use conv::conv2d;
 pub use gate::silu_gate;
+pub use linear::linear;
+pub use norm::rms_norm;
 
 fn same<S: 'static, T: 'static>() -> bool {
     TypeId::of::<S>() == TypeId::of::<T>()
@@ -133,6 +139,31 @@ unsafe fn matmul(
     accumulate: bool,
 ) {
     // SAFETY: guaranteed by the caller.
+    unsafe { matmul_on(m, n, k, dst, lhs, rhs, beta, accumulate, 1) }
+}
+
+/// [`matmul`] spread over up to `threads` threads of the calling rayon pool.
+///
+/// # Safety
+/// As [`matmul`].
+#[allow(clippy::too_many_arguments)]
+unsafe fn matmul_on(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: Mat,
+    lhs: Mat,
+    rhs: Mat,
+    beta: f32,
+    accumulate: bool,
+    threads: usize,
+) {
+    let parallelism = if threads > 1 {
+        gemm::Parallelism::Rayon(threads)
+    } else {
+        gemm::Parallelism::None
+    };
+    // SAFETY: guaranteed by the caller.
     unsafe {
         gemm::gemm(
             m,
@@ -153,7 +184,7 @@ unsafe fn matmul(
             false,
             false,
             false,
-            gemm::Parallelism::None,
+            parallelism,
         )
     }
 }
