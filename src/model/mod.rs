@@ -9,6 +9,7 @@ pub mod config;
 pub mod decode;
 pub mod fused;
 pub mod layers;
+pub mod qwen3_vl;
 pub mod sampling;
 pub mod vlm;
 

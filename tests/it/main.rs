@@ -8,6 +8,7 @@ mod crash;
 mod fidelity;
 mod json;
 mod model;
+mod qwen3_vl;
 mod render;
 mod report;
 mod rl;

@@ -1,0 +1,370 @@
+//! Qwen3-VL (`Qwen3VLForConditionalGeneration`) in burn, built from a Hugging Face checkpoint's
+//! `config.json` and loaded from its safetensors. The module tree mirrors the checkpoint's key
+//! paths (`model.visual.*`, `model.language_model.*`, `lm_head`), so loading is burn-store's
+//! PyTorch adapter (linear weights transposed, layer-norm `weight`/`bias` named `gamma`/`beta`)
+//! and nothing else.
+//!
+//! - [`vision`]: the vision tower with its DeepStack mergers.
+//! - [`text`]: the Qwen3 language model.
+//! - [`rope_index`]: the 3-axis (temporal, height, width) positions of an image + text sequence.
+//!
+//! Out of scope: video, the thinking-mode chat template.
+
+pub mod config;
+pub mod text;
+pub mod vision;
+
+pub use config::Qwen3VlConfig;
+
+use crate::model::fused;
+use burn::module::{Module, Param};
+use burn::nn::{LayerNorm, LayerNormConfig, Linear};
+use burn::tensor::activation::{gelu, silu};
+use burn::tensor::backend::Backend;
+use burn::tensor::{Int, Tensor, TensorData};
+use burn_store::{ModuleSnapshot, PyTorchToBurnAdapter, SafetensorsStore};
+use std::path::{Path, PathBuf};
+
+/// Errors reading or running a checkpoint.
+#[derive(Debug, thiserror::Error)]
+pub enum HfError {
+    #[error("{path}: {msg}")]
+    Checkpoint { path: String, msg: String },
+    #[error("model input: {0}")]
+    Input(String),
+}
+
+pub type Result<T> = std::result::Result<T, HfError>;
+
+fn checkpoint_err(path: &Path, msg: impl std::fmt::Display) -> HfError {
+    HfError::Checkpoint {
+        path: path.display().to_string(),
+        msg: msg.to_string(),
+    }
+}
+
+/// RMS normalization over the last dimension with a learned scale named as in the checkpoint
+/// (`weight`).
+#[derive(Module, Debug)]
+pub struct RmsNorm<B: Backend> {
+    pub weight: Param<Tensor<B, 1>>,
+    #[module(skip)]
+    pub eps: f64,
+}
+
+impl<B: Backend> RmsNorm<B> {
+    pub fn new(d: usize, eps: f64, device: &B::Device) -> Self {
+        RmsNorm {
+            weight: Param::from_tensor(Tensor::ones([d], device)),
+            eps,
+        }
+    }
+
+    pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
+        if let Some(y) = fused::rms_norm(x.clone(), self.weight.val(), self.eps) {
+            return y;
+        }
+        let r = (x.clone().square().mean_dim(D - 1) + self.eps).sqrt();
+        (x / r) * self.weight.val().unsqueeze()
+    }
+}
+
+/// A layer norm as the vision tower uses it (ε = 1e-6).
+fn layer_norm<B: Backend>(d: usize, device: &B::Device) -> LayerNorm<B> {
+    LayerNormConfig::new(d).with_epsilon(1e-6).init(device)
+}
+
+/// `layer` on rows, by the fused kernel on the CPU backend.
+fn linear<B: Backend>(layer: &Linear<B>, x: Tensor<B, 2>) -> Tensor<B, 2> {
+    let bias = layer.bias.as_ref().map(|b| b.val());
+    fused::linear(x.clone(), layer.weight.val(), bias).unwrap_or_else(|| layer.forward(x))
+}
+
+/// The activation a config names (checked by [`Qwen3VlConfig::validate`]).
+fn act<B: Backend, const D: usize>(x: Tensor<B, D>, name: &str) -> Tensor<B, D> {
+    match name {
+        "silu" => silu(x),
+        "gelu" => gelu(x),
+        // gelu_pytorch_tanh: 0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³)))
+        _ => {
+            let c = (2.0f64 / std::f64::consts::PI).sqrt();
+            let inner = (x.clone() + x.clone().powi_scalar(3) * 0.044715) * c;
+            x * (inner.tanh() + 1.0) * 0.5
+        }
+    }
+}
+
+/// `Qwen3VLModel`: the vision tower and the language model.
+#[derive(Module, Debug)]
+pub struct Qwen3VlModel<B: Backend> {
+    pub visual: vision::VisionModel<B>,
+    pub language_model: text::TextModel<B>,
+}
+
+/// `Qwen3VLForConditionalGeneration`.
+#[derive(Module, Debug)]
+pub struct Qwen3Vl<B: Backend> {
+    pub model: Qwen3VlModel<B>,
+    /// Absent when the head is tied to the token embeddings.
+    pub lm_head: Option<Linear<B>>,
+    #[module(skip)]
+    pub cfg: Qwen3VlConfig,
+}
+
+/// One image's inputs as the processor gives them: patch rows [N, C·T·P·P] in merge-window order
+/// and the patch grid (t, h, w).
+pub struct ImageInput<B: Backend> {
+    pub pixel_values: Tensor<B, 2>,
+    pub grid: [usize; 3],
+}
+
+impl<B: Backend> Qwen3Vl<B> {
+    /// A model of `cfg`'s shapes with placeholder weights (load a checkpoint into it).
+    pub fn new(cfg: &Qwen3VlConfig, device: &B::Device) -> Result<Self> {
+        cfg.validate().map_err(HfError::Input)?;
+        let tied = cfg.tie_word_embeddings;
+        let t = &cfg.text_config;
+        Ok(Qwen3Vl {
+            model: Qwen3VlModel {
+                visual: vision::VisionModel::new(&cfg.vision_config, device),
+                language_model: text::TextModel::new(t, device),
+            },
+            lm_head: (!tied).then(|| {
+                burn::nn::LinearConfig::new(t.hidden_size, t.vocab_size)
+                    .with_bias(false)
+                    .init(device)
+            }),
+            cfg: cfg.clone(),
+        })
+    }
+
+    /// Reads `dir/config.json` and the weights (`model.safetensors`, or the shards listed in
+    /// `model.safetensors.index.json`).
+    pub fn from_pretrained(dir: &Path, device: &B::Device) -> Result<Self> {
+        let cfg_path = dir.join("config.json");
+        let text = std::fs::read_to_string(&cfg_path).map_err(|e| checkpoint_err(&cfg_path, e))?;
+        let cfg: Qwen3VlConfig =
+            serde_json::from_str(&text).map_err(|e| checkpoint_err(&cfg_path, e))?;
+        let mut model = Self::new(&cfg, device).map_err(|e| checkpoint_err(&cfg_path, e))?;
+        model.load_weights(dir)?;
+        Ok(model)
+    }
+
+    /// Loads every parameter from the checkpoint's safetensors; a parameter the files lack, or
+    /// a tensor of the wrong shape, is an error naming it.
+    pub fn load_weights(&mut self, dir: &Path) -> Result<()> {
+        let files = weight_files(dir)?;
+        let mut missing: Option<Vec<String>> = None;
+        for file in &files {
+            let mut store = SafetensorsStore::from_file(file.clone())
+                .with_from_adapter(PyTorchToBurnAdapter)
+                .allow_partial(true);
+            let res = self
+                .load_from(&mut store)
+                .map_err(|e| checkpoint_err(file, e))?;
+            if !res.errors.is_empty() {
+                return Err(checkpoint_err(file, format!("{:?}", res.errors)));
+            }
+            let now: Vec<String> = res.missing.iter().map(|m| m.0.clone()).collect();
+            missing = Some(match missing {
+                None => now,
+                Some(before) => before.into_iter().filter(|k| now.contains(k)).collect(),
+            });
+        }
+        match missing {
+            Some(m) if !m.is_empty() => Err(checkpoint_err(
+                dir,
+                format!("no tensor for {} parameter(s), e.g. {}", m.len(), m[0]),
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    /// Logits [1, L, vocab] of one sequence `ids` whose image tokens stand for `images` (in
+    /// order; each contributes t·h·w / m² tokens).
+    pub fn forward(&self, ids: &[u32], images: &[ImageInput<B>]) -> Result<Tensor<B, 3>> {
+        let device = self.device();
+        let cfg = &self.cfg;
+        let t = &cfg.text_config;
+        let d = t.hidden_size;
+        let len = ids.len();
+        let positions = rope_index(cfg, ids, &images.iter().map(|i| i.grid).collect::<Vec<_>>())?;
+        let id_tensor = Tensor::<B, 2, Int>::from_data(
+            TensorData::new(
+                ids.iter().map(|&x| i64::from(x)).collect::<Vec<_>>(),
+                [1, len],
+            ),
+            &device,
+        );
+        let mut x = self.model.language_model.embed_tokens.forward(id_tensor);
+        let slots: Vec<usize> = ids
+            .iter()
+            .enumerate()
+            .filter(|&(_, &id)| id == cfg.image_token_id)
+            .map(|(i, _)| i)
+            .collect();
+        let mut deepstack = Vec::new();
+        if !images.is_empty() {
+            let pixels = Tensor::cat(images.iter().map(|i| i.pixel_values.clone()).collect(), 0);
+            let grids: Vec<[usize; 3]> = images.iter().map(|i| i.grid).collect();
+            let vis = self.model.visual.forward(pixels, &grids);
+            let n = vis.embeds.dims()[0];
+            if n != slots.len() {
+                return Err(HfError::Input(format!(
+                    "{} image tokens in the ids but the images give {n} features",
+                    slots.len()
+                )));
+            }
+            // Scatter: the text sequence with each image slot replaced by its feature row.
+            let place = |feat: Tensor<B, 2>| scatter_rows(feat, &slots, len, &device);
+            let image_part = place(vis.embeds);
+            let keep = mask_rows::<B>(&slots, len, d, &device);
+            x = x * keep + image_part.reshape([1, len, d]);
+            deepstack = vis
+                .deepstack
+                .into_iter()
+                .map(|f| place(f).reshape([1, len, d]))
+                .collect();
+        } else if !slots.is_empty() {
+            return Err(HfError::Input(format!(
+                "{} image tokens in the ids but no image",
+                slots.len()
+            )));
+        }
+        let rope = text::mrope_tables::<B>(t, &[positions], &device);
+        let h = self.model.language_model.forward(x, &rope, &deepstack);
+        Ok(self.head(h))
+    }
+
+    fn head(&self, h: Tensor<B, 3>) -> Tensor<B, 3> {
+        let [b, l, d] = h.dims();
+        let rows = h.reshape([b * l, d]);
+        let logits = match &self.lm_head {
+            Some(head) => linear(head, rows),
+            None => rows.matmul(
+                self.model
+                    .language_model
+                    .embed_tokens
+                    .weight
+                    .val()
+                    .transpose(),
+            ),
+        };
+        let v = logits.dims()[1];
+        logits.reshape([b, l, v])
+    }
+
+    fn device(&self) -> B::Device {
+        self.model.language_model.embed_tokens.weight.val().device()
+    }
+}
+
+/// A [len, d] tensor whose rows `slots[i]` are `feat[i]` and the rest zero.
+fn scatter_rows<B: Backend>(
+    feat: Tensor<B, 2>,
+    slots: &[usize],
+    len: usize,
+    device: &B::Device,
+) -> Tensor<B, 2> {
+    let n = slots.len();
+    let mut onehot = vec![0.0f32; len * n];
+    for (i, &s) in slots.iter().enumerate() {
+        onehot[s * n + i] = 1.0;
+    }
+    Tensor::<B, 2>::from_data(TensorData::new(onehot, [len, n]), device).matmul(feat)
+}
+
+/// [1, len, d]: 0 on the rows in `slots`, 1 elsewhere.
+fn mask_rows<B: Backend>(
+    slots: &[usize],
+    len: usize,
+    d: usize,
+    device: &B::Device,
+) -> Tensor<B, 3> {
+    let mut keep = vec![1.0f32; len];
+    for &s in slots {
+        keep[s] = 0.0;
+    }
+    Tensor::<B, 1>::from_data(TensorData::new(keep, [len]), device)
+        .reshape([1, len, 1])
+        .repeat_dim(2, d)
+}
+
+/// The 3-axis positions (temporal, height, width) of a sequence, as transformers'
+/// `get_rope_index` gives them: text tokens count up on all three axes; the tokens of an image
+/// with grid (t, h, w) and merge m sit at (s, s + r, s + c) for merged row r < h/m and column
+/// c < w/m, s being the position after the preceding text; text after the image continues at
+/// s + max(h, w)/m.
+pub fn rope_index(cfg: &Qwen3VlConfig, ids: &[u32], grids: &[[usize; 3]]) -> Result<[Vec<i64>; 3]> {
+    let m = cfg.vision_config.spatial_merge_size;
+    let mut out: [Vec<i64>; 3] = Default::default();
+    let mut grids = grids.iter();
+    let mut pos = 0i64;
+    let mut i = 0;
+    while i < ids.len() {
+        if ids[i] != cfg.image_token_id {
+            for axis in &mut out {
+                axis.push(pos);
+            }
+            pos += 1;
+            i += 1;
+            continue;
+        }
+        let run = ids[i..]
+            .iter()
+            .take_while(|&&x| x == cfg.image_token_id)
+            .count();
+        let &[t, h, w] = grids
+            .next()
+            .ok_or_else(|| HfError::Input("more image-token runs than images".into()))?;
+        let (gh, gw) = (h / m, w / m);
+        if run != t * gh * gw {
+            return Err(HfError::Input(format!(
+                "an image of grid {t}×{h}×{w} needs {} image tokens, the ids have {run} in a row",
+                t * gh * gw
+            )));
+        }
+        for ti in 0..t {
+            for r in 0..gh {
+                for c in 0..gw {
+                    out[0].push(pos + ti as i64);
+                    out[1].push(pos + r as i64);
+                    out[2].push(pos + c as i64);
+                }
+            }
+        }
+        pos += gh.max(gw) as i64;
+        i += run;
+    }
+    if grids.next().is_some() {
+        return Err(HfError::Input("more images than image-token runs".into()));
+    }
+    Ok(out)
+}
+
+/// The safetensors files of a checkpoint folder: the shards of `model.safetensors.index.json`,
+/// else `model.safetensors`.
+fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    let index = dir.join("model.safetensors.index.json");
+    if index.exists() {
+        #[derive(serde::Deserialize)]
+        struct Index {
+            weight_map: std::collections::BTreeMap<String, String>,
+        }
+        let text = std::fs::read_to_string(&index).map_err(|e| checkpoint_err(&index, e))?;
+        let idx: Index = serde_json::from_str(&text).map_err(|e| checkpoint_err(&index, e))?;
+        let mut files: Vec<String> = idx.weight_map.into_values().collect();
+        files.sort();
+        files.dedup();
+        return Ok(files.into_iter().map(|f| dir.join(f)).collect());
+    }
+    let single = dir.join("model.safetensors");
+    if single.exists() {
+        Ok(vec![single])
+    } else {
+        Err(checkpoint_err(
+            dir,
+            "neither model.safetensors nor model.safetensors.index.json",
+        ))
+    }
+}
