@@ -11,6 +11,7 @@
 //! Out of scope: video, the thinking-mode chat template.
 
 pub mod config;
+pub mod processor;
 pub mod text;
 pub mod vision;
 
@@ -22,7 +23,7 @@ use burn::nn::{LayerNorm, LayerNormConfig, Linear};
 use burn::tensor::activation::{gelu, silu};
 use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor, TensorData};
-use burn_store::{ModuleSnapshot, PyTorchToBurnAdapter, SafetensorsStore};
+use burn_store::{BurnToPyTorchAdapter, ModuleSnapshot, PyTorchToBurnAdapter, SafetensorsStore};
 use std::path::{Path, PathBuf};
 
 /// Errors reading or running a checkpoint.
@@ -109,6 +110,17 @@ pub struct Qwen3Vl<B: Backend> {
     pub lm_head: Option<Linear<B>>,
     #[module(skip)]
     pub cfg: Qwen3VlConfig,
+    /// The checkpoint's `config.json` as read, written back unchanged by
+    /// [`Qwen3Vl::save_pretrained`].
+    #[module(skip)]
+    pub config_json: String,
+}
+
+/// A sequence being decoded: the layers' keys and values and the position of the next token
+/// (after an image, text positions continue from the largest position so far).
+pub struct Decode<B: Backend> {
+    pub cache: text::KvCache<B>,
+    pub next_pos: i64,
 }
 
 /// One image's inputs as the processor gives them: patch rows [N, C·T·P·P] in merge-window order
@@ -135,6 +147,7 @@ impl<B: Backend> Qwen3Vl<B> {
                     .init(device)
             }),
             cfg: cfg.clone(),
+            config_json: String::new(),
         })
     }
 
@@ -146,8 +159,26 @@ impl<B: Backend> Qwen3Vl<B> {
         let cfg: Qwen3VlConfig =
             serde_json::from_str(&text).map_err(|e| checkpoint_err(&cfg_path, e))?;
         let mut model = Self::new(&cfg, device).map_err(|e| checkpoint_err(&cfg_path, e))?;
+        model.config_json = text;
         model.load_weights(dir)?;
         Ok(model)
+    }
+
+    /// Writes `dir/config.json` (the one read) and `dir/model.safetensors` in the checkpoint's
+    /// layout (its key names, PyTorch's `[out, in]` linear weights, `format = pt` metadata), so
+    /// transformers loads the result.
+    pub fn save_pretrained(&self, dir: &Path) -> Result<()> {
+        std::fs::create_dir_all(dir).map_err(|e| checkpoint_err(dir, e))?;
+        let cfg_path = dir.join("config.json");
+        std::fs::write(&cfg_path, &self.config_json).map_err(|e| checkpoint_err(&cfg_path, e))?;
+        let path = dir.join("model.safetensors");
+        let mut store = SafetensorsStore::from_file(path.clone())
+            .with_to_adapter(BurnToPyTorchAdapter)
+            .clear_metadata()
+            .metadata("format", "pt")
+            .overwrite(true);
+        self.save_into(&mut store)
+            .map_err(|e| checkpoint_err(&path, e))
     }
 
     /// Loads every parameter from the checkpoint's safetensors; a parameter the files lack, or
@@ -183,12 +214,65 @@ impl<B: Backend> Qwen3Vl<B> {
     /// Logits [1, L, vocab] of one sequence `ids` whose image tokens stand for `images` (in
     /// order; each contributes t·h·w / m² tokens).
     pub fn forward(&self, ids: &[u32], images: &[ImageInput<B>]) -> Result<Tensor<B, 3>> {
+        Ok(self.prefill_all(ids, images)?.0)
+    }
+
+    /// Runs a prompt into a fresh cache: the logits of its last position [1, vocab] and the
+    /// state to continue from with [`Qwen3Vl::step`].
+    pub fn prefill(
+        &self,
+        ids: &[u32],
+        images: &[ImageInput<B>],
+    ) -> Result<(Tensor<B, 2>, Decode<B>)> {
+        let (logits, state) = self.prefill_all(ids, images)?;
+        let [_, l, v] = logits.dims();
+        Ok((logits.slice([0..1, l - 1..l, 0..v]).reshape([1, v]), state))
+    }
+
+    /// Feeds one token after the cached ones: the next logits [1, vocab].
+    pub fn step(&self, token: u32, state: &mut Decode<B>) -> Tensor<B, 2> {
+        let device = self.device();
+        let p = state.next_pos;
+        state.next_pos += 1;
+        let ids = Tensor::<B, 2, Int>::from_data(
+            TensorData::new(vec![i64::from(token)], [1, 1]),
+            &device,
+        );
+        let x = self.model.language_model.embed_tokens.forward(ids);
+        let rope = text::mrope_tables::<B>(
+            &self.cfg.text_config,
+            &[[vec![p], vec![p], vec![p]]],
+            &device,
+        );
+        let h = self
+            .model
+            .language_model
+            .forward(x, &rope, &[], &mut state.cache);
+        let v = self.cfg.text_config.vocab_size;
+        self.head(h).reshape([1, v])
+    }
+
+    fn prefill_all(
+        &self,
+        ids: &[u32],
+        images: &[ImageInput<B>],
+    ) -> Result<(Tensor<B, 3>, Decode<B>)> {
         let device = self.device();
         let cfg = &self.cfg;
         let t = &cfg.text_config;
         let d = t.hidden_size;
         let len = ids.len();
+        if len == 0 {
+            return Err(HfError::Input("an empty sequence".into()));
+        }
+        if let Some(&bad) = ids.iter().find(|&&x| x as usize >= t.vocab_size) {
+            return Err(HfError::Input(format!(
+                "token id {bad} ≥ vocab_size {}",
+                t.vocab_size
+            )));
+        }
         let positions = rope_index(cfg, ids, &images.iter().map(|i| i.grid).collect::<Vec<_>>())?;
+        let next_pos = positions.iter().flatten().copied().max().unwrap_or(-1) + 1;
         let id_tensor = Tensor::<B, 2, Int>::from_data(
             TensorData::new(
                 ids.iter().map(|&x| i64::from(x)).collect::<Vec<_>>(),
@@ -232,8 +316,12 @@ impl<B: Backend> Qwen3Vl<B> {
             )));
         }
         let rope = text::mrope_tables::<B>(t, &[positions], &device);
-        let h = self.model.language_model.forward(x, &rope, &deepstack);
-        Ok(self.head(h))
+        let mut cache = text::KvCache::default();
+        let h = self
+            .model
+            .language_model
+            .forward(x, &rope, &deepstack, &mut cache);
+        Ok((self.head(h), Decode { cache, next_pos }))
     }
 
     fn head(&self, h: Tensor<B, 3>) -> Tensor<B, 3> {

@@ -128,34 +128,52 @@ impl<B: Backend> TextModel<B> {
         }
     }
 
-    /// Hidden states [B, T, d] after the final norm, for input embeddings `x` [B, T, d] under a
-    /// causal mask, with `deepstack[i]` ([B, T, d], zero off the image positions) added after
-    /// layer i.
+    /// Hidden states [B, T, d] after the final norm, for input embeddings `x` [B, T, d] that
+    /// follow the positions already in `cache` (all of them, none when it is empty), each query
+    /// seeing the cached keys and the new ones up to itself, with `deepstack[i]` ([B, T, d], zero
+    /// off the image positions) added after layer i.
     pub fn forward(
         &self,
         x: Tensor<B, 3>,
         rope: &(Tensor<B, 3>, Tensor<B, 3>),
         deepstack: &[Tensor<B, 3>],
+        cache: &mut KvCache<B>,
     ) -> Tensor<B, 3> {
         let [b, t, _] = x.dims();
-        let mask = causal_bias::<B>(b, t, &x.device());
+        if cache.layers.len() != self.layers.len() {
+            cache.layers = vec![None; self.layers.len()];
+        }
+        let mask = causal_bias::<B>(b, t, cache.len, &x.device());
         let mut x = x;
         for (i, layer) in self.layers.iter().enumerate() {
-            x = layer.forward(x, rope, &mask, &self.cfg);
+            x = layer.forward(x, rope, &mask, &self.cfg, &mut cache.layers[i]);
             if let Some(extra) = deepstack.get(i) {
                 x = x + extra.clone();
             }
         }
+        cache.len += t;
         self.norm.forward(x)
     }
 }
 
-/// 0 on and below the diagonal, a large negative number above: [B, 1, T, T].
-fn causal_bias<B: Backend>(b: usize, t: usize, device: &B::Device) -> Tensor<B, 4> {
-    let v: Vec<f32> = (0..b * t * t)
-        .map(|i| if i % t > (i / t) % t { -1.0e9 } else { 0.0 })
+/// Keys and values [B, kv_heads, n, head_dim] of each layer for the `len` positions seen so far.
+#[derive(Clone, Debug, Default)]
+pub struct KvCache<B: Backend> {
+    pub layers: Vec<Option<(Tensor<B, 4>, Tensor<B, 4>)>>,
+    pub len: usize,
+}
+
+/// Additive bias [B, 1, T, past + T]: query i sees the `past` cached keys and the new ones up to
+/// itself; a large negative number elsewhere.
+fn causal_bias<B: Backend>(b: usize, t: usize, past: usize, device: &B::Device) -> Tensor<B, 4> {
+    let keys = past + t;
+    let v: Vec<f32> = (0..b * t * keys)
+        .map(|i| {
+            let (q, k) = ((i / keys) % t, i % keys);
+            if k > past + q { -1.0e9 } else { 0.0 }
+        })
         .collect();
-    Tensor::from_data(TensorData::new(v, [b, 1, t, t]), device)
+    Tensor::from_data(TensorData::new(v, [b, 1, t, keys]), device)
 }
 
 /// `x·cos + rotate_half(x)·sin` for `x` [B, H, T, d] and tables [B, T, d].
@@ -175,10 +193,10 @@ impl<B: Backend> DecoderLayer<B> {
         rope: &(Tensor<B, 3>, Tensor<B, 3>),
         mask: &Tensor<B, 4>,
         cfg: &TextConfig,
+        cache: &mut Option<(Tensor<B, 4>, Tensor<B, 4>)>,
     ) -> Tensor<B, 3> {
-        let h = self
-            .self_attn
-            .forward(self.input_layernorm.forward(x.clone()), rope, mask, cfg);
+        let normed = self.input_layernorm.forward(x.clone());
+        let h = self.self_attn.forward(normed, rope, mask, cfg, cache);
         let x = x + h;
         let y = self.post_attention_layernorm.forward(x.clone());
         let gate = act(linear3(&self.mlp.gate_proj, y.clone()), &cfg.hidden_act);
@@ -200,6 +218,7 @@ impl<B: Backend> TextAttention<B> {
         (cos, sin): &(Tensor<B, 3>, Tensor<B, 3>),
         mask: &Tensor<B, 4>,
         cfg: &TextConfig,
+        cache: &mut Option<(Tensor<B, 4>, Tensor<B, 4>)>,
     ) -> Tensor<B, 3> {
         let [b, t, _] = x.dims();
         let (h, kv, hd) = (cfg.num_attention_heads, cfg.kv_heads(), cfg.head_dim());
@@ -214,12 +233,18 @@ impl<B: Backend> TextAttention<B> {
             .swap_dims(1, 2);
         let v = heads(linear3(&self.v_proj, x), kv).swap_dims(1, 2);
         let (q, k) = (rotate(q, cos, sin), rotate(k, cos, sin));
+        let (k, v) = match cache.take() {
+            Some((pk, pv)) => (Tensor::cat(vec![pk, k], 2), Tensor::cat(vec![pv, v], 2)),
+            None => (k, v),
+        };
+        *cache = Some((k.clone(), v.clone()));
+        let keys = k.dims()[2];
         // Grouped queries: each key/value head serves h / kv query heads.
         let group = h / kv;
         let repeat = |y: Tensor<B, 4>| {
             y.unsqueeze_dim::<5>(2)
                 .repeat_dim(2, group)
-                .reshape([b, h, t, hd])
+                .reshape([b, h, keys, hd])
         };
         let (k, v) = (repeat(k), repeat(v));
         let scores = q.matmul(k.swap_dims(2, 3)) * (hd as f64).powf(-0.5) + mask.clone();

@@ -1,0 +1,271 @@
+//! Image preprocessing as transformers' Qwen2-VL image processor does it for Qwen3-VL: resize so
+//! both sides are multiples of `patch × merge` with the pixel count within bounds
+//! (`smart_resize`), scale to 0–1, normalize per channel, and cut into rows of
+//! `C × temporal × patch × patch` values (the still image repeated over the temporal patch), in
+//! merge-window order.
+//!
+//! Resampling: an image already at its target size is used as it is (as the reference does);
+//! otherwise it is resized with tiny-skia's bicubic filter, which is close to but not
+//! bit-identical with PIL's or torchvision's.
+
+use super::vision::merge_order;
+use super::{HfError, Result};
+use serde::Deserialize;
+use std::path::Path;
+
+/// `preprocessor_config.json` (the fields used; Qwen3-VL's values by default).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+pub struct ProcessorConfig {
+    #[serde(default = "defaults::patch")]
+    pub patch_size: usize,
+    #[serde(default = "defaults::temporal")]
+    pub temporal_patch_size: usize,
+    #[serde(default = "defaults::merge")]
+    pub merge_size: usize,
+    #[serde(default = "defaults::half")]
+    pub image_mean: [f32; 3],
+    #[serde(default = "defaults::half")]
+    pub image_std: [f32; 3],
+    #[serde(default)]
+    pub size: Option<SizeBounds>,
+    #[serde(default)]
+    pub min_pixels: Option<usize>,
+    #[serde(default)]
+    pub max_pixels: Option<usize>,
+}
+
+/// `size = { shortest_edge, longest_edge }`: the pixel-count bounds, despite the names.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+pub struct SizeBounds {
+    pub shortest_edge: usize,
+    pub longest_edge: usize,
+}
+
+mod defaults {
+    pub fn patch() -> usize {
+        16
+    }
+    pub fn temporal() -> usize {
+        2
+    }
+    pub fn merge() -> usize {
+        2
+    }
+    pub fn half() -> [f32; 3] {
+        [0.5; 3]
+    }
+}
+
+impl Default for ProcessorConfig {
+    fn default() -> Self {
+        ProcessorConfig {
+            patch_size: 16,
+            temporal_patch_size: 2,
+            merge_size: 2,
+            image_mean: [0.5; 3],
+            image_std: [0.5; 3],
+            size: None,
+            min_pixels: None,
+            max_pixels: None,
+        }
+    }
+}
+
+/// An 8-bit RGB image, row-major.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rgb {
+    pub width: usize,
+    pub height: usize,
+    pub pixels: Vec<[u8; 3]>,
+}
+
+impl Rgb {
+    /// Decodes an 8-bit PNG (gray, gray + alpha, RGB or RGBA; alpha dropped).
+    pub fn from_png(bytes: &[u8]) -> Result<Rgb> {
+        let bad = |e: String| HfError::Input(format!("image: {e}"));
+        let mut dec = png::Decoder::new(std::io::Cursor::new(bytes));
+        dec.set_transformations(png::Transformations::EXPAND | png::Transformations::STRIP_16);
+        let mut reader = dec.read_info().map_err(|e| bad(e.to_string()))?;
+        let size = reader
+            .output_buffer_size()
+            .ok_or_else(|| bad("too large".into()))?;
+        let mut buf = vec![0; size];
+        let info = reader
+            .next_frame(&mut buf)
+            .map_err(|e| bad(e.to_string()))?;
+        buf.truncate(info.buffer_size());
+        let channels = match info.color_type {
+            png::ColorType::Grayscale => 1,
+            png::ColorType::GrayscaleAlpha => 2,
+            png::ColorType::Rgb => 3,
+            png::ColorType::Rgba => 4,
+            png::ColorType::Indexed => return Err(bad("palette left unexpanded".into())),
+        };
+        let pixels = buf
+            .chunks_exact(channels)
+            .map(|p| {
+                if channels < 3 {
+                    [p[0]; 3]
+                } else {
+                    [p[0], p[1], p[2]]
+                }
+            })
+            .collect();
+        Ok(Rgb {
+            width: info.width as usize,
+            height: info.height as usize,
+            pixels,
+        })
+    }
+}
+
+impl ProcessorConfig {
+    /// Reads `dir/preprocessor_config.json`, or Qwen3-VL's defaults when the file is absent.
+    pub fn from_dir(dir: &Path) -> Result<ProcessorConfig> {
+        let path = dir.join("preprocessor_config.json");
+        match std::fs::read_to_string(&path) {
+            Ok(text) => serde_json::from_str(&text).map_err(|e| super::checkpoint_err(&path, e)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(ProcessorConfig::default()),
+            Err(e) => Err(super::checkpoint_err(&path, e)),
+        }
+    }
+
+    fn bounds(&self) -> (usize, usize) {
+        let min = self
+            .size
+            .as_ref()
+            .map(|s| s.shortest_edge)
+            .or(self.min_pixels);
+        let max = self
+            .size
+            .as_ref()
+            .map(|s| s.longest_edge)
+            .or(self.max_pixels);
+        (min.unwrap_or(65_536), max.unwrap_or(16_777_216))
+    }
+
+    /// The target (height, width): multiples of `patch × merge`, aspect ratio kept as closely as
+    /// the pixel bounds allow (transformers' `smart_resize`, Python's rounding included).
+    pub fn smart_resize(&self, height: usize, width: usize) -> Result<(usize, usize)> {
+        let factor = (self.patch_size * self.merge_size) as f64;
+        let (min, max) = self.bounds();
+        let (h, w) = (height as f64, width as f64);
+        if height == 0 || width == 0 || h.max(w) / h.min(w) > 200.0 {
+            return Err(HfError::Input(format!(
+                "image of {width}×{height}: empty, or aspect ratio above 200"
+            )));
+        }
+        let mut hb = (h / factor).round_ties_even() * factor;
+        let mut wb = (w / factor).round_ties_even() * factor;
+        if hb * wb > max as f64 {
+            let beta = (h * w / max as f64).sqrt();
+            hb = factor.max((h / beta / factor).floor() * factor);
+            wb = factor.max((w / beta / factor).floor() * factor);
+        } else if hb * wb < min as f64 {
+            let beta = (min as f64 / (h * w)).sqrt();
+            hb = (h * beta / factor).ceil() * factor;
+            wb = (w * beta / factor).ceil() * factor;
+        }
+        Ok((hb as usize, wb as usize))
+    }
+
+    /// The patch rows [N, C·T·P·P] (row-major) and the grid (1, h, w) of one image.
+    pub fn preprocess(&self, image: &Rgb) -> Result<(Vec<f32>, [usize; 3])> {
+        let (th, tw) = self.smart_resize(image.height, image.width)?;
+        let resized;
+        let img = if (th, tw) == (image.height, image.width) {
+            image
+        } else {
+            resized = resize_bicubic(image, tw, th)?;
+            &resized
+        };
+        let (p, t, m) = (self.patch_size, self.temporal_patch_size, self.merge_size);
+        let (gh, gw) = (th / p, tw / p);
+        let scale = 1.0f32 / 255.0;
+        // Normalized planes [C][H][W].
+        let planes: Vec<Vec<f32>> = (0..3)
+            .map(|c| {
+                img.pixels
+                    .iter()
+                    .map(|px| (f32::from(px[c]) * scale - self.image_mean[c]) / self.image_std[c])
+                    .collect()
+            })
+            .collect();
+        let row = 3 * t * p * p;
+        let mut out = Vec::with_capacity(gh * gw * row);
+        for (r, c) in merge_order(gh, gw, m) {
+            for plane in &planes {
+                for _ in 0..t {
+                    for py in 0..p {
+                        let y = r * p + py;
+                        out.extend_from_slice(&plane[y * tw + c * p..y * tw + c * p + p]);
+                    }
+                }
+            }
+        }
+        Ok((out, [1, gh, gw]))
+    }
+}
+
+/// `image` resized to `width`×`height` with a bicubic filter (tiny-skia).
+fn resize_bicubic(image: &Rgb, width: usize, height: usize) -> Result<Rgb> {
+    let bad = || HfError::Input(format!("cannot resize an image to {width}×{height}"));
+    let mut src =
+        tiny_skia::Pixmap::new(image.width as u32, image.height as u32).ok_or_else(bad)?;
+    for (d, s) in src.data_mut().chunks_exact_mut(4).zip(&image.pixels) {
+        d.copy_from_slice(&[s[0], s[1], s[2], 255]);
+    }
+    let mut dst = tiny_skia::Pixmap::new(width as u32, height as u32).ok_or_else(bad)?;
+    let sx = width as f32 / image.width as f32;
+    let sy = height as f32 / image.height as f32;
+    let paint = tiny_skia::PixmapPaint {
+        quality: tiny_skia::FilterQuality::Bicubic,
+        ..tiny_skia::PixmapPaint::default()
+    };
+    dst.draw_pixmap(
+        0,
+        0,
+        src.as_ref(),
+        &paint,
+        tiny_skia::Transform::from_scale(sx, sy),
+        None,
+    );
+    Ok(Rgb {
+        width,
+        height,
+        pixels: dst
+            .data()
+            .chunks_exact(4)
+            .map(|p| [p[0], p[1], p[2]])
+            .collect(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// transformers' `smart_resize` on a few cases (values computed with its Python code).
+    #[test]
+    fn smart_resize_follows_the_reference() {
+        let cfg = ProcessorConfig {
+            patch_size: 14,
+            merge_size: 2,
+            min_pixels: Some(56 * 56),
+            max_pixels: Some(14 * 14 * 4 * 1280),
+            ..ProcessorConfig::default()
+        };
+        // round(100/28) = 4 → 112; round(70/28) = round(2.5) = 2 (ties to even) → 56.
+        assert_eq!(cfg.smart_resize(100, 70).ok(), Some((112, 56)));
+        // Too small: scaled up to at least 56² pixels.
+        assert_eq!(cfg.smart_resize(20, 20).ok(), Some((56, 56)));
+        // Too large: 2000×3000 scaled down under 1,003,520 pixels.
+        let (h, w) = cfg.smart_resize(2000, 3000).unwrap_or_default();
+        assert!(
+            h * w <= 14 * 14 * 4 * 1280 && h % 28 == 0 && w % 28 == 0,
+            "{h}×{w}"
+        );
+        assert_eq!((h, w), (812, 1204));
+        assert!(cfg.smart_resize(1, 300).is_err());
+    }
+}
