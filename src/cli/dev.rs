@@ -38,10 +38,72 @@ pub enum DevCmd {
         #[arg(long, default_value_t = 10)]
         steps: usize,
     },
+    /// Run a Qwen3-VL checkpoint (a Hugging Face folder: config.json, safetensors,
+    /// tokenizer.json, preprocessor_config.json) on one image and one message: greedy decoding,
+    /// the answer printed.
+    HfGenerate {
+        /// The checkpoint folder.
+        #[arg(long)]
+        checkpoint: PathBuf,
+        /// A PNG image.
+        #[arg(long)]
+        image: PathBuf,
+        /// The user message.
+        #[arg(long)]
+        prompt: String,
+        #[arg(long, default_value_t = 64)]
+        max_new_tokens: usize,
+        /// cpu, cuda:N or cuda:N/bf16.
+        #[arg(long, default_value = "cpu")]
+        device: String,
+    },
 }
 
 pub fn dev(cmd: DevCmd) -> anyhow::Result<i32> {
     match cmd {
+        DevCmd::HfGenerate {
+            checkpoint,
+            image,
+            prompt,
+            max_new_tokens,
+            device,
+        } => {
+            use asymm::model::qwen3_vl::{ImageInput, Qwen3Vl, chat::ChatTokenizer, processor};
+            let spec = asymm::model::DeviceSpec::parse(&device)?;
+            let tok = ChatTokenizer::from_dir(&checkpoint)?;
+            let proc = processor::ProcessorConfig::from_dir(&checkpoint)?;
+            let bytes =
+                std::fs::read(&image).map_err(|e| anyhow::anyhow!("{}: {e}", image.display()))?;
+            let (rows, grid) = proc.preprocess(&processor::Rgb::from_png(&bytes)?)?;
+            let m = proc.merge_size * proc.merge_size;
+            let ids = tok.prompt(&prompt, grid.iter().product::<usize>() / m)?;
+            let stop: Vec<u32> = ["<|im_end|>", "<|endoftext|>"]
+                .iter()
+                .filter_map(|t| tok.token_id(t))
+                .collect();
+            let out = asymm::with_backend!(spec, |B, dev| {
+                let model = Qwen3Vl::<B>::from_pretrained(&checkpoint, &dev)?;
+                proc.check(&model.cfg.vision_config)?;
+                let n = rows.len() / model.cfg.vision_config.patch_features().max(1);
+                let pixel_values = burn::tensor::Tensor::<B, 2>::from_data(
+                    burn::tensor::TensorData::new(
+                        rows,
+                        [n, model.cfg.vision_config.patch_features()],
+                    ),
+                    &dev,
+                );
+                model
+                    .greedy(
+                        &ids,
+                        &[ImageInput { pixel_values, grid }],
+                        max_new_tokens,
+                        &stop,
+                    )
+                    .map_err(anyhow::Error::from)
+            })?;
+            println!("{}", tok.decode(&out, true)?);
+            Ok(0)
+        }
         DevCmd::DeviceCheck {
             device,
             model,

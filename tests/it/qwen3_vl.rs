@@ -213,3 +213,75 @@ fn preprocessing_matches_transformers() {
         assert!(d <= 1e-6, "{name}: max |Δpixel| = {d}");
     }
 }
+
+/// The chat prompt for one image and a message gives the ids of the reference path (template,
+/// image placeholder expanded, the checkpoint's tokenizer), and decodes back to its text.
+#[test]
+fn chat_prompt_matches_the_reference() {
+    use asymm::model::qwen3_vl::chat::ChatTokenizer;
+    let tok = ChatTokenizer::from_dir(&fixture("tied")).expect("tokenizer.json");
+    let r = Reference::read("tied");
+    let (_, want) = r.i64("chat_ids");
+    let (_, grid) = r.i64("image_grid_thw");
+    let n = (grid[0] * grid[1] * grid[2] / 4) as usize;
+    let ids = tok.prompt("Color the graph: 3 nodes.", n).expect("prompt");
+    assert_eq!(ids.iter().map(|&x| i64::from(x)).collect::<Vec<_>>(), want);
+    let text =
+        std::fs::read_to_string(fixture("tied").join("chat_prompt.txt")).expect("prompt text");
+    let expanded = text.replace("<|image_pad|>", &"<|image_pad|>".repeat(n));
+    assert_eq!(tok.decode(&ids, false).expect("decodes"), expanded);
+}
+
+/// `asymm dev hf-generate` runs a checkpoint folder end to end (tokenizer, processor, model,
+/// greedy decoding) and prints what the library's greedy decoding of the same prompt gives.
+#[test]
+fn hf_generate_prints_the_greedy_answer() {
+    use asymm::model::qwen3_vl::chat::ChatTokenizer;
+    use asymm::model::qwen3_vl::processor::{ProcessorConfig, Rgb};
+    let dir = fixture("tied");
+    let out = std::process::Command::new(crate::common::bin())
+        .args(["dev", "hf-generate", "--checkpoint"])
+        .arg(&dir)
+        .arg("--image")
+        .arg(dir.join("image.png"))
+        .args([
+            "--prompt",
+            "Color the graph: 3 nodes.",
+            "--max-new-tokens",
+            "12",
+        ])
+        .output()
+        .expect("runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let printed = String::from_utf8_lossy(&out.stdout)
+        .trim_end_matches('\n')
+        .to_string();
+
+    let dev = Default::default();
+    let model = Qwen3Vl::<Cpu>::from_pretrained(&dir, &dev).expect("loads");
+    let tok = ChatTokenizer::from_dir(&dir).expect("tokenizer");
+    let proc = ProcessorConfig::from_dir(&dir).expect("processor");
+    let png = std::fs::read(dir.join("image.png")).expect("image");
+    let (rows, grid) = proc
+        .preprocess(&Rgb::from_png(&png).expect("png"))
+        .expect("rows");
+    let n = rows.len() / 384;
+    let image = ImageInput {
+        pixel_values: Tensor::<Cpu, 2>::from_data(TensorData::new(rows, [n, 384]), &dev),
+        grid,
+    };
+    let ids = tok
+        .prompt("Color the graph: 3 nodes.", n / 4)
+        .expect("prompt");
+    let stop: Vec<u32> = ["<|im_end|>", "<|endoftext|>"]
+        .iter()
+        .filter_map(|t| tok.token_id(t))
+        .collect();
+    let answer = model.greedy(&ids, &[image], 12, &stop).expect("greedy");
+    assert!(!answer.is_empty());
+    assert_eq!(printed, tok.decode(&answer, true).expect("decodes"));
+}

@@ -10,6 +10,7 @@
 //!
 //! Out of scope: video, the thinking-mode chat template.
 
+pub mod chat;
 pub mod config;
 pub mod processor;
 pub mod text;
@@ -322,6 +323,43 @@ impl<B: Backend> Qwen3Vl<B> {
             .language_model
             .forward(x, &rope, &deepstack, &mut cache);
         Ok((self.head(h), Decode { cache, next_pos }))
+    }
+
+    /// Greedy continuation of `prompt` (whose image tokens stand for `images`): at most `max_new`
+    /// tokens, ending after the first one in `stop`.
+    pub fn greedy(
+        &self,
+        prompt: &[u32],
+        images: &[ImageInput<B>],
+        max_new: usize,
+        stop: &[u32],
+    ) -> Result<Vec<u32>> {
+        let argmax = |l: Tensor<B, 2>| -> Result<u32> {
+            let v = l
+                .into_data()
+                .to_vec::<f32>()
+                .map_err(|e| HfError::Input(format!("reading logits: {e:?}")))?;
+            let (best, _) = v
+                .iter()
+                .enumerate()
+                .fold((0usize, f32::NEG_INFINITY), |b, (i, &x)| {
+                    if x > b.1 { (i, x) } else { b }
+                });
+            Ok(best as u32)
+        };
+        let mut out = Vec::new();
+        if max_new == 0 {
+            return Ok(out);
+        }
+        let (logits, mut state) = self.prefill(prompt, images)?;
+        let mut tok = argmax(logits)?;
+        loop {
+            out.push(tok);
+            if stop.contains(&tok) || out.len() >= max_new {
+                return Ok(out);
+            }
+            tok = argmax(self.step(tok, &mut state))?;
+        }
     }
 
     fn head(&self, h: Tensor<B, 3>) -> Tensor<B, 3> {

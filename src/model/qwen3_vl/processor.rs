@@ -130,6 +130,24 @@ impl ProcessorConfig {
         }
     }
 
+    /// Checks that the patches this processor cuts are the ones the model's vision tower reads.
+    pub fn check(&self, vision: &super::config::VisionConfig) -> Result<()> {
+        let mine = (self.patch_size, self.temporal_patch_size, self.merge_size);
+        let model = (
+            vision.patch_size,
+            vision.temporal_patch_size,
+            vision.spatial_merge_size,
+        );
+        if mine != model || vision.in_channels != 3 {
+            return Err(HfError::Input(format!(
+                "preprocessor (patch, temporal, merge) = {mine:?} but the vision config has \
+                 {model:?} with {} channels",
+                vision.in_channels
+            )));
+        }
+        Ok(())
+    }
+
     fn bounds(&self) -> (usize, usize) {
         let min = self
             .size
