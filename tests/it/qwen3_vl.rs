@@ -285,3 +285,37 @@ fn hf_generate_prints_the_greedy_answer() {
     assert!(!answer.is_empty());
     assert_eq!(printed, tok.decode(&answer, true).expect("decodes"));
 }
+
+/// A checkpoint missing a tensor is refused with an error naming it, and a config the model
+/// cannot honour names its problem.
+#[test]
+fn bad_checkpoints_are_named() {
+    let src = fixture("tied");
+    let dir = std::env::temp_dir().join(format!("asymm-qwen3vl-bad-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let bytes = std::fs::read(src.join("model.safetensors")).expect("weights");
+    let st = SafeTensors::deserialize(&bytes).expect("parses");
+    let kept: Vec<(String, safetensors::tensor::TensorView<'_>)> = st
+        .tensors()
+        .into_iter()
+        .filter(|(k, _)| k != "model.language_model.norm.weight")
+        .collect();
+    let out = safetensors::serialize(kept, None).expect("serializes");
+    std::fs::write(dir.join("model.safetensors"), out).expect("writes");
+    std::fs::copy(src.join("config.json"), dir.join("config.json")).expect("config");
+    let err = Qwen3Vl::<Cpu>::from_pretrained(&dir, &Default::default())
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(err.contains("language_model.norm.weight"), "{err}");
+
+    let cfg = std::fs::read_to_string(src.join("config.json")).expect("config");
+    let bad = cfg.replace("\"num_key_value_heads\": 2", "\"num_key_value_heads\": 3");
+    std::fs::write(dir.join("config.json"), bad).expect("writes");
+    let err = Qwen3Vl::<Cpu>::from_pretrained(&dir, &Default::default())
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(err.contains("num_key_value_heads"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
