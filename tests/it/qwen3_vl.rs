@@ -304,8 +304,7 @@ fn bad_checkpoints_are_named() {
     std::fs::write(dir.join("model.safetensors"), out).expect("writes");
     std::fs::copy(src.join("config.json"), dir.join("config.json")).expect("config");
     let err = Qwen3Vl::<Cpu>::from_pretrained(&dir, &Default::default())
-        .err()
-        .expect("refused")
+        .expect_err("refused")
         .to_string();
     assert!(err.contains("language_model.norm.weight"), "{err}");
 
@@ -313,8 +312,7 @@ fn bad_checkpoints_are_named() {
     let bad = cfg.replace("\"num_key_value_heads\": 2", "\"num_key_value_heads\": 3");
     std::fs::write(dir.join("config.json"), bad).expect("writes");
     let err = Qwen3Vl::<Cpu>::from_pretrained(&dir, &Default::default())
-        .err()
-        .expect("refused")
+        .expect_err("refused")
         .to_string();
     assert!(err.contains("num_key_value_heads"), "{err}");
     let _ = std::fs::remove_dir_all(&dir);
