@@ -39,6 +39,9 @@ step check-tiny-f32 180 "$bin" dev device-check --device cuda:0 --model tiny
 step check-small-f32 300 "$bin" dev device-check --device cuda:0 --model small
 step check-small-bf16 300 "$bin" dev device-check --device cuda:0/bf16 --model small --tolerance 0.1
 # Throughput of our own training and sampling.
+step qwen3vl-parity-f32 120 "$bin" dev hf-parity --fixture "$here/tests/fixtures/qwen3_vl/tied" --device cuda:0
+step qwen3vl-parity-bf16 120 "$bin" dev hf-parity --fixture "$here/tests/fixtures/qwen3_vl/tied" --device cuda:0/bf16 --tolerance 0.25
+
 step bench-small-f32 300 "$bin" bench --suite model --device cuda:0 --model small --steps 10
 step bench-small-bf16 300 "$bin" bench --suite model --device cuda:0/bf16 --model small --steps 10
 # Side by side with the PyTorch twin, when the twin driver is in the checkout.

@@ -38,6 +38,19 @@ pub enum DevCmd {
         #[arg(long, default_value_t = 10)]
         steps: usize,
     },
+    /// Compare a Qwen3-VL checkpoint's logits and positions with a reference run saved by
+    /// transformers (a parity fixture folder: the checkpoint plus reference.safetensors). Prints
+    /// JSON; exits 1 when positions differ or a logit differs by more than --tolerance.
+    HfParity {
+        /// The fixture folder (e.g. tests/fixtures/qwen3_vl/tied).
+        #[arg(long)]
+        fixture: PathBuf,
+        /// cpu, cuda:N or cuda:N/bf16.
+        #[arg(long, default_value = "cpu")]
+        device: String,
+        #[arg(long, default_value_t = 1e-4)]
+        tolerance: f32,
+    },
     /// Run a Qwen3-VL checkpoint (a Hugging Face folder: config.json, safetensors,
     /// tokenizer.json, preprocessor_config.json) on one image and one message: greedy decoding,
     /// the answer printed.
@@ -61,6 +74,31 @@ pub enum DevCmd {
 
 pub fn dev(cmd: DevCmd) -> anyhow::Result<i32> {
     match cmd {
+        DevCmd::HfParity {
+            fixture,
+            device,
+            tolerance,
+        } => {
+            use asymm::model::qwen3_vl::{Qwen3Vl, reference};
+            let spec = asymm::model::DeviceSpec::parse(&device)?;
+            let r = reference::Reference::read(&fixture.join("reference.safetensors"))?;
+            let p = asymm::with_backend!(spec, |B, dev| {
+                let model = Qwen3Vl::<B>::from_pretrained(&fixture, &dev)?;
+                reference::parity(&model, &r).map_err(anyhow::Error::from)
+            })?;
+            let passed = p.positions_equal && p.max_abs_logit_diff <= tolerance;
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&serde_json::json!({
+                    "fixture": fixture,
+                    "device": device,
+                    "tolerance": tolerance,
+                    "passed": passed,
+                    "parity": p,
+                }))?
+            );
+            Ok(if passed { 0 } else { 1 })
+        }
         DevCmd::HfGenerate {
             checkpoint,
             image,

@@ -2,9 +2,10 @@
 //! `make_fixture.py` there) hold tiny random checkpoints, their inputs and transformers' outputs.
 
 use asymm::model::Cpu;
-use asymm::model::qwen3_vl::{ImageInput, Qwen3Vl, rope_index};
+use asymm::model::qwen3_vl::reference::{Reference, parity};
+use asymm::model::qwen3_vl::{ImageInput, Qwen3Vl};
 use burn::tensor::{Tensor, TensorData};
-use safetensors::{Dtype, SafeTensors};
+use safetensors::SafeTensors;
 use std::path::PathBuf;
 
 fn fixture(name: &str) -> PathBuf {
@@ -13,43 +14,9 @@ fn fixture(name: &str) -> PathBuf {
         .join(name)
 }
 
-/// The reference tensors of one fixture: shape and values (f32 or i64).
-struct Reference {
-    bytes: Vec<u8>,
-}
-
-impl Reference {
-    fn read(name: &str) -> Reference {
-        let path = fixture(name).join("reference.safetensors");
-        Reference {
-            bytes: std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display())),
-        }
-    }
-    fn tensors(&self) -> SafeTensors<'_> {
-        SafeTensors::deserialize(&self.bytes).expect("reference.safetensors parses")
-    }
-    fn f32(&self, key: &str) -> (Vec<usize>, Vec<f32>) {
-        let t = self.tensors();
-        let v = t.tensor(key).unwrap_or_else(|_| panic!("no `{key}`"));
-        assert_eq!(v.dtype(), Dtype::F32, "{key}");
-        let vals = v
-            .data()
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-            .collect();
-        (v.shape().to_vec(), vals)
-    }
-    fn i64(&self, key: &str) -> (Vec<usize>, Vec<i64>) {
-        let t = self.tensors();
-        let v = t.tensor(key).unwrap_or_else(|_| panic!("no `{key}`"));
-        assert_eq!(v.dtype(), Dtype::I64, "{key}");
-        let vals = v
-            .data()
-            .chunks_exact(8)
-            .map(|c| i64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
-            .collect();
-        (v.shape().to_vec(), vals)
-    }
+/// The reference tensors of one fixture.
+fn reference(name: &str) -> Reference {
+    Reference::read(&fixture(name).join("reference.safetensors")).expect("reference.safetensors")
 }
 
 fn max_diff(a: &[f32], b: &[f32]) -> f32 {
@@ -61,16 +28,8 @@ fn max_diff(a: &[f32], b: &[f32]) -> f32 {
 }
 
 fn inputs(r: &Reference) -> (Vec<u32>, [usize; 3], ImageInput<Cpu>) {
-    let dev = Default::default();
-    let (_, ids) = r.i64("input_ids");
-    let (_, grid) = r.i64("image_grid_thw");
-    let grid = [grid[0] as usize, grid[1] as usize, grid[2] as usize];
-    let (shape, pv) = r.f32("pixel_values");
-    let image = ImageInput {
-        pixel_values: Tensor::<Cpu, 2>::from_data(TensorData::new(pv, [shape[0], shape[1]]), &dev),
-        grid,
-    };
-    (ids.iter().map(|&x| x as u32).collect(), grid, image)
+    let (ids, image) = r.inputs::<Cpu>(&Default::default()).expect("inputs");
+    (ids, image.grid, image)
 }
 
 /// Logits within 1e-4 of transformers' for each fixture config (tied and untied heads,
@@ -82,19 +41,18 @@ fn logits_and_positions_match_transformers() {
         let dev = Default::default();
         let model = Qwen3Vl::<Cpu>::from_pretrained(&fixture(name), &dev)
             .unwrap_or_else(|e| panic!("{name}: {e}"));
-        let r = Reference::read(name);
-        let (ids, grid, image) = inputs(&r);
-        let (_, want_pos) = r.i64("position_ids");
-        let pos = rope_index(&model.cfg, &ids, &[grid]).expect("positions");
-        let got_pos: Vec<i64> = pos.concat();
-        assert_eq!(got_pos, want_pos, "{name}: position ids");
-        let logits = model.forward(&ids, &[image]).expect("forward");
-        let (shape, want) = r.f32("logits");
-        assert_eq!(logits.dims().to_vec(), shape, "{name}: logits shape");
-        let got = logits.into_data().to_vec::<f32>().expect("f32 logits");
-        let d = max_diff(&got, &want);
-        eprintln!("{name}: max |Δlogit| = {d}");
-        assert!(d <= 1e-4, "{name}: max |Δlogit| = {d}");
+        let p = parity(&model, &reference(name)).expect("runs");
+        assert!(p.positions_equal, "{name}: position ids");
+        assert_eq!(
+            p.logits,
+            reference(name).f32("logits").expect("logits").1.len()
+        );
+        eprintln!("{name}: max |Δlogit| = {}", p.max_abs_logit_diff);
+        assert!(
+            p.max_abs_logit_diff <= 1e-4,
+            "{name}: max |Δlogit| = {}",
+            p.max_abs_logit_diff
+        );
     }
 }
 
@@ -104,7 +62,7 @@ fn logits_and_positions_match_transformers() {
 fn vision_features_match_transformers() {
     let dev = Default::default();
     let model = Qwen3Vl::<Cpu>::from_pretrained(&fixture("tied"), &dev).expect("loads");
-    let r = Reference::read("tied");
+    let r = reference("tied");
     let (_, grid, image) = inputs(&r);
     let out = model.model.visual.forward(image.pixel_values, &[grid]);
     let v = |t: Tensor<Cpu, 2>| t.into_data().to_vec::<f32>().expect("f32");
@@ -114,7 +72,7 @@ fn vision_features_match_transformers() {
         ("deepstack_0", v(out.deepstack[0].clone())),
         ("deepstack_1", v(out.deepstack[1].clone())),
     ] {
-        let d = max_diff(&got, &r.f32(key).1);
+        let d = max_diff(&got, &r.f32(key).expect("tensor").1);
         assert!(d <= 1e-4, "{key}: max |Δ| = {d}");
     }
 }
@@ -125,8 +83,8 @@ fn vision_features_match_transformers() {
 fn cached_greedy_equals_uncached() {
     let dev = Default::default();
     let model = Qwen3Vl::<Cpu>::from_pretrained(&fixture("untied-bias"), &dev).expect("loads");
-    let r = Reference::read("untied-bias");
-    let (ids, grid, image) = inputs(&r);
+    let r = reference("untied-bias");
+    let (ids, _, image) = inputs(&r);
     let argmax = |l: Tensor<Cpu, 2>| -> (u32, Vec<f32>) {
         let v = l.into_data().to_vec::<f32>().expect("f32");
         let best = v
@@ -141,11 +99,7 @@ fn cached_greedy_equals_uncached() {
     for _ in 0..6 {
         seq.push(tok);
         let (cached_tok, cached) = argmax(model.step(tok, &mut state));
-        let (_, pv) = r.f32("pixel_values");
-        let again = ImageInput {
-            pixel_values: Tensor::<Cpu, 2>::from_data(TensorData::new(pv, [40, 384]), &dev),
-            grid,
-        };
+        let (_, _, again) = inputs(&r);
         let full = model.forward(&seq, &[again]).expect("forward");
         let [_, l, v] = full.dims();
         let (full_tok, uncached) = argmax(full.slice([0..1, l - 1..l, 0..v]).reshape([1, v]));
@@ -206,10 +160,10 @@ fn preprocessing_matches_transformers() {
         let (rows, grid) = cfg
             .preprocess(&Rgb::from_png(&png).expect("decodes"))
             .expect("preprocess");
-        let r = Reference::read(name);
-        let (_, want_grid) = r.i64("image_grid_thw");
+        let r = reference(name);
+        let (_, want_grid) = r.i64("image_grid_thw").expect("grid");
         assert_eq!(grid.map(|g| g as i64).to_vec(), want_grid, "{name}: grid");
-        let d = max_diff(&rows, &r.f32("pixel_values").1);
+        let d = max_diff(&rows, &r.f32("pixel_values").expect("tensor").1);
         assert!(d <= 1e-6, "{name}: max |Δpixel| = {d}");
     }
 }
@@ -220,9 +174,9 @@ fn preprocessing_matches_transformers() {
 fn chat_prompt_matches_the_reference() {
     use asymm::model::qwen3_vl::chat::ChatTokenizer;
     let tok = ChatTokenizer::from_dir(&fixture("tied")).expect("tokenizer.json");
-    let r = Reference::read("tied");
-    let (_, want) = r.i64("chat_ids");
-    let (_, grid) = r.i64("image_grid_thw");
+    let r = reference("tied");
+    let (_, want) = r.i64("chat_ids").expect("chat ids");
+    let (_, grid) = r.i64("image_grid_thw").expect("grid");
     let n = (grid[0] * grid[1] * grid[2] / 4) as usize;
     let ids = tok.prompt("Color the graph: 3 nodes.", n).expect("prompt");
     assert_eq!(ids.iter().map(|&x| i64::from(x)).collect::<Vec<_>>(), want);

@@ -13,6 +13,7 @@
 pub mod chat;
 pub mod config;
 pub mod processor;
+pub mod reference;
 pub mod text;
 pub mod vision;
 
@@ -380,7 +381,7 @@ impl<B: Backend> Qwen3Vl<B> {
         logits.reshape([b, l, v])
     }
 
-    fn device(&self) -> B::Device {
+    pub fn device(&self) -> B::Device {
         self.model.language_model.embed_tokens.weight.val().device()
     }
 }

@@ -1,0 +1,120 @@
+//! Reference outputs saved by transformers (`reference.safetensors` in a parity fixture, see
+//! `tests/fixtures/qwen3_vl/make_fixture.py`): inputs, expected logits and positions, and the
+//! comparison [`parity`] the tests and `asymm dev hf-parity` run.
+
+use super::{HfError, ImageInput, Qwen3Vl, Result, checkpoint_err, rope_index};
+use burn::tensor::backend::Backend;
+use burn::tensor::{Tensor, TensorData};
+use safetensors::{Dtype, SafeTensors};
+use std::path::{Path, PathBuf};
+
+/// The tensors of one `reference.safetensors`.
+pub struct Reference {
+    path: PathBuf,
+    bytes: Vec<u8>,
+}
+
+impl Reference {
+    pub fn read(path: &Path) -> Result<Reference> {
+        let bytes = std::fs::read(path).map_err(|e| checkpoint_err(path, e))?;
+        SafeTensors::deserialize(&bytes).map_err(|e| checkpoint_err(path, e))?;
+        Ok(Reference {
+            path: path.to_path_buf(),
+            bytes,
+        })
+    }
+
+    fn raw(&self, key: &str, dtype: Dtype) -> Result<(Vec<usize>, Vec<u8>)> {
+        let t = SafeTensors::deserialize(&self.bytes).map_err(|e| checkpoint_err(&self.path, e))?;
+        let v = t
+            .tensor(key)
+            .map_err(|e| checkpoint_err(&self.path, format!("`{key}`: {e}")))?;
+        if v.dtype() != dtype {
+            return Err(checkpoint_err(
+                &self.path,
+                format!("`{key}` is {:?}, not {dtype:?}", v.dtype()),
+            ));
+        }
+        Ok((v.shape().to_vec(), v.data().to_vec()))
+    }
+
+    /// Shape and values of an f32 tensor.
+    pub fn f32(&self, key: &str) -> Result<(Vec<usize>, Vec<f32>)> {
+        let (shape, data) = self.raw(key, Dtype::F32)?;
+        let vals = data
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect();
+        Ok((shape, vals))
+    }
+
+    /// Shape and values of an i64 tensor.
+    pub fn i64(&self, key: &str) -> Result<(Vec<usize>, Vec<i64>)> {
+        let (shape, data) = self.raw(key, Dtype::I64)?;
+        let vals = data
+            .chunks_exact(8)
+            .map(|c| i64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
+            .collect();
+        Ok((shape, vals))
+    }
+
+    /// The token ids and the one image of the reference run.
+    pub fn inputs<B: Backend>(&self, device: &B::Device) -> Result<(Vec<u32>, ImageInput<B>)> {
+        let (_, ids) = self.i64("input_ids")?;
+        let (_, g) = self.i64("image_grid_thw")?;
+        let (shape, pv) = self.f32("pixel_values")?;
+        let [t, h, w] = <[i64; 3]>::try_from(g.as_slice())
+            .map_err(|_| checkpoint_err(&self.path, "image_grid_thw is not one (t, h, w) row"))?;
+        let [n, f] = <[usize; 2]>::try_from(shape.as_slice())
+            .map_err(|_| checkpoint_err(&self.path, "pixel_values is not 2-d"))?;
+        let ids = ids
+            .iter()
+            .map(|&x| u32::try_from(x).map_err(|_| HfError::Input(format!("token id {x}"))))
+            .collect::<Result<Vec<u32>>>()?;
+        Ok((
+            ids,
+            ImageInput {
+                pixel_values: Tensor::from_data(TensorData::new(pv, [n, f]), device),
+                grid: [t as usize, h as usize, w as usize],
+            },
+        ))
+    }
+}
+
+/// How a model's outputs compare with a reference run.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Parity {
+    pub positions_equal: bool,
+    pub max_abs_logit_diff: f32,
+    pub logits: usize,
+}
+
+/// Runs `model` on the reference inputs and compares positions and logits.
+pub fn parity<B: Backend>(model: &Qwen3Vl<B>, reference: &Reference) -> Result<Parity> {
+    let device = model.device();
+    let (ids, image) = reference.inputs::<B>(&device)?;
+    let (_, want_pos) = reference.i64("position_ids")?;
+    let pos = rope_index(&model.cfg, &ids, &[image.grid])?;
+    let logits = model.forward(&ids, &[image])?;
+    let (shape, want) = reference.f32("logits")?;
+    if logits.dims().to_vec() != shape {
+        return Err(HfError::Input(format!(
+            "logits {:?}, reference {shape:?}",
+            logits.dims()
+        )));
+    }
+    let got = logits
+        .into_data()
+        .convert::<f32>()
+        .to_vec::<f32>()
+        .map_err(|e| HfError::Input(format!("reading logits: {e:?}")))?;
+    Ok(Parity {
+        positions_equal: pos.concat() == want_pos,
+        max_abs_logit_diff: got
+            .iter()
+            .zip(&want)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f32::max),
+        logits: got.len(),
+    })
+}
