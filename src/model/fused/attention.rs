@@ -162,13 +162,13 @@ fn forward(qkv: &[f32], dims: Dims) -> (Vec<f32>, Vec<f32>) {
             // head's offset); `p` is this task's t×t block; the context rows are `width` apart
             // inside `out`, this task writing its head's d columns of its batch row only.
             unsafe {
-                matmul(t, t, d, pm, q, k.t(), scale, false);
+                matmul(t, t, d, pm, q, k.t(), scale, false, 1);
             }
             softmax_rows(p, dims);
             let o = Mat(dst.at(bi * t * width + hi * d), width as isize, 1);
             // SAFETY: as above.
             unsafe {
-                matmul(t, d, t, o, pm, v, 1.0, false);
+                matmul(t, d, t, o, pm, v, 1.0, false, 1);
             }
         });
     (out, probs)
@@ -197,14 +197,14 @@ fn backward(qkv: &[f32], probs: &[f32], dout: &[f32], dims: Dims) -> Vec<f32> {
             // SAFETY: operands as in `forward`; `ds` is this task's scratch; the three
             // gradient slots are this task's head columns of its batch row in `grad`.
             unsafe {
-                matmul(t, d, t, at(2), pm.t(), g, 1.0, false); // dV = Pᵀ dO
-                matmul(t, t, d, dsm, g, v.t(), 1.0, false); // dP = dO Vᵀ
+                matmul(t, d, t, at(2), pm.t(), g, 1.0, false, 1); // dV = Pᵀ dO
+                matmul(t, t, d, dsm, g, v.t(), 1.0, false, 1); // dP = dO Vᵀ
             }
             softmax_backward_rows(p, ds, scale, dims);
             // SAFETY: as above.
             unsafe {
-                matmul(t, d, t, at(0), dsm, k, 1.0, false); // dQ = dS K
-                matmul(t, d, t, at(1), dsm.t(), q, 1.0, false); // dK = dSᵀ Q
+                matmul(t, d, t, at(0), dsm, k, 1.0, false, 1); // dQ = dS K
+                matmul(t, d, t, at(1), dsm.t(), q, 1.0, false, 1); // dK = dSᵀ Q
             }
         },
     );

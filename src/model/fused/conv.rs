@@ -9,7 +9,9 @@
 //! The patch matrices are kept for the backward pass; `dx` is computed only when the input needs
 //! a gradient (not for the images themselves).
 
-use super::{Ad, Mat, Out, available, cast, contiguous, flex_tensor, matmul, same, values};
+use super::{
+    Ad, Mat, Out, available, cast, contiguous, flex_input, flex_tensor, matmul, same, values,
+};
 use burn::backend::Flex;
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
@@ -61,13 +63,7 @@ pub fn conv2d<B: Backend>(
         };
         return cast(Tensor::<Ad, 4>::from_primitive(TensorPrimitive::Float(out)));
     }
-    let x = contiguous(cast::<_, Tensor<Flex, 4>>(x)?.into_primitive().tensor());
-    let w = contiguous(
-        cast::<_, Tensor<Flex, 4>>(weight)?
-            .into_primitive()
-            .tensor(),
-    );
-    let b = contiguous(cast::<_, Tensor<Flex, 1>>(bias)?.into_primitive().tensor());
+    let (x, w, b) = (flex_input(x)?, flex_input(weight)?, flex_input(bias)?);
     let (out, _) = forward(
         values(&x, geo.input_len()),
         values(&w, geo.o * geo.k()),
@@ -218,6 +214,7 @@ fn forward(x: &[f32], weight: &[f32], bias: &[f32], geo: Geo) -> (Vec<f32>, Vec<
                     Mat(c.as_ptr(), p as isize, 1),
                     1.0,
                     false,
+                    1,
                 );
             }
             for (row, &b) in y.chunks_exact_mut(p).zip(bias) {
@@ -259,6 +256,7 @@ impl Backward<Flex, 3> for ConvBackward {
                         Mat(cols[bi * k * p..].as_ptr(), p as isize, 1).t(),
                         1.0,
                         bi > 0,
+                        1,
                     );
                 }
             }
@@ -292,6 +290,7 @@ impl Backward<Flex, 3> for ConvBackward {
                             Mat(dy[bi * o * p..].as_ptr(), p as isize, 1),
                             1.0,
                             false,
+                            1,
                         );
                     }
                     // SAFETY: image bi's gradient is this task's own `size` elements of `dx`.

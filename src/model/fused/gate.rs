@@ -5,7 +5,9 @@
 //! h = g σ(g) u      dg = dh u σ(g) (1 + g (1 − σ(g)))      du = dh g σ(g)
 //! ```
 
-use super::{Ad, available, cast, contiguous, exp_nonpositive, flex_tensor, same, values};
+use super::{
+    Ad, available, cast, contiguous, exp_nonpositive, flex_input, flex_tensor, same, values,
+};
 use burn::backend::Flex;
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
@@ -47,10 +49,7 @@ pub fn silu_gate<B: Backend>(gate: Tensor<B, 3>, up: Tensor<B, 3>) -> Option<Ten
         };
         return cast(Tensor::<Ad, 3>::from_primitive(TensorPrimitive::Float(out)));
     }
-    let (g, u) = (
-        contiguous(cast::<_, Tensor<Flex, 3>>(gate)?.into_primitive().tensor()),
-        contiguous(cast::<_, Tensor<Flex, 3>>(up)?.into_primitive().tensor()),
-    );
+    let (g, u) = (flex_input(gate)?, flex_input(up)?);
     let n = shape.iter().product();
     let out = flex_tensor(silu_gate_forward(values(&g, n), values(&u, n)), &shape);
     cast(Tensor::<Flex, 3>::from_primitive(TensorPrimitive::Float(

@@ -8,7 +8,7 @@
 //! y = x W + b      dx = dy Wᵀ      dW = xᵀ dy      db = Σ_rows dy
 //! ```
 
-use super::{Ad, Mat, available, cast, contiguous, flex_tensor, same, values};
+use super::{Ad, Mat, available, cast, contiguous, flex_input, flex_tensor, same, values};
 use burn::backend::Flex;
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
@@ -68,16 +68,9 @@ pub fn linear<B: Backend>(
         };
         return cast(Tensor::<Ad, 2>::from_primitive(TensorPrimitive::Float(out)));
     }
-    let x = contiguous(cast::<_, Tensor<Flex, 2>>(x)?.into_primitive().tensor());
-    let w = contiguous(
-        cast::<_, Tensor<Flex, 2>>(weight)?
-            .into_primitive()
-            .tensor(),
-    );
+    let (x, w) = (flex_input(x)?, flex_input(weight)?);
     let b = match bias {
-        Some(b) => Some(contiguous(
-            cast::<_, Tensor<Flex, 1>>(b)?.into_primitive().tensor(),
-        )),
+        Some(b) => Some(flex_input(b)?),
         None => None,
     };
     let y = dims.forward(&x, &w, b.as_ref());
@@ -182,7 +175,7 @@ unsafe fn gemm(m: usize, n: usize, k: usize, dst: Mat, lhs: Mat, rhs: Mat) {
         1
     };
     // SAFETY: guaranteed by the caller.
-    unsafe { super::matmul_on(m, n, k, dst, lhs, rhs, 1.0, false, threads) }
+    unsafe { super::matmul(m, n, k, dst, lhs, rhs, 1.0, false, threads) }
 }
 
 #[derive(Debug)]

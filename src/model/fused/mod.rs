@@ -15,7 +15,7 @@
 use burn::backend::flex::{FlexTensor, Layout};
 use burn::backend::{Autodiff, Flex};
 use burn::tensor::backend::Backend;
-use burn::tensor::{Bytes, DType, Shape};
+use burn::tensor::{Bytes, DType, Shape, Tensor};
 use std::any::{Any, TypeId};
 
 /// The CPU backend with autodiff, as training uses it.
@@ -79,6 +79,13 @@ fn contiguous(t: FlexTensor) -> FlexTensor {
     }
 }
 
+/// The contiguous CPU tensor of `t` when `B` is Flex.
+fn flex_input<B: Backend, const D: usize>(t: Tensor<B, D>) -> Option<FlexTensor> {
+    Some(contiguous(
+        cast::<_, Tensor<Flex, D>>(t)?.into_primitive().tensor(),
+    ))
+}
+
 /// The `len` values of a contiguous f32 tensor.
 fn values(t: &FlexTensor, len: usize) -> &[f32] {
     let (start, end) = t
@@ -121,33 +128,14 @@ impl Mat {
     }
 }
 
-/// `dst = beta · lhs · rhs` (`accumulate`: `dst += …`) for an m×k `lhs` and a k×n `rhs`, on
-/// the calling thread.
+/// `dst = beta · lhs · rhs` (`accumulate`: `dst += …`) for an m×k `lhs` and a k×n `rhs`, spread
+/// over up to `threads` threads of the calling rayon pool (1: the calling thread only).
 ///
 /// # Safety
 /// Every element the strides reach must lie inside its buffer, and `dst` must not overlap the
 /// operands or be written by another thread.
 #[allow(clippy::too_many_arguments)]
 unsafe fn matmul(
-    m: usize,
-    n: usize,
-    k: usize,
-    dst: Mat,
-    lhs: Mat,
-    rhs: Mat,
-    beta: f32,
-    accumulate: bool,
-) {
-    // SAFETY: guaranteed by the caller.
-    unsafe { matmul_on(m, n, k, dst, lhs, rhs, beta, accumulate, 1) }
-}
-
-/// [`matmul`] spread over up to `threads` threads of the calling rayon pool.
-///
-/// # Safety
-/// As [`matmul`].
-#[allow(clippy::too_many_arguments)]
-unsafe fn matmul_on(
     m: usize,
     n: usize,
     k: usize,

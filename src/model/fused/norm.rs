@@ -5,7 +5,7 @@
 //! y = x r γ      dγ = Σ_rows dy ∘ x r      dx = r (γ ∘ dy) − x r³ Σ(γ ∘ dy ∘ x) / d
 //! ```
 
-use super::{Ad, available, cast, contiguous, flex_tensor, same, values};
+use super::{Ad, available, cast, contiguous, flex_input, flex_tensor, same, values};
 use burn::backend::Flex;
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
@@ -54,8 +54,8 @@ pub fn rms_norm<B: Backend, const D: usize>(
         };
         return cast(Tensor::<Ad, D>::from_primitive(TensorPrimitive::Float(out)));
     }
-    let x = contiguous(cast::<_, Tensor<Flex, D>>(x)?.into_primitive().tensor());
-    let g = contiguous(cast::<_, Tensor<Flex, 1>>(gamma)?.into_primitive().tensor());
+    let x = flex_input(x)?;
+    let g = flex_input(gamma)?;
     let (y, _) = forward(values(&x, n), values(&g, d), eps);
     cast(Tensor::<Flex, D>::from_primitive(TensorPrimitive::Float(
         flex_tensor(y, &shape),
