@@ -301,20 +301,14 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> VersionsError + '_ {
     }
 }
 
-/// The files a source list names, relative to `root`, sorted.
+/// The files a source list names, relative to `root`, sorted: a name ending in `/` stands for
+/// every `.rs` file below that folder, subfolders included.
 fn expand(root: &Path, sources: &[&str]) -> Result<Vec<String>> {
     let mut files = Vec::new();
     for s in sources {
         if let Some(dir) = s.strip_suffix('/') {
-            let p = root.join(dir);
-            let mut found: Vec<String> = std::fs::read_dir(&p)
-                .map_err(io(&p))?
-                .filter_map(|e| e.ok())
-                .filter(|e| e.path().is_file())
-                .filter_map(|e| e.file_name().to_str().map(str::to_string))
-                .filter(|n| n.ends_with(".rs"))
-                .map(|n| format!("{dir}/{n}"))
-                .collect();
+            let mut found = Vec::new();
+            rust_files(root, dir, &mut found)?;
             if found.is_empty() {
                 return Err(VersionsError::NoFiles(s.to_string()));
             }
@@ -326,6 +320,26 @@ fn expand(root: &Path, sources: &[&str]) -> Result<Vec<String>> {
     files.sort();
     files.dedup();
     Ok(files)
+}
+
+/// Appends the `.rs` files below `root/dir` (as `dir/…` paths) to `out`.
+fn rust_files(root: &Path, dir: &str, out: &mut Vec<String>) -> Result<()> {
+    let p = root.join(dir);
+    for e in std::fs::read_dir(&p)
+        .map_err(io(&p))?
+        .filter_map(|e| e.ok())
+    {
+        let Some(name) = e.file_name().to_str().map(str::to_string) else {
+            continue;
+        };
+        let path = e.path();
+        if path.is_dir() {
+            rust_files(root, &format!("{dir}/{name}"), out)?;
+        } else if path.is_file() && name.ends_with(".rs") {
+            out.push(format!("{dir}/{name}"));
+        }
+    }
+    Ok(())
 }
 
 /// The current entry of one stage.
@@ -555,6 +569,26 @@ mod tests {
         }
         assert_eq!(normalize(base), "fn f() -> u32 {\n    1 // one\n}\n");
         assert_ne!(normalize(&base.replace("1 //", "2 //")), normalize(base));
+    }
+
+    /// A folder in a source list covers the files of its subfolders too.
+    #[test]
+    fn a_folder_covers_its_subfolders() {
+        let d = crate::util::fsx::TempDir::new("asymm-test").unwrap();
+        let root = d.path();
+        std::fs::create_dir_all(root.join("lib/deep/er")).unwrap();
+        for f in [
+            "lib/a.rs",
+            "lib/deep/b.rs",
+            "lib/deep/er/c.rs",
+            "lib/deep/notes.md",
+        ] {
+            std::fs::write(root.join(f), "fn f() {}\n").unwrap();
+        }
+        assert_eq!(
+            expand(root, &["lib/"]).unwrap(),
+            ["lib/a.rs", "lib/deep/b.rs", "lib/deep/er/c.rs"]
+        );
     }
 
     #[test]

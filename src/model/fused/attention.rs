@@ -35,7 +35,7 @@ use std::sync::Arc;
 /// it; `causal` masks keys after each query. `None` when the backend has no fused kernel or the
 /// tensor is not f32; the caller then composes the operations itself.
 pub fn attention<B: Backend>(qkv: Tensor<B, 5>, causal: bool) -> Option<Tensor<B, 3>> {
-    if !available::<B>() || qkv.dtype() != DType::F32 {
+    if !available::<B>() || qkv.dtype() != DType::F32 || qkv.dims().contains(&0) {
         return None;
     }
     if same::<B, Ad>() {
@@ -165,6 +165,8 @@ fn forward(qkv: &[f32], dims: Dims) -> (Vec<f32>, Vec<f32>) {
                 matmul(t, t, d, pm, q, k.t(), scale, false, 1);
             }
             softmax_rows(p, dims);
+            // A fresh pointer: the softmax's borrow of `p` ended the first one's.
+            let pm = Mat(p.as_ptr(), t as isize, 1);
             let o = Mat(dst.at(bi * t * width + hi * d), width as isize, 1);
             // SAFETY: as above.
             unsafe {
@@ -201,6 +203,8 @@ fn backward(qkv: &[f32], probs: &[f32], dout: &[f32], dims: Dims) -> Vec<f32> {
                 matmul(t, t, d, dsm, g, v.t(), 1.0, false, 1); // dP = dO Vᵀ
             }
             softmax_backward_rows(p, ds, scale, dims);
+            // A fresh pointer: the borrow of `ds` above ended the first one's.
+            let dsm = Mat(ds.as_ptr(), t as isize, 1);
             // SAFETY: as above.
             unsafe {
                 matmul(t, d, t, at(0), dsm, k, 1.0, false, 1); // dQ = dS K

@@ -101,7 +101,7 @@ impl Geo {
         [sh, sw]: [usize; 2],
         [ph, pw]: [usize; 2],
     ) -> Option<Geo> {
-        let fits = ci == c && bias == o && sh > 0 && sw > 0 && kh > 0 && kw > 0;
+        let fits = ci == c && bias == o && [b, c, h, w, o, sh, sw, kh, kw].iter().all(|&n| n > 0);
         let (hp, wp) = (h + 2 * ph, w + 2 * pw);
         (fits && hp >= kh && wp >= kw).then(|| Geo {
             b,

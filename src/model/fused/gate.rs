@@ -22,6 +22,7 @@ use burn::tensor::{DType, Tensor, TensorPrimitive};
 pub fn silu_gate<B: Backend>(gate: Tensor<B, 3>, up: Tensor<B, 3>) -> Option<Tensor<B, 3>> {
     if !available::<B>()
         || gate.dims() != up.dims()
+        || gate.dims().contains(&0)
         || gate.dtype() != DType::F32
         || up.dtype() != DType::F32
     {

@@ -30,7 +30,13 @@ pub fn linear<B: Backend>(
     let f32s = x.dtype() == DType::F32
         && weight.dtype() == DType::F32
         && bias.as_ref().is_none_or(|b| b.dtype() == DType::F32);
-    if !available::<B>() || wi != i || !f32s || bias.as_ref().is_some_and(|b| b.dims()[0] != o) {
+    let empty = n == 0 || i == 0 || o == 0;
+    if !available::<B>()
+        || wi != i
+        || !f32s
+        || empty
+        || bias.as_ref().is_some_and(|b| b.dims()[0] != o)
+    {
         return None;
     }
     if same::<B, Ad>() {

@@ -234,4 +234,19 @@ mod tests {
         assert!(worst < 3.0e-7, "relative error {worst}");
         assert_eq!(exp_nonpositive(0.0), 1.0);
     }
+
+    /// Empty shapes are left to the composed operations instead of reaching the kernels.
+    #[test]
+    fn empty_shapes_fall_back() {
+        let dev = Default::default();
+        let z = |s: [usize; 3]| Tensor::<Ad, 3>::zeros(s, &dev);
+        assert!(attention(Tensor::<Ad, 5>::zeros([2, 0, 3, 2, 4], &dev), true).is_none());
+        assert!(silu_gate(z([2, 0, 4]), z([2, 0, 4])).is_none());
+        assert!(rms_norm(z([2, 0, 4]), Tensor::<Ad, 1>::ones([4], &dev), 1e-6).is_none());
+        let x = Tensor::<Ad, 2>::zeros([3, 4], &dev);
+        assert!(linear(x, Tensor::<Ad, 2>::zeros([4, 0], &dev), None).is_none());
+        let img = Tensor::<Ad, 4>::zeros([1, 0, 8, 8], &dev);
+        let w = Tensor::<Ad, 4>::zeros([2, 0, 3, 3], &dev);
+        assert!(conv2d(img, w, Tensor::<Ad, 1>::zeros([2], &dev), [1, 1], [1, 1]).is_none());
+    }
 }

@@ -27,7 +27,7 @@ pub fn rms_norm<B: Backend, const D: usize>(
     let d = *shape.last()?;
     if !available::<B>()
         || gamma.dims()[0] != d
-        || d == 0
+        || shape.contains(&0)
         || x.dtype() != DType::F32
         || gamma.dtype() != DType::F32
     {
