@@ -286,4 +286,35 @@ mod tests {
         assert_eq!((h, w), (812, 1204));
         assert!(cfg.smart_resize(1, 300).is_err());
     }
+
+    /// An image off the patch grid is resized to `smart_resize`'s size and cut into that many
+    /// rows of finite values within the normalized range.
+    #[test]
+    fn off_grid_images_are_resized_then_cut() {
+        let cfg = ProcessorConfig {
+            patch_size: 8,
+            merge_size: 2,
+            size: Some(SizeBounds {
+                shortest_edge: 256,
+                longest_edge: 4096,
+            }),
+            ..ProcessorConfig::default()
+        };
+        let img = Rgb {
+            width: 50,
+            height: 30,
+            pixels: (0..1500)
+                .map(|i| [(i % 251) as u8, (i % 13) as u8 * 19, 200])
+                .collect(),
+        };
+        let (h, w) = cfg.smart_resize(30, 50).unwrap_or_default();
+        assert_eq!((h, w), (32, 48));
+        let (rows, grid) = cfg.preprocess(&img).expect("preprocess");
+        assert_eq!(grid, [1, h / 8, w / 8]);
+        assert_eq!(rows.len(), (h / 8) * (w / 8) * 3 * 2 * 8 * 8);
+        assert!(
+            rows.iter()
+                .all(|v| v.is_finite() && (-1.0..=1.0).contains(v))
+        );
+    }
 }
