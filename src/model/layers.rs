@@ -94,15 +94,16 @@ impl<B: Backend> Rope<B> {
 /// on the CPU backend by the fused kernel ([`super::fused::linear`]).
 pub fn linear3<B: Backend>(layer: &Linear<B>, x: Tensor<B, 3>) -> Tensor<B, 3> {
     let [b, t, d] = x.dims();
-    let x = x.reshape([b * t, d]);
-    let fused = super::fused::linear(
-        x.clone(),
-        layer.weight.val(),
-        layer.bias.as_ref().map(|b| b.val()),
-    );
-    let y = fused.unwrap_or_else(|| layer.forward(x));
+    let y = linear2(layer, x.reshape([b * t, d]));
     let out = y.dims()[1];
     y.reshape([b, t, out])
+}
+
+/// `layer` on rows `[N, d_in]`: by the fused kernel on the CPU backend
+/// ([`super::fused::linear`]), by burn's `Linear` elsewhere.
+pub fn linear2<B: Backend>(layer: &Linear<B>, x: Tensor<B, 2>) -> Tensor<B, 2> {
+    let bias = layer.bias.as_ref().map(|b| b.val());
+    super::fused::linear(x.clone(), layer.weight.val(), bias).unwrap_or_else(|| layer.forward(x))
 }
 
 /// `layer` applied to `x`: by the fused kernel on the CPU backend ([`super::fused::rms_norm`]),

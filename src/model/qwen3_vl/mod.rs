@@ -20,6 +20,7 @@ pub mod vision;
 pub use config::Qwen3VlConfig;
 
 use crate::model::fused;
+use crate::model::layers::linear2;
 use burn::module::{Module, Param};
 use burn::nn::{LayerNorm, LayerNormConfig, Linear};
 use burn::tensor::activation::{gelu, silu};
@@ -75,12 +76,6 @@ impl<B: Backend> RmsNorm<B> {
 /// A layer norm as the vision tower uses it (ε = 1e-6).
 fn layer_norm<B: Backend>(d: usize, device: &B::Device) -> LayerNorm<B> {
     LayerNormConfig::new(d).with_epsilon(1e-6).init(device)
-}
-
-/// `layer` on rows, by the fused kernel on the CPU backend.
-fn linear<B: Backend>(layer: &Linear<B>, x: Tensor<B, 2>) -> Tensor<B, 2> {
-    let bias = layer.bias.as_ref().map(|b| b.val());
-    fused::linear(x.clone(), layer.weight.val(), bias).unwrap_or_else(|| layer.forward(x))
 }
 
 /// The activation a config names (checked by [`Qwen3VlConfig::validate`]).
@@ -304,7 +299,7 @@ impl<B: Backend> Qwen3Vl<B> {
             // Scatter: the text sequence with each image slot replaced by its feature row.
             let place = |feat: Tensor<B, 2>| scatter_rows(feat, &slots, len, &device);
             let image_part = place(vis.embeds);
-            let keep = mask_rows::<B>(&slots, len, d, &device);
+            let keep = mask_rows::<B>(&slots, len, &device);
             x = x * keep + image_part.reshape([1, len, d]);
             deepstack = vis
                 .deepstack
@@ -367,7 +362,7 @@ impl<B: Backend> Qwen3Vl<B> {
         let [b, l, d] = h.dims();
         let rows = h.reshape([b * l, d]);
         let logits = match &self.lm_head {
-            Some(head) => linear(head, rows),
+            Some(head) => linear2(head, rows),
             None => rows.matmul(
                 self.model
                     .language_model
@@ -401,20 +396,13 @@ fn scatter_rows<B: Backend>(
     Tensor::<B, 2>::from_data(TensorData::new(onehot, [len, n]), device).matmul(feat)
 }
 
-/// [1, len, d]: 0 on the rows in `slots`, 1 elsewhere.
-fn mask_rows<B: Backend>(
-    slots: &[usize],
-    len: usize,
-    d: usize,
-    device: &B::Device,
-) -> Tensor<B, 3> {
+/// [1, len, 1]: 0 on the rows in `slots`, 1 elsewhere (broadcast over the width).
+fn mask_rows<B: Backend>(slots: &[usize], len: usize, device: &B::Device) -> Tensor<B, 3> {
     let mut keep = vec![1.0f32; len];
     for &s in slots {
         keep[s] = 0.0;
     }
-    Tensor::<B, 1>::from_data(TensorData::new(keep, [len]), device)
-        .reshape([1, len, 1])
-        .repeat_dim(2, d)
+    Tensor::<B, 1>::from_data(TensorData::new(keep, [len]), device).reshape([1, len, 1])
 }
 
 /// The 3-axis positions (temporal, height, width) of a sequence, as transformers'

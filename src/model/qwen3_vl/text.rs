@@ -3,7 +3,8 @@
 //! DeepStack features added at the image positions after the first layers, the final norm.
 
 use super::config::TextConfig;
-use super::{RmsNorm, act, linear};
+use super::{RmsNorm, act};
+use crate::model::layers::linear3;
 use burn::module::Module;
 use burn::nn::{Embedding, EmbeddingConfig, Linear, LinearConfig};
 use burn::tensor::activation::softmax;
@@ -202,13 +203,6 @@ impl<B: Backend> DecoderLayer<B> {
         let gate = act(linear3(&self.mlp.gate_proj, y.clone()), &cfg.hidden_act);
         x + linear3(&self.mlp.down_proj, gate * linear3(&self.mlp.up_proj, y))
     }
-}
-
-fn linear3<B: Backend>(layer: &Linear<B>, x: Tensor<B, 3>) -> Tensor<B, 3> {
-    let [b, t, d] = x.dims();
-    let y = linear(layer, x.reshape([b * t, d]));
-    let o = y.dims()[1];
-    y.reshape([b, t, o])
 }
 
 impl<B: Backend> TextAttention<B> {

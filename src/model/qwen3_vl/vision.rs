@@ -7,7 +7,8 @@
 //! merged token are consecutive.
 
 use super::config::VisionConfig;
-use super::{act, layer_norm, linear};
+use super::{act, layer_norm};
+use crate::model::layers::linear2;
 use burn::module::{Module, Param};
 use burn::nn::{Embedding, EmbeddingConfig, LayerNorm, Linear, LinearConfig};
 use burn::tensor::activation::softmax;
@@ -271,10 +272,10 @@ impl<B: Backend> VisionBlock<B> {
                 .attn
                 .forward(self.norm1.forward(x), cos, sin, lens, heads);
         let h = act(
-            linear(&self.mlp.linear_fc1, self.norm2.forward(x.clone())),
+            linear2(&self.mlp.linear_fc1, self.norm2.forward(x.clone())),
             act_name,
         );
-        x + linear(&self.mlp.linear_fc2, h)
+        x + linear2(&self.mlp.linear_fc2, h)
     }
 }
 
@@ -290,7 +291,7 @@ impl<B: Backend> VisionAttention<B> {
     ) -> Tensor<B, 2> {
         let [n, d] = x.dims();
         let hd = d / heads;
-        let qkv = linear(&self.qkv, x).reshape([n, 3, heads, hd]);
+        let qkv = linear2(&self.qkv, x).reshape([n, 3, heads, hd]);
         let part = |i: usize| {
             qkv.clone()
                 .slice([0..n, i..i + 1, 0..heads, 0..hd])
@@ -316,7 +317,7 @@ impl<B: Backend> VisionAttention<B> {
             outs.push(p.matmul(vi).swap_dims(0, 1).reshape([len, d]));
             start += len;
         }
-        linear(&self.proj, Tensor::cat(outs, 0))
+        linear2(&self.proj, Tensor::cat(outs, 0))
     }
 }
 
@@ -331,7 +332,7 @@ impl<B: Backend> PatchMerger<B> {
         } else {
             self.norm.forward(x).reshape([rows, merged])
         };
-        let h = burn::tensor::activation::gelu(linear(&self.linear_fc1, x));
-        linear(&self.linear_fc2, h)
+        let h = burn::tensor::activation::gelu(linear2(&self.linear_fc1, x));
+        linear2(&self.linear_fc2, h)
     }
 }
