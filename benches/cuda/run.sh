@@ -3,21 +3,32 @@
 # no Rust toolchain and no network. Build the binary on a CPU machine and carry it over:
 #   cargo build --release --features cuda --target-dir target/cuda
 #   strip -o asymm-cuda target/cuda/release/asymm && gzip -9 -f asymm-cuda
-#   bash benches/cuda/run.sh asymm-cuda.gz OUTDIR [MINUTES_OF_LEARNING_CURVE]
-# Every step is time-bounded and leaves its output in OUTDIR/<step>.txt; OUTDIR/summary.txt lists
-# each step's exit code and duration, so one failing step still leaves the others' results.
+#   bash benches/cuda/run.sh asymm-cuda.gz OUTDIR [STEP...]
+# STEPs (default: all, in this order): checks parity bench twin curve paper-gpu hf-pipeline.
+# Every step is time-bounded; its output is appended to OUTDIR/log.txt under a `=== step` header and
+# OUTDIR/summary.txt lists each step's exit code and duration, so one failing step (or a run cut
+# short) still leaves the others' results, in two files.
+# DEADLINE=S (seconds from the start) shortens every bound so that the whole run ends by then.
 set -u
-bin=${1:?usage: run.sh PATH/TO/asymm[.gz] OUTDIR [MINUTES]}
-out=${2:?usage: run.sh PATH/TO/asymm[.gz] OUTDIR [MINUTES]}
-minutes=${3:-5}
+bin=${1:?usage: run.sh PATH/TO/asymm[.gz] OUTDIR [STEP...]}
+out=${2:?usage: run.sh PATH/TO/asymm[.gz] OUTDIR [STEP...]}
+shift 2
+want=${*:-checks parity bench twin curve paper-gpu hf-pipeline}
+deadline=${DEADLINE:-100000}
 here=$(cd "$(dirname "$0")/../.." && pwd)
 mkdir -p "$out"
+work=$(mktemp -d)
 step() {
   local name=$1 secs=$2; shift 2
+  local left=$((deadline - SECONDS - 5))
+  [ "$secs" -gt "$left" ] && secs=$left
+  if [ "$secs" -le 0 ]; then echo "$name skipped (deadline)" | tee -a "$out/summary.txt"; return; fi
   local t0=$SECONDS
-  timeout "$secs" "$@" >"$out/$name.txt" 2>&1
-  echo "$name rc=$? $((SECONDS - t0))s" | tee -a "$out/summary.txt"
+  echo "=== $name: $*" >>"$out/log.txt"
+  timeout "$secs" "$@" >>"$out/log.txt" 2>&1
+  echo "$name rc=$? $((SECONDS - t0))s (bound ${secs}s)" | tee -a "$out/summary.txt"
 }
+wants() { case " $want " in *" $1 "*) return 0 ;; esac; return 1; }
 
 # What the binary needs there: the driver's libcuda (found by the loader), and NVRTC and the CUDA
 # runtime, which a PyTorch install ships under site-packages/nvidia/*/lib.
@@ -25,32 +36,54 @@ roots="/usr /opt $(python3 -c 'import site; print(" ".join(site.getsitepackages(
 libdirs=$(find $roots \( -name 'libnvrtc.so*' -o -name 'libnvrtc-builtins.so*' -o -name 'libcudart.so*' \) \
   2>/dev/null | xargs -r -n1 dirname | sort -u | paste -sd: -)
 export LD_LIBRARY_PATH="${libdirs}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
-echo "LD_LIBRARY_PATH=$LD_LIBRARY_PATH" >"$out/libs.txt"
+echo "LD_LIBRARY_PATH=$LD_LIBRARY_PATH" >>"$out/log.txt"
 case "$bin" in
-  *.gz) python3 -c 'import gzip,shutil,sys; shutil.copyfileobj(gzip.open(sys.argv[1]), open(sys.argv[2], "wb"))' \
-          "$bin" "${bin%.gz}"; bin=${bin%.gz} ;;
+  *.gz) gzip -dc "$bin" >"${bin%.gz}"; bin=${bin%.gz} ;;
 esac
 chmod +x "$bin"
 
 step nvidia-smi 30 nvidia-smi
 step version 30 "$bin" --version
-# Correctness on the device: cached == uncached decoding, logits vs the CPU, training lowers the loss.
-step check-tiny-f32 180 "$bin" dev device-check --device cuda:0 --model tiny
-step check-small-f32 300 "$bin" dev device-check --device cuda:0 --model small
-step check-small-bf16 300 "$bin" dev device-check --device cuda:0/bf16 --model small --tolerance 0.1
-# Throughput of our own training and sampling.
-step qwen3vl-parity-f32 120 "$bin" dev hf-parity --fixture "$here/tests/fixtures/qwen3_vl/tied" --device cuda:0
-step qwen3vl-parity-bf16 120 "$bin" dev hf-parity --fixture "$here/tests/fixtures/qwen3_vl/tied" --device cuda:0/bf16 --tolerance 0.25
-
-step bench-small-f32 300 "$bin" bench --suite model --device cuda:0 --model small --steps 10
-step bench-small-bf16 300 "$bin" bench --suite model --device cuda:0/bf16 --model small --steps 10
-# Side by side with the PyTorch twin, when the twin driver is in the checkout.
-if [ -f "$here/benches/twin/driver.py" ]; then
-  step bench-twin 600 python3 "$here/benches/twin/driver.py" --asymm "$bin" --device cuda:0 --model small
+if wants checks; then
+  # Correctness on the device: cached == uncached decoding, logits vs the CPU, training lowers the loss.
+  step check-tiny-f32 120 "$bin" dev device-check --device cuda:0 --model tiny
+  step check-small-f32 180 "$bin" dev device-check --device cuda:0 --model small
+  step check-small-bf16 180 "$bin" dev device-check --device cuda:0/bf16 --model small --tolerance 0.1
 fi
-# The graph-coloring learning curve of `small`, bounded in time; the log is read back with show.
-store="$out/store"
-step curve $((minutes * 60)) "$bin" --store "$store" run "$here/pipelines/learning-curve-small.toml" --device cuda:0
-step curve-log 60 "$bin" --store "$store" show "$here/pipelines/learning-curve-small.toml:sft.log" \
-  --device cuda:0 --where-set eval_a_p --columns step,loss,loss_perception,eval_a_p,eval_a_r,eval_a --rows 50
+if wants parity; then
+  fixture="$here/tests/fixtures/qwen3_vl"
+  step qwen3vl-parity-f32 120 "$bin" dev hf-parity --fixture "$fixture/tied" --device cuda:0
+  step qwen3vl-parity-untied-f32 120 "$bin" dev hf-parity --fixture "$fixture/untied-bias" --device cuda:0
+  step qwen3vl-parity-bf16 120 "$bin" dev hf-parity --fixture "$fixture/tied" --device cuda:0/bf16 --tolerance 0.25
+fi
+if wants bench; then
+  # Throughput of our own training and sampling.
+  step bench-small-f32 180 "$bin" bench --suite model --device cuda:0 --model small --steps 10
+  step bench-small-bf16 180 "$bin" bench --suite model --device cuda:0/bf16 --model small --steps 10
+fi
+if wants twin; then
+  # Side by side with the PyTorch twin (one round: each measure once per side).
+  step bench-twin 300 python3 "$here/benches/twin/driver.py" --asymm "$bin" --device cuda:0 \
+    --model small --rounds 1 --work "$work/twin"
+fi
+if wants curve; then
+  # The graph-coloring learning curve of `small`, bounded in time; the log is read back with show.
+  store="$work/store-curve"
+  step curve ${CURVE_SECONDS:-300} "$bin" --store "$store" run "$here/pipelines/learning-curve-small.toml" --device cuda:0
+  step curve-log 60 "$bin" --store "$store" show "$here/pipelines/learning-curve-small.toml:sft.log" \
+    --device cuda:0 --where-set eval_a_p --columns step,loss,loss_perception,eval_a_p,eval_a_r,eval_a --rows 50
+fi
+if wants paper-gpu; then
+  # As much of the GPU grid as the bound allows; status says which stages finished.
+  store="$work/store-paper"
+  step paper-gpu ${PAPER_SECONDS:-3600} "$bin" --store "$store" run "$here/pipelines/paper-gpu.toml" --device cuda:0
+  step paper-gpu-status 60 "$bin" --store "$store" status "$here/pipelines/paper-gpu.toml"
+fi
+if wants hf-pipeline; then
+  # A pipeline whose model stages load the tiny random Qwen3-VL checkpoint, on the GPU.
+  store="$work/store-hf"
+  step hf-pipeline 300 "$bin" --store "$store" run "$here/tests/fixtures/qwen3_vl/pipeline.toml" --device cuda:0
+  step hf-pipeline-status 60 "$bin" --store "$store" status "$here/tests/fixtures/qwen3_vl/pipeline.toml"
+fi
+rm -rf "$work"
 cat "$out/summary.txt"

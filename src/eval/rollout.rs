@@ -8,11 +8,11 @@
 //! (seed, mode, item id, sample index): rollouts of two modes never share a stream.
 
 use super::{Result, bail};
-use crate::model::Vlm;
 use crate::model::decode::{SeqKey, generate_shared};
 use crate::model::sampling::SamplingConfig;
+use crate::model::{Codec, Model};
 use crate::text::format;
-use crate::text::tokenizer::{P_CLOSE, P_OPEN, R_OPEN, Tokenizer};
+use crate::text::tokenizer::{P_CLOSE, P_OPEN, R_OPEN};
 use crate::train::batch::Example;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
@@ -132,20 +132,20 @@ pub struct RolloutRow {
 
 /// The tokens a rollout's generation follows: the prompt, then, when the perception is forced,
 /// `<perception>p</perception><reasoning>`.
-pub fn prefix(tok: &Tokenizer, prompt: &[u32], forced_perception: Option<&str>) -> Vec<u32> {
+pub fn prefix(tok: &Codec, prompt: &[u32], forced_perception: Option<&str>) -> Result<Vec<u32>> {
     let mut prefix = prompt.to_vec();
     if let Some(p) = forced_perception {
-        prefix.extend(tok.encode(&format!("{P_OPEN}{p}{P_CLOSE}{R_OPEN}")));
+        prefix.extend(tok.encode(&format!("{P_OPEN}{p}{P_CLOSE}{R_OPEN}"))?);
     }
-    prefix
+    Ok(prefix)
 }
 
 /// Samples `spec.samples` outputs for every example. `perceptions` overrides the forced
 /// perception per (item, sample) in text-only mode.
 #[allow(clippy::too_many_arguments)]
 pub fn run_rollouts<B: Backend>(
-    model: &Vlm<B>,
-    tok: &Tokenizer,
+    model: &Model<B>,
+    tok: &Codec,
     examples: &[Example],
     perceptions: Option<&HashMap<(String, usize), String>>,
     spec: &RolloutSpec,
@@ -153,8 +153,7 @@ pub fn run_rollouts<B: Backend>(
     device: &B::Device,
     mut progress: impl FnMut(usize),
 ) -> Result<Vec<RolloutRow>> {
-    let image_size = model.image_size;
-    let p_close = tok.id(P_CLOSE);
+    let image_size = model.image_size();
     let budget = spec.token_budget(examples);
     if budget == 0 {
         bail!("the token budget per output is 0");
@@ -196,7 +195,7 @@ pub fn run_rollouts<B: Backend>(
                     e.image.len()
                 );
             }
-            let prefix = prefix(tok, &e.prompt, forced_p.as_deref());
+            let prefix = prefix(tok, &e.prompt, forced_p.as_deref())?;
             let next = prompts.len();
             let k = *prompt_of.entry((i, prefix.clone())).or_insert(next);
             if k == next {
@@ -231,14 +230,11 @@ pub fn run_rollouts<B: Backend>(
             budget,
         )?;
         for ((&(i, s), g), forced_p) in chunk.iter().zip(gens).zip(forced) {
-            let text = tok.decode(&g.tokens);
+            let text = tok.decode(&g.tokens)?;
             let code = |e: &format::FormatError| e.code().to_string();
             let (perception, reasoning, perception_error, reasoning_error, pt) = match forced_p {
                 None => {
-                    let pt = p_close
-                        .and_then(|c| g.tokens.iter().position(|&t| t == c))
-                        .map(|k| k + 1)
-                        .unwrap_or(g.tokens.len());
+                    let pt = tok.perception_end(&g.tokens)?;
                     let parsed = format::parse(&text);
                     (
                         parsed.perception.as_ref().ok().cloned(),

@@ -9,10 +9,9 @@
 use super::rollout::{Mode, RolloutRow, RolloutSpec, run_rollouts};
 use super::{EvalError, Result};
 use crate::analysis::{cluster_bootstrap, wilson};
-use crate::model::Vlm;
 use crate::model::sampling::SamplingConfig;
+use crate::model::{Codec, Model};
 use crate::tasks::TaskKind;
-use crate::text::Tokenizer;
 use crate::train::batch::Example;
 use burn::tensor::backend::Backend;
 use serde::{Deserialize, Serialize};
@@ -273,8 +272,8 @@ pub struct EvalPoint {
 /// Greedy held-out a_p, a_r, a, ã_r and P(a | a_p) on `examples`: one standard and one
 /// counterfactual rollout per item.
 pub fn heldout_eval<B: Backend>(
-    model: &Vlm<B>,
-    tok: &Tokenizer,
+    model: &Model<B>,
+    tok: &Codec,
     examples: &[Example],
     max_new_tokens: Option<usize>,
     device: &B::Device,

@@ -64,7 +64,8 @@ pub fn check_device<B: AutodiffBackend>(
 ) -> Result<CheckReport, ModelError> {
     B::seed(device, 7);
     let model = Vlm::<B>::new(cfg, device);
-    let inner = model.valid();
+    let plain = model.valid();
+    let inner: super::Model<B::InnerBackend> = plain.clone().into();
     // 1. The KV cache changes nothing under greedy decoding (an end token that is never drawn
     // forces the full length).
     let (images, prefixes) = inputs::<B::InnerBackend>(cfg, 3, device);
@@ -97,9 +98,9 @@ pub fn check_device<B: AutodiffBackend>(
         );
         host_f32(m.forward_text(images.clone().narrow(0, 0, 1), t))
     };
-    let here = logits(&inner)?;
+    let here = logits(&plain)?;
     let cpu_model: Vlm<Cpu> =
-        model_from_bytes(cfg, &weights_to_bytes(&inner)?, &Default::default())?;
+        model_from_bytes(cfg, &weights_to_bytes(&plain)?, &Default::default())?;
     let s = cfg.image_size;
     let cpu_images = Tensor::<Cpu, 3>::from_data(
         TensorData::new(host_f32(images.narrow(0, 0, 1))?, [1, s, s]),

@@ -2,8 +2,8 @@
 //! cached step per new token. Rows stop at `<eos>` or after `max_new_tokens`.
 
 use super::ModelError;
+use super::any::Model;
 use super::sampling::{SamplingConfig, log_prob, sample};
-use super::vlm::Vlm;
 use crate::util::rng::keyed_str;
 use burn::tensor::Tensor;
 use burn::tensor::backend::Backend;
@@ -33,7 +33,7 @@ pub struct SeqKey {
 /// Generates one continuation per row.
 #[allow(clippy::too_many_arguments)]
 pub fn generate<B: Backend>(
-    model: &Vlm<B>,
+    model: &Model<B>,
     images: Tensor<B, 3>,
     prefixes: &[Vec<u32>],
     keys: &[SeqKey],
@@ -62,7 +62,7 @@ pub fn generate<B: Backend>(
 /// stream, so the result does not depend on how rows share prompts.
 #[allow(clippy::too_many_arguments)]
 pub fn generate_shared<B: Backend>(
-    model: &Vlm<B>,
+    model: &Model<B>,
     images: Tensor<B, 3>,
     prompts: &[Vec<u32>],
     rows: &[usize],
@@ -73,7 +73,7 @@ pub fn generate_shared<B: Backend>(
     max_new_tokens: usize,
 ) -> Result<Vec<Generated>, ModelError> {
     let b = rows.len();
-    let vocab = model.embed.weight.dims()[0];
+    let vocab = model.vocab_size();
     if let Some(bad) = prompts.iter().flatten().find(|&&t| t as usize >= vocab) {
         return Err(ModelError::Input(format!(
             "token id {bad} is outside the vocabulary ({vocab})"
@@ -113,7 +113,7 @@ pub fn generate_shared<B: Backend>(
     if b == 0 {
         return Ok(out);
     }
-    let (mut logits, mut state) = model.prefill(images, prompts);
+    let (mut logits, mut state) = model.prefill(images, prompts)?;
     if rows.iter().enumerate().any(|(i, &r)| i != r) || prompts.len() != b {
         let idx = Tensor::<B, 1, burn::tensor::Int>::from_data(
             burn::tensor::TensorData::new(rows.iter().map(|&r| r as i64).collect::<Vec<_>>(), [b]),
@@ -148,7 +148,7 @@ pub fn generate_shared<B: Backend>(
         if step + 1 == max_new_tokens {
             break;
         }
-        logits = model.step(&next, &mut state);
+        logits = model.step(&next, &mut state)?;
     }
     for i in 0..b {
         if !done[i] {
@@ -160,7 +160,7 @@ pub fn generate_shared<B: Backend>(
 
 /// Greedy decoding without the cache (full forward per token); the reference for tests.
 pub fn greedy_uncached<B: Backend>(
-    model: &Vlm<B>,
+    model: &Model<B>,
     images: Tensor<B, 3>,
     prefixes: &[Vec<u32>],
     eos: u32,
@@ -171,7 +171,7 @@ pub fn greedy_uncached<B: Backend>(
     let mut outs = vec![Vec::new(); b];
     let mut done = vec![false; b];
     for _ in 0..max_new_tokens {
-        let logits = model.last_logits_uncached(images.clone(), &seqs);
+        let logits = model.prefill(images.clone(), &seqs)?.0;
         let host: Vec<f32> = super::host_f32(logits)?;
         let vocab = host.len() / b;
         for i in 0..b {
@@ -201,11 +201,11 @@ mod tests {
     use crate::model::{Cpu, VlmConfig};
     use burn::tensor::TensorData;
 
-    fn small_model() -> (Vlm<Cpu>, VlmConfig) {
+    fn small_model() -> (Model<Cpu>, VlmConfig) {
         let cfg = crate::model::config::small_config();
         let dev = Default::default();
         Cpu::seed(&dev, 11);
-        (Vlm::new(&cfg, &dev), cfg)
+        (crate::model::Vlm::new(&cfg, &dev).into(), cfg)
     }
 
     fn images(b: usize, s: usize) -> Tensor<Cpu, 3> {

@@ -3,8 +3,10 @@
 //! burn backend; the CPU backend is Flex, CUDA is behind the `cuda` cargo feature.
 //! The model knows nothing of tasks: it maps images and token ids to logits.
 
+pub mod any;
 pub mod check;
 pub mod checkpoint;
+pub mod codec;
 pub mod config;
 pub mod decode;
 pub mod fused;
@@ -13,6 +15,8 @@ pub mod qwen3_vl;
 pub mod sampling;
 pub mod vlm;
 
+pub use any::{Decoding, HfVlm, Model};
+pub use codec::Codec;
 pub use config::VlmConfig;
 pub use vlm::Vlm;
 
@@ -42,6 +46,8 @@ pub enum ModelError {
          site-packages/nvidia/cuda_nvrtc/lib) at run time: put their folders on LD_LIBRARY_PATH"
     )]
     DeviceUnavailable { device: String, msg: String },
+    #[error(transparent)]
+    Hf(#[from] qwen3_vl::HfError),
 }
 
 /// Runs one tiny operation on `device`, turning a panic inside the backend (a CUDA library

@@ -355,10 +355,4 @@ impl<B: Backend> Vlm<B> {
         let vocab = logits.dims()[2];
         logits.reshape([b, vocab])
     }
-
-    /// Logits for the last position of full (uncached) sequences, laid out as in [`Vlm::prefill`];
-    /// used to check the cache.
-    pub fn last_logits_uncached(&self, images: Tensor<B, 3>, seqs: &[Vec<u32>]) -> Tensor<B, 2> {
-        self.prefill(images, seqs).0
-    }
 }

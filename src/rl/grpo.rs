@@ -8,7 +8,7 @@
 //! importance ratio's denominator, are under that distribution.
 
 use super::{Result, RlError};
-use crate::model::Vlm;
+use crate::model::Model;
 use burn::tensor::activation::log_softmax;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor, TensorData};
@@ -191,12 +191,12 @@ impl<B: Backend> ForcedBatch<B> {
 /// Per-position log-probabilities of the labels under `softmax(logits / T)` [B, L], and the
 /// per-position entropy of that distribution (detached) [B, L].
 pub fn token_logprobs<B: Backend>(
-    model: &Vlm<B>,
+    model: &Model<B>,
     batch: &ForcedBatch<B>,
     temperature: f32,
-) -> (Tensor<B, 2>, Tensor<B, 2>) {
+) -> Result<(Tensor<B, 2>, Tensor<B, 2>)> {
     let t = effective_temperature(temperature) as f64;
-    let logits = model.forward_text(batch.images.clone(), batch.inputs.clone());
+    let logits = model.forward_text(batch.images.clone(), batch.inputs.clone())?;
     let lp = log_softmax(logits / t, 2);
     let [b, l, _] = lp.dims();
     let detached = lp.clone().detach();
@@ -207,7 +207,7 @@ pub fn token_logprobs<B: Backend>(
     let picked = lp
         .gather(2, batch.labels.clone().reshape([b, l, 1]))
         .reshape([b, l]);
-    (picked, entropy)
+    Ok((picked, entropy))
 }
 
 /// The objective's terms on one batch, per position [B, L] (zero outside generated tokens
@@ -316,17 +316,19 @@ mod tests {
     }
 
     /// The host reference: log-softmax at temperature T of each sequence alone (unpadded).
-    fn host_logprobs(model: &Vlm<Cpu>, seq: &Sequence, s: usize, t: f64) -> Vec<f64> {
+    fn host_logprobs(model: &Model<Cpu>, seq: &Sequence, s: usize, t: f64) -> Vec<f64> {
         let text: Vec<u32> = seq.prefix.iter().chain(&seq.tokens).copied().collect();
         let ids: Vec<i64> = text[..text.len() - 1].iter().map(|&x| x as i64).collect();
         let n = ids.len();
-        let logits = model.forward_text(
-            Tensor::from_data(
-                TensorData::new(seq.image.to_vec(), [1, s, s]),
-                &Default::default(),
-            ),
-            Tensor::from_data(TensorData::new(ids, [1, n]), &Default::default()),
-        );
+        let logits = model
+            .forward_text(
+                Tensor::from_data(
+                    TensorData::new(seq.image.to_vec(), [1, s, s]),
+                    &Default::default(),
+                ),
+                Tensor::from_data(TensorData::new(ids, [1, n]), &Default::default()),
+            )
+            .unwrap();
         let host = host_f32(logits).unwrap();
         let v = host.len() / n;
         (0..seq.tokens.len())
@@ -350,8 +352,8 @@ mod tests {
     }
 
     fn run(
-        model: &Vlm<Cpu>,
-        reference: Option<&Vlm<Cpu>>,
+        model: &Model<Cpu>,
+        reference: Option<&Model<Cpu>>,
         seqs: &[Sequence],
         st: &LossSettings,
     ) -> Parts {
@@ -359,8 +361,8 @@ mod tests {
         let refs: Vec<&Sequence> = seqs.iter().collect();
         let batch = ForcedBatch::<Cpu>::new(&refs, 32, 0, &dev).unwrap();
         let n = seqs.len() as f32;
-        let (logp, _) = token_logprobs(model, &batch, st.temperature);
-        let ref_logp = reference.map(|r| token_logprobs(r, &batch, st.temperature).0);
+        let (logp, _) = token_logprobs(model, &batch, st.temperature).unwrap();
+        let ref_logp = reference.map(|r| token_logprobs(r, &batch, st.temperature).unwrap().0);
         let mask = batch.tensor(|_, _| 1.0, &dev);
         let weight = batch.tensor(|i, _| 1.0 / (seqs[i].tokens.len() as f32 * n), &dev);
         let inv_len = Tensor::from_data(
@@ -403,10 +405,10 @@ mod tests {
         }
     }
 
-    fn model(seed: u64) -> Vlm<Cpu> {
+    fn model(seed: u64) -> Model<Cpu> {
         let dev = Default::default();
         Cpu::seed(&dev, seed);
-        Vlm::new(&small_config(), &dev)
+        crate::model::Vlm::new(&small_config(), &dev).into()
     }
 
     #[test]
@@ -541,7 +543,7 @@ mod tests {
                 .collect();
             let refs: Vec<&Sequence> = seqs.iter().collect();
             let batch = ForcedBatch::<Cpu>::new(&refs, 32, 0, &dev).unwrap();
-            let (logp, _) = token_logprobs(&m, &batch, t);
+            let (logp, _) = token_logprobs(&m, &batch, t).unwrap();
             let got = batch.gather_host(&host_f32(logp).unwrap());
             for (s, g) in seqs.iter().zip(&got) {
                 for (a, b) in s.old_logprobs.iter().zip(g) {

@@ -19,8 +19,8 @@
 use super::{Result, RlError};
 use crate::eval::rollout::{Mode, RolloutRow, RolloutSpec, run_rollouts};
 use crate::eval::score::score;
-use crate::model::Vlm;
 use crate::model::sampling::SamplingConfig;
+use crate::model::{Codec, Model};
 use crate::tasks::TaskKind;
 use crate::text::Tokenizer;
 use crate::train::batch::Example;
@@ -341,8 +341,8 @@ pub fn reward_rows(
 /// generated perception forced), `n` samples per query, keyed by (seed, item, sample, k) so
 /// that re-rollouts of different samples of one item never share a stream.
 pub struct VlmReasoner<'a, B: Backend> {
-    pub model: &'a Vlm<B>,
-    pub tok: &'a Tokenizer,
+    pub model: &'a Model<B>,
+    pub tok: &'a Codec,
     /// The task prompt's token ids per item.
     pub prompts: &'a HashMap<String, Vec<u32>>,
     pub sampling: SamplingConfig,
@@ -357,7 +357,7 @@ const CHUNK: usize = 256;
 
 impl<B: Backend> Reasoner for VlmReasoner<'_, B> {
     fn reason(&mut self, queries: &[Query], n: usize) -> Result<Vec<Vec<Option<String>>>> {
-        let s = self.model.image_size;
+        let s = self.model.image_size();
         let spec = RolloutSpec {
             mode: Mode::TextOnly,
             samples: n,
@@ -415,8 +415,8 @@ impl<B: Backend> Reasoner for VlmReasoner<'_, B> {
 /// The teacher on the VLM: one greedy standard rollout per item, long enough for the longest
 /// perception of the data; only its perception segment is read.
 pub struct VlmTranscriber<'a, B: Backend> {
-    pub model: &'a Vlm<B>,
-    pub tok: &'a Tokenizer,
+    pub model: &'a Model<B>,
+    pub tok: &'a Codec,
     pub max_new_tokens: usize,
     pub batch_size: usize,
     pub device: &'a B::Device,

@@ -7,10 +7,10 @@
 use super::grpo::{ForcedBatch, LossSettings, Sequence, clipped_objective, token_logprobs};
 use super::{Result, RlError};
 use crate::model::checkpoint::model_from_bytes;
-use crate::model::{Vlm, VlmConfig, host_f32};
+use crate::model::{Model, VlmConfig, host_f32};
 use crate::train::grads::combine;
 use crate::train::parallel::{map_shards, replica};
-use crate::train::trainer::{OptimSettings, OptimState, Trainer};
+use crate::train::trainer::{OptimSettings, OptimState, Trainer, native_model};
 use crate::util::rng::keyed;
 use burn::optim::GradientsParams;
 use burn::tensor::backend::AutodiffBackend;
@@ -155,12 +155,15 @@ pub fn update<B: AutodiffBackend>(
         weight_decay: settings.weight_decay,
         grad_clip: settings.grad_clip,
     };
-    let mut trainer = Trainer::<B>::new(cfg, Some(init), &optim, settings.seed, device)?;
+    let policy = native_model::<B>(cfg, Some(init), settings.seed, device)?;
+    let mut trainer = Trainer::<B>::new(policy, &optim, device);
     if let Some(st) = state {
         trainer.load_state(st)?;
     }
     let reference = match reference {
-        Some(bytes) => Some(model_from_bytes::<B::InnerBackend>(cfg, bytes, device)?),
+        Some(bytes) => Some(Model::from(model_from_bytes::<B::InnerBackend>(
+            cfg, bytes, device,
+        )?)),
         None if settings.loss.kl_coef > 0.0 => {
             return Err(RlError::Invalid(format!(
                 "kl_coef is {} but no reference model is given",
@@ -268,8 +271,8 @@ pub fn update<B: AutodiffBackend>(
 /// Forward and backward passes of one micro-batch of a mini-batch of `of` sequences.
 #[allow(clippy::too_many_arguments)]
 fn micro_step<B: AutodiffBackend>(
-    model: &Vlm<B>,
-    reference: Option<&Vlm<B::InnerBackend>>,
+    model: &Model<B>,
+    reference: Option<&Model<B::InnerBackend>>,
     part: &[&Sequence],
     of: usize,
     image_size: usize,
@@ -279,12 +282,12 @@ fn micro_step<B: AutodiffBackend>(
     acc: &mut Acc,
 ) -> Result<GradientsParams> {
     let batch = ForcedBatch::<B>::new(part, image_size, pad, device)?;
-    let (logp, entropy) = token_logprobs(model, &batch, loss.temperature);
+    let (logp, entropy) = token_logprobs(model, &batch, loss.temperature)?;
     let ref_logp = match reference {
         Some(r) => {
             let inner = ForcedBatch::<B::InnerBackend>::new(part, image_size, pad, device)?;
             Some(Tensor::<B, 2>::from_inner(
-                token_logprobs(r, &inner, loss.temperature).0,
+                token_logprobs(r, &inner, loss.temperature)?.0,
             ))
         }
         None => None,
@@ -343,7 +346,6 @@ fn micro_step<B: AutodiffBackend>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::checkpoint::weights_to_bytes;
     use crate::model::config::small_config;
     use crate::model::{Cpu, Vlm};
     use burn::backend::Autodiff;
@@ -373,11 +375,11 @@ mod tests {
         let cfg = small_config();
         let dev = Default::default();
         Cpu::seed(&dev, 2);
-        let model = Vlm::<Cpu>::new(&cfg, &dev);
-        let init = weights_to_bytes(&model).unwrap();
+        let model: Model<Cpu> = Vlm::<Cpu>::new(&cfg, &dev).into();
+        let init = model.weights_bytes().unwrap();
         let image: Arc<[f32]> = vec![0.5f32; 32 * 32].into();
         let temperature = 1.0;
-        let make = |tokens: Vec<u32>, adv: f32, m: &Vlm<Cpu>| {
+        let make = |tokens: Vec<u32>, adv: f32, m: &Model<Cpu>| {
             let s = Sequence {
                 image: image.clone(),
                 prefix: vec![1, 2],
@@ -388,7 +390,8 @@ mod tests {
                 reward: f64::from(adv > 0.0),
             };
             let b = ForcedBatch::<Cpu>::new(&[&s], 32, 0, &dev).unwrap();
-            let lp = b.gather_host(&host_f32(token_logprobs(m, &b, temperature).0).unwrap());
+            let lp =
+                b.gather_host(&host_f32(token_logprobs(m, &b, temperature).unwrap().0).unwrap());
             Sequence {
                 old_logprobs: lp[0].clone(),
                 ..s
@@ -421,11 +424,13 @@ mod tests {
         assert!((first.ratio_mean - 1.0).abs() < 1e-4, "{first:?}");
         assert!((first.loss - 0.0).abs() < 1e-5, "−mean Â = 0: {first:?}");
         assert!(out.log[3].logprob_gap > 1e-3, "{:?}", out.log[3]);
-        let after =
-            crate::model::checkpoint::model_from_bytes::<Cpu>(&cfg, &out.weights, &dev).unwrap();
-        let total = |s: &Sequence, m: &Vlm<Cpu>| -> f32 {
+        let after: Model<Cpu> =
+            crate::model::checkpoint::model_from_bytes::<Cpu>(&cfg, &out.weights, &dev)
+                .unwrap()
+                .into();
+        let total = |s: &Sequence, m: &Model<Cpu>| -> f32 {
             let b = ForcedBatch::<Cpu>::new(&[s], 32, 0, &dev).unwrap();
-            b.gather_host(&host_f32(token_logprobs(m, &b, temperature).0).unwrap())[0]
+            b.gather_host(&host_f32(token_logprobs(m, &b, temperature).unwrap().0).unwrap())[0]
                 .iter()
                 .sum()
         };
@@ -498,7 +503,7 @@ mod tests {
         assert!(err.contains("other weights"), "{err}");
 
         // Rollouts from another policy are refused before any step.
-        let other = make(vec![5, 6, 7, 39], 1.0, &Vlm::<Cpu>::new(&cfg, &dev));
+        let other = make(vec![5, 6, 7, 39], 1.0, &Vlm::<Cpu>::new(&cfg, &dev).into());
         let err = update::<B>(
             &settings,
             &cfg,

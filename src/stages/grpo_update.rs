@@ -21,8 +21,8 @@ use crate::analysis::{RunningPearson, pearson, wilson};
 use crate::dag::{InputSpec, OutputSpec, RunCtx};
 use crate::eval::rollout::{Mode, prefix};
 use crate::eval::score::{EvalPoint, heldout_eval};
-use crate::model::DeviceSpec;
 use crate::model::checkpoint::model_from_bytes;
+use crate::model::{Codec, DeviceSpec, Model};
 use crate::rl::advantage::{ADV_EPS, StdKind, grouped_advantages, token_advantages};
 use crate::rl::grpo::{LossSettings, Sequence};
 use crate::rl::update::{MinibatchRow, UpdateSettings, update};
@@ -257,6 +257,7 @@ impl Stage for GrpoUpdate {
         let ids: Vec<&str> = rows.iter().map(|r| r.id.as_str()).collect();
         let (adv, zero) = grouped_advantages(&ids, &reward, cfg.adv_std, ADV_EPS);
 
+        let codec = Codec::from(tok.clone());
         let items: HashSet<&str> = ids.iter().copied().collect();
         let examples =
             read_examples_where(ctx.store, data_id.as_str(), mcfg.image_size, 0, &|_, id| {
@@ -290,7 +291,7 @@ impl Stage for GrpoUpdate {
                 } else {
                     image.clone()
                 },
-                prefix: prefix(&tok, &e.prompt, forced),
+                prefix: prefix(&codec, &e.prompt, forced)?,
                 tokens: r.token_ids.clone(),
                 old_logprobs: r.logprobs.clone(),
                 perception_tokens: r.perception_tokens,
@@ -369,10 +370,10 @@ impl Stage for GrpoUpdate {
                 return Ok(None);
             }
             crate::with_backend!(spec, |B, dev| {
-                let model = model_from_bytes::<B>(&mcfg, weights, &dev)?;
+                let model = Model::from(model_from_bytes::<B>(&mcfg, weights, &dev)?);
                 Ok(Some(heldout_eval(
                     &model,
-                    &tok,
+                    &codec,
                     &eval_set,
                     cfg.eval_max_new_tokens,
                     &dev,

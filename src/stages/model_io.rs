@@ -1,18 +1,23 @@
 //! Shared plumbing of the model stages: reading examples (images decoded and resized, token ids,
 //! spans) from an `sft_targets` artifact, and reading or writing checkpoint artifacts.
 
-use super::StageError;
+use super::{StageError, bail, ensure};
 use crate::clip::{Clip, ClipConfig};
 use crate::dag::RunCtx;
-use crate::model::VlmConfig;
 use crate::model::checkpoint::{
     CONFIG_FILE, WEIGHTS_FILE, check_tokenizer, config_from_json, config_to_json, load_weights,
 };
+use crate::model::codec::HfCodec;
+use crate::model::qwen3_vl::chat::ChatTokenizer;
+use crate::model::qwen3_vl::processor::ProcessorConfig;
+use crate::model::{Codec, HfVlm, Model, VlmConfig};
 use crate::store::Store;
 use crate::table::Table;
 use crate::text::Tokenizer;
 use crate::train::batch::{Example, image_ink};
 use burn::tensor::backend::Backend;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
 
 /// The tokenizer file stored in `sft_targets` and checkpoint artifacts.
 pub const TOKENIZER_FILE: &str = "tokenizer.json";
@@ -209,4 +214,264 @@ pub fn read_clip<B: Backend>(
     cfg.validate().map_err(StageError::Invalid)?;
     let model = load_weights(cfg.init::<B>(device), &store.read_file(id, WEIGHTS_FILE)?)?;
     Ok((cfg, model))
+}
+
+/// A checkpoint folder in the Hugging Face layout, as a model stage's `model` option takes it:
+/// `model = { hf = "path/to/Qwen3-VL-2B-Instruct" }`. The folder's files enter the cache key.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct HfSource {
+    pub hf: PathBuf,
+    /// Side of the square grid the puzzle images are resampled to before the checkpoint's
+    /// processor (which then resizes them within its pixel bounds, as it does any image).
+    #[serde(default = "default_hf_image_size")]
+    pub image_size: usize,
+}
+
+fn default_hf_image_size() -> usize {
+    224
+}
+
+/// The file that marks a checkpoint artifact as a Hugging Face checkpoint; it names the
+/// family and the image size its stages used.
+pub const HF_MARKER_FILE: &str = "asymm_model.json";
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+struct HfMarker {
+    family: String,
+    image_size: usize,
+}
+
+/// Everything a model stage needs to know about its model before choosing a backend: the
+/// tokenizer, the image size and how to build the model on a device.
+pub struct ModelPlan {
+    pub codec: Codec,
+    pub image_size: usize,
+    pub source: PlanSource,
+}
+
+pub enum PlanSource {
+    /// The built-in model: its config and weights (`None`: fresh, seeded initialization).
+    Native {
+        cfg: VlmConfig,
+        weights: Option<Vec<u8>>,
+    },
+    /// A Qwen3-VL checkpoint folder (a user's download, or a checkpoint artifact's folder).
+    Hf { dir: PathBuf, image_tokens: usize },
+}
+
+impl ModelPlan {
+    pub fn native(cfg: VlmConfig, weights: Option<Vec<u8>>, tok: Tokenizer) -> Self {
+        ModelPlan {
+            codec: Codec::Task(tok),
+            image_size: cfg.image_size,
+            source: PlanSource::Native { cfg, weights },
+        }
+    }
+
+    /// A checkpoint folder: its tokenizer and processor are read now, the weights by
+    /// [`ModelPlan::load`].
+    pub fn hf(dir: &Path, image_size: usize) -> Result<Self, StageError> {
+        let err = |e: &dyn std::fmt::Display| {
+            StageError::Invalid(format!("checkpoint {}: {e}", dir.display()))
+        };
+        if !dir.join("config.json").is_file() {
+            return Err(err(
+                &"no config.json (expected a Hugging Face checkpoint folder)",
+            ));
+        }
+        ensure!(image_size > 0, "model.image_size must be positive");
+        let codec = HfCodec::new(ChatTokenizer::from_dir(dir).map_err(|e| err(&e))?)
+            .map_err(|e| err(&e))?;
+        let processor = ProcessorConfig::from_dir(dir).map_err(|e| err(&e))?;
+        let image_tokens = processor
+            .image_tokens(image_size, image_size)
+            .map_err(|e| err(&e))?;
+        Ok(ModelPlan {
+            codec: Codec::Hf(codec),
+            image_size,
+            source: PlanSource::Hf {
+                dir: dir.to_path_buf(),
+                image_tokens,
+            },
+        })
+    }
+
+    /// A checkpoint artifact of either family; a built-in one must share the data's tokenizer.
+    pub fn from_artifact(
+        store: &Store,
+        id: &str,
+        data_tok: Option<&Tokenizer>,
+    ) -> Result<Self, StageError> {
+        let m = store.manifest(id)?;
+        if m.files.iter().any(|f| f.name == HF_MARKER_FILE) {
+            let marker: HfMarker = serde_json::from_slice(&store.read_file(id, HF_MARKER_FILE)?)
+                .map_err(|e| StageError::Invalid(format!("{id}: {HF_MARKER_FILE}: {e}")))?;
+            ensure!(
+                marker.family == "qwen3_vl",
+                "checkpoint {id}: unknown model family `{}`",
+                marker.family
+            );
+            for f in &m.files {
+                store.verified_path(id, &f.name)?;
+            }
+            let dir = store
+                .verified_path(id, CONFIG_FILE)?
+                .parent()
+                .map(Path::to_path_buf)
+                .ok_or_else(|| StageError::Invalid(format!("checkpoint {id}: no folder")))?;
+            return Self::hf(&dir, marker.image_size);
+        }
+        let (cfg, weights, tok) = read_checkpoint(store, id, data_tok)?;
+        Ok(Self::native(cfg, Some(weights), tok))
+    }
+
+    /// The built-in model's config, if this is one.
+    pub fn native_config(&self) -> Option<&VlmConfig> {
+        match &self.source {
+            PlanSource::Native { cfg, .. } => Some(cfg),
+            PlanSource::Hf { .. } => None,
+        }
+    }
+
+    /// The longest text (prompt + target) the model reads after the image.
+    pub fn max_text(&self) -> usize {
+        match &self.source {
+            PlanSource::Native { cfg, .. } => cfg.max_seq_len - cfg.patches(),
+            // Rotary positions extend as far as memory does; the prompt holds the image tokens.
+            PlanSource::Hf { .. } => usize::MAX / 2,
+        }
+    }
+
+    /// The model on `device` (a fresh built-in model is initialized from `seed`).
+    pub fn load<B: Backend>(&self, seed: u64, device: &B::Device) -> Result<Model<B>, StageError> {
+        Ok(match &self.source {
+            PlanSource::Native { cfg, weights } => {
+                crate::train::trainer::native_model::<B>(cfg, weights.as_deref(), seed, device)
+                    .map_err(|e| StageError::Invalid(e.to_string()))?
+            }
+            PlanSource::Hf { dir, .. } => Model::Qwen3Vl(
+                HfVlm::from_pretrained(dir, self.image_size, device).map_err(|e| {
+                    StageError::Invalid(format!("checkpoint {}: {e}", dir.display()))
+                })?,
+            ),
+        })
+    }
+
+    /// The examples `keep` accepts (see [`read_examples_where`]), tokenized for this model: a
+    /// checkpoint model's prompt and target are re-tokenized from the data's text with its own
+    /// tokenizer and chat prompt, and the spans found again in its tokens.
+    pub fn examples(
+        &self,
+        store: &Store,
+        data_id: &str,
+        limit: usize,
+        keep: &dyn Fn(&str, &str) -> bool,
+    ) -> Result<Vec<Example>, StageError> {
+        let mut out = read_examples_where(store, data_id, self.image_size, limit, keep)?;
+        if let (Codec::Hf(codec), PlanSource::Hf { image_tokens, .. }) = (&self.codec, &self.source)
+        {
+            let t = Table::read(store, data_id, "sft_targets")?;
+            let ids = t.required_strings("id")?;
+            let prompts = t.required_strings("prompt")?;
+            let targets = t.required_strings("target")?;
+            let row: std::collections::HashMap<&str, usize> = ids
+                .iter()
+                .enumerate()
+                .map(|(i, id)| (id.as_str(), i))
+                .collect();
+            for e in &mut out {
+                let i = *row
+                    .get(e.id.as_str())
+                    .ok_or_else(|| StageError::Invalid(format!("{}: no text", e.id)))?;
+                let t = codec
+                    .example(&prompts[i], &targets[i], *image_tokens)
+                    .map_err(|err| StageError::Invalid(format!("{}: {err}", e.id)))?;
+                e.prompt = t.prompt;
+                e.target = t.target;
+                e.spans = t.spans;
+            }
+        }
+        Ok(out)
+    }
+
+    /// [`ModelPlan::examples`] of one split (all when `None`).
+    pub fn split_examples(
+        &self,
+        store: &Store,
+        data_id: &str,
+        split: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<Example>, StageError> {
+        self.examples(store, data_id, limit, &|s: &str, _: &str| {
+            split.is_none_or(|x| x == s)
+        })
+    }
+
+    /// Writes `model` as a checkpoint artifact of its family: the built-in format, or the
+    /// Hugging Face layout (`config.json`, `model.safetensors`, and the source folder's
+    /// tokenizer and processor files) that transformers loads from the artifact's folder.
+    pub fn write<B: Backend>(&self, ctx: &RunCtx, model: &Model<B>) -> Result<String, StageError> {
+        match (&self.source, model, &self.codec) {
+            (PlanSource::Native { cfg, .. }, Model::Native(_), Codec::Task(tok)) => {
+                write_checkpoint(ctx, cfg, &model.weights_bytes()?, tok)
+            }
+            (PlanSource::Hf { dir, .. }, Model::Qwen3Vl(m), Codec::Hf(_)) => {
+                let mut w = ctx.store.writer(CHECKPOINT_KIND, 1)?;
+                m.qwen
+                    .save_pretrained(w.staging_dir())
+                    .map_err(|e| StageError::Invalid(format!("saving the checkpoint: {e}")))?;
+                w.adopt(CONFIG_FILE)?;
+                w.adopt(WEIGHTS_FILE)?;
+                let mut names: Vec<String> = std::fs::read_dir(dir)
+                    .map_err(|e| StageError::Invalid(format!("{}: {e}", dir.display())))?
+                    .filter_map(|e| e.ok())
+                    .filter(|e| e.path().is_file())
+                    .filter_map(|e| e.file_name().to_str().map(str::to_string))
+                    .filter(|n| {
+                        n != CONFIG_FILE
+                            && n != HF_MARKER_FILE
+                            && n != "manifest.json"
+                            && !n.starts_with('.')
+                            && !n.contains(".safetensors")
+                    })
+                    .collect();
+                names.sort();
+                for n in names {
+                    let bytes = std::fs::read(dir.join(&n))
+                        .map_err(|e| StageError::Invalid(format!("{}: {e}", dir.display())))?;
+                    w.add_bytes(&n, &bytes)?;
+                }
+                let marker = HfMarker {
+                    family: "qwen3_vl".into(),
+                    image_size: self.image_size,
+                };
+                let json = serde_json::to_vec_pretty(&marker)
+                    .map_err(|e| StageError::Invalid(e.to_string()))?;
+                w.add_bytes(HF_MARKER_FILE, &json)?;
+                Ok(ctx.commit(w, None)?)
+            }
+            _ => bail!("the model is not of the family its plan names"),
+        }
+    }
+}
+
+/// A training stage's `model`: a size preset of the built-in model (`"tiny"`, `"small"`) or a
+/// checkpoint folder (`{ hf = "path" }`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(untagged)]
+pub enum ModelChoice {
+    Preset(String),
+    Hf(HfSource),
+}
+
+impl Default for ModelChoice {
+    fn default() -> Self {
+        ModelChoice::Preset("tiny".into())
+    }
+}
+
+/// The files of a `{ hf = "path" }` model, for the cache key.
+pub fn hf_external(source: Option<&HfSource>) -> Vec<PathBuf> {
+    source.map(|s| vec![s.hf.clone()]).unwrap_or_default()
 }

@@ -20,9 +20,9 @@ use super::{
 use crate::clip::train::{Pair, similarities};
 use crate::dag::{InputSpec, OutputSpec, RunCtx};
 use crate::eval::rollout::{Mode, RolloutSpec};
-use crate::model::DeviceSpec;
 use crate::model::checkpoint::model_from_bytes;
 use crate::model::sampling::SamplingConfig;
+use crate::model::{Codec, DeviceSpec, Model};
 use crate::rl::reward::{
     Component, RewardRow, RewardWeights, Surrogates, VlmReasoner, VlmTranscriber, clip_rewards,
     reward_rows, self_rewards, teacher_rewards,
@@ -235,10 +235,11 @@ impl Stage for RewardScore {
                 .token_budget(&info.budget_examples)
             });
             let scores = crate::with_backend!(spec, |B, dev| {
-                let model = model_from_bytes::<B>(&mcfg, &w, &dev)?;
+                let model = Model::from(model_from_bytes::<B>(&mcfg, &w, &dev)?);
+                let codec = Codec::from(tok.clone());
                 let mut reasoner = VlmReasoner::<B> {
                     model: &model,
-                    tok: &tok,
+                    tok: &codec,
                     prompts: &info.prompts,
                     sampling: cfg.self_sampling,
                     max_new_tokens: budget,
@@ -266,10 +267,11 @@ impl Stage for RewardScore {
             let budget = perception_budget(&examples);
             let refs: Vec<&Example> = examples.iter().collect();
             let transcripts = crate::with_backend!(spec, |B, dev| {
-                let model = model_from_bytes::<B>(&mcfg, &w, &dev)?;
+                let model = Model::from(model_from_bytes::<B>(&mcfg, &w, &dev)?);
+                let codec = Codec::from(tok.clone());
                 let mut t = VlmTranscriber::<B> {
                     model: &model,
-                    tok: &tok,
+                    tok: &codec,
                     max_new_tokens: budget,
                     batch_size: cfg.batch_size,
                     device: &dev,

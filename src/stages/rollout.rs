@@ -2,17 +2,14 @@
 //! modes and keyed sampling) and store them with their token ids and log-probabilities.
 
 use super::artifacts::read_rollouts;
-use super::model_io::{
-    read_checkpoint, read_examples, read_examples_where, read_tokenizer, split_ids,
-};
+use super::model_io::{HfSource, ModelPlan, hf_external, read_tokenizer, split_ids};
 use super::{
-    Outputs, Stage, StageError, Written, ensure, input, input_id, optional, output, outputs,
-    read_optional, write_table,
+    Outputs, Stage, StageError, Written, bail, ensure, input, input_id, optional, optional_id,
+    output, outputs, read_optional, write_table,
 };
 use crate::dag::{InputSpec, OutputSpec, RunCtx};
 use crate::eval::rollout::{Mode, RolloutRow, RolloutSpec, run_rollouts};
 use crate::model::DeviceSpec;
-use crate::model::checkpoint::model_from_bytes;
 use crate::rl::select::step_items;
 use crate::table::cols;
 use serde::{Deserialize, Serialize};
@@ -89,6 +86,10 @@ pub fn write_rollouts(
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RolloutConfig {
+    /// Sample from a checkpoint folder in the Hugging Face layout instead of a `checkpoint`
+    /// input: `model = { hf = "path" }`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub model: Option<HfSource>,
     /// Which split of the data to sample on.
     pub split: String,
     /// At most this many items (0 = all).
@@ -106,12 +107,34 @@ pub struct RolloutConfig {
 impl Default for RolloutConfig {
     fn default() -> Self {
         RolloutConfig {
+            model: None,
             split: "test".into(),
             limit: 0,
             prompts_per_step: 0,
             step: None,
             spec: RolloutSpec::default(),
         }
+    }
+}
+
+/// The model of a sampling stage: its `checkpoint` input, or `model = { hf = ... }`.
+pub(super) fn model_plan(
+    ctx: &RunCtx,
+    model: Option<&HfSource>,
+    checkpoint: &InputSpec,
+    data_tok: &crate::text::Tokenizer,
+) -> Result<ModelPlan, StageError> {
+    match (optional_id(ctx, checkpoint), model) {
+        (Some(id), None) => ModelPlan::from_artifact(ctx.store, id.as_str(), Some(data_tok)),
+        (None, Some(src)) => ModelPlan::hf(&src.hf, src.image_size),
+        (Some(_), Some(_)) => bail!(
+            "set either a `{}` input or `model = {{ hf = ... }}`, not both",
+            checkpoint.name
+        ),
+        (None, None) => bail!(
+            "no model: give a `{}` input or `model = {{ hf = \"path\" }}`",
+            checkpoint.name
+        ),
     }
 }
 
@@ -126,7 +149,7 @@ fn step_seed(seed: u64, step: usize) -> u64 {
 
 pub struct Rollout;
 
-const CHECKPOINT: InputSpec = input("checkpoint", "checkpoint");
+const CHECKPOINT: InputSpec = optional("checkpoint", "checkpoint");
 const DATA: InputSpec = input("data", "sft_targets");
 const PERCEPTIONS: InputSpec = optional("perceptions", "rollouts");
 const MAIN: OutputSpec = output("main", "rollouts");
@@ -143,16 +166,15 @@ impl Stage for Rollout {
     fn outputs() -> Vec<OutputSpec> {
         vec![MAIN]
     }
+    fn external_files(cfg: &RolloutConfig) -> Vec<std::path::PathBuf> {
+        hf_external(cfg.model.as_ref())
+    }
 
     fn run(cfg: &RolloutConfig, ctx: &RunCtx) -> Result<Outputs, StageError> {
         let data_id = input_id(ctx, &DATA)?;
         let data_id = data_id.as_str();
         let data_tok = read_tokenizer(ctx.store, data_id)?;
-        let (mcfg, weights, tok) = read_checkpoint(
-            ctx.store,
-            input_id(ctx, &CHECKPOINT)?.as_str(),
-            Some(&data_tok),
-        )?;
+        let plan = model_plan(ctx, cfg.model.as_ref(), &CHECKPOINT, &data_tok)?;
         ensure!(
             cfg.limit == 0 || cfg.prompts_per_step == 0,
             "set either `limit` or `prompts_per_step`, not both"
@@ -168,21 +190,11 @@ impl Stage for Rollout {
             .into_iter()
             .map(|i| ids[i].as_str())
             .collect();
-            read_examples_where(
-                ctx.store,
-                data_id,
-                mcfg.image_size,
-                0,
-                &|s: &str, id: &str| s == cfg.split && chosen.contains(id),
-            )?
+            plan.examples(ctx.store, data_id, 0, &|s: &str, id: &str| {
+                s == cfg.split && chosen.contains(id)
+            })?
         } else {
-            read_examples(
-                ctx.store,
-                data_id,
-                Some(&cfg.split),
-                mcfg.image_size,
-                cfg.limit,
-            )?
+            plan.split_examples(ctx.store, data_id, Some(&cfg.split), cfg.limit)?
         };
         ensure!(!examples.is_empty(), "no items in split `{}`", cfg.split);
         let seed = match cfg.step {
@@ -203,10 +215,10 @@ impl Stage for Rollout {
         let spec = DeviceSpec::parse(&ctx.device)?;
         let bar = crate::progress::bar((examples.len() * cfg.spec.samples) as u64, "rollout");
         let rows = crate::with_backend!(spec, |B, dev| {
-            let model = model_from_bytes::<B>(&mcfg, &weights, &dev)?;
+            let model = plan.load::<B>(ctx.seed, &dev)?;
             run_rollouts::<B>(
                 &model,
-                &tok,
+                &plan.codec,
                 &examples,
                 perceptions.as_ref(),
                 &cfg.spec,

@@ -4,14 +4,14 @@
 //! Writes the checkpoint, a deterministic per-step log with periodic held-out a_p / a_r / a, and
 //! the wall-clock timing. A killed run resumes from its last snapshot.
 
-use super::model_io::{read_checkpoint, read_examples, read_tokenizer, write_checkpoint};
+use super::model_io::{ModelChoice, ModelPlan, hf_external, read_tokenizer};
 use super::{
     Outputs, Stage, StageError, Written, bail, input, input_id, optional, optional_id, output,
     outputs, write_table,
 };
 use crate::dag::{InputSpec, OutputSpec, RunCtx};
 use crate::eval::score::heldout_eval;
-use crate::model::{DeviceSpec, Vlm, VlmConfig};
+use crate::model::{Codec, DeviceSpec, Model, VlmConfig};
 use crate::table::cols;
 use crate::train::batch::Example;
 use crate::train::objective::ObjectiveKind;
@@ -61,8 +61,9 @@ pub enum Hparams {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SftTrainConfig {
-    /// Size preset: `tiny` or `small` (ignored when starting from `init`).
-    pub model: String,
+    /// Size preset, `tiny` or `small` (ignored when starting from `init`), or a checkpoint
+    /// folder in the Hugging Face layout: `{ hf = "path", image_size = 224 }`.
+    pub model: ModelChoice,
     pub size: ModelOverrides,
     pub hparams: Hparams,
     pub objective: ObjectiveKind,
@@ -99,7 +100,7 @@ pub struct SftTrainConfig {
 impl Default for SftTrainConfig {
     fn default() -> Self {
         SftTrainConfig {
-            model: "tiny".into(),
+            model: ModelChoice::default(),
             size: ModelOverrides::default(),
             hparams: Hparams::FromScratch,
             objective: ObjectiveKind::Standard,
@@ -127,11 +128,10 @@ impl Default for SftTrainConfig {
 }
 
 impl SftTrainConfig {
-    fn model_config(&self, vocab: usize) -> Result<VlmConfig, StageError> {
-        let mut c = VlmConfig::preset(&self.model, vocab).ok_or_else(|| {
+    fn model_config(&self, preset: &str, vocab: usize) -> Result<VlmConfig, StageError> {
+        let mut c = VlmConfig::preset(preset, vocab).ok_or_else(|| {
             StageError::Invalid(format!(
-                "unknown model preset `{}` (tiny, small)",
-                self.model
+                "unknown model preset `{preset}` (tiny, small, or {{ hf = \"path\" }})"
             ))
         })?;
         let o = &self.size;
@@ -187,7 +187,7 @@ impl SftTrainConfig {
 }
 
 struct Hooks<'a, B: Backend> {
-    tok: &'a crate::text::Tokenizer,
+    tok: &'a Codec,
     eval_set: &'a [Example],
     max_new_tokens: Option<usize>,
     device: &'a B::Device,
@@ -199,7 +199,7 @@ impl<B: Backend> SftHooks<Autodiff<B>> for Hooks<'_, B> {
     fn eval(
         &mut self,
         _step: usize,
-        model: &Vlm<<Autodiff<B> as AutodiffBackend>::InnerBackend>,
+        model: &Model<<Autodiff<B> as AutodiffBackend>::InnerBackend>,
     ) -> Result<Option<EvalPoint>, TrainError> {
         if self.eval_set.is_empty() {
             return Ok(None);
@@ -242,39 +242,39 @@ impl Stage for SftTrain {
     fn outputs() -> Vec<OutputSpec> {
         vec![MAIN, LOG, TIMING]
     }
+    fn external_files(cfg: &SftTrainConfig) -> Vec<std::path::PathBuf> {
+        match &cfg.model {
+            ModelChoice::Hf(s) => hf_external(Some(s)),
+            ModelChoice::Preset(_) => Vec::new(),
+        }
+    }
 
     fn run(cfg: &SftTrainConfig, ctx: &RunCtx) -> Result<Outputs, StageError> {
         let data_id = input_id(ctx, &DATA)?;
         let data_id = data_id.as_str();
         let tok = read_tokenizer(ctx.store, data_id)?;
-        let (mcfg, init) = match optional_id(ctx, &INIT) {
-            Some(id) => {
-                let (c, w, _) = read_checkpoint(ctx.store, id.as_str(), Some(&tok))?;
-                (c, Some(w))
+        let plan = match (optional_id(ctx, &INIT), &cfg.model) {
+            (Some(_), ModelChoice::Hf(_)) => {
+                bail!("set either an `init` checkpoint or `model = {{ hf = ... }}`, not both")
             }
-            None => (cfg.model_config(tok.vocab_size())?, None),
+            (Some(id), ModelChoice::Preset(_)) => {
+                ModelPlan::from_artifact(ctx.store, id.as_str(), Some(&tok))?
+            }
+            (None, ModelChoice::Preset(p)) => {
+                ModelPlan::native(cfg.model_config(p, tok.vocab_size())?, None, tok.clone())
+            }
+            (None, ModelChoice::Hf(src)) => ModelPlan::hf(&src.hf, src.image_size)?,
         };
-        let mut train_set = read_examples(
-            ctx.store,
-            data_id,
-            Some(&cfg.train_split),
-            mcfg.image_size,
-            0,
-        )?;
+        let mut train_set = plan.split_examples(ctx.store, data_id, Some(&cfg.train_split), 0)?;
         if train_set.is_empty() {
             return Err(StageError::Invalid(format!(
                 "no training items in split `{}`",
                 cfg.train_split
             )));
         }
-        let eval_set = read_examples(
-            ctx.store,
-            data_id,
-            Some(&cfg.eval_split),
-            mcfg.image_size,
-            cfg.eval_items,
-        )?;
-        let settings = cfg.settings(ctx.seed, mcfg.max_seq_len - mcfg.patches());
+        let eval_set =
+            plan.split_examples(ctx.store, data_id, Some(&cfg.eval_split), cfg.eval_items)?;
+        let settings = cfg.settings(ctx.seed, plan.max_text());
         let fits = |e: &Example| e.prompt.len() + e.target.len() <= settings.max_text + 1;
         let before = train_set.len();
         match cfg.overlong {
@@ -287,15 +287,19 @@ impl Stage for SftTrain {
                     bail!(
                         "{} of {before} training examples are longer than the model's context; \
                          the longest, `{}`, has {} prompt + target tokens and the model reads {} \
-                         after the image (max_seq_len {} − {} image patches). Shorten the \
-                         targets (distill-format verbosity), raise size.max_seq_len, or set \
-                         overlong = \"drop\"",
+                         after the image{}. Shorten the targets (distill-format verbosity), \
+                         raise size.max_seq_len, or set overlong = \"drop\"",
                         train_set.iter().filter(|e| !fits(e)).count(),
                         e.id,
                         e.prompt.len() + e.target.len(),
                         settings.max_text + 1,
-                        mcfg.max_seq_len,
-                        mcfg.patches()
+                        plan.native_config()
+                            .map(|c| format!(
+                                " (max_seq_len {} − {} image patches)",
+                                c.max_seq_len,
+                                c.patches()
+                            ))
+                            .unwrap_or_default()
                     );
                 }
             }
@@ -317,29 +321,32 @@ impl Stage for SftTrain {
         let scratch = ctx.scratch();
         let out = crate::with_backend!(spec, |B, dev| {
             let mut hooks = Hooks::<B> {
-                tok: &tok,
+                tok: &plan.codec,
                 eval_set: &eval_set,
                 max_new_tokens: cfg.eval_max_new_tokens,
                 device: &dev,
                 bar: bar.clone(),
                 ctx,
             };
-            train::<Autodiff<B>>(
+            let model = plan.load::<Autodiff<B>>(ctx.seed, &dev)?;
+            let out = train::<Autodiff<B>>(
                 &settings,
-                &mcfg,
-                init.as_deref(),
+                model,
                 &train_set,
                 &dev,
                 &scratch,
-                tok.pad(),
+                plan.codec.pad(),
                 &mut hooks,
             )
-            .map_err(StageError::from)
+            .map_err(StageError::from)?;
+            let ckpt = plan.write(ctx, &out.model)?;
+            Ok::<_, StageError>((ckpt, out.log, out.timing))
         })?;
         bar.finish_and_clear();
-        let ckpt = Written::new(&MAIN, write_checkpoint(ctx, &mcfg, &out.weights, &tok)?);
-        let log = write_log(ctx, &out.log, dropped)?;
-        let t = &out.timing;
+        let (ckpt, log, timing) = out;
+        let ckpt = Written::new(&MAIN, ckpt);
+        let log = write_log(ctx, &log, dropped)?;
+        let t = &timing;
         let timing = write_table(
             ctx,
             &TIMING,

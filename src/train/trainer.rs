@@ -8,8 +8,8 @@
 
 use super::grads::{grad_norm, scale};
 use super::schedule::cosine_with_warmup;
-use crate::model::checkpoint::{model_from_bytes, weights_to_bytes};
-use crate::model::{ModelError, Vlm, VlmConfig};
+use crate::model::checkpoint::model_from_bytes;
+use crate::model::{Model, ModelError, Vlm, VlmConfig};
 use burn::module::{Module, ModuleVisitor, Param, ParamId};
 use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
 use burn::record::{BinBytesRecorder, FullPrecisionSettings, Recorder};
@@ -56,15 +56,29 @@ pub enum TrainerError {
 
 pub type Result<T> = std::result::Result<T, TrainerError>;
 
-type Optim<B> = burn::optim::adaptor::OptimizerAdaptor<burn::optim::AdamW, Vlm<B>, B>;
+type Optim<B> = burn::optim::adaptor::OptimizerAdaptor<burn::optim::AdamW, Model<B>, B>;
 
 /// The model being trained with its optimizer.
 pub struct Trainer<B: AutodiffBackend> {
-    pub model: Vlm<B>,
+    pub model: Model<B>,
     optim: Optim<B>,
     settings: OptimSettings,
-    cfg: VlmConfig,
     device: B::Device,
+}
+
+/// A built-in model: freshly initialized from `seed`, or the weights `init`.
+pub fn native_model<B: Backend>(
+    cfg: &VlmConfig,
+    init: Option<&[u8]>,
+    seed: u64,
+    device: &B::Device,
+) -> Result<Model<B>> {
+    B::seed(device, seed);
+    Ok(match init {
+        Some(bytes) => model_from_bytes::<B>(cfg, bytes, device)?,
+        None => Vlm::<B>::new(cfg, device),
+    }
+    .into())
 }
 
 const MODEL_FILE: &str = "model.bin";
@@ -72,26 +86,14 @@ const OPTIM_FILE: &str = "optim.bin";
 const STATE_FILE: &str = "state.json";
 
 impl<B: AutodiffBackend> Trainer<B> {
-    /// A trainer for a fresh model (seeded from `seed`) or for the weights `init`.
-    pub fn new(
-        cfg: &VlmConfig,
-        init: Option<&[u8]>,
-        settings: &OptimSettings,
-        seed: u64,
-        device: &B::Device,
-    ) -> Result<Self> {
-        B::seed(device, seed);
-        let model = match init {
-            Some(bytes) => model_from_bytes::<B>(cfg, bytes, device)?,
-            None => Vlm::<B>::new(cfg, device),
-        };
-        Ok(Trainer {
+    /// A trainer for `model` (see [`native_model`]).
+    pub fn new(model: Model<B>, settings: &OptimSettings, device: &B::Device) -> Self {
+        Trainer {
             model,
             optim: Self::optim_config(settings).init(),
             settings: settings.clone(),
-            cfg: cfg.clone(),
             device: device.clone(),
-        })
+        }
     }
 
     fn optim_config(settings: &OptimSettings) -> AdamWConfig {
@@ -125,7 +127,7 @@ impl<B: AutodiffBackend> Trainer<B> {
 
     /// The current weights in the checkpoint format.
     pub fn weights(&self) -> Result<Vec<u8>> {
-        Ok(weights_to_bytes(&self.model)?)
+        Ok(self.model.weights_bytes()?)
     }
 
     /// The AdamW state (moments and step count of every parameter, in the model's parameter
@@ -226,7 +228,7 @@ impl<B: AutodiffBackend> Trainer<B> {
         }
         let err = snapshot_error(dir);
         let read = |name: &str| std::fs::read(dir.join(name)).map_err(|e| err(e.to_string()));
-        self.model = model_from_bytes::<B>(&self.cfg, &read(MODEL_FILE)?, &self.device)?;
+        self.model = self.model.clone().with_weights(&read(MODEL_FILE)?)?;
         let st = OptimState::from_bytes(&read(OPTIM_FILE)?).map_err(|e| err(e.to_string()))?;
         self.load_state(&st).map_err(|e| err(e.to_string()))?;
         Ok(Some(state))
@@ -234,7 +236,7 @@ impl<B: AutodiffBackend> Trainer<B> {
 }
 
 /// The ids of a model's float parameters in visiting order (the module tree's order).
-fn param_ids<B: AutodiffBackend>(model: &Vlm<B>) -> Vec<ParamId> {
+fn param_ids<B: AutodiffBackend>(model: &Model<B>) -> Vec<ParamId> {
     struct Ids(Vec<ParamId>);
     impl<B: Backend> ModuleVisitor<B> for Ids {
         fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {

@@ -332,3 +332,120 @@ fn a_loaded_checkpoint_trains() {
     eprintln!("loss {start} → {end}, {params} parameters");
     assert!(end < start * 0.9, "loss {start} → {end}");
 }
+
+/// Every model stage on a checkpoint folder: the fixture pipeline fine-tunes the tiny
+/// checkpoint (`model = { hf = ... }`), samples it standard and counterfactual and scores the
+/// samples, and samples the checkpoint as it is. The fine-tuned checkpoint is a Hugging Face
+/// folder that loads again, with moved weights and the source's tokenizer; each rollout's
+/// tokens are its text in the checkpoint tokenizer's ids; the targets were re-tokenized with
+/// that tokenizer; and the training loss fell.
+#[test]
+fn a_pipeline_fine_tunes_samples_and_scores_the_checkpoint() {
+    use crate::common::{json, rows, stage};
+    use asymm::model::codec::HfCodec;
+    use asymm::model::qwen3_vl::chat::ChatTokenizer;
+    let dir = asymm::util::fsx::TempDir::new("asymm-it-hf").unwrap();
+    let store = dir.path().join("store");
+    let text = std::fs::read_to_string(fixture("pipeline.toml"))
+        .unwrap()
+        .replace(
+            "\"tests/fixtures/qwen3_vl/tied\"",
+            &format!("{:?}", fixture("tied").display().to_string()),
+        );
+    let ps = dir.path().join("pipeline.toml");
+    std::fs::write(&ps, text).unwrap();
+    let ps = ps.to_str().unwrap();
+    let run = json(&store, &["run", ps]);
+    let ckpt = stage(&run, "sft")["outputs"]["main"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let folder = store.join("objects").join(&ckpt);
+    for f in [
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "asymm_model.json",
+    ] {
+        assert!(folder.join(f).is_file(), "{f} in the checkpoint artifact");
+    }
+    let tuned = Qwen3Vl::<Cpu>::from_pretrained(&folder, &Default::default()).expect("loads");
+    let base = Qwen3Vl::<Cpu>::from_pretrained(&fixture("tied"), &Default::default()).unwrap();
+    let weights = |m: &Qwen3Vl<Cpu>| {
+        m.model
+            .language_model
+            .embed_tokens
+            .weight
+            .val()
+            .into_data()
+            .to_vec::<f32>()
+            .unwrap()
+    };
+    assert!(
+        max_diff(&weights(&tuned), &weights(&base)) > 1e-5,
+        "SFT moved the weights"
+    );
+
+    let tok = HfCodec::new(ChatTokenizer::from_dir(&folder).unwrap()).unwrap();
+    for name in ["rollout", "rollout_base"] {
+        let id = stage(&run, name)["outputs"]["main"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let show = json(&store, &["show", &id]);
+        let all = rows(&show);
+        assert_eq!(all.len(), if name == "rollout" { 8 } else { 4 }, "{name}");
+        for r in all {
+            let ids: Vec<u32> = r["token_ids"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_u64().unwrap() as u32)
+                .collect();
+            let truncated = r["truncated"].as_bool().unwrap();
+            let body = if truncated {
+                &ids[..]
+            } else {
+                &ids[..ids.len() - 1]
+            };
+            if !truncated {
+                assert_eq!(ids.last(), Some(&tok.eos), "{name}: ends with <|im_end|>");
+            }
+            assert_eq!(
+                tok.tok.decode(body, false).unwrap(),
+                r["text"].as_str().unwrap()
+            );
+            assert!(
+                ids.iter().all(|&t| (t as usize) < 128),
+                "{name}: ids in the vocabulary"
+            );
+        }
+    }
+    let eval = stage(&run, "evaluate")["outputs"]["main"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let metrics = json(&store, &["show", &eval]);
+    let names: Vec<&str> = rows(&metrics)
+        .iter()
+        .filter_map(|r| r["metric"].as_str())
+        .collect();
+    for m in ["a", "a_p", "a_r"] {
+        assert!(names.contains(&m), "metric {m} in {names:?}");
+    }
+
+    let log = stage(&run, "sft")["outputs"]["log"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let log = json(&store, &["show", &log]);
+    let loss: Vec<f64> = rows(&log)
+        .iter()
+        .map(|r| r["loss"].as_f64().unwrap())
+        .collect();
+    assert_eq!(loss.len(), 4);
+    assert!(loss[3] < loss[0], "SFT loss {loss:?}");
+    // Perception's share of the target is counted in the checkpoint tokenizer's tokens.
+    let share = rows(&log)[0]["perception_token_share"].as_f64().unwrap();
+    assert!(share > 0.05 && share < 0.95, "{share}");
+}

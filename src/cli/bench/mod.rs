@@ -323,7 +323,8 @@ fn model_suite(a: &BenchArgs, report: &mut Report) -> anyhow::Result<String> {
         if !plans.is_empty() {
             // A seeded model, so that every run samples the same outputs.
             <B as burn::tensor::backend::Backend>::seed(&device, SFT_SEED);
-            let model = Vlm::<B>::new(&cfg, &device);
+            let model: asymm::model::Model<B> = Vlm::<B>::new(&cfg, &device).into();
+            let codec = asymm::model::Codec::from(tok.clone());
             for &plan in &plans {
                 let spec = RolloutSpec {
                     mode: Mode::Standard,
@@ -335,7 +336,7 @@ fn model_suite(a: &BenchArgs, report: &mut Report) -> anyhow::Result<String> {
                 let t = Instant::now();
                 let rows = run_rollouts(
                     &model,
-                    &tok,
+                    &codec,
                     &examples[..plan.examples()],
                     None,
                     &spec,
@@ -446,10 +447,10 @@ fn sft_rate<B: AutodiffBackend>(
 ) -> anyhow::Result<(usize, f64)> {
     let settings = sft_settings(cfg, objective, steps, data_shards);
     let scratch = asymm::util::fsx::TempDir::new("asymm-bench")?;
+    let model = asymm::train::trainer::native_model::<B>(cfg, None, settings.seed, device)?;
     let out = train::<B>(
         &settings,
-        cfg,
-        None,
+        model,
         examples,
         device,
         scratch.path(),

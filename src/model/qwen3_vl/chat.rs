@@ -15,6 +15,9 @@
 use super::{HfError, Result, checkpoint_err};
 use std::path::Path;
 
+/// Byte ranges of tokens in the text they were read from.
+pub type Offsets = Vec<(usize, usize)>;
+
 pub struct ChatTokenizer {
     tok: tokenizers::Tokenizer,
 }
@@ -34,6 +37,15 @@ impl ChatTokenizer {
             .encode(text, false)
             .map_err(|e| HfError::Input(format!("tokenizing {text:?}: {e}")))?;
         Ok(enc.get_ids().to_vec())
+    }
+
+    /// The ids of `text` with each token's byte range in it.
+    pub fn encode_with_offsets(&self, text: &str) -> Result<(Vec<u32>, Offsets)> {
+        let enc = self
+            .tok
+            .encode(text, false)
+            .map_err(|e| HfError::Input(format!("tokenizing {text:?}: {e}")))?;
+        Ok((enc.get_ids().to_vec(), enc.get_offsets().to_vec()))
     }
 
     /// The text of `ids` (special tokens dropped with `skip_special`).

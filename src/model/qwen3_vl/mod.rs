@@ -115,6 +115,7 @@ pub struct Qwen3Vl<B: Backend> {
 
 /// A sequence being decoded: the layers' keys and values and the position of the next token
 /// (after an image, text positions continue from the largest position so far).
+#[derive(Clone)]
 pub struct Decode<B: Backend> {
     pub cache: text::KvCache<B>,
     pub next_pos: i64,

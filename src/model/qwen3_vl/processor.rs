@@ -187,6 +187,13 @@ impl ProcessorConfig {
         Ok((hb as usize, wb as usize))
     }
 
+    /// The number of image tokens (merged patches) an image of `height × width` becomes.
+    pub fn image_tokens(&self, height: usize, width: usize) -> Result<usize> {
+        let (h, w) = self.smart_resize(height, width)?;
+        let (p, m) = (self.patch_size, self.merge_size);
+        Ok((h / p) * (w / p) / (m * m))
+    }
+
     /// The patch rows [N, C·T·P·P] (row-major) and the grid (1, h, w) of one image.
     pub fn preprocess(&self, image: &Rgb) -> Result<(Vec<f32>, [usize; 3])> {
         let (th, tw) = self.smart_resize(image.height, image.width)?;

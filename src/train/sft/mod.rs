@@ -10,12 +10,12 @@ use super::objective::{ObjectiveKind, Selector, Term, span_mask, terms, token_we
 use super::parallel::{map_shards, replica, split};
 use super::trainer::{OptimSettings, Trainer, TrainerError};
 pub use crate::eval::score::EvalPoint;
-use crate::model::{ModelError, Vlm, VlmConfig, host_f32};
+use crate::model::{Model, ModelError, host_f32};
 use crate::util::rng::keyed;
 use burn::module::AutodiffModule;
 use burn::optim::GradientsParams;
 use burn::tensor::activation::log_softmax;
-use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Tensor, TensorData};
 use rand::seq::SliceRandom;
 use serde::{Deserialize, Serialize};
@@ -125,17 +125,24 @@ impl<B: AutodiffBackend> SftHooks<B> for NoEval {
     fn eval(
         &mut self,
         _: usize,
-        _: &Vlm<B::InnerBackend>,
+        _: &Model<B::InnerBackend>,
     ) -> Result<Option<EvalPoint>, TrainError> {
         Ok(None)
     }
 }
 
 /// Result of a finished run.
-pub struct SftOutput {
-    pub weights: Vec<u8>,
+pub struct SftOutput<B: Backend> {
+    pub model: Model<B>,
     pub log: Vec<LogRow>,
     pub timing: Vec<TimingRow>,
+}
+
+impl<B: Backend> SftOutput<B> {
+    /// The trained weights in the checkpoint format ([`Model::weights_bytes`]).
+    pub fn weights(&self) -> Result<Vec<u8>, ModelError> {
+        self.model.weights_bytes()
+    }
 }
 
 /// Callbacks from the loop.
@@ -144,7 +151,7 @@ pub trait SftHooks<B: AutodiffBackend> {
     fn eval(
         &mut self,
         step: usize,
-        model: &Vlm<B::InnerBackend>,
+        model: &Model<B::InnerBackend>,
     ) -> Result<Option<EvalPoint>, TrainError>;
     /// Called after each optimizer step (progress, fault injection).
     fn after_step(&mut self, _step: usize, _row: &LogRow, _tokens_per_sec: f64) {}
@@ -182,20 +189,21 @@ fn batch_indices(n: usize, settings: &SftSettings, step: usize, micro: usize) ->
 }
 
 fn nll<B: AutodiffBackend>(
-    model: &Vlm<B>,
+    model: &Model<B>,
     batch: &super::batch::Batch<B>,
     images: Tensor<B, 3>,
-) -> Tensor<B, 2> {
-    let logits = model.forward_text(images, batch.inputs.clone());
+) -> Result<Tensor<B, 2>, TrainError> {
+    let logits = model.forward_text(images, batch.inputs.clone())?;
     let lp = log_softmax(logits, 2);
     let [b, l] = batch.labels.dims();
-    lp.gather(2, batch.labels.clone().reshape([b, l, 1]))
+    Ok(lp
+        .gather(2, batch.labels.clone().reshape([b, l, 1]))
         .reshape([b, l])
-        .neg()
+        .neg())
 }
 
 fn weighted_grads<B: AutodiffBackend>(
-    model: &Vlm<B>,
+    model: &Model<B>,
     batch: &super::batch::Batch<B>,
     weights: Vec<f32>,
     scale: f32,
@@ -209,7 +217,7 @@ fn weighted_grads<B: AutodiffBackend>(
         ),
         &device,
     );
-    let per_token = nll(model, batch, batch.images.clone());
+    let per_token = nll(model, batch, batch.images.clone())?;
     let host = host_f32(per_token.clone().detach())?;
     let loss = (per_token * w).sum();
     let grads = GradientsParams::from_grads(loss.backward(), model);
@@ -217,7 +225,7 @@ fn weighted_grads<B: AutodiffBackend>(
 }
 
 fn add<B: AutodiffBackend>(
-    model: &Vlm<B>,
+    model: &Model<B>,
     acc: Option<GradientsParams>,
     g: GradientsParams,
 ) -> GradientsParams {
@@ -273,7 +281,7 @@ struct StepGrads {
 
 impl StepGrads {
     /// Adds another shard's or micro-batch's gradients, field by field.
-    fn add<B: AutodiffBackend>(&mut self, model: &Vlm<B>, o: StepGrads) {
+    fn add<B: AutodiffBackend>(&mut self, model: &Model<B>, o: StepGrads) {
         let sum = |a: &mut Option<GradientsParams>, b: Option<GradientsParams>| {
             if let Some(b) = b {
                 *a = Some(add(model, a.take(), b));
@@ -325,17 +333,16 @@ fn check_settings(settings: &SftSettings, train_set: &[Example]) -> Result<(), T
 /// Forward and backward passes of one micro-batch, accumulated into `g`.
 #[allow(clippy::too_many_arguments)]
 fn micro_batch<B: AutodiffBackend>(
-    model: &Vlm<B>,
+    model: &Model<B>,
     settings: &SftSettings,
     exs: &[&Example],
     scale: f32,
-    cfg: &VlmConfig,
     pad: u32,
     device: &B::Device,
     diagnostics: bool,
     g: &mut StepGrads,
 ) -> Result<MicroStats, TrainError> {
-    let batch = make_batch::<B>(exs, cfg.image_size, settings.max_text, pad, device);
+    let batch = make_batch::<B>(exs, model.image_size(), settings.max_text, pad, device);
     let pmask = span_mask(exs, &batch.target_index, "perception");
     let rmask = span_mask(exs, &batch.target_index, "reasoning");
     let mut st = MicroStats::default();
@@ -388,7 +395,7 @@ fn micro_batch<B: AutodiffBackend>(
         }
     }
     if diagnostics {
-        let blank = host_f32(nll(model, &batch, batch.images.zeros_like()).detach())?;
+        let blank = host_f32(nll(model, &batch, batch.images.zeros_like())?.detach())?;
         for (v, &m) in blank.iter().zip(&pmask) {
             if m {
                 st.blank_sum += *v as f64;
@@ -399,18 +406,18 @@ fn micro_batch<B: AutodiffBackend>(
     Ok(st)
 }
 
-/// Runs SFT from `init` (or a fresh model) and returns the final weights and logs.
+/// Runs SFT of `model` (see [`crate::train::trainer::native_model`]) and returns the trained
+/// model and the logs.
 #[allow(clippy::too_many_arguments)]
 pub fn train<B: AutodiffBackend>(
     settings: &SftSettings,
-    cfg: &VlmConfig,
-    init: Option<&[u8]>,
+    model: Model<B>,
     train_set: &[Example],
     device: &B::Device,
     scratch: &Path,
     pad: u32,
     hooks: &mut dyn SftHooks<B>,
-) -> Result<SftOutput, TrainError> {
+) -> Result<SftOutput<B::InnerBackend>, TrainError> {
     check_settings(settings, train_set)?;
     let optim = OptimSettings {
         steps: settings.steps,
@@ -420,7 +427,7 @@ pub fn train<B: AutodiffBackend>(
         weight_decay: settings.weight_decay,
         grad_clip: settings.grad_clip,
     };
-    let mut trainer = Trainer::<B>::new(cfg, init, &optim, settings.seed, device)?;
+    let mut trainer = Trainer::<B>::new(model, &optim, device);
     let (mut start, mut log, mut timing) = (0, Vec::new(), Vec::new());
     if let Some(s) = trainer.resume::<SnapshotState>(scratch, |s| &s.settings == settings)? {
         (start, log, timing) = (s.step, s.log, s.timing);
@@ -446,7 +453,6 @@ pub fn train<B: AutodiffBackend>(
                     settings,
                     &exs,
                     scale(&exs),
-                    cfg,
                     pad,
                     device,
                     diagnostics,
@@ -461,7 +467,6 @@ pub fn train<B: AutodiffBackend>(
                     settings,
                     shards[i],
                     scale(shards[i]),
-                    cfg,
                     pad,
                     device,
                     diagnostics,
@@ -554,7 +559,7 @@ pub fn train<B: AutodiffBackend>(
         }
     }
     Ok(SftOutput {
-        weights: trainer.weights()?,
+        model: trainer.model.valid(),
         log,
         timing,
     })

@@ -1,4 +1,5 @@
 use super::*;
+use crate::model::{Vlm, VlmConfig};
 
 fn settings(objective: ObjectiveKind, extra_spans: Vec<(String, f64)>) -> SftSettings {
     SftSettings {
@@ -72,21 +73,13 @@ fn train_cpu(
     cfg: &VlmConfig,
     init: Option<&[u8]>,
     data: &[Example],
-) -> SftOutput {
+) -> SftOutput<crate::model::Cpu> {
     type B = burn::backend::Autodiff<crate::model::Cpu>;
     let dir = crate::util::fsx::TempDir::new("asymm-sft").unwrap();
     let device = Default::default();
-    train::<B>(
-        settings,
-        cfg,
-        init,
-        data,
-        &device,
-        dir.path(),
-        0,
-        &mut NoEval,
-    )
-    .unwrap()
+    let model =
+        crate::train::trainer::native_model::<B>(cfg, init, settings.seed, &device).unwrap();
+    train::<B>(settings, model, data, &device, dir.path(), 0, &mut NoEval).unwrap()
 }
 
 /// The perception token is a function of the image alone (which quadrant holds ink), so
@@ -201,7 +194,7 @@ fn data_shards_sum_to_the_batch_gradient() {
             }
             let model = crate::model::checkpoint::load_weights(
                 Vlm::<crate::model::Cpu>::new(&cfg, &Default::default()),
-                &out.weights,
+                &out.weights().unwrap(),
             )
             .unwrap();
             let mut w = Flat(Vec::new());

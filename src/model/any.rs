@@ -1,0 +1,258 @@
+//! The model a stage trains or samples from: the built-in [`Vlm`] or a Hugging Face checkpoint's
+//! architecture ([`HfVlm`], Qwen3-VL). Training, decoding and evaluation go through [`Model`]'s
+//! batched interface, so the objectives, the sampler and the metrics are the same for both.
+//!
+//! Images reach either model as ink in 0..1 on an `image_size`² grid (the puzzles are
+//! grayscale); a checkpoint model turns each into the RGB patch rows its processor would give
+//! (white paper, black ink), so a puzzle reads the same whichever model looks at it.
+
+use super::ModelError;
+use super::qwen3_vl::processor::{ProcessorConfig, Rgb};
+use super::qwen3_vl::{Decode, ImageInput, Qwen3Vl};
+use super::vlm::{DecodeState, Vlm};
+use burn::module::Module;
+use burn::tensor::backend::Backend;
+use burn::tensor::{Int, Tensor, TensorData};
+use std::path::Path;
+
+/// A Qwen3-VL checkpoint with the image processing its stages need.
+#[derive(Module, Debug)]
+pub struct HfVlm<B: Backend> {
+    pub qwen: Qwen3Vl<B>,
+    #[module(skip)]
+    pub processor: ProcessorConfig,
+    /// Side of the square ink grid the stages hand over (before the processor's resize).
+    #[module(skip)]
+    pub image_size: usize,
+}
+
+impl<B: Backend> HfVlm<B> {
+    /// Reads the checkpoint folder (`config.json`, weights, `preprocessor_config.json`).
+    pub fn from_pretrained(
+        dir: &Path,
+        image_size: usize,
+        device: &B::Device,
+    ) -> Result<Self, ModelError> {
+        let qwen = Qwen3Vl::from_pretrained(dir, device)?;
+        let processor = ProcessorConfig::from_dir(dir)?;
+        processor.check(&qwen.cfg.vision_config)?;
+        if image_size == 0 {
+            return Err(ModelError::Config("image_size must be positive".into()));
+        }
+        Ok(HfVlm {
+            qwen,
+            processor,
+            image_size,
+        })
+    }
+
+    /// The number of `<|image_pad|>` tokens one puzzle image takes in the prompt.
+    pub fn image_tokens(&self) -> Result<usize, ModelError> {
+        Ok(self
+            .processor
+            .image_tokens(self.image_size, self.image_size)?)
+    }
+
+    /// The processor's input for each image of `images` [B, S, S] (ink in 0..1).
+    fn inputs(&self, images: Tensor<B, 3>) -> Result<Vec<ImageInput<B>>, ModelError> {
+        let device = images.device();
+        let [b, h, w] = images.dims();
+        let ink = super::host_f32(images)?;
+        let mut out = Vec::with_capacity(b);
+        for i in 0..b {
+            let pixels = ink[i * h * w..(i + 1) * h * w]
+                .iter()
+                .map(|&v| {
+                    let g = ((1.0 - v.clamp(0.0, 1.0)) * 255.0).round() as u8;
+                    [g, g, g]
+                })
+                .collect();
+            let rgb = Rgb {
+                width: w,
+                height: h,
+                pixels,
+            };
+            let (rows, grid) = self.processor.preprocess(&rgb)?;
+            let n = rows.len() / grid.iter().product::<usize>().max(1);
+            let pixel_values =
+                Tensor::from_data(TensorData::new(rows, [grid.iter().product(), n]), &device);
+            out.push(ImageInput { pixel_values, grid });
+        }
+        Ok(out)
+    }
+}
+
+/// A model of either family. (Made once per stage, so the variants' sizes do not matter.)
+#[derive(Module, Debug)]
+#[allow(clippy::large_enum_variant)]
+pub enum Model<B: Backend> {
+    Native(Vlm<B>),
+    Qwen3Vl(HfVlm<B>),
+}
+
+impl<B: Backend> From<Vlm<B>> for Model<B> {
+    fn from(m: Vlm<B>) -> Self {
+        Model::Native(m)
+    }
+}
+
+/// Per-row decoding state of a batch ([`Model::prefill`], [`Model::step`]).
+pub enum Decoding<B: Backend> {
+    Native(DecodeState<B>),
+    /// One single-sequence cache per row.
+    Qwen3Vl(Vec<Decode<B>>),
+}
+
+impl<B: Backend> Decoding<B> {
+    /// The state of a batch whose row i continues row `rows[i]` of this one.
+    pub fn fork(self, rows: &[usize]) -> Self {
+        match self {
+            Decoding::Native(s) => Decoding::Native(s.fork(rows)),
+            Decoding::Qwen3Vl(s) => Decoding::Qwen3Vl(rows.iter().map(|&r| s[r].clone()).collect()),
+        }
+    }
+}
+
+fn ids_of<B: Backend>(ids: Tensor<B, 2, Int>) -> Result<Vec<Vec<u32>>, ModelError> {
+    let [b, l] = ids.dims();
+    let flat = ids
+        .into_data()
+        .convert::<i64>()
+        .to_vec::<i64>()
+        .map_err(|e| ModelError::TensorRead(format!("{e:?}")))?;
+    let rows = (0..b)
+        .map(|i| {
+            flat[i * l..(i + 1) * l]
+                .iter()
+                .map(|&x| u32::try_from(x).map_err(|_| ModelError::Input(format!("token id {x}"))))
+                .collect()
+        })
+        .collect::<Result<Vec<Vec<u32>>, ModelError>>()?;
+    Ok(rows)
+}
+
+impl<B: Backend> Model<B> {
+    /// Side of the square ink grid the model reads.
+    pub fn image_size(&self) -> usize {
+        match self {
+            Model::Native(m) => m.image_size,
+            Model::Qwen3Vl(m) => m.image_size,
+        }
+    }
+
+    pub fn vocab_size(&self) -> usize {
+        match self {
+            Model::Native(m) => m.embed.weight.dims()[0],
+            Model::Qwen3Vl(m) => m.qwen.cfg.text_config.vocab_size,
+        }
+    }
+
+    /// The weights in the checkpoint format of the family's own module tree
+    /// ([`super::checkpoint::weights_to_bytes`] of the inner model, so a built-in model's bytes
+    /// do not depend on this wrapper).
+    pub fn weights_bytes(&self) -> Result<Vec<u8>, ModelError> {
+        match self {
+            Model::Native(m) => super::checkpoint::weights_to_bytes(m),
+            Model::Qwen3Vl(m) => super::checkpoint::weights_to_bytes(&m.qwen),
+        }
+    }
+
+    /// This model with the weights of [`Model::weights_bytes`] loaded.
+    pub fn with_weights(self, bytes: &[u8]) -> Result<Self, ModelError> {
+        use super::checkpoint::load_weights;
+        Ok(match self {
+            Model::Native(m) => Model::Native(load_weights(m, bytes)?),
+            Model::Qwen3Vl(HfVlm {
+                qwen,
+                processor,
+                image_size,
+            }) => Model::Qwen3Vl(HfVlm {
+                qwen: load_weights(qwen, bytes)?,
+                processor,
+                image_size,
+            }),
+        })
+    }
+
+    /// The built-in model, if this is one.
+    pub fn native(&self) -> Option<&Vlm<B>> {
+        match self {
+            Model::Native(m) => Some(m),
+            Model::Qwen3Vl(_) => None,
+        }
+    }
+
+    /// Teacher-forced logits [B, L, vocab] of text `ids` [B, L] read with `images` [B, S, S]:
+    /// the logits at position t predict token t+1. The built-in model reads the image before
+    /// the text; a checkpoint model reads it where the prompt's image tokens stand.
+    ///
+    /// # Shapes
+    /// - images: `[B, S, S]`, ids: `[B, L]` → `[B, L, vocab]`
+    pub fn forward_text(
+        &self,
+        images: Tensor<B, 3>,
+        ids: Tensor<B, 2, Int>,
+    ) -> Result<Tensor<B, 3>, ModelError> {
+        match self {
+            Model::Native(m) => Ok(m.forward_text(images, ids)),
+            Model::Qwen3Vl(m) => {
+                let inputs = m.inputs(images)?;
+                let rows = ids_of(ids)?;
+                let logits = rows
+                    .iter()
+                    .zip(inputs)
+                    .map(|(r, img)| m.qwen.forward(r, &[img]))
+                    .collect::<Result<Vec<_>, _>>()?;
+                Ok(Tensor::cat(logits, 0))
+            }
+        }
+    }
+
+    /// Encodes a batch of prompts with their images; returns the logits of each row's last
+    /// prompt token [B, vocab] and the state to continue from.
+    pub fn prefill(
+        &self,
+        images: Tensor<B, 3>,
+        prefixes: &[Vec<u32>],
+    ) -> Result<(Tensor<B, 2>, Decoding<B>), ModelError> {
+        match self {
+            Model::Native(m) => {
+                let (l, s) = m.prefill(images, prefixes);
+                Ok((l, Decoding::Native(s)))
+            }
+            Model::Qwen3Vl(m) => {
+                let inputs = m.inputs(images)?;
+                let mut logits = Vec::with_capacity(prefixes.len());
+                let mut states = Vec::with_capacity(prefixes.len());
+                for (p, img) in prefixes.iter().zip(inputs) {
+                    let (l, s) = m.qwen.prefill(p, &[img])?;
+                    logits.push(l);
+                    states.push(s);
+                }
+                Ok((Tensor::cat(logits, 0), Decoding::Qwen3Vl(states)))
+            }
+        }
+    }
+
+    /// Feeds one token per row; the next logits [B, vocab].
+    pub fn step(
+        &self,
+        tokens: &[u32],
+        state: &mut Decoding<B>,
+    ) -> Result<Tensor<B, 2>, ModelError> {
+        match (self, state) {
+            (Model::Native(m), Decoding::Native(s)) => Ok(m.step(tokens, s)),
+            (Model::Qwen3Vl(m), Decoding::Qwen3Vl(s)) => {
+                let logits = tokens
+                    .iter()
+                    .zip(s.iter_mut())
+                    .map(|(&t, st)| m.qwen.step(t, st))
+                    .collect();
+                Ok(Tensor::cat(logits, 0))
+            }
+            _ => Err(ModelError::Input(
+                "a decoding state of another model family".into(),
+            )),
+        }
+    }
+}

@@ -1,0 +1,208 @@
+//! The tokenizer of a [`super::Model`]: the task vocabulary of the built-in model, or a
+//! checkpoint's `tokenizer.json` with its chat prompt.
+
+use super::ModelError;
+use super::qwen3_vl::chat::ChatTokenizer;
+use crate::text::Tokenizer;
+use crate::text::tokenizer::P_CLOSE;
+use std::sync::Arc;
+
+/// Text ↔ token ids for one model.
+#[derive(Clone)]
+pub enum Codec {
+    Task(Tokenizer),
+    Hf(HfCodec),
+}
+
+/// A checkpoint's tokenizer: generation ends at `<|im_end|>`, which also pads batches (padded
+/// positions carry no loss).
+#[derive(Clone)]
+pub struct HfCodec {
+    pub tok: Arc<ChatTokenizer>,
+    pub eos: u32,
+}
+
+/// One example in a checkpoint tokenizer's ids ([`HfCodec::example`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Tokenized {
+    pub prompt: Vec<u32>,
+    pub target: Vec<u32>,
+    /// (name, start, end) over `target`.
+    pub spans: Vec<(String, usize, usize)>,
+}
+
+impl HfCodec {
+    pub fn new(tok: ChatTokenizer) -> Result<Self, ModelError> {
+        let eos = tok.token_id("<|im_end|>").ok_or_else(|| {
+            ModelError::Config("the checkpoint's tokenizer has no <|im_end|> token".into())
+        })?;
+        Ok(HfCodec {
+            tok: Arc::new(tok),
+            eos,
+        })
+    }
+
+    /// Prompt ids (the chat template around `image_tokens` image slots and `prompt`), target
+    /// ids (`target` then `<|im_end|>`) and the named spans over the target: `perception`
+    /// through `</perception>`, `reasoning` the rest, `answer` from the last "answer" of the
+    /// reasoning to its end. The target is tokenized as one string, as the model reads it
+    /// when sampling; a token that straddles a boundary belongs to the span it starts in.
+    pub fn example(
+        &self,
+        prompt: &str,
+        target: &str,
+        image_tokens: usize,
+    ) -> Result<Tokenized, ModelError> {
+        let prompt_ids = self.tok.prompt(prompt, image_tokens)?;
+        let (mut ids, offsets) = self.tok.encode_with_offsets(target)?;
+        let token_at = |byte: usize| offsets.iter().take_while(|o| o.0 < byte).count();
+        let pb = target
+            .find(P_CLOSE)
+            .map(|k| k + P_CLOSE.len())
+            .ok_or_else(|| ModelError::Input(format!("target without {P_CLOSE}: {target:?}")))?;
+        let p_end = token_at(pb);
+        let r_end = target
+            .rfind("</reasoning>")
+            .filter(|&k| k >= pb)
+            .unwrap_or(target.len());
+        let a = target[pb..r_end].rfind("answer").map(|k| k + pb);
+        ids.push(self.eos);
+        let end = ids.len();
+        let mut spans = vec![
+            ("perception".to_string(), 0, p_end),
+            ("reasoning".to_string(), p_end, end),
+        ];
+        if let Some(a) = a {
+            spans.push(("answer".to_string(), token_at(a), token_at(r_end)));
+        }
+        Ok(Tokenized {
+            prompt: prompt_ids,
+            target: ids,
+            spans,
+        })
+    }
+}
+
+impl From<Tokenizer> for Codec {
+    fn from(t: Tokenizer) -> Self {
+        Codec::Task(t)
+    }
+}
+
+impl Codec {
+    pub fn encode(&self, text: &str) -> Result<Vec<u32>, ModelError> {
+        match self {
+            Codec::Task(t) => Ok(t.encode(text)),
+            Codec::Hf(h) => Ok(h.tok.encode(text)?),
+        }
+    }
+
+    /// The text of generated ids (special tokens kept, so that nothing the model wrote is
+    /// hidden from the parser).
+    pub fn decode(&self, ids: &[u32]) -> Result<String, ModelError> {
+        match self {
+            Codec::Task(t) => Ok(t.decode(ids)),
+            Codec::Hf(h) => Ok(h.tok.decode(ids, false)?),
+        }
+    }
+
+    /// The token that ends generation.
+    pub fn eos(&self) -> u32 {
+        match self {
+            Codec::Task(t) => t.eos(),
+            Codec::Hf(h) => h.eos,
+        }
+    }
+
+    /// The id right-padded batches are filled with.
+    pub fn pad(&self) -> u32 {
+        match self {
+            Codec::Task(t) => t.pad(),
+            Codec::Hf(h) => h.eos,
+        }
+    }
+
+    /// How many of the generated `tokens` make up the perception segment: through the token
+    /// that completes `</perception>`, or all of them when it never closes.
+    pub fn perception_end(&self, tokens: &[u32]) -> Result<usize, ModelError> {
+        match self {
+            Codec::Task(t) => Ok(t
+                .id(P_CLOSE)
+                .and_then(|c| tokens.iter().position(|&x| x == c))
+                .map(|k| k + 1)
+                .unwrap_or(tokens.len())),
+            Codec::Hf(h) => {
+                // The shortest prefix whose text contains the closing tag (a prefix's text grows
+                // with its length, so the search halves the range each time).
+                let closes = |k: usize| -> Result<bool, ModelError> {
+                    Ok(h.tok.decode(&tokens[..k], false)?.contains(P_CLOSE))
+                };
+                if !closes(tokens.len())? {
+                    return Ok(tokens.len());
+                }
+                let (mut lo, mut hi) = (0, tokens.len());
+                while lo < hi {
+                    let mid = (lo + hi) / 2;
+                    if closes(mid)? {
+                        hi = mid;
+                    } else {
+                        lo = mid + 1;
+                    }
+                }
+                Ok(lo)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn codec() -> Codec {
+        let dir =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/qwen3_vl/tied");
+        Codec::Hf(HfCodec::new(ChatTokenizer::from_dir(&dir).unwrap()).unwrap())
+    }
+
+    /// The target is tokenized whole; the perception span ends with the token that completes
+    /// `</perception>`, the reasoning span holds the rest and `<|im_end|>`, the answer span the
+    /// reasoning from its last "answer"; the same boundary is found in sampled tokens.
+    #[test]
+    fn spans_follow_the_text() {
+        let c = codec();
+        let Codec::Hf(h) = &c else { unreachable!() };
+        let target = "<perception>nodes 3\nedges 0-1</perception><reasoning>two colors; answer 0:A 1:B</reasoning>";
+        let t = h.example("Color the graph.", target, 4).unwrap();
+        let span = |n: &str| {
+            t.spans
+                .iter()
+                .find(|s| s.0 == n)
+                .map(|s| (s.1, s.2))
+                .unwrap()
+        };
+        let text = |(a, b): (usize, usize)| h.tok.decode(&t.target[a..b], false).unwrap();
+        let p = span("perception");
+        assert_eq!(p.0, 0);
+        assert!(text(p).ends_with("</perception>"), "{:?}", text(p));
+        assert!(text(p).starts_with("<perception>"), "{:?}", text(p));
+        let r = span("reasoning");
+        assert_eq!((r.0, r.1), (p.1, t.target.len()));
+        assert_eq!(
+            text(r),
+            "<reasoning>two colors; answer 0:A 1:B</reasoning><|im_end|>"
+        );
+        assert!(
+            text(span("answer")).starts_with("answer"),
+            "{:?}",
+            text(span("answer"))
+        );
+        assert_eq!(c.perception_end(&t.target).unwrap(), p.1);
+        assert_eq!(c.perception_end(&t.target[..p.1 - 1]).unwrap(), p.1 - 1);
+        assert_eq!(t.target.last(), Some(&c.eos()));
+        // The chat prompt holds one image slot per image token.
+        let slot = h.tok.token_id("<|image_pad|>").unwrap();
+        assert_eq!(t.prompt.iter().filter(|&&x| x == slot).count(), 4);
+        assert!(h.example("p", "no tags", 4).is_err());
+    }
+}
