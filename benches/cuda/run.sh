@@ -4,7 +4,7 @@
 #   cargo build --release --features cuda --target-dir target/cuda
 #   strip -o asymm-cuda target/cuda/release/asymm && gzip -9 -f asymm-cuda
 #   bash benches/cuda/run.sh asymm-cuda.gz OUTDIR [STEP...]
-# STEPs (default: all, in this order): checks parity bench twin curve paper-gpu hf-pipeline.
+# STEPs (default: all, in this order): checks parity hf-pipeline bench twin curve paper-gpu.
 # Every step is time-bounded; its output is appended to OUTDIR/log.txt under a `=== step` header and
 # OUTDIR/summary.txt lists each step's exit code and duration, so one failing step (or a run cut
 # short) still leaves the others' results, in two files.
@@ -13,7 +13,7 @@ set -u
 bin=${1:?usage: run.sh PATH/TO/asymm[.gz] OUTDIR [STEP...]}
 out=${2:?usage: run.sh PATH/TO/asymm[.gz] OUTDIR [STEP...]}
 shift 2
-want=${*:-checks parity bench twin curve paper-gpu hf-pipeline}
+want=${*:-checks parity hf-pipeline bench twin curve paper-gpu}
 deadline=${DEADLINE:-100000}
 here=$(cd "$(dirname "$0")/../.." && pwd)
 mkdir -p "$out"
@@ -31,10 +31,11 @@ step() {
 wants() { case " $want " in *" $1 "*) return 0 ;; esac; return 1; }
 
 # What the binary needs there: the driver's libcuda (found by the loader), and NVRTC and the CUDA
-# runtime, which a PyTorch install ships under site-packages/nvidia/*/lib.
+# runtime, which a PyTorch install ships under site-packages/nvidia/*/lib. A toolkit's stubs/
+# folder is left out: its libcuda.so is a placeholder that would shadow the driver's.
 roots="/usr /opt $(python3 -c 'import site; print(" ".join(site.getsitepackages()))' 2>/dev/null)"
 libdirs=$(find $roots \( -name 'libnvrtc.so*' -o -name 'libnvrtc-builtins.so*' -o -name 'libcudart.so*' \) \
-  2>/dev/null | xargs -r -n1 dirname | sort -u | paste -sd: -)
+  2>/dev/null | grep -v /stubs/ | xargs -r -n1 dirname | sort -u | paste -sd: -)
 export LD_LIBRARY_PATH="${libdirs}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 echo "LD_LIBRARY_PATH=$LD_LIBRARY_PATH" >>"$out/log.txt"
 case "$bin" in
@@ -46,24 +47,34 @@ step nvidia-smi 30 nvidia-smi
 step version 30 "$bin" --version
 if wants checks; then
   # Correctness on the device: cached == uncached decoding, logits vs the CPU, training lowers the loss.
-  step check-tiny-f32 120 "$bin" dev device-check --device cuda:0 --model tiny
-  step check-small-f32 180 "$bin" dev device-check --device cuda:0 --model small
-  step check-small-bf16 180 "$bin" dev device-check --device cuda:0/bf16 --model small --tolerance 0.1
+  step check-tiny-f32 90 "$bin" dev device-check --device cuda:0 --model tiny
+  step check-small-f32 120 "$bin" dev device-check --device cuda:0 --model small
+  step check-small-bf16 120 "$bin" dev device-check --device cuda:0/bf16 --model small --tolerance 0.1
 fi
 if wants parity; then
   fixture="$here/tests/fixtures/qwen3_vl"
-  step qwen3vl-parity-f32 120 "$bin" dev hf-parity --fixture "$fixture/tied" --device cuda:0
-  step qwen3vl-parity-untied-f32 120 "$bin" dev hf-parity --fixture "$fixture/untied-bias" --device cuda:0
-  step qwen3vl-parity-bf16 120 "$bin" dev hf-parity --fixture "$fixture/tied" --device cuda:0/bf16 --tolerance 0.25
+  step qwen3vl-parity-f32 60 "$bin" dev hf-parity --fixture "$fixture/tied" --device cuda:0
+  step qwen3vl-parity-untied-f32 60 "$bin" dev hf-parity --fixture "$fixture/untied-bias" --device cuda:0
+  step qwen3vl-parity-bf16 60 "$bin" dev hf-parity --fixture "$fixture/tied" --device cuda:0/bf16 --tolerance 0.25
+fi
+if wants hf-pipeline; then
+  # A pipeline whose model stages load the tiny random Qwen3-VL checkpoint, on the GPU (f32),
+  # with the per-step SFT timings.
+  store="$work/store-hf"
+  pipe="$here/tests/fixtures/qwen3_vl/pipeline.toml"
+  step hf-pipeline 150 "$bin" --store "$store" run "$pipe" --device cuda:0
+  step hf-sft-timing 30 "$bin" --store "$store" show "$pipe:sft.timing" --device cuda:0
+  step hf-sft-log 30 "$bin" --store "$store" show "$pipe:sft.log" --device cuda:0 \
+    --columns step,loss,loss_perception,loss_reasoning,perception_token_share,grad_norm
 fi
 if wants bench; then
   # Throughput of our own training and sampling.
-  step bench-small-f32 180 "$bin" bench --suite model --device cuda:0 --model small --steps 10
-  step bench-small-bf16 180 "$bin" bench --suite model --device cuda:0/bf16 --model small --steps 10
+  step bench-small-f32 120 "$bin" bench --suite model --device cuda:0 --model small --steps 10
+  step bench-small-bf16 120 "$bin" bench --suite model --device cuda:0/bf16 --model small --steps 10
 fi
 if wants twin; then
   # Side by side with the PyTorch twin (one round: each measure once per side).
-  step bench-twin 300 python3 "$here/benches/twin/driver.py" --asymm "$bin" --device cuda:0 \
+  step bench-twin 180 python3 "$here/benches/twin/driver.py" --asymm "$bin" --device cuda:0 \
     --model small --rounds 1 --work "$work/twin"
 fi
 if wants curve; then
@@ -78,12 +89,6 @@ if wants paper-gpu; then
   store="$work/store-paper"
   step paper-gpu ${PAPER_SECONDS:-3600} "$bin" --store "$store" run "$here/pipelines/paper-gpu.toml" --device cuda:0
   step paper-gpu-status 60 "$bin" --store "$store" status "$here/pipelines/paper-gpu.toml"
-fi
-if wants hf-pipeline; then
-  # A pipeline whose model stages load the tiny random Qwen3-VL checkpoint, on the GPU.
-  store="$work/store-hf"
-  step hf-pipeline 300 "$bin" --store "$store" run "$here/tests/fixtures/qwen3_vl/pipeline.toml" --device cuda:0
-  step hf-pipeline-status 60 "$bin" --store "$store" status "$here/tests/fixtures/qwen3_vl/pipeline.toml"
 fi
 rm -rf "$work"
 cat "$out/summary.txt"

@@ -2,7 +2,7 @@
 //! without a Rust toolchain): the KV-cached greedy decoding equals the uncached one, the device's
 //! logits match the CPU's for the same weights, and a few optimizer steps lower the loss.
 
-use super::checkpoint::{model_from_bytes, weights_to_bytes};
+use super::checkpoint::copy_weights;
 use super::decode::{SeqKey, generate, greedy_uncached};
 use super::sampling::SamplingConfig;
 use super::{Cpu, ModelError, Vlm, VlmConfig, host_f32};
@@ -19,7 +19,10 @@ pub struct CheckReport {
     /// Cached and uncached greedy decoding produced the same tokens.
     pub cached_equals_uncached: bool,
     /// Largest |logit(device) − logit(cpu)| over a batch, same weights.
+    /// (Infinite when a logit is not a number.)
     pub max_logit_diff_vs_cpu: f32,
+    /// Device or CPU logits that are NaN or infinite.
+    pub non_finite_logits: usize,
     /// Loss before and after the training steps.
     pub loss_first: f32,
     pub loss_last: f32,
@@ -99,8 +102,8 @@ pub fn check_device<B: AutodiffBackend>(
         host_f32(m.forward_text(images.clone().narrow(0, 0, 1), t))
     };
     let here = logits(&plain)?;
-    let cpu_model: Vlm<Cpu> =
-        model_from_bytes(cfg, &weights_to_bytes(&plain)?, &Default::default())?;
+    // The device's weights as f32 values (a bf16 device's included) in a CPU model.
+    let cpu_model: Vlm<Cpu> = copy_weights(&plain, Vlm::new(cfg, &Default::default()))?;
     let s = cfg.image_size;
     let cpu_images = Tensor::<Cpu, 3>::from_data(
         TensorData::new(host_f32(images.narrow(0, 0, 1))?, [1, s, s]),
@@ -109,11 +112,7 @@ pub fn check_device<B: AutodiffBackend>(
     let cpu_ids =
         Tensor::<Cpu, 2, Int>::from_data(TensorData::new(ids.clone(), [1, n]), &Default::default());
     let there = host_f32(cpu_model.forward_text(cpu_images, cpu_ids))?;
-    let max_logit_diff_vs_cpu = here
-        .iter()
-        .zip(&there)
-        .map(|(a, b)| (a - b).abs())
-        .fold(0.0f32, f32::max);
+    let (max_logit_diff_vs_cpu, non_finite_logits) = super::max_abs_diff(&here, &there);
     // 3. A few AdamW steps on one batch lower the next-token loss.
     let (images, prefixes) = inputs::<B>(cfg, 4, device);
     let len = prefixes.iter().map(Vec::len).min().unwrap_or(1);
@@ -145,6 +144,7 @@ pub fn check_device<B: AutodiffBackend>(
     Ok(CheckReport {
         cached_equals_uncached,
         max_logit_diff_vs_cpu,
+        non_finite_logits,
         loss_first: first,
         loss_last: last,
         train_steps: train_steps.max(2),

@@ -55,6 +55,65 @@ pub fn load_weights<B: Backend, M: Module<B>>(mut model: M, bytes: &[u8]) -> Res
     Ok(model)
 }
 
+/// `to` with the parameter values of `from`, a module of the same structure on any backend and
+/// float type (read as f32 and written in `to`'s float type), in module order.
+pub fn copy_weights<B1: Backend, B2: Backend, M1: Module<B1>, M2: Module<B2>>(
+    from: &M1,
+    to: M2,
+) -> Result<M2, ModelError> {
+    use burn::module::{ModuleMapper, ModuleVisitor, Param};
+    use burn::tensor::{Tensor, TensorData};
+    struct Read(Vec<Result<Vec<f32>, ModelError>>);
+    impl<B: Backend> ModuleVisitor<B> for Read {
+        fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<B, D>>) {
+            self.0.push(super::host_f32(p.val()));
+        }
+    }
+    struct Write {
+        values: std::vec::IntoIter<Result<Vec<f32>, ModelError>>,
+        error: Option<ModelError>,
+    }
+    impl<B: Backend> ModuleMapper<B> for Write {
+        fn map_float<const D: usize>(&mut self, p: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
+            let (id, tensor, mapper) = p.consume();
+            let shape = tensor.shape();
+            let tensor = match self.values.next() {
+                Some(Ok(v)) if v.len() == shape.num_elements() => {
+                    Tensor::from_data(TensorData::new(v, shape), &tensor.device())
+                }
+                Some(Err(e)) => {
+                    self.error.get_or_insert(e);
+                    tensor
+                }
+                _ => {
+                    self.error.get_or_insert(ModelError::Checkpoint(
+                        "copying weights: the two models have other parameters".into(),
+                    ));
+                    tensor
+                }
+            };
+            Param::from_mapped_value(id, tensor, mapper)
+        }
+    }
+    let mut read = Read(Vec::new());
+    from.visit(&mut read);
+    let n = read.0.len();
+    let mut write = Write {
+        values: read.0.into_iter(),
+        error: None,
+    };
+    let out = to.map(&mut write);
+    if let Some(e) = write.error {
+        return Err(e);
+    }
+    if write.values.len() > 0 || n == 0 {
+        return Err(ModelError::Checkpoint(
+            "copying weights: the two models have other parameters".into(),
+        ));
+    }
+    Ok(out)
+}
+
 pub fn config_to_json(cfg: &VlmConfig) -> String {
     serde_json::to_string_pretty(cfg).unwrap_or_default()
 }
@@ -79,6 +138,27 @@ pub fn check_tokenizer(checkpoint: &Tokenizer, data: &Tokenizer) -> Result<(), M
 mod tests {
     use super::*;
     use crate::model::Cpu;
+
+    /// Copied weights give the source's bytes; a model of another shape is refused.
+    #[test]
+    fn weights_copy_across_models() {
+        let dev = Default::default();
+        let a = Vlm::<Cpu>::new(&tiny(), &dev);
+        let b = Vlm::<Cpu>::new(&tiny(), &dev);
+        assert_ne!(weights_to_bytes(&a).unwrap(), weights_to_bytes(&b).unwrap());
+        let b = copy_weights(&a, b).unwrap();
+        assert_eq!(weights_to_bytes(&a).unwrap(), weights_to_bytes(&b).unwrap());
+        let wider = VlmConfig {
+            d_model: 32,
+            ..tiny()
+        };
+        assert!(copy_weights(&a, Vlm::<Cpu>::new(&wider, &dev)).is_err());
+        let deeper = VlmConfig {
+            layers: tiny().layers + 1,
+            ..tiny()
+        };
+        assert!(copy_weights(&a, Vlm::<Cpu>::new(&deeper, &dev)).is_err());
+    }
 
     fn tiny() -> VlmConfig {
         VlmConfig {

@@ -56,8 +56,18 @@ pub fn probe_device<B: burn::tensor::backend::Backend>(
     spec: &str,
     device: &B::Device,
 ) -> Result<(), ModelError> {
+    // The backend may fail on another thread (its device server) and answer this one with a
+    // closed channel: the first panic message of any thread is the one that names the cause.
+    let first: std::sync::Arc<std::sync::Mutex<Option<String>>> = Default::default();
+    let seen = first.clone();
     let previous = std::panic::take_hook();
-    std::panic::set_hook(Box::new(|_| {}));
+    std::panic::set_hook(Box::new(move |info| {
+        if let Ok(mut g) = seen.lock()
+            && g.is_none()
+        {
+            *g = Some(info.to_string());
+        }
+    }));
     let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         let t = burn::tensor::Tensor::<B, 1>::from_data(
             burn::tensor::TensorData::new(vec![1.0f32, 2.0], [2]),
@@ -66,15 +76,18 @@ pub fn probe_device<B: burn::tensor::backend::Backend>(
         host_f32(t.sum())
     }));
     std::panic::set_hook(previous);
+    let first = first.lock().ok().and_then(|mut g| g.take());
     let msg = match r {
         Ok(Ok(v)) if v.first() == Some(&3.0) => return Ok(()),
         Ok(Ok(v)) => format!("1 + 2 gave {v:?}"),
         Ok(Err(e)) => e.to_string(),
-        Err(payload) => payload
-            .downcast_ref::<String>()
-            .cloned()
-            .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
-            .unwrap_or_else(|| "the backend panicked".into()),
+        Err(payload) => first.unwrap_or_else(|| {
+            payload
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_else(|| "the backend panicked".into())
+        }),
     };
     Err(ModelError::DeviceUnavailable {
         device: spec.to_string(),
@@ -130,6 +143,24 @@ pub fn host_f32<B: burn::tensor::backend::Backend, const D: usize>(
         .map_err(|e| ModelError::TensorRead(format!("{e:?}")))
 }
 
+/// The largest |a − b| over paired values, and how many pairs hold a NaN or an infinity (the
+/// difference is then infinite: a comparison never passes over values that are not numbers).
+pub fn max_abs_diff(a: &[f32], b: &[f32]) -> (f32, usize) {
+    let mut worst = 0.0f32;
+    let mut bad = 0;
+    for (x, y) in a.iter().zip(b) {
+        if !x.is_finite() || !y.is_finite() {
+            bad += 1;
+            continue;
+        }
+        worst = worst.max((x - y).abs());
+    }
+    if bad > 0 || a.len() != b.len() {
+        worst = f32::INFINITY;
+    }
+    (worst, bad)
+}
+
 /// Calls `$body` with `$B` bound to the backend type and `$dev` to the device for `$spec`.
 /// `$B` is the inner (non-autodiff) backend; wrap it in `burn::backend::Autodiff` to train.
 #[macro_export]
@@ -166,6 +197,17 @@ macro_rules! with_backend {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn differences_over_non_numbers_never_pass() {
+        assert_eq!(max_abs_diff(&[1.0, 2.0], &[1.5, 2.0]), (0.5, 0));
+        assert_eq!(
+            max_abs_diff(&[1.0, f32::NAN], &[1.0, 2.0]),
+            (f32::INFINITY, 1)
+        );
+        assert_eq!(max_abs_diff(&[f32::INFINITY], &[1.0]), (f32::INFINITY, 1));
+        assert_eq!(max_abs_diff(&[1.0], &[1.0, 2.0]).0, f32::INFINITY);
+    }
 
     #[test]
     fn the_cpu_probe_passes() {

@@ -12,8 +12,9 @@ use crate::train::grads::combine;
 use crate::train::parallel::{map_shards, replica};
 use crate::train::trainer::{OptimSettings, OptimState, Trainer, native_model};
 use crate::util::rng::keyed;
+use burn::module::AutodiffModule;
 use burn::optim::GradientsParams;
-use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Tensor, TensorData};
 use rand::seq::SliceRandom;
 use serde::{Deserialize, Serialize};
@@ -128,11 +129,8 @@ impl Acc {
     }
 }
 
-/// Runs one update of the policy `init` (weights in the checkpoint format) on `seqs`, with an
-/// optional frozen `reference`: its KL is logged whenever it is given, and added to the loss
-/// with weight `kl_coef` (which needs one). With `state` (the previous update's
-/// [`UpdateOutput::state`]), AdamW continues from its moments and step count, as an RL trainer
-/// that keeps its optimizer across steps does; its weights must be `init`.
+/// Runs one update of the policy `init` (weights of the built-in model in the checkpoint format)
+/// on `seqs`: [`update_model`] with the model and the optional `reference` read from bytes.
 #[allow(clippy::too_many_arguments)]
 pub fn update<B: AutodiffBackend>(
     settings: &UpdateSettings,
@@ -143,8 +141,49 @@ pub fn update<B: AutodiffBackend>(
     seqs: &[Sequence],
     pad: u32,
     device: &B::Device,
-    mut progress: impl FnMut(&MinibatchRow),
+    progress: impl FnMut(&MinibatchRow),
 ) -> Result<UpdateOutput> {
+    let policy = native_model::<B>(cfg, Some(init), settings.seed, device)?;
+    let reference = match reference {
+        Some(bytes) => Some(Model::from(model_from_bytes::<B::InnerBackend>(
+            cfg, bytes, device,
+        )?)),
+        None => None,
+    };
+    let out = update_model(
+        settings, policy, state, reference, seqs, pad, device, progress,
+    )?;
+    Ok(UpdateOutput {
+        weights: out.model.weights_bytes()?,
+        state: out.state,
+        log: out.log,
+    })
+}
+
+/// The result of [`update_model`].
+pub struct ModelUpdate<B: Backend> {
+    pub model: Model<B>,
+    /// The AdamW state after the update, for the next RL step to continue from.
+    pub state: OptimState,
+    pub log: Vec<MinibatchRow>,
+}
+
+/// Runs one update of `policy` on `seqs`, with an optional frozen `reference`: its KL is logged
+/// whenever it is given, and added to the loss with weight `kl_coef` (which needs one). With
+/// `state` (the previous update's [`ModelUpdate::state`]), AdamW continues from its moments and
+/// step count, as an RL trainer that keeps its optimizer across steps does; its weights must be
+/// the policy's.
+#[allow(clippy::too_many_arguments)]
+pub fn update_model<B: AutodiffBackend>(
+    settings: &UpdateSettings,
+    policy: Model<B>,
+    state: Option<&OptimState>,
+    reference: Option<Model<B::InnerBackend>>,
+    seqs: &[Sequence],
+    pad: u32,
+    device: &B::Device,
+    mut progress: impl FnMut(&MinibatchRow),
+) -> Result<ModelUpdate<B::InnerBackend>> {
     check(settings, seqs)?;
     let per_epoch = seqs.len().div_ceil(settings.mini_batch);
     let optim = OptimSettings {
@@ -155,23 +194,17 @@ pub fn update<B: AutodiffBackend>(
         weight_decay: settings.weight_decay,
         grad_clip: settings.grad_clip,
     };
-    let policy = native_model::<B>(cfg, Some(init), settings.seed, device)?;
+    let image_size = policy.image_size();
     let mut trainer = Trainer::<B>::new(policy, &optim, device);
     if let Some(st) = state {
         trainer.load_state(st)?;
     }
-    let reference = match reference {
-        Some(bytes) => Some(Model::from(model_from_bytes::<B::InnerBackend>(
-            cfg, bytes, device,
-        )?)),
-        None if settings.loss.kl_coef > 0.0 => {
-            return Err(RlError::Invalid(format!(
-                "kl_coef is {} but no reference model is given",
-                settings.loss.kl_coef
-            )));
-        }
-        None => None,
-    };
+    if reference.is_none() && settings.loss.kl_coef > 0.0 {
+        return Err(RlError::Invalid(format!(
+            "kl_coef is {} but no reference model is given",
+            settings.loss.kl_coef
+        )));
+    }
     let mut log = Vec::new();
     let mut step = 0;
     for epoch in 0..settings.ppo_epochs {
@@ -202,7 +235,7 @@ pub fn update<B: AutodiffBackend>(
                     reference.as_ref(),
                     &micros[i],
                     idx.len(),
-                    cfg.image_size,
+                    image_size,
                     pad,
                     &settings.loss,
                     device,
@@ -261,9 +294,9 @@ pub fn update<B: AutodiffBackend>(
             step += 1;
         }
     }
-    Ok(UpdateOutput {
-        weights: trainer.weights()?,
+    Ok(ModelUpdate {
         state: trainer.state()?,
+        model: trainer.model.valid(),
         log,
     })
 }

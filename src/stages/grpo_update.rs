@@ -10,9 +10,7 @@
 //! one-row-per-mini-batch `rl_log`.
 
 use super::artifacts::{read_rewards, read_rollouts, read_sampling};
-use super::model_io::{
-    read_checkpoint, read_examples, read_examples_where, read_tokenizer, write_checkpoint,
-};
+use super::model_io::{HfSource, ModelPlan, PlanSource, hf_external, read_tokenizer};
 use super::{
     Outputs, Stage, StageError, Written, bail, ensure, input, input_id, optional, optional_id,
     output, outputs, read_input, read_optional, write_table_after,
@@ -21,15 +19,15 @@ use crate::analysis::{RunningPearson, pearson, wilson};
 use crate::dag::{InputSpec, OutputSpec, RunCtx};
 use crate::eval::rollout::{Mode, prefix};
 use crate::eval::score::{EvalPoint, heldout_eval};
-use crate::model::checkpoint::model_from_bytes;
-use crate::model::{Codec, DeviceSpec, Model};
+use crate::model::DeviceSpec;
 use crate::rl::advantage::{ADV_EPS, StdKind, grouped_advantages, token_advantages};
 use crate::rl::grpo::{LossSettings, Sequence};
-use crate::rl::update::{MinibatchRow, UpdateSettings, update};
+use crate::rl::update::{MinibatchRow, UpdateSettings, update_model};
 use crate::table::Table;
 use crate::table::cols;
 use crate::train::trainer::OptimState;
 use burn::backend::Autodiff;
+use burn::module::AutodiffModule;
 use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -37,6 +35,10 @@ use std::sync::Arc;
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct GrpoUpdateConfig {
+    /// Update a checkpoint folder in the Hugging Face layout instead of a `checkpoint` input:
+    /// `model = { hf = "path" }` (the first step of RL straight from a downloaded model).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub model: Option<HfSource>,
     /// The RL step this update is (labels the log).
     pub step: usize,
     /// ε_low: the ratio is clipped below at 1 − ε_low.
@@ -77,6 +79,7 @@ pub struct GrpoUpdateConfig {
 impl Default for GrpoUpdateConfig {
     fn default() -> Self {
         GrpoUpdateConfig {
+            model: None,
             step: 0,
             clip_low: 0.2,
             clip_high: 0.2,
@@ -102,7 +105,7 @@ impl Default for GrpoUpdateConfig {
 
 pub struct GrpoUpdate;
 
-const CHECKPOINT: InputSpec = input("checkpoint", "checkpoint");
+const CHECKPOINT: InputSpec = optional("checkpoint", "checkpoint");
 const ROLLOUTS: InputSpec = input("rollouts", "rollouts");
 const REWARDS: InputSpec = input("rewards", "rewards");
 const DATA: InputSpec = input("data", "sft_targets");
@@ -200,6 +203,9 @@ impl Stage for GrpoUpdate {
     fn outputs() -> Vec<OutputSpec> {
         vec![MAIN, LOG, OPTIMIZER, EVAL]
     }
+    fn external_files(cfg: &GrpoUpdateConfig) -> Vec<std::path::PathBuf> {
+        hf_external(cfg.model.as_ref())
+    }
 
     fn run(cfg: &GrpoUpdateConfig, ctx: &RunCtx) -> Result<Outputs, StageError> {
         if let Some(l) = cfg.token_lambda {
@@ -216,16 +222,24 @@ impl Stage for GrpoUpdate {
         );
         let data_id = input_id(ctx, &DATA)?;
         let tok = read_tokenizer(ctx.store, data_id.as_str())?;
-        let (mcfg, init, _) =
-            read_checkpoint(ctx.store, input_id(ctx, &CHECKPOINT)?.as_str(), Some(&tok))?;
-        let ref_weights = match &reference {
+        let plan = super::rollout::model_plan(ctx, cfg.model.as_ref(), &CHECKPOINT, &tok)?;
+        let ref_plan = match &reference {
             Some(id) => {
-                let (rcfg, w, _) = read_checkpoint(ctx.store, id.as_str(), Some(&tok))?;
+                let r = ModelPlan::from_artifact(ctx.store, id.as_str(), Some(&tok))?;
+                let same = match (&r.source, &plan.source) {
+                    (PlanSource::Native { cfg: a, .. }, PlanSource::Native { cfg: b, .. }) => {
+                        a == b
+                    }
+                    (PlanSource::Hf { .. }, PlanSource::Hf { .. }) => {
+                        r.image_size == plan.image_size
+                    }
+                    _ => false,
+                };
                 ensure!(
-                    rcfg == mcfg,
+                    same,
                     "the reference checkpoint has another model shape than the policy"
                 );
-                Some(w)
+                Some(r)
             }
             None => None,
         };
@@ -257,13 +271,10 @@ impl Stage for GrpoUpdate {
         let ids: Vec<&str> = rows.iter().map(|r| r.id.as_str()).collect();
         let (adv, zero) = grouped_advantages(&ids, &reward, cfg.adv_std, ADV_EPS);
 
-        let codec = Codec::from(tok.clone());
         let items: HashSet<&str> = ids.iter().copied().collect();
         let examples =
-            read_examples_where(ctx.store, data_id.as_str(), mcfg.image_size, 0, &|_, id| {
-                items.contains(id)
-            })?;
-        let s = mcfg.image_size;
+            plan.examples(ctx.store, data_id.as_str(), 0, &|_, id| items.contains(id))?;
+        let s = plan.image_size;
         let blank: Arc<[f32]> = vec![0.0f32; s * s].into();
         let by_item: HashMap<&str, (&crate::train::batch::Example, Arc<[f32]>)> = examples
             .iter()
@@ -291,7 +302,7 @@ impl Stage for GrpoUpdate {
                 } else {
                     image.clone()
                 },
-                prefix: prefix(&codec, &e.prompt, forced)?,
+                prefix: prefix(&plan.codec, &e.prompt, forced)?,
                 tokens: r.token_ids.clone(),
                 old_logprobs: r.logprobs.clone(),
                 perception_tokens: r.perception_tokens,
@@ -355,57 +366,59 @@ impl Stage for GrpoUpdate {
         let total = cfg.ppo_epochs * seqs.len().div_ceil(settings.mini_batch.max(1));
         let bar = crate::progress::bar(total as u64, "grpo-update");
         let eval_set = if cfg.eval_items > 0 {
-            read_examples(
+            plan.split_examples(
                 ctx.store,
                 data_id.as_str(),
                 Some(&cfg.eval_split),
-                mcfg.image_size,
                 cfg.eval_items,
             )?
         } else {
             Vec::new()
         };
-        let evaluate = |weights: &[u8]| -> Result<Option<EvalPoint>, StageError> {
-            if eval_set.is_empty() {
-                return Ok(None);
-            }
-            crate::with_backend!(spec, |B, dev| {
-                let model = Model::from(model_from_bytes::<B>(&mcfg, weights, &dev)?);
+        let (ckpt, out, evals) = crate::with_backend!(spec, |B, dev| {
+            let policy = plan.load::<Autodiff<B>>(ctx.seed, &dev)?;
+            let reference = match &ref_plan {
+                Some(r) => Some(r.load::<B>(ctx.seed, &dev)?),
+                None => None,
+            };
+            let evaluate = |m: &crate::model::Model<B>| -> Result<Option<EvalPoint>, StageError> {
+                if eval_set.is_empty() {
+                    return Ok(None);
+                }
                 Ok(Some(heldout_eval(
-                    &model,
-                    &codec,
+                    m,
+                    &plan.codec,
                     &eval_set,
                     cfg.eval_max_new_tokens,
                     &dev,
                 )?))
-            })
-        };
-        let mut evals = Vec::new();
-        if cfg.eval_start {
-            evals.push((-1, evaluate(&init)?));
-        }
-        let out = crate::with_backend!(spec, |B, dev| {
-            update::<Autodiff<B>>(
+            };
+            let mut evals = Vec::new();
+            if cfg.eval_start {
+                evals.push((-1, evaluate(&policy.valid())?));
+            }
+            let out = update_model::<Autodiff<B>>(
                 &settings,
-                &mcfg,
-                &init,
+                policy,
                 state.as_ref(),
-                ref_weights.as_deref(),
+                reference,
                 &seqs,
-                tok.pad(),
+                plan.codec.pad(),
                 &dev,
                 |row| {
                     bar.inc(1);
                     bar.set_message(format!("loss {:.4} clip {:.3}", row.loss, row.clip_frac));
                 },
             )
-            .map_err(StageError::from)
+            .map_err(StageError::from)?;
+            if cfg.eval_after {
+                evals.push((cfg.step as i32, evaluate(&out.model)?));
+            }
+            let ckpt = plan.write(ctx, &out.model)?;
+            Ok::<_, StageError>((ckpt, out, evals))
         })?;
         bar.finish_and_clear();
-        if cfg.eval_after {
-            evals.push((cfg.step as i32, evaluate(&out.weights)?));
-        }
-        let ckpt = Written::new(&MAIN, write_checkpoint(ctx, &mcfg, &out.weights, &tok)?);
+        let ckpt = Written::new(&MAIN, ckpt);
         let log = write_log(ctx, cfg, history.as_ref(), &out.log, &step)?;
         let optimizer = write_state(ctx, &out.state)?;
         let eval = write_evals(ctx, eval_history.as_ref(), &evals, eval_set.len())?;

@@ -12,7 +12,9 @@
 //! so two RL steps never share a stream.
 
 use super::artifacts::{read_rollouts, read_sampling};
-use super::model_io::{CLIP_KIND, read_checkpoint, read_clip, read_examples_where, read_tokenizer};
+use super::model_io::{
+    CLIP_KIND, ModelPlan, PlanSource, read_clip, read_examples_where, read_tokenizer,
+};
 use super::{
     Outputs, Stage, StageError, Written, bail, ensure, input, input_id, optional, optional_id,
     output, outputs, read_input, write_table,
@@ -20,9 +22,8 @@ use super::{
 use crate::clip::train::{Pair, similarities};
 use crate::dag::{InputSpec, OutputSpec, RunCtx};
 use crate::eval::rollout::{Mode, RolloutSpec};
-use crate::model::checkpoint::model_from_bytes;
+use crate::model::DeviceSpec;
 use crate::model::sampling::SamplingConfig;
-use crate::model::{Codec, DeviceSpec, Model};
 use crate::rl::reward::{
     Component, RewardRow, RewardWeights, Surrogates, VlmReasoner, VlmTranscriber, clip_rewards,
     reward_rows, self_rewards, teacher_rewards,
@@ -226,21 +227,40 @@ impl Stage for RewardScore {
                 bail!("the self-reward needs the policy: wire input `checkpoint`");
             };
             ensure!(cfg.self_n >= 1, "self_n must be at least 1");
-            let (mcfg, w, tok) = read_checkpoint(ctx.store, id.as_str(), Some(&data_tok))?;
+            let plan = ModelPlan::from_artifact(ctx.store, id.as_str(), Some(&data_tok))?;
+            // A checkpoint model reads prompts in its own tokens: the data's re-tokenized.
+            let hf_items = match &plan.source {
+                PlanSource::Native { .. } => None,
+                PlanSource::Hf { .. } => {
+                    let mut ex =
+                        plan.examples(ctx.store, data_id.as_str(), 0, &|_, id| items.contains(id))?;
+                    for e in &mut ex {
+                        e.image = Vec::new();
+                    }
+                    let prompts: HashMap<String, Vec<u32>> = ex
+                        .iter()
+                        .map(|e| (e.id.clone(), e.prompt.clone()))
+                        .collect();
+                    Some((prompts, ex))
+                }
+            };
+            let (prompts, budget_examples) = match &hf_items {
+                Some((p, e)) => (p, e),
+                None => (&info.prompts, &info.budget_examples),
+            };
             let budget = cfg.self_max_new_tokens.unwrap_or_else(|| {
                 RolloutSpec {
                     mode: Mode::TextOnly,
                     ..RolloutSpec::default()
                 }
-                .token_budget(&info.budget_examples)
+                .token_budget(budget_examples)
             });
             let scores = crate::with_backend!(spec, |B, dev| {
-                let model = Model::from(model_from_bytes::<B>(&mcfg, &w, &dev)?);
-                let codec = Codec::from(tok.clone());
+                let model = plan.load::<B>(ctx.seed, &dev)?;
                 let mut reasoner = VlmReasoner::<B> {
                     model: &model,
-                    tok: &codec,
-                    prompts: &info.prompts,
+                    tok: &plan.codec,
+                    prompts,
                     sampling: cfg.self_sampling,
                     max_new_tokens: budget,
                     batch_size: cfg.batch_size,
@@ -259,19 +279,16 @@ impl Stage for RewardScore {
             let Some(id) = optional_id(ctx, &TEACHER) else {
                 bail!("the teacher reward needs a teacher: wire input `teacher`");
             };
-            let (mcfg, w, tok) = read_checkpoint(ctx.store, id.as_str(), Some(&data_tok))?;
+            let plan = ModelPlan::from_artifact(ctx.store, id.as_str(), Some(&data_tok))?;
             let examples =
-                read_examples_where(ctx.store, data_id.as_str(), mcfg.image_size, 0, &|_, id| {
-                    items.contains(id)
-                })?;
+                plan.examples(ctx.store, data_id.as_str(), 0, &|_, id| items.contains(id))?;
             let budget = perception_budget(&examples);
             let refs: Vec<&Example> = examples.iter().collect();
             let transcripts = crate::with_backend!(spec, |B, dev| {
-                let model = Model::from(model_from_bytes::<B>(&mcfg, &w, &dev)?);
-                let codec = Codec::from(tok.clone());
+                let model = plan.load::<B>(ctx.seed, &dev)?;
                 let mut t = VlmTranscriber::<B> {
                     model: &model,
-                    tok: &codec,
+                    tok: &plan.codec,
                     max_new_tokens: budget,
                     batch_size: cfg.batch_size,
                     device: &dev,

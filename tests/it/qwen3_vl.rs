@@ -335,10 +335,11 @@ fn a_loaded_checkpoint_trains() {
 
 /// Every model stage on a checkpoint folder: the fixture pipeline fine-tunes the tiny
 /// checkpoint (`model = { hf = ... }`), samples it standard and counterfactual and scores the
-/// samples, and samples the checkpoint as it is. The fine-tuned checkpoint is a Hugging Face
-/// folder that loads again, with moved weights and the source's tokenizer; each rollout's
-/// tokens are its text in the checkpoint tokenizer's ids; the targets were re-tokenized with
-/// that tokenizer; and the training loss fell.
+/// samples, samples the checkpoint as it is, and runs two GRPO steps with the self perception
+/// reward. The fine-tuned and the RL checkpoints are Hugging Face folders that load again, with
+/// moved weights and the source's tokenizer; each rollout's tokens are its text in the
+/// checkpoint tokenizer's ids; the targets were re-tokenized with that tokenizer; the training
+/// loss fell; and the update's teacher-forced log-probabilities are the sampler's.
 #[test]
 fn a_pipeline_fine_tunes_samples_and_scores_the_checkpoint() {
     use crate::common::{json, rows, stage};
@@ -448,4 +449,32 @@ fn a_pipeline_fine_tunes_samples_and_scores_the_checkpoint() {
     // Perception's share of the target is counted in the checkpoint tokenizer's tokens.
     let share = rows(&log)[0]["perception_token_share"].as_f64().unwrap();
     assert!(share > 0.05 && share < 0.95, "{share}");
+
+    let rl = stage(&run, "rl")["outputs"]["main"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    Qwen3Vl::<Cpu>::from_pretrained(&store.join("objects").join(&rl), &Default::default())
+        .expect("the RL checkpoint loads");
+    let rl_log = stage(&run, "rl")["outputs"]["log"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let rl_log = json(&store, &["show", &rl_log]);
+    assert_eq!(rows(&rl_log).len(), 2, "one mini-batch per step");
+    for r in rows(&rl_log) {
+        let gap = r["logprob_gap"].as_f64().unwrap();
+        assert!(gap < 1e-4, "policy vs sampler log-probabilities: {gap}");
+    }
+    let reward = stage(&run, "rl_0_reward")["outputs"]["main"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let reward = json(&store, &["show", &reward]);
+    assert!(
+        rows(&reward)
+            .iter()
+            .all(|r| r["self_samples"].as_i64() == Some(1)),
+        "one self re-rollout per rollout"
+    );
 }

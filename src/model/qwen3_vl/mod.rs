@@ -279,12 +279,7 @@ impl<B: Backend> Qwen3Vl<B> {
             &device,
         );
         let mut x = self.model.language_model.embed_tokens.forward(id_tensor);
-        let slots: Vec<usize> = ids
-            .iter()
-            .enumerate()
-            .filter(|&(_, &id)| id == cfg.image_token_id)
-            .map(|(i, _)| i)
-            .collect();
+        let slots = image_slots(cfg.image_token_id, ids, images.len());
         let mut deepstack = Vec::new();
         if !images.is_empty() {
             let pixels = Tensor::cat(images.iter().map(|i| i.pixel_values.clone()).collect(), 0);
@@ -406,6 +401,26 @@ fn mask_rows<B: Backend>(slots: &[usize], len: usize, device: &B::Device) -> Ten
     Tensor::<B, 1>::from_data(TensorData::new(keep, [len]), device).reshape([1, len, 1])
 }
 
+/// The positions of the image tokens that stand for `images` images: the first `images` runs
+/// of `image_token`. Runs after those are text (a sampled `<|image_pad|>` is an ordinary token,
+/// read through its embedding, as the KV-cached decoder reads it).
+fn image_slots(image_token: u32, ids: &[u32], images: usize) -> Vec<usize> {
+    let mut slots = Vec::new();
+    let mut runs = 0;
+    let mut i = 0;
+    while i < ids.len() && runs < images {
+        if ids[i] == image_token {
+            let run = ids[i..].iter().take_while(|&&x| x == image_token).count();
+            slots.extend(i..i + run);
+            runs += 1;
+            i += run;
+        } else {
+            i += 1;
+        }
+    }
+    slots
+}
+
 /// The 3-axis positions (temporal, height, width) of a sequence, as transformers'
 /// `get_rope_index` gives them: text tokens count up on all three axes; the tokens of an image
 /// with grid (t, h, w) and merge m sit at (s, s + r, s + c) for merged row r < h/m and column
@@ -418,21 +433,25 @@ pub fn rope_index(cfg: &Qwen3VlConfig, ids: &[u32], grids: &[[usize; 3]]) -> Res
     let mut pos = 0i64;
     let mut i = 0;
     while i < ids.len() {
-        if ids[i] != cfg.image_token_id {
+        // An image-token run stands for the next image; once the images are used up, image
+        // tokens are text.
+        let image = if ids[i] == cfg.image_token_id {
+            grids.next()
+        } else {
+            None
+        };
+        let Some(&[t, h, w]) = image else {
             for axis in &mut out {
                 axis.push(pos);
             }
             pos += 1;
             i += 1;
             continue;
-        }
+        };
         let run = ids[i..]
             .iter()
             .take_while(|&&x| x == cfg.image_token_id)
             .count();
-        let &[t, h, w] = grids
-            .next()
-            .ok_or_else(|| HfError::Input("more image-token runs than images".into()))?;
         let (gh, gw) = (h / m, w / m);
         if run != t * gh * gw {
             return Err(HfError::Input(format!(
@@ -482,5 +501,36 @@ fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
             dir,
             "neither model.safetensors nor model.safetensors.index.json",
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg() -> Qwen3VlConfig {
+        let p =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/qwen3_vl/tied/config.json");
+        serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
+    }
+
+    /// Image tokens after the images are used up (as a sampled `<|image_pad|>`) are text: they
+    /// count up on every axis and are not image slots.
+    #[test]
+    fn image_tokens_beyond_the_images_are_text() {
+        let c = cfg();
+        let im = c.image_token_id;
+        let m = c.vision_config.spatial_merge_size;
+        let grid = [1, 2 * m, 2 * m];
+        let ids = [7, im, im, im, im, 8, im, 9];
+        let [t, h, w] = rope_index(&c, &ids, &[grid]).unwrap();
+        assert_eq!(t, [0, 1, 1, 1, 1, 3, 4, 5]);
+        assert_eq!(h, [0, 1, 1, 2, 2, 3, 4, 5]);
+        assert_eq!(w, [0, 1, 2, 1, 2, 3, 4, 5]);
+        assert_eq!(image_slots(im, &ids, 1), [1, 2, 3, 4]);
+        assert!(image_slots(im, &ids, 0).is_empty());
+        assert_eq!(image_slots(im, &ids, 2), [1, 2, 3, 4, 6]);
+        // Too few image tokens for the grid is still an error.
+        assert!(rope_index(&c, &[7, im, 8], &[grid]).is_err());
     }
 }

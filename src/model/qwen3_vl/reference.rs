@@ -85,8 +85,14 @@ impl Reference {
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Parity {
     pub positions_equal: bool,
+    /// Infinite when a logit is not a number.
     pub max_abs_logit_diff: f32,
     pub logits: usize,
+    /// Logits that are NaN or infinite.
+    pub non_finite_logits: usize,
+    /// Image features (the vision tower's merged output) that are NaN or infinite: where a
+    /// non-finite logit comes from.
+    pub non_finite_image_features: usize,
 }
 
 /// Runs `model` on the reference inputs and compares positions and logits.
@@ -95,6 +101,13 @@ pub fn parity<B: Backend>(model: &Qwen3Vl<B>, reference: &Reference) -> Result<P
     let (ids, image) = reference.inputs::<B>(&device)?;
     let (_, want_pos) = reference.i64("position_ids")?;
     let pos = rope_index(&model.cfg, &ids, &[image.grid])?;
+    let features = model
+        .model
+        .visual
+        .forward(image.pixel_values.clone(), &[image.grid])
+        .embeds;
+    let features = crate::model::host_f32(features)
+        .map_err(|e| HfError::Input(format!("reading image features: {e}")))?;
     let logits = model.forward(&ids, &[image])?;
     let (shape, want) = reference.f32("logits")?;
     if logits.dims().to_vec() != shape {
@@ -108,13 +121,12 @@ pub fn parity<B: Backend>(model: &Qwen3Vl<B>, reference: &Reference) -> Result<P
         .convert::<f32>()
         .to_vec::<f32>()
         .map_err(|e| HfError::Input(format!("reading logits: {e:?}")))?;
+    let (max_abs_logit_diff, non_finite_logits) = crate::model::max_abs_diff(&got, &want);
     Ok(Parity {
         positions_equal: pos.concat() == want_pos,
-        max_abs_logit_diff: got
-            .iter()
-            .zip(&want)
-            .map(|(a, b)| (a - b).abs())
-            .fold(0.0, f32::max),
+        max_abs_logit_diff,
         logits: got.len(),
+        non_finite_logits,
+        non_finite_image_features: features.iter().filter(|x| !x.is_finite()).count(),
     })
 }
