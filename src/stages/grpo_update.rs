@@ -375,7 +375,7 @@ impl Stage for GrpoUpdate {
         } else {
             Vec::new()
         };
-        let (ckpt, out, evals) = crate::with_backend!(spec, |B, dev| {
+        let (ckpt, rl_log, rl_state, evals) = crate::with_backend!(spec, |B, dev| {
             let policy = plan.load::<Autodiff<B>>(ctx.seed, &dev)?;
             let reference = match &ref_plan {
                 Some(r) => Some(r.load::<B>(ctx.seed, &dev)?),
@@ -415,12 +415,12 @@ impl Stage for GrpoUpdate {
                 evals.push((cfg.step as i32, evaluate(&out.model)?));
             }
             let ckpt = plan.write(ctx, &out.model)?;
-            Ok::<_, StageError>((ckpt, out, evals))
+            Ok::<_, StageError>((ckpt, out.log, out.state, evals))
         })?;
         bar.finish_and_clear();
         let ckpt = Written::new(&MAIN, ckpt);
-        let log = write_log(ctx, cfg, history.as_ref(), &out.log, &step)?;
-        let optimizer = write_state(ctx, &out.state)?;
+        let log = write_log(ctx, cfg, history.as_ref(), &rl_log, &step)?;
+        let optimizer = write_state(ctx, &rl_state)?;
         let eval = write_evals(ctx, eval_history.as_ref(), &evals, eval_set.len())?;
         Ok(outputs([ckpt, log, optimizer, eval]))
     }
