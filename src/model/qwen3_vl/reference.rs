@@ -93,6 +93,8 @@ pub struct Parity {
     /// Image features (the vision tower's merged output) that are NaN or infinite: where a
     /// non-finite logit comes from.
     pub non_finite_image_features: usize,
+    /// The first step of the vision tower whose output holds a NaN or an infinity, if any.
+    pub first_non_finite_vision_step: Option<String>,
 }
 
 /// Runs `model` on the reference inputs and compares positions and logits.
@@ -101,10 +103,19 @@ pub fn parity<B: Backend>(model: &Qwen3Vl<B>, reference: &Reference) -> Result<P
     let (ids, image) = reference.inputs::<B>(&device)?;
     let (_, want_pos) = reference.i64("position_ids")?;
     let pos = rope_index(&model.cfg, &ids, &[image.grid])?;
+    let mut first_bad: Option<String> = None;
     let features = model
         .model
         .visual
-        .forward(image.pixel_values.clone(), &[image.grid])
+        .forward_observed(image.pixel_values.clone(), &[image.grid], &mut |name, t| {
+            if first_bad.is_none()
+                && crate::model::host_f32(t.clone())
+                    .map(|v| v.iter().any(|x| !x.is_finite()))
+                    .unwrap_or(true)
+            {
+                first_bad = Some(name.to_string());
+            }
+        })
         .embeds;
     let features = crate::model::host_f32(features)
         .map_err(|e| HfError::Input(format!("reading image features: {e}")))?;
@@ -128,5 +139,6 @@ pub fn parity<B: Backend>(model: &Qwen3Vl<B>, reference: &Reference) -> Result<P
         logits: got.len(),
         non_finite_logits,
         non_finite_image_features: features.iter().filter(|x| !x.is_finite()).count(),
+        first_non_finite_vision_step: first_bad,
     })
 }

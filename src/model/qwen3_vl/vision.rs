@@ -134,6 +134,18 @@ impl<B: Backend> VisionModel<B> {
     /// # Shapes
     /// - pixel_values: `[N, C·T·P·P]` → embeds `[N / m², out_hidden_size]`
     pub fn forward(&self, pixel_values: Tensor<B, 2>, grids: &[[usize; 3]]) -> VisionOutput<B> {
+        self.forward_observed(pixel_values, grids, &mut |_, _| {})
+    }
+
+    /// [`VisionModel::forward`], handing each intermediate state to `observe` with its name
+    /// (`patch_embed`, `positions`, `block.i`, `merger`): the way to find where a device's
+    /// arithmetic first goes wrong.
+    pub fn forward_observed(
+        &self,
+        pixel_values: Tensor<B, 2>,
+        grids: &[[usize; 3]],
+        observe: &mut dyn FnMut(&str, &Tensor<B, 2>),
+    ) -> VisionOutput<B> {
         let cfg = &self.cfg;
         let device = pixel_values.device();
         let d = cfg.hidden_size;
@@ -145,19 +157,24 @@ impl<B: Backend> VisionModel<B> {
             .reshape([d, cfg.patch_features()]);
         let x =
             pixel_values.matmul(w.transpose()) + self.patch_embed.proj.bias.val().unsqueeze::<2>();
+        observe("patch_embed", &x);
         let x = x + self.positions(grids, &device);
+        observe("positions", &x);
         let (cos, sin) = self.rotary(grids, &device);
         let lens: Vec<usize> = grids.iter().map(|g| g[0] * g[1] * g[2]).collect();
         let mut x = x;
         let mut deepstack = Vec::new();
         for (i, blk) in self.blocks.iter().enumerate() {
             x = blk.forward(x, &cos, &sin, &lens, cfg.num_heads, &cfg.hidden_act);
+            observe(&format!("block.{i}"), &x);
             if let Some(k) = cfg.deepstack_visual_indexes.iter().position(|&l| l == i) {
                 deepstack.push(self.deepstack_merger_list[k].forward(x.clone()));
             }
         }
+        let embeds = self.merger.forward(x.clone());
+        observe("merger", &embeds);
         VisionOutput {
-            embeds: self.merger.forward(x.clone()),
+            embeds,
             hidden: x,
             deepstack,
         }
