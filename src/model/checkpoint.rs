@@ -33,6 +33,32 @@ pub fn model_from_bytes<B: Backend>(
     load_weights(Vlm::<B>::new(cfg, device), bytes)
 }
 
+/// `model` with every float parameter in the backend's float type. burn-store keeps the dtype a
+/// file stores, so a bf16 checkpoint read on an f32 backend (or an f32 one on a bf16 device)
+/// would otherwise give parameters of another type than the activations they meet.
+pub fn to_backend_dtype<B: Backend, M: Module<B>>(model: M) -> M {
+    use burn::module::{ModuleMapper, Param};
+    use burn::tensor::{DType, Tensor};
+    struct Cast(Option<DType>);
+    impl<B: Backend> ModuleMapper<B> for Cast {
+        fn map_float<const D: usize>(&mut self, p: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
+            let (id, tensor, mapper) = p.consume();
+            let want = *self
+                .0
+                .get_or_insert_with(|| Tensor::<B, 1>::zeros([1], &tensor.device()).dtype());
+            let tensor = if tensor.dtype() == want {
+                tensor
+            } else if tensor.is_require_grad() {
+                tensor.cast(want).detach().require_grad()
+            } else {
+                tensor.cast(want)
+            };
+            Param::from_mapped_value(id, tensor, mapper)
+        }
+    }
+    model.map(&mut Cast(None))
+}
+
 /// Loads [`weights_to_bytes`] output into `model`, which must have every weight it names.
 pub fn load_weights<B: Backend, M: Module<B>>(mut model: M, bytes: &[u8]) -> Result<M, ModelError> {
     let mut store = SafetensorsStore::from_bytes(Some(bytes.to_vec()));
@@ -52,7 +78,7 @@ pub fn load_weights<B: Backend, M: Module<B>>(mut model: M, bytes: &[u8]) -> Res
             r.errors.len()
         )));
     }
-    Ok(model)
+    Ok(to_backend_dtype(model))
 }
 
 /// `to` with the parameter values of `from`, a module of the same structure on any backend and

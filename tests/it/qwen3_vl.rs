@@ -149,6 +149,99 @@ fn save_pretrained_round_trips_bit_for_bit() {
     }
 }
 
+/// A checkpoint stored in bf16 (as the released Qwen3-VL weights are) loads on the f32 CPU
+/// backend with every parameter in f32, and its logits stay near transformers' f32 ones (the
+/// weights lost their low mantissa bits, nothing else).
+#[test]
+fn a_bf16_checkpoint_loads_as_the_backends_float_type() {
+    use burn::module::{Module, ModuleVisitor, Param};
+    use burn::tensor::{DType, bf16};
+    let src = fixture("tied");
+    let dir = asymm::util::fsx::TempDir::new("asymm-qwen3vl-bf16").unwrap();
+    for f in std::fs::read_dir(&src).unwrap().flatten() {
+        if f.file_name() != "model.safetensors" {
+            std::fs::copy(f.path(), dir.path().join(f.file_name())).unwrap();
+        }
+    }
+    let bytes = std::fs::read(src.join("model.safetensors")).unwrap();
+    let st = SafeTensors::deserialize(&bytes).unwrap();
+    let converted: Vec<(String, Vec<usize>, Vec<u8>)> = st
+        .names()
+        .into_iter()
+        .map(|name| {
+            let t = st.tensor(name).unwrap();
+            assert_eq!(t.dtype(), safetensors::Dtype::F32, "{name}");
+            let data = t
+                .data()
+                .chunks_exact(4)
+                .flat_map(|c| {
+                    let x = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+                    bf16::from_f32(x).to_bits().to_le_bytes()
+                })
+                .collect();
+            (name.to_string(), t.shape().to_vec(), data)
+        })
+        .collect();
+    let views: Vec<(String, safetensors::tensor::TensorView)> = converted
+        .iter()
+        .map(|(n, shape, data)| {
+            let v =
+                safetensors::tensor::TensorView::new(safetensors::Dtype::BF16, shape.clone(), data)
+                    .unwrap();
+            (n.clone(), v)
+        })
+        .collect();
+    let meta = std::collections::HashMap::from([("format".to_string(), "pt".to_string())]);
+    safetensors::serialize_to_file(views, Some(meta), &dir.path().join("model.safetensors"))
+        .unwrap();
+
+    let model = Qwen3Vl::<Cpu>::from_pretrained(dir.path(), &Default::default()).expect("loads");
+    struct Types(Vec<DType>);
+    impl ModuleVisitor<Cpu> for Types {
+        fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<Cpu, D>>) {
+            self.0.push(p.val().dtype());
+        }
+    }
+    let mut types = Types(Vec::new());
+    model.visit(&mut types);
+    assert!(!types.0.is_empty());
+    assert!(types.0.iter().all(|&d| d == DType::F32), "{:?}", types.0);
+    let p = parity(&model, &reference("tied")).expect("runs");
+    assert!(p.positions_equal && p.non_finite_logits == 0, "{p:?}");
+    assert!(p.max_abs_logit_diff < 0.05, "{p:?}");
+
+    // Cast parameters still train: each gets a gradient.
+    type Ad = burn::backend::Autodiff<Cpu>;
+    let dev = Default::default();
+    let model = Qwen3Vl::<Ad>::from_pretrained(dir.path(), &dev).expect("loads");
+    let (ids, image) = reference("tied").inputs::<Ad>(&dev).expect("inputs");
+    let grads = model
+        .forward(&ids, &[image])
+        .unwrap()
+        .square()
+        .mean()
+        .backward();
+    struct Count<'a>(
+        &'a <Ad as burn::tensor::backend::AutodiffBackend>::Gradients,
+        usize,
+        usize,
+    );
+    impl ModuleVisitor<Ad> for Count<'_> {
+        fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<Ad, D>>) {
+            self.1 += 1;
+            self.2 += usize::from(p.val().grad(self.0).is_some());
+        }
+    }
+    let mut count = Count(&grads, 0, 0);
+    model.visit(&mut count);
+    assert!(
+        count.1 > 0 && count.1 == count.2,
+        "{} of {} have a gradient",
+        count.2,
+        count.1
+    );
+}
+
 /// The processor turns each fixture's `image.png` into the pixel rows and grid transformers'
 /// image processor gave (read with the fixture's `preprocessor_config.json`).
 #[test]

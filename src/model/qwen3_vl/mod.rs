@@ -200,13 +200,15 @@ impl<B: Backend> Qwen3Vl<B> {
                 Some(before) => before.into_iter().filter(|k| now.contains(k)).collect(),
             });
         }
-        match missing {
-            Some(m) if !m.is_empty() => Err(checkpoint_err(
+        if let Some(m) = missing.filter(|m| !m.is_empty()) {
+            return Err(checkpoint_err(
                 dir,
                 format!("no tensor for {} parameter(s), e.g. {}", m.len(), m[0]),
-            )),
-            _ => Ok(()),
+            ));
         }
+        // Parameters in the backend's float type whatever the files store (bf16 checkpoints).
+        *self = crate::model::checkpoint::to_backend_dtype(self.clone());
+        Ok(())
     }
 
     /// Logits [1, L, vocab] of one sequence `ids` whose image tokens stand for `images` (in
