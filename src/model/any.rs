@@ -7,8 +7,10 @@
 //! (white paper, black ink), so a puzzle reads the same whichever model looks at it.
 
 use super::ModelError;
+use super::layers::MASKED;
+use super::qwen3_vl::chat::ChatTokenizer;
 use super::qwen3_vl::processor::{ProcessorConfig, Rgb};
-use super::qwen3_vl::{Decode, ImageInput, Qwen3Vl};
+use super::qwen3_vl::{Decode, DecodeBatch, ImageInput, Qwen3Vl};
 use super::vlm::{DecodeState, Vlm};
 use burn::module::Module;
 use burn::tensor::backend::Backend;
@@ -24,6 +26,10 @@ pub struct HfVlm<B: Backend> {
     /// Side of the square ink grid the stages hand over (before the processor's resize).
     #[module(skip)]
     pub image_size: usize,
+    /// Ids from here to the model's (padded) vocabulary size are unknown to the tokenizer: their
+    /// logits are masked, so that nothing is sampled that the text would not show.
+    #[module(skip)]
+    pub known_ids: usize,
 }
 
 impl<B: Backend> HfVlm<B> {
@@ -39,11 +45,35 @@ impl<B: Backend> HfVlm<B> {
         if image_size == 0 {
             return Err(ModelError::Config("image_size must be positive".into()));
         }
+        let vocab = qwen.cfg.text_config.vocab_size;
+        let known_ids = ChatTokenizer::from_dir(dir)?.known_ids();
+        if known_ids == 0 || known_ids > vocab {
+            return Err(ModelError::Config(format!(
+                "the tokenizer knows ids up to {known_ids}, the model's vocabulary has {vocab}"
+            )));
+        }
         Ok(HfVlm {
             qwen,
             processor,
             image_size,
+            known_ids,
         })
+    }
+
+    /// `logits` [.., vocab] with the ids the tokenizer does not know masked.
+    fn mask_unknown<const D: usize>(&self, logits: Tensor<B, D>) -> Tensor<B, D> {
+        let v = self.qwen.cfg.text_config.vocab_size;
+        if self.known_ids >= v {
+            return logits;
+        }
+        let bias: Vec<f32> = (0..v)
+            .map(|i| if i < self.known_ids { 0.0 } else { MASKED })
+            .collect();
+        let mut shape = [1usize; D];
+        shape[D - 1] = v;
+        let bias =
+            Tensor::<B, 1>::from_data(TensorData::new(bias, [v]), &logits.device()).reshape(shape);
+        logits + bias
     }
 
     /// The number of `<|image_pad|>` tokens one puzzle image takes in the prompt.
@@ -99,8 +129,7 @@ impl<B: Backend> From<Vlm<B>> for Model<B> {
 /// Per-row decoding state of a batch ([`Model::prefill`], [`Model::step`]).
 pub enum Decoding<B: Backend> {
     Native(DecodeState<B>),
-    /// One single-sequence cache per row.
-    Qwen3Vl(Vec<Decode<B>>),
+    Qwen3Vl(QwenRows<B>),
 }
 
 impl<B: Backend> Decoding<B> {
@@ -108,8 +137,99 @@ impl<B: Backend> Decoding<B> {
     pub fn fork(self, rows: &[usize]) -> Self {
         match self {
             Decoding::Native(s) => Decoding::Native(s.fork(rows)),
-            Decoding::Qwen3Vl(s) => Decoding::Qwen3Vl(rows.iter().map(|&r| s[r].clone()).collect()),
+            Decoding::Qwen3Vl(s) => Decoding::Qwen3Vl(s.fork(rows)),
         }
+    }
+}
+
+/// The rows of a batch a checkpoint model decodes, in groups whose caches have one length (the
+/// G samples of a prompt; prompts of one length): a group steps as one batch. Each row's
+/// logits are those it would get alone.
+pub struct QwenRows<B: Backend> {
+    groups: Vec<DecodeBatch<B>>,
+    /// The rows of each group, in the group's order.
+    members: Vec<Vec<usize>>,
+    /// Each row's (group, index in the group).
+    at: Vec<(usize, usize)>,
+}
+
+impl<B: Backend> QwenRows<B> {
+    fn new(rows: Vec<Decode<B>>) -> Result<Self, ModelError> {
+        let mut members: Vec<Vec<usize>> = Vec::new();
+        let mut lens: Vec<usize> = Vec::new();
+        for (i, r) in rows.iter().enumerate() {
+            match lens.iter().position(|&l| l == r.cache.len) {
+                Some(g) => members[g].push(i),
+                None => {
+                    lens.push(r.cache.len);
+                    members.push(vec![i]);
+                }
+            }
+        }
+        let mut at = vec![(0, 0); rows.len()];
+        for (g, m) in members.iter().enumerate() {
+            for (j, &r) in m.iter().enumerate() {
+                at[r] = (g, j);
+            }
+        }
+        let mut slots: Vec<Option<Decode<B>>> = rows.into_iter().map(Some).collect();
+        let groups = members
+            .iter()
+            .map(|m| DecodeBatch::stack(m.iter().filter_map(|&r| slots[r].take()).collect()))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(QwenRows {
+            groups,
+            members,
+            at,
+        })
+    }
+
+    fn fork(self, rows: &[usize]) -> Self {
+        let n = self.groups.len();
+        let (mut members, mut picks) = (vec![Vec::new(); n], vec![Vec::new(); n]);
+        for (i, &r) in rows.iter().enumerate() {
+            let (g, j) = self.at[r];
+            members[g].push(i);
+            picks[g].push(j);
+        }
+        let mut out = QwenRows {
+            groups: Vec::new(),
+            members: Vec::new(),
+            at: vec![(0, 0); rows.len()],
+        };
+        for g in 0..n {
+            if members[g].is_empty() {
+                continue;
+            }
+            let k = out.groups.len();
+            for (j, &i) in members[g].iter().enumerate() {
+                out.at[i] = (k, j);
+            }
+            out.groups.push(self.groups[g].select(&picks[g]));
+            out.members.push(std::mem::take(&mut members[g]));
+        }
+        out
+    }
+
+    fn step(&mut self, model: &Qwen3Vl<B>, tokens: &[u32]) -> Tensor<B, 2> {
+        let mut outs = Vec::with_capacity(self.groups.len());
+        let mut order = Vec::with_capacity(tokens.len());
+        for (group, m) in self.groups.iter_mut().zip(&self.members) {
+            let toks: Vec<u32> = m.iter().map(|&r| tokens[r]).collect();
+            outs.push(model.step_batch(&toks, group));
+            order.extend_from_slice(m);
+        }
+        let logits = Tensor::cat(outs, 0);
+        if order.iter().enumerate().all(|(k, &r)| k == r) {
+            return logits;
+        }
+        let mut place = vec![0i64; order.len()];
+        for (k, &r) in order.iter().enumerate() {
+            place[r] = k as i64;
+        }
+        let idx =
+            Tensor::<B, 1, Int>::from_data(TensorData::new(place, [order.len()]), &logits.device());
+        logits.select(0, idx)
     }
 }
 
@@ -166,10 +286,12 @@ impl<B: Backend> Model<B> {
                 qwen,
                 processor,
                 image_size,
+                known_ids,
             }) => Model::Qwen3Vl(HfVlm {
                 qwen: load_weights(qwen, bytes)?,
                 processor,
                 image_size,
+                known_ids,
             }),
         })
     }
@@ -198,12 +320,19 @@ impl<B: Backend> Model<B> {
             Model::Qwen3Vl(m) => {
                 let inputs = m.inputs(images)?;
                 let rows = ids_of(ids)?;
+                if rows.is_empty() || inputs.len() != rows.len() {
+                    return Err(ModelError::Input(format!(
+                        "{} images for {} sequences",
+                        inputs.len(),
+                        rows.len()
+                    )));
+                }
                 let logits = rows
                     .iter()
                     .zip(inputs)
                     .map(|(r, img)| m.qwen.forward(r, &[img]))
                     .collect::<Result<Vec<_>, _>>()?;
-                Ok(Tensor::cat(logits, 0))
+                Ok(m.mask_unknown(Tensor::cat(logits, 0)))
             }
         }
     }
@@ -222,6 +351,13 @@ impl<B: Backend> Model<B> {
             }
             Model::Qwen3Vl(m) => {
                 let inputs = m.inputs(images)?;
+                if prefixes.is_empty() || inputs.len() != prefixes.len() {
+                    return Err(ModelError::Input(format!(
+                        "{} images for {} prompts",
+                        inputs.len(),
+                        prefixes.len()
+                    )));
+                }
                 let mut logits = Vec::with_capacity(prefixes.len());
                 let mut states = Vec::with_capacity(prefixes.len());
                 for (p, img) in prefixes.iter().zip(inputs) {
@@ -229,7 +365,10 @@ impl<B: Backend> Model<B> {
                     logits.push(l);
                     states.push(s);
                 }
-                Ok((Tensor::cat(logits, 0), Decoding::Qwen3Vl(states)))
+                Ok((
+                    m.mask_unknown(Tensor::cat(logits, 0)),
+                    Decoding::Qwen3Vl(QwenRows::new(states)?),
+                ))
             }
         }
     }
@@ -243,12 +382,14 @@ impl<B: Backend> Model<B> {
         match (self, state) {
             (Model::Native(m), Decoding::Native(s)) => Ok(m.step(tokens, s)),
             (Model::Qwen3Vl(m), Decoding::Qwen3Vl(s)) => {
-                let logits = tokens
-                    .iter()
-                    .zip(s.iter_mut())
-                    .map(|(&t, st)| m.qwen.step(t, st))
-                    .collect();
-                Ok(Tensor::cat(logits, 0))
+                if tokens.len() != s.at.len() {
+                    return Err(ModelError::Input(format!(
+                        "{} tokens for {} rows",
+                        tokens.len(),
+                        s.at.len()
+                    )));
+                }
+                Ok(m.mask_unknown(s.step(&m.qwen, tokens)))
             }
             _ => Err(ModelError::Input(
                 "a decoding state of another model family".into(),

@@ -46,7 +46,9 @@ impl HfCodec {
     /// ids (`target` then `<|im_end|>`) and the named spans over the target: `perception`
     /// through `</perception>`, `reasoning` the rest, `answer` from the last "answer" of the
     /// reasoning to its end. The target is tokenized as one string, as the model reads it
-    /// when sampling; a token that straddles a boundary belongs to the span it starts in.
+    /// when sampling; a token that straddles a boundary belongs to the span it starts in (with
+    /// a byte-level BPE, `><` of `</perception><reasoning>` is one token and so perception's,
+    /// as [`Codec::perception_end`] counts sampled tokens).
     pub fn example(
         &self,
         prompt: &str,

@@ -230,8 +230,15 @@ impl Stage for GrpoUpdate {
                     (PlanSource::Native { cfg: a, .. }, PlanSource::Native { cfg: b, .. }) => {
                         a == b
                     }
-                    (PlanSource::Hf { .. }, PlanSource::Hf { .. }) => {
+                    (PlanSource::Hf { dir: a, .. }, PlanSource::Hf { dir: b, .. }) => {
+                        // The same architecture and tokenizer: the KL compares the two models'
+                        // log-probabilities of the policy's own token ids.
+                        let same_file = |name: &str| {
+                            std::fs::read(a.join(name)).ok() == std::fs::read(b.join(name)).ok()
+                        };
                         r.image_size == plan.image_size
+                            && same_file("config.json")
+                            && same_file("tokenizer.json")
                     }
                     _ => false,
                 };

@@ -232,6 +232,21 @@ fn default_hf_image_size() -> usize {
     224
 }
 
+/// The files of a checkpoint folder that a fine-tuned copy keeps beside its new `config.json`
+/// and weights: the tokenizer's, the processors', the chat template, the generation settings
+/// (small text files; weights in any format, indexes and this toolkit's own files are left).
+fn is_side_file(name: &str) -> bool {
+    let text = [".json", ".jinja", ".txt", ".model"]
+        .iter()
+        .any(|ext| name.ends_with(ext));
+    text && name != CONFIG_FILE
+        && name != HF_MARKER_FILE
+        && name != "manifest.json"
+        && !name.starts_with('.')
+        && !name.contains(".safetensors")
+        && !name.contains(".bin")
+}
+
 /// The file that marks a checkpoint artifact as a Hugging Face checkpoint; it names the
 /// family and the image size its stages used.
 pub const HF_MARKER_FILE: &str = "asymm_model.json";
@@ -428,13 +443,7 @@ impl ModelPlan {
                     .filter_map(|e| e.ok())
                     .filter(|e| e.path().is_file())
                     .filter_map(|e| e.file_name().to_str().map(str::to_string))
-                    .filter(|n| {
-                        n != CONFIG_FILE
-                            && n != HF_MARKER_FILE
-                            && n != "manifest.json"
-                            && !n.starts_with('.')
-                            && !n.contains(".safetensors")
-                    })
+                    .filter(|n| is_side_file(n))
                     .collect();
                 names.sort();
                 for n in names {

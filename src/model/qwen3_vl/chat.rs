@@ -55,6 +55,17 @@ impl ChatTokenizer {
             .map_err(|e| HfError::Input(format!("decoding {} ids: {e}", ids.len())))
     }
 
+    /// One past the largest id the tokenizer knows (special tokens included): the model's
+    /// vocabulary may be larger (padded), and ids from there on decode to nothing.
+    pub fn known_ids(&self) -> usize {
+        self.tok
+            .get_vocab(true)
+            .values()
+            .max()
+            .map(|&m| m as usize + 1)
+            .unwrap_or(0)
+    }
+
     /// The id of a token of the vocabulary (special ones included).
     pub fn token_id(&self, token: &str) -> Option<u32> {
         self.tok.token_to_id(token)

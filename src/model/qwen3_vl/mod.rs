@@ -121,6 +121,71 @@ pub struct Decode<B: Backend> {
     pub next_pos: i64,
 }
 
+/// Sequences decoded together: one cache over the batch (every row has seen as many positions)
+/// and each row's next position.
+pub struct DecodeBatch<B: Backend> {
+    pub cache: text::KvCache<B>,
+    pub next_pos: Vec<i64>,
+}
+
+impl<B: Backend> DecodeBatch<B> {
+    /// Stacks single sequences of one length into a batch (in order).
+    pub fn stack(rows: Vec<Decode<B>>) -> Result<Self> {
+        let len = rows.first().map(|r| r.cache.len).unwrap_or(0);
+        if rows.iter().any(|r| r.cache.len != len) {
+            return Err(HfError::Input(
+                "stacking caches of different lengths".into(),
+            ));
+        }
+        let layers = rows.first().map(|r| r.cache.layers.len()).unwrap_or(0);
+        let next_pos = rows.iter().map(|r| r.next_pos).collect();
+        let mut per_layer: Vec<Vec<(Tensor<B, 4>, Tensor<B, 4>)>> = vec![Vec::new(); layers];
+        for r in rows {
+            for (i, kv) in r.cache.layers.into_iter().enumerate() {
+                let kv = kv.ok_or_else(|| HfError::Input("stacking an empty cache".into()))?;
+                per_layer[i].push(kv);
+            }
+        }
+        let layers = per_layer
+            .into_iter()
+            .map(|kvs| {
+                let (k, v): (Vec<_>, Vec<_>) = kvs.into_iter().unzip();
+                Some((Tensor::cat(k, 0), Tensor::cat(v, 0)))
+            })
+            .collect();
+        Ok(DecodeBatch {
+            cache: text::KvCache { layers, len },
+            next_pos,
+        })
+    }
+
+    /// The batch of rows `rows` of this one (a row may repeat).
+    pub fn select(&self, rows: &[usize]) -> Self {
+        let pick = |t: &Tensor<B, 4>| {
+            let idx = Tensor::<B, 1, Int>::from_data(
+                TensorData::new(
+                    rows.iter().map(|&r| r as i64).collect::<Vec<_>>(),
+                    [rows.len()],
+                ),
+                &t.device(),
+            );
+            t.clone().select(0, idx)
+        };
+        DecodeBatch {
+            cache: text::KvCache {
+                layers: self
+                    .cache
+                    .layers
+                    .iter()
+                    .map(|kv| kv.as_ref().map(|(k, v)| (pick(k), pick(v))))
+                    .collect(),
+                len: self.cache.len,
+            },
+            next_pos: rows.iter().map(|&r| self.next_pos[r]).collect(),
+        }
+    }
+}
+
 /// One image's inputs as the processor gives them: patch rows [N, C·T·P·P] in merge-window order
 /// and the patch grid (t, h, w).
 pub struct ImageInput<B: Backend> {
@@ -231,25 +296,44 @@ impl<B: Backend> Qwen3Vl<B> {
 
     /// Feeds one token after the cached ones: the next logits [1, vocab].
     pub fn step(&self, token: u32, state: &mut Decode<B>) -> Tensor<B, 2> {
+        let mut batch = DecodeBatch {
+            cache: std::mem::take(&mut state.cache),
+            next_pos: vec![state.next_pos],
+        };
+        let logits = self.step_batch(&[token], &mut batch);
+        state.cache = batch.cache;
+        state.next_pos = batch.next_pos[0];
+        logits
+    }
+
+    /// Feeds one token per row of a batch after its cached positions: the next logits
+    /// [B, vocab].
+    pub fn step_batch(&self, tokens: &[u32], state: &mut DecodeBatch<B>) -> Tensor<B, 2> {
         let device = self.device();
-        let p = state.next_pos;
-        state.next_pos += 1;
+        let b = tokens.len();
+        let positions: Vec<[Vec<i64>; 3]> = state
+            .next_pos
+            .iter()
+            .map(|&p| [vec![p], vec![p], vec![p]])
+            .collect();
+        for p in &mut state.next_pos {
+            *p += 1;
+        }
         let ids = Tensor::<B, 2, Int>::from_data(
-            TensorData::new(vec![i64::from(token)], [1, 1]),
+            TensorData::new(
+                tokens.iter().map(|&t| i64::from(t)).collect::<Vec<_>>(),
+                [b, 1],
+            ),
             &device,
         );
         let x = self.model.language_model.embed_tokens.forward(ids);
-        let rope = text::mrope_tables::<B>(
-            &self.cfg.text_config,
-            &[[vec![p], vec![p], vec![p]]],
-            &device,
-        );
+        let rope = text::mrope_tables::<B>(&self.cfg.text_config, &positions, &device);
         let h = self
             .model
             .language_model
             .forward(x, &rope, &[], &mut state.cache);
         let v = self.cfg.text_config.vocab_size;
-        self.head(h).reshape([1, v])
+        self.head(h).reshape([b, v])
     }
 
     fn prefill_all(
@@ -304,11 +388,10 @@ impl<B: Backend> Qwen3Vl<B> {
                 .into_iter()
                 .map(|f| place(f).reshape([1, len, d]))
                 .collect();
-        } else if !slots.is_empty() {
-            return Err(HfError::Input(format!(
-                "{} image tokens in the ids but no image",
-                slots.len()
-            )));
+        } else if ids.contains(&cfg.image_token_id) {
+            return Err(HfError::Input(
+                "image tokens in the ids but no image".into(),
+            ));
         }
         let rope = text::mrope_tables::<B>(t, &[positions], &device);
         let mut cache = text::KvCache::default();
