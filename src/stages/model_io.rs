@@ -272,7 +272,12 @@ pub enum PlanSource {
         weights: Option<Vec<u8>>,
     },
     /// A Qwen3-VL checkpoint folder (a user's download, or a checkpoint artifact's folder).
-    Hf { dir: PathBuf, image_tokens: usize },
+    Hf {
+        dir: PathBuf,
+        image_tokens: usize,
+        /// `max_position_embeddings` of its config, if it names one.
+        max_positions: Option<usize>,
+    },
 }
 
 impl ModelPlan {
@@ -302,12 +307,17 @@ impl ModelPlan {
         let image_tokens = processor
             .image_tokens(image_size, image_size)
             .map_err(|e| err(&e))?;
+        let config: crate::model::qwen3_vl::config::Qwen3VlConfig = serde_json::from_str(
+            &std::fs::read_to_string(dir.join("config.json")).map_err(|e| err(&e))?,
+        )
+        .map_err(|e| err(&e))?;
         Ok(ModelPlan {
             codec: Codec::Hf(codec),
             image_size,
             source: PlanSource::Hf {
                 dir: dir.to_path_buf(),
                 image_tokens,
+                max_positions: config.text_config.max_position_embeddings,
             },
         })
     }
@@ -353,8 +363,10 @@ impl ModelPlan {
     pub fn max_text(&self) -> usize {
         match &self.source {
             PlanSource::Native { cfg, .. } => cfg.max_seq_len - cfg.patches(),
-            // Rotary positions extend as far as memory does; the prompt holds the image tokens.
-            PlanSource::Hf { .. } => usize::MAX / 2,
+            // The prompt holds the image tokens; without a stated limit, as far as memory goes.
+            PlanSource::Hf { max_positions, .. } => {
+                max_positions.map_or(usize::MAX / 2, |m| m.saturating_sub(1))
+            }
         }
     }
 

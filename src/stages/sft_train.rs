@@ -286,20 +286,22 @@ impl Stage for SftTrain {
                 {
                     bail!(
                         "{} of {before} training examples are longer than the model's context; \
-                         the longest, `{}`, has {} prompt + target tokens and the model reads {} \
-                         after the image{}. Shorten the targets (distill-format verbosity), \
-                         raise size.max_seq_len, or set overlong = \"drop\"",
+                         the longest, `{}`, has {} prompt + target tokens and the model reads {}{}. \
+                         Shorten the targets (distill-format verbosity), raise size.max_seq_len, \
+                         or set overlong = \"drop\"",
                         train_set.iter().filter(|e| !fits(e)).count(),
                         e.id,
                         e.prompt.len() + e.target.len(),
                         settings.max_text + 1,
                         plan.native_config()
                             .map(|c| format!(
-                                " (max_seq_len {} − {} image patches)",
+                                " after the image (max_seq_len {} − {} image patches)",
                                 c.max_seq_len,
                                 c.patches()
                             ))
-                            .unwrap_or_default()
+                            .unwrap_or_else(|| {
+                                " (its max_position_embeddings, image tokens included)".into()
+                            })
                     );
                 }
             }

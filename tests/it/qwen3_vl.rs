@@ -623,3 +623,53 @@ fn batched_decoding_gives_each_row_its_own_logits() {
         }
     }
 }
+
+/// A checkpoint whose `max_position_embeddings` is shorter than the examples (prompt with its
+/// image tokens, and target) is refused by sft-train with a message that names the limit, and
+/// `overlong = "drop"` is then the way to train on what fits.
+#[test]
+fn examples_longer_than_the_checkpoint_are_refused() {
+    let dir = asymm::util::fsx::TempDir::new("asymm-it-hf-long").unwrap();
+    let ckpt = dir.path().join("short");
+    std::fs::create_dir_all(&ckpt).unwrap();
+    for f in std::fs::read_dir(fixture("tied")).unwrap().flatten() {
+        std::fs::copy(f.path(), ckpt.join(f.file_name())).unwrap();
+    }
+    let mut cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(ckpt.join("config.json")).unwrap()).unwrap();
+    cfg["text_config"]["max_position_embeddings"] = serde_json::json!(48);
+    std::fs::write(ckpt.join("config.json"), cfg.to_string()).unwrap();
+    let pipeline = format!(
+        r#"[pipeline]
+name = "long"
+seed = 1
+[stages.synthesize]
+task = "graph_coloring"
+splits = {{ test = 2, sft = 4 }}
+[stages.render]
+inputs = {{ puzzles = "synthesize" }}
+size = 224
+[stages.distill_format]
+inputs = {{ puzzles = "synthesize", images = "render" }}
+verbosity = 0
+[stages.sft]
+stage = "sft-train"
+inputs = {{ data = "distill_format" }}
+model = {{ hf = {:?}, image_size = 64 }}
+steps = 1
+batch_size = 2
+data_shards = 1
+eval_items = 0
+"#,
+        ckpt.display().to_string()
+    );
+    let ps = dir.path().join("p.toml");
+    std::fs::write(&ps, pipeline).unwrap();
+    let out = crate::common::asymm(&dir.path().join("store"), &["run", ps.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let err = crate::common::stderr(&out);
+    assert!(
+        err.contains("longer than the model's context") && err.contains("max_position_embeddings"),
+        "{err}"
+    );
+}

@@ -74,6 +74,9 @@ pub struct TextConfig {
     pub rope_theta: Option<f64>,
     #[serde(default)]
     pub tie_word_embeddings: Option<bool>,
+    /// The longest sequence the model was trained for (prompt, image tokens and answer).
+    #[serde(default)]
+    pub max_position_embeddings: Option<usize>,
 }
 
 /// Rotary settings.
