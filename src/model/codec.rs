@@ -46,9 +46,10 @@ impl HfCodec {
     /// ids (`target` then `<|im_end|>`) and the named spans over the target: `perception`
     /// through `</perception>`, `reasoning` the rest, `answer` from the last "answer" of the
     /// reasoning to its end. The target is tokenized as one string, as the model reads it
-    /// when sampling; a token that straddles a boundary belongs to the span it starts in (with
-    /// a byte-level BPE, `><` of `</perception><reasoning>` is one token and so perception's,
-    /// as [`Codec::perception_end`] counts sampled tokens).
+    /// when sampling; a token that straddles the perception/reasoning boundary belongs to the
+    /// perception (with a byte-level BPE, `><` of `</perception><reasoning>` is one token), as
+    /// [`Codec::perception_end`] counts sampled tokens; the answer span starts with the token
+    /// that holds its first byte (`Ġanswer`).
     pub fn example(
         &self,
         prompt: &str,
@@ -57,7 +58,9 @@ impl HfCodec {
     ) -> Result<Tokenized, ModelError> {
         let prompt_ids = self.tok.prompt(prompt, image_tokens)?;
         let (mut ids, offsets) = self.tok.encode_with_offsets(target)?;
+        // Tokens that start before `byte`, and tokens that end by it.
         let token_at = |byte: usize| offsets.iter().take_while(|o| o.0 < byte).count();
+        let tokens_before = |byte: usize| offsets.iter().take_while(|o| o.1 <= byte).count();
         let pb = target
             .find(P_CLOSE)
             .map(|k| k + P_CLOSE.len())
@@ -75,7 +78,7 @@ impl HfCodec {
             ("reasoning".to_string(), p_end, end),
         ];
         if let Some(a) = a {
-            spans.push(("answer".to_string(), token_at(a), token_at(r_end)));
+            spans.push(("answer".to_string(), tokens_before(a), token_at(r_end)));
         }
         Ok(Tokenized {
             prompt: prompt_ids,
@@ -206,5 +209,38 @@ mod tests {
         let slot = h.tok.token_id("<|image_pad|>").unwrap();
         assert_eq!(t.prompt.iter().filter(|&&x| x == slot).count(), 4);
         assert!(h.example("p", "no tags", 4).is_err());
+    }
+
+    /// With a byte-level BPE whose merges cross the tags (`><`, `>order`, `Ġanswer`; made by
+    /// `make_bpe_tokenizer.py`): the spans still tile the target, perception ends with the
+    /// token that completes `</perception>` (here `><`), the answer span starts with
+    /// `Ġanswer`, and the boundary found in sampled tokens is the same.
+    #[test]
+    fn spans_follow_merges_across_the_tags() {
+        let dir =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/qwen3_vl/bpe");
+        let h = HfCodec::new(ChatTokenizer::from_dir(&dir).unwrap()).unwrap();
+        let target = "<perception>nodes 3\nedges 0-1 1-2</perception><reasoning>order the nodes by degree; answer 0:A 1:B 2:A</reasoning>";
+        let t = h.example("Color the graph.", target, 4).unwrap();
+        let span = |n: &str| {
+            t.spans
+                .iter()
+                .find(|s| s.0 == n)
+                .map(|s| (s.1, s.2))
+                .unwrap()
+        };
+        let text = |(a, b): (usize, usize)| h.tok.decode(&t.target[a..b], false).unwrap();
+        let (p, r, a) = (span("perception"), span("reasoning"), span("answer"));
+        assert_eq!(text(p), "<perception>nodes 3\nedges 0-1 1-2</perception><");
+        assert_eq!(
+            text(r),
+            "reasoning>order the nodes by degree; answer 0:A 1:B 2:A</reasoning><|im_end|>"
+        );
+        assert_eq!(
+            format!("{}{}", text(p), text(r)),
+            format!("{target}<|im_end|>")
+        );
+        assert_eq!(text(a), " answer 0:A 1:B 2:A");
+        assert_eq!(Codec::Hf(h.clone()).perception_end(&t.target).unwrap(), p.1);
     }
 }
