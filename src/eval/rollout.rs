@@ -12,7 +12,6 @@ use crate::model::decode::{SeqKey, generate_shared};
 use crate::model::sampling::SamplingConfig;
 use crate::model::{Codec, Model};
 use crate::text::format;
-use crate::text::tokenizer::{P_CLOSE, P_OPEN, R_OPEN};
 use crate::train::batch::Example;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
@@ -131,11 +130,11 @@ pub struct RolloutRow {
 }
 
 /// The tokens a rollout's generation follows: the prompt, then, when the perception is forced,
-/// `<perception>p</perception><reasoning>`.
+/// `<perception>p</perception><reasoning>` ([`Codec::forced_text`]).
 pub fn prefix(tok: &Codec, prompt: &[u32], forced_perception: Option<&str>) -> Result<Vec<u32>> {
     let mut prefix = prompt.to_vec();
     if let Some(p) = forced_perception {
-        prefix.extend(tok.encode(&format!("{P_OPEN}{p}{P_CLOSE}{R_OPEN}"))?);
+        prefix.extend(tok.encode(&tok.forced_text(p))?);
     }
     Ok(prefix)
 }
@@ -245,7 +244,7 @@ pub fn run_rollouts<B: Backend>(
                     )
                 }
                 Some(p) => {
-                    let r = format::parse_reasoning(&text);
+                    let r = format::parse_reasoning(tok.continuation(&text));
                     (
                         Some(p),
                         r.as_ref().ok().cloned(),

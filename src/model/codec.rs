@@ -4,7 +4,7 @@
 use super::ModelError;
 use super::qwen3_vl::chat::ChatTokenizer;
 use crate::text::Tokenizer;
-use crate::text::tokenizer::P_CLOSE;
+use crate::text::tokenizer::{P_CLOSE, P_OPEN, R_OPEN};
 use std::sync::Arc;
 
 /// Text ↔ token ids for one model.
@@ -108,6 +108,28 @@ impl Codec {
         match self {
             Codec::Task(t) => Ok(t.decode(ids)),
             Codec::Hf(h) => Ok(h.tok.decode(ids, false)?),
+        }
+    }
+
+    /// The text forced after the prompt when the perception `p` is given:
+    /// `<perception>p</perception><reasoning>`. A checkpoint tokenizer stops before the tag's
+    /// final `>`: its pre-tokenizer starts a new piece there, which the training targets merge
+    /// with what follows (`>order`), so the forced tokens are exactly those of the targets and
+    /// the model writes the `>` itself.
+    pub fn forced_text(&self, p: &str) -> String {
+        let open = match self {
+            Codec::Task(_) => R_OPEN,
+            Codec::Hf(_) => R_OPEN.strip_suffix('>').unwrap_or(R_OPEN),
+        };
+        format!("{P_OPEN}{p}{P_CLOSE}{open}")
+    }
+
+    /// The reasoning text of a continuation of [`Codec::forced_text`]: a checkpoint model's
+    /// first completes the tag, and that `>` is not reasoning.
+    pub fn continuation<'a>(&self, text: &'a str) -> &'a str {
+        match self {
+            Codec::Task(_) => text,
+            Codec::Hf(_) => text.strip_prefix('>').unwrap_or(text),
         }
     }
 
@@ -242,5 +264,11 @@ mod tests {
         );
         assert_eq!(text(a), " answer 0:A 1:B 2:A");
         assert_eq!(Codec::Hf(h.clone()).perception_end(&t.target).unwrap(), p.1);
+        // The forced perception is the target's first tokens, exactly.
+        let c = Codec::Hf(h.clone());
+        let forced = c.encode(&c.forced_text("nodes 3\nedges 0-1 1-2")).unwrap();
+        assert_eq!(forced[..], t.target[..forced.len()]);
+        assert_eq!(h.tok.decode(&forced[p.1..], false).unwrap(), "reasoning");
+        assert_eq!(c.continuation(">order the"), "order the");
     }
 }
