@@ -186,6 +186,17 @@ impl Codec {
 mod tests {
     use super::*;
 
+    /// The (start, end) of span `name`.
+    fn span_of(t: &Tokenized, name: &str) -> (usize, usize) {
+        let s = t.spans.iter().find(|s| s.0 == name).expect("span");
+        (s.1, s.2)
+    }
+
+    /// The text of target tokens `a..b`.
+    fn text_of(h: &HfCodec, t: &Tokenized, (a, b): (usize, usize)) -> String {
+        h.tok.decode(&t.target[a..b], false).unwrap()
+    }
+
     fn codec() -> Codec {
         let dir =
             std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/qwen3_vl/tied");
@@ -201,14 +212,8 @@ mod tests {
         let Codec::Hf(h) = &c else { unreachable!() };
         let target = "<perception>nodes 3\nedges 0-1</perception><reasoning>two colors; answer 0:A 1:B</reasoning>";
         let t = h.example("Color the graph.", target, 4).unwrap();
-        let span = |n: &str| {
-            t.spans
-                .iter()
-                .find(|s| s.0 == n)
-                .map(|s| (s.1, s.2))
-                .unwrap()
-        };
-        let text = |(a, b): (usize, usize)| h.tok.decode(&t.target[a..b], false).unwrap();
+        let span = |n: &str| span_of(&t, n);
+        let text = |r: (usize, usize)| text_of(h, &t, r);
         let p = span("perception");
         assert_eq!(p.0, 0);
         assert!(text(p).ends_with("</perception>"), "{:?}", text(p));
@@ -244,14 +249,8 @@ mod tests {
         let h = HfCodec::new(ChatTokenizer::from_dir(&dir).unwrap()).unwrap();
         let target = "<perception>nodes 3\nedges 0-1 1-2</perception><reasoning>order the nodes by degree; answer 0:A 1:B 2:A</reasoning>";
         let t = h.example("Color the graph.", target, 4).unwrap();
-        let span = |n: &str| {
-            t.spans
-                .iter()
-                .find(|s| s.0 == n)
-                .map(|s| (s.1, s.2))
-                .unwrap()
-        };
-        let text = |(a, b): (usize, usize)| h.tok.decode(&t.target[a..b], false).unwrap();
+        let span = |n: &str| span_of(&t, n);
+        let text = |r: (usize, usize)| text_of(&h, &t, r);
         let (p, r, a) = (span("perception"), span("reasoning"), span("answer"));
         assert_eq!(text(p), "<perception>nodes 3\nedges 0-1 1-2</perception><");
         assert_eq!(

@@ -639,32 +639,15 @@ fn examples_longer_than_the_checkpoint_are_refused() {
         serde_json::from_str(&std::fs::read_to_string(ckpt.join("config.json")).unwrap()).unwrap();
     cfg["text_config"]["max_position_embeddings"] = serde_json::json!(48);
     std::fs::write(ckpt.join("config.json"), cfg.to_string()).unwrap();
-    let pipeline = format!(
-        r#"[pipeline]
-name = "long"
-seed = 1
-[stages.synthesize]
-task = "graph_coloring"
-splits = {{ test = 2, sft = 4 }}
-[stages.render]
-inputs = {{ puzzles = "synthesize" }}
-size = 224
-[stages.distill_format]
-inputs = {{ puzzles = "synthesize", images = "render" }}
-verbosity = 0
-[stages.sft]
-stage = "sft-train"
-inputs = {{ data = "distill_format" }}
-model = {{ hf = {:?}, image_size = 64 }}
-steps = 1
-batch_size = 2
-data_shards = 1
-eval_items = 0
-"#,
+    let ps = crate::common::data_pipeline(dir.path(), 224);
+    let mut text = std::fs::read_to_string(&ps).unwrap();
+    text.push_str(&format!(
+        "[stages.sft]\nstage = \"sft-train\"\ninputs = {{ data = \"distill_format\" }}\n\
+         model = {{ hf = {:?}, image_size = 64 }}\nsteps = 1\nbatch_size = 2\n\
+         data_shards = 1\neval_items = 0\n",
         ckpt.display().to_string()
-    );
-    let ps = dir.path().join("p.toml");
-    std::fs::write(&ps, pipeline).unwrap();
+    ));
+    std::fs::write(&ps, text).unwrap();
     let out = crate::common::asymm(&dir.path().join("store"), &["run", ps.to_str().unwrap()]);
     assert!(!out.status.success());
     let err = crate::common::stderr(&out);
