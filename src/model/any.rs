@@ -10,7 +10,7 @@ use super::ModelError;
 use super::layers::MASKED;
 use super::qwen3_vl::chat::ChatTokenizer;
 use super::qwen3_vl::processor::{ProcessorConfig, Rgb};
-use super::qwen3_vl::{Decode, DecodeBatch, ImageInput, Qwen3Vl};
+use super::qwen3_vl::{DecodeBatch, ImageInput, Qwen3Vl};
 use super::vlm::{DecodeState, Vlm};
 use burn::module::Module;
 use burn::tensor::backend::Backend;
@@ -154,34 +154,18 @@ pub struct QwenRows<B: Backend> {
 }
 
 impl<B: Backend> QwenRows<B> {
-    fn new(rows: Vec<Decode<B>>) -> Result<Self, ModelError> {
-        let mut members: Vec<Vec<usize>> = Vec::new();
-        let mut lens: Vec<usize> = Vec::new();
-        for (i, r) in rows.iter().enumerate() {
-            match lens.iter().position(|&l| l == r.cache.len) {
-                Some(g) => members[g].push(i),
-                None => {
-                    lens.push(r.cache.len);
-                    members.push(vec![i]);
-                }
-            }
-        }
-        let mut at = vec![(0, 0); rows.len()];
+    fn from_groups(groups: Vec<DecodeBatch<B>>, members: Vec<Vec<usize>>, rows: usize) -> Self {
+        let mut at = vec![(0, 0); rows];
         for (g, m) in members.iter().enumerate() {
             for (j, &r) in m.iter().enumerate() {
                 at[r] = (g, j);
             }
         }
-        let mut slots: Vec<Option<Decode<B>>> = rows.into_iter().map(Some).collect();
-        let groups = members
-            .iter()
-            .map(|m| DecodeBatch::stack(m.iter().filter_map(|&r| slots[r].take()).collect()))
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(QwenRows {
+        QwenRows {
             groups,
             members,
             at,
-        })
+        }
     }
 
     fn fork(self, rows: &[usize]) -> Self {
@@ -219,18 +203,22 @@ impl<B: Backend> QwenRows<B> {
             outs.push(model.step_batch(&toks, group));
             order.extend_from_slice(m);
         }
-        let logits = Tensor::cat(outs, 0);
-        if order.iter().enumerate().all(|(k, &r)| k == r) {
-            return logits;
-        }
-        let mut place = vec![0i64; order.len()];
-        for (k, &r) in order.iter().enumerate() {
-            place[r] = k as i64;
-        }
-        let idx =
-            Tensor::<B, 1, Int>::from_data(TensorData::new(place, [order.len()]), &logits.device());
-        logits.select(0, idx)
+        in_row_order(Tensor::cat(outs, 0), &order)
     }
+}
+
+/// `logits` whose k-th row belongs to row `order[k]`, put in row order.
+fn in_row_order<B: Backend>(logits: Tensor<B, 2>, order: &[usize]) -> Tensor<B, 2> {
+    if order.iter().enumerate().all(|(k, &r)| k == r) {
+        return logits;
+    }
+    let mut place = vec![0i64; order.len()];
+    for (k, &r) in order.iter().enumerate() {
+        place[r] = k as i64;
+    }
+    let idx =
+        Tensor::<B, 1, Int>::from_data(TensorData::new(place, [order.len()]), &logits.device());
+    logits.select(0, idx)
 }
 
 fn ids_of<B: Backend>(ids: Tensor<B, 2, Int>) -> Result<Vec<Vec<u32>>, ModelError> {
@@ -327,12 +315,11 @@ impl<B: Backend> Model<B> {
                         rows.len()
                     )));
                 }
-                let logits = rows
-                    .iter()
-                    .zip(inputs)
-                    .map(|(r, img)| m.qwen.forward(r, &[img]))
-                    .collect::<Result<Vec<_>, _>>()?;
-                Ok(m.mask_unknown(Tensor::cat(logits, 0)))
+                let ids: Vec<&[u32]> = rows.iter().map(Vec::as_slice).collect();
+                let images: Vec<&[ImageInput<B>]> =
+                    inputs.iter().map(std::slice::from_ref).collect();
+                let (logits, _) = m.qwen.prefill_rows(&ids, &images)?;
+                Ok(m.mask_unknown(logits))
             }
         }
     }
@@ -358,16 +345,32 @@ impl<B: Backend> Model<B> {
                         prefixes.len()
                     )));
                 }
-                let mut logits = Vec::with_capacity(prefixes.len());
-                let mut states = Vec::with_capacity(prefixes.len());
-                for (p, img) in prefixes.iter().zip(inputs) {
-                    let (l, s) = m.qwen.prefill(p, &[img])?;
-                    logits.push(l);
-                    states.push(s);
+                // Prompts of one length are run as one batch, and decode on as one.
+                let mut members: Vec<Vec<usize>> = Vec::new();
+                for (i, p) in prefixes.iter().enumerate() {
+                    match members.iter_mut().find(|m| prefixes[m[0]].len() == p.len()) {
+                        Some(m) => m.push(i),
+                        None => members.push(vec![i]),
+                    }
                 }
+                let mut last = Vec::with_capacity(members.len());
+                let mut groups = Vec::with_capacity(members.len());
+                for m_rows in &members {
+                    let ids: Vec<&[u32]> = m_rows.iter().map(|&i| prefixes[i].as_slice()).collect();
+                    let images: Vec<&[ImageInput<B>]> = m_rows
+                        .iter()
+                        .map(|&i| std::slice::from_ref(&inputs[i]))
+                        .collect();
+                    let (logits, batch) = m.qwen.prefill_rows(&ids, &images)?;
+                    let [g, l, v] = logits.dims();
+                    last.push(logits.slice([0..g, l - 1..l, 0..v]).reshape([g, v]));
+                    groups.push(batch);
+                }
+                let order: Vec<usize> = members.iter().flatten().copied().collect();
+                let logits = in_row_order(Tensor::cat(last, 0), &order);
                 Ok((
-                    m.mask_unknown(Tensor::cat(logits, 0)),
-                    Decoding::Qwen3Vl(QwenRows::new(states)?),
+                    m.mask_unknown(logits),
+                    Decoding::Qwen3Vl(QwenRows::from_groups(groups, members, prefixes.len())),
                 ))
             }
         }

@@ -129,36 +129,6 @@ pub struct DecodeBatch<B: Backend> {
 }
 
 impl<B: Backend> DecodeBatch<B> {
-    /// Stacks single sequences of one length into a batch (in order).
-    pub fn stack(rows: Vec<Decode<B>>) -> Result<Self> {
-        let len = rows.first().map(|r| r.cache.len).unwrap_or(0);
-        if rows.iter().any(|r| r.cache.len != len) {
-            return Err(HfError::Input(
-                "stacking caches of different lengths".into(),
-            ));
-        }
-        let layers = rows.first().map(|r| r.cache.layers.len()).unwrap_or(0);
-        let next_pos = rows.iter().map(|r| r.next_pos).collect();
-        let mut per_layer: Vec<Vec<(Tensor<B, 4>, Tensor<B, 4>)>> = vec![Vec::new(); layers];
-        for r in rows {
-            for (i, kv) in r.cache.layers.into_iter().enumerate() {
-                let kv = kv.ok_or_else(|| HfError::Input("stacking an empty cache".into()))?;
-                per_layer[i].push(kv);
-            }
-        }
-        let layers = per_layer
-            .into_iter()
-            .map(|kvs| {
-                let (k, v): (Vec<_>, Vec<_>) = kvs.into_iter().unzip();
-                Some((Tensor::cat(k, 0), Tensor::cat(v, 0)))
-            })
-            .collect();
-        Ok(DecodeBatch {
-            cache: text::KvCache { layers, len },
-            next_pos,
-        })
-    }
-
     /// The batch of rows `rows` of this one (a row may repeat).
     pub fn select(&self, rows: &[usize]) -> Self {
         let pick = |t: &Tensor<B, 4>| {
@@ -341,65 +311,107 @@ impl<B: Backend> Qwen3Vl<B> {
         ids: &[u32],
         images: &[ImageInput<B>],
     ) -> Result<(Tensor<B, 3>, Decode<B>)> {
+        let (logits, batch) = self.prefill_rows(&[ids], &[images])?;
+        let next_pos = batch.next_pos.first().copied().unwrap_or(0);
+        Ok((
+            logits,
+            Decode {
+                cache: batch.cache,
+                next_pos,
+            },
+        ))
+    }
+
+    /// Runs sequences of one length (`rows[i]`, whose image tokens stand for `images[i]`) as
+    /// one batch into a fresh cache: the logits [B, L, vocab] and the state to decode on from.
+    /// Each row's logits are those it gets alone (padding at the end of a row changes nothing
+    /// before it).
+    pub fn prefill_rows(
+        &self,
+        rows: &[&[u32]],
+        images: &[&[ImageInput<B>]],
+    ) -> Result<(Tensor<B, 3>, DecodeBatch<B>)> {
         let device = self.device();
         let cfg = &self.cfg;
         let t = &cfg.text_config;
         let d = t.hidden_size;
-        let len = ids.len();
-        if len == 0 {
-            return Err(HfError::Input("an empty sequence".into()));
+        let b = rows.len();
+        let len = rows.first().map_or(0, |r| r.len());
+        if b == 0 || len == 0 || images.len() != b {
+            return Err(HfError::Input(format!(
+                "{b} sequences of length {len} with {} image lists",
+                images.len()
+            )));
         }
-        if let Some(&bad) = ids.iter().find(|&&x| x as usize >= t.vocab_size) {
+        if rows.iter().any(|r| r.len() != len) {
+            return Err(HfError::Input("sequences of different lengths".into()));
+        }
+        if let Some(&bad) = rows
+            .iter()
+            .flat_map(|r| r.iter())
+            .find(|&&x| x as usize >= t.vocab_size)
+        {
             return Err(HfError::Input(format!(
                 "token id {bad} ≥ vocab_size {}",
                 t.vocab_size
             )));
         }
-        let positions = rope_index(cfg, ids, &images.iter().map(|i| i.grid).collect::<Vec<_>>())?;
-        let next_pos = positions.iter().flatten().copied().max().unwrap_or(-1) + 1;
+        let mut positions = Vec::with_capacity(b);
+        let mut next_pos = Vec::with_capacity(b);
+        let mut slots = Vec::new();
+        let m2 = cfg.vision_config.spatial_merge_size.pow(2);
+        for (r, (ids, imgs)) in rows.iter().zip(images).enumerate() {
+            let grids: Vec<[usize; 3]> = imgs.iter().map(|i| i.grid).collect();
+            let pos = rope_index(cfg, ids, &grids)?;
+            next_pos.push(pos.iter().flatten().copied().max().unwrap_or(-1) + 1);
+            positions.push(pos);
+            let row_slots = image_slots(cfg.image_token_id, ids, imgs.len());
+            let features: usize = grids.iter().map(|g| g.iter().product::<usize>() / m2).sum();
+            if row_slots.len() != features {
+                return Err(HfError::Input(format!(
+                    "{} image tokens in the ids but the images give {features} features",
+                    row_slots.len()
+                )));
+            }
+            if imgs.is_empty() && ids.contains(&cfg.image_token_id) {
+                return Err(HfError::Input(
+                    "image tokens in the ids but no image".into(),
+                ));
+            }
+            slots.extend(row_slots.into_iter().map(|s| r * len + s));
+        }
         let id_tensor = Tensor::<B, 2, Int>::from_data(
             TensorData::new(
-                ids.iter().map(|&x| i64::from(x)).collect::<Vec<_>>(),
-                [1, len],
+                rows.iter()
+                    .flat_map(|r| r.iter().map(|&x| i64::from(x)))
+                    .collect::<Vec<_>>(),
+                [b, len],
             ),
             &device,
         );
         let mut x = self.model.language_model.embed_tokens.forward(id_tensor);
-        let slots = image_slots(cfg.image_token_id, ids, images.len());
+        let all: Vec<&ImageInput<B>> = images.iter().flat_map(|i| i.iter()).collect();
         let mut deepstack = Vec::new();
-        if !images.is_empty() {
-            let pixels = Tensor::cat(images.iter().map(|i| i.pixel_values.clone()).collect(), 0);
-            let grids: Vec<[usize; 3]> = images.iter().map(|i| i.grid).collect();
+        if !all.is_empty() {
+            let pixels = Tensor::cat(all.iter().map(|i| i.pixel_values.clone()).collect(), 0);
+            let grids: Vec<[usize; 3]> = all.iter().map(|i| i.grid).collect();
             let vis = self.model.visual.forward(pixels, &grids);
-            let n = vis.embeds.dims()[0];
-            if n != slots.len() {
-                return Err(HfError::Input(format!(
-                    "{} image tokens in the ids but the images give {n} features",
-                    slots.len()
-                )));
-            }
-            // Scatter: the text sequence with each image slot replaced by its feature row.
-            let place = |feat: Tensor<B, 2>| scatter_rows(feat, &slots, len, &device);
+            // Scatter: each sequence with its image slots replaced by their feature rows.
+            let place = |feat: Tensor<B, 2>| {
+                scatter_rows(feat, &slots, b * len, &device).reshape([b, len, d])
+            };
             let image_part = place(vis.embeds);
-            let keep = mask_rows::<B>(&slots, len, &device);
-            x = x * keep + image_part.reshape([1, len, d]);
-            deepstack = vis
-                .deepstack
-                .into_iter()
-                .map(|f| place(f).reshape([1, len, d]))
-                .collect();
-        } else if ids.contains(&cfg.image_token_id) {
-            return Err(HfError::Input(
-                "image tokens in the ids but no image".into(),
-            ));
+            let keep = mask_rows::<B>(&slots, b * len, &device).reshape([b, len, 1]);
+            x = x * keep + image_part;
+            deepstack = vis.deepstack.into_iter().map(place).collect();
         }
-        let rope = text::mrope_tables::<B>(t, &[positions], &device);
+        let rope = text::mrope_tables::<B>(t, &positions, &device);
         let mut cache = text::KvCache::default();
         let h = self
             .model
             .language_model
             .forward(x, &rope, &deepstack, &mut cache);
-        Ok((self.head(h), Decode { cache, next_pos }))
+        Ok((self.head(h), DecodeBatch { cache, next_pos }))
     }
 
     /// Greedy continuation of `prompt` (whose image tokens stand for `images`): at most `max_new`
