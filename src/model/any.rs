@@ -345,32 +345,17 @@ impl<B: Backend> Model<B> {
                         prefixes.len()
                     )));
                 }
-                // Prompts of one length are run as one batch, and decode on as one.
-                let mut members: Vec<Vec<usize>> = Vec::new();
-                for (i, p) in prefixes.iter().enumerate() {
-                    match members.iter_mut().find(|m| prefixes[m[0]].len() == p.len()) {
-                        Some(m) => m.push(i),
-                        None => members.push(vec![i]),
-                    }
-                }
-                let mut last = Vec::with_capacity(members.len());
-                let mut groups = Vec::with_capacity(members.len());
-                for m_rows in &members {
-                    let ids: Vec<&[u32]> = m_rows.iter().map(|&i| prefixes[i].as_slice()).collect();
-                    let images: Vec<&[ImageInput<B>]> = m_rows
-                        .iter()
-                        .map(|&i| std::slice::from_ref(&inputs[i]))
-                        .collect();
-                    let (logits, batch) = m.qwen.prefill_rows(&ids, &images)?;
-                    let [g, l, v] = logits.dims();
-                    last.push(logits.slice([0..g, l - 1..l, 0..v]).reshape([g, v]));
-                    groups.push(batch);
-                }
-                let order: Vec<usize> = members.iter().flatten().copied().collect();
-                let logits = in_row_order(Tensor::cat(last, 0), &order);
+                // One batch, shorter prompts padded on the left.
+                let ids: Vec<&[u32]> = prefixes.iter().map(Vec::as_slice).collect();
+                let images: Vec<&[ImageInput<B>]> =
+                    inputs.iter().map(std::slice::from_ref).collect();
+                let (logits, batch) = m.qwen.prefill_rows(&ids, &images)?;
+                let [b, l, v] = logits.dims();
+                let logits = logits.slice([0..b, l - 1..l, 0..v]).reshape([b, v]);
+                let members = vec![(0..b).collect()];
                 Ok((
                     m.mask_unknown(logits),
-                    Decoding::Qwen3Vl(QwenRows::from_groups(groups, members, prefixes.len())),
+                    Decoding::Qwen3Vl(QwenRows::from_groups(vec![batch], members, b)),
                 ))
             }
         }

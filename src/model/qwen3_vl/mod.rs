@@ -150,6 +150,13 @@ impl<B: Backend> DecodeBatch<B> {
                     .map(|kv| kv.as_ref().map(|(k, v)| (pick(k), pick(v))))
                     .collect(),
                 len: self.cache.len,
+                padding: if self.cache.padding.is_empty() {
+                    Vec::new()
+                } else {
+                    rows.iter()
+                        .map(|&r| self.cache.padding[r].clone())
+                        .collect()
+                },
             },
             next_pos: rows.iter().map(|&r| self.next_pos[r]).collect(),
         }
@@ -322,10 +329,10 @@ impl<B: Backend> Qwen3Vl<B> {
         ))
     }
 
-    /// Runs sequences of one length (`rows[i]`, whose image tokens stand for `images[i]`) as
-    /// one batch into a fresh cache: the logits [B, L, vocab] and the state to decode on from.
-    /// Each row's logits are those it gets alone (padding at the end of a row changes nothing
-    /// before it).
+    /// Runs sequences (`rows[i]`, whose image tokens stand for `images[i]`) as one batch into a
+    /// fresh cache: the logits [B, L, vocab], L the longest row, and the state to decode on from.
+    /// Shorter rows are padded on the left with keys no query sees, so each row's logits are
+    /// those it gets alone, its last token's at position L − 1.
     pub fn prefill_rows(
         &self,
         rows: &[&[u32]],
@@ -336,15 +343,12 @@ impl<B: Backend> Qwen3Vl<B> {
         let t = &cfg.text_config;
         let d = t.hidden_size;
         let b = rows.len();
-        let len = rows.first().map_or(0, |r| r.len());
-        if b == 0 || len == 0 || images.len() != b {
+        let len = rows.iter().map(|r| r.len()).max().unwrap_or(0);
+        if b == 0 || len == 0 || images.len() != b || rows.iter().any(|r| r.is_empty()) {
             return Err(HfError::Input(format!(
-                "{b} sequences of length {len} with {} image lists",
+                "{b} sequences (the longest {len} tokens) with {} image lists",
                 images.len()
             )));
-        }
-        if rows.iter().any(|r| r.len() != len) {
-            return Err(HfError::Input("sequences of different lengths".into()));
         }
         if let Some(&bad) = rows
             .iter()
@@ -356,14 +360,22 @@ impl<B: Backend> Qwen3Vl<B> {
                 t.vocab_size
             )));
         }
+        // Left padding: any id but the image token's; its keys are masked.
+        let pad_id = if cfg.image_token_id == 0 { 1 } else { 0 };
         let mut positions = Vec::with_capacity(b);
         let mut next_pos = Vec::with_capacity(b);
         let mut slots = Vec::new();
+        let mut padding = Vec::with_capacity(b);
+        let mut padded: Vec<i64> = Vec::with_capacity(b * len);
         let m2 = cfg.vision_config.spatial_merge_size.pow(2);
         for (r, (ids, imgs)) in rows.iter().zip(images).enumerate() {
+            let pad = len - ids.len();
             let grids: Vec<[usize; 3]> = imgs.iter().map(|i| i.grid).collect();
-            let pos = rope_index(cfg, ids, &grids)?;
+            let mut pos = rope_index(cfg, ids, &grids)?;
             next_pos.push(pos.iter().flatten().copied().max().unwrap_or(-1) + 1);
+            for axis in &mut pos {
+                axis.splice(0..0, std::iter::repeat_n(0, pad));
+            }
             positions.push(pos);
             let row_slots = image_slots(cfg.image_token_id, ids, imgs.len());
             let features: usize = grids.iter().map(|g| g.iter().product::<usize>() / m2).sum();
@@ -378,17 +390,12 @@ impl<B: Backend> Qwen3Vl<B> {
                     "image tokens in the ids but no image".into(),
                 ));
             }
-            slots.extend(row_slots.into_iter().map(|s| r * len + s));
+            slots.extend(row_slots.into_iter().map(|s| r * len + pad + s));
+            padding.push((0..len).map(|j| j < pad).collect::<Vec<bool>>());
+            padded.extend(std::iter::repeat_n(pad_id, pad));
+            padded.extend(ids.iter().map(|&x| i64::from(x)));
         }
-        let id_tensor = Tensor::<B, 2, Int>::from_data(
-            TensorData::new(
-                rows.iter()
-                    .flat_map(|r| r.iter().map(|&x| i64::from(x)))
-                    .collect::<Vec<_>>(),
-                [b, len],
-            ),
-            &device,
-        );
+        let id_tensor = Tensor::<B, 2, Int>::from_data(TensorData::new(padded, [b, len]), &device);
         let mut x = self.model.language_model.embed_tokens.forward(id_tensor);
         let all: Vec<&ImageInput<B>> = images.iter().flat_map(|i| i.iter()).collect();
         let mut deepstack = Vec::new();
@@ -407,6 +414,9 @@ impl<B: Backend> Qwen3Vl<B> {
         }
         let rope = text::mrope_tables::<B>(t, &positions, &device);
         let mut cache = text::KvCache::default();
+        if padding.iter().any(|p| p.first() == Some(&true)) {
+            cache.padding = padding;
+        }
         let h = self
             .model
             .language_model

@@ -144,7 +144,7 @@ impl<B: Backend> TextModel<B> {
         if cache.layers.len() != self.layers.len() {
             cache.layers = vec![None; self.layers.len()];
         }
-        let mask = causal_bias::<B>(b, t, cache.len, &x.device());
+        let mask = causal_bias::<B>(b, t, cache.len, &cache.padding, &x.device());
         let mut x = x;
         for (i, layer) in self.layers.iter().enumerate() {
             x = layer.forward(x, rope, &mask, &self.cfg, &mut cache.layers[i]);
@@ -153,6 +153,11 @@ impl<B: Backend> TextModel<B> {
             }
         }
         cache.len += t;
+        if !cache.padding.is_empty() {
+            for row in &mut cache.padding {
+                row.extend(std::iter::repeat_n(false, t));
+            }
+        }
         self.norm.forward(x)
     }
 }
@@ -162,16 +167,30 @@ impl<B: Backend> TextModel<B> {
 pub struct KvCache<B: Backend> {
     pub layers: Vec<Option<(Tensor<B, 4>, Tensor<B, 4>)>>,
     pub len: usize,
+    /// Per row, the positions no query may see (left padding of a batch of prompts of several
+    /// lengths); empty: none.
+    pub padding: Vec<Vec<bool>>,
 }
 
 /// Additive bias [B, 1, T, past + T]: query i sees the `past` cached keys and the new ones up to
-/// itself; a large negative number elsewhere.
-fn causal_bias<B: Backend>(b: usize, t: usize, past: usize, device: &B::Device) -> Tensor<B, 4> {
+/// itself, except the padding keys of its row; a large negative number elsewhere.
+fn causal_bias<B: Backend>(
+    b: usize,
+    t: usize,
+    past: usize,
+    padding: &[Vec<bool>],
+    device: &B::Device,
+) -> Tensor<B, 4> {
     let keys = past + t;
     let v: Vec<f32> = (0..b * t * keys)
         .map(|i| {
-            let (q, k) = ((i / keys) % t, i % keys);
-            if k > past + q { -1.0e9 } else { 0.0 }
+            let (r, q, k) = (i / (t * keys), (i / keys) % t, i % keys);
+            let pad = padding
+                .get(r)
+                .and_then(|p| p.get(k))
+                .copied()
+                .unwrap_or(false);
+            if k > past + q || pad { -1.0e9 } else { 0.0 }
         })
         .collect();
     Tensor::from_data(TensorData::new(v, [b, 1, t, keys]), device)
