@@ -60,6 +60,26 @@ impl<B: Backend> HfVlm<B> {
         })
     }
 
+    /// Runs `rows` (each with its image of `images` [B, S, S]) as one batch: the logits
+    /// [B, L, vocab] and the decoding state ([`Qwen3Vl::prefill_rows`]).
+    fn run_rows(
+        &self,
+        images: Tensor<B, 3>,
+        rows: &[Vec<u32>],
+    ) -> Result<(Tensor<B, 3>, DecodeBatch<B>), ModelError> {
+        let inputs = self.inputs(images)?;
+        if rows.is_empty() || inputs.len() != rows.len() {
+            return Err(ModelError::Input(format!(
+                "{} images for {} sequences",
+                inputs.len(),
+                rows.len()
+            )));
+        }
+        let ids: Vec<&[u32]> = rows.iter().map(Vec::as_slice).collect();
+        let images: Vec<&[ImageInput<B>]> = inputs.iter().map(std::slice::from_ref).collect();
+        Ok(self.qwen.prefill_rows(&ids, &images)?)
+    }
+
     /// `logits` [.., vocab] with the ids the tokenizer does not know masked.
     fn mask_unknown<const D: usize>(&self, logits: Tensor<B, D>) -> Tensor<B, D> {
         let v = self.qwen.cfg.text_config.vocab_size;
@@ -142,9 +162,9 @@ impl<B: Backend> Decoding<B> {
     }
 }
 
-/// The rows of a batch a checkpoint model decodes, in groups whose caches have one length (the
-/// G samples of a prompt; prompts of one length): a group steps as one batch. Each row's
-/// logits are those it would get alone.
+/// The rows of a batch a checkpoint model decodes, in groups that each step as one batch (a
+/// prefill makes one, its prompts left-padded to one length; a fork keeps the groups). Each
+/// row's logits are those it would get alone.
 pub struct QwenRows<B: Backend> {
     groups: Vec<DecodeBatch<B>>,
     /// The rows of each group, in the group's order.
@@ -306,19 +326,7 @@ impl<B: Backend> Model<B> {
         match self {
             Model::Native(m) => Ok(m.forward_text(images, ids)),
             Model::Qwen3Vl(m) => {
-                let inputs = m.inputs(images)?;
-                let rows = ids_of(ids)?;
-                if rows.is_empty() || inputs.len() != rows.len() {
-                    return Err(ModelError::Input(format!(
-                        "{} images for {} sequences",
-                        inputs.len(),
-                        rows.len()
-                    )));
-                }
-                let ids: Vec<&[u32]> = rows.iter().map(Vec::as_slice).collect();
-                let images: Vec<&[ImageInput<B>]> =
-                    inputs.iter().map(std::slice::from_ref).collect();
-                let (logits, _) = m.qwen.prefill_rows(&ids, &images)?;
+                let (logits, _) = m.run_rows(images, &ids_of(ids)?)?;
                 Ok(m.mask_unknown(logits))
             }
         }
@@ -337,19 +345,8 @@ impl<B: Backend> Model<B> {
                 Ok((l, Decoding::Native(s)))
             }
             Model::Qwen3Vl(m) => {
-                let inputs = m.inputs(images)?;
-                if prefixes.is_empty() || inputs.len() != prefixes.len() {
-                    return Err(ModelError::Input(format!(
-                        "{} images for {} prompts",
-                        inputs.len(),
-                        prefixes.len()
-                    )));
-                }
                 // One batch, shorter prompts padded on the left.
-                let ids: Vec<&[u32]> = prefixes.iter().map(Vec::as_slice).collect();
-                let images: Vec<&[ImageInput<B>]> =
-                    inputs.iter().map(std::slice::from_ref).collect();
-                let (logits, batch) = m.qwen.prefill_rows(&ids, &images)?;
+                let (logits, batch) = m.run_rows(images, prefixes)?;
                 let [b, l, v] = logits.dims();
                 let logits = logits.slice([0..b, l - 1..l, 0..v]).reshape([b, v]);
                 let members = vec![(0..b).collect()];
