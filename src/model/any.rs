@@ -86,14 +86,9 @@ impl<B: Backend> HfVlm<B> {
         if self.known_ids >= v {
             return logits;
         }
-        let bias: Vec<f32> = (0..v)
-            .map(|i| if i < self.known_ids { 0.0 } else { MASKED })
-            .collect();
-        let mut shape = [1usize; D];
-        shape[D - 1] = v;
-        let bias =
-            Tensor::<B, 1>::from_data(TensorData::new(bias, [v]), &logits.device()).reshape(shape);
-        logits + bias
+        let mut ranges = logits.dims().map(|n| 0..n);
+        ranges[D - 1] = self.known_ids..v;
+        logits.slice_fill(ranges, MASKED)
     }
 
     /// The number of `<|image_pad|>` tokens one puzzle image takes in the prompt.
@@ -149,7 +144,8 @@ impl<B: Backend> From<Vlm<B>> for Model<B> {
 /// Per-row decoding state of a batch ([`Model::prefill`], [`Model::step`]).
 pub enum Decoding<B: Backend> {
     Native(DecodeState<B>),
-    Qwen3Vl(QwenRows<B>),
+    /// The batch's cache (its prompts left-padded to one length).
+    Qwen3Vl(DecodeBatch<B>),
 }
 
 impl<B: Backend> Decoding<B> {
@@ -157,88 +153,9 @@ impl<B: Backend> Decoding<B> {
     pub fn fork(self, rows: &[usize]) -> Self {
         match self {
             Decoding::Native(s) => Decoding::Native(s.fork(rows)),
-            Decoding::Qwen3Vl(s) => Decoding::Qwen3Vl(s.fork(rows)),
+            Decoding::Qwen3Vl(s) => Decoding::Qwen3Vl(s.select(rows)),
         }
     }
-}
-
-/// The rows of a batch a checkpoint model decodes, in groups that each step as one batch (a
-/// prefill makes one, its prompts left-padded to one length; a fork keeps the groups). Each
-/// row's logits are those it would get alone.
-pub struct QwenRows<B: Backend> {
-    groups: Vec<DecodeBatch<B>>,
-    /// The rows of each group, in the group's order.
-    members: Vec<Vec<usize>>,
-    /// Each row's (group, index in the group).
-    at: Vec<(usize, usize)>,
-}
-
-impl<B: Backend> QwenRows<B> {
-    fn from_groups(groups: Vec<DecodeBatch<B>>, members: Vec<Vec<usize>>, rows: usize) -> Self {
-        let mut at = vec![(0, 0); rows];
-        for (g, m) in members.iter().enumerate() {
-            for (j, &r) in m.iter().enumerate() {
-                at[r] = (g, j);
-            }
-        }
-        QwenRows {
-            groups,
-            members,
-            at,
-        }
-    }
-
-    fn fork(self, rows: &[usize]) -> Self {
-        let n = self.groups.len();
-        let (mut members, mut picks) = (vec![Vec::new(); n], vec![Vec::new(); n]);
-        for (i, &r) in rows.iter().enumerate() {
-            let (g, j) = self.at[r];
-            members[g].push(i);
-            picks[g].push(j);
-        }
-        let mut out = QwenRows {
-            groups: Vec::new(),
-            members: Vec::new(),
-            at: vec![(0, 0); rows.len()],
-        };
-        for g in 0..n {
-            if members[g].is_empty() {
-                continue;
-            }
-            let k = out.groups.len();
-            for (j, &i) in members[g].iter().enumerate() {
-                out.at[i] = (k, j);
-            }
-            out.groups.push(self.groups[g].select(&picks[g]));
-            out.members.push(std::mem::take(&mut members[g]));
-        }
-        out
-    }
-
-    fn step(&mut self, model: &Qwen3Vl<B>, tokens: &[u32]) -> Tensor<B, 2> {
-        let mut outs = Vec::with_capacity(self.groups.len());
-        let mut order = Vec::with_capacity(tokens.len());
-        for (group, m) in self.groups.iter_mut().zip(&self.members) {
-            let toks: Vec<u32> = m.iter().map(|&r| tokens[r]).collect();
-            outs.push(model.step_batch(&toks, group));
-            order.extend_from_slice(m);
-        }
-        in_row_order(Tensor::cat(outs, 0), &order)
-    }
-}
-
-/// `logits` whose k-th row belongs to row `order[k]`, put in row order.
-fn in_row_order<B: Backend>(logits: Tensor<B, 2>, order: &[usize]) -> Tensor<B, 2> {
-    if order.iter().enumerate().all(|(k, &r)| k == r) {
-        return logits;
-    }
-    let mut place = vec![0i64; order.len()];
-    for (k, &r) in order.iter().enumerate() {
-        place[r] = k as i64;
-    }
-    let idx =
-        Tensor::<B, 1, Int>::from_data(TensorData::new(place, [order.len()]), &logits.device());
-    logits.select(0, idx)
 }
 
 fn ids_of<B: Backend>(ids: Tensor<B, 2, Int>) -> Result<Vec<Vec<u32>>, ModelError> {
@@ -349,11 +266,7 @@ impl<B: Backend> Model<B> {
                 let (logits, batch) = m.run_rows(images, prefixes)?;
                 let [b, l, v] = logits.dims();
                 let logits = logits.slice([0..b, l - 1..l, 0..v]).reshape([b, v]);
-                let members = vec![(0..b).collect()];
-                Ok((
-                    m.mask_unknown(logits),
-                    Decoding::Qwen3Vl(QwenRows::from_groups(vec![batch], members, b)),
-                ))
+                Ok((m.mask_unknown(logits), Decoding::Qwen3Vl(batch)))
             }
         }
     }
@@ -367,14 +280,14 @@ impl<B: Backend> Model<B> {
         match (self, state) {
             (Model::Native(m), Decoding::Native(s)) => Ok(m.step(tokens, s)),
             (Model::Qwen3Vl(m), Decoding::Qwen3Vl(s)) => {
-                if tokens.len() != s.at.len() {
+                if tokens.len() != s.next_pos.len() {
                     return Err(ModelError::Input(format!(
                         "{} tokens for {} rows",
                         tokens.len(),
-                        s.at.len()
+                        s.next_pos.len()
                     )));
                 }
-                Ok(m.mask_unknown(s.step(&m.qwen, tokens)))
+                Ok(m.mask_unknown(m.qwen.step_batch(tokens, s)))
             }
             _ => Err(ModelError::Input(
                 "a decoding state of another model family".into(),

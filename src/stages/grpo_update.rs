@@ -222,7 +222,7 @@ impl Stage for GrpoUpdate {
         );
         let data_id = input_id(ctx, &DATA)?;
         let tok = read_tokenizer(ctx.store, data_id.as_str())?;
-        let plan = super::rollout::model_plan(ctx, cfg.model.as_ref(), &CHECKPOINT, &tok)?;
+        let plan = ModelPlan::input_or_hf(ctx, &CHECKPOINT, cfg.model.as_ref(), &tok)?;
         let ref_plan = match &reference {
             Some(id) => {
                 let r = ModelPlan::from_artifact(ctx.store, id.as_str(), Some(&tok))?;

@@ -1,9 +1,9 @@
 //! Shared plumbing of the model stages: reading examples (images decoded and resized, token ids,
 //! spans) from an `sft_targets` artifact, and reading or writing checkpoint artifacts.
 
-use super::{StageError, bail, ensure};
+use super::{StageError, bail, ensure, optional_id};
 use crate::clip::{Clip, ClipConfig};
-use crate::dag::RunCtx;
+use crate::dag::{InputSpec, RunCtx};
 use crate::model::checkpoint::{
     CONFIG_FILE, WEIGHTS_FILE, check_tokenizer, config_from_json, config_to_json, load_weights,
 };
@@ -349,6 +349,27 @@ impl ModelPlan {
         }
         let (cfg, weights, tok) = read_checkpoint(store, id, data_tok)?;
         Ok(Self::native(cfg, Some(weights), tok))
+    }
+
+    /// The model of a stage that takes either a checkpoint input or `model = { hf = ... }`.
+    pub fn input_or_hf(
+        ctx: &RunCtx,
+        checkpoint: &InputSpec,
+        model: Option<&HfSource>,
+        data_tok: &Tokenizer,
+    ) -> Result<Self, StageError> {
+        match (optional_id(ctx, checkpoint), model) {
+            (Some(id), None) => Self::from_artifact(ctx.store, id.as_str(), Some(data_tok)),
+            (None, Some(src)) => Self::hf(&src.hf, src.image_size),
+            (Some(_), Some(_)) => bail!(
+                "set either a `{}` input or `model = {{ hf = ... }}`, not both",
+                checkpoint.name
+            ),
+            (None, None) => bail!(
+                "no model: give a `{}` input or `model = {{ hf = \"path\" }}`",
+                checkpoint.name
+            ),
+        }
     }
 
     /// The built-in model's config, if this is one.

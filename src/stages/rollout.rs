@@ -4,8 +4,8 @@
 use super::artifacts::read_rollouts;
 use super::model_io::{HfSource, ModelPlan, hf_external, read_tokenizer, split_ids};
 use super::{
-    Outputs, Stage, StageError, Written, bail, ensure, input, input_id, optional, optional_id,
-    output, outputs, read_optional, write_table,
+    Outputs, Stage, StageError, Written, ensure, input, input_id, optional, output, outputs,
+    read_optional, write_table,
 };
 use crate::dag::{InputSpec, OutputSpec, RunCtx};
 use crate::eval::rollout::{Mode, RolloutRow, RolloutSpec, run_rollouts};
@@ -117,27 +117,6 @@ impl Default for RolloutConfig {
     }
 }
 
-/// The model of a sampling stage: its `checkpoint` input, or `model = { hf = ... }`.
-pub(super) fn model_plan(
-    ctx: &RunCtx,
-    model: Option<&HfSource>,
-    checkpoint: &InputSpec,
-    data_tok: &crate::text::Tokenizer,
-) -> Result<ModelPlan, StageError> {
-    match (optional_id(ctx, checkpoint), model) {
-        (Some(id), None) => ModelPlan::from_artifact(ctx.store, id.as_str(), Some(data_tok)),
-        (None, Some(src)) => ModelPlan::hf(&src.hf, src.image_size),
-        (Some(_), Some(_)) => bail!(
-            "set either a `{}` input or `model = {{ hf = ... }}`, not both",
-            checkpoint.name
-        ),
-        (None, None) => bail!(
-            "no model: give a `{}` input or `model = {{ hf = \"path\" }}`",
-            checkpoint.name
-        ),
-    }
-}
-
 /// The sampling seed of RL step `step`.
 fn step_seed(seed: u64, step: usize) -> u64 {
     let mut h = blake3::Hasher::new();
@@ -174,7 +153,7 @@ impl Stage for Rollout {
         let data_id = input_id(ctx, &DATA)?;
         let data_id = data_id.as_str();
         let data_tok = read_tokenizer(ctx.store, data_id)?;
-        let plan = model_plan(ctx, cfg.model.as_ref(), &CHECKPOINT, &data_tok)?;
+        let plan = ModelPlan::input_or_hf(ctx, &CHECKPOINT, cfg.model.as_ref(), &data_tok)?;
         ensure!(
             cfg.limit == 0 || cfg.prompts_per_step == 0,
             "set either `limit` or `prompts_per_step`, not both"

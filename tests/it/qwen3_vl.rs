@@ -19,12 +19,12 @@ fn reference(name: &str) -> Reference {
     Reference::read(&fixture(name).join("reference.safetensors")).expect("reference.safetensors")
 }
 
+/// The largest |a − b|; every value must be a number.
 fn max_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
+    let (d, non_finite) = asymm::model::max_abs_diff(a, b);
+    assert_eq!(non_finite, 0, "values that are not numbers");
+    d
 }
 
 fn inputs(r: &Reference) -> (Vec<u32>, [usize; 3], ImageInput<Cpu>) {
@@ -655,4 +655,39 @@ fn examples_longer_than_the_checkpoint_are_refused() {
         err.contains("longer than the model's context") && err.contains("max_position_embeddings"),
         "{err}"
     );
+}
+
+/// The vision tower hands each intermediate state to an observer, in order; a NaN in one pixel
+/// row is seen from the patch embedding on, and the fixture's own pixels give none.
+#[test]
+fn the_vision_tower_names_where_values_stop_being_numbers() {
+    use asymm::model::host_f32;
+    let dev = Default::default();
+    let model = Qwen3Vl::<Cpu>::from_pretrained(&fixture("tied"), &dev).expect("loads");
+    let r = reference("tied");
+    let (_, grid, image) = inputs(&r);
+    let run = |pixels: Tensor<Cpu, 2>| {
+        let mut seen: Vec<(String, bool)> = Vec::new();
+        model
+            .model
+            .visual
+            .forward_observed(pixels, &[grid], &mut |name, t| {
+                let bad = host_f32(t.clone()).unwrap().iter().any(|x| !x.is_finite());
+                seen.push((name.to_string(), bad));
+            });
+        seen
+    };
+    let clean = run(image.pixel_values.clone());
+    let names: Vec<&str> = clean.iter().map(|s| s.0.as_str()).collect();
+    let depth = model.model.visual.blocks.len();
+    let mut want = vec!["patch_embed".to_string(), "positions".to_string()];
+    want.extend((0..depth).map(|i| format!("block.{i}")));
+    want.push("merger".to_string());
+    assert_eq!(names, want);
+    assert!(clean.iter().all(|s| !s.1), "{clean:?}");
+    let [n, c] = image.pixel_values.dims();
+    let mut px = host_f32(image.pixel_values.clone()).unwrap();
+    px[c + 3] = f32::NAN;
+    let dirty = run(Tensor::from_data(TensorData::new(px, [n, c]), &dev));
+    assert!(dirty.iter().all(|s| s.1), "{dirty:?}");
 }
