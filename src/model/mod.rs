@@ -10,6 +10,7 @@ pub mod codec;
 pub mod config;
 pub mod decode;
 pub mod fused;
+pub mod internvl;
 pub mod layers;
 pub mod qwen3_vl;
 pub mod sampling;

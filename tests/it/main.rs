@@ -6,6 +6,7 @@ mod cache;
 mod common;
 mod crash;
 mod fidelity;
+mod internvl;
 mod json;
 mod model;
 mod qwen3_vl;

@@ -50,6 +50,9 @@ pub struct VisionConfig {
 /// The language model.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 pub struct TextConfig {
+    /// `qwen3` (InternVL3.5's language model); Qwen3-VL's writes `qwen3_vl_text`.
+    #[serde(default)]
+    pub model_type: Option<String>,
     pub vocab_size: usize,
     pub hidden_size: usize,
     pub intermediate_size: usize,

@@ -20,12 +20,11 @@ pub mod vision;
 pub use config::Qwen3VlConfig;
 
 use crate::model::fused;
-use crate::model::layers::linear2;
 use burn::module::{Module, Param};
 use burn::nn::{LayerNorm, LayerNormConfig, Linear};
+use burn::tensor::Tensor;
 use burn::tensor::activation::{gelu, silu};
 use burn::tensor::backend::Backend;
-use burn::tensor::{Int, Tensor, TensorData};
 use burn_store::{BurnToPyTorchAdapter, ModuleSnapshot, PyTorchToBurnAdapter, SafetensorsStore};
 use std::path::{Path, PathBuf};
 
@@ -40,7 +39,7 @@ pub enum HfError {
 
 pub type Result<T> = std::result::Result<T, HfError>;
 
-fn checkpoint_err(path: &Path, msg: impl std::fmt::Display) -> HfError {
+pub(crate) fn checkpoint_err(path: &Path, msg: impl std::fmt::Display) -> HfError {
     HfError::Checkpoint {
         path: path.display().to_string(),
         msg: msg.to_string(),
@@ -79,7 +78,7 @@ fn layer_norm<B: Backend>(d: usize, device: &B::Device) -> LayerNorm<B> {
 }
 
 /// The activation a config names (checked by [`Qwen3VlConfig::validate`]).
-fn act<B: Backend, const D: usize>(x: Tensor<B, D>, name: &str) -> Tensor<B, D> {
+pub(crate) fn act<B: Backend, const D: usize>(x: Tensor<B, D>, name: &str) -> Tensor<B, D> {
     match name {
         "silu" => silu(x),
         "gelu" => gelu(x),
@@ -121,47 +120,7 @@ pub struct Decode<B: Backend> {
     pub next_pos: i64,
 }
 
-/// Sequences decoded together: one cache over the batch (every row has seen as many positions)
-/// and each row's next position.
-pub struct DecodeBatch<B: Backend> {
-    pub cache: text::KvCache<B>,
-    pub next_pos: Vec<i64>,
-}
-
-impl<B: Backend> DecodeBatch<B> {
-    /// The batch of rows `rows` of this one (a row may repeat).
-    pub fn select(&self, rows: &[usize]) -> Self {
-        let pick = |t: &Tensor<B, 4>| {
-            let idx = Tensor::<B, 1, Int>::from_data(
-                TensorData::new(
-                    rows.iter().map(|&r| r as i64).collect::<Vec<_>>(),
-                    [rows.len()],
-                ),
-                &t.device(),
-            );
-            t.clone().select(0, idx)
-        };
-        DecodeBatch {
-            cache: text::KvCache {
-                layers: self
-                    .cache
-                    .layers
-                    .iter()
-                    .map(|kv| kv.as_ref().map(|(k, v)| (pick(k), pick(v))))
-                    .collect(),
-                len: self.cache.len,
-                padding: if self.cache.padding.is_empty() {
-                    Vec::new()
-                } else {
-                    rows.iter()
-                        .map(|&r| self.cache.padding[r].clone())
-                        .collect()
-                },
-            },
-            next_pos: rows.iter().map(|&r| self.next_pos[r]).collect(),
-        }
-    }
-}
+pub use text::DecodeBatch;
 
 /// One image's inputs as the processor gives them: patch rows [N, C·T·P·P] in merge-window order
 /// and the patch grid (t, h, w).
@@ -208,49 +167,13 @@ impl<B: Backend> Qwen3Vl<B> {
     /// layout (its key names, PyTorch's `[out, in]` linear weights, `format = pt` metadata), so
     /// transformers loads the result.
     pub fn save_pretrained(&self, dir: &Path) -> Result<()> {
-        std::fs::create_dir_all(dir).map_err(|e| checkpoint_err(dir, e))?;
-        let cfg_path = dir.join("config.json");
-        std::fs::write(&cfg_path, &self.config_json).map_err(|e| checkpoint_err(&cfg_path, e))?;
-        let path = dir.join("model.safetensors");
-        let mut store = SafetensorsStore::from_file(path.clone())
-            .with_to_adapter(BurnToPyTorchAdapter)
-            .clear_metadata()
-            .metadata("format", "pt")
-            .overwrite(true);
-        self.save_into(&mut store)
-            .map_err(|e| checkpoint_err(&path, e))
+        save_safetensors(self, dir, &self.config_json)
     }
 
     /// Loads every parameter from the checkpoint's safetensors; a parameter the files lack, or
     /// a tensor of the wrong shape, is an error naming it.
     pub fn load_weights(&mut self, dir: &Path) -> Result<()> {
-        let files = weight_files(dir)?;
-        let mut missing: Option<Vec<String>> = None;
-        for file in &files {
-            let mut store = SafetensorsStore::from_file(file.clone())
-                .with_from_adapter(PyTorchToBurnAdapter)
-                .allow_partial(true);
-            let res = self
-                .load_from(&mut store)
-                .map_err(|e| checkpoint_err(file, e))?;
-            if !res.errors.is_empty() {
-                return Err(checkpoint_err(file, format!("{:?}", res.errors)));
-            }
-            let now: Vec<String> = res.missing.iter().map(|m| m.0.clone()).collect();
-            missing = Some(match missing {
-                None => now,
-                Some(before) => before.into_iter().filter(|k| now.contains(k)).collect(),
-            });
-        }
-        if let Some(m) = missing.filter(|m| !m.is_empty()) {
-            return Err(checkpoint_err(
-                dir,
-                format!("no tensor for {} parameter(s), e.g. {}", m.len(), m[0]),
-            ));
-        }
-        // Parameters in the backend's float type whatever the files store (bf16 checkpoints).
-        *self = crate::model::checkpoint::to_backend_dtype(self.clone());
-        Ok(())
+        load_safetensors(self, dir)
     }
 
     /// Logits [1, L, vocab] of one sequence `ids` whose image tokens stand for `images` (in
@@ -286,31 +209,9 @@ impl<B: Backend> Qwen3Vl<B> {
     /// Feeds one token per row of a batch after its cached positions: the next logits
     /// [B, vocab].
     pub fn step_batch(&self, tokens: &[u32], state: &mut DecodeBatch<B>) -> Tensor<B, 2> {
-        let device = self.device();
-        let b = tokens.len();
-        let positions: Vec<[Vec<i64>; 3]> = state
-            .next_pos
-            .iter()
-            .map(|&p| [vec![p], vec![p], vec![p]])
-            .collect();
-        for p in &mut state.next_pos {
-            *p += 1;
-        }
-        let ids = Tensor::<B, 2, Int>::from_data(
-            TensorData::new(
-                tokens.iter().map(|&t| i64::from(t)).collect::<Vec<_>>(),
-                [b, 1],
-            ),
-            &device,
-        );
-        let x = self.model.language_model.embed_tokens.forward(ids);
-        let rope = text::mrope_tables::<B>(&self.cfg.text_config, &positions, &device);
-        let h = self
-            .model
+        self.model
             .language_model
-            .forward(x, &rope, &[], &mut state.cache);
-        let v = self.cfg.text_config.vocab_size;
-        self.head(h).reshape([b, v])
+            .step_batch(tokens, state, self.lm_head.as_ref())
     }
 
     fn prefill_all(
@@ -340,88 +241,40 @@ impl<B: Backend> Qwen3Vl<B> {
     ) -> Result<(Tensor<B, 3>, DecodeBatch<B>)> {
         let device = self.device();
         let cfg = &self.cfg;
-        let t = &cfg.text_config;
-        let d = t.hidden_size;
-        let b = rows.len();
-        let len = rows.iter().map(|r| r.len()).max().unwrap_or(0);
-        if b == 0 || len == 0 || images.len() != b || rows.iter().any(|r| r.is_empty()) {
-            return Err(HfError::Input(format!(
-                "{b} sequences (the longest {len} tokens) with {} image lists",
-                images.len()
-            )));
-        }
-        if let Some(&bad) = rows
-            .iter()
-            .flat_map(|r| r.iter())
-            .find(|&&x| x as usize >= t.vocab_size)
-        {
-            return Err(HfError::Input(format!(
-                "token id {bad} ≥ vocab_size {}",
-                t.vocab_size
-            )));
-        }
-        // Left padding: any id but the image token's; its keys are masked.
-        let pad_id = if cfg.image_token_id == 0 { 1 } else { 0 };
-        let mut positions = Vec::with_capacity(b);
-        let mut next_pos = Vec::with_capacity(b);
-        let mut slots = Vec::new();
-        let mut padding = Vec::with_capacity(b);
-        let mut padded: Vec<i64> = Vec::with_capacity(b * len);
         let m2 = cfg.vision_config.spatial_merge_size.pow(2);
-        for (r, (ids, imgs)) in rows.iter().zip(images).enumerate() {
-            let pad = len - ids.len();
-            let grids: Vec<[usize; 3]> = imgs.iter().map(|i| i.grid).collect();
-            let mut pos = rope_index(cfg, ids, &grids)?;
-            next_pos.push(pos.iter().flatten().copied().max().unwrap_or(-1) + 1);
-            for axis in &mut pos {
-                axis.splice(0..0, std::iter::repeat_n(0, pad));
-            }
-            positions.push(pos);
-            let row_slots = image_slots(cfg.image_token_id, ids, imgs.len());
-            let features: usize = grids.iter().map(|g| g.iter().product::<usize>() / m2).sum();
-            if row_slots.len() != features {
-                return Err(HfError::Input(format!(
-                    "{} image tokens in the ids but the images give {features} features",
-                    row_slots.len()
-                )));
-            }
-            if imgs.is_empty() && ids.contains(&cfg.image_token_id) {
-                return Err(HfError::Input(
-                    "image tokens in the ids but no image".into(),
-                ));
-            }
-            slots.extend(row_slots.into_iter().map(|s| r * len + pad + s));
-            padding.push((0..len).map(|j| j < pad).collect::<Vec<bool>>());
-            padded.extend(std::iter::repeat_n(pad_id, pad));
-            padded.extend(ids.iter().map(|&x| i64::from(x)));
-        }
-        let id_tensor = Tensor::<B, 2, Int>::from_data(TensorData::new(padded, [b, len]), &device);
-        let mut x = self.model.language_model.embed_tokens.forward(id_tensor);
+        let counts: Vec<(usize, usize)> = images
+            .iter()
+            .map(|imgs| {
+                let features = imgs.iter().map(|i| i.grid.iter().product::<usize>() / m2);
+                (imgs.len(), features.sum())
+            })
+            .collect();
+        let packed = text::PackedRows::new(
+            rows,
+            cfg.text_config.vocab_size,
+            cfg.image_token_id,
+            &counts,
+            |r, ids| {
+                let grids: Vec<[usize; 3]> = images[r].iter().map(|i| i.grid).collect();
+                rope_index(cfg, ids, &grids)
+            },
+        )?;
         let all: Vec<&ImageInput<B>> = images.iter().flat_map(|i| i.iter()).collect();
-        let mut deepstack = Vec::new();
-        if !all.is_empty() {
+        let (embeds, deepstack) = if all.is_empty() {
+            (None, Vec::new())
+        } else {
             let pixels = Tensor::cat(all.iter().map(|i| i.pixel_values.clone()).collect(), 0);
             let grids: Vec<[usize; 3]> = all.iter().map(|i| i.grid).collect();
             let vis = self.model.visual.forward(pixels, &grids);
-            // Scatter: each sequence with its image slots replaced by their feature rows.
-            let place = |feat: Tensor<B, 2>| {
-                scatter_rows(feat, &slots, b * len, &device).reshape([b, len, d])
-            };
-            let image_part = place(vis.embeds);
-            let keep = mask_rows::<B>(&slots, b * len, &device).reshape([b, len, 1]);
-            x = x * keep + image_part;
-            deepstack = vis.deepstack.into_iter().map(place).collect();
-        }
-        let rope = text::mrope_tables::<B>(t, &positions, &device);
-        let mut cache = text::KvCache::default();
-        if padding.iter().any(|p| p.first() == Some(&true)) {
-            cache.padding = padding;
-        }
-        let h = self
-            .model
-            .language_model
-            .forward(x, &rope, &deepstack, &mut cache);
-        Ok((self.head(h), DecodeBatch { cache, next_pos }))
+            (Some(vis.embeds), vis.deepstack)
+        };
+        Ok(self.model.language_model.prefill(
+            &packed,
+            embeds,
+            deepstack,
+            self.lm_head.as_ref(),
+            &device,
+        ))
     }
 
     /// Greedy continuation of `prompt` (whose image tokens stand for `images`): at most `max_new`
@@ -461,71 +314,9 @@ impl<B: Backend> Qwen3Vl<B> {
         }
     }
 
-    fn head(&self, h: Tensor<B, 3>) -> Tensor<B, 3> {
-        let [b, l, d] = h.dims();
-        let rows = h.reshape([b * l, d]);
-        let logits = match &self.lm_head {
-            Some(head) => linear2(head, rows),
-            None => rows.matmul(
-                self.model
-                    .language_model
-                    .embed_tokens
-                    .weight
-                    .val()
-                    .transpose(),
-            ),
-        };
-        let v = logits.dims()[1];
-        logits.reshape([b, l, v])
-    }
-
     pub fn device(&self) -> B::Device {
         self.model.language_model.embed_tokens.weight.val().device()
     }
-}
-
-/// A [len, d] tensor whose rows `slots[i]` are `feat[i]` and the rest zero.
-fn scatter_rows<B: Backend>(
-    feat: Tensor<B, 2>,
-    slots: &[usize],
-    len: usize,
-    device: &B::Device,
-) -> Tensor<B, 2> {
-    let n = slots.len();
-    let mut onehot = vec![0.0f32; len * n];
-    for (i, &s) in slots.iter().enumerate() {
-        onehot[s * n + i] = 1.0;
-    }
-    Tensor::<B, 2>::from_data(TensorData::new(onehot, [len, n]), device).matmul(feat)
-}
-
-/// [1, len, 1]: 0 on the rows in `slots`, 1 elsewhere (broadcast over the width).
-fn mask_rows<B: Backend>(slots: &[usize], len: usize, device: &B::Device) -> Tensor<B, 3> {
-    let mut keep = vec![1.0f32; len];
-    for &s in slots {
-        keep[s] = 0.0;
-    }
-    Tensor::<B, 1>::from_data(TensorData::new(keep, [len]), device).reshape([1, len, 1])
-}
-
-/// The positions of the image tokens that stand for `images` images: the first `images` runs
-/// of `image_token`. Runs after those are text (a sampled `<|image_pad|>` is an ordinary token,
-/// read through its embedding, as the KV-cached decoder reads it).
-fn image_slots(image_token: u32, ids: &[u32], images: usize) -> Vec<usize> {
-    let mut slots = Vec::new();
-    let mut runs = 0;
-    let mut i = 0;
-    while i < ids.len() && runs < images {
-        if ids[i] == image_token {
-            let run = ids[i..].iter().take_while(|&&x| x == image_token).count();
-            slots.extend(i..i + run);
-            runs += 1;
-            i += run;
-        } else {
-            i += 1;
-        }
-    }
-    slots
 }
 
 /// The 3-axis positions (temporal, height, width) of a sequence, as transformers'
@@ -611,6 +402,64 @@ fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
     }
 }
 
+/// Writes `dir/config.json` (`config_json`) and `dir/model.safetensors` with `module`'s
+/// parameters under their key paths, in PyTorch's layout (`[out, in]` linear weights,
+/// `format = pt` metadata), so transformers loads the result.
+pub(crate) fn save_safetensors<B: Backend, M: Module<B>>(
+    module: &M,
+    dir: &Path,
+    config_json: &str,
+) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|e| checkpoint_err(dir, e))?;
+    let cfg_path = dir.join("config.json");
+    std::fs::write(&cfg_path, config_json).map_err(|e| checkpoint_err(&cfg_path, e))?;
+    let path = dir.join("model.safetensors");
+    let mut store = SafetensorsStore::from_file(path.clone())
+        .with_to_adapter(BurnToPyTorchAdapter)
+        .clear_metadata()
+        .metadata("format", "pt")
+        .overwrite(true);
+    module
+        .save_into(&mut store)
+        .map_err(|e| checkpoint_err(&path, e))
+}
+
+/// Loads every parameter of `module` from the checkpoint folder's safetensors (one file or the
+/// shards of its index) and casts them to the backend's float type; a parameter the files
+/// lack, or a tensor of the wrong shape, is an error naming it.
+pub(crate) fn load_safetensors<B: Backend, M: Module<B> + Clone>(
+    module: &mut M,
+    dir: &Path,
+) -> Result<()> {
+    let files = weight_files(dir)?;
+    let mut missing: Option<Vec<String>> = None;
+    for file in &files {
+        let mut store = SafetensorsStore::from_file(file.clone())
+            .with_from_adapter(PyTorchToBurnAdapter)
+            .allow_partial(true);
+        let res = module
+            .load_from(&mut store)
+            .map_err(|e| checkpoint_err(file, e))?;
+        if !res.errors.is_empty() {
+            return Err(checkpoint_err(file, format!("{:?}", res.errors)));
+        }
+        let now: Vec<String> = res.missing.iter().map(|m| m.0.clone()).collect();
+        missing = Some(match missing {
+            None => now,
+            Some(before) => before.into_iter().filter(|k| now.contains(k)).collect(),
+        });
+    }
+    if let Some(m) = missing.filter(|m| !m.is_empty()) {
+        return Err(checkpoint_err(
+            dir,
+            format!("no tensor for {} parameter(s), e.g. {}", m.len(), m[0]),
+        ));
+    }
+    // Parameters in the backend's float type whatever the files store (bf16 checkpoints).
+    *module = crate::model::checkpoint::to_backend_dtype(module.clone());
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -634,9 +483,9 @@ mod tests {
         assert_eq!(t, [0, 1, 1, 1, 1, 3, 4, 5]);
         assert_eq!(h, [0, 1, 1, 2, 2, 3, 4, 5]);
         assert_eq!(w, [0, 1, 2, 1, 2, 3, 4, 5]);
-        assert_eq!(image_slots(im, &ids, 1), [1, 2, 3, 4]);
-        assert!(image_slots(im, &ids, 0).is_empty());
-        assert_eq!(image_slots(im, &ids, 2), [1, 2, 3, 4, 6]);
+        assert_eq!(text::image_slots(im, &ids, 1), [1, 2, 3, 4]);
+        assert!(text::image_slots(im, &ids, 0).is_empty());
+        assert_eq!(text::image_slots(im, &ids, 2), [1, 2, 3, 4, 6]);
         // Too few image tokens for the grid is still an error.
         assert!(rope_index(&c, &[7, im, 8], &[grid]).is_err());
     }

@@ -5,8 +5,8 @@
 //! merge-window order.
 //!
 //! Resampling: an image already at its target size is used as it is (as the reference does);
-//! otherwise it is resized with tiny-skia's bicubic filter, which is close to but not
-//! bit-identical with PIL's or torchvision's.
+//! otherwise it is resized with PIL's bicubic convolution ([`resize_bicubic`]), equal to PIL's
+//! but for its rounding to whole levels between the two passes.
 
 use super::vision::merge_order;
 use super::{HfError, Result};
@@ -232,37 +232,29 @@ impl ProcessorConfig {
     }
 }
 
-/// `image` resized to `width`×`height` with a bicubic filter (tiny-skia).
-fn resize_bicubic(image: &Rgb, width: usize, height: usize) -> Result<Rgb> {
+/// `image` resized to `width`×`height` as PIL's bicubic filter does it (the `image` crate's
+/// Catmull-Rom convolution, a = −0.5, widened when shrinking so that every source pixel
+/// counts), which the reference processors use.
+pub(crate) fn resize_bicubic(image: &Rgb, width: usize, height: usize) -> Result<Rgb> {
     let bad = || HfError::Input(format!("cannot resize an image to {width}×{height}"));
-    let mut src =
-        tiny_skia::Pixmap::new(image.width as u32, image.height as u32).ok_or_else(bad)?;
-    for (d, s) in src.data_mut().chunks_exact_mut(4).zip(&image.pixels) {
-        d.copy_from_slice(&[s[0], s[1], s[2], 255]);
-    }
-    let mut dst = tiny_skia::Pixmap::new(width as u32, height as u32).ok_or_else(bad)?;
-    let sx = width as f32 / image.width as f32;
-    let sy = height as f32 / image.height as f32;
-    let paint = tiny_skia::PixmapPaint {
-        quality: tiny_skia::FilterQuality::Bicubic,
-        ..tiny_skia::PixmapPaint::default()
-    };
-    dst.draw_pixmap(
-        0,
-        0,
-        src.as_ref(),
-        &paint,
-        tiny_skia::Transform::from_scale(sx, sy),
-        None,
+    let (w, h) = (
+        u32::try_from(image.width).map_err(|_| bad())?,
+        u32::try_from(image.height).map_err(|_| bad())?,
     );
+    let (tw, th) = (
+        u32::try_from(width).map_err(|_| bad())?,
+        u32::try_from(height).map_err(|_| bad())?,
+    );
+    if tw == 0 || th == 0 || w == 0 || h == 0 {
+        return Err(bad());
+    }
+    let src = image::RgbImage::from_raw(w, h, image.pixels.iter().flatten().copied().collect())
+        .ok_or_else(bad)?;
+    let dst = image::imageops::resize(&src, tw, th, image::imageops::FilterType::CatmullRom);
     Ok(Rgb {
         width,
         height,
-        pixels: dst
-            .data()
-            .chunks_exact(4)
-            .map(|p| [p[0], p[1], p[2]])
-            .collect(),
+        pixels: dst.pixels().map(|p| p.0).collect(),
     })
 }
 

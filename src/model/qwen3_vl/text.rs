@@ -3,13 +3,14 @@
 //! DeepStack features added at the image positions after the first layers, the final norm.
 
 use super::config::TextConfig;
+use super::{HfError, Result};
 use super::{RmsNorm, act};
 use crate::model::layers::linear3;
 use burn::module::Module;
 use burn::nn::{Embedding, EmbeddingConfig, Linear, LinearConfig};
 use burn::tensor::activation::softmax;
 use burn::tensor::backend::Backend;
-use burn::tensor::{Tensor, TensorData};
+use burn::tensor::{Int, Tensor, TensorData};
 
 #[derive(Module, Debug)]
 pub struct TextAttention<B: Backend> {
@@ -266,5 +267,278 @@ impl<B: Backend> TextAttention<B> {
             .swap_dims(1, 2)
             .reshape([b, t, h * hd]);
         linear3(&self.o_proj, ctx)
+    }
+}
+
+/// Sequences decoded together: one cache over the batch (every row has seen as many positions)
+/// and each row's next position.
+pub struct DecodeBatch<B: Backend> {
+    pub cache: KvCache<B>,
+    pub next_pos: Vec<i64>,
+}
+
+impl<B: Backend> DecodeBatch<B> {
+    /// The batch of rows `rows` of this one (a row may repeat).
+    pub fn select(&self, rows: &[usize]) -> Self {
+        let pick = |t: &Tensor<B, 4>| {
+            let idx = Tensor::<B, 1, Int>::from_data(
+                TensorData::new(
+                    rows.iter().map(|&r| r as i64).collect::<Vec<_>>(),
+                    [rows.len()],
+                ),
+                &t.device(),
+            );
+            t.clone().select(0, idx)
+        };
+        DecodeBatch {
+            cache: KvCache {
+                layers: self
+                    .cache
+                    .layers
+                    .iter()
+                    .map(|kv| kv.as_ref().map(|(k, v)| (pick(k), pick(v))))
+                    .collect(),
+                len: self.cache.len,
+                padding: if self.cache.padding.is_empty() {
+                    Vec::new()
+                } else {
+                    rows.iter()
+                        .map(|&r| self.cache.padding[r].clone())
+                        .collect()
+                },
+            },
+            next_pos: rows.iter().map(|&r| self.next_pos[r]).collect(),
+        }
+    }
+}
+
+/// A [len, d] tensor whose rows `slots[i]` are `feat[i]` and the rest zero.
+pub(crate) fn scatter_rows<B: Backend>(
+    feat: Tensor<B, 2>,
+    slots: &[usize],
+    len: usize,
+    device: &B::Device,
+) -> Tensor<B, 2> {
+    let n = slots.len();
+    let mut onehot = vec![0.0f32; len * n];
+    for (i, &s) in slots.iter().enumerate() {
+        onehot[s * n + i] = 1.0;
+    }
+    Tensor::<B, 2>::from_data(TensorData::new(onehot, [len, n]), device).matmul(feat)
+}
+
+/// [1, len, 1]: 0 on the rows in `slots`, 1 elsewhere (broadcast over the width).
+pub(crate) fn mask_rows<B: Backend>(
+    slots: &[usize],
+    len: usize,
+    device: &B::Device,
+) -> Tensor<B, 3> {
+    let mut keep = vec![1.0f32; len];
+    for &s in slots {
+        keep[s] = 0.0;
+    }
+    Tensor::<B, 1>::from_data(TensorData::new(keep, [len]), device).reshape([1, len, 1])
+}
+
+/// The positions of the image tokens that stand for `images` images: the first `images` runs
+/// of `image_token`. Runs after those are text (a sampled `<|image_pad|>` is an ordinary token,
+/// read through its embedding, as the KV-cached decoder reads it).
+pub(crate) fn image_slots(image_token: u32, ids: &[u32], images: usize) -> Vec<usize> {
+    let mut slots = Vec::new();
+    let mut runs = 0;
+    let mut i = 0;
+    while i < ids.len() && runs < images {
+        if ids[i] == image_token {
+            let run = ids[i..].iter().take_while(|&&x| x == image_token).count();
+            slots.extend(i..i + run);
+            runs += 1;
+            i += run;
+        } else {
+            i += 1;
+        }
+    }
+    slots
+}
+
+/// Token rows packed into one batch for the language model: shorter rows padded on the left
+/// (keys no query sees), each row's positions, and the flat slots (`row · len + t`) of the image
+/// tokens that stand for the rows' images, in order.
+pub struct PackedRows {
+    /// [B · len] ids, left-padded.
+    pub ids: Vec<i64>,
+    pub rows: usize,
+    pub len: usize,
+    pub positions: Vec<[Vec<i64>; 3]>,
+    /// Each row's position after its last token.
+    pub next_pos: Vec<i64>,
+    /// Per row, which of its `len` positions are padding; empty when no row is padded.
+    pub padding: Vec<Vec<bool>>,
+    pub slots: Vec<usize>,
+}
+
+impl PackedRows {
+    /// Packs `rows`; row r has `images[r] = (n, features)`: n images (the first n runs of
+    /// `image_token` stand for them) giving `features` feature rows in all, and its positions
+    /// from `positions(r, ids)` (three axes; equal axes for 1-D RoPE).
+    pub fn new(
+        rows: &[&[u32]],
+        vocab: usize,
+        image_token: u32,
+        images: &[(usize, usize)],
+        mut positions: impl FnMut(usize, &[u32]) -> Result<[Vec<i64>; 3]>,
+    ) -> Result<PackedRows> {
+        let b = rows.len();
+        let len = rows.iter().map(|r| r.len()).max().unwrap_or(0);
+        if b == 0 || len == 0 || images.len() != b || rows.iter().any(|r| r.is_empty()) {
+            return Err(HfError::Input(format!(
+                "{b} sequences (the longest {len} tokens) with {} image lists",
+                images.len()
+            )));
+        }
+        if let Some(&bad) = rows
+            .iter()
+            .flat_map(|r| r.iter())
+            .find(|&&x| x as usize >= vocab)
+        {
+            return Err(HfError::Input(format!(
+                "token id {bad} ≥ vocab_size {vocab}"
+            )));
+        }
+        // Left padding: any id but the image token's; its keys are masked.
+        let pad_id = if image_token == 0 { 1 } else { 0 };
+        let mut packed = PackedRows {
+            ids: Vec::with_capacity(b * len),
+            rows: b,
+            len,
+            positions: Vec::with_capacity(b),
+            next_pos: Vec::with_capacity(b),
+            padding: Vec::with_capacity(b),
+            slots: Vec::new(),
+        };
+        for (r, (ids, &(n_images, features))) in rows.iter().zip(images).enumerate() {
+            let pad = len - ids.len();
+            let mut pos = positions(r, ids)?;
+            packed
+                .next_pos
+                .push(pos.iter().flatten().copied().max().unwrap_or(-1) + 1);
+            for axis in &mut pos {
+                axis.splice(0..0, std::iter::repeat_n(0, pad));
+            }
+            packed.positions.push(pos);
+            let row_slots = image_slots(image_token, ids, n_images);
+            if row_slots.len() != features {
+                return Err(HfError::Input(format!(
+                    "{} image tokens in the ids but the images give {features} features",
+                    row_slots.len()
+                )));
+            }
+            if n_images == 0 && ids.contains(&image_token) {
+                return Err(HfError::Input(
+                    "image tokens in the ids but no image".into(),
+                ));
+            }
+            packed
+                .slots
+                .extend(row_slots.into_iter().map(|s| r * len + pad + s));
+            packed.padding.push((0..len).map(|j| j < pad).collect());
+            packed.ids.extend(std::iter::repeat_n(pad_id, pad));
+            packed.ids.extend(ids.iter().map(|&x| i64::from(x)));
+        }
+        if packed.padding.iter().all(|p| p.first() != Some(&true)) {
+            packed.padding.clear();
+        }
+        Ok(packed)
+    }
+
+    /// Positions counting up on every axis (1-D RoPE).
+    pub fn sequential(ids: &[u32]) -> [Vec<i64>; 3] {
+        let p: Vec<i64> = (0..ids.len() as i64).collect();
+        [p.clone(), p.clone(), p]
+    }
+}
+
+impl<B: Backend> TextModel<B> {
+    /// Runs `packed` into a fresh cache, the rows of `image_embeds` [slots, d] (and of each
+    /// DeepStack feature, added after layer i) placed at its image slots: the logits
+    /// [B, len, vocab] and the state to decode on from.
+    pub fn prefill(
+        &self,
+        packed: &PackedRows,
+        image_embeds: Option<Tensor<B, 2>>,
+        deepstack: Vec<Tensor<B, 2>>,
+        lm_head: Option<&Linear<B>>,
+        device: &B::Device,
+    ) -> (Tensor<B, 3>, DecodeBatch<B>) {
+        let (b, len, d) = (packed.rows, packed.len, self.cfg.hidden_size);
+        let ids =
+            Tensor::<B, 2, Int>::from_data(TensorData::new(packed.ids.clone(), [b, len]), device);
+        let mut x = self.embed_tokens.forward(ids);
+        let place = |feat: Tensor<B, 2>| {
+            scatter_rows(feat, &packed.slots, b * len, device).reshape([b, len, d])
+        };
+        let mut extra = Vec::new();
+        if let Some(embeds) = image_embeds {
+            let keep = mask_rows::<B>(&packed.slots, b * len, device).reshape([b, len, 1]);
+            x = x * keep + place(embeds);
+            extra = deepstack.into_iter().map(place).collect();
+        }
+        let rope = mrope_tables::<B>(&self.cfg, &packed.positions, device);
+        let mut cache = KvCache {
+            padding: packed.padding.clone(),
+            ..KvCache::default()
+        };
+        let h = self.forward(x, &rope, &extra, &mut cache);
+        (
+            self.logits(h, lm_head),
+            DecodeBatch {
+                cache,
+                next_pos: packed.next_pos.clone(),
+            },
+        )
+    }
+
+    /// Feeds one token per row of a batch after its cached positions (text positions: the same
+    /// on every axis): the next logits [B, vocab].
+    pub fn step_batch(
+        &self,
+        tokens: &[u32],
+        state: &mut DecodeBatch<B>,
+        lm_head: Option<&Linear<B>>,
+    ) -> Tensor<B, 2> {
+        let device = self.embed_tokens.weight.val().device();
+        let b = tokens.len();
+        let positions: Vec<[Vec<i64>; 3]> = state
+            .next_pos
+            .iter()
+            .map(|&p| [vec![p], vec![p], vec![p]])
+            .collect();
+        for p in &mut state.next_pos {
+            *p += 1;
+        }
+        let ids = Tensor::<B, 2, Int>::from_data(
+            TensorData::new(
+                tokens.iter().map(|&t| i64::from(t)).collect::<Vec<_>>(),
+                [b, 1],
+            ),
+            &device,
+        );
+        let x = self.embed_tokens.forward(ids);
+        let rope = mrope_tables::<B>(&self.cfg, &positions, &device);
+        let h = self.forward(x, &rope, &[], &mut state.cache);
+        let v = self.cfg.vocab_size;
+        self.logits(h, lm_head).reshape([b, v])
+    }
+
+    /// Logits [B, T, vocab] of hidden states [B, T, d]: by `lm_head`, or by the token
+    /// embeddings when the head is tied.
+    pub fn logits(&self, h: Tensor<B, 3>, lm_head: Option<&Linear<B>>) -> Tensor<B, 3> {
+        let [b, l, d] = h.dims();
+        let rows = h.reshape([b * l, d]);
+        let logits = match lm_head {
+            Some(head) => crate::model::layers::linear2(head, rows),
+            None => rows.matmul(self.embed_tokens.weight.val().transpose()),
+        };
+        let v = logits.dims()[1];
+        logits.reshape([b, l, v])
     }
 }

@@ -1,0 +1,187 @@
+//! InternVL3.5 (`InternVLForConditionalGeneration`, transformers' layout of the `-HF`
+//! checkpoints) in burn, built from the checkpoint's `config.json` and loaded from its
+//! safetensors. The module tree mirrors the checkpoint's key paths (`vision_tower.*`,
+//! `multi_modal_projector.*`, `language_model.model.*`, `language_model.lm_head`), so loading
+//! is burn-store's PyTorch adapter and nothing else.
+//!
+//! - [`vision`], InternViT;
+//! - the projector: the tower's patch features, the class token dropped, folded by the pixel
+//!   shuffle (`1/downsample_ratio`² neighbouring patches → one token), then layer norm, linear,
+//!   GELU, linear to the LM's width.
+//! - the Qwen3 language model ([`crate::model::qwen3_vl::text`], shared with Qwen3-VL) with 1-D
+//!   rotary positions.
+//! - [`processor`], the image tiling.
+//!
+//! An image is its tiles (a thumbnail last when there are several); its tokens in the prompt are
+//! one run of `tiles × tokens_per_tile` image-context tokens between `<img>` and `</img>`.
+//! Out of scope: video, several images per prompt, the remote-code checkpoints' key layout
+//! (`vision_model.*`, `mlp1.*`; convert them with transformers first).
+
+pub mod config;
+pub mod processor;
+pub mod vision;
+
+pub use config::InternVlConfig;
+
+use crate::model::layers::linear3;
+use crate::model::qwen3_vl::text::{DecodeBatch, PackedRows, TextModel};
+use crate::model::qwen3_vl::{HfError, Result, act, checkpoint_err};
+use burn::module::Module;
+use burn::nn::{Linear, LinearConfig};
+use burn::tensor::Tensor;
+use burn::tensor::backend::Backend;
+use std::path::Path;
+use vision::{Norm, VisionModel};
+
+/// `multi_modal_projector`.
+#[derive(Module, Debug)]
+pub struct Projector<B: Backend> {
+    pub layer_norm: Norm<B>,
+    pub linear_1: Linear<B>,
+    pub linear_2: Linear<B>,
+    #[module(skip)]
+    pub act: String,
+}
+
+/// `language_model`: the decoder and, when untied, its head.
+#[derive(Module, Debug)]
+pub struct CausalLm<B: Backend> {
+    pub model: TextModel<B>,
+    pub lm_head: Option<Linear<B>>,
+}
+
+/// `InternVLForConditionalGeneration`.
+#[derive(Module, Debug)]
+pub struct InternVl<B: Backend> {
+    pub vision_tower: VisionModel<B>,
+    pub multi_modal_projector: Projector<B>,
+    pub language_model: CausalLm<B>,
+    #[module(skip)]
+    pub cfg: InternVlConfig,
+    /// The checkpoint's `config.json` as read, written back unchanged by
+    /// [`InternVl::save_pretrained`].
+    #[module(skip)]
+    pub config_json: String,
+}
+
+impl<B: Backend> InternVl<B> {
+    /// A model of `cfg`'s shapes with placeholder weights (load a checkpoint into it).
+    pub fn new(cfg: &InternVlConfig, device: &B::Device) -> Result<Self> {
+        cfg.validate().map_err(HfError::Input)?;
+        let t = cfg.lm_config();
+        let folded = cfg.vision_config.hidden_size * cfg.shuffle().pow(2);
+        Ok(InternVl {
+            vision_tower: VisionModel::new(&cfg.vision_config, device),
+            multi_modal_projector: Projector {
+                // nn.LayerNorm's default ε.
+                layer_norm: Norm::new(folded, false, 1e-5, device),
+                linear_1: LinearConfig::new(folded, t.hidden_size).init(device),
+                linear_2: LinearConfig::new(t.hidden_size, t.hidden_size).init(device),
+                act: cfg.projector_hidden_act.clone(),
+            },
+            language_model: CausalLm {
+                model: TextModel::new(&t, device),
+                lm_head: (!cfg.tie_word_embeddings).then(|| {
+                    LinearConfig::new(t.hidden_size, t.vocab_size)
+                        .with_bias(false)
+                        .init(device)
+                }),
+            },
+            cfg: cfg.clone(),
+            config_json: String::new(),
+        })
+    }
+
+    /// Reads `dir/config.json` and the weights (`model.safetensors`, or the shards listed in
+    /// `model.safetensors.index.json`).
+    pub fn from_pretrained(dir: &Path, device: &B::Device) -> Result<Self> {
+        let cfg_path = dir.join("config.json");
+        let text = std::fs::read_to_string(&cfg_path).map_err(|e| checkpoint_err(&cfg_path, e))?;
+        let cfg: InternVlConfig =
+            serde_json::from_str(&text).map_err(|e| checkpoint_err(&cfg_path, e))?;
+        let mut model = Self::new(&cfg, device).map_err(|e| checkpoint_err(&cfg_path, e))?;
+        model.config_json = text;
+        crate::model::qwen3_vl::load_safetensors(&mut model, dir)?;
+        Ok(model)
+    }
+
+    /// Writes `dir/config.json` (the one read) and `dir/model.safetensors` in the checkpoint's
+    /// layout, so transformers loads the result.
+    pub fn save_pretrained(&self, dir: &Path) -> Result<()> {
+        crate::model::qwen3_vl::save_safetensors(self, dir, &self.config_json)
+    }
+
+    pub fn vocab_size(&self) -> usize {
+        self.cfg.text_config.vocab_size
+    }
+
+    /// The image tokens of tiles `pixels` [N, C, S, S]: [N · tokens_per_tile, LM width], tile
+    /// by tile.
+    ///
+    /// # Shapes
+    /// - pixels: `[N, C, S, S]` → `[N · (S/P/r)², d_lm]`, r = 1/downsample_ratio
+    pub fn image_features(&self, pixels: Tensor<B, 4>) -> Tensor<B, 2> {
+        let hidden = self.vision_tower.forward(pixels);
+        let [n, t, d] = hidden.dims();
+        let g = self.cfg.vision_config.grid();
+        let r = self.cfg.shuffle();
+        // The class token dropped; [N, g, g, d] folded to [N, g/r, g/r, d·r²] as the
+        // reference's pixel shuffle does it (two reshapes, each after swapping the sides).
+        let x = hidden
+            .slice([0..n, 1..t, 0..d])
+            .reshape([n, g, g / r, d * r])
+            .swap_dims(1, 2)
+            .reshape([n, g / r, g / r, d * r * r])
+            .swap_dims(1, 2)
+            .reshape([n, (g / r) * (g / r), d * r * r]);
+        let p = &self.multi_modal_projector;
+        let y = linear3(&p.linear_1, p.layer_norm.forward(x));
+        let y = linear3(&p.linear_2, act(y, &p.act));
+        let [_, k, w] = y.dims();
+        y.reshape([n * k, w])
+    }
+
+    /// Runs sequences (`rows[i]`, whose first image-token run stands for the tiles `tiles[i]`
+    /// [N_i, C, S, S], or no image) as one batch into a fresh cache: the logits
+    /// [B, L, vocab], L the longest row, and the state to decode on from. Shorter rows are
+    /// padded on the left with keys no query sees.
+    pub fn prefill_rows(
+        &self,
+        rows: &[&[u32]],
+        tiles: &[Option<Tensor<B, 4>>],
+    ) -> Result<(Tensor<B, 3>, DecodeBatch<B>)> {
+        let per_tile = self.cfg.tokens_per_tile();
+        let counts: Vec<(usize, usize)> = tiles
+            .iter()
+            .map(|t| t.as_ref().map_or((0, 0), |t| (1, t.dims()[0] * per_tile)))
+            .collect();
+        let packed = PackedRows::new(
+            rows,
+            self.vocab_size(),
+            self.cfg.image_token_id,
+            &counts,
+            |_, ids| Ok(PackedRows::sequential(ids)),
+        )?;
+        let all: Vec<Tensor<B, 4>> = tiles.iter().flatten().cloned().collect();
+        let embeds = (!all.is_empty()).then(|| self.image_features(Tensor::cat(all, 0)));
+        let lm = &self.language_model;
+        Ok(lm.model.prefill(
+            &packed,
+            embeds,
+            Vec::new(),
+            lm.lm_head.as_ref(),
+            &self.device(),
+        ))
+    }
+
+    /// Feeds one token per row of a batch after its cached positions: the next logits
+    /// [B, vocab].
+    pub fn step_batch(&self, tokens: &[u32], state: &mut DecodeBatch<B>) -> Tensor<B, 2> {
+        let lm = &self.language_model;
+        lm.model.step_batch(tokens, state, lm.lm_head.as_ref())
+    }
+
+    pub fn device(&self) -> B::Device {
+        self.language_model.model.embed_tokens.weight.val().device()
+    }
+}

@@ -1,0 +1,181 @@
+//! InternVL3.5 against transformers: the fixtures in `tests/fixtures/internvl/` (made by
+//! `make_fixture.py` there) hold tiny random checkpoints, their tiled inputs and transformers'
+//! outputs.
+
+use asymm::model::Cpu;
+use asymm::model::internvl::InternVl;
+use asymm::model::internvl::processor::TileConfig;
+use asymm::model::qwen3_vl::processor::Rgb;
+use asymm::model::qwen3_vl::reference::Reference;
+use burn::tensor::{Tensor, TensorData};
+use safetensors::SafeTensors;
+use std::path::PathBuf;
+
+fn fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/internvl")
+        .join(name)
+}
+
+fn reference(name: &str) -> Reference {
+    Reference::read(&fixture(name).join("reference.safetensors")).expect("reference.safetensors")
+}
+
+/// The largest |a − b|; every value must be a number.
+fn max_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    let (d, non_finite) = asymm::model::max_abs_diff(a, b);
+    assert_eq!(non_finite, 0, "values that are not numbers");
+    d
+}
+
+fn values<const D: usize>(t: Tensor<Cpu, D>) -> Vec<f32> {
+    t.into_data().to_vec::<f32>().expect("f32")
+}
+
+/// The reference's ids and tiles [N, C, S, S].
+fn inputs(r: &Reference) -> (Vec<u32>, Tensor<Cpu, 4>) {
+    let (_, ids) = r.i64("input_ids").expect("input_ids");
+    let ids = ids.into_iter().map(|x| x as u32).collect();
+    let (shape, px) = r.f32("pixel_values").expect("pixel_values");
+    let shape: [usize; 4] = shape.try_into().expect("4-d pixel values");
+    let tiles = Tensor::from_data(TensorData::new(px, shape), &Default::default());
+    (ids, tiles)
+}
+
+fn load(name: &str) -> InternVl<Cpu> {
+    InternVl::<Cpu>::from_pretrained(&fixture(name), &Default::default())
+        .unwrap_or_else(|e| panic!("{name}: {e}"))
+}
+
+/// Logits within 1e-4 of transformers' for each fixture config: a tied head, layer norms and
+/// attention biases in the tower, three tiles (two and a thumbnail); an untied head, RMS norms
+/// with q/k norms and a final layer norm in the tower, biases in the LM, one tile.
+#[test]
+fn logits_match_transformers() {
+    for name in ["tied", "untied-rms"] {
+        let model = load(name);
+        let r = reference(name);
+        let (ids, tiles) = inputs(&r);
+        let (logits, _) = model.prefill_rows(&[&ids], &[Some(tiles)]).expect("runs");
+        let (shape, want) = r.f32("logits").expect("logits");
+        assert_eq!(logits.dims().to_vec(), shape, "{name}: shape");
+        let d = max_diff(&values(logits), &want);
+        eprintln!("{name}: max |Δlogit| = {d}");
+        assert!(d <= 1e-4, "{name}: max |Δlogit| = {d}");
+    }
+}
+
+/// The tower's last hidden states (class token included) and the projector's image tokens
+/// (after the pixel shuffle) match transformers' within 1e-4.
+#[test]
+fn vision_features_match_transformers() {
+    let model = load("tied");
+    let r = reference("tied");
+    let (_, tiles) = inputs(&r);
+    let hidden = model.vision_tower.forward(tiles.clone());
+    let d = max_diff(&values(hidden), &r.f32("vision_hidden").expect("tensor").1);
+    assert!(d <= 1e-4, "vision_hidden: max |Δ| = {d}");
+    let embeds = model.image_features(tiles);
+    let (shape, want) = r.f32("image_embeds").expect("tensor");
+    assert_eq!(
+        embeds.dims()[0],
+        shape[0] * shape[1],
+        "one row per image token"
+    );
+    let d = max_diff(&values(embeds), &want);
+    assert!(d <= 1e-4, "image_embeds: max |Δ| = {d}");
+}
+
+/// The processor cuts the fixture's 64 × 32 image into the reference's tiles: two crops (no
+/// resampling), then a thumbnail of the whole image (resampled by PIL's bicubic convolution);
+/// a 32 × 32 image is one tile. All equal to transformers' within 1e-5.
+#[test]
+fn tiles_match_the_reference_processor() {
+    for (name, tiles) in [("tied", 3), ("untied-rms", 1)] {
+        let cfg = TileConfig::from_dir(&fixture(name)).expect("preprocessor_config.json");
+        let png = std::fs::read(fixture(name).join("image.png")).expect("image.png");
+        let img = Rgb::from_png(&png).expect("png");
+        let (got, n) = cfg.preprocess(&img).expect("tiles");
+        assert_eq!(n, tiles, "{name}");
+        assert_eq!(cfg.tiles(img.height, img.width), tiles, "{name}");
+        let (shape, want) = reference(name).f32("pixel_values").expect("pixel_values");
+        assert_eq!(shape[0], tiles, "{name}");
+        let d = max_diff(&got, &want);
+        assert!(d <= 1e-5, "{name}: tiles differ by {d}");
+    }
+}
+
+/// Greedy decoding with the KV cache (prefill, then one token at a time) gives the tokens and
+/// logits of running the whole sequence again at every step.
+#[test]
+fn cached_greedy_equals_uncached() {
+    let model = load("untied-rms");
+    let r = reference("untied-rms");
+    let (ids, tiles) = inputs(&r);
+    let argmax = |l: Tensor<Cpu, 2>| -> (u32, Vec<f32>) {
+        let v = values(l);
+        let best = v
+            .iter()
+            .enumerate()
+            .fold((0, f32::MIN), |b, (i, &x)| if x > b.1 { (i, x) } else { b });
+        (best.0 as u32, v)
+    };
+    let last = |l: Tensor<Cpu, 3>| {
+        let [_, n, v] = l.dims();
+        l.slice([0..1, n - 1..n, 0..v]).reshape([1, v])
+    };
+    let (first, mut state) = model
+        .prefill_rows(&[&ids], &[Some(tiles.clone())])
+        .expect("prefill");
+    let (mut tok, _) = argmax(last(first));
+    let mut seq = ids.clone();
+    for _ in 0..6 {
+        seq.push(tok);
+        let (cached_tok, cached) = argmax(model.step_batch(&[tok], &mut state));
+        let (full, _) = model
+            .prefill_rows(&[&seq], &[Some(tiles.clone())])
+            .expect("forward");
+        let (full_tok, uncached) = argmax(last(full));
+        assert_eq!(cached_tok, full_tok);
+        let d = max_diff(&cached, &uncached);
+        assert!(d <= 1e-4, "step {}: max |Δlogit| = {d}", seq.len());
+        tok = cached_tok;
+    }
+}
+
+/// Saving writes the checkpoint's own layout: the same keys, shapes and bytes as the file it was
+/// loaded from, and the config unchanged.
+#[test]
+fn save_pretrained_round_trips_bit_for_bit() {
+    for name in ["tied", "untied-rms"] {
+        let model = load(name);
+        let dir = asymm::util::fsx::TempDir::new("asymm-internvl-save").unwrap();
+        model.save_pretrained(dir.path()).expect("saves");
+        let read =
+            |p: PathBuf| std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+        let (a, b) = (
+            read(fixture(name).join("model.safetensors")),
+            read(dir.path().join("model.safetensors")),
+        );
+        let (a, b) = (
+            SafeTensors::deserialize(&a).expect("original"),
+            SafeTensors::deserialize(&b).expect("saved"),
+        );
+        let mut ka: Vec<String> = a.names().into_iter().map(str::to_string).collect();
+        let mut kb: Vec<String> = b.names().into_iter().map(str::to_string).collect();
+        ka.sort();
+        kb.sort();
+        assert_eq!(ka, kb, "{name}: key sets");
+        for k in &ka {
+            let (x, y) = (a.tensor(k).expect("tensor"), b.tensor(k).expect("tensor"));
+            assert_eq!(x.shape(), y.shape(), "{name}: {k}");
+            assert!(x.data() == y.data(), "{name}: {k} differs");
+        }
+        assert_eq!(
+            read(fixture(name).join("config.json")),
+            read(dir.path().join("config.json")),
+            "{name}: config.json"
+        );
+    }
+}
