@@ -61,6 +61,10 @@ if wants parity; then
   step qwen3vl-parity-f32 60 "$bin" dev hf-parity --fixture "$fixture/tied" --device cuda:0 --tolerance 1e-2
   step qwen3vl-parity-untied-f32 60 "$bin" dev hf-parity --fixture "$fixture/untied-bias" --device cuda:0 --tolerance 1e-2
   step qwen3vl-parity-bf16 60 "$bin" dev hf-parity --fixture "$fixture/tied" --device cuda:0/bf16 --tolerance 0.25
+  fixture="$here/tests/fixtures/internvl"
+  step internvl-parity-f32 60 "$bin" dev hf-parity --fixture "$fixture/tied" --device cuda:0 --tolerance 1e-2
+  step internvl-parity-untied-f32 60 "$bin" dev hf-parity --fixture "$fixture/untied-rms" --device cuda:0 --tolerance 1e-2
+  step internvl-parity-bf16 60 "$bin" dev hf-parity --fixture "$fixture/tied" --device cuda:0/bf16 --tolerance 0.25
 fi
 if wants hf-pipeline; then
   # A pipeline whose model stages load the tiny random Qwen3-VL checkpoint, on the GPU (f32),
@@ -73,6 +77,10 @@ if wants hf-pipeline; then
     --columns step,loss,loss_perception,loss_reasoning,perception_token_share,grad_norm
   step hf-rl-log 30 "$bin" --store "$store" show "$pipe:rl.log" --device cuda:0 \
     --columns step,loss,kl,logprob_gap,grad_norm,mean_reward
+  # The same on the tiny random InternVL3.5.
+  pipe="$here/tests/fixtures/internvl/pipeline.toml"
+  step internvl-pipeline 150 "$bin" --store "$store" run "$pipe" --device cuda:0
+  step internvl-sft-timing 30 "$bin" --store "$store" show "$pipe:sft.timing" --device cuda:0
 fi
 if wants bench; then
   # Throughput of our own training and sampling.

@@ -38,11 +38,11 @@ pub enum DevCmd {
         #[arg(long, default_value_t = 10)]
         steps: usize,
     },
-    /// Compare a Qwen3-VL checkpoint's logits and positions with a reference run saved by
+    /// Compare a checkpoint's logits (and Qwen3-VL's positions) with a reference run saved by
     /// transformers (a parity fixture folder: the checkpoint plus reference.safetensors). Prints
     /// JSON; exits 1 when positions differ or a logit differs by more than --tolerance.
     HfParity {
-        /// The fixture folder (e.g. tests/fixtures/qwen3_vl/tied).
+        /// The fixture folder (e.g. tests/fixtures/qwen3_vl/tied, tests/fixtures/internvl/tied).
         #[arg(long)]
         fixture: PathBuf,
         /// cpu, cuda:N or cuda:N/bf16.
@@ -51,9 +51,9 @@ pub enum DevCmd {
         #[arg(long, default_value_t = 1e-4)]
         tolerance: f32,
     },
-    /// Run a Qwen3-VL checkpoint (a Hugging Face folder: config.json, safetensors,
-    /// tokenizer.json, preprocessor_config.json) on one image and one message: greedy decoding,
-    /// the answer printed.
+    /// Run a Qwen3-VL or InternVL3.5 checkpoint (a Hugging Face folder: config.json,
+    /// safetensors, tokenizer.json, preprocessor_config.json) on one image and one message:
+    /// greedy decoding, the answer printed.
     HfGenerate {
         /// The checkpoint folder.
         #[arg(long)]
@@ -79,12 +79,22 @@ pub fn dev(cmd: DevCmd) -> anyhow::Result<i32> {
             device,
             tolerance,
         } => {
-            use asymm::model::qwen3_vl::{Qwen3Vl, reference};
+            use asymm::model::internvl::{self, InternVl};
+            use asymm::model::qwen3_vl::{Qwen3Vl, chat::Family, reference};
             let spec = asymm::model::DeviceSpec::parse(&device)?;
             let r = reference::Reference::read(&fixture.join("reference.safetensors"))?;
+            let family = Family::of_dir(&fixture)?;
             let p = asymm::with_backend!(spec, |B, dev| {
-                let model = Qwen3Vl::<B>::from_pretrained(&fixture, &dev)?;
-                reference::parity(&model, &r).map_err(anyhow::Error::from)
+                match family {
+                    Family::Qwen3Vl => {
+                        let model = Qwen3Vl::<B>::from_pretrained(&fixture, &dev)?;
+                        reference::parity(&model, &r).map_err(anyhow::Error::from)
+                    }
+                    Family::InternVl => {
+                        let model = InternVl::<B>::from_pretrained(&fixture, &dev)?;
+                        internvl::parity(&model, &r).map_err(anyhow::Error::from)
+                    }
+                }
             })?;
             let passed = p.positions_equal && p.max_abs_logit_diff <= tolerance;
             println!(
@@ -106,38 +116,37 @@ pub fn dev(cmd: DevCmd) -> anyhow::Result<i32> {
             max_new_tokens,
             device,
         } => {
-            use asymm::model::qwen3_vl::{ImageInput, Qwen3Vl, chat::ChatTokenizer, processor};
+            use asymm::model::qwen3_vl::chat::{ChatTokenizer, Family};
             let spec = asymm::model::DeviceSpec::parse(&device)?;
             let tok = ChatTokenizer::from_dir(&checkpoint)?;
-            let proc = processor::ProcessorConfig::from_dir(&checkpoint)?;
             let bytes =
                 std::fs::read(&image).map_err(|e| anyhow::anyhow!("{}: {e}", image.display()))?;
-            let (rows, grid) = proc.preprocess(&processor::Rgb::from_png(&bytes)?)?;
-            let m = proc.merge_size * proc.merge_size;
-            let ids = tok.prompt(&prompt, grid.iter().product::<usize>() / m)?;
+            let rgb = asymm::model::qwen3_vl::processor::Rgb::from_png(&bytes)?;
             let stop: Vec<u32> = ["<|im_end|>", "<|endoftext|>"]
                 .iter()
                 .filter_map(|t| tok.token_id(t))
                 .collect();
             let out = asymm::with_backend!(spec, |B, dev| {
-                let model = Qwen3Vl::<B>::from_pretrained(&checkpoint, &dev)?;
-                proc.check(&model.cfg.vision_config)?;
-                let n = rows.len() / model.cfg.vision_config.patch_features().max(1);
-                let pixel_values = burn::tensor::Tensor::<B, 2>::from_data(
-                    burn::tensor::TensorData::new(
-                        rows,
-                        [n, model.cfg.vision_config.patch_features()],
-                    ),
-                    &dev,
-                );
-                model
-                    .greedy(
-                        &ids,
-                        &[ImageInput { pixel_values, grid }],
+                match tok.family() {
+                    Family::Qwen3Vl => generate_qwen::<B>(
+                        &checkpoint,
+                        &rgb,
+                        &tok,
+                        &prompt,
                         max_new_tokens,
                         &stop,
-                    )
-                    .map_err(anyhow::Error::from)
+                        &dev,
+                    ),
+                    Family::InternVl => generate_internvl::<B>(
+                        &checkpoint,
+                        &rgb,
+                        &tok,
+                        &prompt,
+                        max_new_tokens,
+                        &stop,
+                        &dev,
+                    ),
+                }
             })?;
             println!("{}", tok.decode(&out, true)?);
             Ok(0)
@@ -218,4 +227,54 @@ pub fn dev(cmd: DevCmd) -> anyhow::Result<i32> {
             }
         }
     }
+}
+
+/// Greedy decoding of a Qwen3-VL checkpoint on one image and one message.
+fn generate_qwen<B: burn::tensor::backend::Backend>(
+    dir: &std::path::Path,
+    image: &asymm::model::qwen3_vl::processor::Rgb,
+    tok: &asymm::model::qwen3_vl::chat::ChatTokenizer,
+    prompt: &str,
+    max_new: usize,
+    stop: &[u32],
+    dev: &B::Device,
+) -> anyhow::Result<Vec<u32>> {
+    use asymm::model::qwen3_vl::{ImageInput, Qwen3Vl, processor::ProcessorConfig};
+    let proc = ProcessorConfig::from_dir(dir)?;
+    let model = Qwen3Vl::<B>::from_pretrained(dir, dev)?;
+    proc.check(&model.cfg.vision_config)?;
+    let (rows, grid) = proc.preprocess(image)?;
+    let ids = tok.prompt(
+        prompt,
+        grid.iter().product::<usize>() / proc.merge_size.pow(2),
+    )?;
+    let width = model.cfg.vision_config.patch_features();
+    let n = rows.len() / width.max(1);
+    let pixel_values = burn::tensor::Tensor::<B, 2>::from_data(
+        burn::tensor::TensorData::new(rows, [n, width]),
+        dev,
+    );
+    Ok(model.greedy(&ids, &[ImageInput { pixel_values, grid }], max_new, stop)?)
+}
+
+/// Greedy decoding of an InternVL3.5 checkpoint on one image (cut into tiles) and one message.
+fn generate_internvl<B: burn::tensor::backend::Backend>(
+    dir: &std::path::Path,
+    image: &asymm::model::qwen3_vl::processor::Rgb,
+    tok: &asymm::model::qwen3_vl::chat::ChatTokenizer,
+    prompt: &str,
+    max_new: usize,
+    stop: &[u32],
+    dev: &B::Device,
+) -> anyhow::Result<Vec<u32>> {
+    use asymm::model::internvl::{InternVl, processor::TileConfig};
+    let proc = TileConfig::from_dir(dir)?;
+    let model = InternVl::<B>::from_pretrained(dir, dev)?;
+    proc.check(model.cfg.vision_config.image_size)?;
+    let (values, n) = proc.preprocess(image)?;
+    let ids = tok.prompt(prompt, n * model.cfg.tokens_per_tile())?;
+    let shape = [n, 3, proc.size.height, proc.size.width];
+    let tiles =
+        burn::tensor::Tensor::<B, 4>::from_data(burn::tensor::TensorData::new(values, shape), dev);
+    Ok(model.greedy(&ids, tiles, max_new, stop)?)
 }

@@ -1,14 +1,17 @@
 //! The model a stage trains or samples from: the built-in [`Vlm`] or a Hugging Face checkpoint's
-//! architecture ([`HfVlm`], Qwen3-VL). Training, decoding and evaluation go through [`Model`]'s
-//! batched interface, so the objectives, the sampler and the metrics are the same for both.
+//! architecture ([`HfVlm`]: Qwen3-VL or InternVL3.5). Training, decoding and evaluation go
+//! through [`Model`]'s batched interface, so the objectives, the sampler and the metrics are the
+//! same for all.
 //!
-//! Images reach either model as ink in 0..1 on an `image_size`² grid (the puzzles are
-//! grayscale); a checkpoint model turns each into the RGB patch rows its processor would give
+//! Images reach every model as ink in 0..1 on an `image_size`² grid (the puzzles are
+//! grayscale); a checkpoint model turns each into the RGB inputs its processor would give
 //! (white paper, black ink), so a puzzle reads the same whichever model looks at it.
 
 use super::ModelError;
+use super::internvl::InternVl;
+use super::internvl::processor::TileConfig;
 use super::layers::MASKED;
-use super::qwen3_vl::chat::ChatTokenizer;
+use super::qwen3_vl::chat::{ChatTokenizer, Family};
 use super::qwen3_vl::processor::{ProcessorConfig, Rgb};
 use super::qwen3_vl::{DecodeBatch, ImageInput, Qwen3Vl};
 use super::vlm::{DecodeState, Vlm};
@@ -17,12 +20,48 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor, TensorData};
 use std::path::Path;
 
-/// A Qwen3-VL checkpoint with the image processing its stages need.
+/// A checkpoint's network, of one family.
+#[derive(Module, Debug)]
+#[allow(clippy::large_enum_variant)]
+pub enum HfNet<B: Backend> {
+    Qwen3Vl(Qwen3Vl<B>),
+    InternVl(InternVl<B>),
+}
+
+/// A checkpoint family's image processing.
+#[derive(Debug, Clone)]
+pub enum ImageProcessor {
+    /// Resize to the patch grid, patch rows in merge-window order.
+    Qwen3Vl(ProcessorConfig),
+    /// Tiles (and a thumbnail).
+    InternVl(TileConfig),
+}
+
+/// What a stage needs to know of a checkpoint folder before loading its weights.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HfShape {
+    pub family: Family,
+    /// Image tokens one puzzle image takes in the prompt.
+    pub image_tokens: usize,
+    /// The longest sequence the language model was trained for, if the config says.
+    pub max_positions: Option<usize>,
+}
+
+impl ImageProcessor {
+    fn from_dir(family: Family, dir: &Path) -> Result<Self, ModelError> {
+        Ok(match family {
+            Family::Qwen3Vl => ImageProcessor::Qwen3Vl(ProcessorConfig::from_dir(dir)?),
+            Family::InternVl => ImageProcessor::InternVl(TileConfig::from_dir(dir)?),
+        })
+    }
+}
+
+/// A checkpoint model with the image processing its stages need.
 #[derive(Module, Debug)]
 pub struct HfVlm<B: Backend> {
-    pub qwen: Qwen3Vl<B>,
+    pub net: HfNet<B>,
     #[module(skip)]
-    pub processor: ProcessorConfig,
+    pub processor: ImageProcessor,
     /// Side of the square ink grid the stages hand over (before the processor's resize).
     #[module(skip)]
     pub image_size: usize,
@@ -32,20 +71,74 @@ pub struct HfVlm<B: Backend> {
     pub known_ids: usize,
 }
 
+/// Reads a checkpoint's `config.json` as `T`, naming the file in errors.
+fn read_config<T: serde::de::DeserializeOwned>(dir: &Path) -> Result<T, ModelError> {
+    let path = dir.join("config.json");
+    let text = std::fs::read_to_string(&path)
+        .map_err(|e| ModelError::Checkpoint(format!("{}: {e}", path.display())))?;
+    serde_json::from_str(&text)
+        .map_err(|e| ModelError::Checkpoint(format!("{}: {e}", path.display())))
+}
+
+impl HfShape {
+    /// The family, prompt image tokens and position limit of the checkpoint in `dir` for
+    /// puzzle images of `image_size`², from its config and processor files alone.
+    pub fn of_dir(dir: &Path, image_size: usize) -> Result<HfShape, ModelError> {
+        if image_size == 0 {
+            return Err(ModelError::Config("image_size must be positive".into()));
+        }
+        let family = Family::of_dir(dir)?;
+        let processor = ImageProcessor::from_dir(family, dir)?;
+        let (image_tokens, max_positions) = match &processor {
+            ImageProcessor::Qwen3Vl(p) => {
+                let cfg: super::qwen3_vl::Qwen3VlConfig = read_config(dir)?;
+                (
+                    p.image_tokens(image_size, image_size)?,
+                    cfg.text_config.max_position_embeddings,
+                )
+            }
+            ImageProcessor::InternVl(p) => {
+                let cfg: super::internvl::InternVlConfig = read_config(dir)?;
+                (
+                    p.tiles(image_size, image_size) * cfg.tokens_per_tile(),
+                    cfg.text_config.max_position_embeddings,
+                )
+            }
+        };
+        Ok(HfShape {
+            family,
+            image_tokens,
+            max_positions,
+        })
+    }
+}
+
 impl<B: Backend> HfVlm<B> {
-    /// Reads the checkpoint folder (`config.json`, weights, `preprocessor_config.json`).
+    /// Reads the checkpoint folder (`config.json`, weights, `preprocessor_config.json`) of
+    /// either family.
     pub fn from_pretrained(
         dir: &Path,
         image_size: usize,
         device: &B::Device,
     ) -> Result<Self, ModelError> {
-        let qwen = Qwen3Vl::from_pretrained(dir, device)?;
-        let processor = ProcessorConfig::from_dir(dir)?;
-        processor.check(&qwen.cfg.vision_config)?;
         if image_size == 0 {
             return Err(ModelError::Config("image_size must be positive".into()));
         }
-        let vocab = qwen.cfg.text_config.vocab_size;
+        let family = Family::of_dir(dir)?;
+        let processor = ImageProcessor::from_dir(family, dir)?;
+        let net = match &processor {
+            ImageProcessor::Qwen3Vl(p) => {
+                let qwen = Qwen3Vl::from_pretrained(dir, device)?;
+                p.check(&qwen.cfg.vision_config)?;
+                HfNet::Qwen3Vl(qwen)
+            }
+            ImageProcessor::InternVl(p) => {
+                let m = InternVl::from_pretrained(dir, device)?;
+                p.check(m.cfg.vision_config.image_size)?;
+                HfNet::InternVl(m)
+            }
+        };
+        let vocab = net.vocab_size();
         let known_ids = ChatTokenizer::from_dir(dir)?.known_ids();
         if known_ids == 0 || known_ids > vocab {
             return Err(ModelError::Config(format!(
@@ -53,7 +146,7 @@ impl<B: Backend> HfVlm<B> {
             )));
         }
         Ok(HfVlm {
-            qwen,
+            net,
             processor,
             image_size,
             known_ids,
@@ -61,28 +154,64 @@ impl<B: Backend> HfVlm<B> {
     }
 
     /// Runs `rows` (each with its image of `images` [B, S, S]) as one batch: the logits
-    /// [B, L, vocab] and the decoding state ([`Qwen3Vl::prefill_rows`]).
+    /// [B, L, vocab] and the decoding state.
     fn run_rows(
         &self,
         images: Tensor<B, 3>,
         rows: &[Vec<u32>],
     ) -> Result<(Tensor<B, 3>, DecodeBatch<B>), ModelError> {
-        let inputs = self.inputs(images)?;
-        if rows.is_empty() || inputs.len() != rows.len() {
+        let rgb = rgb_images(images)?;
+        if rows.is_empty() || rgb.len() != rows.len() {
             return Err(ModelError::Input(format!(
                 "{} images for {} sequences",
-                inputs.len(),
+                rgb.len(),
                 rows.len()
             )));
         }
         let ids: Vec<&[u32]> = rows.iter().map(Vec::as_slice).collect();
-        let images: Vec<&[ImageInput<B>]> = inputs.iter().map(std::slice::from_ref).collect();
-        Ok(self.qwen.prefill_rows(&ids, &images)?)
+        let device = self.net.device();
+        Ok(match (&self.net, &self.processor) {
+            (HfNet::Qwen3Vl(m), ImageProcessor::Qwen3Vl(p)) => {
+                let inputs = rgb
+                    .iter()
+                    .map(|img| {
+                        let (rows, grid) = p.preprocess(img)?;
+                        let n = grid.iter().product::<usize>();
+                        let width = rows.len() / n.max(1);
+                        let pixel_values =
+                            Tensor::from_data(TensorData::new(rows, [n, width]), &device);
+                        Ok(ImageInput { pixel_values, grid })
+                    })
+                    .collect::<Result<Vec<_>, ModelError>>()?;
+                let images: Vec<&[ImageInput<B>]> =
+                    inputs.iter().map(std::slice::from_ref).collect();
+                m.prefill_rows(&ids, &images)?
+            }
+            (HfNet::InternVl(m), ImageProcessor::InternVl(p)) => {
+                let tiles = rgb
+                    .iter()
+                    .map(|img| {
+                        let (values, n) = p.preprocess(img)?;
+                        let shape = [n, 3, p.size.height, p.size.width];
+                        Ok(Some(Tensor::from_data(
+                            TensorData::new(values, shape),
+                            &device,
+                        )))
+                    })
+                    .collect::<Result<Vec<_>, ModelError>>()?;
+                m.prefill_rows(&ids, &tiles)?
+            }
+            _ => {
+                return Err(ModelError::Config(
+                    "a processor of another family than the model".into(),
+                ));
+            }
+        })
     }
 
     /// `logits` [.., vocab] with the ids the tokenizer does not know masked.
     fn mask_unknown<const D: usize>(&self, logits: Tensor<B, D>) -> Tensor<B, D> {
-        let v = self.qwen.cfg.text_config.vocab_size;
+        let v = self.net.vocab_size();
         if self.known_ids >= v {
             return logits;
         }
@@ -91,40 +220,87 @@ impl<B: Backend> HfVlm<B> {
         logits.slice_fill(ranges, MASKED)
     }
 
-    /// The number of `<|image_pad|>` tokens one puzzle image takes in the prompt.
+    /// The number of image tokens one puzzle image takes in the prompt.
     pub fn image_tokens(&self) -> Result<usize, ModelError> {
-        Ok(self
-            .processor
-            .image_tokens(self.image_size, self.image_size)?)
+        let s = self.image_size;
+        Ok(match (&self.processor, &self.net) {
+            (ImageProcessor::Qwen3Vl(p), _) => p.image_tokens(s, s)?,
+            (ImageProcessor::InternVl(p), HfNet::InternVl(m)) => {
+                p.tiles(s, s) * m.cfg.tokens_per_tile()
+            }
+            _ => {
+                return Err(ModelError::Config(
+                    "a processor of another family than the model".into(),
+                ));
+            }
+        })
+    }
+}
+
+impl<B: Backend> HfNet<B> {
+    pub fn vocab_size(&self) -> usize {
+        match self {
+            HfNet::Qwen3Vl(m) => m.cfg.text_config.vocab_size,
+            HfNet::InternVl(m) => m.vocab_size(),
+        }
     }
 
-    /// The processor's input for each image of `images` [B, S, S] (ink in 0..1).
-    fn inputs(&self, images: Tensor<B, 3>) -> Result<Vec<ImageInput<B>>, ModelError> {
-        let device = images.device();
-        let [b, h, w] = images.dims();
-        let ink = super::host_f32(images)?;
-        let mut out = Vec::with_capacity(b);
-        for i in 0..b {
-            let pixels = ink[i * h * w..(i + 1) * h * w]
+    pub fn family(&self) -> Family {
+        match self {
+            HfNet::Qwen3Vl(_) => Family::Qwen3Vl,
+            HfNet::InternVl(_) => Family::InternVl,
+        }
+    }
+
+    /// The Qwen3 language model both families share.
+    pub fn text_model(&self) -> &super::qwen3_vl::text::TextModel<B> {
+        match self {
+            HfNet::Qwen3Vl(m) => &m.model.language_model,
+            HfNet::InternVl(m) => &m.language_model.model,
+        }
+    }
+
+    fn device(&self) -> B::Device {
+        match self {
+            HfNet::Qwen3Vl(m) => m.device(),
+            HfNet::InternVl(m) => m.device(),
+        }
+    }
+
+    fn step_batch(&self, tokens: &[u32], state: &mut DecodeBatch<B>) -> Tensor<B, 2> {
+        match self {
+            HfNet::Qwen3Vl(m) => m.step_batch(tokens, state),
+            HfNet::InternVl(m) => m.step_batch(tokens, state),
+        }
+    }
+
+    /// Writes the checkpoint folder's config and weights in the family's layout.
+    pub fn save_pretrained(&self, dir: &Path) -> Result<(), ModelError> {
+        match self {
+            HfNet::Qwen3Vl(m) => m.save_pretrained(dir)?,
+            HfNet::InternVl(m) => m.save_pretrained(dir)?,
+        }
+        Ok(())
+    }
+}
+
+/// Each image of `images` [B, S, S] (ink in 0..1) as RGB: white paper, black ink.
+fn rgb_images<B: Backend>(images: Tensor<B, 3>) -> Result<Vec<Rgb>, ModelError> {
+    let [b, h, w] = images.dims();
+    let ink = super::host_f32(images)?;
+    Ok((0..b)
+        .map(|i| Rgb {
+            width: w,
+            height: h,
+            pixels: ink[i * h * w..(i + 1) * h * w]
                 .iter()
                 .map(|&v| {
                     let g = ((1.0 - v.clamp(0.0, 1.0)) * 255.0).round() as u8;
                     [g, g, g]
                 })
-                .collect();
-            let rgb = Rgb {
-                width: w,
-                height: h,
-                pixels,
-            };
-            let (rows, grid) = self.processor.preprocess(&rgb)?;
-            let n = rows.len() / grid.iter().product::<usize>().max(1);
-            let pixel_values =
-                Tensor::from_data(TensorData::new(rows, [grid.iter().product(), n]), &device);
-            out.push(ImageInput { pixel_values, grid });
-        }
-        Ok(out)
-    }
+                .collect(),
+        })
+        .collect())
 }
 
 /// A model of either family. (Made once per stage, so the variants' sizes do not matter.)
@@ -132,7 +308,7 @@ impl<B: Backend> HfVlm<B> {
 #[allow(clippy::large_enum_variant)]
 pub enum Model<B: Backend> {
     Native(Vlm<B>),
-    Qwen3Vl(HfVlm<B>),
+    Hf(HfVlm<B>),
 }
 
 impl<B: Backend> From<Vlm<B>> for Model<B> {
@@ -145,7 +321,7 @@ impl<B: Backend> From<Vlm<B>> for Model<B> {
 pub enum Decoding<B: Backend> {
     Native(DecodeState<B>),
     /// The batch's cache (its prompts left-padded to one length).
-    Qwen3Vl(DecodeBatch<B>),
+    Hf(DecodeBatch<B>),
 }
 
 impl<B: Backend> Decoding<B> {
@@ -153,7 +329,7 @@ impl<B: Backend> Decoding<B> {
     pub fn fork(self, rows: &[usize]) -> Self {
         match self {
             Decoding::Native(s) => Decoding::Native(s.fork(rows)),
-            Decoding::Qwen3Vl(s) => Decoding::Qwen3Vl(s.select(rows)),
+            Decoding::Hf(s) => Decoding::Hf(s.select(rows)),
         }
     }
 }
@@ -181,14 +357,14 @@ impl<B: Backend> Model<B> {
     pub fn image_size(&self) -> usize {
         match self {
             Model::Native(m) => m.image_size,
-            Model::Qwen3Vl(m) => m.image_size,
+            Model::Hf(m) => m.image_size,
         }
     }
 
     pub fn vocab_size(&self) -> usize {
         match self {
             Model::Native(m) => m.embed.weight.dims()[0],
-            Model::Qwen3Vl(m) => m.qwen.cfg.text_config.vocab_size,
+            Model::Hf(m) => m.net.vocab_size(),
         }
     }
 
@@ -198,7 +374,10 @@ impl<B: Backend> Model<B> {
     pub fn weights_bytes(&self) -> Result<Vec<u8>, ModelError> {
         match self {
             Model::Native(m) => super::checkpoint::weights_to_bytes(m),
-            Model::Qwen3Vl(m) => super::checkpoint::weights_to_bytes(&m.qwen),
+            Model::Hf(m) => match &m.net {
+                HfNet::Qwen3Vl(n) => super::checkpoint::weights_to_bytes(n),
+                HfNet::InternVl(n) => super::checkpoint::weights_to_bytes(n),
+            },
         }
     }
 
@@ -207,13 +386,16 @@ impl<B: Backend> Model<B> {
         use super::checkpoint::load_weights;
         Ok(match self {
             Model::Native(m) => Model::Native(load_weights(m, bytes)?),
-            Model::Qwen3Vl(HfVlm {
-                qwen,
+            Model::Hf(HfVlm {
+                net,
                 processor,
                 image_size,
                 known_ids,
-            }) => Model::Qwen3Vl(HfVlm {
-                qwen: load_weights(qwen, bytes)?,
+            }) => Model::Hf(HfVlm {
+                net: match net {
+                    HfNet::Qwen3Vl(n) => HfNet::Qwen3Vl(load_weights(n, bytes)?),
+                    HfNet::InternVl(n) => HfNet::InternVl(load_weights(n, bytes)?),
+                },
                 processor,
                 image_size,
                 known_ids,
@@ -225,7 +407,7 @@ impl<B: Backend> Model<B> {
     pub fn native(&self) -> Option<&Vlm<B>> {
         match self {
             Model::Native(m) => Some(m),
-            Model::Qwen3Vl(_) => None,
+            Model::Hf(_) => None,
         }
     }
 
@@ -242,7 +424,7 @@ impl<B: Backend> Model<B> {
     ) -> Result<Tensor<B, 3>, ModelError> {
         match self {
             Model::Native(m) => Ok(m.forward_text(images, ids)),
-            Model::Qwen3Vl(m) => {
+            Model::Hf(m) => {
                 let (logits, _) = m.run_rows(images, &ids_of(ids)?)?;
                 Ok(m.mask_unknown(logits))
             }
@@ -261,12 +443,12 @@ impl<B: Backend> Model<B> {
                 let (l, s) = m.prefill(images, prefixes);
                 Ok((l, Decoding::Native(s)))
             }
-            Model::Qwen3Vl(m) => {
+            Model::Hf(m) => {
                 // One batch, shorter prompts padded on the left.
                 let (logits, batch) = m.run_rows(images, prefixes)?;
                 let [b, l, v] = logits.dims();
                 let logits = logits.slice([0..b, l - 1..l, 0..v]).reshape([b, v]);
-                Ok((m.mask_unknown(logits), Decoding::Qwen3Vl(batch)))
+                Ok((m.mask_unknown(logits), Decoding::Hf(batch)))
             }
         }
     }
@@ -279,7 +461,7 @@ impl<B: Backend> Model<B> {
     ) -> Result<Tensor<B, 2>, ModelError> {
         match (self, state) {
             (Model::Native(m), Decoding::Native(s)) => Ok(m.step(tokens, s)),
-            (Model::Qwen3Vl(m), Decoding::Qwen3Vl(s)) => {
+            (Model::Hf(m), Decoding::Hf(s)) => {
                 if tokens.len() != s.next_pos.len() {
                     return Err(ModelError::Input(format!(
                         "{} tokens for {} rows",
@@ -287,7 +469,7 @@ impl<B: Backend> Model<B> {
                         s.next_pos.len()
                     )));
                 }
-                Ok(m.mask_unknown(m.qwen.step_batch(tokens, s)))
+                Ok(m.mask_unknown(m.net.step_batch(tokens, s)))
             }
             _ => Err(ModelError::Input(
                 "a decoding state of another model family".into(),

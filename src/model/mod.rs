@@ -16,7 +16,7 @@ pub mod qwen3_vl;
 pub mod sampling;
 pub mod vlm;
 
-pub use any::{Decoding, HfVlm, Model};
+pub use any::{Decoding, HfNet, HfShape, HfVlm, Model};
 pub use codec::Codec;
 pub use config::VlmConfig;
 pub use vlm::Vlm;

@@ -9,8 +9,8 @@ use crate::model::checkpoint::{
 };
 use crate::model::codec::HfCodec;
 use crate::model::qwen3_vl::chat::ChatTokenizer;
-use crate::model::qwen3_vl::processor::ProcessorConfig;
-use crate::model::{Codec, HfVlm, Model, VlmConfig};
+use crate::model::qwen3_vl::chat::Family;
+use crate::model::{Codec, HfShape, HfVlm, Model, VlmConfig};
 use crate::store::Store;
 use crate::table::Table;
 use crate::text::Tokenizer;
@@ -217,7 +217,8 @@ pub fn read_clip<B: Backend>(
 }
 
 /// A checkpoint folder in the Hugging Face layout, as a model stage's `model` option takes it:
-/// `model = { hf = "path/to/Qwen3-VL-2B-Instruct" }`. The folder's files enter the cache key.
+/// `model = { hf = "path/to/Qwen3-VL-2B-Instruct" }` (or an InternVL3.5 `-HF` folder). The
+/// folder's files enter the cache key.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct HfSource {
@@ -271,9 +272,11 @@ pub enum PlanSource {
         cfg: VlmConfig,
         weights: Option<Vec<u8>>,
     },
-    /// A Qwen3-VL checkpoint folder (a user's download, or a checkpoint artifact's folder).
+    /// A Qwen3-VL or InternVL3.5 checkpoint folder (a user's download, or a checkpoint
+    /// artifact's folder).
     Hf {
         dir: PathBuf,
+        family: Family,
         image_tokens: usize,
         /// `max_position_embeddings` of its config, if it names one.
         max_positions: Option<usize>,
@@ -303,21 +306,15 @@ impl ModelPlan {
         ensure!(image_size > 0, "model.image_size must be positive");
         let codec = HfCodec::new(ChatTokenizer::from_dir(dir).map_err(|e| err(&e))?)
             .map_err(|e| err(&e))?;
-        let processor = ProcessorConfig::from_dir(dir).map_err(|e| err(&e))?;
-        let image_tokens = processor
-            .image_tokens(image_size, image_size)
-            .map_err(|e| err(&e))?;
-        let config: crate::model::qwen3_vl::config::Qwen3VlConfig = serde_json::from_str(
-            &std::fs::read_to_string(dir.join("config.json")).map_err(|e| err(&e))?,
-        )
-        .map_err(|e| err(&e))?;
+        let shape = HfShape::of_dir(dir, image_size).map_err(|e| err(&e))?;
         Ok(ModelPlan {
             codec: Codec::Hf(codec),
             image_size,
             source: PlanSource::Hf {
                 dir: dir.to_path_buf(),
-                image_tokens,
-                max_positions: config.text_config.max_position_embeddings,
+                family: shape.family,
+                image_tokens: shape.image_tokens,
+                max_positions: shape.max_positions,
             },
         })
     }
@@ -333,7 +330,7 @@ impl ModelPlan {
             let marker: HfMarker = serde_json::from_slice(&store.read_file(id, HF_MARKER_FILE)?)
                 .map_err(|e| StageError::Invalid(format!("{id}: {HF_MARKER_FILE}: {e}")))?;
             ensure!(
-                marker.family == "qwen3_vl",
+                Family::from_name(&marker.family).is_some(),
                 "checkpoint {id}: unknown model family `{}`",
                 marker.family
             );
@@ -398,7 +395,7 @@ impl ModelPlan {
                 crate::train::trainer::native_model::<B>(cfg, weights.as_deref(), seed, device)
                     .map_err(|e| StageError::Invalid(e.to_string()))?
             }
-            PlanSource::Hf { dir, .. } => Model::Qwen3Vl(
+            PlanSource::Hf { dir, .. } => Model::Hf(
                 HfVlm::from_pretrained(dir, self.image_size, device).map_err(|e| {
                     StageError::Invalid(format!("checkpoint {}: {e}", dir.display()))
                 })?,
@@ -464,9 +461,13 @@ impl ModelPlan {
             (PlanSource::Native { cfg, .. }, Model::Native(_), Codec::Task(tok)) => {
                 write_checkpoint(ctx, cfg, &model.weights_bytes()?, tok)
             }
-            (PlanSource::Hf { dir, .. }, Model::Qwen3Vl(m), Codec::Hf(_)) => {
+            (PlanSource::Hf { dir, family, .. }, Model::Hf(m), Codec::Hf(_)) => {
+                ensure!(
+                    m.net.family() == *family,
+                    "the model is not of the family its plan names"
+                );
                 let mut w = ctx.store.writer(CHECKPOINT_KIND, 1)?;
-                m.qwen
+                m.net
                     .save_pretrained(w.staging_dir())
                     .map_err(|e| StageError::Invalid(format!("saving the checkpoint: {e}")))?;
                 w.adopt(CONFIG_FILE)?;
@@ -485,7 +486,7 @@ impl ModelPlan {
                     w.add_bytes(&n, &bytes)?;
                 }
                 let marker = HfMarker {
-                    family: "qwen3_vl".into(),
+                    family: family.name().into(),
                     image_size: self.image_size,
                 };
                 let json = serde_json::to_vec_pretty(&marker)

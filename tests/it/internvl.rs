@@ -179,3 +179,84 @@ fn save_pretrained_round_trips_bit_for_bit() {
         );
     }
 }
+
+/// The chat prompt is InternVL's single-image template with the image placeholder expanded as
+/// the reference processor expands it (`<img>`, one `<IMG_CONTEXT>` per token of each tile,
+/// `</img>`): the same ids as the reference's.
+#[test]
+fn chat_prompt_matches_the_reference() {
+    use asymm::model::qwen3_vl::chat::{ChatTokenizer, Family};
+    let tok = ChatTokenizer::from_dir(&fixture("tied")).expect("tokenizer.json");
+    assert_eq!(tok.family(), Family::InternVl);
+    let r = reference("tied");
+    let (_, want) = r.i64("chat_ids").expect("chat ids");
+    let cfg = TileConfig::from_dir(&fixture("tied")).unwrap();
+    let img = Rgb::from_png(&std::fs::read(fixture("tied").join("image.png")).unwrap()).unwrap();
+    let n = cfg.tiles(img.height, img.width) * load("tied").cfg.tokens_per_tile();
+    let ids = tok.prompt("Color the graph: 3 nodes.", n).expect("prompt");
+    assert_eq!(ids.iter().map(|&x| i64::from(x)).collect::<Vec<_>>(), want);
+    let text =
+        std::fs::read_to_string(fixture("tied").join("chat_prompt.txt")).expect("prompt text");
+    let expanded = text.replace(
+        "<IMG_CONTEXT>",
+        &format!("<img>{}</img>", "<IMG_CONTEXT>".repeat(n)),
+    );
+    assert_eq!(tok.decode(&ids, false).expect("decodes"), expanded);
+}
+
+/// Every model stage on the InternVL fixture ([`crate::checkpoint_pipeline::run`]); its puzzle
+/// images (64²) are cut into 2 × 2 tiles and a thumbnail.
+#[test]
+fn a_pipeline_fine_tunes_samples_and_scores_the_checkpoint() {
+    crate::checkpoint_pipeline::run(&fixture(""));
+}
+
+/// `asymm dev hf-generate` runs an InternVL folder end to end (tokenizer, tiling, model, greedy
+/// decoding) and prints what greedy decoding of the reference's own tiles gives (the fixture's
+/// tiles equal the reference's); `asymm dev hf-parity` passes on the fixture.
+#[test]
+fn the_dev_commands_run_an_internvl_folder() {
+    use asymm::model::qwen3_vl::chat::ChatTokenizer;
+    let dir = fixture("tied");
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(crate::common::bin())
+            .args(args)
+            .output()
+            .expect("runs");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    let d = dir.to_str().unwrap();
+    let printed = run(&[
+        "dev",
+        "hf-generate",
+        "--checkpoint",
+        d,
+        "--image",
+        dir.join("image.png").to_str().unwrap(),
+        "--prompt",
+        "Color the graph: 3 nodes.",
+        "--max-new-tokens",
+        "12",
+    ]);
+    let tok = ChatTokenizer::from_dir(&dir).unwrap();
+    let (_, tiles) = inputs(&reference("tied"));
+    let n = tiles.dims()[0] * 4;
+    let ids = tok.prompt("Color the graph: 3 nodes.", n).unwrap();
+    let stop: Vec<u32> = ["<|im_end|>", "<|endoftext|>"]
+        .iter()
+        .filter_map(|t| tok.token_id(t))
+        .collect();
+    let out = load("tied").greedy(&ids, tiles, 12, &stop).unwrap();
+    assert!(!out.is_empty());
+    assert_eq!(printed.trim_end_matches('\n'), tok.decode(&out, true).unwrap());
+
+    let parity: serde_json::Value =
+        serde_json::from_str(&run(&["dev", "hf-parity", "--fixture", d])).expect("json");
+    assert_eq!(parity["passed"], true, "{parity}");
+    assert!(parity["parity"]["max_abs_logit_diff"].as_f64().unwrap() <= 1e-4);
+}

@@ -426,152 +426,10 @@ fn a_loaded_checkpoint_trains() {
     assert!(end < start * 0.9, "loss {start} → {end}");
 }
 
-/// Every model stage on a checkpoint folder: the fixture pipeline fine-tunes the tiny
-/// checkpoint (`model = { hf = ... }`), samples it standard and counterfactual and scores the
-/// samples, samples the checkpoint as it is, and runs two GRPO steps with the self perception
-/// reward. The fine-tuned and the RL checkpoints are Hugging Face folders that load again, with
-/// moved weights and the source's tokenizer; each rollout's tokens are its text in the
-/// checkpoint tokenizer's ids; the targets were re-tokenized with that tokenizer; the training
-/// loss fell; and the update's teacher-forced log-probabilities are the sampler's.
+/// Every model stage on the Qwen3-VL fixture ([`crate::checkpoint_pipeline::run`]).
 #[test]
 fn a_pipeline_fine_tunes_samples_and_scores_the_checkpoint() {
-    use crate::common::{json, rows, stage};
-    use asymm::model::codec::HfCodec;
-    use asymm::model::qwen3_vl::chat::ChatTokenizer;
-    let dir = asymm::util::fsx::TempDir::new("asymm-it-hf").unwrap();
-    let store = dir.path().join("store");
-    let text = std::fs::read_to_string(fixture("pipeline.toml"))
-        .unwrap()
-        .replace(
-            "\"tests/fixtures/qwen3_vl/tied\"",
-            &format!("{:?}", fixture("tied").display().to_string()),
-        );
-    let ps = dir.path().join("pipeline.toml");
-    std::fs::write(&ps, text).unwrap();
-    let ps = ps.to_str().unwrap();
-    let run = json(&store, &["run", ps]);
-    let ckpt = stage(&run, "sft")["outputs"]["main"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let folder = store.join("objects").join(&ckpt);
-    for f in [
-        "config.json",
-        "model.safetensors",
-        "tokenizer.json",
-        "asymm_model.json",
-    ] {
-        assert!(folder.join(f).is_file(), "{f} in the checkpoint artifact");
-    }
-    let tuned = Qwen3Vl::<Cpu>::from_pretrained(&folder, &Default::default()).expect("loads");
-    let base = Qwen3Vl::<Cpu>::from_pretrained(&fixture("tied"), &Default::default()).unwrap();
-    let weights = |m: &Qwen3Vl<Cpu>| {
-        m.model
-            .language_model
-            .embed_tokens
-            .weight
-            .val()
-            .into_data()
-            .to_vec::<f32>()
-            .unwrap()
-    };
-    assert!(
-        max_diff(&weights(&tuned), &weights(&base)) > 1e-5,
-        "SFT moved the weights"
-    );
-
-    let tok = HfCodec::new(ChatTokenizer::from_dir(&folder).unwrap()).unwrap();
-    for name in ["rollout", "rollout_base"] {
-        let id = stage(&run, name)["outputs"]["main"]
-            .as_str()
-            .unwrap()
-            .to_string();
-        let show = json(&store, &["show", &id]);
-        let all = rows(&show);
-        assert_eq!(all.len(), if name == "rollout" { 8 } else { 4 }, "{name}");
-        for r in all {
-            let ids: Vec<u32> = r["token_ids"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|v| v.as_u64().unwrap() as u32)
-                .collect();
-            let truncated = r["truncated"].as_bool().unwrap();
-            let body = if truncated {
-                &ids[..]
-            } else {
-                &ids[..ids.len() - 1]
-            };
-            if !truncated {
-                assert_eq!(ids.last(), Some(&tok.eos), "{name}: ends with <|im_end|>");
-            }
-            assert_eq!(
-                tok.tok.decode(body, false).unwrap(),
-                r["text"].as_str().unwrap()
-            );
-            // The model's vocabulary (128) is padded past the tokenizer's ids (103): those are
-            // never sampled, so the text shows every sampled token.
-            assert!(
-                ids.iter().all(|&t| (t as usize) < tok.tok.known_ids()),
-                "{name}: an id the tokenizer does not know was sampled: {ids:?}"
-            );
-        }
-    }
-    let eval = stage(&run, "evaluate")["outputs"]["main"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let metrics = json(&store, &["show", &eval]);
-    let names: Vec<&str> = rows(&metrics)
-        .iter()
-        .filter_map(|r| r["metric"].as_str())
-        .collect();
-    for m in ["a", "a_p", "a_r"] {
-        assert!(names.contains(&m), "metric {m} in {names:?}");
-    }
-
-    let log = stage(&run, "sft")["outputs"]["log"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let log = json(&store, &["show", &log]);
-    let loss: Vec<f64> = rows(&log)
-        .iter()
-        .map(|r| r["loss"].as_f64().unwrap())
-        .collect();
-    assert_eq!(loss.len(), 4);
-    assert!(loss[3] < loss[0], "SFT loss {loss:?}");
-    // Perception's share of the target is counted in the checkpoint tokenizer's tokens.
-    let share = rows(&log)[0]["perception_token_share"].as_f64().unwrap();
-    assert!(share > 0.05 && share < 0.95, "{share}");
-
-    let rl = stage(&run, "rl")["outputs"]["main"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    Qwen3Vl::<Cpu>::from_pretrained(&store.join("objects").join(&rl), &Default::default())
-        .expect("the RL checkpoint loads");
-    let rl_log = stage(&run, "rl")["outputs"]["log"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let rl_log = json(&store, &["show", &rl_log]);
-    assert_eq!(rows(&rl_log).len(), 2, "one mini-batch per step");
-    for r in rows(&rl_log) {
-        let gap = r["logprob_gap"].as_f64().unwrap();
-        assert!(gap < 1e-4, "policy vs sampler log-probabilities: {gap}");
-    }
-    let reward = stage(&run, "rl_0_reward")["outputs"]["main"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let reward = json(&store, &["show", &reward]);
-    assert!(
-        rows(&reward)
-            .iter()
-            .all(|r| r["self_samples"].as_i64() == Some(1)),
-        "one self re-rollout per rollout"
-    );
+    crate::checkpoint_pipeline::run(&fixture(""));
 }
 
 /// A checkpoint model decodes a batch in groups of rows whose caches have one length: after a
@@ -600,7 +458,7 @@ fn batched_decoding_gives_each_row_its_own_logits() {
         let px: Vec<f32> = ks.iter().flat_map(|&k| image(k)).collect();
         Tensor::<Cpu, 3>::from_data(TensorData::new(px, [ks.len(), s, s]), &dev)
     };
-    let model = Model::Qwen3Vl(hf);
+    let model = Model::Hf(hf);
     let rows = [2usize, 0, 1, 0, 2];
     let feed = [5u32, 9, 13, 21];
     let (_, state) = model.prefill(images(&[0, 1, 2]), &prompts).unwrap();

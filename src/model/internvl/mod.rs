@@ -24,12 +24,13 @@ pub mod vision;
 pub use config::InternVlConfig;
 
 use crate::model::layers::linear3;
-use crate::model::qwen3_vl::text::{DecodeBatch, PackedRows, TextModel};
+use crate::model::qwen3_vl::reference::{Parity, Reference};
+use crate::model::qwen3_vl::text::{self, DecodeBatch, PackedRows, TextModel};
 use crate::model::qwen3_vl::{HfError, Result, act, checkpoint_err};
 use burn::module::Module;
 use burn::nn::{Linear, LinearConfig};
-use burn::tensor::Tensor;
 use burn::tensor::backend::Backend;
+use burn::tensor::{Tensor, TensorData};
 use std::path::Path;
 use vision::{Norm, VisionModel};
 
@@ -121,7 +122,12 @@ impl<B: Backend> InternVl<B> {
     /// # Shapes
     /// - pixels: `[N, C, S, S]` → `[N · (S/P/r)², d_lm]`, r = 1/downsample_ratio
     pub fn image_features(&self, pixels: Tensor<B, 4>) -> Tensor<B, 2> {
-        let hidden = self.vision_tower.forward(pixels);
+        self.project(self.vision_tower.forward(pixels))
+    }
+
+    /// The image tokens [N · tokens_per_tile, LM width] of the tower's last hidden states
+    /// [N, 1 + patches, hidden]: pixel shuffle and projector.
+    pub fn project(&self, hidden: Tensor<B, 3>) -> Tensor<B, 2> {
         let [n, t, d] = hidden.dims();
         let g = self.cfg.vision_config.grid();
         let r = self.cfg.shuffle();
@@ -181,7 +187,77 @@ impl<B: Backend> InternVl<B> {
         lm.model.step_batch(tokens, state, lm.lm_head.as_ref())
     }
 
+    /// Greedy continuation of `prompt` (whose image-token run stands for `tiles`): at most
+    /// `max_new` tokens, ending after the first one in `stop`.
+    pub fn greedy(
+        &self,
+        prompt: &[u32],
+        tiles: Tensor<B, 4>,
+        max_new: usize,
+        stop: &[u32],
+    ) -> Result<Vec<u32>> {
+        if max_new == 0 {
+            return Ok(Vec::new());
+        }
+        let (logits, mut state) = self.prefill_rows(&[prompt], &[Some(tiles)])?;
+        let [_, l, v] = logits.dims();
+        let first = logits.slice([0..1, l - 1..l, 0..v]).reshape([1, v]);
+        text::greedy(first, max_new, stop, |tok| {
+            self.step_batch(&[tok], &mut state)
+        })
+    }
+
     pub fn device(&self) -> B::Device {
         self.language_model.model.embed_tokens.weight.val().device()
     }
+}
+
+/// Runs `model` on a reference run's inputs (`input_ids`, `pixel_values` [tiles, C, S, S]) and
+/// compares the logits. The positions are the ids' indices in both (the reference run passed
+/// none, so transformers counted them up): `positions_equal` is true by construction.
+pub fn parity<B: Backend>(model: &InternVl<B>, reference: &Reference) -> Result<Parity> {
+    let device = model.device();
+    let (_, ids) = reference.i64("input_ids")?;
+    let ids = ids
+        .iter()
+        .map(|&x| u32::try_from(x).map_err(|_| HfError::Input(format!("token id {x}"))))
+        .collect::<Result<Vec<u32>>>()?;
+    let (shape, px) = reference.f32("pixel_values")?;
+    let shape: [usize; 4] = shape
+        .try_into()
+        .map_err(|_| HfError::Input("pixel_values is not [tiles, C, H, W]".into()))?;
+    let tiles = Tensor::<B, 4>::from_data(TensorData::new(px, shape), &device);
+    let mut first_bad: Option<String> = None;
+    let hidden = model
+        .vision_tower
+        .forward_observed(tiles.clone(), &mut |name, t| {
+            if first_bad.is_none()
+                && crate::model::host_f32(t.clone())
+                    .map(|v| v.iter().any(|x| !x.is_finite()))
+                    .unwrap_or(true)
+            {
+                first_bad = Some(name.to_string());
+            }
+        });
+    let features = crate::model::host_f32(model.project(hidden))
+        .map_err(|e| HfError::Input(format!("reading image features: {e}")))?;
+    let (logits, _) = model.prefill_rows(&[&ids], &[Some(tiles)])?;
+    let (shape, want) = reference.f32("logits")?;
+    if logits.dims().to_vec() != shape {
+        return Err(HfError::Input(format!(
+            "logits {:?}, reference {shape:?}",
+            logits.dims()
+        )));
+    }
+    let got = crate::model::host_f32(logits)
+        .map_err(|e| HfError::Input(format!("reading logits: {e}")))?;
+    let (max_abs_logit_diff, non_finite_logits) = crate::model::max_abs_diff(&got, &want);
+    Ok(Parity {
+        positions_equal: true,
+        max_abs_logit_diff,
+        logits: got.len(),
+        non_finite_logits,
+        non_finite_image_features: features.iter().filter(|x| !x.is_finite()).count(),
+        first_non_finite_vision_step: first_bad,
+    })
 }

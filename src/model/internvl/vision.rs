@@ -173,14 +173,27 @@ impl<B: Backend> VisionModel<B> {
     /// # Shapes
     /// - pixels: `[N, C, S, S]` → `[N, 1 + (S/P)², hidden]`
     pub fn forward(&self, pixels: Tensor<B, 4>) -> Tensor<B, 3> {
+        self.forward_observed(pixels, &mut |_, _| {})
+    }
+
+    /// [`VisionModel::forward`], handing each step's output to `observe` with its name
+    /// (`embeddings`, `layer.i`, `layernorm`): where values stop being numbers on a device.
+    pub fn forward_observed(
+        &self,
+        pixels: Tensor<B, 4>,
+        observe: &mut dyn FnMut(&str, &Tensor<B, 3>),
+    ) -> Tensor<B, 3> {
         let mut x = self.embed(pixels);
-        for layer in &self.encoder.layer {
+        observe("embeddings", &x);
+        for (i, layer) in self.encoder.layer.iter().enumerate() {
             x = layer.forward(x, &self.cfg);
+            observe(&format!("layer.{i}"), &x);
         }
-        match &self.layernorm {
-            Some(norm) => norm.forward(x),
-            None => x,
+        if let Some(norm) = &self.layernorm {
+            x = norm.forward(x);
+            observe("layernorm", &x);
         }
+        x
     }
 
     /// Patch embeddings with the class token in front and the learned positions added.

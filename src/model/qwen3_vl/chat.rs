@@ -1,33 +1,102 @@
 //! The checkpoint's tokenizer (`tokenizer.json`, through the `tokenizers` crate) and the chat
 //! prompt for one image and one user message.
 //!
-//! The template is the single-image, single-turn case of Qwen3-VL's chat template, with no system
-//! prompt and the assistant turn opened:
+//! The template is the single-image, single-turn case of the family's chat template, with no
+//! system prompt and the assistant turn opened. Qwen3-VL:
 //!
 //! ```text
 //! <|im_start|>user\n<|vision_start|><|image_pad|>…<|vision_end|>{text}<|im_end|>\n<|im_start|>assistant\n
 //! ```
 //!
-//! with `<|image_pad|>` repeated once per image token (t·h·w / m²), as the reference processor
-//! expands it. Multi-turn chats, several images, video and the thinking-mode template are out of
-//! scope.
+//! InternVL3.5:
+//!
+//! ```text
+//! <|im_start|>user\n<img><IMG_CONTEXT>…</img>\n{text}<|im_end|>\n<|im_start|>assistant\n
+//! ```
+//!
+//! with the image token repeated once per image token (Qwen3-VL: t·h·w / m²; InternVL: tiles ×
+//! tokens per tile), as the reference processors expand it. Multi-turn chats, several images,
+//! video and the thinking-mode template are out of scope.
 
 use super::{HfError, Result, checkpoint_err};
 use std::path::Path;
+
+/// The checkpoint families: which architecture a folder holds and which chat prompt it reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Family {
+    Qwen3Vl,
+    InternVl,
+}
+
+impl Family {
+    /// The `model_type` of the family's `config.json`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Family::Qwen3Vl => "qwen3_vl",
+            Family::InternVl => "internvl",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Family> {
+        [Family::Qwen3Vl, Family::InternVl]
+            .into_iter()
+            .find(|f| f.name() == name)
+    }
+
+    /// The family of a checkpoint folder, from its `config.json`'s `model_type`.
+    pub fn of_dir(dir: &Path) -> Result<Family> {
+        #[derive(serde::Deserialize)]
+        struct Head {
+            #[serde(default)]
+            model_type: String,
+        }
+        let path = dir.join("config.json");
+        let text = std::fs::read_to_string(&path).map_err(|e| checkpoint_err(&path, e))?;
+        let head: Head = serde_json::from_str(&text).map_err(|e| checkpoint_err(&path, e))?;
+        Family::from_name(&head.model_type).ok_or_else(|| {
+            checkpoint_err(
+                &path,
+                format!(
+                    "model_type `{}` is not one this toolkit runs (qwen3_vl, internvl)",
+                    head.model_type
+                ),
+            )
+        })
+    }
+
+    /// The tokens around an image's slots and the image token itself: (before, slot, after).
+    fn image_tokens(self) -> (&'static str, &'static str, &'static str) {
+        match self {
+            Family::Qwen3Vl => ("<|vision_start|>", "<|image_pad|>", "<|vision_end|>"),
+            Family::InternVl => ("<img>", "<IMG_CONTEXT>", "</img>\n"),
+        }
+    }
+}
 
 /// Byte ranges of tokens in the text they were read from.
 pub type Offsets = Vec<(usize, usize)>;
 
 pub struct ChatTokenizer {
     tok: tokenizers::Tokenizer,
+    family: Family,
 }
 
 impl ChatTokenizer {
-    /// Reads `dir/tokenizer.json`.
+    /// Reads `dir/tokenizer.json`; the chat prompt is that of the family `dir/config.json`
+    /// names (Qwen3-VL's for a folder with a tokenizer only).
     pub fn from_dir(dir: &Path) -> Result<ChatTokenizer> {
         let path = dir.join("tokenizer.json");
         let tok = tokenizers::Tokenizer::from_file(&path).map_err(|e| checkpoint_err(&path, e))?;
-        Ok(ChatTokenizer { tok })
+        let family = if dir.join("config.json").is_file() {
+            Family::of_dir(dir)?
+        } else {
+            Family::Qwen3Vl
+        };
+        Ok(ChatTokenizer { tok, family })
+    }
+
+    pub fn family(&self) -> Family {
+        self.family
     }
 
     /// The ids of `text`, special tokens written in it recognized, none added.
@@ -73,14 +142,13 @@ impl ChatTokenizer {
 
     /// The prompt ids for one image of `image_tokens` tokens and the user's `text`.
     pub fn prompt(&self, text: &str, image_tokens: usize) -> Result<Vec<u32>> {
+        let (before, slot, after) = self.family.image_tokens();
         let pad = self
-            .token_id("<|image_pad|>")
-            .ok_or_else(|| HfError::Input("the tokenizer has no <|image_pad|> token".into()))?;
-        let mut ids = self.encode("<|im_start|>user\n<|vision_start|>")?;
+            .token_id(slot)
+            .ok_or_else(|| HfError::Input(format!("the tokenizer has no {slot} token")))?;
+        let mut ids = self.encode(&format!("<|im_start|>user\n{before}"))?;
         ids.extend(std::iter::repeat_n(pad, image_tokens));
-        ids.extend(self.encode(&format!(
-            "<|vision_end|>{text}<|im_end|>\n<|im_start|>assistant\n"
-        ))?);
+        ids.extend(self.encode(&format!("{after}{text}<|im_end|>\n<|im_start|>assistant\n"))?);
         Ok(ids)
     }
 }

@@ -286,32 +286,11 @@ impl<B: Backend> Qwen3Vl<B> {
         max_new: usize,
         stop: &[u32],
     ) -> Result<Vec<u32>> {
-        let argmax = |l: Tensor<B, 2>| -> Result<u32> {
-            let v = l
-                .into_data()
-                .to_vec::<f32>()
-                .map_err(|e| HfError::Input(format!("reading logits: {e:?}")))?;
-            let (best, _) = v
-                .iter()
-                .enumerate()
-                .fold((0usize, f32::NEG_INFINITY), |b, (i, &x)| {
-                    if x > b.1 { (i, x) } else { b }
-                });
-            Ok(best as u32)
-        };
-        let mut out = Vec::new();
         if max_new == 0 {
-            return Ok(out);
+            return Ok(Vec::new());
         }
         let (logits, mut state) = self.prefill(prompt, images)?;
-        let mut tok = argmax(logits)?;
-        loop {
-            out.push(tok);
-            if stop.contains(&tok) || out.len() >= max_new {
-                return Ok(out);
-            }
-            tok = argmax(self.step(tok, &mut state))?;
-        }
+        text::greedy(logits, max_new, stop, |tok| self.step(tok, &mut state))
     }
 
     pub fn device(&self) -> B::Device {

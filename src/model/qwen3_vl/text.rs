@@ -542,3 +542,36 @@ impl<B: Backend> TextModel<B> {
         logits.reshape([b, l, v])
     }
 }
+
+/// Greedy decoding from the first logits [1, vocab]: at most `max_new` tokens, ending after the
+/// first one in `stop`; `step` feeds a token and gives the next logits.
+pub fn greedy<B: Backend>(
+    first: Tensor<B, 2>,
+    max_new: usize,
+    stop: &[u32],
+    mut step: impl FnMut(u32) -> Tensor<B, 2>,
+) -> Result<Vec<u32>> {
+    let argmax = |l: Tensor<B, 2>| -> Result<u32> {
+        let v = crate::model::host_f32(l)
+            .map_err(|e| HfError::Input(format!("reading logits: {e}")))?;
+        let (best, _) = v
+            .iter()
+            .enumerate()
+            .fold((0usize, f32::NEG_INFINITY), |b, (i, &x)| {
+                if x > b.1 { (i, x) } else { b }
+            });
+        Ok(best as u32)
+    };
+    let mut out = Vec::new();
+    if max_new == 0 {
+        return Ok(out);
+    }
+    let mut tok = argmax(first)?;
+    loop {
+        out.push(tok);
+        if stop.contains(&tok) || out.len() >= max_new {
+            return Ok(out);
+        }
+        tok = argmax(step(tok))?;
+    }
+}
