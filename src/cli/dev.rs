@@ -51,6 +51,27 @@ pub enum DevCmd {
         #[arg(long, default_value_t = 1e-4)]
         tolerance: f32,
     },
+    /// Estimate what training a checkpoint needs in device memory, from its config.json and
+    /// preprocessor_config.json alone (no weights read): parameters by part, SFT's and GRPO's
+    /// static memory (weights, gradients, AdamW moments, GRPO's reference model) and the
+    /// activations one sequence keeps for backward. Prints JSON.
+    HfMemory {
+        /// The checkpoint folder.
+        #[arg(long)]
+        checkpoint: PathBuf,
+        /// Side of the square puzzle images (as `model.image_size` in a pipeline).
+        #[arg(long, default_value_t = 224)]
+        image_size: usize,
+        /// Text tokens per sequence (prompt and answer) besides the image's.
+        #[arg(long, default_value_t = 512)]
+        text_tokens: usize,
+        /// f32 or bf16.
+        #[arg(long, default_value = "bf16")]
+        dtype: String,
+        /// Device memory in GiB, to say how many sequences fit after the static memory.
+        #[arg(long, default_value_t = 80.0)]
+        budget_gib: f64,
+    },
     /// Run a Qwen3-VL or InternVL3.5 checkpoint (a Hugging Face folder: config.json,
     /// safetensors, tokenizer.json, preprocessor_config.json) on one image and one message:
     /// greedy decoding, the answer printed.
@@ -108,6 +129,22 @@ pub fn dev(cmd: DevCmd) -> anyhow::Result<i32> {
                 }))?
             );
             Ok(if passed { 0 } else { 1 })
+        }
+        DevCmd::HfMemory {
+            checkpoint,
+            image_size,
+            text_tokens,
+            dtype,
+            budget_gib,
+        } => {
+            let bytes = match dtype.as_str() {
+                "f32" => 4,
+                "bf16" => 2,
+                other => anyhow::bail!("--dtype {other}: use f32 or bf16"),
+            };
+            let report = memory_report(&checkpoint, image_size, text_tokens, bytes, budget_gib)?;
+            println!("{}", serde_json::to_string_pretty(&report)?);
+            Ok(0)
         }
         DevCmd::HfGenerate {
             checkpoint,
@@ -277,4 +314,83 @@ fn generate_internvl<B: burn::tensor::backend::Backend>(
     let tiles =
         burn::tensor::Tensor::<B, 4>::from_data(burn::tensor::TensorData::new(values, shape), dev);
     Ok(model.greedy(&ids, tiles, max_new, stop)?)
+}
+
+/// `dev hf-memory`'s report for the checkpoint in `dir`.
+fn memory_report(
+    dir: &std::path::Path,
+    image_size: usize,
+    text_tokens: usize,
+    bytes: u64,
+    budget_gib: f64,
+) -> anyhow::Result<serde_json::Value> {
+    use asymm::model::memory::{self, TowerShape};
+    use asymm::model::qwen3_vl::chat::Family;
+    let shape = asymm::model::HfShape::of_dir(dir, image_size)?;
+    let text = std::fs::read_to_string(dir.join("config.json"))
+        .map_err(|e| anyhow::anyhow!("{}: {e}", dir.join("config.json").display()))?;
+    let (params, lm, tower) = match shape.family {
+        Family::Qwen3Vl => {
+            let cfg: asymm::model::qwen3_vl::Qwen3VlConfig = serde_json::from_str(&text)?;
+            let v = &cfg.vision_config;
+            let patches = shape.image_tokens * v.spatial_merge_size.pow(2);
+            let tower = TowerShape {
+                layers: v.depth,
+                width: v.hidden_size,
+                mlp: v.intermediate_size,
+                heads: v.num_heads,
+                tokens_per_attention: patches,
+                groups: 1,
+            };
+            (memory::count_qwen3_vl(&cfg), cfg.text_config.clone(), tower)
+        }
+        Family::InternVl => {
+            let cfg: asymm::model::internvl::InternVlConfig = serde_json::from_str(&text)?;
+            let v = &cfg.vision_config;
+            let tower = TowerShape {
+                layers: v.num_hidden_layers,
+                width: v.hidden_size,
+                mlp: v.intermediate_size,
+                heads: v.num_attention_heads,
+                tokens_per_attention: v.grid().pow(2) + 1,
+                groups: shape.image_tokens / cfg.tokens_per_tile().max(1),
+            };
+            (memory::count_internvl(&cfg), cfg.lm_config(), tower)
+        }
+    };
+    let tokens = shape.image_tokens + text_tokens;
+    let e = memory::estimate(params, &lm, tower, tokens, bytes);
+    let gib = |b: u64| (b as f64 / (1u64 << 30) as f64 * 100.0).round() / 100.0;
+    let budget = (budget_gib * (1u64 << 30) as f64) as u64;
+    Ok(serde_json::json!({
+        "checkpoint": dir,
+        "family": shape.family.name(),
+        "bytes_per_value": bytes,
+        "params": e.params,
+        "params_total": e.params.total(),
+        "image_tokens": shape.image_tokens,
+        "tokens_per_sequence": tokens,
+        "bytes": {
+            "weights": e.weights,
+            "sft_static": e.sft_static(),
+            "grpo_static": e.grpo_static(),
+            "activations_per_sequence": e.activations_per_sequence,
+            "logits_per_sequence": e.logits_per_sequence,
+            "kv_cache_per_sequence": e.kv_cache_per_sequence,
+        },
+        "gib": {
+            "weights": gib(e.weights),
+            "sft_static": gib(e.sft_static()),
+            "grpo_static": gib(e.grpo_static()),
+            "activations_per_sequence": gib(e.activations_per_sequence),
+            "logits_per_sequence": gib(e.logits_per_sequence),
+            "kv_cache_per_sequence": gib(e.kv_cache_per_sequence),
+        },
+        "budget_gib": budget_gib,
+        "sft_sequences_per_micro_batch": e.sequences_within(budget, e.sft_static()),
+        "grpo_sequences_per_micro_batch": e.sequences_within(budget, e.grpo_static()),
+        "note": "an estimate from the shapes, not a measurement: activations are what eager \
+                 backpropagation keeps (linear-map inputs, attention probabilities, logits and \
+                 their log-softmax); allocator slack and backend buffers come on top",
+    }))
 }

@@ -12,6 +12,7 @@ pub mod decode;
 pub mod fused;
 pub mod internvl;
 pub mod layers;
+pub mod memory;
 pub mod qwen3_vl;
 pub mod sampling;
 pub mod vlm;

@@ -253,10 +253,140 @@ fn the_dev_commands_run_an_internvl_folder() {
         .collect();
     let out = load("tied").greedy(&ids, tiles, 12, &stop).unwrap();
     assert!(!out.is_empty());
-    assert_eq!(printed.trim_end_matches('\n'), tok.decode(&out, true).unwrap());
+    assert_eq!(
+        printed.trim_end_matches('\n'),
+        tok.decode(&out, true).unwrap()
+    );
 
     let parity: serde_json::Value =
         serde_json::from_str(&run(&["dev", "hf-parity", "--fixture", d])).expect("json");
     assert_eq!(parity["passed"], true, "{parity}");
     assert!(parity["parity"]["max_abs_logit_diff"].as_f64().unwrap() <= 1e-4);
+}
+
+/// Copies the checkpoint folder `src` to `dst` with its weights split over two shards listed by
+/// `model.safetensors.index.json` (as large checkpoints come), each key renamed by `rename`.
+fn reshard(src: &std::path::Path, dst: &std::path::Path, rename: impl Fn(&str) -> String) {
+    use safetensors::tensor::TensorView;
+    for f in std::fs::read_dir(src).unwrap().flatten() {
+        if f.file_name() != "model.safetensors" {
+            std::fs::copy(f.path(), dst.join(f.file_name())).unwrap();
+        }
+    }
+    let bytes = std::fs::read(src.join("model.safetensors")).unwrap();
+    let st = SafeTensors::deserialize(&bytes).unwrap();
+    let mut names: Vec<&str> = st.names();
+    names.sort();
+    let half = names.len() / 2;
+    let mut map = serde_json::Map::new();
+    for (i, part) in [&names[..half], &names[half..]].into_iter().enumerate() {
+        let file = format!("model-{:05}-of-00002.safetensors", i + 1);
+        let views: Vec<(String, TensorView)> = part
+            .iter()
+            .map(|&n| {
+                let t = st.tensor(n).unwrap();
+                map.insert(rename(n), serde_json::Value::String(file.clone()));
+                (
+                    rename(n),
+                    TensorView::new(t.dtype(), t.shape().to_vec(), t.data()).unwrap(),
+                )
+            })
+            .collect();
+        safetensors::serialize_to_file(views, None, &dst.join(&file)).unwrap();
+    }
+    let index = serde_json::json!({ "metadata": {}, "weight_map": map });
+    std::fs::write(
+        dst.join("model.safetensors.index.json"),
+        serde_json::to_vec_pretty(&index).unwrap(),
+    )
+    .unwrap();
+}
+
+/// A checkpoint sharded over two files (`model.safetensors.index.json`) loads, in the published
+/// key layout and in transformers' in-memory one (`model.vision_tower.*`, `lm_head.*`), to the
+/// same weights: the same logits, bit for bit.
+#[test]
+fn sharded_checkpoints_load_in_either_key_layout() {
+    let name = "untied-rms";
+    let r = reference(name);
+    let (ids, tiles) = inputs(&r);
+    let logits = |m: &InternVl<Cpu>| {
+        values(
+            m.prefill_rows(&[&ids], &[Some(tiles.clone())])
+                .expect("runs")
+                .0,
+        )
+    };
+    let want = logits(&load(name));
+    let in_memory = |k: &str| {
+        if let Some(rest) = k.strip_prefix("language_model.model.") {
+            format!("model.language_model.{rest}")
+        } else if let Some(rest) = k.strip_prefix("language_model.lm_head.") {
+            format!("lm_head.{rest}")
+        } else {
+            format!("model.{k}")
+        }
+    };
+    for (layout, rename) in [
+        (
+            "published",
+            &(|k: &str| k.to_string()) as &dyn Fn(&str) -> String,
+        ),
+        ("in-memory", &in_memory),
+    ] {
+        let dir = asymm::util::fsx::TempDir::new("asymm-internvl-shards").unwrap();
+        reshard(&fixture(name), dir.path(), rename);
+        assert!(!dir.path().join("model.safetensors").exists());
+        let model = InternVl::<Cpu>::from_pretrained(dir.path(), &Default::default())
+            .unwrap_or_else(|e| panic!("{layout}: {e}"));
+        assert!(logits(&model) == want, "{layout}: other logits");
+    }
+}
+
+/// The parameter counts `dev hf-memory` works from equal the loaded modules' own, for every
+/// fixture config of both families; the command reports them with the static memory of SFT
+/// (weights, gradients, two AdamW moments: 4 values a parameter) and GRPO (and a reference).
+#[test]
+fn memory_estimates_count_the_modules_parameters() {
+    use asymm::model::memory;
+    use asymm::model::qwen3_vl::Qwen3Vl;
+    use burn::module::Module;
+    let qwen = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/qwen3_vl");
+    let dev = Default::default();
+    for name in ["tied", "untied-bias"] {
+        let m = Qwen3Vl::<Cpu>::from_pretrained(&qwen.join(name), &dev).unwrap();
+        let counted = memory::count_qwen3_vl(&m.cfg);
+        assert_eq!(counted.total(), m.num_params() as u64, "qwen3_vl {name}");
+        assert_eq!(counted.head == 0, m.lm_head.is_none(), "qwen3_vl {name}");
+    }
+    for name in ["tied", "untied-rms"] {
+        let m = load(name);
+        let counted = memory::count_internvl(&m.cfg);
+        assert_eq!(counted.total(), m.num_params() as u64, "internvl {name}");
+        assert_eq!(
+            counted.vision,
+            m.vision_tower.num_params() as u64,
+            "internvl {name}"
+        );
+    }
+    let out = std::process::Command::new(crate::common::bin())
+        .args(["dev", "hf-memory", "--checkpoint"])
+        .arg(fixture("untied-rms"))
+        .args(["--image-size", "64", "--dtype", "f32"])
+        .output()
+        .expect("runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let params = load("untied-rms").num_params() as f64;
+    assert_eq!(report["params_total"].as_f64(), Some(params));
+    let bytes = |k: &str| report["bytes"][k].as_f64().unwrap();
+    assert_eq!(bytes("weights"), 4.0 * params);
+    assert_eq!(bytes("sft_static"), 16.0 * params);
+    assert_eq!(bytes("grpo_static"), 20.0 * params);
+    // 64² is cut into 2 × 2 tiles and a thumbnail of 4 tokens each.
+    assert_eq!(report["image_tokens"], 20);
 }

@@ -34,6 +34,16 @@ use burn::tensor::{Tensor, TensorData};
 use std::path::Path;
 use vision::{Norm, VisionModel};
 
+/// The key names of transformers' in-memory module tree (`model.vision_tower.*`, …,
+/// `lm_head.*`), which some tools save, mapped to the layout of the published `-HF`
+/// checkpoints that this module tree mirrors (and that transformers' `save_pretrained` writes).
+const KEYS_AS_IN_MEMORY: &[(&str, &str)] = &[
+    (r"^model\.language_model\.", "language_model.model."),
+    (r"^model\.vision_tower\.", "vision_tower."),
+    (r"^model\.multi_modal_projector\.", "multi_modal_projector."),
+    (r"^lm_head\.", "language_model.lm_head."),
+];
+
 /// `multi_modal_projector`.
 #[derive(Module, Debug)]
 pub struct Projector<B: Backend> {
@@ -102,7 +112,7 @@ impl<B: Backend> InternVl<B> {
             serde_json::from_str(&text).map_err(|e| checkpoint_err(&cfg_path, e))?;
         let mut model = Self::new(&cfg, device).map_err(|e| checkpoint_err(&cfg_path, e))?;
         model.config_json = text;
-        crate::model::qwen3_vl::load_safetensors(&mut model, dir)?;
+        crate::model::qwen3_vl::load_safetensors(&mut model, dir, KEYS_AS_IN_MEMORY)?;
         Ok(model)
     }
 

@@ -173,7 +173,7 @@ impl<B: Backend> Qwen3Vl<B> {
     /// Loads every parameter from the checkpoint's safetensors; a parameter the files lack, or
     /// a tensor of the wrong shape, is an error naming it.
     pub fn load_weights(&mut self, dir: &Path) -> Result<()> {
-        load_safetensors(self, dir)
+        load_safetensors(self, dir, &[])
     }
 
     /// Logits [1, L, vocab] of one sequence `ids` whose image tokens stand for `images` (in
@@ -405,10 +405,12 @@ pub(crate) fn save_safetensors<B: Backend, M: Module<B>>(
 
 /// Loads every parameter of `module` from the checkpoint folder's safetensors (one file or the
 /// shards of its index) and casts them to the backend's float type; a parameter the files
-/// lack, or a tensor of the wrong shape, is an error naming it.
+/// lack, or a tensor of the wrong shape, is an error naming it. `remap` renames file keys
+/// (regex, replacement) before they are matched to the module's paths.
 pub(crate) fn load_safetensors<B: Backend, M: Module<B> + Clone>(
     module: &mut M,
     dir: &Path,
+    remap: &[(&str, &str)],
 ) -> Result<()> {
     let files = weight_files(dir)?;
     let mut missing: Option<Vec<String>> = None;
@@ -416,6 +418,9 @@ pub(crate) fn load_safetensors<B: Backend, M: Module<B> + Clone>(
         let mut store = SafetensorsStore::from_file(file.clone())
             .with_from_adapter(PyTorchToBurnAdapter)
             .allow_partial(true);
+        for (from, to) in remap {
+            store = store.with_key_remapping(*from, *to);
+        }
         let res = module
             .load_from(&mut store)
             .map_err(|e| checkpoint_err(file, e))?;
