@@ -13,7 +13,7 @@ use super::internvl::processor::TileConfig;
 use super::layers::MASKED;
 use super::qwen3_vl::chat::{ChatTokenizer, Family};
 use super::qwen3_vl::processor::{ProcessorConfig, Rgb};
-use super::qwen3_vl::{DecodeBatch, ImageInput, Qwen3Vl};
+use super::qwen3_vl::{DecodeBatch, ImageInput, Qwen3Vl, read_config};
 use super::vlm::{DecodeState, Vlm};
 use burn::module::Module;
 use burn::tensor::backend::Backend;
@@ -71,15 +71,6 @@ pub struct HfVlm<B: Backend> {
     pub known_ids: usize,
 }
 
-/// Reads a checkpoint's `config.json` as `T`, naming the file in errors.
-fn read_config<T: serde::de::DeserializeOwned>(dir: &Path) -> Result<T, ModelError> {
-    let path = dir.join("config.json");
-    let text = std::fs::read_to_string(&path)
-        .map_err(|e| ModelError::Checkpoint(format!("{}: {e}", path.display())))?;
-    serde_json::from_str(&text)
-        .map_err(|e| ModelError::Checkpoint(format!("{}: {e}", path.display())))
-}
-
 impl HfShape {
     /// The family, prompt image tokens and position limit of the checkpoint in `dir` for
     /// puzzle images of `image_size`², from its config and processor files alone.
@@ -91,14 +82,14 @@ impl HfShape {
         let processor = ImageProcessor::from_dir(family, dir)?;
         let (image_tokens, max_positions) = match &processor {
             ImageProcessor::Qwen3Vl(p) => {
-                let cfg: super::qwen3_vl::Qwen3VlConfig = read_config(dir)?;
+                let (cfg, _) = read_config::<super::qwen3_vl::Qwen3VlConfig>(dir)?;
                 (
                     p.image_tokens(image_size, image_size)?,
                     cfg.text_config.max_position_embeddings,
                 )
             }
             ImageProcessor::InternVl(p) => {
-                let cfg: super::internvl::InternVlConfig = read_config(dir)?;
+                let (cfg, _) = read_config::<super::internvl::InternVlConfig>(dir)?;
                 (
                     p.tiles(image_size, image_size) * cfg.tokens_per_tile(),
                     cfg.text_config.max_position_embeddings,

@@ -184,7 +184,7 @@ fn check_history(t: Option<&Table>, step: usize, what: &str) -> Result<(), Stage
 
 impl Stage for GrpoUpdate {
     const NAME: &'static str = "grpo-update";
-    const VERSION: u32 = 6;
+    const VERSION: u32 = 7;
     const USES_DEVICE: bool = true;
     type Config = GrpoUpdateConfig;
 

@@ -501,11 +501,38 @@ impl ModelPlan {
 
 /// A training stage's `model`: a size preset of the built-in model (`"tiny"`, `"small"`) or a
 /// checkpoint folder (`{ hf = "path" }`).
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq)]
 #[serde(untagged)]
 pub enum ModelChoice {
     Preset(String),
     Hf(HfSource),
+}
+
+/// A string is a preset; a table is read as [`HfSource`], so that its errors name the field
+/// (an unknown key, a value of the wrong type).
+impl<'de> Deserialize<'de> for ModelChoice {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Choice;
+        impl<'de> serde::de::Visitor<'de> for Choice {
+            type Value = ModelChoice;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str(
+                    r#"a model preset ("tiny", "small") or { hf = "path", image_size = N }"#,
+                )
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<ModelChoice, E> {
+                Ok(ModelChoice::Preset(v.to_string()))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<ModelChoice, A::Error> {
+                HfSource::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+                    .map(ModelChoice::Hf)
+            }
+        }
+        d.deserialize_any(Choice)
+    }
 }
 
 impl Default for ModelChoice {

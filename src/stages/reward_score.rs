@@ -193,7 +193,7 @@ fn perception_budget(examples: &[Example]) -> usize {
 
 impl Stage for RewardScore {
     const NAME: &'static str = "reward-score";
-    const VERSION: u32 = 6;
+    const VERSION: u32 = 7;
     const USES_DEVICE: bool = true;
     type Config = RewardScoreConfig;
 

@@ -135,7 +135,7 @@ const MAIN: OutputSpec = output("main", "rollouts");
 
 impl Stage for Rollout {
     const NAME: &'static str = "rollout";
-    const VERSION: u32 = 8;
+    const VERSION: u32 = 9;
     const USES_DEVICE: bool = true;
     type Config = RolloutConfig;
 

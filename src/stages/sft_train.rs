@@ -232,7 +232,7 @@ const TIMING: OutputSpec = output("timing", "train_timing");
 
 impl Stage for SftTrain {
     const NAME: &'static str = "sft-train";
-    const VERSION: u32 = 8;
+    const VERSION: u32 = 9;
     const USES_DEVICE: bool = true;
     type Config = SftTrainConfig;
 

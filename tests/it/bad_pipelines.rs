@@ -125,3 +125,29 @@ fn follow_without_an_upstream_sweep_and_bad_discard() {
         "{e}"
     );
 }
+
+/// A training stage's `model` is a preset name or a checkpoint table; a bad table names the
+/// field, anything else names both forms.
+#[test]
+fn bad_model_choice() {
+    let stage = |model: &str| {
+        format!(
+            "[stages.synthesize]\n[stages.render]\ninputs = {{ puzzles = \"synthesize\" }}\n\
+             [stages.distill_format]\ninputs = {{ puzzles = \"synthesize\", images = \"render\" }}\n\
+             [stages.sft]\nstage = \"sft-train\"\ninputs = {{ data = \"distill_format\" }}\n\
+             model = {model}\n"
+        )
+    };
+    let e = err_of(&stage("{ hff = \"x\" }"));
+    assert!(e.contains("unknown field `hff`, expected `hf`"), "{e}");
+    let e = err_of(&stage("{ hf = 3 }"));
+    assert!(
+        e.contains("invalid type: integer `3`, expected path string"),
+        "{e}"
+    );
+    let e = err_of(&stage("5"));
+    assert!(
+        e.contains("a model preset (\"tiny\", \"small\") or { hf = "),
+        "{e}"
+    );
+}

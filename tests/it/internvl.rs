@@ -106,6 +106,24 @@ fn tiles_match_the_reference_processor() {
     }
 }
 
+/// An image off the tile grid (50 × 37) is resampled up to a 4 × 3 canvas of tiles and down to
+/// the thumbnail, both sides each time (both passes run, the intermediate rounded to whole levels
+/// as PIL rounds it): equal to transformers' tiles but where PIL's fixed-point weights round a
+/// value to the next level (1/255/std ≈ 0.018 normalized).
+#[test]
+fn resampled_tiles_stay_within_a_level_of_the_reference() {
+    let cfg = TileConfig::from_dir(&fixture("tied")).unwrap();
+    let png = std::fs::read(fixture("tied").join("image_offgrid.png")).unwrap();
+    let img = Rgb::from_png(&png).unwrap();
+    let (got, n) = cfg.preprocess(&img).unwrap();
+    assert_eq!((n, cfg.grid(img.height, img.width)), (13, (4, 3)));
+    let (shape, want) = reference("tied").f32("pixel_values_offgrid").unwrap();
+    assert_eq!(shape[0], 13);
+    let d = max_diff(&got, &want);
+    eprintln!("off-grid tiles: max |Δ| = {d}");
+    assert!(d <= 0.02, "resampled tiles differ by {d}");
+}
+
 /// Greedy decoding with the KV cache (prefill, then one token at a time) gives the tokens and
 /// logits of running the whole sequence again at every step.
 #[test]
@@ -359,10 +377,31 @@ fn memory_estimates_count_the_modules_parameters() {
         assert_eq!(counted.total(), m.num_params() as u64, "qwen3_vl {name}");
         assert_eq!(counted.head == 0, m.lm_head.is_none(), "qwen3_vl {name}");
     }
+    // Values stored in a checkpoint's weights file.
+    let stored = |dir: PathBuf| -> u64 {
+        let bytes = std::fs::read(dir.join("model.safetensors")).unwrap();
+        let st = SafeTensors::deserialize(&bytes).unwrap();
+        st.names()
+            .into_iter()
+            .map(|n| st.tensor(n).unwrap().shape().iter().product::<usize>() as u64)
+            .sum()
+    };
+    for name in ["tied", "untied-bias"] {
+        let cfg: asymm::model::qwen3_vl::Qwen3VlConfig =
+            serde_json::from_slice(&std::fs::read(qwen.join(name).join("config.json")).unwrap())
+                .unwrap();
+        let counted = memory::count_qwen3_vl(&cfg).total();
+        assert_eq!(counted, stored(qwen.join(name)), "qwen3_vl {name} file");
+    }
     for name in ["tied", "untied-rms"] {
         let m = load(name);
         let counted = memory::count_internvl(&m.cfg);
         assert_eq!(counted.total(), m.num_params() as u64, "internvl {name}");
+        assert_eq!(
+            counted.total(),
+            stored(fixture(name)),
+            "internvl {name} file"
+        );
         assert_eq!(
             counted.vision,
             m.vision_tower.num_params() as u64,
@@ -389,4 +428,84 @@ fn memory_estimates_count_the_modules_parameters() {
     assert_eq!(bytes("grpo_static"), 20.0 * params);
     // 64² is cut into 2 × 2 tiles and a thumbnail of 4 tokens each.
     assert_eq!(report["image_tokens"], 20);
+}
+
+/// Copies the checkpoint folder `src` to `dst` with `extra` f32 tensors added to its weights.
+fn with_extra_tensors(
+    src: &std::path::Path,
+    dst: &std::path::Path,
+    extra: &[(&str, Vec<usize>, Vec<f32>)],
+) {
+    use safetensors::tensor::TensorView;
+    for f in std::fs::read_dir(src).unwrap().flatten() {
+        std::fs::copy(f.path(), dst.join(f.file_name())).unwrap();
+    }
+    let bytes = std::fs::read(src.join("model.safetensors")).unwrap();
+    let st = SafeTensors::deserialize(&bytes).unwrap();
+    let raw: Vec<(String, Vec<usize>, Vec<u8>)> = extra
+        .iter()
+        .map(|(n, shape, v)| {
+            let b = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+            (n.to_string(), shape.clone(), b)
+        })
+        .collect();
+    let mut views: Vec<(String, TensorView)> = st
+        .names()
+        .into_iter()
+        .map(|n| {
+            let t = st.tensor(n).unwrap();
+            let view = TensorView::new(t.dtype(), t.shape().to_vec(), t.data()).unwrap();
+            (n.to_string(), view)
+        })
+        .collect();
+    for (n, shape, b) in &raw {
+        let view = TensorView::new(safetensors::Dtype::F32, shape.clone(), b).unwrap();
+        views.push((n.clone(), view));
+    }
+    safetensors::serialize_to_file(views, None, &dst.join("model.safetensors")).unwrap();
+}
+
+/// A config that ties the head while the weights hold one gets the stored head, as
+/// transformers does (other logits), unless it equals the embeddings (tied, the same logits); a
+/// tensor the model has no place for is an error naming it, not a weight silently dropped.
+#[test]
+fn a_stored_head_beside_a_tied_config_is_used() {
+    let name = "tied";
+    let r = reference(name);
+    let (ids, tiles) = inputs(&r);
+    let logits = |m: &InternVl<Cpu>| {
+        values(
+            m.prefill_rows(&[&ids], &[Some(tiles.clone())])
+                .expect("runs")
+                .0,
+        )
+    };
+    let base = load(name);
+    let want = logits(&base);
+    let embed = base.language_model.model.embed_tokens.weight.val();
+    let shape = embed.dims().to_vec();
+    let same = values(embed);
+    let other: Vec<f32> = same.iter().map(|x| x * 0.5 + 0.01).collect();
+    let head = "language_model.lm_head.weight";
+    let open = |extra: &[(&str, Vec<usize>, Vec<f32>)]| {
+        let dir = asymm::util::fsx::TempDir::new("asymm-internvl-head").unwrap();
+        with_extra_tensors(&fixture(name), dir.path(), extra);
+        InternVl::<Cpu>::from_pretrained(dir.path(), &Default::default())
+    };
+    let tied = open(&[(head, shape.clone(), same)]).expect("loads");
+    assert!(
+        tied.language_model.lm_head.is_none(),
+        "equal to the embeddings: tied"
+    );
+    assert!(logits(&tied) == want);
+    let untied = open(&[(head, shape.clone(), other)]).expect("loads");
+    assert!(untied.language_model.lm_head.is_some(), "a head of its own");
+    assert!(
+        max_diff(&logits(&untied), &want) > 1e-3,
+        "the stored head's logits"
+    );
+    let err = open(&[("language_model.model.extra.weight", vec![2], vec![0.0, 1.0])])
+        .expect_err("an unknown tensor is an error")
+        .to_string();
+    assert!(err.contains("language_model.model.extra.weight"), "{err}");
 }

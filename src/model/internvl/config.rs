@@ -221,16 +221,7 @@ impl InternVlConfig {
                 "text model_type `{m}` is not supported (only qwen3, InternVL3.5's)"
             ));
         }
-        if t.num_attention_heads == 0
-            || t.kv_heads() == 0
-            || t.num_attention_heads % t.kv_heads() != 0
-        {
-            return Err(format!(
-                "num_attention_heads {} is not a multiple of num_key_value_heads {}",
-                t.num_attention_heads,
-                t.kv_heads()
-            ));
-        }
+        t.validate_heads()?;
         if t.head_dim() % 2 != 0 {
             return Err(format!("head_dim {} is odd", t.head_dim()));
         }

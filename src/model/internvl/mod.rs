@@ -26,7 +26,7 @@ pub use config::InternVlConfig;
 use crate::model::layers::linear3;
 use crate::model::qwen3_vl::reference::{Parity, Reference};
 use crate::model::qwen3_vl::text::{self, DecodeBatch, PackedRows, TextModel};
-use crate::model::qwen3_vl::{HfError, Result, act, checkpoint_err};
+use crate::model::qwen3_vl::{HfError, Result, act, checkpoint_err, load_safetensors};
 use burn::module::Module;
 use burn::nn::{Linear, LinearConfig};
 use burn::tensor::backend::Backend;
@@ -92,11 +92,7 @@ impl<B: Backend> InternVl<B> {
             },
             language_model: CausalLm {
                 model: TextModel::new(&t, device),
-                lm_head: (!cfg.tie_word_embeddings).then(|| {
-                    LinearConfig::new(t.hidden_size, t.vocab_size)
-                        .with_bias(false)
-                        .init(device)
-                }),
+                lm_head: (!cfg.tie_word_embeddings).then(|| text::untied_head(&t, device)),
             },
             cfg: cfg.clone(),
             config_json: String::new(),
@@ -106,13 +102,25 @@ impl<B: Backend> InternVl<B> {
     /// Reads `dir/config.json` and the weights (`model.safetensors`, or the shards listed in
     /// `model.safetensors.index.json`).
     pub fn from_pretrained(dir: &Path, device: &B::Device) -> Result<Self> {
-        let cfg_path = dir.join("config.json");
-        let text = std::fs::read_to_string(&cfg_path).map_err(|e| checkpoint_err(&cfg_path, e))?;
-        let cfg: InternVlConfig =
-            serde_json::from_str(&text).map_err(|e| checkpoint_err(&cfg_path, e))?;
-        let mut model = Self::new(&cfg, device).map_err(|e| checkpoint_err(&cfg_path, e))?;
+        let (cfg, text) = crate::model::qwen3_vl::read_config::<InternVlConfig>(dir)?;
+        let mut model =
+            Self::new(&cfg, device).map_err(|e| checkpoint_err(&dir.join("config.json"), e))?;
         model.config_json = text;
-        crate::model::qwen3_vl::load_safetensors(&mut model, dir, KEYS_AS_IN_MEMORY)?;
+        // A config that ties the head while the files hold one: that head, as transformers
+        // does, unless it equals the embeddings.
+        let head = "language_model.lm_head.weight";
+        let stored = load_safetensors(&mut model, dir, KEYS_AS_IN_MEMORY, &[head])?;
+        if model.language_model.lm_head.is_none() && !stored.is_empty() {
+            let lm = &mut model.language_model;
+            lm.lm_head = Some(text::untied_head(&lm.model.cfg, device));
+            load_safetensors(&mut model, dir, KEYS_AS_IN_MEMORY, &[])?;
+            let lm = &mut model.language_model;
+            if let Some(head) = &lm.lm_head
+                && text::head_is_embeddings(head, &lm.model)?
+            {
+                lm.lm_head = None;
+            }
+        }
         Ok(model)
     }
 
@@ -166,6 +174,9 @@ impl<B: Backend> InternVl<B> {
         rows: &[&[u32]],
         tiles: &[Option<Tensor<B, 4>>],
     ) -> Result<(Tensor<B, 3>, DecodeBatch<B>)> {
+        for t in tiles.iter().flatten() {
+            self.check_tiles(t)?;
+        }
         let per_tile = self.cfg.tokens_per_tile();
         let counts: Vec<(usize, usize)> = tiles
             .iter()
@@ -188,6 +199,22 @@ impl<B: Backend> InternVl<B> {
             lm.lm_head.as_ref(),
             &self.device(),
         ))
+    }
+
+    /// Tiles must be the tower's squares: `[N ≥ 1, channels, image_size, image_size]` (the
+    /// reference would interpolate the positions for another size; its processor never gives
+    /// one).
+    pub fn check_tiles(&self, tiles: &Tensor<B, 4>) -> Result<()> {
+        let v = &self.cfg.vision_config;
+        let [n, c, h, w] = tiles.dims();
+        if n == 0 || c != v.num_channels || h != v.image_size || w != v.image_size {
+            return Err(HfError::Input(format!(
+                "tiles of shape [{n}, {c}, {h}, {w}]; the vision tower reads [N, {}, {s}, {s}]",
+                v.num_channels,
+                s = v.image_size
+            )));
+        }
+        Ok(())
     }
 
     /// Feeds one token per row of a batch after its cached positions: the next logits
@@ -237,6 +264,7 @@ pub fn parity<B: Backend>(model: &InternVl<B>, reference: &Reference) -> Result<
         .try_into()
         .map_err(|_| HfError::Input("pixel_values is not [tiles, C, H, W]".into()))?;
     let tiles = Tensor::<B, 4>::from_data(TensorData::new(px, shape), &device);
+    model.check_tiles(&tiles)?;
     let mut first_bad: Option<String> = None;
     let hidden = model
         .vision_tower

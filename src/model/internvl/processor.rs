@@ -6,15 +6,17 @@
 //! per channel.
 //!
 //! Resampling: an image already at its target size is used as it is; otherwise it is resized
-//! with PIL's bicubic convolution (see [`resize_bicubic`]), equal to PIL's but for its
-//! rounding to whole levels between the two passes.
+//! as PIL's bicubic filter resizes it (see [`resize_bicubic`]); PIL's fixed-point weights may
+//! round a value to the next level.
 
 use crate::model::qwen3_vl::processor::{Rgb, resize_bicubic};
 use crate::model::qwen3_vl::{HfError, Result, checkpoint_err};
 use serde::Deserialize;
 use std::path::Path;
 
-/// `preprocessor_config.json` (the fields used; InternVL's values by default).
+/// `preprocessor_config.json` (the fields used). A field the file lacks takes the reference
+/// class's default (`GotOcr2ImageProcessor`: CLIP's mean and std, 384² tiles); without a file,
+/// InternVL's values (ImageNet's mean and std, 448² tiles).
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 pub struct TileConfig {
     #[serde(default = "defaults::size")]
@@ -38,15 +40,15 @@ pub struct TileSize {
 mod defaults {
     pub fn size() -> super::TileSize {
         super::TileSize {
-            height: 448,
-            width: 448,
+            height: 384,
+            width: 384,
         }
     }
     pub fn mean() -> [f32; 3] {
-        [0.485, 0.456, 0.406]
+        [0.481_454_66, 0.457_827_5, 0.408_210_73]
     }
     pub fn std() -> [f32; 3] {
-        [0.229, 0.224, 0.225]
+        [0.268_629_54, 0.261_302_6, 0.275_777_1]
     }
     pub fn min() -> usize {
         1
@@ -56,12 +58,16 @@ mod defaults {
     }
 }
 
+/// InternVL's settings, for a checkpoint folder without `preprocessor_config.json`.
 impl Default for TileConfig {
     fn default() -> Self {
         TileConfig {
-            size: defaults::size(),
-            image_mean: defaults::mean(),
-            image_std: defaults::std(),
+            size: TileSize {
+                height: 448,
+                width: 448,
+            },
+            image_mean: [0.485, 0.456, 0.406],
+            image_std: [0.229, 0.224, 0.225],
             min_patches: defaults::min(),
             max_patches: defaults::max(),
         }

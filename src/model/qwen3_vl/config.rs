@@ -80,12 +80,16 @@ pub struct TextConfig {
     /// The longest sequence the model was trained for (prompt, image tokens and answer).
     #[serde(default)]
     pub max_position_embeddings: Option<usize>,
+    /// Sliding-window attention (not supported: every layer attends to every earlier token).
+    #[serde(default)]
+    pub use_sliding_window: bool,
 }
 
 /// Rotary settings.
 #[derive(Debug, Clone, Deserialize, PartialEq, Default)]
 pub struct RopeParameters {
-    #[serde(default)]
+    /// transformers 4.x wrote `type`.
+    #[serde(default, alias = "type")]
     pub rope_type: Option<String>,
     #[serde(default)]
     pub rope_theta: Option<f64>,
@@ -129,9 +133,24 @@ mod defaults {
 }
 
 impl TextConfig {
+    /// Grouped-query attention needs whole groups of query heads per key/value head.
+    /// (And that every layer attends to every earlier token.)
+    pub fn validate_heads(&self) -> Result<(), String> {
+        let (h, kv) = (self.num_attention_heads, self.kv_heads());
+        if h == 0 || kv == 0 || h % kv != 0 {
+            return Err(format!(
+                "num_attention_heads {h} is not a multiple of num_key_value_heads {kv}"
+            ));
+        }
+        if self.use_sliding_window {
+            return Err("sliding-window attention (use_sliding_window) is not supported".into());
+        }
+        Ok(())
+    }
+
+    /// The per-head width (transformers' Qwen3 default when the config names none: 128).
     pub fn head_dim(&self) -> usize {
-        self.head_dim
-            .unwrap_or(self.hidden_size / self.num_attention_heads.max(1))
+        self.head_dim.unwrap_or(128)
     }
     pub fn kv_heads(&self) -> usize {
         self.num_key_value_heads.unwrap_or(self.num_attention_heads)
@@ -210,16 +229,7 @@ impl Qwen3VlConfig {
                 t.num_hidden_layers
             ));
         }
-        if t.num_attention_heads == 0
-            || t.kv_heads() == 0
-            || t.num_attention_heads % t.kv_heads() != 0
-        {
-            return Err(format!(
-                "num_attention_heads {} is not a multiple of num_key_value_heads {}",
-                t.num_attention_heads,
-                t.kv_heads()
-            ));
-        }
+        t.validate_heads()?;
         let half = t.head_dim() / 2;
         let section = t.mrope_section();
         if section.len() != 3 || section.iter().sum::<usize>() != half || t.head_dim() % 2 != 0 {

@@ -140,11 +140,7 @@ impl<B: Backend> Qwen3Vl<B> {
                 visual: vision::VisionModel::new(&cfg.vision_config, device),
                 language_model: text::TextModel::new(t, device),
             },
-            lm_head: (!tied).then(|| {
-                burn::nn::LinearConfig::new(t.hidden_size, t.vocab_size)
-                    .with_bias(false)
-                    .init(device)
-            }),
+            lm_head: (!tied).then(|| text::untied_head(t, device)),
             cfg: cfg.clone(),
             config_json: String::new(),
         })
@@ -153,11 +149,9 @@ impl<B: Backend> Qwen3Vl<B> {
     /// Reads `dir/config.json` and the weights (`model.safetensors`, or the shards listed in
     /// `model.safetensors.index.json`).
     pub fn from_pretrained(dir: &Path, device: &B::Device) -> Result<Self> {
-        let cfg_path = dir.join("config.json");
-        let text = std::fs::read_to_string(&cfg_path).map_err(|e| checkpoint_err(&cfg_path, e))?;
-        let cfg: Qwen3VlConfig =
-            serde_json::from_str(&text).map_err(|e| checkpoint_err(&cfg_path, e))?;
-        let mut model = Self::new(&cfg, device).map_err(|e| checkpoint_err(&cfg_path, e))?;
+        let (cfg, text) = read_config::<Qwen3VlConfig>(dir)?;
+        let mut model =
+            Self::new(&cfg, device).map_err(|e| checkpoint_err(&dir.join("config.json"), e))?;
         model.config_json = text;
         model.load_weights(dir)?;
         Ok(model)
@@ -172,8 +166,22 @@ impl<B: Backend> Qwen3Vl<B> {
 
     /// Loads every parameter from the checkpoint's safetensors; a parameter the files lack, or
     /// a tensor of the wrong shape, is an error naming it.
+    ///
+    /// A config that ties the head to the embeddings while the files hold a head
+    /// (`lm_head.weight`) gets that head, as transformers does, unless it equals the embeddings.
     pub fn load_weights(&mut self, dir: &Path) -> Result<()> {
-        load_safetensors(self, dir, &[])
+        let stored = load_safetensors(self, dir, &[], &["lm_head.weight"])?;
+        if self.lm_head.is_none() && !stored.is_empty() {
+            let t = &self.cfg.text_config;
+            self.lm_head = Some(text::untied_head(t, &self.device()));
+            load_safetensors(self, dir, &[], &[])?;
+            if let Some(head) = &self.lm_head
+                && text::head_is_embeddings(head, &self.model.language_model)?
+            {
+                self.lm_head = None;
+            }
+        }
+        Ok(())
     }
 
     /// Logits [1, L, vocab] of one sequence `ids` whose image tokens stand for `images` (in
@@ -381,6 +389,14 @@ fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
     }
 }
 
+/// `dir/config.json` parsed as `C`, and its text.
+pub(crate) fn read_config<C: serde::de::DeserializeOwned>(dir: &Path) -> Result<(C, String)> {
+    let path = dir.join("config.json");
+    let text = std::fs::read_to_string(&path).map_err(|e| checkpoint_err(&path, e))?;
+    let cfg = serde_json::from_str(&text).map_err(|e| checkpoint_err(&path, e))?;
+    Ok((cfg, text))
+}
+
 /// Writes `dir/config.json` (`config_json`) and `dir/model.safetensors` with `module`'s
 /// parameters under their key paths, in PyTorch's layout (`[out, in]` linear weights,
 /// `format = pt` metadata), so transformers loads the result.
@@ -405,15 +421,19 @@ pub(crate) fn save_safetensors<B: Backend, M: Module<B>>(
 
 /// Loads every parameter of `module` from the checkpoint folder's safetensors (one file or the
 /// shards of its index) and casts them to the backend's float type; a parameter the files
-/// lack, or a tensor of the wrong shape, is an error naming it. `remap` renames file keys
-/// (regex, replacement) before they are matched to the module's paths.
+/// lack, a tensor of the wrong shape, or a tensor the module has no place for (a weight that
+/// would be dropped) is an error naming it, except the `optional` keys: those of them the files
+/// hold are returned. `remap` renames file keys (regex, replacement) before they are matched
+/// to the module's paths.
 pub(crate) fn load_safetensors<B: Backend, M: Module<B> + Clone>(
     module: &mut M,
     dir: &Path,
     remap: &[(&str, &str)],
-) -> Result<()> {
+    optional: &[&str],
+) -> Result<Vec<String>> {
     let files = weight_files(dir)?;
     let mut missing: Option<Vec<String>> = None;
+    let mut unused: Vec<String> = Vec::new();
     for file in &files {
         let mut store = SafetensorsStore::from_file(file.clone())
             .with_from_adapter(PyTorchToBurnAdapter)
@@ -427,6 +447,21 @@ pub(crate) fn load_safetensors<B: Backend, M: Module<B> + Clone>(
         if !res.errors.is_empty() {
             return Err(checkpoint_err(file, format!("{:?}", res.errors)));
         }
+        // A layer norm's `weight`/`bias` are applied as burn's `gamma`/`beta` yet still listed
+        // under the file's names.
+        let applied: std::collections::HashSet<&str> =
+            res.applied.iter().map(String::as_str).collect();
+        let renamed = |k: &str| {
+            k.strip_suffix(".weight")
+                .map(|p| format!("{p}.gamma"))
+                .or_else(|| k.strip_suffix(".bias").map(|p| format!("{p}.beta")))
+        };
+        unused.extend(
+            res.unused
+                .iter()
+                .filter(|k| renamed(k).is_none_or(|r| !applied.contains(r.as_str())))
+                .cloned(),
+        );
         let now: Vec<String> = res.missing.iter().map(|m| m.0.clone()).collect();
         missing = Some(match missing {
             None => now,
@@ -439,9 +474,22 @@ pub(crate) fn load_safetensors<B: Backend, M: Module<B> + Clone>(
             format!("no tensor for {} parameter(s), e.g. {}", m.len(), m[0]),
         ));
     }
+    let (present, extra): (Vec<String>, Vec<String>) = unused
+        .into_iter()
+        .partition(|k| optional.contains(&k.as_str()));
+    if let Some(k) = extra.first() {
+        return Err(checkpoint_err(
+            dir,
+            format!(
+                "{} tensor(s) the model has no parameter for, e.g. {k} (a config that does not \
+                 match the weights?)",
+                extra.len()
+            ),
+        ));
+    }
     // Parameters in the backend's float type whatever the files store (bf16 checkpoints).
     *module = crate::model::checkpoint::to_backend_dtype(module.clone());
-    Ok(())
+    Ok(present)
 }
 
 #[cfg(test)]

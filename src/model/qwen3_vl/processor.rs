@@ -5,8 +5,8 @@
 //! merge-window order.
 //!
 //! Resampling: an image already at its target size is used as it is (as the reference does);
-//! otherwise it is resized with PIL's bicubic convolution ([`resize_bicubic`]), equal to PIL's
-//! but for its rounding to whole levels between the two passes.
+//! otherwise it is resized as PIL's bicubic filter resizes it ([`resize_bicubic`]); PIL's
+//! fixed-point weights may round a value to the next level.
 
 use super::vision::merge_order;
 use super::{HfError, Result};
@@ -232,25 +232,25 @@ impl ProcessorConfig {
     }
 }
 
-/// `image` resized to `width`×`height` as PIL's bicubic filter does it (the `image` crate's
-/// Catmull-Rom convolution, a = −0.5, widened when shrinking so that every source pixel
-/// counts), which the reference processors use.
+/// `image` resized to `width`×`height` as PIL's bicubic filter does it: a Catmull-Rom convolution
+/// (a = −0.5), widened when shrinking so that every source pixel counts, along the width first,
+/// rounded and clipped to whole levels, then along the height (the `image` crate's resampler,
+/// one axis per call, so that the intermediate is rounded as PIL's is).
 pub(crate) fn resize_bicubic(image: &Rgb, width: usize, height: usize) -> Result<Rgb> {
+    use image::imageops::{FilterType, resize};
     let bad = || HfError::Input(format!("cannot resize an image to {width}×{height}"));
-    let (w, h) = (
-        u32::try_from(image.width).map_err(|_| bad())?,
-        u32::try_from(image.height).map_err(|_| bad())?,
+    let side = |n: usize| u32::try_from(n).ok().filter(|&n| n > 0).ok_or_else(bad);
+    let (w, h, tw, th) = (
+        side(image.width)?,
+        side(image.height)?,
+        side(width)?,
+        side(height)?,
     );
-    let (tw, th) = (
-        u32::try_from(width).map_err(|_| bad())?,
-        u32::try_from(height).map_err(|_| bad())?,
-    );
-    if tw == 0 || th == 0 || w == 0 || h == 0 {
-        return Err(bad());
-    }
     let src = image::RgbImage::from_raw(w, h, image.pixels.iter().flatten().copied().collect())
         .ok_or_else(bad)?;
-    let dst = image::imageops::resize(&src, tw, th, image::imageops::FilterType::CatmullRom);
+    // `resize` copies an axis whose size does not change.
+    let across = resize(&src, tw, h, FilterType::CatmullRom);
+    let dst = resize(&across, tw, th, FilterType::CatmullRom);
     Ok(Rgb {
         width,
         height,

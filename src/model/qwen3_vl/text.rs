@@ -575,3 +575,22 @@ pub fn greedy<B: Backend>(
         tok = argmax(step(tok))?;
     }
 }
+
+/// A head of the vocabulary's width over the hidden states (to be loaded).
+pub fn untied_head<B: Backend>(cfg: &TextConfig, device: &B::Device) -> Linear<B> {
+    LinearConfig::new(cfg.hidden_size, cfg.vocab_size)
+        .with_bias(false)
+        .init(device)
+}
+
+/// Whether `head`'s weights equal the token embeddings, value for value (a head stored beside
+/// tied embeddings).
+pub fn head_is_embeddings<B: Backend>(head: &Linear<B>, text: &TextModel<B>) -> Result<bool> {
+    let read = |t: Tensor<B, 2>| {
+        crate::model::host_f32(t).map_err(|e| HfError::Input(format!("reading weights: {e}")))
+    };
+    // burn's linear weight is [in, out]; the embedding table [vocab, hidden].
+    let w = read(head.weight.val().transpose())?;
+    let e = read(text.embed_tokens.weight.val())?;
+    Ok(w == e)
+}
