@@ -4,7 +4,8 @@
 #   cargo build --release --features cuda --target-dir target/cuda
 #   strip -o asymm-cuda target/cuda/release/asymm && gzip -9 -f asymm-cuda
 #   bash benches/cuda/run.sh asymm-cuda.gz OUTDIR [STEP...]
-# STEPs (default: all, in this order): checks parity hf-pipeline bench steady twin curve paper-gpu.
+# STEPs (default: all, in this order): checks parity hf-pipeline bench steady mem2b twin curve
+# paper-gpu.
 # Every step is time-bounded; its output is appended to OUTDIR/log.txt under a `=== step` header and
 # OUTDIR/summary.txt lists each step's exit code and duration, so one failing step (or a run cut
 # short) still leaves the others' results, in two files.
@@ -14,7 +15,7 @@ set -u
 bin=${1:?usage: run.sh PATH/TO/asymm[.gz] OUTDIR [STEP...]}
 out=${2:?usage: run.sh PATH/TO/asymm[.gz] OUTDIR [STEP...]}
 shift 2
-want=${*:-checks parity hf-pipeline bench steady twin curve paper-gpu}
+want=${*:-checks parity hf-pipeline bench steady mem2b twin curve paper-gpu}
 deadline=${DEADLINE:-100000}
 here=$(cd "$(dirname "$0")/../.." && pwd)
 mkdir -p "$out"
@@ -96,6 +97,39 @@ if wants steady; then
     --data-shards 2 --objectives standard --rollout-batches none
   step steady-bf16-shards1 120 "$bin" bench --suite model --device cuda:0/bf16 --model small --steps 30 \
     --data-shards 1 --objectives standard --rollout-batches none
+fi
+if wants mem2b; then
+  # The 2B models' training memory, measured: random weights of the published shapes
+  # (benches/shapes/; no download), the fixture's tokenizer (its image tokens written into the
+  # config), 3 SFT steps of batch 8 and a few rollouts; nvidia-smi sampled every 100 ms, the
+  # peak printed against `dev hf-memory`'s estimate.
+  for m in qwen3-vl-2b:qwen3_vl internvl3_5-2b:internvl; do
+    shape=${m%%:*} fix=${m##*:}
+    folder="$work/$shape"
+    mkdir -p "$folder"
+    cp "$here/tests/fixtures/$fix/tied/tokenizer.json" "$folder/"
+    python3 - "$here/benches/shapes/$shape/config.json" "$here/tests/fixtures/$fix/tied/config.json" \
+      "$folder/config.json" <<'PY'
+import json, sys
+shape = json.load(open(sys.argv[1]))
+fixture = json.load(open(sys.argv[2]))
+for k in ("image_token_id", "video_token_id", "vision_start_token_id", "vision_end_token_id"):
+    if k in fixture:
+        shape[k] = fixture[k]
+json.dump(shape, open(sys.argv[3], "w"), indent=2)
+PY
+    for dev in cuda:0/bf16 cuda:0; do
+      tag="$shape-${dev#cuda:0}"
+      step "estimate-$tag" 30 "$bin" dev hf-memory --checkpoint "$folder" \
+        --dtype "$([ "$dev" = cuda:0 ] && echo f32 || echo bf16)"
+      nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 100 >"$work/mem.log" 2>/dev/null &
+      smi=$!
+      step "mem-$tag" 300 "$bin" bench --suite model --hf "$folder" --device "$dev" --steps 3 \
+        --rollout-batches 8 --json
+      kill "$smi" 2>/dev/null
+      echo "mem-$tag peak MiB: $(sort -n "$work/mem.log" | tail -1)" | tee -a "$out/summary.txt"
+    done
+  done
 fi
 if wants twin; then
   # Side by side with the PyTorch twin (one round: each measure once per side).

@@ -112,6 +112,25 @@ impl<B: Backend> HfVlm<B> {
         image_size: usize,
         device: &B::Device,
     ) -> Result<Self, ModelError> {
+        Self::open(dir, image_size, true, device)
+    }
+
+    /// A model of the folder's config with random weights (its weights files, if any, unread):
+    /// what a size needs in memory and time, before any download.
+    pub fn from_config(
+        dir: &Path,
+        image_size: usize,
+        device: &B::Device,
+    ) -> Result<Self, ModelError> {
+        Self::open(dir, image_size, false, device)
+    }
+
+    fn open(
+        dir: &Path,
+        image_size: usize,
+        weights: bool,
+        device: &B::Device,
+    ) -> Result<Self, ModelError> {
         if image_size == 0 {
             return Err(ModelError::Config("image_size must be positive".into()));
         }
@@ -119,12 +138,28 @@ impl<B: Backend> HfVlm<B> {
         let processor = ImageProcessor::from_dir(family, dir)?;
         let net = match &processor {
             ImageProcessor::Qwen3Vl(p) => {
-                let qwen = Qwen3Vl::from_pretrained(dir, device)?;
+                let qwen = if weights {
+                    Qwen3Vl::from_pretrained(dir, device)?
+                } else {
+                    let (cfg, text) = read_config(dir)?;
+                    Qwen3Vl {
+                        config_json: text,
+                        ..Qwen3Vl::new(&cfg, device)?
+                    }
+                };
                 p.check(&qwen.cfg.vision_config)?;
                 HfNet::Qwen3Vl(qwen)
             }
             ImageProcessor::InternVl(p) => {
-                let m = InternVl::from_pretrained(dir, device)?;
+                let m = if weights {
+                    InternVl::from_pretrained(dir, device)?
+                } else {
+                    let (cfg, text) = read_config(dir)?;
+                    InternVl {
+                        config_json: text,
+                        ..InternVl::new(&cfg, device)?
+                    }
+                };
                 p.check(m.cfg.vision_config.image_size)?;
                 HfNet::InternVl(m)
             }

@@ -509,3 +509,30 @@ fn a_stored_head_beside_a_tied_config_is_used() {
         .to_string();
     assert!(err.contains("language_model.model.extra.weight"), "{err}");
 }
+
+/// `asymm bench --hf DIR` times SFT and rollouts of a checkpoint folder; a folder with a config
+/// and a tokenizer but no weights gets random weights of the config's shapes (the parameters
+/// the memory estimate counts).
+#[test]
+fn bench_runs_a_checkpoint_folder_without_weights() {
+    let dir = asymm::util::fsx::TempDir::new("asymm-internvl-bench").unwrap();
+    for f in ["config.json", "tokenizer.json", "preprocessor_config.json"] {
+        std::fs::copy(fixture("tied").join(f), dir.path().join(f)).unwrap();
+    }
+    let out = std::process::Command::new(crate::common::bin())
+        .args(["bench", "--suite", "model", "--json", "--steps", "2"])
+        .args(["--rollout-batches", "2", "--hf-image-size", "64", "--hf"])
+        .arg(dir.path())
+        .output()
+        .expect("runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let counted = asymm::model::memory::count_internvl(&load("tied").cfg).total();
+    assert_eq!(r["parameters"].as_u64(), Some(counted));
+    assert!(r["sft"][0]["target_tokens"].as_u64().unwrap() > 0, "{r}");
+    assert!(r["rollout"][0]["new_tokens"].as_u64().unwrap() > 0, "{r}");
+}

@@ -9,6 +9,7 @@
 //! examples, the SFT batch order and the settings for the twin to read.
 
 mod data;
+mod hf;
 mod twin;
 
 use data::data_suite;
@@ -73,6 +74,14 @@ pub struct BenchArgs {
     /// twin (benches/twin/) to this file, and measure nothing.
     #[arg(long)]
     pub export_twin: Option<PathBuf>,
+    /// Run the model suite on a Qwen3-VL or InternVL3.5 checkpoint folder instead of a preset:
+    /// its weights, or random weights of its config's shapes where the folder has none
+    /// (config.json and tokenizer.json are enough).
+    #[arg(long)]
+    pub hf: Option<PathBuf>,
+    /// Side of the puzzle images a checkpoint model reads (`model.image_size`).
+    #[arg(long, default_value_t = 224)]
+    pub hf_image_size: usize,
 }
 
 /// New tokens per rollout output.
@@ -113,7 +122,10 @@ pub fn bench(a: BenchArgs) -> anyhow::Result<i32> {
         report.markdown.push_str(&data_suite(&a, &mut report.data));
     }
     if a.suite == "model" || a.suite == "all" {
-        let md = model_suite(&a, &mut report)?;
+        let md = match &a.hf {
+            Some(dir) => hf::hf_suite(&a, dir, &mut report)?,
+            None => model_suite(&a, &mut report)?,
+        };
         report.markdown.push_str(&md);
     }
     let out = if a.json {
@@ -161,7 +173,7 @@ impl Report {
         use serde_json::json;
         json!({
             "suite": a.suite,
-            "model": a.model,
+            "model": a.hf.as_ref().map_or(a.model.clone(), |d| d.display().to_string()),
             "device": a.device,
             "parameters": self.parameters,
             "threads": threads(),
@@ -383,28 +395,56 @@ fn example_count(plans: &[RolloutPlan]) -> usize {
         .max(EXAMPLES)
 }
 
-/// Training examples built in memory, as distill-format would.
-fn examples(tok: &Tokenizer, image_size: usize, n: usize) -> anyhow::Result<Vec<Example>> {
-    use asymm::stages::distill_format::{encode, teacher_reasoning};
+/// One graph-coloring puzzle: its perception p*, the teacher's reasoning and the image's ink.
+struct Puzzle {
+    perception: String,
+    reasoning: String,
+    ink: Vec<f32>,
+}
+
+/// `n` graph-coloring puzzles (verbosity 0 teacher traces) rendered at `image_size`².
+fn puzzles(image_size: usize, n: usize) -> anyhow::Result<Vec<Puzzle>> {
+    use asymm::stages::distill_format::teacher_reasoning;
     let gc = SynthesizeConfig::default();
     let cfg = RenderConfig {
         size: image_size as u32,
         ..RenderConfig::default()
     };
-    let ids = |v: Vec<i32>| v.into_iter().map(|x| x.max(0) as u32).collect::<Vec<u32>>();
     (0..n)
         .map(|i| {
             let p = generate(&gc, 3, i as u64).perception;
             let r = teacher_reasoning(TaskKind::GraphColoring, &p, 0)
                 .ok_or_else(|| anyhow::anyhow!("no teacher trace"))?;
             let png = render_one(TaskKind::GraphColoring, "x", &p, &cfg, None, 1)?.to_png();
-            let e = encode(tok, TaskKind::GraphColoring.prompt(), &p, &r);
-            Ok(Example {
+            Ok(Puzzle {
+                perception: p,
+                reasoning: r,
+                ink: image_ink(&png, image_size)
+                    .ok_or_else(|| anyhow::anyhow!("render produced a bad PNG"))?,
+            })
+        })
+        .collect()
+}
+
+/// Training examples built in memory, as distill-format would.
+fn examples(tok: &Tokenizer, image_size: usize, n: usize) -> anyhow::Result<Vec<Example>> {
+    use asymm::stages::distill_format::encode;
+    let ids = |v: Vec<i32>| v.into_iter().map(|x| x.max(0) as u32).collect::<Vec<u32>>();
+    Ok(puzzles(image_size, n)?
+        .into_iter()
+        .enumerate()
+        .map(|(i, z)| {
+            let e = encode(
+                tok,
+                TaskKind::GraphColoring.prompt(),
+                &z.perception,
+                &z.reasoning,
+            );
+            Example {
                 id: format!("bench-{i}"),
                 task: "graph_coloring".into(),
-                perception: p,
-                image: image_ink(&png, image_size)
-                    .ok_or_else(|| anyhow::anyhow!("render produced a bad PNG"))?,
+                perception: z.perception,
+                image: z.ink,
                 prompt: ids(e.prompt_ids),
                 target: ids(e.target_ids),
                 spans: e
@@ -412,9 +452,9 @@ fn examples(tok: &Tokenizer, image_size: usize, n: usize) -> anyhow::Result<Vec<
                     .into_iter()
                     .map(|(n, s, t)| (n, s as usize, t as usize))
                     .collect(),
-            })
+            }
         })
-        .collect()
+        .collect())
 }
 
 /// The model suite's SFT settings.

@@ -1,0 +1,162 @@
+//! The model suite on a checkpoint folder (`--hf DIR`): SFT steps and KV-cached rollouts of a
+//! Qwen3-VL or InternVL3.5 model on the suite's graph-coloring puzzles, re-tokenized with the
+//! folder's tokenizer and chat prompt as the stages do it. A folder without weights gets random
+//! weights of its config's shapes: the time and memory of a size (`benches/shapes/`), measured
+//! before anything is downloaded.
+
+use super::{
+    EXAMPLES, ROLLOUT_TOKENS, Report, RolloutMeasure, SFT_BATCH, SFT_SEED, SftMeasure, puzzles,
+    rollout_plans,
+};
+use asymm::eval::rollout::{Mode, RolloutSpec, run_rollouts};
+use asymm::model::sampling::SamplingConfig;
+use asymm::model::{Codec, DeviceSpec, HfVlm, Model};
+use asymm::stages::model_io::ModelPlan;
+use asymm::tasks::TaskKind;
+use asymm::text::tokenizer::{P_CLOSE, P_OPEN, R_CLOSE, R_OPEN};
+use asymm::train::batch::Example;
+use asymm::train::sft::{NoEval, SftSettings, train};
+use burn::backend::Autodiff;
+use burn::module::Module;
+use burn::tensor::backend::Backend;
+use std::path::Path;
+use std::time::Instant;
+
+/// Whether the folder holds weights (else the model gets random ones).
+fn has_weights(dir: &Path) -> bool {
+    dir.join("model.safetensors").is_file() || dir.join("model.safetensors.index.json").is_file()
+}
+
+fn load<B: Backend>(dir: &Path, image_size: usize, device: &B::Device) -> anyhow::Result<Model<B>> {
+    Ok(Model::Hf(if has_weights(dir) {
+        HfVlm::from_pretrained(dir, image_size, device)?
+    } else {
+        HfVlm::from_config(dir, image_size, device)?
+    }))
+}
+
+pub(super) fn hf_suite(
+    a: &super::BenchArgs,
+    dir: &Path,
+    report: &mut Report,
+) -> anyhow::Result<String> {
+    let spec = DeviceSpec::parse(&a.device)?;
+    let plan = ModelPlan::hf(dir, a.hf_image_size)?;
+    let Codec::Hf(codec) = &plan.codec else {
+        anyhow::bail!("{}: not a checkpoint folder", dir.display());
+    };
+    let asymm::stages::model_io::PlanSource::Hf { image_tokens, .. } = &plan.source else {
+        anyhow::bail!("{}: not a checkpoint folder", dir.display());
+    };
+    let plans = rollout_plans(a)?;
+    let n = super::example_count(&plans);
+    let examples = puzzles(a.hf_image_size, n)?
+        .into_iter()
+        .enumerate()
+        .map(|(i, z)| {
+            let target = format!(
+                "{P_OPEN}{}{P_CLOSE}{R_OPEN}{}{R_CLOSE}",
+                z.perception, z.reasoning
+            );
+            let t = codec.example(TaskKind::GraphColoring.prompt(), &target, *image_tokens)?;
+            Ok(Example {
+                id: format!("bench-{i}"),
+                task: "graph_coloring".into(),
+                perception: z.perception,
+                image: z.ink,
+                prompt: t.prompt,
+                target: t.target,
+                spans: t.spans,
+            })
+        })
+        .collect::<anyhow::Result<Vec<Example>>>()?;
+    let weights = if has_weights(dir) {
+        "its weights"
+    } else {
+        "random weights"
+    };
+    let steps = a.steps.max(2);
+    asymm::with_backend!(spec, |B, device| {
+        <B as Backend>::seed(&device, SFT_SEED);
+        let model = load::<Autodiff<B>>(dir, a.hf_image_size, &device)?;
+        let params = model.num_params();
+        report.parameters = Some(params);
+        let mut out = format!(
+            "\n| model suite: `{}` ({weights}, {:.1} M parameters) on {} | rate |\n|---|---:|\n",
+            dir.display(),
+            params as f64 / 1e6,
+            a.device
+        );
+        let settings = SftSettings {
+            steps,
+            data_shards: 1,
+            batch_size: SFT_BATCH,
+            seed: SFT_SEED,
+            max_text: plan.max_text(),
+            ..SftSettings::default()
+        };
+        let scratch = asymm::util::fsx::TempDir::new("asymm-bench")?;
+        let t = Instant::now();
+        let trained = train::<Autodiff<B>>(
+            &settings,
+            model,
+            &examples[..EXAMPLES.min(examples.len())],
+            &device,
+            scratch.path(),
+            codec.eos,
+            &mut NoEval,
+        )?;
+        let timed = &trained.timing[1..];
+        let tokens: usize = timed.iter().map(|t| t.tokens).sum();
+        let seconds: f64 = timed.iter().map(|t| t.seconds).sum();
+        out.push_str(&format!(
+            "| SFT, standard objective, batch {SFT_BATCH} ({steps} steps in {:.1} s) | {:.0} target tokens/s |\n",
+            t.elapsed().as_secs_f64(),
+            tokens as f64 / seconds.max(1e-9)
+        ));
+        report.sft.push(SftMeasure {
+            objective: settings.objective,
+            steps: steps - 1,
+            tokens,
+            seconds,
+        });
+        drop(trained);
+        if !plans.is_empty() {
+            let model = load::<B>(dir, a.hf_image_size, &device)?;
+            for &p in &plans {
+                let spec = RolloutSpec {
+                    mode: Mode::Standard,
+                    samples: p.samples,
+                    sampling: SamplingConfig::default(),
+                    max_new_tokens: Some(ROLLOUT_TOKENS),
+                    batch_size: p.batch,
+                };
+                let t = Instant::now();
+                let rows = run_rollouts(
+                    &model,
+                    &plan.codec,
+                    &examples[..p.examples()],
+                    None,
+                    &spec,
+                    1,
+                    &device,
+                    |_| {},
+                )?;
+                let seconds = t.elapsed().as_secs_f64();
+                let new: usize = rows.iter().map(|r| r.new_tokens).sum();
+                out.push_str(&format!(
+                    "| rollout (KV cache), batch {}, ≤{ROLLOUT_TOKENS} new tokens | {:.0} new tokens/s |\n",
+                    p.batch,
+                    new as f64 / seconds
+                ));
+                report.rollout.push(RolloutMeasure {
+                    plan: p,
+                    new_tokens: new,
+                    rows: rows.iter().map(|r| (r.new_tokens, !r.truncated)).collect(),
+                    seconds,
+                });
+            }
+        }
+        Ok::<String, anyhow::Error>(out)
+    })
+}
