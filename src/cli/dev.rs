@@ -163,26 +163,18 @@ pub fn dev(cmd: DevCmd) -> anyhow::Result<i32> {
                 .iter()
                 .filter_map(|t| tok.token_id(t))
                 .collect();
+            let g = Generate {
+                dir: &checkpoint,
+                image: &rgb,
+                tok: &tok,
+                prompt: &prompt,
+                max_new: max_new_tokens,
+                stop: &stop,
+            };
             let out = asymm::with_backend!(spec, |B, dev| {
                 match tok.family() {
-                    Family::Qwen3Vl => generate_qwen::<B>(
-                        &checkpoint,
-                        &rgb,
-                        &tok,
-                        &prompt,
-                        max_new_tokens,
-                        &stop,
-                        &dev,
-                    ),
-                    Family::InternVl => generate_internvl::<B>(
-                        &checkpoint,
-                        &rgb,
-                        &tok,
-                        &prompt,
-                        max_new_tokens,
-                        &stop,
-                        &dev,
-                    ),
+                    Family::Qwen3Vl => generate_qwen::<B>(&g, &dev),
+                    Family::InternVl => generate_internvl::<B>(&g, &dev),
                 }
             })?;
             println!("{}", tok.decode(&out, true)?);
@@ -266,16 +258,29 @@ pub fn dev(cmd: DevCmd) -> anyhow::Result<i32> {
     }
 }
 
-/// Greedy decoding of a Qwen3-VL checkpoint on one image and one message.
-fn generate_qwen<B: burn::tensor::backend::Backend>(
-    dir: &std::path::Path,
-    image: &asymm::model::qwen3_vl::processor::Rgb,
-    tok: &asymm::model::qwen3_vl::chat::ChatTokenizer,
-    prompt: &str,
+/// One greedy generation: a checkpoint folder, an image and a message.
+struct Generate<'a> {
+    dir: &'a std::path::Path,
+    image: &'a asymm::model::qwen3_vl::processor::Rgb,
+    tok: &'a asymm::model::qwen3_vl::chat::ChatTokenizer,
+    prompt: &'a str,
     max_new: usize,
-    stop: &[u32],
+    stop: &'a [u32],
+}
+
+/// Greedy decoding of a Qwen3-VL checkpoint.
+fn generate_qwen<B: burn::tensor::backend::Backend>(
+    g: &Generate,
     dev: &B::Device,
 ) -> anyhow::Result<Vec<u32>> {
+    let Generate {
+        dir,
+        image,
+        tok,
+        prompt,
+        max_new,
+        stop,
+    } = *g;
     use asymm::model::qwen3_vl::{ImageInput, Qwen3Vl, processor::ProcessorConfig};
     let proc = ProcessorConfig::from_dir(dir)?;
     let model = Qwen3Vl::<B>::from_pretrained(dir, dev)?;
@@ -294,16 +299,19 @@ fn generate_qwen<B: burn::tensor::backend::Backend>(
     Ok(model.greedy(&ids, &[ImageInput { pixel_values, grid }], max_new, stop)?)
 }
 
-/// Greedy decoding of an InternVL3.5 checkpoint on one image (cut into tiles) and one message.
+/// Greedy decoding of an InternVL3.5 checkpoint (the image cut into tiles).
 fn generate_internvl<B: burn::tensor::backend::Backend>(
-    dir: &std::path::Path,
-    image: &asymm::model::qwen3_vl::processor::Rgb,
-    tok: &asymm::model::qwen3_vl::chat::ChatTokenizer,
-    prompt: &str,
-    max_new: usize,
-    stop: &[u32],
+    g: &Generate,
     dev: &B::Device,
 ) -> anyhow::Result<Vec<u32>> {
+    let Generate {
+        dir,
+        image,
+        tok,
+        prompt,
+        max_new,
+        stop,
+    } = *g;
     use asymm::model::internvl::{InternVl, processor::TileConfig};
     let proc = TileConfig::from_dir(dir)?;
     let model = InternVl::<B>::from_pretrained(dir, dev)?;

@@ -170,31 +170,7 @@ fn save_pretrained_round_trips_bit_for_bit() {
         let model = load(name);
         let dir = asymm::util::fsx::TempDir::new("asymm-internvl-save").unwrap();
         model.save_pretrained(dir.path()).expect("saves");
-        let read =
-            |p: PathBuf| std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
-        let (a, b) = (
-            read(fixture(name).join("model.safetensors")),
-            read(dir.path().join("model.safetensors")),
-        );
-        let (a, b) = (
-            SafeTensors::deserialize(&a).expect("original"),
-            SafeTensors::deserialize(&b).expect("saved"),
-        );
-        let mut ka: Vec<String> = a.names().into_iter().map(str::to_string).collect();
-        let mut kb: Vec<String> = b.names().into_iter().map(str::to_string).collect();
-        ka.sort();
-        kb.sort();
-        assert_eq!(ka, kb, "{name}: key sets");
-        for k in &ka {
-            let (x, y) = (a.tensor(k).expect("tensor"), b.tensor(k).expect("tensor"));
-            assert_eq!(x.shape(), y.shape(), "{name}: {k}");
-            assert!(x.data() == y.data(), "{name}: {k} differs");
-        }
-        assert_eq!(
-            read(fixture(name).join("config.json")),
-            read(dir.path().join("config.json")),
-            "{name}: config.json"
-        );
+        crate::checkpoints::assert_same_checkpoint(&fixture(name), dir.path());
     }
 }
 
@@ -222,11 +198,11 @@ fn chat_prompt_matches_the_reference() {
     assert_eq!(tok.decode(&ids, false).expect("decodes"), expanded);
 }
 
-/// Every model stage on the InternVL fixture ([`crate::checkpoint_pipeline::run`]); its puzzle
+/// Every model stage on the InternVL fixture ([`crate::checkpoints::run_pipeline`]); its puzzle
 /// images (64²) are cut into 2 × 2 tiles and a thumbnail.
 #[test]
 fn a_pipeline_fine_tunes_samples_and_scores_the_checkpoint() {
-    crate::checkpoint_pipeline::run(&fixture(""));
+    crate::checkpoints::run_pipeline(&fixture(""));
 }
 
 /// `asymm dev hf-generate` runs an InternVL folder end to end (tokenizer, tiling, model, greedy
@@ -282,44 +258,6 @@ fn the_dev_commands_run_an_internvl_folder() {
     assert!(parity["parity"]["max_abs_logit_diff"].as_f64().unwrap() <= 1e-4);
 }
 
-/// Copies the checkpoint folder `src` to `dst` with its weights split over two shards listed by
-/// `model.safetensors.index.json` (as large checkpoints come), each key renamed by `rename`.
-fn reshard(src: &std::path::Path, dst: &std::path::Path, rename: impl Fn(&str) -> String) {
-    use safetensors::tensor::TensorView;
-    for f in std::fs::read_dir(src).unwrap().flatten() {
-        if f.file_name() != "model.safetensors" {
-            std::fs::copy(f.path(), dst.join(f.file_name())).unwrap();
-        }
-    }
-    let bytes = std::fs::read(src.join("model.safetensors")).unwrap();
-    let st = SafeTensors::deserialize(&bytes).unwrap();
-    let mut names: Vec<&str> = st.names();
-    names.sort();
-    let half = names.len() / 2;
-    let mut map = serde_json::Map::new();
-    for (i, part) in [&names[..half], &names[half..]].into_iter().enumerate() {
-        let file = format!("model-{:05}-of-00002.safetensors", i + 1);
-        let views: Vec<(String, TensorView)> = part
-            .iter()
-            .map(|&n| {
-                let t = st.tensor(n).unwrap();
-                map.insert(rename(n), serde_json::Value::String(file.clone()));
-                (
-                    rename(n),
-                    TensorView::new(t.dtype(), t.shape().to_vec(), t.data()).unwrap(),
-                )
-            })
-            .collect();
-        safetensors::serialize_to_file(views, None, &dst.join(&file)).unwrap();
-    }
-    let index = serde_json::json!({ "metadata": {}, "weight_map": map });
-    std::fs::write(
-        dst.join("model.safetensors.index.json"),
-        serde_json::to_vec_pretty(&index).unwrap(),
-    )
-    .unwrap();
-}
-
 /// A checkpoint sharded over two files (`model.safetensors.index.json`) loads, in the published
 /// key layout and in transformers' in-memory one (`model.vision_tower.*`, `lm_head.*`), to the
 /// same weights: the same logits, bit for bit.
@@ -353,7 +291,7 @@ fn sharded_checkpoints_load_in_either_key_layout() {
         ("in-memory", &in_memory),
     ] {
         let dir = asymm::util::fsx::TempDir::new("asymm-internvl-shards").unwrap();
-        reshard(&fixture(name), dir.path(), rename);
+        crate::checkpoints::rewrite_weights(&fixture(name), dir.path(), 2, rename, &[]);
         assert!(!dir.path().join("model.safetensors").exists());
         let model = InternVl::<Cpu>::from_pretrained(dir.path(), &Default::default())
             .unwrap_or_else(|e| panic!("{layout}: {e}"));
@@ -430,41 +368,6 @@ fn memory_estimates_count_the_modules_parameters() {
     assert_eq!(report["image_tokens"], 20);
 }
 
-/// Copies the checkpoint folder `src` to `dst` with `extra` f32 tensors added to its weights.
-fn with_extra_tensors(
-    src: &std::path::Path,
-    dst: &std::path::Path,
-    extra: &[(&str, Vec<usize>, Vec<f32>)],
-) {
-    use safetensors::tensor::TensorView;
-    for f in std::fs::read_dir(src).unwrap().flatten() {
-        std::fs::copy(f.path(), dst.join(f.file_name())).unwrap();
-    }
-    let bytes = std::fs::read(src.join("model.safetensors")).unwrap();
-    let st = SafeTensors::deserialize(&bytes).unwrap();
-    let raw: Vec<(String, Vec<usize>, Vec<u8>)> = extra
-        .iter()
-        .map(|(n, shape, v)| {
-            let b = v.iter().flat_map(|x| x.to_le_bytes()).collect();
-            (n.to_string(), shape.clone(), b)
-        })
-        .collect();
-    let mut views: Vec<(String, TensorView)> = st
-        .names()
-        .into_iter()
-        .map(|n| {
-            let t = st.tensor(n).unwrap();
-            let view = TensorView::new(t.dtype(), t.shape().to_vec(), t.data()).unwrap();
-            (n.to_string(), view)
-        })
-        .collect();
-    for (n, shape, b) in &raw {
-        let view = TensorView::new(safetensors::Dtype::F32, shape.clone(), b).unwrap();
-        views.push((n.clone(), view));
-    }
-    safetensors::serialize_to_file(views, None, &dst.join("model.safetensors")).unwrap();
-}
-
 /// A config that ties the head while the weights hold one gets the stored head, as
 /// transformers does (other logits), unless it equals the embeddings (tied, the same logits); a
 /// tensor the model has no place for is an error naming it, not a weight silently dropped.
@@ -489,7 +392,7 @@ fn a_stored_head_beside_a_tied_config_is_used() {
     let head = "language_model.lm_head.weight";
     let open = |extra: &[(&str, Vec<usize>, Vec<f32>)]| {
         let dir = asymm::util::fsx::TempDir::new("asymm-internvl-head").unwrap();
-        with_extra_tensors(&fixture(name), dir.path(), extra);
+        crate::checkpoints::rewrite_weights(&fixture(name), dir.path(), 1, &|k| k.into(), extra);
         InternVl::<Cpu>::from_pretrained(dir.path(), &Default::default())
     };
     let tied = open(&[(head, shape.clone(), same)]).expect("loads");

@@ -3,7 +3,7 @@
 mod bad_pipelines;
 mod bundles;
 mod cache;
-mod checkpoint_pipeline;
+mod checkpoints;
 mod common;
 mod crash;
 mod fidelity;

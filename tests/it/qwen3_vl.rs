@@ -120,31 +120,7 @@ fn save_pretrained_round_trips_bit_for_bit() {
         let out =
             std::env::temp_dir().join(format!("asymm-qwen3vl-save-{name}-{}", std::process::id()));
         model.save_pretrained(&out).expect("saves");
-        let read =
-            |p: PathBuf| std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
-        let (a, b) = (
-            read(fixture(name).join("model.safetensors")),
-            read(out.join("model.safetensors")),
-        );
-        let (a, b) = (
-            SafeTensors::deserialize(&a).expect("original"),
-            SafeTensors::deserialize(&b).expect("saved"),
-        );
-        let mut ka: Vec<String> = a.names().into_iter().map(str::to_string).collect();
-        let mut kb: Vec<String> = b.names().into_iter().map(str::to_string).collect();
-        ka.sort();
-        kb.sort();
-        assert_eq!(ka, kb, "{name}: key sets");
-        for k in &ka {
-            let (x, y) = (a.tensor(k).expect("tensor"), b.tensor(k).expect("tensor"));
-            assert_eq!(x.shape(), y.shape(), "{name}: {k}");
-            assert!(x.data() == y.data(), "{name}: {k} differs");
-        }
-        assert_eq!(
-            read(fixture(name).join("config.json")),
-            read(out.join("config.json")),
-            "{name}: config.json"
-        );
+        crate::checkpoints::assert_same_checkpoint(&fixture(name), &out);
         let _ = std::fs::remove_dir_all(&out);
     }
 }
@@ -426,10 +402,10 @@ fn a_loaded_checkpoint_trains() {
     assert!(end < start * 0.9, "loss {start} → {end}");
 }
 
-/// Every model stage on the Qwen3-VL fixture ([`crate::checkpoint_pipeline::run`]).
+/// Every model stage on the Qwen3-VL fixture ([`crate::checkpoints::run_pipeline`]).
 #[test]
 fn a_pipeline_fine_tunes_samples_and_scores_the_checkpoint() {
-    crate::checkpoint_pipeline::run(&fixture(""));
+    crate::checkpoints::run_pipeline(&fixture(""));
 }
 
 /// A checkpoint model decodes a batch in groups of rows whose caches have one length: after a

@@ -4,12 +4,7 @@
 //! weights of its config's shapes: the time and memory of a size (`benches/shapes/`), measured
 //! before anything is downloaded.
 
-use super::{
-    EXAMPLES, ROLLOUT_TOKENS, Report, RolloutMeasure, SFT_BATCH, SFT_SEED, SftMeasure, puzzles,
-    rollout_plans,
-};
-use asymm::eval::rollout::{Mode, RolloutSpec, run_rollouts};
-use asymm::model::sampling::SamplingConfig;
+use super::{EXAMPLES, Report, SFT_BATCH, SFT_SEED, SftMeasure, puzzles, rollout_plans};
 use asymm::model::{Codec, DeviceSpec, HfVlm, Model};
 use asymm::stages::model_io::ModelPlan;
 use asymm::tasks::TaskKind;
@@ -123,39 +118,15 @@ pub(super) fn hf_suite(
         drop(trained);
         if !plans.is_empty() {
             let model = load::<B>(dir, a.hf_image_size, &device)?;
-            for &p in &plans {
-                let spec = RolloutSpec {
-                    mode: Mode::Standard,
-                    samples: p.samples,
-                    sampling: SamplingConfig::default(),
-                    max_new_tokens: Some(ROLLOUT_TOKENS),
-                    batch_size: p.batch,
-                };
-                let t = Instant::now();
-                let rows = run_rollouts(
-                    &model,
-                    &plan.codec,
-                    &examples[..p.examples()],
-                    None,
-                    &spec,
-                    1,
-                    &device,
-                    |_| {},
-                )?;
-                let seconds = t.elapsed().as_secs_f64();
-                let new: usize = rows.iter().map(|r| r.new_tokens).sum();
-                out.push_str(&format!(
-                    "| rollout (KV cache), batch {}, ≤{ROLLOUT_TOKENS} new tokens | {:.0} new tokens/s |\n",
-                    p.batch,
-                    new as f64 / seconds
-                ));
-                report.rollout.push(RolloutMeasure {
-                    plan: p,
-                    new_tokens: new,
-                    rows: rows.iter().map(|r| (r.new_tokens, !r.truncated)).collect(),
-                    seconds,
-                });
-            }
+            super::time_rollouts(
+                &model,
+                &plan.codec,
+                &examples,
+                &plans,
+                &device,
+                &mut out,
+                report,
+            )?;
         }
         Ok::<String, anyhow::Error>(out)
     })

@@ -337,47 +337,62 @@ fn model_suite(a: &BenchArgs, report: &mut Report) -> anyhow::Result<String> {
             <B as burn::tensor::backend::Backend>::seed(&device, SFT_SEED);
             let model: asymm::model::Model<B> = Vlm::<B>::new(&cfg, &device).into();
             let codec = asymm::model::Codec::from(tok.clone());
-            for &plan in &plans {
-                let spec = RolloutSpec {
-                    mode: Mode::Standard,
-                    samples: plan.samples,
-                    sampling: SamplingConfig::default(),
-                    max_new_tokens: Some(ROLLOUT_TOKENS),
-                    batch_size: plan.batch,
-                };
-                let t = Instant::now();
-                let rows = run_rollouts(
-                    &model,
-                    &codec,
-                    &examples[..plan.examples()],
-                    None,
-                    &spec,
-                    1,
-                    &device,
-                    |_| {},
-                )?;
-                let seconds = t.elapsed().as_secs_f64();
-                let new: usize = rows.iter().map(|r| r.new_tokens).sum();
-                let shape = if plan.samples > 1 {
-                    format!(" ({} prompts × {} samples)", plan.prompts, plan.samples)
-                } else {
-                    String::new()
-                };
-                out.push_str(&format!(
-                    "| rollout (KV cache), batch {}{shape}, ≤{ROLLOUT_TOKENS} new tokens | {:.0} new tokens/s |\n",
-                    plan.batch,
-                    new as f64 / seconds
-                ));
-                report.rollout.push(RolloutMeasure {
-                    plan,
-                    new_tokens: new,
-                    rows: rows.iter().map(|r| (r.new_tokens, !r.truncated)).collect(),
-                    seconds,
-                });
-            }
+            time_rollouts(&model, &codec, &examples, &plans, &device, &mut out, report)?;
         }
         Ok::<String, anyhow::Error>(out)
     })
+}
+
+/// Times KV-cached rollouts of `model` for each of `plans` (standard mode, ≤ROLLOUT_TOKENS new
+/// tokens), appending a table row and a measurement each.
+fn time_rollouts<B: burn::tensor::backend::Backend>(
+    model: &asymm::model::Model<B>,
+    codec: &asymm::model::Codec,
+    examples: &[Example],
+    plans: &[RolloutPlan],
+    device: &B::Device,
+    out: &mut String,
+    report: &mut Report,
+) -> anyhow::Result<()> {
+    for &plan in plans {
+        let spec = RolloutSpec {
+            mode: Mode::Standard,
+            samples: plan.samples,
+            sampling: SamplingConfig::default(),
+            max_new_tokens: Some(ROLLOUT_TOKENS),
+            batch_size: plan.batch,
+        };
+        let t = Instant::now();
+        let rows = run_rollouts(
+            model,
+            codec,
+            &examples[..plan.examples()],
+            None,
+            &spec,
+            1,
+            device,
+            |_| {},
+        )?;
+        let seconds = t.elapsed().as_secs_f64();
+        let new: usize = rows.iter().map(|r| r.new_tokens).sum();
+        let shape = if plan.samples > 1 {
+            format!(" ({} prompts × {} samples)", plan.prompts, plan.samples)
+        } else {
+            String::new()
+        };
+        out.push_str(&format!(
+            "| rollout (KV cache), batch {}{shape}, ≤{ROLLOUT_TOKENS} new tokens | {:.0} new tokens/s |\n",
+            plan.batch,
+            new as f64 / seconds
+        ));
+        report.rollout.push(RolloutMeasure {
+            plan,
+            new_tokens: new,
+            rows: rows.iter().map(|r| (r.new_tokens, !r.truncated)).collect(),
+            seconds,
+        });
+    }
+    Ok(())
 }
 
 fn model_config(a: &BenchArgs, tok: &Tokenizer) -> anyhow::Result<VlmConfig> {

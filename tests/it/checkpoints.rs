@@ -1,11 +1,12 @@
-//! Every model stage on a checkpoint folder of either family: the fixture folder's
-//! `pipeline.toml` run end to end and its artifacts checked.
+//! Checkpoint folders of either family: every model stage on a fixture folder's
+//! `pipeline.toml`, a saved folder compared with its source, weights rewritten (sharded,
+//! renamed, with tensors added).
 
 use crate::common::{json, rows, stage};
 use asymm::model::codec::HfCodec;
 use asymm::model::qwen3_vl::chat::ChatTokenizer;
 use asymm::model::{Cpu, HfVlm};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// Every model stage on the checkpoint `fixtures/tied`: its `pipeline.toml` fine-tunes the tiny
 /// checkpoint (`model = { hf = ... }`), samples it standard and counterfactual and scores the
@@ -14,7 +15,7 @@ use std::path::Path;
 /// moved weights and the source's tokenizer; each rollout's tokens are its text in the
 /// checkpoint tokenizer's ids; the targets were re-tokenized with that tokenizer; the training
 /// loss fell; and the update's teacher-forced log-probabilities are the sampler's.
-pub fn run(fixtures: &Path) {
+pub fn run_pipeline(fixtures: &Path) {
     let dir = asymm::util::fsx::TempDir::new("asymm-it-hf").unwrap();
     let store = dir.path().join("store");
     let source = fixtures.join("tied");
@@ -157,4 +158,95 @@ pub fn run(fixtures: &Path) {
             .all(|r| r["self_samples"].as_i64() == Some(1)),
         "one self re-rollout per rollout"
     );
+}
+
+/// A folder `saved` from the checkpoint `original` holds the same weights (keys, shapes and
+/// bytes) and the same `config.json`.
+pub fn assert_same_checkpoint(original: &Path, saved: &Path) {
+    use safetensors::SafeTensors;
+    let read = |p: PathBuf| std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+    let (a, b) = (
+        read(original.join("model.safetensors")),
+        read(saved.join("model.safetensors")),
+    );
+    let (a, b) = (
+        SafeTensors::deserialize(&a).expect("original"),
+        SafeTensors::deserialize(&b).expect("saved"),
+    );
+    let mut ka: Vec<String> = a.names().into_iter().map(str::to_string).collect();
+    let mut kb: Vec<String> = b.names().into_iter().map(str::to_string).collect();
+    ka.sort();
+    kb.sort();
+    let at = original.display();
+    assert_eq!(ka, kb, "{at}: key sets");
+    for k in &ka {
+        let (x, y) = (a.tensor(k).expect("tensor"), b.tensor(k).expect("tensor"));
+        assert_eq!(x.shape(), y.shape(), "{at}: {k}");
+        assert!(x.data() == y.data(), "{at}: {k} differs");
+    }
+    assert_eq!(
+        read(original.join("config.json")),
+        read(saved.join("config.json")),
+        "{at}: config.json"
+    );
+}
+
+/// Copies the checkpoint folder `src` to `dst` with its weights rewritten: each key renamed by
+/// `rename`, the f32 tensors `extra` added, all split over `shards` files listed by
+/// `model.safetensors.index.json` (one: a plain `model.safetensors`).
+pub fn rewrite_weights(
+    src: &Path,
+    dst: &Path,
+    shards: usize,
+    rename: &dyn Fn(&str) -> String,
+    extra: &[(&str, Vec<usize>, Vec<f32>)],
+) {
+    use safetensors::tensor::TensorView;
+    use safetensors::{Dtype, SafeTensors};
+    for f in std::fs::read_dir(src).unwrap().flatten() {
+        if f.file_name() != "model.safetensors" {
+            std::fs::copy(f.path(), dst.join(f.file_name())).unwrap();
+        }
+    }
+    let bytes = std::fs::read(src.join("model.safetensors")).unwrap();
+    let st = SafeTensors::deserialize(&bytes).unwrap();
+    let extra_bytes: Vec<Vec<u8>> = extra
+        .iter()
+        .map(|(_, _, v)| v.iter().flat_map(|x| x.to_le_bytes()).collect())
+        .collect();
+    let mut names = st.names();
+    names.sort();
+    let mut views: Vec<(String, TensorView)> = names
+        .into_iter()
+        .map(|n| {
+            let t = st.tensor(n).unwrap();
+            let view = TensorView::new(t.dtype(), t.shape().to_vec(), t.data()).unwrap();
+            (rename(n), view)
+        })
+        .collect();
+    for ((n, shape, _), b) in extra.iter().zip(&extra_bytes) {
+        let view = TensorView::new(Dtype::F32, shape.clone(), b).unwrap();
+        views.push((n.to_string(), view));
+    }
+    if shards <= 1 {
+        safetensors::serialize_to_file(views, None, &dst.join("model.safetensors")).unwrap();
+        return;
+    }
+    let per = views.len().div_ceil(shards);
+    let mut map = serde_json::Map::new();
+    let mut rest = views;
+    for i in 0..shards {
+        let part: Vec<(String, TensorView)> = rest.drain(..per.min(rest.len())).collect();
+        let file = format!("model-{:05}-of-{shards:05}.safetensors", i + 1);
+        for (n, _) in &part {
+            map.insert(n.clone(), serde_json::Value::String(file.clone()));
+        }
+        safetensors::serialize_to_file(part, None, &dst.join(&file)).unwrap();
+    }
+    let index = serde_json::json!({ "metadata": {}, "weight_map": map });
+    std::fs::write(
+        dst.join("model.safetensors.index.json"),
+        serde_json::to_vec_pretty(&index).unwrap(),
+    )
+    .unwrap();
 }
