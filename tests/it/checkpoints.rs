@@ -8,6 +8,28 @@ use asymm::model::qwen3_vl::chat::ChatTokenizer;
 use asymm::model::{Cpu, HfVlm};
 use std::path::{Path, PathBuf};
 
+/// A parity fixture folder: `tests/fixtures/<family>/<name>`.
+pub fn fixture(family: &str, name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(family)
+        .join(name)
+}
+
+/// The reference tensors of the fixture folder `dir`.
+pub fn reference(dir: &Path) -> asymm::model::qwen3_vl::reference::Reference {
+    asymm::model::qwen3_vl::reference::Reference::read(&dir.join("reference.safetensors"))
+        .expect("reference.safetensors")
+}
+
+/// The largest |a − b|; every value must be a number.
+pub fn max_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    let (d, non_finite) = asymm::model::max_abs_diff(a, b);
+    assert_eq!(non_finite, 0, "values that are not numbers");
+    d
+}
+
 /// Every model stage on the checkpoint `fixtures/tied`: its `pipeline.toml` fine-tunes the tiny
 /// checkpoint (`model = { hf = ... }`), samples it standard and counterfactual and scores the
 /// samples, samples the checkpoint as it is, and runs two GRPO steps with the self perception

@@ -2,6 +2,7 @@
 //! `make_fixture.py` there) hold tiny random checkpoints, their tiled inputs and transformers'
 //! outputs.
 
+use crate::checkpoints::max_diff;
 use asymm::model::Cpu;
 use asymm::model::internvl::InternVl;
 use asymm::model::internvl::processor::TileConfig;
@@ -12,21 +13,11 @@ use safetensors::SafeTensors;
 use std::path::PathBuf;
 
 fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/internvl")
-        .join(name)
+    crate::checkpoints::fixture("internvl", name)
 }
 
 fn reference(name: &str) -> Reference {
-    Reference::read(&fixture(name).join("reference.safetensors")).expect("reference.safetensors")
-}
-
-/// The largest |a − b|; every value must be a number.
-fn max_diff(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    let (d, non_finite) = asymm::model::max_abs_diff(a, b);
-    assert_eq!(non_finite, 0, "values that are not numbers");
-    d
+    crate::checkpoints::reference(&fixture(name))
 }
 
 fn values<const D: usize>(t: Tensor<Cpu, D>) -> Vec<f32> {

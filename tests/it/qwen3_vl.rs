@@ -1,6 +1,7 @@
 //! Qwen3-VL against transformers: the fixtures in `tests/fixtures/qwen3_vl/` (made by
 //! `make_fixture.py` there) hold tiny random checkpoints, their inputs and transformers' outputs.
 
+use crate::checkpoints::max_diff;
 use asymm::model::Cpu;
 use asymm::model::qwen3_vl::reference::{Reference, parity};
 use asymm::model::qwen3_vl::{ImageInput, Qwen3Vl};
@@ -9,22 +10,11 @@ use safetensors::SafeTensors;
 use std::path::PathBuf;
 
 fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/qwen3_vl")
-        .join(name)
+    crate::checkpoints::fixture("qwen3_vl", name)
 }
 
-/// The reference tensors of one fixture.
 fn reference(name: &str) -> Reference {
-    Reference::read(&fixture(name).join("reference.safetensors")).expect("reference.safetensors")
-}
-
-/// The largest |a − b|; every value must be a number.
-fn max_diff(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    let (d, non_finite) = asymm::model::max_abs_diff(a, b);
-    assert_eq!(non_finite, 0, "values that are not numbers");
-    d
+    crate::checkpoints::reference(&fixture(name))
 }
 
 fn inputs(r: &Reference) -> (Vec<u32>, [usize; 3], ImageInput<Cpu>) {
