@@ -25,9 +25,14 @@ use crate::rl::grpo::{LossSettings, Sequence};
 use crate::rl::update::{MinibatchRow, UpdateSettings, update_model};
 use crate::table::Table;
 use crate::table::cols;
+use crate::train::batch::Example;
 use crate::train::trainer::OptimState;
 use burn::backend::Autodiff;
+use burn::backend::autodiff::checkpoint::strategy::{
+    BalancedCheckpointing, CheckpointStrategy, NoCheckpointing,
+};
 use burn::module::AutodiffModule;
+use burn::tensor::backend::Backend;
 use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -74,6 +79,10 @@ pub struct GrpoUpdateConfig {
     pub eval_after: bool,
     /// Token budget of the evaluation's outputs; unset: the longest target + a margin.
     pub eval_max_new_tokens: Option<usize>,
+    /// Recompute the element-wise operations' outputs in the backward pass instead of keeping
+    /// them (burn's `BalancedCheckpointing`; see sft-train's option of the same name).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub activation_checkpointing: bool,
 }
 
 impl Default for GrpoUpdateConfig {
@@ -99,6 +108,7 @@ impl Default for GrpoUpdateConfig {
             eval_start: false,
             eval_after: true,
             eval_max_new_tokens: None,
+            activation_checkpointing: false,
         }
     }
 }
@@ -382,47 +392,23 @@ impl Stage for GrpoUpdate {
         } else {
             Vec::new()
         };
+        let job = Update {
+            cfg,
+            plan: &plan,
+            ref_plan: ref_plan.as_ref(),
+            settings: &settings,
+            state: state.as_ref(),
+            seqs: &seqs,
+            eval_set: &eval_set,
+            bar: &bar,
+            ctx,
+        };
         let (ckpt, rl_log, rl_state, evals) = crate::with_backend!(spec, |B, dev| {
-            let policy = plan.load::<Autodiff<B>>(ctx.seed, &dev)?;
-            let reference = match &ref_plan {
-                Some(r) => Some(r.load::<B>(ctx.seed, &dev)?),
-                None => None,
-            };
-            let evaluate = |m: &crate::model::Model<B>| -> Result<Option<EvalPoint>, StageError> {
-                if eval_set.is_empty() {
-                    return Ok(None);
-                }
-                Ok(Some(heldout_eval(
-                    m,
-                    &plan.codec,
-                    &eval_set,
-                    cfg.eval_max_new_tokens,
-                    &dev,
-                )?))
-            };
-            let mut evals = Vec::new();
-            if cfg.eval_start {
-                evals.push((-1, evaluate(&policy.valid())?));
+            if cfg.activation_checkpointing {
+                job.run::<B, BalancedCheckpointing>(&dev)
+            } else {
+                job.run::<B, NoCheckpointing>(&dev)
             }
-            let out = update_model::<Autodiff<B>>(
-                &settings,
-                policy,
-                state.as_ref(),
-                reference,
-                &seqs,
-                plan.codec.pad(),
-                &dev,
-                |row| {
-                    bar.inc(1);
-                    bar.set_message(format!("loss {:.4} clip {:.3}", row.loss, row.clip_frac));
-                },
-            )
-            .map_err(StageError::from)?;
-            if cfg.eval_after {
-                evals.push((cfg.step as i32, evaluate(&out.model)?));
-            }
-            let ckpt = plan.write(ctx, &out.model)?;
-            Ok::<_, StageError>((ckpt, out.log, out.state, evals))
         })?;
         bar.finish_and_clear();
         let ckpt = Written::new(&MAIN, ckpt);
@@ -430,6 +416,78 @@ impl Stage for GrpoUpdate {
         let optimizer = write_state(ctx, &rl_state)?;
         let eval = write_evals(ctx, eval_history.as_ref(), &evals, eval_set.len())?;
         Ok(outputs([ckpt, log, optimizer, eval]))
+    }
+}
+
+/// One update of the stage, on a backend and a checkpointing strategy.
+struct Update<'a> {
+    cfg: &'a GrpoUpdateConfig,
+    plan: &'a ModelPlan,
+    ref_plan: Option<&'a ModelPlan>,
+    settings: &'a UpdateSettings,
+    state: Option<&'a OptimState>,
+    seqs: &'a [Sequence],
+    eval_set: &'a [Example],
+    bar: &'a indicatif::ProgressBar,
+    ctx: &'a RunCtx<'a>,
+}
+
+/// The updated checkpoint's id, the update's log and optimizer state, and the evaluations
+/// (step −1 for the starting policy).
+type UpdateResult = (
+    String,
+    Vec<MinibatchRow>,
+    OptimState,
+    Vec<(i32, Option<EvalPoint>)>,
+);
+
+impl Update<'_> {
+    fn run<B: Backend, C: CheckpointStrategy>(
+        &self,
+        dev: &B::Device,
+    ) -> Result<UpdateResult, StageError> {
+        let (cfg, plan, ctx) = (self.cfg, self.plan, self.ctx);
+        let policy = plan.load::<Autodiff<B, C>>(ctx.seed, dev)?;
+        let reference = match self.ref_plan {
+            Some(r) => Some(r.load::<B>(ctx.seed, dev)?),
+            None => None,
+        };
+        let evaluate = |m: &crate::model::Model<B>| -> Result<Option<EvalPoint>, StageError> {
+            if self.eval_set.is_empty() {
+                return Ok(None);
+            }
+            Ok(Some(heldout_eval(
+                m,
+                &plan.codec,
+                self.eval_set,
+                cfg.eval_max_new_tokens,
+                dev,
+            )?))
+        };
+        let mut evals = Vec::new();
+        if cfg.eval_start {
+            evals.push((-1, evaluate(&policy.valid())?));
+        }
+        let out = update_model::<Autodiff<B, C>>(
+            self.settings,
+            policy,
+            self.state,
+            reference,
+            self.seqs,
+            plan.codec.pad(),
+            dev,
+            |row| {
+                self.bar.inc(1);
+                self.bar
+                    .set_message(format!("loss {:.4} clip {:.3}", row.loss, row.clip_frac));
+            },
+        )
+        .map_err(StageError::from)?;
+        if cfg.eval_after {
+            evals.push((cfg.step as i32, evaluate(&out.model)?));
+        }
+        let ckpt = plan.write(ctx, &out.model)?;
+        Ok((ckpt, out.log, out.state, evals))
     }
 }
 

@@ -17,6 +17,9 @@ use crate::train::batch::Example;
 use crate::train::objective::ObjectiveKind;
 use crate::train::sft::{EvalPoint, LogRow, SftHooks, SftSettings, TrainError, train};
 use burn::backend::Autodiff;
+use burn::backend::autodiff::checkpoint::strategy::{
+    BalancedCheckpointing, CheckpointStrategy, NoCheckpointing,
+};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -95,6 +98,11 @@ pub struct SftTrainConfig {
     pub diagnostics_every: usize,
     /// Resumable snapshot every N steps (0 = never).
     pub snapshot_every: usize,
+    /// Recompute the element-wise operations' outputs in the backward pass instead of keeping
+    /// them (burn's `BalancedCheckpointing`): less activation memory for more compute. Off by
+    /// default; on the CPU it also turns off the fused kernels.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub activation_checkpointing: bool,
 }
 
 impl Default for SftTrainConfig {
@@ -123,6 +131,7 @@ impl Default for SftTrainConfig {
             overlong: Overlong::Error,
             diagnostics_every: 10,
             snapshot_every: 25,
+            activation_checkpointing: false,
         }
     }
 }
@@ -195,11 +204,11 @@ struct Hooks<'a, B: Backend> {
     ctx: &'a RunCtx<'a>,
 }
 
-impl<B: Backend> SftHooks<Autodiff<B>> for Hooks<'_, B> {
+impl<B: Backend, C: CheckpointStrategy> SftHooks<Autodiff<B, C>> for Hooks<'_, B> {
     fn eval(
         &mut self,
         _step: usize,
-        model: &Model<<Autodiff<B> as AutodiffBackend>::InnerBackend>,
+        model: &Model<<Autodiff<B, C> as AutodiffBackend>::InnerBackend>,
     ) -> Result<Option<EvalPoint>, TrainError> {
         if self.eval_set.is_empty() {
             return Ok(None);
@@ -219,6 +228,38 @@ impl<B: Backend> SftHooks<Autodiff<B>> for Hooks<'_, B> {
         self.bar
             .set_message(format!("loss {:.3} {:.0} tok/s", row.loss, tokens_per_sec));
         self.ctx.fault_point(&format!("after-step-{step}"));
+    }
+}
+
+/// One training run of the stage, on a backend and a checkpointing strategy.
+struct Fit<'a> {
+    plan: &'a ModelPlan,
+    settings: &'a SftSettings,
+    train_set: &'a [Example],
+    scratch: &'a std::path::Path,
+    ctx: &'a RunCtx<'a>,
+}
+
+impl Fit<'_> {
+    /// Trains and writes the checkpoint; the log and timing rows for the stage to write.
+    fn run<B: Backend, C: CheckpointStrategy>(
+        &self,
+        dev: &B::Device,
+        hooks: &mut Hooks<'_, B>,
+    ) -> Result<(String, Vec<LogRow>, Vec<crate::train::sft::TimingRow>), StageError> {
+        let model = self.plan.load::<Autodiff<B, C>>(self.ctx.seed, dev)?;
+        let out = train::<Autodiff<B, C>>(
+            self.settings,
+            model,
+            self.train_set,
+            dev,
+            self.scratch,
+            self.plan.codec.pad(),
+            hooks,
+        )
+        .map_err(StageError::from)?;
+        let ckpt = self.plan.write(self.ctx, &out.model)?;
+        Ok((ckpt, out.log, out.timing))
     }
 }
 
@@ -330,19 +371,18 @@ impl Stage for SftTrain {
                 bar: bar.clone(),
                 ctx,
             };
-            let model = plan.load::<Autodiff<B>>(ctx.seed, &dev)?;
-            let out = train::<Autodiff<B>>(
-                &settings,
-                model,
-                &train_set,
-                &dev,
-                &scratch,
-                plan.codec.pad(),
-                &mut hooks,
-            )
-            .map_err(StageError::from)?;
-            let ckpt = plan.write(ctx, &out.model)?;
-            Ok::<_, StageError>((ckpt, out.log, out.timing))
+            let job = Fit {
+                plan: &plan,
+                settings: &settings,
+                train_set: &train_set,
+                scratch: &scratch,
+                ctx,
+            };
+            if cfg.activation_checkpointing {
+                job.run::<B, BalancedCheckpointing>(&dev, &mut hooks)
+            } else {
+                job.run::<B, NoCheckpointing>(&dev, &mut hooks)
+            }
         })?;
         bar.finish_and_clear();
         let (ckpt, log, timing) = out;

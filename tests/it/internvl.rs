@@ -430,3 +430,74 @@ fn bench_runs_a_checkpoint_folder_without_weights() {
     assert!(r["sft"][0]["target_tokens"].as_u64().unwrap() > 0, "{r}");
     assert!(r["rollout"][0]["new_tokens"].as_u64().unwrap() > 0, "{r}");
 }
+
+/// `activation_checkpointing = true` trains a checkpoint model to the same losses (the
+/// element-wise outputs recomputed in the backward pass instead of kept; float rounding aside),
+/// as a result of its own; `false` is the default's result (the same cache key).
+#[test]
+fn activation_checkpointing_trains_the_same() {
+    use crate::common::{json, rows, stage};
+    let dir = asymm::util::fsx::TempDir::new("asymm-it-ckpt").unwrap();
+    let store = dir.path().join("store");
+    let src = fixture("tied").display().to_string();
+    let sft = |name: &str, extra: &str| {
+        format!(
+            "[stages.{name}]\nstage = \"sft-train\"\ninputs = {{ data = \"distill_format\" }}\n\
+             model = {{ hf = {src:?}, image_size = 64 }}\nsteps = 3\nbatch_size = 2\n\
+             data_shards = 1\nlr = 1e-3\nmin_lr = 1e-3\nwarmup_ratio = 0.0\neval_items = 0\n\
+             diagnostics_every = 0\nsnapshot_every = 0\n{extra}\n"
+        )
+    };
+    let text = format!(
+        "[pipeline]\nname = \"ckpt\"\nseed = 1\n\
+         [stages.synthesize]\ntask = \"graph_coloring\"\nsplits = {{ test = 2, sft = 8 }}\n\
+         [stages.render]\ninputs = {{ puzzles = \"synthesize\" }}\nsize = 224\n\
+         [stages.distill_format]\ninputs = {{ puzzles = \"synthesize\", images = \"render\" }}\n\
+         verbosity = 0\n{}{}{}",
+        sft("plain", ""),
+        sft("checkpointed", "activation_checkpointing = true"),
+        sft("explicit_off", "activation_checkpointing = false"),
+    );
+    let ps = dir.path().join("p.toml");
+    std::fs::write(&ps, text).unwrap();
+    let run = json(&store, &["run", ps.to_str().unwrap()]);
+    let out = |name: &str, o: &str| {
+        stage(&run, name)["outputs"][o]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let losses = |name: &str| -> Vec<f64> {
+        rows(&json(&store, &["show", &out(name, "log")]))
+            .iter()
+            .map(|r| r["loss"].as_f64().unwrap())
+            .collect()
+    };
+    let (a, b) = (losses("plain"), losses("checkpointed"));
+    assert_eq!(a.len(), 3);
+    for (x, y) in a.iter().zip(&b) {
+        assert!((x - y).abs() <= 1e-4 * x.abs().max(1.0), "{a:?} vs {b:?}");
+    }
+    assert_ne!(
+        out("plain", "main"),
+        out("checkpointed", "main"),
+        "a result of its own"
+    );
+    // The checkpointed run composes the operations the fused CPU kernels run otherwise: the
+    // weights differ by rounding (equal bytes would mean the option was not applied).
+    let weights = |name: &str| {
+        std::fs::read(
+            store
+                .join("objects")
+                .join(out(name, "main"))
+                .join("model.safetensors"),
+        )
+        .unwrap()
+    };
+    assert_ne!(weights("plain"), weights("checkpointed"));
+    assert_eq!(
+        out("plain", "main"),
+        out("explicit_off", "main"),
+        "the default's result"
+    );
+}
