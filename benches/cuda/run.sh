@@ -118,14 +118,16 @@ for k in ("image_token_id", "video_token_id", "vision_start_token_id", "vision_e
         shape[k] = fixture[k]
 json.dump(shape, open(sys.argv[3], "w"), indent=2)
 PY
-    for dev in cuda:0/bf16 cuda:0; do
-      tag="$shape-${dev#cuda:0}"
-      step "estimate-$tag" 30 "$bin" dev hf-memory --checkpoint "$folder" \
-        --dtype "$([ "$dev" = cuda:0 ] && echo f32 || echo bf16)"
+    # bf16, bf16 with activation checkpointing, f32.
+    for run in bf16:cuda:0/bf16: bf16-ckpt:cuda:0/bf16:--activation-checkpointing f32:cuda:0:; do
+      dtype=${run%%:*} rest=${run#*:}
+      dev=${rest%:*} flag=${rest##*:}
+      tag="$shape-$dtype"
+      step "estimate-$tag" 30 "$bin" dev hf-memory --checkpoint "$folder" --dtype "${dtype%-ckpt}"
       nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 100 >"$work/mem.log" 2>/dev/null &
       smi=$!
       step "mem-$tag" 300 "$bin" bench --suite model --hf "$folder" --device "$dev" --steps 3 \
-        --rollout-batches 8 --json
+        --rollout-batches 8 --json $flag
       kill "$smi" 2>/dev/null
       echo "mem-$tag peak MiB: $(sort -n "$work/mem.log" | tail -1)" | tee -a "$out/summary.txt"
     done

@@ -398,6 +398,17 @@ fn a_stored_head_beside_a_tied_config_is_used() {
         max_diff(&logits(&untied), &want) > 1e-3,
         "the stored head's logits"
     );
+    // Saved, the config says untied (readers that trust the flag keep the head), and the folder
+    // loads to the same model.
+    let saved = asymm::util::fsx::TempDir::new("asymm-internvl-head-saved").unwrap();
+    untied.save_pretrained(saved.path()).expect("saves");
+    let cfg: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(saved.path().join("config.json")).unwrap()).unwrap();
+    assert_eq!(cfg["tie_word_embeddings"], false);
+    assert_eq!(cfg["text_config"]["tie_word_embeddings"], false);
+    let again = InternVl::<Cpu>::from_pretrained(saved.path(), &Default::default()).unwrap();
+    assert!(again.language_model.lm_head.is_some());
+    assert!(logits(&again) == logits(&untied));
     let err = open(&[("language_model.model.extra.weight", vec![2], vec![0.0, 1.0])])
         .expect_err("an unknown tensor is an error")
         .to_string();

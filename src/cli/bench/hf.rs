@@ -12,18 +12,67 @@ use asymm::text::tokenizer::{P_CLOSE, P_OPEN, R_CLOSE, R_OPEN};
 use asymm::train::batch::Example;
 use asymm::train::sft::{NoEval, SftSettings, train};
 use burn::backend::Autodiff;
+use burn::backend::autodiff::checkpoint::strategy::{
+    BalancedCheckpointing, CheckpointStrategy, NoCheckpointing,
+};
 use burn::module::Module;
 use burn::tensor::backend::Backend;
 use std::path::Path;
 use std::time::Instant;
 
-/// Whether the folder holds weights (else the model gets random ones).
-fn has_weights(dir: &Path) -> bool {
-    dir.join("model.safetensors").is_file() || dir.join("model.safetensors.index.json").is_file()
+/// Whether the folder holds weights (else the model gets random ones); weights in another
+/// format than safetensors are refused rather than replaced by random ones.
+fn has_weights(dir: &Path) -> anyhow::Result<bool> {
+    if dir.join("model.safetensors").is_file() || dir.join("model.safetensors.index.json").is_file()
+    {
+        return Ok(true);
+    }
+    for other in ["pytorch_model.bin", "pytorch_model.bin.index.json"] {
+        anyhow::ensure!(
+            !dir.join(other).is_file(),
+            "{}: {other} but no safetensors (convert the weights to safetensors)",
+            dir.display()
+        );
+    }
+    Ok(false)
+}
+
+/// The timed SFT run of the suite.
+struct Sft<'a> {
+    dir: &'a Path,
+    image_size: usize,
+    settings: &'a SftSettings,
+    examples: &'a [Example],
+    pad: u32,
+}
+
+impl Sft<'_> {
+    /// The model's parameters, and the target tokens and seconds of the steps after the first.
+    fn time<B: Backend, C: CheckpointStrategy>(
+        &self,
+        device: &B::Device,
+    ) -> anyhow::Result<(usize, usize, f64)> {
+        let model = load::<Autodiff<B, C>>(self.dir, self.image_size, device)?;
+        let params = model.num_params();
+        let scratch = asymm::util::fsx::TempDir::new("asymm-bench")?;
+        let trained = train::<Autodiff<B, C>>(
+            self.settings,
+            model,
+            self.examples,
+            device,
+            scratch.path(),
+            self.pad,
+            &mut NoEval,
+        )?;
+        let timed = &trained.timing[1..];
+        let tokens: usize = timed.iter().map(|t| t.tokens).sum();
+        let seconds: f64 = timed.iter().map(|t| t.seconds).sum();
+        Ok((params, tokens, seconds))
+    }
 }
 
 fn load<B: Backend>(dir: &Path, image_size: usize, device: &B::Device) -> anyhow::Result<Model<B>> {
-    Ok(Model::Hf(if has_weights(dir) {
+    Ok(Model::Hf(if has_weights(dir)? {
         HfVlm::from_pretrained(dir, image_size, device)?
     } else {
         HfVlm::from_config(dir, image_size, device)?
@@ -65,16 +114,35 @@ pub(super) fn hf_suite(
             })
         })
         .collect::<anyhow::Result<Vec<Example>>>()?;
-    let weights = if has_weights(dir) {
+    let weights = if has_weights(dir)? {
         "its weights"
     } else {
         "random weights"
     };
     let steps = a.steps.max(2);
+    let settings = SftSettings {
+        steps,
+        data_shards: 1,
+        batch_size: SFT_BATCH,
+        seed: SFT_SEED,
+        max_text: plan.max_text(),
+        ..SftSettings::default()
+    };
+    let sft = Sft {
+        dir,
+        image_size: a.hf_image_size,
+        settings: &settings,
+        examples: &examples[..EXAMPLES.min(examples.len())],
+        pad: codec.eos,
+    };
     asymm::with_backend!(spec, |B, device| {
         <B as Backend>::seed(&device, SFT_SEED);
-        let model = load::<Autodiff<B>>(dir, a.hf_image_size, &device)?;
-        let params = model.num_params();
+        let t = Instant::now();
+        let (params, tokens, seconds) = if a.activation_checkpointing {
+            sft.time::<B, BalancedCheckpointing>(&device)?
+        } else {
+            sft.time::<B, NoCheckpointing>(&device)?
+        };
         report.parameters = Some(params);
         let mut out = format!(
             "\n| model suite: `{}` ({weights}, {:.1} M parameters) on {} | rate |\n|---|---:|\n",
@@ -82,30 +150,13 @@ pub(super) fn hf_suite(
             params as f64 / 1e6,
             a.device
         );
-        let settings = SftSettings {
-            steps,
-            data_shards: 1,
-            batch_size: SFT_BATCH,
-            seed: SFT_SEED,
-            max_text: plan.max_text(),
-            ..SftSettings::default()
+        let ckpt = if a.activation_checkpointing {
+            ", activation checkpointing"
+        } else {
+            ""
         };
-        let scratch = asymm::util::fsx::TempDir::new("asymm-bench")?;
-        let t = Instant::now();
-        let trained = train::<Autodiff<B>>(
-            &settings,
-            model,
-            &examples[..EXAMPLES.min(examples.len())],
-            &device,
-            scratch.path(),
-            codec.eos,
-            &mut NoEval,
-        )?;
-        let timed = &trained.timing[1..];
-        let tokens: usize = timed.iter().map(|t| t.tokens).sum();
-        let seconds: f64 = timed.iter().map(|t| t.seconds).sum();
         out.push_str(&format!(
-            "| SFT, standard objective, batch {SFT_BATCH} ({steps} steps in {:.1} s) | {:.0} target tokens/s |\n",
+            "| SFT, standard objective, batch {SFT_BATCH}{ckpt} ({steps} steps in {:.1} s) | {:.0} target tokens/s |\n",
             t.elapsed().as_secs_f64(),
             tokens as f64 / seconds.max(1e-9)
         ));
@@ -115,7 +166,6 @@ pub(super) fn hf_suite(
             tokens,
             seconds,
         });
-        drop(trained);
         if !plans.is_empty() {
             let model = load::<B>(dir, a.hf_image_size, &device)?;
             super::time_rollouts(

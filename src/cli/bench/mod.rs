@@ -82,6 +82,9 @@ pub struct BenchArgs {
     /// Side of the puzzle images a checkpoint model reads (`model.image_size`).
     #[arg(long, default_value_t = 224)]
     pub hf_image_size: usize,
+    /// Train the `--hf` model with activation checkpointing (sft-train's option).
+    #[arg(long)]
+    pub activation_checkpointing: bool,
 }
 
 /// New tokens per rollout output.

@@ -107,7 +107,7 @@ impl<B: Backend> InternVl<B> {
             Self::new(&cfg, device).map_err(|e| checkpoint_err(&dir.join("config.json"), e))?;
         model.config_json = text;
         // A config that ties the head while the files hold one: that head, as transformers
-        // does, unless it equals the embeddings.
+        // does, unless it equals the embeddings (the config to save then says untied).
         let head = "language_model.lm_head.weight";
         let stored = load_safetensors(&mut model, dir, KEYS_AS_IN_MEMORY, &[head])?;
         if model.language_model.lm_head.is_none() && !stored.is_empty() {
@@ -119,6 +119,12 @@ impl<B: Backend> InternVl<B> {
                 && text::head_is_embeddings(head, &lm.model)?
             {
                 lm.lm_head = None;
+            } else {
+                model.cfg.tie_word_embeddings = false;
+                model.config_json = crate::model::qwen3_vl::untied_config(
+                    &model.config_json,
+                    &dir.join("config.json"),
+                )?;
             }
         }
         Ok(model)

@@ -168,7 +168,9 @@ impl<B: Backend> Qwen3Vl<B> {
     /// a tensor of the wrong shape, is an error naming it.
     ///
     /// A config that ties the head to the embeddings while the files hold a head
-    /// (`lm_head.weight`) gets that head, as transformers does, unless it equals the embeddings.
+    /// (`lm_head.weight`) gets that head, as transformers does, unless it equals the embeddings;
+    /// the config kept for [`Qwen3Vl::save_pretrained`] then says the head is untied, so that
+    /// every reader keeps it.
     pub fn load_weights(&mut self, dir: &Path) -> Result<()> {
         let stored = load_safetensors(self, dir, &[], &["lm_head.weight"])?;
         if self.lm_head.is_none() && !stored.is_empty() {
@@ -179,6 +181,9 @@ impl<B: Backend> Qwen3Vl<B> {
                 && text::head_is_embeddings(head, &self.model.language_model)?
             {
                 self.lm_head = None;
+            } else {
+                self.cfg.tie_word_embeddings = false;
+                self.config_json = untied_config(&self.config_json, &dir.join("config.json"))?;
             }
         }
         Ok(())
@@ -387,6 +392,25 @@ fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
             "neither model.safetensors nor model.safetensors.index.json",
         ))
     }
+}
+
+/// `config_json` with `tie_word_embeddings` false, at the top and in `text_config` (keys
+/// sorted, two-space indents, as transformers writes configs).
+pub(crate) fn untied_config(config_json: &str, path: &Path) -> Result<String> {
+    let mut v: serde_json::Value =
+        serde_json::from_str(config_json).map_err(|e| checkpoint_err(path, e))?;
+    let untie = |o: &mut serde_json::Value| {
+        if let Some(m) = o.as_object_mut() {
+            m.insert("tie_word_embeddings".into(), false.into());
+        }
+    };
+    untie(&mut v);
+    if let Some(t) = v.get_mut("text_config") {
+        untie(t);
+    }
+    let mut text = serde_json::to_string_pretty(&v).map_err(|e| checkpoint_err(path, e))?;
+    text.push('\n');
+    Ok(text)
 }
 
 /// `dir/config.json` parsed as `C`, and its text.
