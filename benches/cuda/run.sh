@@ -10,7 +10,7 @@
 # OUTDIR/summary.txt lists each step's exit code and duration, so one failing step (or a run cut
 # short) still leaves the others' results, in two files.
 # DEADLINE=S (seconds from the start) shortens every bound so that the whole run ends by then;
-# SKIP="name …" leaves out single steps.
+# SKIP="name …" leaves out single steps; MEM2B_F32=1 adds f32 runs to mem2b.
 set -u
 bin=${1:?usage: run.sh PATH/TO/asymm[.gz] OUTDIR [STEP...]}
 out=${2:?usage: run.sh PATH/TO/asymm[.gz] OUTDIR [STEP...]}
@@ -118,15 +118,17 @@ for k in ("image_token_id", "video_token_id", "vision_start_token_id", "vision_e
         shape[k] = fixture[k]
 json.dump(shape, open(sys.argv[3], "w"), indent=2)
 PY
-    # bf16, bf16 with activation checkpointing, f32.
-    for run in bf16:cuda:0/bf16: bf16-ckpt:cuda:0/bf16:--activation-checkpointing f32:cuda:0:; do
+    # bf16, bf16 with activation checkpointing (and f32 with MEM2B_F32=1).
+    runs="bf16:cuda:0/bf16: bf16-ckpt:cuda:0/bf16:--activation-checkpointing"
+    [ -n "${MEM2B_F32:-}" ] && runs="$runs f32:cuda:0:"
+    for run in $runs; do
       dtype=${run%%:*} rest=${run#*:}
       dev=${rest%:*} flag=${rest##*:}
       tag="$shape-$dtype"
       step "estimate-$tag" 30 "$bin" dev hf-memory --checkpoint "$folder" --dtype "${dtype%-ckpt}"
       nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 100 >"$work/mem.log" 2>/dev/null &
       smi=$!
-      step "mem-$tag" 300 "$bin" bench --suite model --hf "$folder" --device "$dev" --steps 3 \
+      step "mem-$tag" 180 "$bin" bench --suite model --hf "$folder" --device "$dev" --steps 3 \
         --rollout-batches 8 --json $flag
       kill "$smi" 2>/dev/null
       echo "mem-$tag peak MiB: $(sort -n "$work/mem.log" | tail -1)" | tee -a "$out/summary.txt"
