@@ -136,36 +136,35 @@ impl<B: Backend> HfVlm<B> {
         }
         let family = Family::of_dir(dir)?;
         let processor = ImageProcessor::from_dir(family, dir)?;
+        // Config, processor and tokenizer are checked before any weight is read.
+        let known_ids = ChatTokenizer::from_dir(dir)?.known_ids();
         let net = match &processor {
             ImageProcessor::Qwen3Vl(p) => {
-                let qwen = if weights {
+                let (cfg, text) = read_config::<super::qwen3_vl::Qwen3VlConfig>(dir)?;
+                p.check(&cfg.vision_config)?;
+                HfNet::Qwen3Vl(if weights {
                     Qwen3Vl::from_pretrained(dir, device)?
                 } else {
-                    let (cfg, text) = read_config(dir)?;
                     Qwen3Vl {
                         config_json: text,
                         ..Qwen3Vl::new(&cfg, device)?
                     }
-                };
-                p.check(&qwen.cfg.vision_config)?;
-                HfNet::Qwen3Vl(qwen)
+                })
             }
             ImageProcessor::InternVl(p) => {
-                let m = if weights {
+                let (cfg, text) = read_config::<super::internvl::InternVlConfig>(dir)?;
+                p.check(cfg.vision_config.image_size)?;
+                HfNet::InternVl(if weights {
                     InternVl::from_pretrained(dir, device)?
                 } else {
-                    let (cfg, text) = read_config(dir)?;
                     InternVl {
                         config_json: text,
                         ..InternVl::new(&cfg, device)?
                     }
-                };
-                p.check(m.cfg.vision_config.image_size)?;
-                HfNet::InternVl(m)
+                })
             }
         };
         let vocab = net.vocab_size();
-        let known_ids = ChatTokenizer::from_dir(dir)?.known_ids();
         if known_ids == 0 || known_ids > vocab {
             return Err(ModelError::Config(format!(
                 "the tokenizer knows ids up to {known_ids}, the model's vocabulary has {vocab}"
