@@ -268,35 +268,32 @@ struct Generate<'a> {
     stop: &'a [u32],
 }
 
+impl Generate<'_> {
+    /// The chat prompt's ids around an image of `image_tokens` tokens.
+    fn prompt_ids(&self, image_tokens: usize) -> anyhow::Result<Vec<u32>> {
+        Ok(self.tok.prompt(self.prompt, image_tokens)?)
+    }
+}
+
 /// Greedy decoding of a Qwen3-VL checkpoint.
 fn generate_qwen<B: burn::tensor::backend::Backend>(
     g: &Generate,
     dev: &B::Device,
 ) -> anyhow::Result<Vec<u32>> {
-    let Generate {
-        dir,
-        image,
-        tok,
-        prompt,
-        max_new,
-        stop,
-    } = *g;
     use asymm::model::qwen3_vl::{ImageInput, Qwen3Vl, processor::ProcessorConfig};
-    let proc = ProcessorConfig::from_dir(dir)?;
-    let model = Qwen3Vl::<B>::from_pretrained(dir, dev)?;
+    let proc = ProcessorConfig::from_dir(g.dir)?;
+    let model = Qwen3Vl::<B>::from_pretrained(g.dir, dev)?;
     proc.check(&model.cfg.vision_config)?;
-    let (rows, grid) = proc.preprocess(image)?;
-    let ids = tok.prompt(
-        prompt,
-        grid.iter().product::<usize>() / proc.merge_size.pow(2),
-    )?;
+    let (rows, grid) = proc.preprocess(g.image)?;
+    let ids = g.prompt_ids(grid.iter().product::<usize>() / proc.merge_size.pow(2))?;
     let width = model.cfg.vision_config.patch_features();
     let n = rows.len() / width.max(1);
     let pixel_values = burn::tensor::Tensor::<B, 2>::from_data(
         burn::tensor::TensorData::new(rows, [n, width]),
         dev,
     );
-    Ok(model.greedy(&ids, &[ImageInput { pixel_values, grid }], max_new, stop)?)
+    let image = ImageInput { pixel_values, grid };
+    Ok(model.greedy(&ids, &[image], g.max_new, g.stop)?)
 }
 
 /// Greedy decoding of an InternVL3.5 checkpoint (the image cut into tiles).
@@ -304,24 +301,16 @@ fn generate_internvl<B: burn::tensor::backend::Backend>(
     g: &Generate,
     dev: &B::Device,
 ) -> anyhow::Result<Vec<u32>> {
-    let Generate {
-        dir,
-        image,
-        tok,
-        prompt,
-        max_new,
-        stop,
-    } = *g;
     use asymm::model::internvl::{InternVl, processor::TileConfig};
-    let proc = TileConfig::from_dir(dir)?;
-    let model = InternVl::<B>::from_pretrained(dir, dev)?;
+    let proc = TileConfig::from_dir(g.dir)?;
+    let model = InternVl::<B>::from_pretrained(g.dir, dev)?;
     proc.check(model.cfg.vision_config.image_size)?;
-    let (values, n) = proc.preprocess(image)?;
-    let ids = tok.prompt(prompt, n * model.cfg.tokens_per_tile())?;
+    let (values, n) = proc.preprocess(g.image)?;
+    let ids = g.prompt_ids(n * model.cfg.tokens_per_tile())?;
     let shape = [n, 3, proc.size.height, proc.size.width];
     let tiles =
         burn::tensor::Tensor::<B, 4>::from_data(burn::tensor::TensorData::new(values, shape), dev);
-    Ok(model.greedy(&ids, tiles, max_new, stop)?)
+    Ok(model.greedy(&ids, tiles, g.max_new, g.stop)?)
 }
 
 /// `dev hf-memory`'s report for the checkpoint in `dir`.

@@ -69,12 +69,20 @@ pub struct HfVlm<B: Backend> {
     /// logits are masked, so that nothing is sampled that the text would not show.
     #[module(skip)]
     pub known_ids: usize,
+    /// Image tokens one puzzle image takes in the prompt ([`HfShape::image_tokens`]).
+    #[module(skip)]
+    pub image_tokens: usize,
 }
 
 impl HfShape {
     /// The family, prompt image tokens and position limit of the checkpoint in `dir` for
     /// puzzle images of `image_size`², from its config and processor files alone.
     pub fn of_dir(dir: &Path, image_size: usize) -> Result<HfShape, ModelError> {
+        Ok(Self::read(dir, image_size)?.0)
+    }
+
+    /// [`HfShape::of_dir`] and the folder's image processor.
+    fn read(dir: &Path, image_size: usize) -> Result<(HfShape, ImageProcessor), ModelError> {
         if image_size == 0 {
             return Err(ModelError::Config("image_size must be positive".into()));
         }
@@ -96,11 +104,12 @@ impl HfShape {
                 )
             }
         };
-        Ok(HfShape {
+        let shape = HfShape {
             family,
             image_tokens,
             max_positions,
-        })
+        };
+        Ok((shape, processor))
     }
 }
 
@@ -131,11 +140,7 @@ impl<B: Backend> HfVlm<B> {
         weights: bool,
         device: &B::Device,
     ) -> Result<Self, ModelError> {
-        if image_size == 0 {
-            return Err(ModelError::Config("image_size must be positive".into()));
-        }
-        let family = Family::of_dir(dir)?;
-        let processor = ImageProcessor::from_dir(family, dir)?;
+        let (shape, processor) = HfShape::read(dir, image_size)?;
         // Config, processor and tokenizer are checked before any weight is read.
         let known_ids = ChatTokenizer::from_dir(dir)?.known_ids();
         let net = match &processor {
@@ -175,6 +180,7 @@ impl<B: Backend> HfVlm<B> {
             processor,
             image_size,
             known_ids,
+            image_tokens: shape.image_tokens,
         })
     }
 
@@ -243,22 +249,6 @@ impl<B: Backend> HfVlm<B> {
         let mut ranges = logits.dims().map(|n| 0..n);
         ranges[D - 1] = self.known_ids..v;
         logits.slice_fill(ranges, MASKED)
-    }
-
-    /// The number of image tokens one puzzle image takes in the prompt.
-    pub fn image_tokens(&self) -> Result<usize, ModelError> {
-        let s = self.image_size;
-        Ok(match (&self.processor, &self.net) {
-            (ImageProcessor::Qwen3Vl(p), _) => p.image_tokens(s, s)?,
-            (ImageProcessor::InternVl(p), HfNet::InternVl(m)) => {
-                p.tiles(s, s) * m.cfg.tokens_per_tile()
-            }
-            _ => {
-                return Err(ModelError::Config(
-                    "a processor of another family than the model".into(),
-                ));
-            }
-        })
     }
 }
 
@@ -416,6 +406,7 @@ impl<B: Backend> Model<B> {
                 processor,
                 image_size,
                 known_ids,
+                image_tokens,
             }) => Model::Hf(HfVlm {
                 net: match net {
                     HfNet::Qwen3Vl(n) => HfNet::Qwen3Vl(load_weights(n, bytes)?),
@@ -424,6 +415,7 @@ impl<B: Backend> Model<B> {
                 processor,
                 image_size,
                 known_ids,
+                image_tokens,
             }),
         })
     }

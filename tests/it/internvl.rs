@@ -34,6 +34,16 @@ fn inputs(r: &Reference) -> (Vec<u32>, Tensor<Cpu, 4>) {
     (ids, tiles)
 }
 
+/// The logits of `model` on one sequence and its tiles, as host values.
+fn logits_of(model: &InternVl<Cpu>, ids: &[u32], tiles: &Tensor<Cpu, 4>) -> Vec<f32> {
+    values(
+        model
+            .prefill_rows(&[ids], &[Some(tiles.clone())])
+            .expect("runs")
+            .0,
+    )
+}
+
 fn load(name: &str) -> InternVl<Cpu> {
     InternVl::<Cpu>::from_pretrained(&fixture(name), &Default::default())
         .unwrap_or_else(|e| panic!("{name}: {e}"))
@@ -124,11 +134,7 @@ fn cached_greedy_equals_uncached() {
     let (ids, tiles) = inputs(&r);
     let argmax = |l: Tensor<Cpu, 2>| -> (u32, Vec<f32>) {
         let v = values(l);
-        let best = v
-            .iter()
-            .enumerate()
-            .fold((0, f32::MIN), |b, (i, &x)| if x > b.1 { (i, x) } else { b });
-        (best.0 as u32, v)
+        (asymm::model::sampling::argmax(&v), v)
     };
     let last = |l: Tensor<Cpu, 3>| {
         let [_, n, v] = l.dims();
@@ -257,13 +263,7 @@ fn sharded_checkpoints_load_in_either_key_layout() {
     let name = "untied-rms";
     let r = reference(name);
     let (ids, tiles) = inputs(&r);
-    let logits = |m: &InternVl<Cpu>| {
-        values(
-            m.prefill_rows(&[&ids], &[Some(tiles.clone())])
-                .expect("runs")
-                .0,
-        )
-    };
+    let logits = |m: &InternVl<Cpu>| logits_of(m, &ids, &tiles);
     let want = logits(&load(name));
     let in_memory = |k: &str| {
         if let Some(rest) = k.strip_prefix("language_model.model.") {
@@ -367,13 +367,7 @@ fn a_stored_head_beside_a_tied_config_is_used() {
     let name = "tied";
     let r = reference(name);
     let (ids, tiles) = inputs(&r);
-    let logits = |m: &InternVl<Cpu>| {
-        values(
-            m.prefill_rows(&[&ids], &[Some(tiles.clone())])
-                .expect("runs")
-                .0,
-        )
-    };
+    let logits = |m: &InternVl<Cpu>| logits_of(m, &ids, &tiles);
     let base = load(name);
     let want = logits(&base);
     let embed = base.language_model.model.embed_tokens.weight.val();

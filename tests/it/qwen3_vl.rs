@@ -77,11 +77,7 @@ fn cached_greedy_equals_uncached() {
     let (ids, _, image) = inputs(&r);
     let argmax = |l: Tensor<Cpu, 2>| -> (u32, Vec<f32>) {
         let v = l.into_data().to_vec::<f32>().expect("f32");
-        let best = v
-            .iter()
-            .enumerate()
-            .fold((0, f32::MIN), |b, (i, &x)| if x > b.1 { (i, x) } else { b });
-        (best.0 as u32, v)
+        (asymm::model::sampling::argmax(&v), v)
     };
     let (first, mut state) = model.prefill(&ids, &[image]).expect("prefill");
     let (mut tok, _) = argmax(first);
@@ -409,9 +405,7 @@ fn batched_decoding_gives_each_row_its_own_logits() {
     let dev = Default::default();
     let hf = HfVlm::<Cpu>::from_pretrained(&fixture("tied"), 64, &dev).expect("loads");
     let tok = ChatTokenizer::from_dir(&fixture("tied")).unwrap();
-    let base = tok
-        .prompt("Color the graph.", hf.image_tokens().unwrap())
-        .unwrap();
+    let base = tok.prompt("Color the graph.", hf.image_tokens).unwrap();
     let longer = [base.clone(), tok.encode(" Now.").unwrap()].concat();
     let prompts = vec![base.clone(), longer, base];
     let s = 64;

@@ -24,7 +24,7 @@ pub mod vision;
 pub use config::InternVlConfig;
 
 use crate::model::layers::linear3;
-use crate::model::qwen3_vl::reference::{Parity, Reference};
+use crate::model::qwen3_vl::reference::{Parity, Reference, watch_finite};
 use crate::model::qwen3_vl::text::{self, DecodeBatch, PackedRows, TextModel};
 use crate::model::qwen3_vl::{HfError, Result, act, checkpoint_err, load_safetensors};
 use burn::module::Module;
@@ -260,11 +260,7 @@ impl<B: Backend> InternVl<B> {
 /// none, so transformers counted them up): `positions_equal` is true by construction.
 pub fn parity<B: Backend>(model: &InternVl<B>, reference: &Reference) -> Result<Parity> {
     let device = model.device();
-    let (_, ids) = reference.i64("input_ids")?;
-    let ids = ids
-        .iter()
-        .map(|&x| u32::try_from(x).map_err(|_| HfError::Input(format!("token id {x}"))))
-        .collect::<Result<Vec<u32>>>()?;
+    let ids = reference.ids()?;
     let (shape, px) = reference.f32("pixel_values")?;
     let shape: [usize; 4] = shape
         .try_into()
@@ -274,34 +270,9 @@ pub fn parity<B: Backend>(model: &InternVl<B>, reference: &Reference) -> Result<
     let mut first_bad: Option<String> = None;
     let hidden = model
         .vision_tower
-        .forward_observed(tiles.clone(), &mut |name, t| {
-            if first_bad.is_none()
-                && crate::model::host_f32(t.clone())
-                    .map(|v| v.iter().any(|x| !x.is_finite()))
-                    .unwrap_or(true)
-            {
-                first_bad = Some(name.to_string());
-            }
-        });
+        .forward_observed(tiles.clone(), &mut watch_finite(&mut first_bad));
     let features = crate::model::host_f32(model.project(hidden))
         .map_err(|e| HfError::Input(format!("reading image features: {e}")))?;
     let (logits, _) = model.prefill_rows(&[&ids], &[Some(tiles)])?;
-    let (shape, want) = reference.f32("logits")?;
-    if logits.dims().to_vec() != shape {
-        return Err(HfError::Input(format!(
-            "logits {:?}, reference {shape:?}",
-            logits.dims()
-        )));
-    }
-    let got = crate::model::host_f32(logits)
-        .map_err(|e| HfError::Input(format!("reading logits: {e}")))?;
-    let (max_abs_logit_diff, non_finite_logits) = crate::model::max_abs_diff(&got, &want);
-    Ok(Parity {
-        positions_equal: true,
-        max_abs_logit_diff,
-        logits: got.len(),
-        non_finite_logits,
-        non_finite_image_features: features.iter().filter(|x| !x.is_finite()).count(),
-        first_non_finite_vision_step: first_bad,
-    })
+    Parity::measure(reference, logits, true, &features, first_bad)
 }

@@ -58,19 +58,23 @@ impl Reference {
         Ok((shape, vals))
     }
 
+    /// The token ids of the reference run (`input_ids`).
+    pub fn ids(&self) -> Result<Vec<u32>> {
+        let (_, ids) = self.i64("input_ids")?;
+        ids.iter()
+            .map(|&x| u32::try_from(x).map_err(|_| HfError::Input(format!("token id {x}"))))
+            .collect()
+    }
+
     /// The token ids and the one image of the reference run.
     pub fn inputs<B: Backend>(&self, device: &B::Device) -> Result<(Vec<u32>, ImageInput<B>)> {
-        let (_, ids) = self.i64("input_ids")?;
+        let ids = self.ids()?;
         let (_, g) = self.i64("image_grid_thw")?;
         let (shape, pv) = self.f32("pixel_values")?;
         let [t, h, w] = <[i64; 3]>::try_from(g.as_slice())
             .map_err(|_| checkpoint_err(&self.path, "image_grid_thw is not one (t, h, w) row"))?;
         let [n, f] = <[usize; 2]>::try_from(shape.as_slice())
             .map_err(|_| checkpoint_err(&self.path, "pixel_values is not 2-d"))?;
-        let ids = ids
-            .iter()
-            .map(|&x| u32::try_from(x).map_err(|_| HfError::Input(format!("token id {x}"))))
-            .collect::<Result<Vec<u32>>>()?;
         Ok((
             ids,
             ImageInput {
@@ -97,6 +101,54 @@ pub struct Parity {
     pub first_non_finite_vision_step: Option<String>,
 }
 
+impl Parity {
+    /// Compares `logits` [1, L, vocab] with the reference's; `features` are the image features
+    /// and `first_bad` the first vision step with a value that is not a number
+    /// ([`watch_finite`]).
+    pub fn measure<B: Backend>(
+        reference: &Reference,
+        logits: Tensor<B, 3>,
+        positions_equal: bool,
+        features: &[f32],
+        first_bad: Option<String>,
+    ) -> Result<Parity> {
+        let (shape, want) = reference.f32("logits")?;
+        if logits.dims().to_vec() != shape {
+            return Err(HfError::Input(format!(
+                "logits {:?}, reference {shape:?}",
+                logits.dims()
+            )));
+        }
+        let got = crate::model::host_f32(logits)
+            .map_err(|e| HfError::Input(format!("reading logits: {e}")))?;
+        let (max_abs_logit_diff, non_finite_logits) = crate::model::max_abs_diff(&got, &want);
+        Ok(Parity {
+            positions_equal,
+            max_abs_logit_diff,
+            logits: got.len(),
+            non_finite_logits,
+            non_finite_image_features: features.iter().filter(|x| !x.is_finite()).count(),
+            first_non_finite_vision_step: first_bad,
+        })
+    }
+}
+
+/// An observer for a vision tower's `forward_observed`: records in `first` the name of the first
+/// step whose output holds a NaN or an infinity (or cannot be read).
+pub fn watch_finite<B: Backend, const D: usize>(
+    first: &mut Option<String>,
+) -> impl FnMut(&str, &Tensor<B, D>) + '_ {
+    move |name, t| {
+        if first.is_none()
+            && crate::model::host_f32(t.clone())
+                .map(|v| v.iter().any(|x| !x.is_finite()))
+                .unwrap_or(true)
+        {
+            *first = Some(name.to_string());
+        }
+    }
+}
+
 /// Runs `model` on the reference inputs and compares positions and logits.
 pub fn parity<B: Backend>(model: &Qwen3Vl<B>, reference: &Reference) -> Result<Parity> {
     let device = model.device();
@@ -107,38 +159,15 @@ pub fn parity<B: Backend>(model: &Qwen3Vl<B>, reference: &Reference) -> Result<P
     let features = model
         .model
         .visual
-        .forward_observed(image.pixel_values.clone(), &[image.grid], &mut |name, t| {
-            if first_bad.is_none()
-                && crate::model::host_f32(t.clone())
-                    .map(|v| v.iter().any(|x| !x.is_finite()))
-                    .unwrap_or(true)
-            {
-                first_bad = Some(name.to_string());
-            }
-        })
+        .forward_observed(
+            image.pixel_values.clone(),
+            &[image.grid],
+            &mut watch_finite(&mut first_bad),
+        )
         .embeds;
     let features = crate::model::host_f32(features)
         .map_err(|e| HfError::Input(format!("reading image features: {e}")))?;
     let logits = model.forward(&ids, &[image])?;
-    let (shape, want) = reference.f32("logits")?;
-    if logits.dims().to_vec() != shape {
-        return Err(HfError::Input(format!(
-            "logits {:?}, reference {shape:?}",
-            logits.dims()
-        )));
-    }
-    let got = logits
-        .into_data()
-        .convert::<f32>()
-        .to_vec::<f32>()
-        .map_err(|e| HfError::Input(format!("reading logits: {e:?}")))?;
-    let (max_abs_logit_diff, non_finite_logits) = crate::model::max_abs_diff(&got, &want);
-    Ok(Parity {
-        positions_equal: pos.concat() == want_pos,
-        max_abs_logit_diff,
-        logits: got.len(),
-        non_finite_logits,
-        non_finite_image_features: features.iter().filter(|x| !x.is_finite()).count(),
-        first_non_finite_vision_step: first_bad,
-    })
+    let positions_equal = pos.concat() == want_pos;
+    Parity::measure(reference, logits, positions_equal, &features, first_bad)
 }

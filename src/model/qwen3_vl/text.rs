@@ -554,13 +554,7 @@ pub fn greedy<B: Backend>(
     let argmax = |l: Tensor<B, 2>| -> Result<u32> {
         let v = crate::model::host_f32(l)
             .map_err(|e| HfError::Input(format!("reading logits: {e}")))?;
-        let (best, _) = v
-            .iter()
-            .enumerate()
-            .fold((0usize, f32::NEG_INFINITY), |b, (i, &x)| {
-                if x > b.1 { (i, x) } else { b }
-            });
-        Ok(best as u32)
+        Ok(crate::model::sampling::argmax(&v))
     };
     let mut out = Vec::new();
     if max_new == 0 {
