@@ -3,16 +3,18 @@
 
 CARGO    ?= cargo
 BIN      := target/release/asymm
+# The binary and the tests carry the wgpu backend (`--device wgpu`, `wgpu:cpu`) beside the CPU's.
+FEATURES ?= wgpu
 PIPELINE ?= pipelines/default.toml
 STORE    ?= artifacts
 MNIST_DIR := .cache/mnist/package/src/digits
 
-.PHONY: all run build test chromium paper-mini paper-gpu bundle rl rl-surrogates rl-alpha bench bench-twin twin-venv sudoku mnist status clean-store fmt lint stage-versions
+.PHONY: all run build test vulkan chromium bench-kernels paper-mini paper-gpu bundle rl rl-surrogates rl-alpha bench bench-twin twin-venv sudoku mnist status clean-store fmt lint stage-versions
 
 all: run
 
 build:
-	$(CARGO) build --release --locked
+	$(CARGO) build --release --locked --features $(FEATURES)
 
 run: build
 	$(BIN) --store $(STORE) run $(PIPELINE)
@@ -21,8 +23,19 @@ run: build
 status: build
 	$(BIN) --store $(STORE) status $(PIPELINE)
 
-test: chromium
-	$(CARGO) test --release --locked
+# The tests run with the wgpu backend too: the cubecl kernels of the CUDA build, on Debian's
+# software Vulkan driver (lavapipe), with the kernel caches under .cache/cubecl.
+LAVAPIPE_ICD := /usr/share/vulkan/icd.d/lvp_icd.x86_64.json
+GPU_ENV      := VK_ICD_FILENAMES=$(LAVAPIPE_ICD) ASYMM_KERNEL_CACHE=$(CURDIR)/.cache/cubecl
+
+test: chromium vulkan
+	$(GPU_ENV) $(CARGO) test --release --locked --features $(FEATURES)
+
+# Debian's lavapipe (mesa-vulkan-drivers), installed here when missing (as root, or through sudo).
+vulkan:
+	@test -f $(LAVAPIPE_ICD) || { \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update -q && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q mesa-vulkan-drivers; }
 
 # The report's browser test loads the HTML in headless Chromium: Debian's package, installed
 # here when missing (as root, or through sudo).
@@ -86,6 +99,15 @@ $(MNIST_DIR)/0.json:
 bench: build
 	$(BIN) bench --write BENCHMARKS-latest.md
 
+# Kernel launches, compilations and host reads per SFT step and per decoded token on the cubecl
+# backend (wgpu over lavapipe on a machine without a GPU; DEVICE=cuda:0 with a CUDA build).
+KERNELS_DEVICE ?= wgpu:cpu
+KERNELS_MODEL  ?= small
+bench-kernels: build vulkan
+	$(GPU_ENV) $(BIN) bench --suite model --model $(KERNELS_MODEL) --device $(KERNELS_DEVICE) \
+		--count-kernels --warmup 3 --steps 8 --data-shards 1 --rollout-batches 1,8 \
+		--write BENCHMARKS-kernels-latest.md
+
 # asymm against its PyTorch twin (benches/twin/): one Markdown table, also written to
 # BENCHMARKS-twin-latest.md. A benchmark only, never part of the pipeline or `make test`.
 # DEVICE=cuda:0 builds with CUDA and runs the twin on the GPU; a machine whose Python already
@@ -100,7 +122,7 @@ TWIN_VENV    := .cache/twin-venv
 TWIN_PYTHON  ?= $(TWIN_VENV)/bin/python
 
 bench-twin: $(if $(filter $(TWIN_VENV)/bin/python,$(TWIN_PYTHON)),twin-venv)
-	$(CARGO) build --release --locked $(if $(filter cuda%,$(DEVICE)),--features cuda)
+	$(CARGO) build --release --locked --features $(if $(filter cuda%,$(DEVICE)),cuda,$(FEATURES))
 	python3 benches/twin/driver.py --asymm $(BIN) --python $(TWIN_PYTHON) \
 		--model $(TWIN_MODEL) --device $(DEVICE) --threads $(TWIN_THREADS) \
 		--rounds $(TWIN_ROUNDS) --omp-wait-policy "$(TWIN_OMP_WAIT_POLICY)" \
@@ -122,11 +144,11 @@ fmt:
 # every stage whose sources changed; refused otherwise. Add
 # ARGS="--unchanged-output STAGE" for a change that provably leaves STAGE's output unchanged.
 stage-versions:
-	$(CARGO) run --release --locked -- dev stage-versions --write $(ARGS)
+	$(CARGO) run --release --locked --features $(FEATURES) -- dev stage-versions --write $(ARGS)
 
 lint:
 	$(CARGO) fmt --check
-	$(CARGO) clippy --release --all-targets -- -D warnings
+	$(CARGO) clippy --release --all-targets --features $(FEATURES) -- -D warnings
 
 clean-store:
 	rm -rf $(STORE)/objects $(STORE)/records $(STORE)/refs $(STORE)/locks $(STORE)/tmp

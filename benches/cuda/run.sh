@@ -89,8 +89,12 @@ if wants bench; then
   step bench-small-bf16 120 "$bin" bench --suite model --device cuda:0/bf16 --model small --steps 10
 fi
 if wants steady; then
-  # Steady state: 30 timed steps, and one model on the GPU (data_shards 1) against two
-  # concurrent replicas (data_shards 2, the CPU default).
+  # Steady state: 100 timed steps after 10 of warm-up (compilation and autotuning outside the
+  # window, kernel launches, compilations and host reads counted inside it), and one model on
+  # the GPU (data_shards 1) against two concurrent replicas (data_shards 2, the CPU default).
+  step steady-f32-counted 240 "$bin" bench --suite model --device cuda:0 --model small --steps 110 \
+    --warmup 10 --count-kernels --data-shards 1 --objectives standard,ngdiff --rollout-batches 1,40 \
+    --rollout-samples 8
   step steady-f32-shards1 150 "$bin" bench --suite model --device cuda:0 --model small --steps 30 \
     --data-shards 1 --objectives standard --rollout-batches 1,16
   step steady-f32-shards2 120 "$bin" bench --suite model --device cuda:0 --model small --steps 30 \
@@ -138,7 +142,7 @@ fi
 if wants twin; then
   # Side by side with the PyTorch twin (one round: each measure once per side).
   step bench-twin 180 python3 "$here/benches/twin/driver.py" --asymm "$bin" --device cuda:0 \
-    --model small --rounds 1 --work "$work/twin"
+    --model small --rounds 1 --steps 40 --warmup 10 --work "$work/twin"
 fi
 if wants curve; then
   # The graph-coloring learning curve of `small`, bounded in time; the log is read back with show.

@@ -66,7 +66,9 @@ def main():
                     "of spinning, as rayon's do; empty: libgomp's default)")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--steps", type=int, default=10,
-                    help="SFT steps per measurement, the first (warm-up) one not timed")
+                    help="SFT steps per measurement, the first --warmup of them not timed")
+    ap.add_argument("--warmup", type=int, default=1,
+                    help="SFT steps (and rollout passes) run before timing: compilation, tuning")
     ap.add_argument("--rollout-batches", default="1,40")
     ap.add_argument("--rollout-samples", type=int, default=8, help="G per prompt")
     ap.add_argument("--work", default=".cache/bench-twin", help="folder for the export")
@@ -76,7 +78,8 @@ def main():
     work = Path(a.work)
     work.mkdir(parents=True, exist_ok=True)
     export_path = work / f"twin-{a.model}.json"
-    common = ["--suite", "model", "--model", a.model, "--steps", str(a.steps)]
+    common = ["--suite", "model", "--model", a.model, "--steps", str(a.steps),
+              "--warmup", str(a.warmup)]
     rollout_args = ["--rollout-batches", a.rollout_batches,
                     "--rollout-samples", str(a.rollout_samples)]
     subprocess.run([a.asymm, "bench", *common, *rollout_args, "--export-twin", str(export_path)],

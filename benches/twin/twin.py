@@ -302,8 +302,9 @@ def sync(device):
 
 def sft(model, export, examples, objective, device):
     """Trains `steps` steps on the export's batches; returns (steps timed, target tokens,
-    seconds), the first (warm-up) step excluded."""
+    seconds), the first `warmup` (default 1) steps excluded."""
     s = export["sft"]
+    warmup = s.get("warmup", 1)
     pad = export["pad"]
     opt = torch.optim.AdamW(
         model.parameters(), lr=s["lr"], betas=(s["adamw"]["beta_1"], s["adamw"]["beta_2"]),
@@ -345,10 +346,10 @@ def sft(model, export, examples, objective, device):
             group["lr"] = lr_at(step, s["steps"], s["lr"], s["min_lr"], s["warmup_ratio"])
         opt.step()
         sync(device)
-        if step > 0:
+        if step >= warmup:
             timed_tokens += tokens
             timed_seconds += time.perf_counter() - t0
-    return len(s["batches"]) - 1, timed_tokens, timed_seconds
+    return len(s["batches"]) - warmup, timed_tokens, timed_seconds
 
 
 @torch.inference_mode()
@@ -440,6 +441,45 @@ def self_check():
     print("twin self-check passed: cached, left-padded and uncached logits agree")
 
 
+# aten operators that move no data (views, metadata, allocations): on a GPU they launch no
+# kernel, so they are left out of the operator count compared with asymm's kernel launches.
+NO_KERNEL = {
+    "aten::empty", "aten::empty_like", "aten::empty_strided", "aten::view", "aten::_unsafe_view",
+    "aten::reshape", "aten::t", "aten::transpose", "aten::permute", "aten::expand",
+    "aten::as_strided", "aten::slice", "aten::select", "aten::unsqueeze", "aten::squeeze",
+    "aten::detach", "aten::alias", "aten::resolve_conj", "aten::resolve_neg", "aten::lift_fresh",
+    "aten::split", "aten::chunk", "aten::narrow", "aten::unbind", "aten::numpy_T",
+    "aten::_reshape_alias", "aten::expand_as", "aten::view_as", "aten::result_type",
+    "aten::is_nonzero", "aten::item", "aten::_local_scalar_dense", "aten::set_",
+    # A leaf `to` or `detach_` converts nothing (a conversion would call `_to_copy`).
+    "aten::to", "aten::detach_",
+}
+
+
+def count_ops(run, device):
+    """Runs `run()` under torch.profiler and counts the leaf aten operators (those that call no
+    other aten operator) that move data: about one kernel each on a GPU. Returns (result,
+    operators, the 15 most frequent with their counts, GPU kernels launched or None)."""
+    from collections import Counter
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    if device.type == "cuda":
+        activities.append(torch.profiler.ProfilerActivity.CUDA)
+    with torch.profiler.profile(activities=activities) as prof:
+        result = run()
+    kernels = None
+    if device.type == "cuda":
+        kernels = sum(1 for e in prof.events()
+                      if e.device_type == torch.autograd.DeviceType.CUDA)
+    ops = Counter()
+    for e in prof.events():
+        if not e.name.startswith("aten::") or e.name in NO_KERNEL:
+            continue
+        if any(c.name.startswith("aten::") for c in e.cpu_children):
+            continue
+        ops[e.name] += 1
+    return result, sum(ops.values()), ops.most_common(15), kernels
+
+
 def main():
     if sys.argv[1:] == ["--self-check"]:
         return self_check()
@@ -450,6 +490,9 @@ def main():
     ap.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--count-ops", action="store_true",
+                    help="sft: also count the aten operators per step (torch.profiler), the "
+                    "twin's side of `asymm bench --count-kernels`")
     ap.add_argument("--stops", help="rollouts: JSON list of where each output stops (asymm's "
                     "`stops`: new tokens before <eos>, null to run to the budget)")
     a = ap.parse_args()
@@ -468,10 +511,20 @@ def main():
         if objective not in ("standard", "ngdiff"):
             sys.exit(f"unknown objective `{objective}`")
         model.train()
-        steps, tokens, secs = sft(model, export, examples, objective, device)
-        out["sft"].append({"objective": objective, "batch": export["sft"]["batch"],
-                           "steps_timed": steps, "target_tokens": tokens, "seconds": secs,
-                           "target_tokens_per_s": tokens / max(secs, 1e-9)})
+        row = {"objective": objective, "batch": export["sft"]["batch"]}
+        if a.count_ops:
+            (steps, tokens, secs), ops, top, kernels = count_ops(
+                lambda: sft(model, export, examples, objective, device), device)
+            total = len(export["sft"]["batches"])
+            row["operators_per_step"] = ops / total
+            if kernels is not None:
+                row["gpu_kernels_per_step"] = kernels / total
+            row["top_operators_per_step"] = [[n, c / total] for n, c in top]
+        else:
+            steps, tokens, secs = sft(model, export, examples, objective, device)
+        row.update({"steps_timed": steps, "target_tokens": tokens, "seconds": secs,
+                    "target_tokens_per_s": tokens / max(secs, 1e-9)})
+        out["sft"].append(row)
     elif a.measure.startswith("rollout-"):
         batch = int(a.measure[len("rollout-"):])
         plans = [p for p in export["rollout"]["plans"] if p["batch"] == batch]
@@ -486,6 +539,8 @@ def main():
             if len(stops) != plan["batch"] * plan["batches"]:
                 sys.exit(f"{a.stops}: {len(stops)} stops for {plan['batch'] * plan['batches']} "
                          "outputs")
+        for _ in range(export["rollout"].get("warmup_passes", 0)):
+            rollout(model, export, examples, plan, device, stops)
         new, truncated, secs = rollout(model, export, examples, plan, device, stops)
         out["rollout"].append({
             "batch": plan["batch"], "samples": plan["samples"],

@@ -25,7 +25,7 @@ pub enum DevCmd {
     /// decoding, logits equal to the CPU's for the same weights (within --tolerance), and a few
     /// training steps lowering the loss. Prints JSON; exits 1 if a check fails.
     DeviceCheck {
-        /// cpu, cuda:N or cuda:N/bf16.
+        /// cpu, cuda:N, cuda:N/bf16, wgpu or wgpu:cpu.
         #[arg(long, default_value = "cpu")]
         device: String,
         /// Model size preset.
@@ -45,7 +45,7 @@ pub enum DevCmd {
         /// The fixture folder (e.g. tests/fixtures/qwen3_vl/tied, tests/fixtures/internvl/tied).
         #[arg(long)]
         fixture: PathBuf,
-        /// cpu, cuda:N or cuda:N/bf16.
+        /// cpu, cuda:N, cuda:N/bf16, wgpu or wgpu:cpu.
         #[arg(long, default_value = "cpu")]
         device: String,
         #[arg(long, default_value_t = 1e-4)]
@@ -87,7 +87,7 @@ pub enum DevCmd {
         prompt: String,
         #[arg(long, default_value_t = 64)]
         max_new_tokens: usize,
-        /// cpu, cuda:N or cuda:N/bf16.
+        /// cpu, cuda:N, cuda:N/bf16, wgpu or wgpu:cpu.
         #[arg(long, default_value = "cpu")]
         device: String,
     },

@@ -24,7 +24,8 @@ pub struct RunArgs {
     /// Show what would run and why, without running anything.
     #[arg(long)]
     pub dry_run: bool,
-    /// Compute device for model stages: cpu, cuda:N, or cuda:N/bf16 (bfloat16 on the GPU).
+    /// Compute device for model stages: cpu, cuda:N, cuda:N/bf16 (bfloat16 on the GPU), wgpu or
+    /// wgpu:cpu (the cubecl kernels through wgpu; a software Vulkan device with `:cpu`).
     #[arg(long, default_value = "cpu")]
     pub device: String,
     /// Output format of the run report (progress always goes to stderr).

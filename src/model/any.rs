@@ -351,11 +351,7 @@ impl<B: Backend> Decoding<B> {
 
 fn ids_of<B: Backend>(ids: Tensor<B, 2, Int>) -> Result<Vec<Vec<u32>>, ModelError> {
     let [b, l] = ids.dims();
-    let flat = ids
-        .into_data()
-        .convert::<i64>()
-        .to_vec::<i64>()
-        .map_err(|e| ModelError::TensorRead(format!("{e:?}")))?;
+    let flat = super::host_i64(ids)?;
     let rows = (0..b)
         .map(|i| {
             flat[i * l..(i + 1) * l]

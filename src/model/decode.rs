@@ -228,6 +228,7 @@ mod tests {
             })
             .collect();
         let eos = u32::MAX; // never sampled: forces the full length
+        let reads = crate::model::host::reads_on_this_thread();
         let cached = generate(
             &m,
             images(3, cfg.image_size),
@@ -239,6 +240,8 @@ mod tests {
             12,
         )
         .unwrap();
+        // One host read (the logits) per decoded token, none in the prefill.
+        assert_eq!(crate::model::host::reads_on_this_thread() - reads, 12);
         let uncached = greedy_uncached(&m, images(3, cfg.image_size), &prefixes, eos, 12).unwrap();
         for (c, u) in cached.iter().zip(&uncached) {
             assert_eq!(&c.tokens, u);

@@ -11,11 +11,20 @@ use burn::tensor::{Tensor, TensorData};
 /// Large negative bias for masked attention scores.
 pub const MASKED: f32 = -1.0e9;
 
+/// Whether position tables and attention masks are built at their full `[B, …, H, …]` shape:
+/// on the CPU backend, whose element-wise kernels vectorize only over contiguous operands of one
+/// shape. Elsewhere (CUDA, wgpu) they are uploaded with one head (and one row where every row is
+/// the same) and broadcast on the device: a fraction of the bytes, and shapes that repeat.
+pub fn full_shape_tables<B: Backend>() -> bool {
+    super::fused::available::<B>()
+}
+
 /// Rotary position tables for a batch, laid out to rotate a fused `[B, T, 3, H, d_head]` query /
-/// key / value projection in one pass: `cos`, `sin` of that full shape (the value slot holds
-/// cos = 1, sin = 0; repeated over heads so that both products run on contiguous operands, which
-/// the CPU backend's element-wise kernels need to vectorize), and the fixed `rotate_half` map as
-/// a [d_head, d_head] matrix. Half-split convention: pairs (i, i + d_head/2) rotate by
+/// key / value projection in one pass: `cos`, `sin` of shape `[B, T, 3, H', d_head]` (the value
+/// slot holds cos = 1, sin = 0), where `H'` is `H` on the CPU backend (so that both products run
+/// on contiguous operands, which its element-wise kernels need to vectorize) and 1 elsewhere
+/// (broadcast over heads; see [`full_shape_tables`]), and the fixed `rotate_half` map as a
+/// [d_head, d_head] matrix. Half-split convention: pairs (i, i + d_head/2) rotate by
 /// `position · θ^(−2i/d_head)`.
 #[derive(Clone, Debug)]
 pub struct Rope<B: Backend> {
@@ -27,6 +36,19 @@ pub struct Rope<B: Backend> {
 impl<B: Backend> Rope<B> {
     /// Tables for explicit integer positions, `positions[b·T + t]` for row b and step t.
     pub fn new(
+        positions: &[i64],
+        [b, t]: [usize; 2],
+        heads: usize,
+        d_head: usize,
+        theta: f32,
+        device: &B::Device,
+    ) -> Self {
+        let heads = if full_shape_tables::<B>() { heads } else { 1 };
+        Self::with_table_heads(positions, [b, t], heads, d_head, theta, device)
+    }
+
+    /// [`Rope::new`] with the tables' head dimension given: `heads`, or 1 to broadcast.
+    pub fn with_table_heads(
         positions: &[i64],
         [b, t]: [usize; 2],
         heads: usize,
@@ -371,9 +393,27 @@ impl<B: Backend> Block<B> {
 /// Additive attention bias [B, H, T, T_keys] for `t` queries that are the last `t` of each row's
 /// `T_keys` keys: query i sees key j iff j ≤ T_keys − t + i, and then with the row's own bias on
 /// that key (`key_bias[r][j]`: 0, or [`MASKED`] on padding; an empty row means no padding and
-/// `T_keys` = `t`). Built in full on the host: with a broadcast operand the CPU backend's addition
-/// falls back to a scalar strided loop, once per layer and again in the backward pass.
+/// `T_keys` = `t`). On the CPU backend built in full on the host: with a broadcast operand its
+/// addition falls back to a scalar strided loop, once per layer and again in the backward pass.
+/// Elsewhere ([`full_shape_tables`]) with one head, and one row when no row has padding: the
+/// attention scores broadcast it.
 pub fn attention_bias<B: Backend>(
+    key_bias: &[Vec<f32>],
+    heads: usize,
+    t: usize,
+    device: &B::Device,
+) -> Tensor<B, 4> {
+    if full_shape_tables::<B>() {
+        attention_bias_of(key_bias, heads, t, device)
+    } else if key_bias.iter().all(Vec::is_empty) {
+        attention_bias_of(&key_bias[..key_bias.len().min(1)], 1, t, device)
+    } else {
+        attention_bias_of(key_bias, 1, t, device)
+    }
+}
+
+/// [`attention_bias`] at the given row and head counts.
+pub fn attention_bias_of<B: Backend>(
     key_bias: &[Vec<f32>],
     heads: usize,
     t: usize,
@@ -405,6 +445,40 @@ pub fn attention_bias<B: Backend>(
 mod tests {
     use super::*;
     type B = crate::model::Cpu;
+
+    /// The broadcast tables of the GPU backends (one head; one row without padding) give the
+    /// same rotation and the same attention as the full-shape tables of the CPU backend.
+    #[test]
+    fn broadcast_tables_equal_full_ones() {
+        let (b, t, h, d) = (2usize, 5usize, 3usize, 8usize);
+        let dev = Default::default();
+        let x: Vec<f32> = (0..b * t * 3 * h * d)
+            .map(|i| ((i * 37 % 101) as f32 - 50.0) / 25.0)
+            .collect();
+        let qkv = Tensor::<B, 5>::from_data(TensorData::new(x, [b, t, 3, h, d]), &dev);
+        let positions: Vec<i64> = vec![0, 1, 2, 3, 4, 7, 8, 9, 10, 11];
+        let full = Rope::<B>::with_table_heads(&positions, [b, t], h, d, 1e4, &dev);
+        let one = Rope::<B>::with_table_heads(&positions, [b, t], 1, d, 1e4, &dev);
+        assert_eq!(one.cos.dims(), [b, t, 3, 1, d]);
+        let (a, c) = (full.apply_qkv(qkv.clone()), one.apply_qkv(qkv.clone()));
+        let diff = (a.clone() - c).abs().max().into_scalar();
+        assert!(diff < 1e-6, "{diff}");
+        for keys in [
+            vec![Vec::new(); b],
+            vec![vec![MASKED, 0.0, 0.0, 0.0, 0.0], vec![0.0; 5]],
+        ] {
+            let wide = attention_bias_of::<B>(&keys, h, t, &dev);
+            let rows = if keys.iter().all(Vec::is_empty) { 1 } else { b };
+            let narrow = attention_bias_of::<B>(&keys[..rows], 1, t, &dev);
+            assert_eq!(narrow.dims(), [rows, 1, t, t]);
+            let (p, q) = (
+                attention_reference(a.clone(), Some(wide)),
+                attention_reference(a.clone(), Some(narrow)),
+            );
+            let diff = (p - q).abs().max().into_scalar();
+            assert!(diff < 1e-6, "{diff}");
+        }
+    }
 
     /// The fused rotation equals the half-split rotary formula applied to the query and key
     /// parts separately, and leaves the value part unchanged.

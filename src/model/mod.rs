@@ -10,6 +10,9 @@ pub mod codec;
 pub mod config;
 pub mod decode;
 pub mod fused;
+#[cfg(feature = "gpu")]
+pub mod gpu;
+pub mod host;
 pub mod internvl;
 pub mod layers;
 pub mod memory;
@@ -28,12 +31,14 @@ pub type Cpu = burn::backend::Flex;
 /// Errors of the model layer.
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
-    #[error("unknown device `{0}` (use cpu, cuda:N or cuda:N/bf16)")]
+    #[error("unknown device `{0}` (use cpu, cuda:N, cuda:N/bf16, wgpu or wgpu:cpu)")]
     Device(String),
     #[error("device `{0}`: bf16 needs a CUDA device (the CPU backend computes in f32)")]
     Bf16OnCpu(String),
     #[error("device `{0}` needs a build with `--features cuda`")]
     NoCuda(String),
+    #[error("device `{0}` needs a build with `--features wgpu`")]
+    NoWgpu(String),
     #[error("checkpoint: {0}")]
     Checkpoint(String),
     #[error("model config: {0}")]
@@ -99,11 +104,23 @@ pub fn probe_device<B: burn::tensor::backend::Backend>(
 
 /// A parsed `--device` value: `cpu`, `cuda`, `cuda:N`; a CUDA device may be suffixed `/bf16` to
 /// keep parameters and activations in bfloat16 (default float32; the CPU backend is f32 only).
+/// `wgpu` is the first adapter wgpu finds and `wgpu:cpu` a software one (lavapipe): the cubecl
+/// kernels of the CUDA build, runnable and countable on a machine without a GPU.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DeviceSpec {
     Cpu,
     Cuda(usize),
     CudaBf16(usize),
+    Wgpu,
+    WgpuCpu,
+}
+
+impl DeviceSpec {
+    /// Whether the device runs cubecl kernels (CUDA or wgpu): there, shapes that repeat matter
+    /// (kernels are compiled and tuned per shape) and host reads stall a queue of launches.
+    pub fn is_gpu(self) -> bool {
+        !matches!(self, DeviceSpec::Cpu)
+    }
 }
 
 impl DeviceSpec {
@@ -113,6 +130,16 @@ impl DeviceSpec {
             Some((d, "bf16")) => (d, true),
             Some(_) => return Err(ModelError::Device(s.to_string())),
         };
+        if dev == "wgpu" || dev == "wgpu:cpu" {
+            if bf16 {
+                return Err(ModelError::Device(s.to_string()));
+            }
+            return Ok(if dev == "wgpu" {
+                DeviceSpec::Wgpu
+            } else {
+                DeviceSpec::WgpuCpu
+            });
+        }
         if dev == "cpu" {
             return if bf16 {
                 Err(ModelError::Bf16OnCpu(s.to_string()))
@@ -135,15 +162,7 @@ impl DeviceSpec {
     }
 }
 
-/// A tensor's values on the host as f32, whatever the backend's float type.
-pub fn host_f32<B: burn::tensor::backend::Backend, const D: usize>(
-    t: burn::tensor::Tensor<B, D>,
-) -> Result<Vec<f32>, ModelError> {
-    t.into_data()
-        .convert::<f32>()
-        .to_vec::<f32>()
-        .map_err(|e| ModelError::TensorRead(format!("{e:?}")))
-}
+pub use host::{host_f32, host_i64};
 
 /// The largest |a − b| over paired values, and how many pairs hold a NaN or an infinity (the
 /// difference is then infinite: a comparison never passes over values that are not numbers).
@@ -176,6 +195,7 @@ macro_rules! with_backend {
             }
             #[cfg(feature = "cuda")]
             $crate::model::DeviceSpec::Cuda(n) => {
+                $crate::model::gpu::configure();
                 type $B = burn::backend::Cuda;
                 let $dev = burn::backend::cuda::CudaDevice::new(n);
                 $crate::model::probe_device::<$B>(&format!("cuda:{n}"), &$dev)?;
@@ -183,6 +203,7 @@ macro_rules! with_backend {
             }
             #[cfg(feature = "cuda")]
             $crate::model::DeviceSpec::CudaBf16(n) => {
+                $crate::model::gpu::configure();
                 type $B = burn::backend::Cuda<burn::tensor::bf16>;
                 let $dev = burn::backend::cuda::CudaDevice::new(n);
                 $crate::model::probe_device::<$B>(&format!("cuda:{n}/bf16"), &$dev)?;
@@ -191,6 +212,22 @@ macro_rules! with_backend {
             #[cfg(not(feature = "cuda"))]
             $crate::model::DeviceSpec::Cuda(n) | $crate::model::DeviceSpec::CudaBf16(n) => {
                 Err($crate::model::ModelError::NoCuda(format!("cuda:{n}")).into())
+            }
+            #[cfg(feature = "wgpu")]
+            $crate::model::DeviceSpec::Wgpu | $crate::model::DeviceSpec::WgpuCpu => {
+                $crate::model::gpu::configure();
+                type $B = burn::backend::Wgpu;
+                let ($dev, name) = if matches!($spec, $crate::model::DeviceSpec::Wgpu) {
+                    (burn::backend::wgpu::WgpuDevice::DefaultDevice, "wgpu")
+                } else {
+                    (burn::backend::wgpu::WgpuDevice::Cpu, "wgpu:cpu")
+                };
+                $crate::model::probe_device::<$B>(name, &$dev)?;
+                $body
+            }
+            #[cfg(not(feature = "wgpu"))]
+            $crate::model::DeviceSpec::Wgpu | $crate::model::DeviceSpec::WgpuCpu => {
+                Err($crate::model::ModelError::NoWgpu("wgpu".into()).into())
             }
         }
     }};
@@ -228,5 +265,7 @@ mod tests {
             DeviceSpec::CudaBf16(2)
         );
         assert!(DeviceSpec::parse("cpu/f8").is_err());
+        assert_eq!(DeviceSpec::parse("wgpu:cpu").unwrap(), DeviceSpec::WgpuCpu);
+        assert!(DeviceSpec::parse("wgpu/bf16").is_err());
     }
 }

@@ -98,9 +98,12 @@ pub struct ForcedBatch<B: Backend> {
 }
 
 impl<B: Backend> ForcedBatch<B> {
+    /// The batch of `seqs`, its length the longest row's rounded up to a multiple of `bucket`
+    /// ([`crate::train::batch::bucketed`]).
     pub fn new(
         seqs: &[&Sequence],
         image_size: usize,
+        bucket: usize,
         pad: u32,
         device: &B::Device,
     ) -> Result<Self> {
@@ -138,6 +141,7 @@ impl<B: Backend> ForcedBatch<B> {
             .map(|s| s.prefix.len() + s.tokens.len() - 1)
             .max()
             .unwrap_or(1);
+        let len = crate::train::batch::bucketed(len, bucket, usize::MAX);
         let mut inputs = vec![pad as i64; b * len];
         let mut labels = vec![0i64; b * len];
         let mut pixels = Vec::with_capacity(b * image_size * image_size);
@@ -359,7 +363,7 @@ mod tests {
     ) -> Parts {
         let dev = Default::default();
         let refs: Vec<&Sequence> = seqs.iter().collect();
-        let batch = ForcedBatch::<Cpu>::new(&refs, 32, 0, &dev).unwrap();
+        let batch = ForcedBatch::<Cpu>::new(&refs, 32, 1, 0, &dev).unwrap();
         let n = seqs.len() as f32;
         let (logp, _) = token_logprobs(model, &batch, st.temperature).unwrap();
         let ref_logp = reference.map(|r| token_logprobs(r, &batch, st.temperature).unwrap().0);
@@ -542,7 +546,7 @@ mod tests {
                 })
                 .collect();
             let refs: Vec<&Sequence> = seqs.iter().collect();
-            let batch = ForcedBatch::<Cpu>::new(&refs, 32, 0, &dev).unwrap();
+            let batch = ForcedBatch::<Cpu>::new(&refs, 32, 1, 0, &dev).unwrap();
             let (logp, _) = token_logprobs(&m, &batch, t).unwrap();
             let got = batch.gather_host(&host_f32(logp).unwrap());
             for (s, g) in seqs.iter().zip(&got) {

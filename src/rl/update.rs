@@ -10,7 +10,7 @@ use crate::model::checkpoint::model_from_bytes;
 use crate::model::{Model, VlmConfig, host_f32};
 use crate::train::grads::combine;
 use crate::train::parallel::{map_shards, replica};
-use crate::train::trainer::{OptimSettings, OptimState, Trainer, native_model};
+use crate::train::trainer::{OptimSettings, OptimState, StepStats, Trainer, native_model};
 use crate::util::rng::keyed;
 use burn::module::AutodiffModule;
 use burn::optim::GradientsParams;
@@ -38,6 +38,14 @@ pub struct UpdateSettings {
     /// before any step (so θ = θ_old), exceeds this: the rollouts were not sampled from this
     /// checkpoint at this temperature (0 = no check).
     pub max_logprob_gap: f64,
+    /// Padded lengths rounded up to a multiple of this ([`crate::train::batch::bucketed`]):
+    /// 1 on the CPU, 64 on a GPU.
+    #[serde(default = "one")]
+    pub seq_bucket: usize,
+}
+
+fn one() -> usize {
+    1
 }
 
 /// What one mini-batch (one optimizer step) did.
@@ -102,29 +110,40 @@ pub fn minibatches(n: usize, mini_batch: usize, seed: u64, epoch: usize) -> Vec<
         .collect()
 }
 
-#[derive(Default)]
-struct Acc {
-    loss: f64,
-    pg: f64,
-    kl: Option<f64>,
-    clipped: f64,
-    ratio: f64,
-    entropy: f64,
-    gap: f64,
+struct Acc<B: Backend> {
+    /// `[ACC_SUMS]` on the device, read once per optimizer step: the loss, the policy-gradient
+    /// and KL terms, and the token sums of clipping, ratio, entropy and the log-probability gap.
+    sums: Option<Tensor<B, 1>>,
+    kl: bool,
     tokens: usize,
 }
 
-impl Acc {
-    fn add(&mut self, o: Acc) {
-        self.loss += o.loss;
-        self.pg += o.pg;
-        if let Some(k) = o.kl {
-            self.kl = Some(self.kl.unwrap_or(0.0) + k);
+const ACC_LOSS: usize = 0;
+const ACC_PG: usize = 1;
+const ACC_KL: usize = 2;
+const ACC_CLIPPED: usize = 3;
+const ACC_RATIO: usize = 4;
+const ACC_ENTROPY: usize = 5;
+const ACC_GAP: usize = 6;
+const ACC_SUMS: usize = 7;
+
+impl<B: Backend> Default for Acc<B> {
+    fn default() -> Self {
+        Acc {
+            sums: None,
+            kl: false,
+            tokens: 0,
         }
-        self.clipped += o.clipped;
-        self.ratio += o.ratio;
-        self.entropy += o.entropy;
-        self.gap += o.gap;
+    }
+}
+
+impl<B: Backend> Acc<B> {
+    fn add(&mut self, o: Acc<B>) {
+        self.sums = match (self.sums.take(), o.sums) {
+            (Some(a), Some(b)) => Some(a + b),
+            (a, b) => a.or(b),
+        };
+        self.kl |= o.kl;
         self.tokens += o.tokens;
     }
 }
@@ -236,6 +255,7 @@ pub fn update_model<B: AutodiffBackend>(
                     &micros[i],
                     idx.len(),
                     image_size,
+                    settings.seq_bucket,
                     pad,
                     &settings.loss,
                     device,
@@ -251,8 +271,19 @@ pub fn update_model<B: AutodiffBackend>(
                     None => g,
                 });
             }
+            let Some(grads) = grads else {
+                return Err(RlError::Invalid("an empty mini-batch".into()));
+            };
+            let done = trainer.step(step, grads);
+            // The optimizer step's one host read.
+            let sums = acc
+                .sums
+                .unwrap_or_else(|| Tensor::zeros([ACC_SUMS], device));
+            let host = host_f32(Tensor::cat(vec![sums, done.grad_norm], 0))?;
+            let v = |k: usize| host.get(k).copied().unwrap_or(f32::NAN) as f64;
+            let stats = StepStats::read(done.lr, v(ACC_SUMS), trainer.grad_clip());
             let tokens = acc.tokens.max(1) as f64;
-            let gap = acc.gap / tokens;
+            let gap = v(ACC_GAP) / tokens;
             if step == 0 && settings.max_logprob_gap > 0.0 && gap > settings.max_logprob_gap {
                 return Err(RlError::Invalid(format!(
                     "before any update the policy's log-probabilities differ from the rollouts' \
@@ -261,10 +292,6 @@ pub fn update_model<B: AutodiffBackend>(
                     settings.max_logprob_gap, settings.loss.temperature
                 )));
             }
-            let Some(grads) = grads else {
-                return Err(RlError::Invalid("an empty mini-batch".into()));
-            };
-            let stats = trainer.step(step, grads)?;
             let chosen: Vec<&Sequence> = idx.iter().map(|&i| &seqs[i]).collect();
             let generated: usize = chosen.iter().map(|s| s.tokens.len()).sum();
             let perception: usize = chosen
@@ -276,12 +303,12 @@ pub fn update_model<B: AutodiffBackend>(
                 minibatch: mb,
                 sequences: idx.len(),
                 tokens: acc.tokens,
-                loss: acc.loss,
-                pg_loss: acc.pg,
-                kl: acc.kl,
-                clip_frac: acc.clipped / tokens,
-                ratio_mean: acc.ratio / tokens,
-                entropy: acc.entropy / tokens,
+                loss: v(ACC_LOSS),
+                pg_loss: v(ACC_PG),
+                kl: acc.kl.then(|| v(ACC_KL)),
+                clip_frac: v(ACC_CLIPPED) / tokens,
+                ratio_mean: v(ACC_RATIO) / tokens,
+                entropy: v(ACC_ENTROPY) / tokens,
                 logprob_gap: gap,
                 grad_norm: stats.grad_norm,
                 lr: stats.lr,
@@ -309,16 +336,17 @@ fn micro_step<B: AutodiffBackend>(
     part: &[&Sequence],
     of: usize,
     image_size: usize,
+    bucket: usize,
     pad: u32,
     loss: &LossSettings,
     device: &B::Device,
-    acc: &mut Acc,
+    acc: &mut Acc<B::InnerBackend>,
 ) -> Result<GradientsParams> {
-    let batch = ForcedBatch::<B>::new(part, image_size, pad, device)?;
+    let batch = ForcedBatch::<B>::new(part, image_size, bucket, pad, device)?;
     let (logp, entropy) = token_logprobs(model, &batch, loss.temperature)?;
     let ref_logp = match reference {
         Some(r) => {
-            let inner = ForcedBatch::<B::InnerBackend>::new(part, image_size, pad, device)?;
+            let inner = ForcedBatch::<B::InnerBackend>::new(part, image_size, bucket, pad, device)?;
             Some(Tensor::<B, 2>::from_inner(
                 token_logprobs(r, &inner, loss.temperature)?.0,
             ))
@@ -349,7 +377,7 @@ fn micro_step<B: AutodiffBackend>(
         ref_logp,
         loss,
     );
-    // One host read for every statistic.
+    // Read with the optimizer step's other statistics (no host read here).
     let scalars: Vec<Tensor<B, 1>> = vec![
         o.loss.clone().detach(),
         (o.pg.detach() * weight.clone()).sum(),
@@ -361,17 +389,11 @@ fn micro_step<B: AutodiffBackend>(
         (entropy * mask).sum(),
         gap,
     ];
-    let host = host_f32(Tensor::cat(scalars, 0))?;
-    let v = |k: usize| host.get(k).copied().unwrap_or(f32::NAN) as f64;
-    acc.loss += v(0);
-    acc.pg += v(1);
-    if o.kl.is_some() {
-        acc.kl = Some(acc.kl.unwrap_or(0.0) + v(2));
-    }
-    acc.clipped += v(3);
-    acc.ratio += v(4);
-    acc.entropy += v(5);
-    acc.gap += v(6);
+    acc.add(Acc {
+        sums: Some(Tensor::cat(scalars, 0).inner()),
+        kl: o.kl.is_some(),
+        tokens: 0,
+    });
     acc.tokens += part.iter().map(|s| s.tokens.len()).sum::<usize>();
     Ok(GradientsParams::from_grads(o.loss.backward(), model))
 }
@@ -422,7 +444,7 @@ mod tests {
                 tokens,
                 reward: f64::from(adv > 0.0),
             };
-            let b = ForcedBatch::<Cpu>::new(&[&s], 32, 0, &dev).unwrap();
+            let b = ForcedBatch::<Cpu>::new(&[&s], 32, 1, 0, &dev).unwrap();
             let lp =
                 b.gather_host(&host_f32(token_logprobs(m, &b, temperature).unwrap().0).unwrap());
             Sequence {
@@ -448,9 +470,17 @@ mod tests {
             grad_clip: 1.0,
             seed: 1,
             max_logprob_gap: 1e-3,
+            seq_bucket: 1,
         };
         let seqs = vec![good.clone(), bad.clone()];
-        let out = update::<B>(&settings, &cfg, &init, None, None, &seqs, 0, &dev, |_| {}).unwrap();
+        // One host read per optimizer step (statistics and gradient norm together).
+        let mut reads = vec![crate::model::host::reads_on_this_thread()];
+        let out = update::<B>(&settings, &cfg, &init, None, None, &seqs, 0, &dev, |_| {
+            reads.push(crate::model::host::reads_on_this_thread())
+        })
+        .unwrap();
+        let per_step: Vec<u64> = reads.windows(2).map(|w| w[1] - w[0]).collect();
+        assert_eq!(per_step, [1, 1, 1, 1]);
         assert_eq!(out.log.len(), 4);
         let first = &out.log[0];
         assert!(first.logprob_gap < 1e-4, "{first:?}");
@@ -462,7 +492,7 @@ mod tests {
                 .unwrap()
                 .into();
         let total = |s: &Sequence, m: &Model<Cpu>| -> f32 {
-            let b = ForcedBatch::<Cpu>::new(&[s], 32, 0, &dev).unwrap();
+            let b = ForcedBatch::<Cpu>::new(&[s], 32, 1, 0, &dev).unwrap();
             b.gather_host(&host_f32(token_logprobs(m, &b, temperature).unwrap().0).unwrap())[0]
                 .iter()
                 .sum()

@@ -194,7 +194,7 @@ fn check_history(t: Option<&Table>, step: usize, what: &str) -> Result<(), Stage
 
 impl Stage for GrpoUpdate {
     const NAME: &'static str = "grpo-update";
-    const VERSION: u32 = 7;
+    const VERSION: u32 = 8;
     const USES_DEVICE: bool = true;
     type Config = GrpoUpdateConfig;
 
@@ -378,6 +378,7 @@ impl Stage for GrpoUpdate {
             grad_clip: cfg.grad_clip,
             seed: ctx.seed,
             max_logprob_gap: cfg.max_logprob_gap,
+            seq_bucket: super::sft_train::seq_bucket(DeviceSpec::parse(&ctx.device)?),
         };
         let spec = DeviceSpec::parse(&ctx.device)?;
         let total = cfg.ppo_epochs * seqs.len().div_ceil(settings.mini_batch.max(1));

@@ -191,6 +191,7 @@ impl SftTrainConfig {
             eval_every: self.eval_every,
             seed,
             max_text,
+            seq_bucket: 1,
         }
     }
 }
@@ -273,7 +274,7 @@ const TIMING: OutputSpec = output("timing", "train_timing");
 
 impl Stage for SftTrain {
     const NAME: &'static str = "sft-train";
-    const VERSION: u32 = 9;
+    const VERSION: u32 = 10;
     const USES_DEVICE: bool = true;
     type Config = SftTrainConfig;
 
@@ -315,7 +316,9 @@ impl Stage for SftTrain {
         }
         let eval_set =
             plan.split_examples(ctx.store, data_id, Some(&cfg.eval_split), cfg.eval_items)?;
-        let settings = cfg.settings(ctx.seed, plan.max_text());
+        let spec = DeviceSpec::parse(&ctx.device)?;
+        let mut settings = cfg.settings(ctx.seed, plan.max_text());
+        settings.seq_bucket = seq_bucket(spec);
         let fits = |e: &Example| e.prompt.len() + e.target.len() <= settings.max_text + 1;
         let before = train_set.len();
         match cfg.overlong {
@@ -359,7 +362,6 @@ impl Stage for SftTrain {
         if train_set.is_empty() {
             bail!("no training example fits the model's context");
         }
-        let spec = DeviceSpec::parse(&ctx.device)?;
         let bar = crate::progress::bar(settings.steps as u64, "sft-train");
         let scratch = ctx.scratch();
         let out = crate::with_backend!(spec, |B, dev| {
@@ -411,6 +413,12 @@ impl Stage for SftTrain {
         )?;
         Ok(outputs([ckpt, log, timing]))
     }
+}
+
+/// The padded-length bucket on `spec`: shapes that repeat on a GPU (kernels are compiled and tuned
+/// per shape), the batch's own length on the CPU (whose results stay as they were).
+pub fn seq_bucket(spec: DeviceSpec) -> usize {
+    if spec.is_gpu() { 64 } else { 1 }
 }
 
 fn write_log(ctx: &RunCtx, log: &[LogRow], dropped: usize) -> Result<Written, StageError> {

@@ -36,11 +36,28 @@ pub struct Batch<B: Backend> {
     pub len: usize,
 }
 
-/// Builds a batch; sequences longer than `max_text` are cut (their tail gets no loss).
+/// `len` rounded up to a multiple of `bucket` (0 or 1: as it is), never past `limit` (nor
+/// below `len`). On a GPU, kernels are compiled and tuned per shape: padded lengths in a few
+/// buckets make shapes repeat from batch to batch.
+pub fn bucketed(len: usize, bucket: usize, limit: usize) -> usize {
+    if bucket <= 1 {
+        return len;
+    }
+    len.div_ceil(bucket)
+        .saturating_mul(bucket)
+        .min(limit)
+        .max(len)
+}
+
+/// Builds a batch; sequences longer than `max_text` are cut (their tail gets no loss). The
+/// padded length is the longest row's, rounded up to a multiple of `bucket` (at most
+/// `max_text`): padding after a row's end changes neither its loss nor its gradient (the
+/// attention is causal and padding labels weigh 0).
 pub fn make_batch<B: Backend>(
     examples: &[&Example],
     image_size: usize,
     max_text: usize,
+    bucket: usize,
     pad: u32,
     device: &B::Device,
 ) -> Batch<B> {
@@ -60,6 +77,7 @@ pub fn make_batch<B: Backend>(
         .max()
         .unwrap_or(0)
         .max(1);
+    let len = bucketed(len, bucket, max_text.max(1));
     let mut inputs = vec![pad as i64; b * len];
     let mut labels = vec![0i64; b * len];
     let mut target_index = vec![vec![None; len]; b];
@@ -114,6 +132,16 @@ pub fn image_ink(png: &[u8], size: usize) -> Option<Vec<f32>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn buckets_round_up_within_the_limit() {
+        assert_eq!(bucketed(37, 1, 100), 37);
+        assert_eq!(bucketed(37, 0, 100), 37);
+        assert_eq!(bucketed(37, 64, 100), 64);
+        assert_eq!(bucketed(64, 64, 100), 64);
+        assert_eq!(bucketed(65, 64, 100), 100);
+        assert_eq!(bucketed(120, 64, 100), 120);
+    }
     use crate::stages::render::{RenderConfig, render_one};
     use crate::tasks::TaskKind;
 

@@ -23,7 +23,22 @@ impl<B: AutodiffBackend> ModuleVisitor<B> for NormVisitor<'_, B> {
     }
 }
 
-/// ‖g‖₂ over all parameters of `model` (one host sync); 0 when no parameter has a gradient.
+/// ‖g‖₂ over all parameters of `model` as a `[1]` tensor on the device (no host read); 0 when
+/// no parameter has a gradient.
+pub fn grad_norm_device<B: AutodiffBackend, M: AutodiffModule<B>>(
+    model: &M,
+    grads: &GradientsParams,
+    device: &B::Device,
+) -> Tensor<B::InnerBackend, 1> {
+    let mut v = NormVisitor::<B> { grads, sum: None };
+    model.visit(&mut v);
+    match v.sum {
+        Some(s) => s.sqrt(),
+        None => Tensor::zeros([1], device),
+    }
+}
+
+/// ‖g‖₂ over all parameters of `model` (one host read); 0 when no parameter has a gradient.
 pub fn grad_norm<B: AutodiffBackend, M: AutodiffModule<B>>(
     model: &M,
     grads: &GradientsParams,
@@ -48,13 +63,65 @@ pub fn scale<B: AutodiffBackend, M: AutodiffModule<B>>(
     combine::<B, M>(model, g, factor, GradientsParams::new(), 0.0)
 }
 
+/// The combination weights of [`combine_device`]: host numbers or `[1]` tensors on the device.
+#[derive(Clone)]
+enum Weight<B: burn::tensor::backend::Backend> {
+    Host(f32),
+    Device(Tensor<B, 1>),
+}
+
+impl<B: burn::tensor::backend::Backend> Weight<B> {
+    fn apply<const D: usize>(&self, t: Tensor<B, D>) -> Tensor<B, D> {
+        match self {
+            Weight::Host(w) => t * *w,
+            Weight::Device(w) => t * w.clone().reshape([1; D]),
+        }
+    }
+}
+
+/// `factor·g` with `factor` a `[1]` tensor on the device (no host read).
+pub fn scale_device<B: AutodiffBackend, M: AutodiffModule<B>>(
+    model: &M,
+    mut g: GradientsParams,
+    factor: Tensor<B::InnerBackend, 1>,
+) -> GradientsParams {
+    let mut none = GradientsParams::new();
+    let mut v = CombineVisitor::<B> {
+        a: &mut g,
+        b: &mut none,
+        wa: Weight::Device(factor),
+        wb: Weight::Host(0.0),
+        out: GradientsParams::new(),
+    };
+    model.visit(&mut v);
+    v.out
+}
+
+/// `wa·a + wb·b` with the weights `[1]` tensors on the device (no host read; consumes both).
+pub fn combine_device<B: AutodiffBackend, M: AutodiffModule<B>>(
+    model: &M,
+    mut a: GradientsParams,
+    wa: Tensor<B::InnerBackend, 1>,
+    mut b: GradientsParams,
+    wb: Tensor<B::InnerBackend, 1>,
+) -> GradientsParams {
+    let mut v = CombineVisitor::<B> {
+        a: &mut a,
+        b: &mut b,
+        wa: Weight::Device(wa),
+        wb: Weight::Device(wb),
+        out: GradientsParams::new(),
+    };
+    model.visit(&mut v);
+    v.out
+}
+
 struct CombineVisitor<'a, B: AutodiffBackend> {
     a: &'a mut GradientsParams,
     b: &'a mut GradientsParams,
-    wa: f32,
-    wb: f32,
+    wa: Weight<B::InnerBackend>,
+    wb: Weight<B::InnerBackend>,
     out: GradientsParams,
-    _b: std::marker::PhantomData<B>,
 }
 
 impl<B: AutodiffBackend> ModuleVisitor<B> for CombineVisitor<'_, B> {
@@ -62,9 +129,9 @@ impl<B: AutodiffBackend> ModuleVisitor<B> for CombineVisitor<'_, B> {
         let ga = self.a.remove::<B::InnerBackend, D>(param.id);
         let gb = self.b.remove::<B::InnerBackend, D>(param.id);
         let g = match (ga, gb) {
-            (Some(x), Some(y)) => Some(x * self.wa + y * self.wb),
-            (Some(x), None) => Some(x * self.wa),
-            (None, Some(y)) => Some(y * self.wb),
+            (Some(x), Some(y)) => Some(self.wa.apply(x) + self.wb.apply(y)),
+            (Some(x), None) => Some(self.wa.apply(x)),
+            (None, Some(y)) => Some(self.wb.apply(y)),
             (None, None) => None,
         };
         if let Some(g) = g {
@@ -84,10 +151,9 @@ pub fn combine<B: AutodiffBackend, M: AutodiffModule<B>>(
     let mut v = CombineVisitor::<B> {
         a: &mut a,
         b: &mut b,
-        wa,
-        wb,
+        wa: Weight::Host(wa),
+        wb: Weight::Host(wb),
         out: GradientsParams::new(),
-        _b: std::marker::PhantomData,
     };
     model.visit(&mut v);
     v.out

@@ -107,6 +107,16 @@ pub fn ngdiff_lambda(norm_p: f64, norm_r: f64) -> f64 {
     ip / (ip + ir)
 }
 
+/// [`ngdiff_lambda`] on the device: `[1]` norms in, `[1]` λ out, no host read.
+pub fn ngdiff_lambda_device<B: burn::tensor::backend::Backend>(
+    norm_p: burn::tensor::Tensor<B, 1>,
+    norm_r: burn::tensor::Tensor<B, 1>,
+) -> burn::tensor::Tensor<B, 1> {
+    let ip = norm_p.clamp_min(1e-12).recip();
+    let ir = norm_r.clamp_min(1e-12).recip();
+    ip.clone() / (ip + ir)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -167,6 +177,20 @@ mod tests {
         assert!((l - (0.5 / (0.5 + 1.0 / 6.0))).abs() < 1e-12);
         assert!((l - 0.75).abs() < 1e-12);
         assert!((ngdiff_lambda(1.0, 1.0) - 0.5).abs() < 1e-12);
+        let dev = Default::default();
+        let t = |x: f32| {
+            burn::tensor::Tensor::<crate::model::Cpu, 1>::from_data(
+                burn::tensor::TensorData::new(vec![x], [1]),
+                &dev,
+            )
+        };
+        for (p, r) in [(2.0, 6.0), (1.0, 1.0), (0.0, 3.0), (5.0, 0.0)] {
+            let d = crate::model::host_f32(ngdiff_lambda_device(t(p), t(r))).unwrap()[0];
+            assert!(
+                (d as f64 - ngdiff_lambda(p as f64, r as f64)).abs() < 1e-6,
+                "{p} {r} {d}"
+            );
+        }
     }
 
     #[test]

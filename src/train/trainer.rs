@@ -6,7 +6,7 @@
 //! for each step: compute gradients on `trainer.model`, `trainer.step(step, grads)`, maybe
 //! `trainer.snapshot(..)` → `trainer.weights()`.
 
-use super::grads::{grad_norm, scale};
+use super::grads::{grad_norm_device, scale_device};
 use super::schedule::cosine_with_warmup;
 use crate::model::checkpoint::model_from_bytes;
 use crate::model::{Model, ModelError, Vlm, VlmConfig};
@@ -41,6 +41,25 @@ pub struct StepStats {
     pub grad_norm: f64,
     /// Whether the gradient was scaled down to `grad_clip`.
     pub clipped: bool,
+}
+
+impl StepStats {
+    /// The stats of a [`DeviceStep`] whose norm was read back as `grad_norm`.
+    pub fn read(lr: f64, grad_norm: f64, grad_clip: f64) -> StepStats {
+        StepStats {
+            lr,
+            grad_norm,
+            clipped: grad_clip > 0.0 && grad_norm > grad_clip,
+        }
+    }
+}
+
+/// One optimizer step as it left the host: the learning rate, and the global gradient norm
+/// before clipping as a `[1]` tensor still on the device, to be read with the loop's other
+/// statistics of the step (one host read per step).
+pub struct DeviceStep<B: Backend> {
+    pub lr: f64,
+    pub grad_norm: Tensor<B, 1>,
 }
 
 /// Errors of the trainer.
@@ -106,23 +125,30 @@ impl<B: AutodiffBackend> Trainer<B> {
         cosine_with_warmup(step, s.steps, s.lr, s.min_lr, s.warmup_ratio)
     }
 
-    /// Clips `grads` to the global norm and applies one AdamW step at the scheduled rate.
-    pub fn step(&mut self, step: usize, grads: GradientsParams) -> Result<StepStats> {
+    /// Clips `grads` to the global norm and applies one AdamW step at the scheduled rate, all on
+    /// the device: the clip factor is `clip / max(‖g‖, clip)`, exactly 1 (the gradient unchanged)
+    /// when the norm is within the threshold. Nothing is read back; see [`StepStats::read`].
+    pub fn step(&mut self, step: usize, grads: GradientsParams) -> DeviceStep<B::InnerBackend> {
         let lr = self.lr(step);
-        let norm = grad_norm::<B, _>(&self.model, &grads)?;
-        let clip = self.settings.grad_clip;
-        let clipped = clip > 0.0 && norm > clip;
-        let grads = if clipped {
-            scale::<B, _>(&self.model, grads, (clip / norm) as f32)
+        let norm = grad_norm_device::<B, _>(&self.model, &grads, &self.device);
+        let clip = self.settings.grad_clip as f32;
+        let grads = if clip > 0.0 {
+            let factor = Tensor::<B::InnerBackend, 1>::full([1], clip, &self.device)
+                / norm.clone().clamp_min(clip);
+            scale_device::<B, _>(&self.model, grads, factor)
         } else {
             grads
         };
         self.model = self.optim.step(lr, self.model.clone(), grads);
-        Ok(StepStats {
+        DeviceStep {
             lr,
             grad_norm: norm,
-            clipped,
-        })
+        }
+    }
+
+    /// The clipping threshold (0: none).
+    pub fn grad_clip(&self) -> f64 {
+        self.settings.grad_clip
     }
 
     /// The current weights in the checkpoint format.

@@ -10,7 +10,7 @@ use asymm::stages::model_io::ModelPlan;
 use asymm::tasks::TaskKind;
 use asymm::text::tokenizer::{P_CLOSE, P_OPEN, R_CLOSE, R_OPEN};
 use asymm::train::batch::Example;
-use asymm::train::sft::{NoEval, SftSettings, train};
+use asymm::train::sft::SftSettings;
 use burn::backend::Autodiff;
 use burn::backend::autodiff::checkpoint::strategy::{
     BalancedCheckpointing, CheckpointStrategy, NoCheckpointing,
@@ -39,6 +39,7 @@ fn has_weights(dir: &Path) -> anyhow::Result<bool> {
 
 /// The timed SFT run of the suite.
 struct Sft<'a> {
+    a: &'a super::BenchArgs,
     dir: &'a Path,
     image_size: usize,
     settings: &'a SftSettings,
@@ -47,27 +48,22 @@ struct Sft<'a> {
 }
 
 impl Sft<'_> {
-    /// The model's parameters, and the target tokens and seconds of the steps after the first.
+    /// The model's parameters, and the measurement of the steps after the warm-up.
     fn time<B: Backend, C: CheckpointStrategy>(
         &self,
         device: &B::Device,
-    ) -> anyhow::Result<(usize, usize, f64)> {
+    ) -> anyhow::Result<(usize, SftMeasure)> {
         let model = load::<Autodiff<B, C>>(self.dir, self.image_size, device)?;
         let params = model.num_params();
-        let scratch = asymm::util::fsx::TempDir::new("asymm-bench")?;
-        let trained = train::<Autodiff<B, C>>(
+        let m = super::time_sft::<Autodiff<B, C>>(
+            self.a,
             self.settings,
             model,
             self.examples,
             device,
-            scratch.path(),
             self.pad,
-            &mut NoEval,
         )?;
-        let timed = &trained.timing[1..];
-        let tokens: usize = timed.iter().map(|t| t.tokens).sum();
-        let seconds: f64 = timed.iter().map(|t| t.seconds).sum();
-        Ok((params, tokens, seconds))
+        Ok((params, m))
     }
 }
 
@@ -126,19 +122,22 @@ pub(super) fn hf_suite(
         batch_size: SFT_BATCH,
         seed: SFT_SEED,
         max_text: plan.max_text(),
+        seq_bucket: asymm::stages::sft_train::seq_bucket(spec),
         ..SftSettings::default()
     };
     let sft = Sft {
+        a,
         dir,
         image_size: a.hf_image_size,
         settings: &settings,
         examples: &examples[..EXAMPLES.min(examples.len())],
         pad: codec.eos,
     };
+    super::start_counting(a, spec)?;
     asymm::with_backend!(spec, |B, device| {
         <B as Backend>::seed(&device, SFT_SEED);
         let t = Instant::now();
-        let (params, tokens, seconds) = if a.activation_checkpointing {
+        let (params, m) = if a.activation_checkpointing {
             sft.time::<B, BalancedCheckpointing>(&device)?
         } else {
             sft.time::<B, NoCheckpointing>(&device)?
@@ -158,17 +157,16 @@ pub(super) fn hf_suite(
         out.push_str(&format!(
             "| SFT, standard objective, batch {SFT_BATCH}{ckpt} ({steps} steps in {:.1} s) | {:.0} target tokens/s |\n",
             t.elapsed().as_secs_f64(),
-            tokens as f64 / seconds.max(1e-9)
+            m.tokens as f64 / m.seconds.max(1e-9)
         ));
-        report.sft.push(SftMeasure {
-            objective: settings.objective,
-            steps: steps - 1,
-            tokens,
-            seconds,
-        });
+        if let Some(c) = m.counts {
+            out.push_str(&c.rows(m.steps as f64, "SFT step"));
+        }
+        report.sft.push(m);
         if !plans.is_empty() {
             let model = load::<B>(dir, a.hf_image_size, &device)?;
             super::time_rollouts(
+                a,
                 &model,
                 &plan.codec,
                 &examples,

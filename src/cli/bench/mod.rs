@@ -25,7 +25,7 @@ use asymm::tasks::TaskKind;
 use asymm::text::Tokenizer;
 use asymm::train::batch::{Example, image_ink};
 use asymm::train::objective::ObjectiveKind;
-use asymm::train::sft::{NoEval, SftSettings, train};
+use asymm::train::sft::{SftSettings, train};
 use burn::backend::Autodiff;
 use burn::optim::AdamWConfig;
 use burn::tensor::backend::AutodiffBackend;
@@ -44,7 +44,7 @@ pub struct BenchArgs {
     /// Model size preset for the model suite.
     #[arg(long, default_value = "tiny")]
     pub model: String,
-    /// Device for the model suite (cpu, cuda:N, cuda:N/bf16).
+    /// Device for the model suite (cpu, cuda:N, cuda:N/bf16, wgpu, wgpu:cpu).
     #[arg(long, default_value = "cpu")]
     pub device: String,
     /// Training steps timed in the model suite.
@@ -85,6 +85,104 @@ pub struct BenchArgs {
     /// Train the `--hf` model with activation checkpointing (sft-train's option).
     #[arg(long)]
     pub activation_checkpointing: bool,
+    /// SFT steps at the start of each run (of `--steps`) left out of the timing: kernel
+    /// compilation, autotuning, allocator growth. With N > 0 each rollout plan also runs once
+    /// untimed before its timed pass.
+    #[arg(long, default_value_t = 1)]
+    pub warmup: usize,
+    /// Count, in the timed window, host reads per SFT step and per decoded token and, on the
+    /// cubecl backends (`--device wgpu…`, `cuda…`), kernel launches and compilations.
+    #[arg(long)]
+    pub count_kernels: bool,
+}
+
+/// The warm-up steps of a run of `steps`: at least one step must be timed.
+fn warmup_steps(a: &BenchArgs, steps: usize) -> anyhow::Result<usize> {
+    anyhow::ensure!(
+        a.warmup < steps,
+        "--warmup {} leaves none of the {steps} steps to time (raise --steps)",
+        a.warmup
+    );
+    Ok(a.warmup)
+}
+
+/// What the process had done at one moment: host reads and, where counted, kernel launches,
+/// compilations and autotune events.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+struct Counts {
+    host_reads: u64,
+    kernels: Option<[u64; 3]>,
+}
+
+impl Counts {
+    /// The counts after a device sync; `None` unless `--count-kernels`.
+    fn now<B: burn::tensor::backend::Backend>(a: &BenchArgs, device: &B::Device) -> Option<Self> {
+        if !a.count_kernels {
+            return None;
+        }
+        let _ = B::sync(device);
+        #[cfg(feature = "gpu")]
+        let kernels = asymm::model::gpu::KernelCounts::active().then(|| {
+            let k = asymm::model::gpu::KernelCounts::now();
+            [k.launches, k.compiles, k.autotunes]
+        });
+        #[cfg(not(feature = "gpu"))]
+        let kernels = None;
+        Some(Counts {
+            host_reads: asymm::model::host::reads_total(),
+            kernels,
+        })
+    }
+
+    fn since(self, earlier: Counts) -> Counts {
+        Counts {
+            host_reads: self.host_reads - earlier.host_reads,
+            kernels: match (self.kernels, earlier.kernels) {
+                (Some(a), Some(b)) => Some([a[0] - b[0], a[1] - b[1], a[2] - b[2]]),
+                _ => None,
+            },
+        }
+    }
+
+    /// Markdown rows: each count divided by `per` (`what`: "SFT step", "decode step").
+    fn rows(&self, per: f64, what: &str) -> String {
+        let mut out = format!(
+            "| host reads per {what} | {:.2} |\n",
+            self.host_reads as f64 / per.max(1.0)
+        );
+        if let Some([launches, compiles, autotunes]) = self.kernels {
+            out.push_str(&format!(
+                "| kernel launches per {what} | {:.1} |\n| kernel compilations in the timed window | {compiles} |\n| autotune log records in the timed window | {autotunes} |\n",
+                launches as f64 / per.max(1.0)
+            ));
+        }
+        out
+    }
+
+    fn json(&self, per: f64) -> serde_json::Value {
+        serde_json::json!({
+            "host_reads": self.host_reads,
+            "host_reads_per": self.host_reads as f64 / per.max(1.0),
+            "kernel_launches": self.kernels.map(|k| k[0]),
+            "kernel_launches_per": self.kernels.map(|k| k[0] as f64 / per.max(1.0)),
+            "kernel_compiles": self.kernels.map(|k| k[1]),
+            "autotune_records": self.kernels.map(|k| k[2]),
+        })
+    }
+}
+
+/// The median of `v` (0 for none).
+fn median(mut v: Vec<f64>) -> f64 {
+    if v.is_empty() {
+        return 0.0;
+    }
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
 }
 
 /// New tokens per rollout output.
@@ -157,10 +255,14 @@ struct Report {
 
 struct SftMeasure {
     objective: ObjectiveKind,
-    /// Timed steps (the warm-up step excluded) and the target tokens they trained on.
+    /// Timed steps (the warm-up steps excluded) and the target tokens they trained on.
     steps: usize,
     tokens: usize,
     seconds: f64,
+    /// The median timed step's seconds.
+    median_step: f64,
+    /// What the timed steps did (`--count-kernels`).
+    counts: Option<Counts>,
 }
 
 struct RolloutMeasure {
@@ -169,6 +271,9 @@ struct RolloutMeasure {
     /// Each output's new tokens and whether it ended with `<eos>` (else the budget cut it).
     rows: Vec<(usize, bool)>,
     seconds: f64,
+    /// Decoding steps run (each batch runs until its longest row stops).
+    decode_steps: usize,
+    counts: Option<Counts>,
 }
 
 impl Report {
@@ -189,7 +294,10 @@ impl Report {
                 "steps_timed": m.steps,
                 "target_tokens": m.tokens,
                 "seconds": m.seconds,
+                "median_step_seconds": m.median_step,
                 "target_tokens_per_s": m.tokens as f64 / m.seconds.max(1e-9),
+                "warmup_steps": a.warmup,
+                "per_step": m.counts.map(|c| c.json(m.steps as f64)),
             })).collect::<Vec<_>>(),
             "rollout": self.rollout.iter().map(|m| json!({
                 "batch": m.plan.batch,
@@ -204,6 +312,8 @@ impl Report {
                 "stops": m.rows.iter().map(|&(n, eos)| eos.then_some(n)).collect::<Vec<_>>(),
                 "seconds": m.seconds,
                 "new_tokens_per_s": m.new_tokens as f64 / m.seconds.max(1e-9),
+                "decode_steps": m.decode_steps,
+                "per_decode_step": m.counts.map(|c| c.json(m.decode_steps as f64)),
             })).collect::<Vec<_>>(),
             "peak_rss_kib": peak_rss_kib(),
         })
@@ -305,7 +415,9 @@ fn model_suite(a: &BenchArgs, report: &mut Report) -> anyhow::Result<String> {
     let plans = rollout_plans(a)?;
     let examples = examples(&tok, cfg.image_size, example_count(&plans))?;
     let steps = a.steps.max(2);
+    warmup_steps(a, steps)?;
     report.parameters = Some(cfg.parameters());
+    start_counting(a, spec)?;
     asymm::with_backend!(spec, |B, device| {
         let mut out = format!(
             "\n| model suite: `{}` ({:.1} M parameters) on {} | rate |\n|---|---:|\n",
@@ -314,41 +426,128 @@ fn model_suite(a: &BenchArgs, report: &mut Report) -> anyhow::Result<String> {
             a.device
         );
         for &objective in &objectives {
-            let (tokens, seconds) = sft_rate::<Autodiff<B>>(
+            let settings = SftSettings {
+                seq_bucket: asymm::stages::sft_train::seq_bucket(spec),
+                ..sft_settings(&cfg, objective, steps, a.data_shards)
+            };
+            let model = asymm::train::trainer::native_model::<Autodiff<B>>(
                 &cfg,
+                None,
+                settings.seed,
+                &device,
+            )?;
+            let m = time_sft::<Autodiff<B>>(
+                a,
+                &settings,
+                model,
                 &examples[..EXAMPLES],
-                objective,
-                steps,
-                a.data_shards,
                 &device,
                 tok.pad(),
             )?;
             out.push_str(&format!(
                 "| SFT, {} objective, batch {SFT_BATCH} | {:.0} target tokens/s |\n",
                 objective_name(objective),
-                tokens as f64 / seconds.max(1e-9)
+                m.tokens as f64 / m.seconds.max(1e-9)
             ));
-            report.sft.push(SftMeasure {
-                objective,
-                steps: steps - 1,
-                tokens,
-                seconds,
-            });
+            if let Some(c) = m.counts {
+                out.push_str(&c.rows(m.steps as f64, "SFT step"));
+            }
+            report.sft.push(m);
         }
         if !plans.is_empty() {
             // A seeded model, so that every run samples the same outputs.
             <B as burn::tensor::backend::Backend>::seed(&device, SFT_SEED);
             let model: asymm::model::Model<B> = Vlm::<B>::new(&cfg, &device).into();
             let codec = asymm::model::Codec::from(tok.clone());
-            time_rollouts(&model, &codec, &examples, &plans, &device, &mut out, report)?;
+            time_rollouts(
+                a, &model, &codec, &examples, &plans, &device, &mut out, report,
+            )?;
         }
         Ok::<String, anyhow::Error>(out)
     })
 }
 
+/// Turns kernel counting on before the first GPU call (`--count-kernels` on a cubecl device).
+fn start_counting(a: &BenchArgs, spec: DeviceSpec) -> anyhow::Result<()> {
+    if !a.count_kernels || !spec.is_gpu() {
+        return Ok(());
+    }
+    #[cfg(feature = "gpu")]
+    anyhow::ensure!(
+        asymm::model::gpu::count_kernels(),
+        "--count-kernels: the GPU runtime was configured before counting could be turned on"
+    );
+    Ok(())
+}
+
+/// Trains `settings.steps` SFT steps of `model` and measures the steps after the first
+/// `--warmup`: target tokens, seconds, the median step and, with `--count-kernels`, what they
+/// did on the device.
+fn time_sft<B: AutodiffBackend>(
+    a: &BenchArgs,
+    settings: &SftSettings,
+    model: asymm::model::Model<B>,
+    examples: &[Example],
+    device: &B::Device,
+    pad: u32,
+) -> anyhow::Result<SftMeasure> {
+    struct Mark<'a, B: AutodiffBackend> {
+        a: &'a BenchArgs,
+        device: &'a B::Device,
+        at: Option<Counts>,
+    }
+    impl<B: AutodiffBackend> asymm::train::sft::SftHooks<B> for Mark<'_, B> {
+        fn eval(
+            &mut self,
+            _: usize,
+            _: &asymm::model::Model<B::InnerBackend>,
+        ) -> Result<Option<asymm::train::sft::EvalPoint>, asymm::train::sft::TrainError> {
+            Ok(None)
+        }
+        fn after_step(&mut self, step: usize, _: &asymm::train::sft::LogRow, _: f64) {
+            if step == self.a.warmup {
+                self.at = Counts::now::<B::InnerBackend>(self.a, self.device);
+            }
+        }
+    }
+    let warmup = warmup_steps(a, settings.steps)?;
+    let scratch = asymm::util::fsx::TempDir::new("asymm-bench")?;
+    let mut mark = Mark::<B> {
+        a,
+        device,
+        at: if warmup == 0 {
+            Counts::now::<B::InnerBackend>(a, device)
+        } else {
+            None
+        },
+    };
+    let out = train::<B>(
+        settings,
+        model,
+        examples,
+        device,
+        scratch.path(),
+        pad,
+        &mut mark,
+    )?;
+    let end = Counts::now::<B::InnerBackend>(a, device);
+    let timed = &out.timing[warmup..];
+    Ok(SftMeasure {
+        objective: settings.objective,
+        steps: timed.len(),
+        tokens: timed.iter().map(|t| t.tokens).sum(),
+        seconds: timed.iter().map(|t| t.seconds).sum(),
+        median_step: median(timed.iter().map(|t| t.seconds).collect()),
+        counts: end.zip(mark.at).map(|(e, s)| e.since(s)),
+    })
+}
+
 /// Times KV-cached rollouts of `model` for each of `plans` (standard mode, ≤ROLLOUT_TOKENS new
-/// tokens), appending a table row and a measurement each.
+/// tokens), appending a table row and a measurement each; with `--warmup` above 0, each plan
+/// runs once untimed first.
+#[allow(clippy::too_many_arguments)]
 fn time_rollouts<B: burn::tensor::backend::Backend>(
+    a: &BenchArgs,
     model: &asymm::model::Model<B>,
     codec: &asymm::model::Codec,
     examples: &[Example],
@@ -365,19 +564,40 @@ fn time_rollouts<B: burn::tensor::backend::Backend>(
             max_new_tokens: Some(ROLLOUT_TOKENS),
             batch_size: plan.batch,
         };
+        let run = || {
+            run_rollouts(
+                model,
+                codec,
+                &examples[..plan.examples()],
+                None,
+                &spec,
+                1,
+                device,
+                |_| {},
+            )
+        };
+        if a.warmup > 0 {
+            run()?;
+        }
+        let before = Counts::now::<B>(a, device);
         let t = Instant::now();
-        let rows = run_rollouts(
-            model,
-            codec,
-            &examples[..plan.examples()],
-            None,
-            &spec,
-            1,
-            device,
-            |_| {},
-        )?;
+        let rows = run()?;
+        let _ = B::sync(device);
         let seconds = t.elapsed().as_secs_f64();
+        let counts = Counts::now::<B>(a, device)
+            .zip(before)
+            .map(|(e, s)| e.since(s));
         let new: usize = rows.iter().map(|r| r.new_tokens).sum();
+        // A batch decodes until its longest row stops (`<eos>` is one more sampled token).
+        let decode_steps: usize = rows
+            .chunks(plan.batch)
+            .map(|c| {
+                c.iter()
+                    .map(|r| (r.new_tokens + usize::from(!r.truncated)).min(ROLLOUT_TOKENS))
+                    .max()
+                    .unwrap_or(0)
+            })
+            .sum();
         let shape = if plan.samples > 1 {
             format!(" ({} prompts × {} samples)", plan.prompts, plan.samples)
         } else {
@@ -388,11 +608,16 @@ fn time_rollouts<B: burn::tensor::backend::Backend>(
             plan.batch,
             new as f64 / seconds
         ));
+        if let Some(c) = counts {
+            out.push_str(&c.rows(decode_steps as f64, "decode step"));
+        }
         report.rollout.push(RolloutMeasure {
             plan,
             new_tokens: new,
             rows: rows.iter().map(|r| (r.new_tokens, !r.truncated)).collect(),
             seconds,
+            decode_steps,
+            counts,
         });
     }
     Ok(())
@@ -493,34 +718,6 @@ fn sft_settings(
     }
 }
 
-/// Target tokens and seconds over `steps` SFT steps, the first (warm-up) step excluded.
-fn sft_rate<B: AutodiffBackend>(
-    cfg: &VlmConfig,
-    examples: &[Example],
-    objective: ObjectiveKind,
-    steps: usize,
-    data_shards: usize,
-    device: &B::Device,
-    pad: u32,
-) -> anyhow::Result<(usize, f64)> {
-    let settings = sft_settings(cfg, objective, steps, data_shards);
-    let scratch = asymm::util::fsx::TempDir::new("asymm-bench")?;
-    let model = asymm::train::trainer::native_model::<B>(cfg, None, settings.seed, device)?;
-    let out = train::<B>(
-        &settings,
-        model,
-        examples,
-        device,
-        scratch.path(),
-        pad,
-        &mut NoEval,
-    )?;
-    let timed = &out.timing[1..];
-    let tokens: usize = timed.iter().map(|t| t.tokens).sum();
-    let secs: f64 = timed.iter().map(|t| t.seconds).sum();
-    Ok((tokens, secs))
-}
-
 #[cfg(test)]
 mod tests {
     use super::twin::{f32le_base64, sft_batches};
@@ -547,6 +744,13 @@ mod tests {
         assert_eq!(RolloutPlan::new(1, 8).samples, 1);
         assert_eq!(example_count(&[RolloutPlan::new(100, 1)]), 100);
         assert_eq!(example_count(&[]), EXAMPLES);
+    }
+
+    #[test]
+    fn medians() {
+        assert_eq!(median(vec![]), 0.0);
+        assert_eq!(median(vec![3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(vec![4.0, 1.0, 2.0, 3.0]), 2.5);
     }
 
     #[test]

@@ -67,6 +67,7 @@ pub(super) fn twin_export(a: &BenchArgs) -> anyhow::Result<serde_json::Value> {
         "sft": {
             "batch": SFT_BATCH,
             "steps": steps,
+            "warmup": super::warmup_steps(a, steps)?,
             "batches": sft_batches(EXAMPLES, steps),
             "lr": s.lr,
             "min_lr": s.min_lr,
@@ -78,6 +79,7 @@ pub(super) fn twin_export(a: &BenchArgs) -> anyhow::Result<serde_json::Value> {
         },
         "rollout": {
             "max_new_tokens": ROLLOUT_TOKENS,
+            "warmup_passes": usize::from(a.warmup > 0),
             "temperature": sampling.temperature,
             "top_p": sampling.top_p,
             "top_k": sampling.top_k,

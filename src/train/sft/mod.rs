@@ -5,10 +5,10 @@
 //! periodic held-out evaluation through a callback.
 
 use super::batch::{Example, make_batch};
-use super::grads::{combine, grad_norm};
+use super::grads::{combine, combine_device, grad_norm_device};
 use super::objective::{ObjectiveKind, Selector, Term, span_mask, terms, token_weights};
 use super::parallel::{map_shards, replica, split};
-use super::trainer::{OptimSettings, Trainer, TrainerError};
+use super::trainer::{OptimSettings, StepStats, Trainer, TrainerError};
 pub use crate::eval::score::EvalPoint;
 use crate::model::{Model, ModelError, host_f32};
 use crate::util::rng::keyed;
@@ -47,6 +47,10 @@ pub struct SftSettings {
     pub seed: u64,
     /// Longest text (prompt + target) fed to the model.
     pub max_text: usize,
+    /// Padded lengths are rounded up to a multiple of this ([`super::batch::bucketed`]); 1 on
+    /// the CPU, 64 on a GPU, where shapes that repeat spare kernel compilations.
+    #[serde(default = "one")]
+    pub seq_bucket: usize,
 }
 
 impl Default for SftSettings {
@@ -71,6 +75,7 @@ impl Default for SftSettings {
             eval_every: 0,
             seed: 0,
             max_text: 256,
+            seq_bucket: 1,
         }
     }
 }
@@ -202,12 +207,14 @@ fn nll<B: AutodiffBackend>(
         .neg())
 }
 
+/// The gradients of `Σ nll · w · scale` and the per-token cross-entropy [B, L] (detached, on the
+/// device).
 fn weighted_grads<B: AutodiffBackend>(
     model: &Model<B>,
     batch: &super::batch::Batch<B>,
-    weights: Vec<f32>,
+    weights: &[f32],
     scale: f32,
-) -> Result<(GradientsParams, Vec<f32>), TrainError> {
+) -> Result<(GradientsParams, Tensor<B::InnerBackend, 2>), TrainError> {
     let device = batch.inputs.device();
     let [b, l] = batch.labels.dims();
     let w = Tensor::<B, 2>::from_data(
@@ -218,10 +225,10 @@ fn weighted_grads<B: AutodiffBackend>(
         &device,
     );
     let per_token = nll(model, batch, batch.images.clone())?;
-    let host = host_f32(per_token.clone().detach())?;
+    let detached = per_token.clone().detach().inner();
     let loss = (per_token * w).sum();
     let grads = GradientsParams::from_grads(loss.backward(), model);
-    Ok((grads, host))
+    Ok((grads, detached))
 }
 
 fn add<B: AutodiffBackend>(
@@ -235,33 +242,48 @@ fn add<B: AutodiffBackend>(
     }
 }
 
-/// What one micro-batch contributed to a step.
-#[derive(Default)]
-struct MicroStats {
-    /// Summed cross-entropy over perception / reasoning / all target tokens, and their counts.
-    sum_p: f64,
-    sum_r: f64,
-    sum_all: f64,
+/// Where each sum sits in a micro-batch's [`MicroStats::sums`].
+const SUM_P: usize = 0;
+const SUM_R: usize = 1;
+const SUM_ALL: usize = 2;
+const OBJECTIVE: usize = 3;
+const SUM_BLANK: usize = 4;
+const SUMS: usize = 5;
+
+/// What one micro-batch contributed to a step: sums on the device (read once per step), token
+/// counts on the host.
+struct MicroStats<B: Backend> {
+    /// `[SUMS]`: summed cross-entropy over perception / reasoning / all target tokens, the value
+    /// of a fixed-weight objective, and the summed perception cross-entropy with the image
+    /// blanked (diagnostic steps).
+    sums: Option<Tensor<B, 1>>,
     n_p: usize,
     n_r: usize,
     tokens: usize,
-    /// Value of a fixed-weight objective.
-    objective: f64,
-    /// Summed perception cross-entropy with the image blanked, and its token count.
-    blank_sum: f64,
     blank_n: usize,
 }
 
-impl MicroStats {
-    fn add(&mut self, o: MicroStats) {
-        self.sum_p += o.sum_p;
-        self.sum_r += o.sum_r;
-        self.sum_all += o.sum_all;
+impl<B: Backend> Default for MicroStats<B> {
+    fn default() -> Self {
+        MicroStats {
+            sums: None,
+            n_p: 0,
+            n_r: 0,
+            tokens: 0,
+            blank_n: 0,
+        }
+    }
+}
+
+impl<B: Backend> MicroStats<B> {
+    fn add(&mut self, o: MicroStats<B>) {
+        self.sums = match (self.sums.take(), o.sums) {
+            (Some(a), Some(b)) => Some(a + b),
+            (a, b) => a.or(b),
+        };
         self.n_p += o.n_p;
         self.n_r += o.n_r;
         self.tokens += o.tokens;
-        self.objective += o.objective;
-        self.blank_sum += o.blank_sum;
         self.blank_n += o.blank_n;
     }
 }
@@ -330,7 +352,20 @@ fn check_settings(settings: &SftSettings, train_set: &[Example]) -> Result<(), T
     Ok(())
 }
 
-/// Forward and backward passes of one micro-batch, accumulated into `g`.
+/// `Σ_j x[j]·cols[j][c]` for each column `c`: `x` [B, L] flattened against host columns, as one
+/// product on the device.
+fn column_sums<B: Backend>(x: Tensor<B, 2>, cols: &[Vec<f32>], device: &B::Device) -> Tensor<B, 1> {
+    let n = x.dims()[0] * x.dims()[1];
+    let k = cols.len();
+    let mut m = Vec::with_capacity(n * k);
+    for j in 0..n {
+        m.extend(cols.iter().map(|c| c[j]));
+    }
+    let m = Tensor::<B, 2>::from_data(TensorData::new(m, [n, k]), device);
+    x.reshape([1, n]).matmul(m).reshape([k])
+}
+
+/// Forward and backward passes of one micro-batch, accumulated into `g`; no host read.
 #[allow(clippy::too_many_arguments)]
 fn micro_batch<B: AutodiffBackend>(
     model: &Model<B>,
@@ -341,27 +376,32 @@ fn micro_batch<B: AutodiffBackend>(
     device: &B::Device,
     diagnostics: bool,
     g: &mut StepGrads,
-) -> Result<MicroStats, TrainError> {
-    let batch = make_batch::<B>(exs, model.image_size(), settings.max_text, pad, device);
+) -> Result<MicroStats<B::InnerBackend>, TrainError> {
+    let batch = make_batch::<B>(
+        exs,
+        model.image_size(),
+        settings.max_text,
+        settings.seq_bucket,
+        pad,
+        device,
+    );
     let pmask = span_mask(exs, &batch.target_index, "perception");
     let rmask = span_mask(exs, &batch.target_index, "reasoning");
-    let mut st = MicroStats::default();
-    let host = if settings.objective == ObjectiveKind::Ngdiff {
+    let (per_token, objective_w) = if settings.objective == ObjectiveKind::Ngdiff {
         let half = |name: &str| -> Vec<Term> { vec![(Selector::Span(name.into()), 1.0)] };
         let w = |name| token_weights(exs, &batch.target_index, &half(name));
-        let (gp, h) = weighted_grads(model, &batch, w("perception"), scale)?;
-        let (gr, _) = weighted_grads(model, &batch, w("reasoning"), scale)?;
+        let (gp, h) = weighted_grads(model, &batch, &w("perception"), scale)?;
+        let (gr, _) = weighted_grads(model, &batch, &w("reasoning"), scale)?;
         g.perception = Some(add(model, g.perception.take(), gp));
         g.reasoning = Some(add(model, g.reasoning.take(), gr));
-        h
+        (h, vec![0.0; pmask.len()])
     } else {
         let w = token_weights(
             exs,
             &batch.target_index,
             &terms(settings.objective, settings.lambda, &settings.extra_spans),
         );
-        let (grads, h) = weighted_grads(model, &batch, w.clone(), scale)?;
-        st.objective = h.iter().zip(&w).map(|(a, b)| (a * b) as f64).sum::<f64>() * scale as f64;
+        let (grads, h) = weighted_grads(model, &batch, &w, scale)?;
         g.total = Some(add(model, g.total.take(), grads));
         if diagnostics {
             // Perception vs reasoning gradient under the objective being trained.
@@ -371,39 +411,42 @@ fn micro_batch<B: AutodiffBackend>(
                     .map(|(&x, &m)| if m { x } else { 0.0 })
                     .collect::<Vec<f32>>()
             };
-            let (gp, _) = weighted_grads(model, &batch, masked(&pmask), scale)?;
-            let (gr, _) = weighted_grads(model, &batch, masked(&rmask), scale)?;
+            let (gp, _) = weighted_grads(model, &batch, &masked(&pmask), scale)?;
+            let (gr, _) = weighted_grads(model, &batch, &masked(&rmask), scale)?;
             g.diag_p = Some(add(model, g.diag_p.take(), gp));
             g.diag_r = Some(add(model, g.diag_r.take(), gr));
         }
-        h
+        (h, w.iter().map(|x| x * scale).collect())
     };
-    let is_target = batch.target_index.iter().flatten().map(Option::is_some);
-    for ((j, v), t) in host.iter().enumerate().zip(is_target) {
-        let v = *v as f64;
-        if pmask[j] {
-            st.sum_p += v;
-            st.n_p += 1;
-        }
-        if rmask[j] {
-            st.sum_r += v;
-            st.n_r += 1;
-        }
-        if t {
-            st.sum_all += v;
-            st.tokens += 1;
-        }
-    }
-    if diagnostics {
-        let blank = host_f32(nll(model, &batch, batch.images.zeros_like())?.detach())?;
-        for (v, &m) in blank.iter().zip(&pmask) {
-            if m {
-                st.blank_sum += *v as f64;
-                st.blank_n += 1;
-            }
-        }
-    }
-    Ok(st)
+    let f = |m: &[bool]| {
+        m.iter()
+            .map(|&b| f32::from(u8::from(b)))
+            .collect::<Vec<f32>>()
+    };
+    let is_target: Vec<bool> = batch
+        .target_index
+        .iter()
+        .flatten()
+        .map(Option::is_some)
+        .collect();
+    let (pcol, rcol, tcol) = (f(&pmask), f(&rmask), f(&is_target));
+    let sums = column_sums(per_token, &[pcol.clone(), rcol, tcol, objective_w], device);
+    let blank = if diagnostics {
+        let blank = nll(model, &batch, batch.images.zeros_like())?
+            .detach()
+            .inner();
+        column_sums(blank, &[pcol], device)
+    } else {
+        Tensor::zeros([1], device)
+    };
+    let n_p = pmask.iter().filter(|&&m| m).count();
+    Ok(MicroStats {
+        sums: Some(Tensor::cat(vec![sums, blank], 0)),
+        n_p,
+        n_r: rmask.iter().filter(|&&m| m).count(),
+        tokens: is_target.iter().filter(|&&t| t).count(),
+        blank_n: if diagnostics { n_p } else { 0 },
+    })
 }
 
 /// Runs SFT of `model` (see [`crate::train::trainer::native_model`]) and returns the trained
@@ -480,57 +523,81 @@ pub fn train<B: AutodiffBackend>(
                 grads.add(model, g);
             }
         }
-        let (mean_p, mean_r) = (
-            st.sum_p / st.n_p.max(1) as f64,
-            st.sum_r / st.n_r.max(1) as f64,
-        );
         let model = &trainer.model;
-        let mut grad_share = match (grads.diag_p.take(), grads.diag_r.take()) {
-            (Some(gp), Some(gr)) => {
-                let (np, nr) = (
-                    grad_norm::<B, _>(model, &gp)?,
-                    grad_norm::<B, _>(model, &gr)?,
-                );
-                Some(np / (np + nr).max(1e-12))
-            }
+        // Everything the log needs stays on the device until the step's one host read.
+        let diag_norms = match (grads.diag_p.take(), grads.diag_r.take()) {
+            (Some(gp), Some(gr)) => Some([
+                grad_norm_device::<B, _>(model, &gp, device),
+                grad_norm_device::<B, _>(model, &gr, device),
+            ]),
             _ => None,
         };
-        let (objective_grads, lambda, objective) = if settings.objective == ObjectiveKind::Ngdiff {
+        let (objective_grads, ngdiff) = if settings.objective == ObjectiveKind::Ngdiff {
             let (Some(gp), Some(gr)) = (grads.perception, grads.reasoning) else {
                 return Err(TrainError::Other("no gradients".into()));
             };
             let (np, nr) = (
-                grad_norm::<B, _>(model, &gp)?,
-                grad_norm::<B, _>(model, &gr)?,
+                grad_norm_device::<B, _>(model, &gp, device),
+                grad_norm_device::<B, _>(model, &gr, device),
             );
-            let l = super::objective::ngdiff_lambda(np, nr);
-            if diagnostics {
-                // The trained objective's halves: λ·g_p and (1 − λ)·g_r.
-                let (wp, wr) = (l * np, (1.0 - l) * nr);
-                grad_share = Some(wp / (wp + wr).max(1e-12));
-            }
+            let l = super::objective::ngdiff_lambda_device(np.clone(), nr.clone());
+            let rest = l.clone().neg() + 1.0;
             (
-                combine::<B, _>(model, gp, l as f32, gr, (1.0 - l) as f32),
-                Some(l),
-                l * mean_p + (1.0 - l) * mean_r,
+                combine_device::<B, _>(model, gp, l.clone(), gr, rest),
+                Some([l, np, nr]),
             )
         } else {
             let g = grads
                 .total
                 .ok_or_else(|| TrainError::Other("no gradients".into()))?;
-            let lambda = (settings.objective == ObjectiveKind::Reweight).then_some(settings.lambda);
-            (g, lambda, st.objective)
+            (g, None)
         };
-        let stats = trainer.step(step, objective_grads)?;
+        let done = trainer.step(step, objective_grads);
+        let mut parts = vec![
+            st.sums.unwrap_or_else(|| Tensor::zeros([SUMS], device)),
+            done.grad_norm,
+        ];
+        let has_diag_norms = diag_norms.is_some();
+        parts.extend(ngdiff.into_iter().flatten());
+        parts.extend(diag_norms.into_iter().flatten());
+        let host = host_f32(Tensor::cat(parts, 0))?;
+        let v = |k: usize| host.get(k).copied().unwrap_or(f32::NAN) as f64;
+        let stats = StepStats::read(done.lr, v(SUMS), trainer.grad_clip());
+        let (mean_p, mean_r) = (
+            v(SUM_P) / st.n_p.max(1) as f64,
+            v(SUM_R) / st.n_r.max(1) as f64,
+        );
+        let mut at = SUMS + 1;
+        let mut next = || {
+            at += 1;
+            v(at - 1)
+        };
+        let (lambda, objective, mut grad_share) = if settings.objective == ObjectiveKind::Ngdiff {
+            let (l, np, nr) = (next(), next(), next());
+            // The trained objective's halves: λ·g_p and (1 − λ)·g_r.
+            let (wp, wr) = (l * np, (1.0 - l) * nr);
+            (
+                Some(l),
+                l * mean_p + (1.0 - l) * mean_r,
+                diagnostics.then(|| wp / (wp + wr).max(1e-12)),
+            )
+        } else {
+            let lambda = (settings.objective == ObjectiveKind::Reweight).then_some(settings.lambda);
+            (lambda, v(OBJECTIVE), None)
+        };
+        if has_diag_norms {
+            let (np, nr) = (next(), next());
+            grad_share = Some(np / (np + nr).max(1e-12));
+        }
         let mut row = LogRow {
             step: step + 1,
             loss: objective,
             loss_perception: mean_p,
             loss_reasoning: mean_r,
             perception_token_share: st.n_p as f64 / st.tokens.max(1) as f64,
-            perception_loss_share: st.sum_p / st.sum_all.max(1e-12),
+            perception_loss_share: v(SUM_P) / v(SUM_ALL).max(1e-12),
             perception_grad_share: grad_share,
-            loss_perception_blank: (st.blank_n > 0).then(|| st.blank_sum / st.blank_n as f64),
+            loss_perception_blank: (st.blank_n > 0).then(|| v(SUM_BLANK) / st.blank_n as f64),
             lambda,
             lr: stats.lr,
             grad_norm: stats.grad_norm,

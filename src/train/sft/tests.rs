@@ -222,3 +222,163 @@ fn data_shards_sum_to_the_batch_gradient() {
         }
     }
 }
+
+/// Five examples of 3 to 7 target tokens on `cfg`'s image size, and one initialization.
+fn varied_data(cfg: &VlmConfig) -> (Vec<Example>, Vec<u8>) {
+    let data: Vec<Example> = (0..5)
+        .map(|i| {
+            let mut e = example(3 + i);
+            e.id = format!("e{i}");
+            e.image = (0..cfg.image_size * cfg.image_size)
+                .map(|p| ((p * (i + 3)) % 7) as f32 / 7.0)
+                .collect();
+            e.target = (0..3 + i).map(|k| (4 + (k * 5 + i) % 30) as u32).collect();
+            e
+        })
+        .collect();
+    let init = crate::model::checkpoint::weights_to_bytes(&Vlm::<crate::model::Cpu>::new(
+        cfg,
+        &Default::default(),
+    ))
+    .unwrap();
+    (data, init)
+}
+
+/// A step reads the device once, after its backward passes and optimizer step, whatever the
+/// objective, the diagnostics and the micro-batches (on a GPU every read drains the queue of
+/// launches). Broken by reading each micro-batch's loss before `backward()`, it fails.
+#[test]
+fn one_host_read_per_step() {
+    let cfg = crate::model::config::small_config();
+    let (data, init) = varied_data(&cfg);
+    for (objective, grad_accum) in [
+        (ObjectiveKind::Standard, 1),
+        (ObjectiveKind::Reweight, 2),
+        (ObjectiveKind::Ngdiff, 2),
+    ] {
+        let settings = SftSettings {
+            objective,
+            steps: 3,
+            batch_size: 2,
+            grad_accum,
+            diagnostics_every: 2,
+            seed: 7,
+            max_text: 12,
+            ..SftSettings::default()
+        };
+        let before = crate::model::host::reads_on_this_thread();
+        let out = train_cpu(&settings, &cfg, Some(&init), &data);
+        let reads = crate::model::host::reads_on_this_thread() - before;
+        assert_eq!(reads, 3, "{objective:?}: {reads} host reads in 3 steps");
+        // The one read carries every statistic of the log.
+        let first = &out.log[0];
+        assert!(first.loss.is_finite() && first.loss > 0.0, "{first:?}");
+        assert!(first.perception_grad_share.is_some() && first.loss_perception_blank.is_some());
+        assert!(out.log[1].perception_grad_share.is_none());
+        assert_eq!(first.lambda.is_some(), objective != ObjectiveKind::Standard);
+    }
+}
+
+/// Padding a batch to a bucket (as on a GPU) changes neither the losses nor the gradients: the
+/// same run with rows padded to 32 ends with the same weights, losses and gradient norms.
+/// Broken by giving padding labels a weight, it fails.
+#[test]
+fn bucketed_padding_changes_neither_loss_nor_gradients() {
+    let cfg = crate::model::config::small_config();
+    let (data, init) = varied_data(&cfg);
+    let refs: Vec<&Example> = data.iter().collect();
+    let dev = Default::default();
+    let plain = make_batch::<crate::model::Cpu>(&refs, cfg.image_size, 40, 1, 0, &dev);
+    let padded = make_batch::<crate::model::Cpu>(&refs, cfg.image_size, 40, 32, 0, &dev);
+    assert_eq!((plain.len, padded.len), (7, 32));
+    for objective in [ObjectiveKind::Standard, ObjectiveKind::Ngdiff] {
+        let run = |seq_bucket: usize| {
+            let settings = SftSettings {
+                objective,
+                steps: 2,
+                batch_size: 3,
+                diagnostics_every: 1,
+                seed: 5,
+                max_text: 40,
+                seq_bucket,
+                ..SftSettings::default()
+            };
+            let out = train_cpu(&settings, &cfg, Some(&init), &data);
+            (out.weights().unwrap(), out.log)
+        };
+        let ((w1, log1), (w32, log32)) = (run(1), run(32));
+        let (a, b) = (
+            crate::model::checkpoint::model_from_bytes::<crate::model::Cpu>(&cfg, &w1, &dev)
+                .unwrap(),
+            crate::model::checkpoint::model_from_bytes::<crate::model::Cpu>(&cfg, &w32, &dev)
+                .unwrap(),
+        );
+        let (fa, fb) = (flat_weights(&a), flat_weights(&b));
+        let diff = fa
+            .iter()
+            .zip(&fb)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0f32, f32::max);
+        assert!(diff < 1e-5, "{objective:?}: max |Δw| {diff}");
+        for (x, y) in log1.iter().zip(&log32) {
+            assert!((x.loss - y.loss).abs() < 1e-5, "{objective:?} {x:?} {y:?}");
+            assert!((x.grad_norm - y.grad_norm).abs() < 1e-4, "{x:?} {y:?}");
+            let (gx, gy) = (x.perception_grad_share, y.perception_grad_share);
+            assert!((gx.unwrap() - gy.unwrap()).abs() < 1e-4, "{gx:?} {gy:?}");
+        }
+    }
+}
+
+/// Every float parameter of `model`, in module order.
+fn flat_weights(model: &impl burn::module::Module<crate::model::Cpu>) -> Vec<f32> {
+    struct Flat(Vec<f32>);
+    impl burn::module::ModuleVisitor<crate::model::Cpu> for Flat {
+        fn visit_float<const D: usize>(
+            &mut self,
+            p: &burn::module::Param<Tensor<crate::model::Cpu, D>>,
+        ) {
+            self.0.extend(crate::model::host_f32(p.val()).unwrap());
+        }
+    }
+    let mut w = Flat(Vec::new());
+    model.visit(&mut w);
+    w.0
+}
+
+/// Over 100 steps of targets 20 to 200 tokens long, GPU buckets of 64 give at most 4 padded
+/// lengths (so at most 4 shapes to compile and tune), where exact padding gives dozens.
+#[test]
+fn a_run_sees_a_handful_of_shapes_with_buckets() {
+    let data: Vec<Example> = (0..50)
+        .map(|i| {
+            let mut e = example(20 + (i * 37) % 181);
+            e.id = format!("e{i}");
+            e.image = vec![0.0; 4];
+            e
+        })
+        .collect();
+    let dev = Default::default();
+    let shapes = |bucket: usize| {
+        let s = SftSettings {
+            steps: 100,
+            batch_size: 4,
+            seed: 3,
+            max_text: 256,
+            seq_bucket: bucket,
+            ..SftSettings::default()
+        };
+        let mut lens = std::collections::BTreeSet::new();
+        for step in 0..s.steps {
+            let exs: Vec<&Example> = batch_indices(data.len(), &s, step, 0)
+                .into_iter()
+                .map(|i| &data[i])
+                .collect();
+            let b = make_batch::<crate::model::Cpu>(&exs, 2, s.max_text, s.seq_bucket, 0, &dev);
+            lens.insert(b.len);
+        }
+        lens.len()
+    };
+    let (exact, bucketed) = (shapes(1), shapes(64));
+    assert!(bucketed <= 4, "{bucketed} shapes with buckets of 64");
+    assert!(exact > 20, "{exact} shapes with exact padding");
+}

@@ -1,0 +1,217 @@
+//! The cubecl runtime's settings for the GPU-shaped backends (CUDA, wgpu): where compiled kernels
+//! and autotune results persist between runs, and counting kernel launches and compilations.
+//!
+//! cubecl reads its settings once, from a `cubecl.toml` in the working folder or above and from
+//! `CUBECL_*` variables; [`configure`] takes those and sets the caches to one folder, so that a
+//! second run of the same shapes neither recompiles nor re-tunes:
+//! `$ASYMM_KERNEL_CACHE`, else `.cache/cubecl` under the working folder.
+//!
+//! Counting ([`count_kernels`] before the first GPU call): cubecl logs each launch and each
+//! compilation through the `log` crate; a logger installed here counts those records (and passes
+//! nothing on). The records come from cubecl's logging thread, so [`KernelCounts::now`] waits
+//! until the count stops moving after a device sync.
+
+use cubecl_common::config::logger::{LogCrateLevel, LogLevel, LoggerConfig};
+use cubecl_runtime::config::autotune::AutotuneLogLevel;
+use cubecl_runtime::config::cache::CacheConfig;
+use cubecl_runtime::config::compilation::CompilationLogLevel;
+use cubecl_runtime::config::profiling::ProfilingLogLevel;
+use cubecl_runtime::config::{CubeClRuntimeConfig, RuntimeConfig};
+use std::path::PathBuf;
+use std::sync::Once;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+static CONFIGURED: Once = Once::new();
+static COUNTING: AtomicBool = AtomicBool::new(false);
+static LAUNCHES: AtomicU64 = AtomicU64::new(0);
+static COMPILES: AtomicU64 = AtomicU64::new(0);
+static AUTOTUNES: AtomicU64 = AtomicU64::new(0);
+
+/// The folder of the persistent kernel and autotune caches.
+pub fn cache_dir() -> PathBuf {
+    match std::env::var_os("ASYMM_KERNEL_CACHE") {
+        Some(d) if !d.is_empty() => PathBuf::from(d),
+        _ => PathBuf::from(".cache/cubecl"),
+    }
+}
+
+/// Asks for launch and compilation counts; must come before the first GPU call of the process.
+/// Returns false when cubecl was configured already (the counts would stay 0).
+pub fn count_kernels() -> bool {
+    if CONFIGURED.is_completed() {
+        return false;
+    }
+    COUNTING.store(true, Ordering::SeqCst);
+    configure();
+    true
+}
+
+/// Sets cubecl's runtime configuration once per process (see the module docs).
+pub fn configure() {
+    CONFIGURED.call_once(|| {
+        let mut cfg = CubeClRuntimeConfig::from_current_dir().override_from_env();
+        let dir = cache_dir();
+        let dir = std::path::absolute(&dir).unwrap_or(dir);
+        cfg.compilation.cache = Some(CacheConfig::File(dir.join("kernels")));
+        cfg.autotune.cache = CacheConfig::File(dir.join("autotune"));
+        if COUNTING.load(Ordering::SeqCst) && log::set_logger(&COUNTER).is_ok() {
+            log::set_max_level(log::LevelFilter::Trace);
+            // One `log` level per source, so that a record's level says what it counts.
+            cfg.profiling.logger = counted(ProfilingLogLevel::Minimal, LogCrateLevel::Info);
+            cfg.compilation.logger = counted(CompilationLogLevel::Basic, LogCrateLevel::Debug);
+            cfg.autotune.logger = counted(AutotuneLogLevel::Minimal, LogCrateLevel::Trace);
+        }
+        CubeClRuntimeConfig::set(cfg);
+    });
+}
+
+/// A logger setting that sends records of `level` to the `log` crate only, at `as_level`.
+fn counted<L: LogLevel>(level: L, as_level: LogCrateLevel) -> LoggerConfig<L> {
+    let mut c = LoggerConfig::<L>::default();
+    c.level = level;
+    c.log = Some(as_level);
+    c
+}
+
+/// Counts cubecl's log records by level: an info record ("Executing …", profiling at its minimal
+/// level) is a launch, a debug record a compilation, a trace record an autotune event.
+struct Counter;
+
+static COUNTER: Counter = Counter;
+
+impl log::Log for Counter {
+    fn enabled(&self, m: &log::Metadata) -> bool {
+        m.target().starts_with("cubecl")
+    }
+
+    fn log(&self, r: &log::Record) {
+        if !self.enabled(r.metadata()) {
+            return;
+        }
+        let counter = match r.level() {
+            log::Level::Info => &LAUNCHES,
+            log::Level::Debug => &COMPILES,
+            _ => &AUTOTUNES,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn flush(&self) {}
+}
+
+/// Launches, compilations and autotune log records counted so far (all devices, all threads).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct KernelCounts {
+    pub launches: u64,
+    pub compiles: u64,
+    pub autotunes: u64,
+}
+
+impl KernelCounts {
+    fn read() -> KernelCounts {
+        KernelCounts {
+            launches: LAUNCHES.load(Ordering::Relaxed),
+            compiles: COMPILES.load(Ordering::Relaxed),
+            autotunes: AUTOTUNES.load(Ordering::Relaxed),
+        }
+    }
+
+    /// The counts once cubecl's logging thread has caught up: call after a device sync; waits
+    /// until two reads 50 ms apart agree (at most 5 s).
+    pub fn now() -> KernelCounts {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut last = Self::read();
+        loop {
+            std::thread::sleep(Duration::from_millis(50));
+            let c = Self::read();
+            if c == last || Instant::now() > deadline {
+                return c;
+            }
+            last = c;
+        }
+    }
+
+    /// Whether counting is on (see [`count_kernels`]).
+    pub fn active() -> bool {
+        COUNTING.load(Ordering::SeqCst)
+    }
+
+    /// `self − earlier`, field by field.
+    pub fn since(self, earlier: KernelCounts) -> KernelCounts {
+        KernelCounts {
+            launches: self.launches - earlier.launches,
+            compiles: self.compiles - earlier.compiles,
+            autotunes: self.autotunes - earlier.autotunes,
+        }
+    }
+}
+
+/// The cubecl path on a software Vulkan device (`make test` installs lavapipe): the broadcast
+/// tables of the GPU backends give the CPU's attention, and launches, compilations and host reads
+/// are counted (a repeated computation launches as many kernels each time and compiles none).
+#[cfg(all(test, feature = "wgpu"))]
+mod tests {
+    use super::*;
+    use crate::model::layers::{Rope, attention_bias, attention_reference};
+    use crate::model::{Cpu, host, host_f32, max_abs_diff, probe_device};
+    use burn::backend::Wgpu;
+    use burn::backend::wgpu::WgpuDevice;
+    use burn::tensor::backend::Backend;
+    use burn::tensor::{Tensor, TensorData};
+
+    /// Rotary attention over a padded causal batch: [B, T, H·d].
+    fn attention<B: Backend>(x: &[f32], dims: [usize; 5], device: &B::Device) -> Tensor<B, 3> {
+        let [b, t, _, h, d] = dims;
+        let qkv = Tensor::<B, 5>::from_data(TensorData::new(x.to_vec(), dims), device);
+        let positions: Vec<i64> = (0..(b * t) as i64).map(|i| i % t as i64).collect();
+        let rope = Rope::<B>::new(&positions, [b, t], h, d, 1e4, device);
+        let mut keys = vec![vec![0.0f32; t]; b];
+        keys[1][0] = crate::model::layers::MASKED;
+        attention_reference(
+            rope.apply_qkv(qkv),
+            Some(attention_bias(&keys, h, t, device)),
+        )
+    }
+
+    #[test]
+    fn the_software_gpu_attends_as_the_cpu_and_is_counted() {
+        assert!(
+            count_kernels(),
+            "counting must start before the first GPU call"
+        );
+        let dev = WgpuDevice::Cpu;
+        probe_device::<Wgpu>("wgpu:cpu", &dev).expect("a software Vulkan device (lavapipe)");
+        let dims = [2, 5, 3, 2, 8];
+        let x: Vec<f32> = (0..dims.iter().product::<usize>())
+            .map(|i| ((i * 37 % 101) as f32 - 50.0) / 50.0)
+            .collect();
+        let want = host_f32(attention::<Cpu>(&x, dims, &Default::default())).unwrap();
+        let run = || {
+            let before = (KernelCounts::now(), host::reads_on_this_thread());
+            let got = host_f32(attention::<Wgpu>(&x, dims, &dev)).unwrap();
+            let _ = <Wgpu as Backend>::sync(&dev);
+            let after = (KernelCounts::now(), host::reads_on_this_thread());
+            (got, after.0.since(before.0), after.1 - before.1)
+        };
+        let (first, counts, reads) = run();
+        let (diff, bad) = max_abs_diff(&first, &want);
+        assert!(
+            diff < 1e-4 && bad == 0,
+            "wgpu vs cpu: {diff} ({bad} non-finite)"
+        );
+        assert_eq!(reads, 1);
+        assert!(counts.launches > 0 && counts.compiles > 0, "{counts:?}");
+        // The first run also launched the autotuner's trial runs; a repeat launches only the
+        // computation's own kernels (the same number every time) and compiles nothing.
+        let (again, repeat, _) = run();
+        assert_eq!(again, first);
+        assert_eq!(repeat.compiles, 0, "{repeat:?}");
+        assert!(
+            repeat.launches > 0 && repeat.launches <= counts.launches,
+            "{repeat:?}"
+        );
+        let (_, third, _) = run();
+        assert_eq!(third, repeat);
+    }
+}
