@@ -93,7 +93,8 @@ if wants steady; then
   # window, kernel launches, compilations and host reads counted inside it), and one model on
   # the GPU (data_shards 1) against two concurrent replicas (data_shards 2, the CPU default).
   step steady-f32-counted 240 "$bin" bench --suite model --device cuda:0 --model small --steps 110 \
-    --warmup 10 --count-kernels --data-shards 1 --objectives standard,ngdiff --rollout-batches 1,40 \
+    --warmup 10 --count-kernels --peak-tflops 494 --data-shards 1 --objectives standard,ngdiff \
+    --rollout-batches 1,40 \
     --rollout-samples 8
   step steady-f32-shards1 150 "$bin" bench --suite model --device cuda:0 --model small --steps 30 \
     --data-shards 1 --objectives standard --rollout-batches 1,16

@@ -68,10 +68,11 @@ pub fn configure() {
 
 /// A logger setting that sends records of `level` to the `log` crate only, at `as_level`.
 fn counted<L: LogLevel>(level: L, as_level: LogCrateLevel) -> LoggerConfig<L> {
-    let mut c = LoggerConfig::<L>::default();
-    c.level = level;
-    c.log = Some(as_level);
-    c
+    LoggerConfig::<L> {
+        level,
+        log: Some(as_level),
+        ..Default::default()
+    }
 }
 
 /// Counts cubecl's log records by level: an info record ("Executing …", profiling at its minimal

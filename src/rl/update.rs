@@ -10,6 +10,7 @@ use crate::model::checkpoint::model_from_bytes;
 use crate::model::{Model, VlmConfig, host_f32};
 use crate::train::grads::combine;
 use crate::train::parallel::{map_shards, replica};
+use crate::train::sft::f32_on_device;
 use crate::train::trainer::{OptimSettings, OptimState, StepStats, Trainer, native_model};
 use crate::util::rng::keyed;
 use burn::module::AutodiffModule;
@@ -390,7 +391,8 @@ fn micro_step<B: AutodiffBackend>(
         gap,
     ];
     acc.add(Acc {
-        sums: Some(Tensor::cat(scalars, 0).inner()),
+        // Summed across micro-batches in f32, whatever the backend's float type.
+        sums: Some(f32_on_device(Tensor::cat(scalars, 0).inner())),
         kl: o.kl.is_some(),
         tokens: 0,
     });
@@ -473,14 +475,20 @@ mod tests {
             seq_bucket: 1,
         };
         let seqs = vec![good.clone(), bad.clone()];
-        // One host read per optimizer step (statistics and gradient norm together).
+        // One host read per optimizer step (statistics and gradient norm together), counted
+        // with the mini-batch as one micro-batch, on this thread.
+        let one_micro = UpdateSettings {
+            micro_batch: 2,
+            ..settings.clone()
+        };
         let mut reads = vec![crate::model::host::reads_on_this_thread()];
-        let out = update::<B>(&settings, &cfg, &init, None, None, &seqs, 0, &dev, |_| {
+        update::<B>(&one_micro, &cfg, &init, None, None, &seqs, 0, &dev, |_| {
             reads.push(crate::model::host::reads_on_this_thread())
         })
         .unwrap();
         let per_step: Vec<u64> = reads.windows(2).map(|w| w[1] - w[0]).collect();
         assert_eq!(per_step, [1, 1, 1, 1]);
+        let out = update::<B>(&settings, &cfg, &init, None, None, &seqs, 0, &dev, |_| {}).unwrap();
         assert_eq!(out.log.len(), 4);
         let first = &out.log[0];
         assert!(first.logprob_gap < 1e-4, "{first:?}");

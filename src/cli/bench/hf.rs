@@ -159,6 +159,7 @@ pub(super) fn hf_suite(
             t.elapsed().as_secs_f64(),
             m.tokens as f64 / m.seconds.max(1e-9)
         ));
+        out.push_str(&m.flops_row(a.peak_tflops));
         if let Some(c) = m.counts {
             out.push_str(&c.rows(m.steps as f64, "SFT step"));
         }

@@ -94,6 +94,27 @@ pub struct BenchArgs {
     /// cubecl backends (`--device wgpu…`, `cuda…`), kernel launches and compilations.
     #[arg(long)]
     pub count_kernels: bool,
+    /// The device's peak dense throughput in TFLOP/s (for example 989 for an H200 in bf16,
+    /// 494 in TF32): SFT rows then report the model FLOPs utilization (MFU).
+    #[arg(long)]
+    pub peak_tflops: Option<f64>,
+}
+
+/// Model FLOPs of one SFT example of `text` tokens (prompt and target) on the built-in model:
+/// forward and backward (3× the forward) of every matrix product, counted as 2 FLOPs per
+/// multiply-add — the encoder's layers and the projector over the image patches, the language
+/// model's layers and head over patches and text (the head runs on every position), and
+/// attention's two products over the full (unmasked) score matrices. Element-wise work, norms
+/// and the optimizer are left out, as in the usual 6·N·tokens count.
+fn sft_flops(cfg: &VlmConfig, text: usize) -> f64 {
+    let (n, t) = (cfg.patches() as f64, (cfg.patches() + text) as f64);
+    let layer = |d: f64| 4.0 * d * d + 3.0 * d * d * cfg.mlp_ratio as f64;
+    let (vd, d) = (cfg.vit_dim as f64, cfg.d_model as f64);
+    let encoder = cfg.patch_features() as f64 * vd + cfg.vit_layers as f64 * layer(vd) + vd * d;
+    let lm = cfg.layers as f64 * layer(d) + d * cfg.vocab_size as f64;
+    let products = 2.0 * (encoder * n + lm * t);
+    let attention = 4.0 * (cfg.vit_layers as f64 * vd * n * n + cfg.layers as f64 * d * t * t);
+    3.0 * (products + attention)
 }
 
 /// The warm-up steps of a run of `steps`: at least one step must be timed.
@@ -254,6 +275,8 @@ struct Report {
 }
 
 struct SftMeasure {
+    /// Model FLOPs per timed step ([`sft_flops`] over the suite's mean example), for MFU.
+    flops_per_step: Option<f64>,
     objective: ObjectiveKind,
     /// Timed steps (the warm-up steps excluded) and the target tokens they trained on.
     steps: usize,
@@ -274,6 +297,31 @@ struct RolloutMeasure {
     /// Decoding steps run (each batch runs until its longest row stops).
     decode_steps: usize,
     counts: Option<Counts>,
+}
+
+impl SftMeasure {
+    /// Model TFLOP/s over the timed steps.
+    fn tflops_per_s(&self) -> Option<f64> {
+        self.flops_per_step
+            .map(|f| f * self.steps as f64 / self.seconds.max(1e-9) / 1e12)
+    }
+
+    fn mfu(&self, peak_tflops: Option<f64>) -> Option<f64> {
+        Some(self.tflops_per_s()? / peak_tflops.filter(|p| *p > 0.0)?)
+    }
+
+    /// A Markdown row of the model FLOP rate (and MFU with `--peak-tflops`).
+    fn flops_row(&self, peak_tflops: Option<f64>) -> String {
+        match (self.tflops_per_s(), self.mfu(peak_tflops)) {
+            (Some(r), Some(m)) => format!(
+                "| model FLOP rate (MFU at {:.0} TFLOP/s peak) | {r:.3} TFLOP/s ({:.1} %) |\n",
+                peak_tflops.unwrap_or(0.0),
+                100.0 * m
+            ),
+            (Some(r), None) => format!("| model FLOP rate | {r:.3} TFLOP/s |\n"),
+            _ => String::new(),
+        }
+    }
 }
 
 impl Report {
@@ -298,6 +346,8 @@ impl Report {
                 "target_tokens_per_s": m.tokens as f64 / m.seconds.max(1e-9),
                 "warmup_steps": a.warmup,
                 "per_step": m.counts.map(|c| c.json(m.steps as f64)),
+                "model_tflops_per_s": m.tflops_per_s(),
+                "mfu": m.mfu(a.peak_tflops),
             })).collect::<Vec<_>>(),
             "rollout": self.rollout.iter().map(|m| json!({
                 "batch": m.plan.batch,
@@ -436,7 +486,7 @@ fn model_suite(a: &BenchArgs, report: &mut Report) -> anyhow::Result<String> {
                 settings.seed,
                 &device,
             )?;
-            let m = time_sft::<Autodiff<B>>(
+            let mut m = time_sft::<Autodiff<B>>(
                 a,
                 &settings,
                 model,
@@ -444,11 +494,18 @@ fn model_suite(a: &BenchArgs, report: &mut Report) -> anyhow::Result<String> {
                 &device,
                 tok.pad(),
             )?;
+            let mean_flops = examples[..EXAMPLES]
+                .iter()
+                .map(|e| sft_flops(&cfg, (e.prompt.len() + e.target.len()).saturating_sub(1)))
+                .sum::<f64>()
+                / EXAMPLES as f64;
+            m.flops_per_step = Some(mean_flops * SFT_BATCH as f64);
             out.push_str(&format!(
                 "| SFT, {} objective, batch {SFT_BATCH} | {:.0} target tokens/s |\n",
                 objective_name(objective),
                 m.tokens as f64 / m.seconds.max(1e-9)
             ));
+            out.push_str(&m.flops_row(a.peak_tflops));
             if let Some(c) = m.counts {
                 out.push_str(&c.rows(m.steps as f64, "SFT step"));
             }
@@ -533,6 +590,7 @@ fn time_sft<B: AutodiffBackend>(
     let end = Counts::now::<B::InnerBackend>(a, device);
     let timed = &out.timing[warmup..];
     Ok(SftMeasure {
+        flops_per_step: None,
         objective: settings.objective,
         steps: timed.len(),
         tokens: timed.iter().map(|t| t.tokens).sum(),
@@ -744,6 +802,32 @@ mod tests {
         assert_eq!(RolloutPlan::new(1, 8).samples, 1);
         assert_eq!(example_count(&[RolloutPlan::new(100, 1)]), 100);
         assert_eq!(example_count(&[]), EXAMPLES);
+    }
+
+    /// The FLOP count by hand for a model of one layer each: 6·N·tokens plus attention.
+    #[test]
+    fn sft_flops_by_hand() {
+        let cfg = VlmConfig {
+            image_size: 8,
+            patch_size: 4,
+            vit_dim: 2,
+            vit_layers: 1,
+            vit_heads: 1,
+            conv_stem: 0,
+            d_model: 4,
+            layers: 1,
+            heads: 1,
+            mlp_ratio: 1,
+            vocab_size: 10,
+            max_seq_len: 32,
+            rope_theta: 1e4,
+        };
+        // 4 patches of 16 pixels; 6 text tokens, so 10 LM positions.
+        let encoder = 16.0 * 2.0 + (4.0 * 4.0 + 3.0 * 4.0) + 2.0 * 4.0;
+        let lm = (4.0 * 16.0 + 3.0 * 16.0) + 4.0 * 10.0;
+        let attention = 4.0 * (2.0 * 16.0 + 4.0 * 100.0);
+        let want = 3.0 * (2.0 * (encoder * 4.0 + lm * 10.0) + attention);
+        assert_eq!(sft_flops(&cfg, 6), want);
     }
 
     #[test]

@@ -352,17 +352,28 @@ fn check_settings(settings: &SftSettings, train_set: &[Example]) -> Result<(), T
     Ok(())
 }
 
-/// `Σ_j x[j]·cols[j][c]` for each column `c`: `x` [B, L] flattened against host columns, as one
-/// product on the device.
+/// `Σ_j x[j]·cols[c][j]` for each column `c` of host values, `x` [B, L] flattened: `[k]` sums
+/// in f32 on the device (a bf16 backend's values are cast first, and no matrix product is used,
+/// whose f32 inputs a GPU may round to TF32), so the logged statistics keep f32 precision.
 fn column_sums<B: Backend>(x: Tensor<B, 2>, cols: &[Vec<f32>], device: &B::Device) -> Tensor<B, 1> {
     let n = x.dims()[0] * x.dims()[1];
-    let k = cols.len();
-    let mut m = Vec::with_capacity(n * k);
-    for j in 0..n {
-        m.extend(cols.iter().map(|c| c[j]));
-    }
-    let m = Tensor::<B, 2>::from_data(TensorData::new(m, [n, k]), device);
-    x.reshape([1, n]).matmul(m).reshape([k])
+    let x = f32_on_device(x.reshape([n]));
+    let sums = cols
+        .iter()
+        .map(|c| {
+            let c = f32_on_device(Tensor::<B, 1>::from_data(
+                TensorData::new(c.clone(), [n]),
+                device,
+            ));
+            (x.clone() * c).sum()
+        })
+        .collect();
+    Tensor::cat(sums, 0)
+}
+
+/// `t` as f32 on its device (a no-op on f32 backends).
+pub(crate) fn f32_on_device<B: Backend, const D: usize>(t: Tensor<B, D>) -> Tensor<B, D> {
+    t.cast(burn::tensor::FloatDType::F32)
 }
 
 /// Forward and backward passes of one micro-batch, accumulated into `g`; no host read.
@@ -437,7 +448,7 @@ fn micro_batch<B: AutodiffBackend>(
             .inner();
         column_sums(blank, &[pcol], device)
     } else {
-        Tensor::zeros([1], device)
+        f32_on_device(Tensor::zeros([1], device))
     };
     let n_p = pmask.iter().filter(|&&m| m).count();
     Ok(MicroStats {
@@ -554,12 +565,14 @@ pub fn train<B: AutodiffBackend>(
         };
         let done = trainer.step(step, objective_grads);
         let mut parts = vec![
-            st.sums.unwrap_or_else(|| Tensor::zeros([SUMS], device)),
+            st.sums
+                .unwrap_or_else(|| f32_on_device(Tensor::zeros([SUMS], device))),
             done.grad_norm,
         ];
         let has_diag_norms = diag_norms.is_some();
         parts.extend(ngdiff.into_iter().flatten());
         parts.extend(diag_norms.into_iter().flatten());
+        let parts = parts.into_iter().map(f32_on_device).collect();
         let host = host_f32(Tensor::cat(parts, 0))?;
         let v = |k: usize| host.get(k).copied().unwrap_or(f32::NAN) as f64;
         let stats = StepStats::read(done.lr, v(SUMS), trainer.grad_clip());
