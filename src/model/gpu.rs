@@ -119,14 +119,16 @@ impl KernelCounts {
     }
 
     /// The counts once cubecl's logging thread has caught up: call after a device sync; waits
-    /// until two reads 50 ms apart agree (at most 5 s).
+    /// until four reads 50 ms apart agree (at most 5 s), so that a logging thread held back by
+    /// a busy machine is not taken for one that has finished.
     pub fn now() -> KernelCounts {
         let deadline = Instant::now() + Duration::from_secs(5);
-        let mut last = Self::read();
+        let (mut last, mut same) = (Self::read(), 0);
         loop {
             std::thread::sleep(Duration::from_millis(50));
             let c = Self::read();
-            if c == last || Instant::now() > deadline {
+            same = if c == last { same + 1 } else { 0 };
+            if same == 3 || Instant::now() > deadline {
                 return c;
             }
             last = c;

@@ -151,24 +151,9 @@ fn learns_to_read_the_image() {
 #[test]
 fn data_shards_sum_to_the_batch_gradient() {
     let cfg = crate::model::config::small_config();
-    let data: Vec<Example> = (0..5)
-        .map(|i| {
-            let mut e = example(3 + i);
-            e.id = format!("e{i}");
-            e.image = (0..cfg.image_size * cfg.image_size)
-                .map(|p| ((p * (i + 3)) % 7) as f32 / 7.0)
-                .collect();
-            e.target = (0..3 + i).map(|k| (4 + (k * 5 + i) % 30) as u32).collect();
-            e
-        })
-        .collect();
     // One initialization for every run (the backend's random stream is shared by tests
     // running concurrently).
-    let init = crate::model::checkpoint::weights_to_bytes(&Vlm::<crate::model::Cpu>::new(
-        &cfg,
-        &Default::default(),
-    ))
-    .unwrap();
+    let (data, init) = varied_data(&cfg);
     for objective in [ObjectiveKind::Reweight, ObjectiveKind::Ngdiff] {
         let run = |data_shards: usize| {
             let settings = SftSettings {
