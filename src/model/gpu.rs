@@ -150,6 +150,26 @@ impl KernelCounts {
     }
 }
 
+/// The software Vulkan device (`make test` installs lavapipe) for the tests, held by one test at
+/// a time: the launch counts are per process and lavapipe's threads would share two cores.
+/// Counting starts with the first test that asks (before any GPU call of the process).
+#[cfg(all(test, feature = "wgpu"))]
+pub(crate) fn software_gpu() -> (
+    std::sync::MutexGuard<'static, ()>,
+    burn::backend::wgpu::WgpuDevice,
+) {
+    static HELD: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    static PROBED: Once = Once::new();
+    let guard = HELD.lock().unwrap_or_else(|e| e.into_inner());
+    let dev = burn::backend::wgpu::WgpuDevice::Cpu;
+    PROBED.call_once(|| {
+        count_kernels();
+        crate::model::probe_device::<burn::backend::Wgpu>("wgpu:cpu", &dev)
+            .expect("a software Vulkan device (lavapipe)");
+    });
+    (guard, dev)
+}
+
 /// The cubecl path on a software Vulkan device (`make test` installs lavapipe): the broadcast
 /// tables of the GPU backends give the CPU's attention, and launches, compilations and host reads
 /// are counted (a repeated computation launches as many kernels each time and compiles none).
@@ -157,9 +177,8 @@ impl KernelCounts {
 mod tests {
     use super::*;
     use crate::model::layers::{Rope, attention_bias, attention_reference};
-    use crate::model::{Cpu, host, host_f32, max_abs_diff, probe_device};
+    use crate::model::{Cpu, host, host_f32, max_abs_diff};
     use burn::backend::Wgpu;
-    use burn::backend::wgpu::WgpuDevice;
     use burn::tensor::backend::Backend;
     use burn::tensor::{Tensor, TensorData};
 
@@ -179,12 +198,11 @@ mod tests {
 
     #[test]
     fn the_software_gpu_attends_as_the_cpu_and_is_counted() {
+        let (_gpu, dev) = software_gpu();
         assert!(
-            count_kernels(),
-            "counting must start before the first GPU call"
+            KernelCounts::active(),
+            "counting starts before the first GPU call"
         );
-        let dev = WgpuDevice::Cpu;
-        probe_device::<Wgpu>("wgpu:cpu", &dev).expect("a software Vulkan device (lavapipe)");
         let dims = [2, 5, 3, 2, 8];
         let x: Vec<f32> = (0..dims.iter().product::<usize>())
             .map(|i| ((i * 37 % 101) as f32 - 50.0) / 50.0)

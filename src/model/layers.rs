@@ -138,6 +138,16 @@ pub fn rms_norm<B: Backend, const D: usize>(layer: &RmsNorm<B>, x: Tensor<B, D>)
 /// Positions gathered before a block of the cache is sealed.
 pub const KV_BLOCK: usize = 32;
 
+/// Whether attention under [`Mask::Causal`] runs as a kernel that masks by position (the CPU's
+/// fused attention, the cubecl backends' row softmax), so that no bias tensor is needed.
+pub fn causal_kernel<B: Backend>() -> bool {
+    #[cfg(feature = "gpu")]
+    if super::cube::available::<B>() {
+        return true;
+    }
+    super::fused::available::<B>()
+}
+
 /// Cached keys and values of one attention layer, each [B, H, n, d_head], kept as a list of
 /// sealed blocks plus a growing tail: a decoding step appends to the tail only (copying at most
 /// `KV_BLOCK` positions) instead of re-concatenating the whole cache, and attention runs over
@@ -257,7 +267,9 @@ pub fn attention_reference<B: Backend>(
 }
 
 /// Query, key and value [B, H, T, d] of a fused projection [B, T, 3, H, d].
-fn split_heads<B: Backend>(qkv: Tensor<B, 5>) -> (Tensor<B, 4>, Tensor<B, 4>, Tensor<B, 4>) {
+pub(crate) fn split_heads<B: Backend>(
+    qkv: Tensor<B, 5>,
+) -> (Tensor<B, 4>, Tensor<B, 4>, Tensor<B, 4>) {
     let [b, t, _, h, dh] = qkv.dims();
     let split = |i: usize| -> Tensor<B, 4> {
         qkv.clone()
@@ -287,7 +299,8 @@ impl<B: Backend> Attention<B> {
 
     /// `x` [B, T, d]; with `cache`, the new keys and values are appended to it and attention
     /// covers cached plus new positions. Without a cache and with a bidirectional or causal
-    /// mask, the CPU backend runs the fused kernel ([`super::fused`]).
+    /// mask, the CPU backend runs the fused kernel ([`super::fused`]) and the cubecl backends
+    /// their one-kernel softmax (`model::cube`).
     pub fn forward(
         &self,
         x: Tensor<B, 3>,
@@ -314,11 +327,15 @@ impl<B: Backend> Attention<B> {
                     .reshape([b, t, d])
             }
             None => {
-                let fused = match mask {
-                    Mask::Bidirectional => super::fused::attention(qkv.clone(), false),
-                    Mask::Causal => super::fused::attention(qkv.clone(), true),
+                let causal = match mask {
+                    Mask::Bidirectional => Some(false),
+                    Mask::Causal => Some(true),
                     Mask::Bias(_) => None,
                 };
+                let fused = causal.and_then(|c| super::fused::attention(qkv.clone(), c));
+                #[cfg(feature = "gpu")]
+                let fused =
+                    fused.or_else(|| causal.and_then(|c| super::cube::attention(qkv.clone(), c)));
                 match fused {
                     Some(ctx) => ctx,
                     None => attention_reference(qkv, mask.bias(b, h, t, &device)),

@@ -8,6 +8,8 @@ pub mod check;
 pub mod checkpoint;
 pub mod codec;
 pub mod config;
+#[cfg(feature = "gpu")]
+pub mod cube;
 pub mod decode;
 pub mod fused;
 #[cfg(feature = "gpu")]

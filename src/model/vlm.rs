@@ -224,9 +224,9 @@ impl<B: Backend> Vlm<B> {
         mut caches: Option<&mut Vec<Option<KvCache<B>>>>,
     ) -> Tensor<B, 3> {
         let [b, t, _] = x.dims();
-        // Without the fused kernel a causal mask is an additive bias: built once, not per layer.
+        // Without a causal kernel the mask is an additive bias: built once, not per layer.
         let mask = match mask {
-            Mask::Causal if !super::fused::available::<B>() => Mask::Bias(attention_bias(
+            Mask::Causal if !super::layers::causal_kernel::<B>() => Mask::Bias(attention_bias(
                 &vec![Vec::new(); b],
                 self.heads,
                 t,

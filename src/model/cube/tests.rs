@@ -1,0 +1,142 @@
+//! The kernels against the composed operations on the software Vulkan device (lavapipe).
+
+use super::*;
+use crate::model::gpu::{KernelCounts, software_gpu};
+use crate::model::host_f32;
+use crate::model::layers::{MASKED, attention_bias, attention_reference};
+use burn::backend::Wgpu;
+use burn::tensor::activation::softmax;
+use burn::tensor::{Distribution, TensorData};
+
+type Ad = Autodiff<Wgpu>;
+type Dev = burn::backend::wgpu::WgpuDevice;
+
+/// Deterministic values in [−2, 2) (no random stream shared with other tests).
+fn values(n: usize, salt: usize) -> Vec<f32> {
+    (0..n)
+        .map(|i| ((i * 7919 + salt * 104_729) % 1000) as f32 / 250.0 - 2.0)
+        .collect()
+}
+
+/// The causal bias of `t` queries over `tk` keys (the last query sees every key), [1, 1, T, Tk].
+fn causal_bias(t: usize, tk: usize, dev: &Dev) -> Tensor<Ad, 4> {
+    let v: Vec<f32> = (0..t * tk)
+        .map(|k| {
+            if k % tk > k / tk + tk - t {
+                MASKED
+            } else {
+                0.0
+            }
+        })
+        .collect();
+    Tensor::from_data(TensorData::new(v, [1, 1, t, tk]), dev)
+}
+
+fn assert_close(got: &[f32], want: &[f32], tol: f32, what: &str) {
+    assert_eq!(got.len(), want.len(), "{what}: lengths");
+    let (diff, bad) = crate::model::max_abs_diff(got, want);
+    assert!(
+        diff < tol && bad == 0,
+        "{what}: max |Δ| {diff} ({bad} non-finite)"
+    );
+}
+
+/// Probabilities and the scores' gradient under `Σ P ∘ W`, by the kernels and composed.
+#[test]
+fn the_row_softmax_kernels_equal_the_composed_softmax() {
+    let (_gpu, dev) = software_gpu();
+    // Odd sizes; fewer queries than keys (a cache's tail); rows longer than one cube's units.
+    for (i, &([b, h, t, tk], causal)) in [
+        ([1, 2, 5, 5], false),
+        ([2, 3, 7, 7], true),
+        ([1, 2, 3, 9], true),
+        ([1, 1, 150, 150], true),
+        ([2, 1, 3, 300], false),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let n = b * h * t * tk;
+        let scale = 0.37;
+        let leaf = || {
+            Tensor::<Ad, 4>::from_data(TensorData::new(values(n, i), [b, h, t, tk]), &dev)
+                .require_grad()
+        };
+        let w = Tensor::<Ad, 4>::from_data(TensorData::new(values(n, i + 10), [b, h, t, tk]), &dev);
+        let op = RowSoftmax { scale, causal };
+
+        let s = leaf();
+        let p = row_softmax(s.clone(), op).expect("the kernel runs on wgpu");
+        let grads = (p.clone() * w.clone()).sum().backward();
+        let (p_got, g_got) = (
+            host_f32(p).unwrap(),
+            host_f32(s.grad(&grads).expect("a gradient")).unwrap(),
+        );
+
+        let s = leaf();
+        let mut z = s.clone() * scale;
+        if causal {
+            z = z + causal_bias(t, tk, &dev);
+        }
+        let p = softmax(z, 3);
+        let grads = (p.clone() * w).sum().backward();
+        let (p_want, g_want) = (
+            host_f32(p).unwrap(),
+            host_f32(s.grad(&grads).expect("a gradient")).unwrap(),
+        );
+        let what = format!("[{b}, {h}, {t}, {tk}] causal {causal}");
+        assert_close(&p_got, &p_want, 1e-6, &format!("{what} probabilities"));
+        assert_close(&g_got, &g_want, 1e-5, &format!("{what} gradient"));
+        if causal {
+            assert!(p_got.iter().enumerate().all(|(k, &x)| {
+                let (row, j) = (k / tk % t, k % tk);
+                j <= row + tk - t || x == 0.0
+            }));
+        }
+    }
+}
+
+/// The attention of the model on the kernel path equals its composed reference, values and the
+/// projection's gradient, and launches fewer kernels forward and backward.
+#[test]
+fn kernel_attention_equals_the_composed_attention_with_fewer_launches() {
+    let (_gpu, dev) = software_gpu();
+    let dims = [2, 9, 3, 2, 4];
+    let [b, t, _, h, _] = dims;
+    let x = values(dims.iter().product(), 3);
+    let w = Tensor::<Ad, 3>::random([b, t, 8], Distribution::Uniform(-1.0, 1.0), &dev);
+    let run = |kernel: bool| {
+        let before = KernelCounts::now();
+        let qkv = Tensor::<Ad, 5>::from_data(TensorData::new(x.clone(), dims), &dev).require_grad();
+        let ctx = if kernel {
+            attention(qkv.clone(), true).expect("the kernel runs on wgpu")
+        } else {
+            let bias = attention_bias(&vec![Vec::new(); b], h, t, &dev);
+            attention_reference(qkv.clone(), Some(bias))
+        };
+        let grads = (ctx.clone() * w.clone()).sum().backward();
+        let out = (
+            host_f32(ctx).unwrap(),
+            host_f32(qkv.grad(&grads).expect("a gradient")).unwrap(),
+        );
+        let _ = <Wgpu as Backend>::sync(&dev);
+        (out, KernelCounts::now().since(before).launches)
+    };
+    // The second run of each: the first includes the autotuner's trial launches.
+    let _ = (run(true), run(false));
+    let ((got, kernel_launches), (want, composed_launches)) = (run(true), run(false));
+    assert_close(&got.0, &want.0, 1e-5, "context");
+    assert_close(&got.1, &want.1, 1e-5, "projection gradient");
+    assert!(
+        kernel_launches < composed_launches,
+        "launches: kernel {kernel_launches}, composed {composed_launches}"
+    );
+    eprintln!(
+        "attention forward + backward launches: kernel {kernel_launches}, composed {composed_launches}"
+    );
+
+    // Without autodiff: the fusion stream runs the forward kernel alone.
+    let qkv = Tensor::<Wgpu, 5>::from_data(TensorData::new(x.clone(), dims), &dev);
+    let plain = host_f32(attention(qkv, true).expect("the kernel runs on wgpu")).unwrap();
+    assert_close(&plain, &want.0, 1e-5, "context without autodiff");
+}
