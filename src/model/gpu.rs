@@ -17,9 +17,10 @@ use cubecl_runtime::config::cache::CacheConfig;
 use cubecl_runtime::config::compilation::CompilationLogLevel;
 use cubecl_runtime::config::profiling::ProfilingLogLevel;
 use cubecl_runtime::config::{CubeClRuntimeConfig, RuntimeConfig};
+use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::Once;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Mutex, Once};
 use std::time::{Duration, Instant};
 
 static CONFIGURED: Once = Once::new();
@@ -90,6 +91,9 @@ impl log::Log for Counter {
         if !self.enabled(r.metadata()) {
             return;
         }
+        if r.level() == log::Level::Info {
+            tally(&r.args().to_string());
+        }
         let counter = match r.level() {
             log::Level::Info => &LAUNCHES,
             log::Level::Debug => &COMPILES,
@@ -99,6 +103,35 @@ impl log::Log for Counter {
     }
 
     fn flush(&self) {}
+}
+
+/// Launches so far by kernel name.
+static BY_KERNEL: Mutex<BTreeMap<String, u64>> = Mutex::new(BTreeMap::new());
+
+/// Counts one launch record ("Executing NAME") under the kernel's short name.
+fn tally(message: &str) {
+    let Some(name) = message.strip_prefix("Executing ") else {
+        return;
+    };
+    let name = kernel_name(name);
+    let mut by = BY_KERNEL.lock().unwrap_or_else(|e| e.into_inner());
+    match by.get_mut(name) {
+        Some(n) => *n += 1,
+        None => {
+            by.insert(name.to_string(), 1);
+        }
+    }
+}
+
+/// A kernel's name without its type parameters and module path: `a::b::Kernel<F, ..>` → `Kernel`.
+fn kernel_name(full: &str) -> &str {
+    let base = full.split(['<', '{', '(', ' ']).next().unwrap_or(full);
+    base.rsplit("::").next().unwrap_or(base)
+}
+
+/// Launches counted so far by kernel name (see [`count_kernels`]).
+pub fn launches_by_kernel() -> BTreeMap<String, u64> {
+    BY_KERNEL.lock().unwrap_or_else(|e| e.into_inner()).clone()
 }
 
 /// Launches, compilations and autotune log records counted so far (all devices, all threads).
@@ -197,6 +230,16 @@ mod tests {
     }
 
     #[test]
+    fn kernel_names_lose_paths_and_type_parameters() {
+        assert_eq!(
+            kernel_name("burn_cubecl::kernel::Matmul<f32, u32>"),
+            "Matmul"
+        );
+        assert_eq!(kernel_name("ElemwiseFuse { id: 3 }"), "ElemwiseFuse");
+        assert_eq!(kernel_name("plain"), "plain");
+    }
+
+    #[test]
     fn the_software_gpu_attends_as_the_cpu_and_is_counted() {
         let (_gpu, dev) = software_gpu();
         assert!(
@@ -232,7 +275,14 @@ mod tests {
             repeat.launches > 0 && repeat.launches <= counts.launches,
             "{repeat:?}"
         );
+        let by_kernel = launches_by_kernel();
         let (_, third, _) = run();
         assert_eq!(third, repeat);
+        // The launches by name account for every launch of the run.
+        let named: u64 = launches_by_kernel()
+            .iter()
+            .map(|(k, n)| n - by_kernel.get(k).copied().unwrap_or(0))
+            .sum();
+        assert_eq!(named, third.launches);
     }
 }

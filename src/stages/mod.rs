@@ -12,6 +12,7 @@ pub mod grpo_loop;
 pub mod grpo_update;
 pub mod import_reasoning;
 pub mod model_io;
+pub mod reach;
 pub mod render;
 pub mod report;
 pub mod reward_score;

@@ -3,16 +3,17 @@
 //! A stage's cache key carries its hand-bumped `VERSION`; a code change that forgets the bump
 //! silently serves stale artifacts. `src/stages/versions.json` records, for every stage, its
 //! `VERSION` and a blake3 hash of the source files that determine its output
-//! ([`STAGE_SOURCES`]). A test fails when a stage's hashed sources change while its `VERSION`
+//! ([`stage_sources`]). A test fails when a stage's hashed sources change while its `VERSION`
 //! does not, and when the table is behind the code.
 //!
-//! What is hashed: the stage's own file plus the library modules whose code computes its output
-//! (task generators and graders, renderers, the tokenizer and answer format, the model and the
-//! trainer). Infrastructure that only moves bytes (store, table I/O, the DAG, the stage adapter)
-//! is not hashed: a change there that alters outputs needs a manual bump of the stages concerned.
-//! Each file is normalized before hashing: line endings become `\n`, blank lines, full-line `//`
-//! comments and trailing whitespace are dropped, and everything from a `#[cfg(test)]` line
-//! followed by `mod tests` on is cut (the test module is expected to end the file).
+//! What is hashed: the stage's own file (`src/stages/<name>.rs`) and every file its code reaches
+//! through module paths, transitively ([`super::reach`]: `use` trees, `crate::`/`super::` paths,
+//! child modules, `include_str!` files), so no list is kept by hand. Infrastructure that only
+//! moves bytes ([`NOT_FOLLOWED`]: the DAG, the store, table I/O, the stage adapter) is neither
+//! hashed nor followed. Each Rust file is normalized before hashing: line endings become `\n`,
+//! blank lines, full-line `//` comments and trailing whitespace are dropped, and test modules
+//! (`#[cfg(test)] mod tests`, inline or in their own file) are cut; code after a test module
+//! is hashed like the rest.
 //!
 //! Refresh with `make stage-versions` (`asymm dev stage-versions --write`, run from the
 //! repository root). It refuses while a stage's sources changed without a bump, unless
@@ -30,138 +31,36 @@ pub const TABLE_PATH: &str = "src/stages/versions.json";
 /// The command that refreshes the table.
 pub const REFRESH: &str = "make stage-versions";
 
-/// For every stage, the files (relative to the repository root) whose code determines its
-/// output. A path ending in `/` stands for every `.rs` file directly in that directory.
-pub const STAGE_SOURCES: &[(&str, &[&str])] = &[
-    (
-        "synthesize",
-        &["src/stages/synthesize.rs", "src/tasks/", "src/util/rng.rs"],
-    ),
-    (
-        "digits",
-        &[
-            "src/stages/digits.rs",
-            "src/render/digits.rs",
-            "src/render/glyphs.rs",
-            "src/util/rng.rs",
-        ],
-    ),
-    (
-        "render",
-        &[
-            "src/stages/render.rs",
-            "src/stages/artifacts.rs",
-            "src/render/",
-            "src/tasks/",
-            "src/util/rng.rs",
-        ],
-    ),
-    ("import-reasoning", &["src/stages/import_reasoning.rs"]),
-    (
-        "distill-format",
-        &["src/stages/distill_format.rs", "src/tasks/", "src/text/"],
-    ),
-    (
-        "sft-train",
-        &[
-            "src/stages/sft_train.rs",
-            "src/stages/model_io.rs",
-            "src/eval/",
-            "src/model/",
-            "src/train/",
-            "src/text/",
-            "src/tasks/",
-            "src/render/mod.rs",
-            "src/util/rng.rs",
-        ],
-    ),
-    (
-        "rollout",
-        &[
-            "src/stages/rollout.rs",
-            "src/stages/artifacts.rs",
-            "src/stages/model_io.rs",
-            "src/eval/",
-            "src/model/",
-            "src/text/",
-            "src/train/batch.rs",
-            "src/render/mod.rs",
-            "src/rl/select.rs",
-            "src/util/rng.rs",
-        ],
-    ),
-    (
-        "evaluate",
-        &[
-            "src/stages/evaluate.rs",
-            "src/stages/artifacts.rs",
-            "src/eval/",
-            "src/tasks/",
-            "src/analysis/mod.rs",
-        ],
-    ),
-    (
-        "reward-score",
-        &[
-            "src/stages/reward_score.rs",
-            "src/stages/artifacts.rs",
-            "src/stages/model_io.rs",
-            "src/stages/clip_train.rs",
-            "src/clip/",
-            "src/rl/reward.rs",
-            "src/eval/",
-            "src/model/",
-            "src/text/",
-            "src/tasks/",
-            "src/train/batch.rs",
-            "src/render/mod.rs",
-            "src/util/rng.rs",
-        ],
-    ),
-    (
-        "grpo-update",
-        &[
-            "src/stages/grpo_update.rs",
-            "src/stages/artifacts.rs",
-            "src/stages/model_io.rs",
-            "src/rl/",
-            "src/eval/rollout.rs",
-            "src/model/",
-            "src/train/",
-            "src/text/",
-            "src/analysis/mod.rs",
-            "src/render/mod.rs",
-            "src/util/rng.rs",
-        ],
-    ),
-    (
-        "clip-train",
-        &[
-            "src/stages/clip_train.rs",
-            "src/stages/model_io.rs",
-            "src/clip/",
-            "src/model/",
-            "src/train/",
-            "src/text/",
-            "src/render/mod.rs",
-            "src/util/rng.rs",
-        ],
-    ),
-    (
-        "correlate",
-        &[
-            "src/stages/correlate.rs",
-            "src/stages/artifacts.rs",
-            "src/rl/reward.rs",
-            "src/analysis/mod.rs",
-            "src/util/rng.rs",
-        ],
-    ),
-    (
-        "report",
-        &["src/stages/report.rs", "src/report/", "src/analysis/mod.rs"],
-    ),
+/// Infrastructure that only moves bytes (the DAG, the store, table I/O, the stage adapter and
+/// this guard, the CLI): neither hashed nor followed. A change there that alters a stage's
+/// output needs a manual bump of the stages concerned.
+pub const NOT_FOLLOWED: &[&str] = &[
+    "src/cli/",
+    "src/dag/",
+    "src/store/",
+    "src/table/",
+    "src/progress.rs",
+    "src/stages/mod.rs",
+    "src/stages/reach.rs",
+    "src/stages/versions.rs",
+    "src/util/fsx.rs",
 ];
+
+/// A stage's own file: `src/stages/<name with _ for ->.rs`.
+pub fn stage_file(stage: &str) -> String {
+    format!("src/stages/{}.rs", stage.replace('-', "_"))
+}
+
+/// The files (relative to `root`) whose code determines `stage`'s output: its file and all the
+/// code it reaches ([`super::reach`]), less [`NOT_FOLLOWED`].
+pub fn stage_sources(root: &Path, stage: &str) -> Result<Vec<String>> {
+    let file = stage_file(stage);
+    if !root.join(&file).is_file() {
+        return Err(VersionsError::NoSources(stage.to_string()));
+    }
+    let files = super::reach::reachable(root, &[file], NOT_FOLLOWED).map_err(io(root))?;
+    Ok(files.into_iter().collect())
+}
 
 /// Errors of the version guard.
 #[derive(Debug, thiserror::Error)]
@@ -174,14 +73,10 @@ pub enum VersionsError {
     },
     #[error("{path}: {msg} (take either side of a merge conflict, then run `{REFRESH}`)")]
     BadTable { path: PathBuf, msg: String },
-    #[error(
-        "stage `{0}` has no entry in STAGE_SOURCES (src/stages/versions.rs): list the files that determine its output"
-    )]
+    #[error("stage `{0}` has no source file (expected src/stages/<name with _ for ->.rs)")]
     NoSources(String),
-    #[error("STAGE_SOURCES names `{0}`, which is not a registered stage")]
+    #[error("`{0}` is not a registered stage")]
     UnknownStage(String),
-    #[error("{0} (a STAGE_SOURCES entry) holds no .rs file")]
-    NoFiles(String),
     #[error("refusing to refresh {TABLE_PATH}:\n{0}")]
     Refused(String),
 }
@@ -276,14 +171,31 @@ pub fn normalize(text: &str) -> String {
     let text = text.replace("\r\n", "\n").replace('\r', "\n");
     let lines: Vec<&str> = text.lines().collect();
     let mut out = String::new();
+    // Inside a test module: until its closing brace at the start of a line (rustfmt's layout).
+    let mut in_tests = false;
     for (k, line) in lines.iter().enumerate() {
         let t = line.trim();
-        if t == "#[cfg(test)]"
+        if in_tests {
+            in_tests = !line.starts_with('}');
+            continue;
+        }
+        if t.starts_with("#[cfg(")
+            && t.contains("test")
+            && !t.contains("not(")
             && lines
                 .get(k + 1)
-                .is_some_and(|n| n.trim_start().starts_with("mod tests"))
+                .is_some_and(|n| n.starts_with("mod tests") || n.starts_with("pub mod tests"))
         {
-            break;
+            // `mod tests;` is one line; `mod tests {` runs to its `}`.
+            in_tests = lines[k + 1].trim_end().ends_with('{');
+            continue;
+        }
+        if k > 0
+            && (line.starts_with("mod tests") || line.starts_with("pub mod tests"))
+            && lines[k - 1].trim().starts_with("#[cfg(")
+            && lines[k - 1].contains("test")
+        {
+            continue;
         }
         if t.is_empty() || t.starts_with("//") {
             continue;
@@ -301,55 +213,19 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> VersionsError + '_ {
     }
 }
 
-/// The files a source list names, relative to `root`, sorted: a name ending in `/` stands for
-/// every `.rs` file below that folder, subfolders included.
-fn expand(root: &Path, sources: &[&str]) -> Result<Vec<String>> {
-    let mut files = Vec::new();
-    for s in sources {
-        if let Some(dir) = s.strip_suffix('/') {
-            let mut found = Vec::new();
-            rust_files(root, dir, &mut found)?;
-            if found.is_empty() {
-                return Err(VersionsError::NoFiles(s.to_string()));
-            }
-            files.append(&mut found);
-        } else {
-            files.push(s.to_string());
-        }
-    }
-    files.sort();
-    files.dedup();
-    Ok(files)
-}
-
-/// Appends the `.rs` files below `root/dir` (as `dir/…` paths) to `out`.
-fn rust_files(root: &Path, dir: &str, out: &mut Vec<String>) -> Result<()> {
-    let p = root.join(dir);
-    for e in std::fs::read_dir(&p)
-        .map_err(io(&p))?
-        .filter_map(|e| e.ok())
-    {
-        let Some(name) = e.file_name().to_str().map(str::to_string) else {
-            continue;
-        };
-        let path = e.path();
-        if path.is_dir() {
-            rust_files(root, &format!("{dir}/{name}"), out)?;
-        } else if path.is_file() && name.ends_with(".rs") {
-            out.push(format!("{dir}/{name}"));
-        }
-    }
-    Ok(())
-}
-
 /// The current entry of one stage.
-pub fn entry(root: &Path, version: u32, sources: &[&str]) -> Result<Entry> {
+/// Rust files are hashed normalized, other files (schemas, data) as they are.
+pub fn entry(root: &Path, version: u32, sources: &[String]) -> Result<Entry> {
     let mut files = BTreeMap::new();
-    for f in expand(root, sources)? {
-        let p = root.join(&f);
-        let text = std::fs::read(&p).map_err(io(&p))?;
-        let hash = blake3::hash(normalize(&String::from_utf8_lossy(&text)).as_bytes());
-        files.insert(f, hash.to_hex().to_string());
+    for f in sources {
+        let p = root.join(f);
+        let bytes = std::fs::read(&p).map_err(io(&p))?;
+        let hash = if f.ends_with(".rs") {
+            blake3::hash(normalize(&String::from_utf8_lossy(&bytes)).as_bytes())
+        } else {
+            blake3::hash(&bytes)
+        };
+        files.insert(f.clone(), hash.to_hex().to_string());
     }
     let mut h = blake3::Hasher::new();
     h.update(b"asymm-stage-sources-v1\0");
@@ -366,24 +242,15 @@ pub fn entry(root: &Path, version: u32, sources: &[&str]) -> Result<Entry> {
     })
 }
 
-/// Every stage's current entry: `versions` (stage → VERSION) against `sources`.
+/// Every stage's current entry: `versions` (stage → VERSION), `sources` giving each stage's files.
 pub fn current_with(
     root: &Path,
     versions: &BTreeMap<String, u32>,
-    sources: &[(&str, &[&str])],
+    sources: &dyn Fn(&str) -> Result<Vec<String>>,
 ) -> Result<BTreeMap<String, Entry>> {
-    for (name, _) in sources {
-        if !versions.contains_key(*name) {
-            return Err(VersionsError::UnknownStage(name.to_string()));
-        }
-    }
     let mut out = BTreeMap::new();
     for (name, &version) in versions {
-        let (_, src) = sources
-            .iter()
-            .find(|(n, _)| n == name)
-            .ok_or_else(|| VersionsError::NoSources(name.clone()))?;
-        out.insert(name.clone(), entry(root, version, src)?);
+        out.insert(name.clone(), entry(root, version, &sources(name)?)?);
     }
     Ok(out)
 }
@@ -477,7 +344,7 @@ pub fn compare(
 
 /// Compares the table under `root` with the registered stages' sources.
 pub fn check(root: &Path, reg: &dyn Registry) -> Result<Vec<Finding>> {
-    let current = current_with(root, &registered_versions(reg), STAGE_SOURCES)?;
+    let current = current_with(root, &registered_versions(reg), &|s| stage_sources(root, s))?;
     Ok(compare(&read_table(&root.join(TABLE_PATH))?, &current))
 }
 
@@ -497,7 +364,7 @@ pub fn refresh_with(
     root: &Path,
     table: &str,
     versions: &BTreeMap<String, u32>,
-    sources: &[(&str, &[&str])],
+    sources: &dyn Fn(&str) -> Result<Vec<String>>,
     unchanged_output: &[String],
 ) -> Result<Refreshed> {
     let path = root.join(table);
@@ -525,7 +392,7 @@ pub fn refresh_with(
     })
 }
 
-/// [`refresh_with`] for the registered stages and [`STAGE_SOURCES`].
+/// [`refresh_with`] for the registered stages and their [`stage_sources`].
 pub fn refresh(root: &Path, reg: &dyn Registry, unchanged_output: &[String]) -> Result<Refreshed> {
     for s in unchanged_output {
         if reg.get(s).is_none() {
@@ -536,7 +403,7 @@ pub fn refresh(root: &Path, reg: &dyn Registry, unchanged_output: &[String]) -> 
         root,
         TABLE_PATH,
         &registered_versions(reg),
-        STAGE_SOURCES,
+        &|s| stage_sources(root, s),
         unchanged_output,
     )
 }
@@ -544,6 +411,47 @@ pub fn refresh(root: &Path, reg: &dyn Registry, unchanged_output: &[String]) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The files a source list names, relative to `root`, sorted: a name ending in `/` stands for
+    /// every `.rs` file below that folder, subfolders included.
+    fn expand(root: &Path, sources: &[&str]) -> Result<Vec<String>> {
+        let mut files = Vec::new();
+        for s in sources {
+            if let Some(dir) = s.strip_suffix('/') {
+                let mut found = Vec::new();
+                rust_files(root, dir, &mut found)?;
+                if found.is_empty() {
+                    panic!("{s} holds no .rs file");
+                }
+                files.append(&mut found);
+            } else {
+                files.push(s.to_string());
+            }
+        }
+        files.sort();
+        files.dedup();
+        Ok(files)
+    }
+
+    /// Appends the `.rs` files below `root/dir` (as `dir/…` paths) to `out`.
+    fn rust_files(root: &Path, dir: &str, out: &mut Vec<String>) -> Result<()> {
+        let p = root.join(dir);
+        for e in std::fs::read_dir(&p)
+            .map_err(io(&p))?
+            .filter_map(|e| e.ok())
+        {
+            let Some(name) = e.file_name().to_str().map(str::to_string) else {
+                continue;
+            };
+            let path = e.path();
+            if path.is_dir() {
+                rust_files(root, &format!("{dir}/{name}"), out)?;
+            } else if path.is_file() && name.ends_with(".rs") {
+                out.push(format!("{dir}/{name}"));
+            }
+        }
+        Ok(())
+    }
 
     /// The checked-in table matches the stages' sources and versions.
     #[test]
@@ -569,6 +477,82 @@ mod tests {
         }
         assert_eq!(normalize(base), "fn f() -> u32 {\n    1 // one\n}\n");
         assert_ne!(normalize(&base.replace("1 //", "2 //")), normalize(base));
+    }
+
+    #[test]
+    fn code_after_a_test_module_is_hashed() {
+        let base = "fn f() {}\n\n#[cfg(test)]\nmod tests {\n    fn t() {}\n}\n\nfn after() {}\n";
+        assert_eq!(normalize(base), "fn f() {}\nfn after() {}\n");
+        let outside = "fn f() {}\n\n#[cfg(all(test, feature = \"x\"))]\nmod tests;\nfn g() {}\n";
+        assert_eq!(normalize(outside), "fn f() {}\nfn g() {}\n");
+    }
+
+    /// A change to a grader in `src/tasks/` (a scratch copy of the sources) flags every stage
+    /// whose code reaches it, `grpo-update` among them, until their versions move.
+    #[test]
+    fn a_grader_change_flags_the_stages_that_reach_it() {
+        let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let d = crate::util::fsx::TempDir::new("asymm-test").unwrap();
+        let root = d.path();
+        for dir in ["src", "schemas"] {
+            let mut files = Vec::new();
+            all_files(repo, dir, &mut files);
+            for f in files {
+                std::fs::create_dir_all(root.join(&f).parent().unwrap()).unwrap();
+                std::fs::copy(repo.join(&f), root.join(&f)).unwrap();
+            }
+        }
+        let mut versions = registered_versions(&super::super::StageRegistry::default());
+        let sources = |s: &str| stage_sources(root, s);
+        let table = "versions.json";
+        refresh_with(root, table, &versions, &sources, &[]).unwrap();
+        let grader = root.join("src/tasks/sudoku.rs");
+        let text = std::fs::read_to_string(&grader).unwrap();
+        std::fs::write(
+            &grader,
+            format!("{text}\npub fn changed() -> u32 {{ 1 }}\n"),
+        )
+        .unwrap();
+        let findings = compare(
+            &read_table(&root.join(table)).unwrap(),
+            &current_with(root, &versions, &sources).unwrap(),
+        );
+        let flagged: Vec<&str> = findings
+            .iter()
+            .filter_map(|f| match f {
+                Finding::NotBumped { stage, files, .. } => {
+                    assert_eq!(files, &["src/tasks/sudoku.rs"]);
+                    Some(stage.as_str())
+                }
+                _ => None,
+            })
+            .collect();
+        for stage in [
+            "synthesize",
+            "render",
+            "evaluate",
+            "sft-train",
+            "grpo-update",
+        ] {
+            assert!(flagged.contains(&stage), "{stage} not flagged: {flagged:?}");
+        }
+        assert!(!flagged.contains(&"digits"), "{flagged:?}");
+        assert!(refresh_with(root, table, &versions, &sources, &[]).is_err());
+        for stage in &flagged {
+            *versions.get_mut(*stage).unwrap() += 1;
+        }
+        refresh_with(root, table, &versions, &sources, &[]).unwrap();
+    }
+
+    fn all_files(root: &Path, dir: &str, out: &mut Vec<String>) {
+        for e in std::fs::read_dir(root.join(dir)).unwrap().flatten() {
+            let name = format!("{dir}/{}", e.file_name().to_string_lossy());
+            if e.path().is_dir() {
+                all_files(root, &name, out);
+            } else {
+                out.push(name);
+            }
+        }
     }
 
     /// A folder in a source list covers the files of its subfolders too.
@@ -599,15 +583,19 @@ mod tests {
         std::fs::write(root.join("a.rs"), "fn a() {}\n").unwrap();
         std::fs::write(root.join("lib/x.rs"), "fn x() {}\n").unwrap();
         std::fs::write(root.join("lib/notes.txt"), "not hashed").unwrap();
-        let sources: &[(&str, &[&str])] = &[("a", &["a.rs", "lib/"]), ("b", &["lib/x.rs"])];
+        let sources = |s: &str| match s {
+            "a" => expand(root, &["a.rs", "lib/"]),
+            "b" => expand(root, &["lib/x.rs"]),
+            _ => Err(VersionsError::NoSources(s.to_string())),
+        };
         let mut versions: BTreeMap<String, u32> = [("a".into(), 1), ("b".into(), 1)].into();
         let table = "versions.json";
         let refresh =
-            |v: &BTreeMap<String, u32>, ok: &[String]| refresh_with(root, table, v, sources, ok);
+            |v: &BTreeMap<String, u32>, ok: &[String]| refresh_with(root, table, v, &sources, ok);
         let current = |v: &BTreeMap<String, u32>| {
             compare(
                 &read_table(&root.join(table)).unwrap(),
-                &current_with(root, v, sources).unwrap(),
+                &current_with(root, v, &sources).unwrap(),
             )
         };
 

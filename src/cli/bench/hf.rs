@@ -160,7 +160,7 @@ pub(super) fn hf_suite(
             m.tokens as f64 / m.seconds.max(1e-9)
         ));
         out.push_str(&m.flops_row(a.peak_tflops));
-        if let Some(c) = m.counts {
+        if let Some(c) = &m.counts {
             out.push_str(&c.rows(m.steps as f64, "SFT step"));
         }
         report.sft.push(m);

@@ -129,10 +129,12 @@ fn warmup_steps(a: &BenchArgs, steps: usize) -> anyhow::Result<usize> {
 
 /// What the process had done at one moment: host reads and, where counted, kernel launches,
 /// compilations and autotune events.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 struct Counts {
     host_reads: u64,
     kernels: Option<[u64; 3]>,
+    /// Launches by kernel name, where counted.
+    by_kernel: std::collections::BTreeMap<String, u64>,
 }
 
 impl Counts {
@@ -147,11 +149,14 @@ impl Counts {
             let k = asymm::model::gpu::KernelCounts::now();
             [k.launches, k.compiles, k.autotunes]
         });
+        #[cfg(feature = "gpu")]
+        let by_kernel = asymm::model::gpu::launches_by_kernel();
         #[cfg(not(feature = "gpu"))]
-        let kernels = None;
+        let (kernels, by_kernel) = (None, Default::default());
         Some(Counts {
             host_reads: asymm::model::host::reads_total(),
             kernels,
+            by_kernel,
         })
     }
 
@@ -162,7 +167,27 @@ impl Counts {
                 (Some(a), Some(b)) => Some([a[0] - b[0], a[1] - b[1], a[2] - b[2]]),
                 _ => None,
             },
+            by_kernel: self
+                .by_kernel
+                .into_iter()
+                .map(|(k, n)| {
+                    let d = n - earlier.by_kernel.get(&k).copied().unwrap_or(0);
+                    (k, d)
+                })
+                .filter(|&(_, d)| d > 0)
+                .collect(),
         }
+    }
+
+    /// The most launched kernels, most first: "name n, …" per `per`.
+    fn top_kernels(&self, per: f64, n: usize) -> String {
+        let mut v: Vec<(&String, &u64)> = self.by_kernel.iter().collect();
+        v.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
+        v.iter()
+            .take(n)
+            .map(|(k, c)| format!("{k} {:.1}", **c as f64 / per.max(1.0)))
+            .collect::<Vec<_>>()
+            .join(", ")
     }
 
     /// Markdown rows: each count divided by `per` (`what`: "SFT step", "decode step").
@@ -176,6 +201,13 @@ impl Counts {
                 "| kernel launches per {what} | {:.1} |\n| kernel compilations in the timed window | {compiles} |\n| autotune log records in the timed window | {autotunes} |\n",
                 launches as f64 / per.max(1.0)
             ));
+            if !self.by_kernel.is_empty() {
+                out.push_str(&format!(
+                    "| most launched kernels per {what} ({} kinds) | {} |\n",
+                    self.by_kernel.len(),
+                    self.top_kernels(per, 8)
+                ));
+            }
         }
         out
     }
@@ -188,6 +220,7 @@ impl Counts {
             "kernel_launches_per": self.kernels.map(|k| k[0] as f64 / per.max(1.0)),
             "kernel_compiles": self.kernels.map(|k| k[1]),
             "autotune_records": self.kernels.map(|k| k[2]),
+            "kernel_launches_by_name": self.by_kernel,
         })
     }
 }
@@ -345,7 +378,7 @@ impl Report {
                 "median_step_seconds": m.median_step,
                 "target_tokens_per_s": m.tokens as f64 / m.seconds.max(1e-9),
                 "warmup_steps": a.warmup,
-                "per_step": m.counts.map(|c| c.json(m.steps as f64)),
+                "per_step": m.counts.as_ref().map(|c| c.json(m.steps as f64)),
                 "model_tflops_per_s": m.tflops_per_s(),
                 "mfu": m.mfu(a.peak_tflops),
             })).collect::<Vec<_>>(),
@@ -363,7 +396,7 @@ impl Report {
                 "seconds": m.seconds,
                 "new_tokens_per_s": m.new_tokens as f64 / m.seconds.max(1e-9),
                 "decode_steps": m.decode_steps,
-                "per_decode_step": m.counts.map(|c| c.json(m.decode_steps as f64)),
+                "per_decode_step": m.counts.as_ref().map(|c| c.json(m.decode_steps as f64)),
             })).collect::<Vec<_>>(),
             "peak_rss_kib": peak_rss_kib(),
         })
@@ -506,7 +539,7 @@ fn model_suite(a: &BenchArgs, report: &mut Report) -> anyhow::Result<String> {
                 m.tokens as f64 / m.seconds.max(1e-9)
             ));
             out.push_str(&m.flops_row(a.peak_tflops));
-            if let Some(c) = m.counts {
+            if let Some(c) = &m.counts {
                 out.push_str(&c.rows(m.steps as f64, "SFT step"));
             }
             report.sft.push(m);
@@ -666,7 +699,7 @@ fn time_rollouts<B: burn::tensor::backend::Backend>(
             plan.batch,
             new as f64 / seconds
         ));
-        if let Some(c) = counts {
+        if let Some(c) = &counts {
             out.push_str(&c.rows(decode_steps as f64, "decode step"));
         }
         report.rollout.push(RolloutMeasure {
