@@ -17,6 +17,10 @@ pub enum DevCmd {
         /// did not change (a refactor, a rename). Repeatable.
         #[arg(long, value_name = "STAGE", requires = "write")]
         unchanged_output: Vec<String>,
+        /// Print the files STAGE's output is keyed on (its file and all its code reaches) and
+        /// stop.
+        #[arg(long, value_name = "STAGE", conflicts_with = "write")]
+        sources: Option<String>,
         /// Repository root.
         #[arg(long, default_value = ".")]
         root: PathBuf,
@@ -210,6 +214,7 @@ pub fn dev(cmd: DevCmd) -> anyhow::Result<i32> {
         DevCmd::StageVersions {
             write,
             unchanged_output,
+            sources,
             root,
         } => {
             if !root
@@ -223,6 +228,16 @@ pub fn dev(cmd: DevCmd) -> anyhow::Result<i32> {
                 );
             }
             let reg = StageRegistry::default();
+            if let Some(stage) = sources {
+                anyhow::ensure!(
+                    asymm::dag::Registry::get(&reg, &stage).is_some(),
+                    versions::VersionsError::UnknownStage(stage)
+                );
+                for f in versions::stage_sources(&root, &stage)? {
+                    println!("{f}");
+                }
+                return Ok(0);
+            }
             if write {
                 let r = versions::refresh(&root, &reg, &unchanged_output)?;
                 for f in &r.recorded {
