@@ -253,9 +253,36 @@ pub fn outputs(written: impl IntoIterator<Item = Written>) -> Outputs {
 struct Adapter<S>(PhantomData<S>);
 
 fn parse_config<C: DeserializeOwned>(table: &toml::Table) -> Result<C, String> {
-    // Round-trip through TOML text so errors carry key names and positions.
+    // Round-trip through TOML text so that an error points into it; the position is turned
+    // into the dotted key (the text's lines are not the user's file's).
     let text = toml::to_string(table).map_err(|e| e.to_string())?;
-    toml::from_str(&text).map_err(|e| e.to_string().trim().replace('\n', " "))
+    toml::from_str(&text).map_err(|e| {
+        let msg = e.message().trim().replace('\n', " ");
+        match e.span().and_then(|s| key_at(&text, s.start)) {
+            Some(key) => format!("at `{key}`: {msg}"),
+            None => msg,
+        }
+    })
+}
+
+/// The dotted key of the line holding byte `offset` of serialized TOML `text`: its `[table]`
+/// header (if any) and the key before its `=`.
+fn key_at(text: &str, offset: usize) -> Option<String> {
+    let start = text.get(..offset)?.rfind('\n').map_or(0, |i| i + 1);
+    let line = text[start..].lines().next()?.trim();
+    let header = |l: &str| {
+        l.strip_prefix('[')
+            .map(|h| h.trim_matches(|c| c == '[' || c == ']').trim().to_string())
+    };
+    if let Some(h) = header(line) {
+        return Some(h);
+    }
+    let key = line.split_once('=')?.0.trim().trim_matches('"');
+    let table = text[..start].lines().rev().find_map(|l| header(l.trim()));
+    Some(match table {
+        Some(t) => format!("{t}.{key}"),
+        None => key.to_string(),
+    })
 }
 
 impl<S: Stage> StageDef for Adapter<S> {
