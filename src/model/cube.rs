@@ -17,6 +17,7 @@
 //! autodiff node keeps the probabilities (which `P·V`'s own node keeps anyway) for the backward
 //! kernel. [`attention`] puts the two score products around it.
 
+use super::fused::{cast, same};
 use burn::backend::Autodiff;
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
@@ -33,7 +34,6 @@ use burn_fusion::{Fusion, FusionBackend, FusionRuntime};
 use burn_ir::{CustomOpIr, HandleContainer, OperationIr, OperationOutput, TensorIr};
 use cubecl::prelude::{CubeCount, CubeDim};
 use kernels::{row_softmax_grad_kernel, row_softmax_kernel};
-use std::any::{Any, TypeId};
 use std::marker::PhantomData;
 
 /// Units per cube: one row of scores per cube, the units striding over its keys. A power of two
@@ -382,25 +382,14 @@ fn row_softmax_plain<B: RowSoftmaxOps>(scores: Tensor<B, 4>, op: RowSoftmax) -> 
     )))
 }
 
-fn cast<S: 'static, T: 'static>(x: S) -> Option<T> {
-    (Box::new(x) as Box<dyn Any>)
-        .downcast::<T>()
-        .ok()
-        .map(|t| *t)
-}
-
-fn is<B: 'static, X: 'static>() -> bool {
-    TypeId::of::<B>() == TypeId::of::<X>()
-}
-
 /// Whether `B` is `X`, with or without autodiff.
 fn is_on<B: Backend, X: Backend>() -> bool {
-    is::<B, X>() || is::<B, Autodiff<X>>()
+    same::<B, X>() || same::<B, Autodiff<X>>()
 }
 
 /// [`row_softmax`] on `X` when `B` is `X` or `Autodiff<X>`.
 fn on<B: Backend, X: RowSoftmaxOps>(scores: Tensor<B, 4>, op: RowSoftmax) -> Option<Tensor<B, 4>> {
-    if is::<B, Autodiff<X>>() {
+    if same::<B, Autodiff<X>>() {
         cast(row_softmax_autodiff(
             cast::<_, Tensor<Autodiff<X>, 4>>(scores)?,
             op,

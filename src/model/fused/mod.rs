@@ -59,12 +59,12 @@ pub use gate::silu_gate;
 pub use linear::linear;
 pub use norm::rms_norm;
 
-fn same<S: 'static, T: 'static>() -> bool {
+pub(super) fn same<S: 'static, T: 'static>() -> bool {
     TypeId::of::<S>() == TypeId::of::<T>()
 }
 
 /// `x` as a `T`, when `S` is `T`.
-fn cast<S: 'static, T: 'static>(x: S) -> Option<T> {
+pub(super) fn cast<S: 'static, T: 'static>(x: S) -> Option<T> {
     (Box::new(x) as Box<dyn Any>)
         .downcast::<T>()
         .ok()
