@@ -240,7 +240,7 @@ pub fn update_model<B: AutodiffBackend>(
                 .chunks(settings.micro_batch)
                 .map(|m| m.iter().map(|&i| &seqs[i]).collect())
                 .collect();
-            let model = &trainer.model;
+            let model = trainer.model();
             let parts = map_shards(micros.len(), |i| {
                 let mut a = Acc::default();
                 let local;
@@ -324,7 +324,7 @@ pub fn update_model<B: AutodiffBackend>(
     }
     Ok(ModelUpdate {
         state: trainer.state()?,
-        model: trainer.model.valid(),
+        model: trainer.model().valid(),
         log,
     })
 }

@@ -3,6 +3,7 @@
 //! objective-independent trainer (optimizer, clipping, snapshots) and the SFT loop.
 
 pub mod batch;
+pub mod flat;
 pub mod grads;
 pub mod objective;
 pub mod parallel;

@@ -3,20 +3,25 @@
 //! clipping, per-step statistics, and resumable snapshots in a scratch directory.
 //!
 //! A loop reads top to bottom: `Trainer::new` → `resume` (a snapshot whose run state matches) →
-//! for each step: compute gradients on `trainer.model`, `trainer.step(step, grads)`, maybe
+//! for each step: compute gradients on `trainer.model()`, `trainer.step(step, grads)`, maybe
 //! `trainer.snapshot(..)` → `trainer.weights()`.
+//!
+//! The optimizer is burn's per-tensor AdamW on the CPU and the multi-tensor one of
+//! [`super::flat`] on the cubecl backends ([`super::flat::pays`]); both save the same state.
 
+use super::flat::{AdamWConsts, FlatAdamW};
 use super::grads::{grad_norm_device, scale_device};
 use super::schedule::cosine_with_warmup;
 use crate::model::checkpoint::model_from_bytes;
 use crate::model::{Model, ModelError, Vlm, VlmConfig};
 use burn::module::{Module, ModuleVisitor, Param, ParamId};
-use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
+use burn::optim::{AdamW, AdamWConfig, GradientsParams, Optimizer};
 use burn::record::{BinBytesRecorder, FullPrecisionSettings, Recorder};
 use burn::tensor::Tensor;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 /// Optimizer, schedule and clipping settings.
@@ -75,11 +80,24 @@ pub enum TrainerError {
 
 pub type Result<T> = std::result::Result<T, TrainerError>;
 
-type Optim<B> = burn::optim::adaptor::OptimizerAdaptor<burn::optim::AdamW, Model<B>, B>;
+/// AdamW's moment decays and ε (burn's defaults).
+const BETA_1: f32 = 0.9;
+const BETA_2: f32 = 0.999;
+const EPSILON: f32 = 1e-5;
+
+type Records<B> = HashMap<ParamId, burn::optim::record::AdaptorRecord<AdamW, B>>;
+
+/// The two implementations of one AdamW.
+enum Optim<B: AutodiffBackend> {
+    /// burn's, a parameter tensor at a time.
+    PerTensor(burn::optim::adaptor::OptimizerAdaptor<AdamW, Model<B>, B>),
+    /// All parameters in one buffer.
+    Flat(FlatAdamW<B::InnerBackend>),
+}
 
 /// The model being trained with its optimizer.
 pub struct Trainer<B: AutodiffBackend> {
-    pub model: Model<B>,
+    model: Model<B>,
     optim: Optim<B>,
     settings: OptimSettings,
     device: B::Device,
@@ -107,16 +125,53 @@ const STATE_FILE: &str = "state.json";
 impl<B: AutodiffBackend> Trainer<B> {
     /// A trainer for `model` (see [`native_model`]).
     pub fn new(model: Model<B>, settings: &OptimSettings, device: &B::Device) -> Self {
+        Self::with_optimizer(model, settings, device, super::flat::pays::<B>())
+    }
+
+    /// A trainer with the multi-tensor AdamW (`flat`) or burn's per-tensor one, whatever the
+    /// backend.
+    pub fn with_optimizer(
+        model: Model<B>,
+        settings: &OptimSettings,
+        device: &B::Device,
+        flat: bool,
+    ) -> Self {
         Trainer {
             model,
-            optim: Self::optim_config(settings).init(),
+            optim: Self::fresh_optim(settings, flat),
             settings: settings.clone(),
             device: device.clone(),
         }
     }
 
-    fn optim_config(settings: &OptimSettings) -> AdamWConfig {
-        AdamWConfig::new().with_weight_decay(settings.weight_decay as f32)
+    fn fresh_optim(settings: &OptimSettings, flat: bool) -> Optim<B> {
+        if flat {
+            Optim::Flat(Self::flat_adamw(settings))
+        } else {
+            Optim::PerTensor(Self::adamw_config(settings).init())
+        }
+    }
+
+    fn adamw_config(settings: &OptimSettings) -> AdamWConfig {
+        AdamWConfig::new()
+            .with_beta_1(BETA_1)
+            .with_beta_2(BETA_2)
+            .with_epsilon(EPSILON)
+            .with_weight_decay(settings.weight_decay as f32)
+    }
+
+    fn flat_adamw(settings: &OptimSettings) -> FlatAdamW<B::InnerBackend> {
+        FlatAdamW::new(AdamWConsts {
+            beta_1: BETA_1,
+            beta_2: BETA_2,
+            epsilon: EPSILON,
+            weight_decay: settings.weight_decay as f32,
+        })
+    }
+
+    /// The model being trained.
+    pub fn model(&self) -> &Model<B> {
+        &self.model
     }
 
     /// The learning rate at `step` (0-based).
@@ -130,16 +185,27 @@ impl<B: AutodiffBackend> Trainer<B> {
     /// when the norm is within the threshold. Nothing is read back; see [`StepStats::read`].
     pub fn step(&mut self, step: usize, grads: GradientsParams) -> DeviceStep<B::InnerBackend> {
         let lr = self.lr(step);
-        let norm = grad_norm_device::<B, _>(&self.model, &grads, &self.device);
         let clip = self.settings.grad_clip as f32;
-        let grads = if clip > 0.0 {
-            let factor = Tensor::<B::InnerBackend, 1>::full([1], clip, &self.device)
-                / norm.clone().clamp_min(clip);
-            scale_device::<B, _>(&self.model, grads, factor)
-        } else {
-            grads
+        let norm = match &mut self.optim {
+            Optim::Flat(optim) => {
+                let model = self.model.clone();
+                let (model, norm) = optim.step::<B, _>(lr, clip, model, grads, &self.device);
+                self.model = model;
+                norm
+            }
+            Optim::PerTensor(optim) => {
+                let norm = grad_norm_device::<B, _>(&self.model, &grads, &self.device);
+                let grads = if clip > 0.0 {
+                    let factor = Tensor::<B::InnerBackend, 1>::full([1], clip, &self.device)
+                        / norm.clone().clamp_min(clip);
+                    scale_device::<B, _>(&self.model, grads, factor)
+                } else {
+                    grads
+                };
+                self.model = optim.step(lr, self.model.clone(), grads);
+                norm
+            }
         };
-        self.model = self.optim.step(lr, self.model.clone(), grads);
         DeviceStep {
             lr,
             grad_norm: norm,
@@ -160,7 +226,10 @@ impl<B: AutodiffBackend> Trainer<B> {
     /// order, so the bytes do not depend on burn's random parameter ids) with a hash of the
     /// weights it belongs to, to carry training on elsewhere.
     pub fn state(&self) -> Result<OptimState> {
-        let mut records = self.optim.to_record();
+        let mut records: Records<B> = match &self.optim {
+            Optim::PerTensor(optim) => optim.to_record().into_iter().collect(),
+            Optim::Flat(optim) => optim.records::<B, _>(&self.model),
+        };
         let mut adam = Vec::new();
         for id in param_ids(&self.model) {
             match records.remove(&id) {
@@ -190,9 +259,7 @@ impl<B: AutodiffBackend> Trainer<B> {
             ));
         }
         let bad = |what: &str| TrainerError::State(format!("optimizer state: {what}"));
-        // burn's own map type, emptied.
-        let mut records = self.optim.to_record();
-        records.clear();
+        let mut records = Records::<B>::new();
         let mut rest: &[u8] = &state.adam;
         for id in param_ids(&self.model) {
             let (&flag, tail) = rest.split_first().ok_or_else(|| bad("truncated"))?;
@@ -212,9 +279,18 @@ impl<B: AutodiffBackend> Trainer<B> {
         if !rest.is_empty() {
             return Err(bad("more parameters than the model has"));
         }
-        self.optim = Self::optim_config(&self.settings)
-            .init()
-            .load_record(records);
+        self.optim = match &self.optim {
+            Optim::PerTensor(_) => {
+                let optim = Self::adamw_config(&self.settings).init();
+                Optim::PerTensor(optim.load_record(records.into_iter().collect()))
+            }
+            Optim::Flat(_) => {
+                let mut o = Self::flat_adamw(&self.settings);
+                o.load_records::<B, _>(&self.model, records, &self.device)
+                    .map_err(|e| TrainerError::State(e.to_string()))?;
+                Optim::Flat(o)
+            }
+        };
         Ok(())
     }
 
@@ -255,6 +331,9 @@ impl<B: AutodiffBackend> Trainer<B> {
         let err = snapshot_error(dir);
         let read = |name: &str| std::fs::read(dir.join(name)).map_err(|e| err(e.to_string()));
         self.model = self.model.clone().with_weights(&read(MODEL_FILE)?)?;
+        if let Optim::Flat(o) = &mut self.optim {
+            o.forget_weights();
+        }
         let st = OptimState::from_bytes(&read(OPTIM_FILE)?).map_err(|e| err(e.to_string()))?;
         self.load_state(&st).map_err(|e| err(e.to_string()))?;
         Ok(Some(state))

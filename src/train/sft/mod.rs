@@ -494,7 +494,7 @@ pub fn train<B: AutodiffBackend>(
         for micro in 0..settings.grad_accum {
             let idx = batch_indices(train_set.len(), settings, step, micro);
             let exs: Vec<&Example> = idx.iter().map(|&i| &train_set[i]).collect();
-            let model = &trainer.model;
+            let model = trainer.model();
             let shards = split(&exs, settings.data_shards);
             // Token weights are per-example means over the batch: a shard's share of the batch
             // rescales them so that the shards' gradients sum to the batch's.
@@ -534,7 +534,7 @@ pub fn train<B: AutodiffBackend>(
                 grads.add(model, g);
             }
         }
-        let model = &trainer.model;
+        let model = trainer.model();
         // Everything the log needs stays on the device until the step's one host read.
         let diag_norms = match (grads.diag_p.take(), grads.diag_r.take()) {
             (Some(gp), Some(gr)) => Some([
@@ -618,7 +618,7 @@ pub fn train<B: AutodiffBackend>(
         };
         let is_last = step + 1 == settings.steps;
         if (settings.eval_every > 0 && (step + 1) % settings.eval_every == 0) || is_last {
-            row.eval = hooks.eval(step + 1, &trainer.model.valid())?;
+            row.eval = hooks.eval(step + 1, &trainer.model().valid())?;
         }
         let secs = t0.elapsed().as_secs_f64();
         timing.push(TimingRow {
@@ -639,7 +639,7 @@ pub fn train<B: AutodiffBackend>(
         }
     }
     Ok(SftOutput {
-        model: trainer.model.valid(),
+        model: trainer.model().valid(),
         log,
         timing,
     })

@@ -1,0 +1,218 @@
+//! The multi-tensor AdamW against burn's per-tensor one: the same weights, norms and saved state
+//! (on the CPU to the bit where no norm is involved), parameters without a gradient left alone,
+//! and on the software GPU the same step in fewer launches.
+
+use super::FlatLayout;
+use crate::model::config::small_config;
+use crate::model::{Model, host_f32, max_abs_diff};
+use crate::train::trainer::{OptimSettings, Trainer, native_model};
+use burn::module::{Module, ModuleVisitor, Param, ParamId};
+use burn::optim::GradientsParams;
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::{Tensor, TensorData};
+
+type Ad = burn::backend::Autodiff<crate::model::Cpu>;
+
+fn settings(grad_clip: f64) -> OptimSettings {
+    OptimSettings {
+        steps: 10,
+        lr: 1e-2,
+        min_lr: 1e-3,
+        warmup_ratio: 0.0,
+        weight_decay: 0.1,
+        grad_clip,
+    }
+}
+
+/// Made-up gradients for every parameter of `model` (a pattern that moves with `step`), less
+/// the parameter at index `skip`.
+fn grads<B: AutodiffBackend>(
+    model: &Model<B>,
+    step: usize,
+    skip: Option<usize>,
+) -> GradientsParams {
+    struct Make<'a, B: AutodiffBackend> {
+        out: GradientsParams,
+        step: usize,
+        skip: Option<usize>,
+        at: usize,
+        device: &'a B::Device,
+    }
+    impl<B: AutodiffBackend> ModuleVisitor<B> for Make<'_, B> {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+            let at = self.at;
+            self.at += 1;
+            if Some(at) == self.skip {
+                return;
+            }
+            let shape = param.shape();
+            let v: Vec<f32> = (0..shape.num_elements())
+                .map(|i| ((i * 7 + at * 13 + self.step * 29) % 23) as f32 / 23.0 - 0.4)
+                .collect();
+            let g = Tensor::<B::InnerBackend, D>::from_data(TensorData::new(v, shape), self.device);
+            self.out.register::<B::InnerBackend, D>(param.id, g);
+        }
+    }
+    let device = model_device(model);
+    let mut make = Make::<B> {
+        out: GradientsParams::new(),
+        step,
+        skip,
+        at: 0,
+        device: &device,
+    };
+    model.visit(&mut make);
+    make.out
+}
+
+fn model_device<B: Backend>(model: &Model<B>) -> B::Device {
+    model.devices().into_iter().next().unwrap_or_default()
+}
+
+/// Every parameter's values, in the module tree's order.
+fn values<B: Backend>(model: &Model<B>) -> Vec<Vec<f32>> {
+    struct Read(Vec<Vec<f32>>);
+    impl<B: Backend> ModuleVisitor<B> for Read {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+            self.0.push(host_f32(param.val().reshape([-1])).unwrap());
+        }
+    }
+    let mut r = Read(Vec::new());
+    model.visit(&mut r);
+    r.0
+}
+
+fn ids<B: Backend>(model: &Model<B>) -> Vec<ParamId> {
+    struct Ids(Vec<ParamId>);
+    impl<B: Backend> ModuleVisitor<B> for Ids {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+            self.0.push(param.id);
+        }
+    }
+    let mut r = Ids(Vec::new());
+    model.visit(&mut r);
+    r.0
+}
+
+fn pair<B: AutodiffBackend>(clip: f64, device: &B::Device) -> (Trainer<B>, Trainer<B>) {
+    let model = native_model::<B>(&small_config(), None, 5, device).unwrap();
+    let bytes = model.weights_bytes().unwrap();
+    let again = model.clone().with_weights(&bytes).unwrap();
+    (
+        Trainer::with_optimizer(model, &settings(clip), device, true),
+        Trainer::with_optimizer(again, &settings(clip), device, false),
+    )
+}
+
+fn worst(a: &[Vec<f32>], b: &[Vec<f32>]) -> f32 {
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| max_abs_diff(x, y).0)
+        .fold(0.0, f32::max)
+}
+
+#[test]
+fn the_layout_aligns_every_parameter() {
+    let model = native_model::<Ad>(&small_config(), None, 5, &Default::default()).unwrap();
+    let layout = FlatLayout::of::<Ad, _>(&model);
+    let total: usize = values(&model).iter().map(Vec::len).sum();
+    assert_eq!(layout.slots.len(), ids(&model).len());
+    assert!(
+        layout
+            .slots
+            .iter()
+            .all(|&(start, _)| start % super::ALIGN == 0)
+    );
+    assert!(layout.len() >= total && layout.len() < total + super::ALIGN * layout.slots.len());
+    // Gathered and handed back, the parameters are unchanged.
+    let flat = layout.params::<Ad, _>(&model, &Default::default());
+    let back = layout.scatter::<Ad, _>(model.clone(), &flat);
+    assert_eq!(values(&back), values(&model));
+}
+
+/// Without clipping both optimizers do the same arithmetic: the same weights and the same saved
+/// state, bit for bit, and a state saved by one continues in the other.
+#[test]
+fn flat_and_per_tensor_adamw_agree_to_the_bit() {
+    let dev = Default::default();
+    let (mut flat, mut per) = pair::<Ad>(0.0, &dev);
+    for step in 0..3 {
+        let f = flat.step(step, grads(flat.model(), step, None));
+        let p = per.step(step, grads(per.model(), step, None));
+        let (f, p) = (
+            host_f32(f.grad_norm).unwrap(),
+            host_f32(p.grad_norm).unwrap(),
+        );
+        assert!((f[0] - p[0]).abs() <= 1e-5 * p[0], "norms {f:?} {p:?}");
+    }
+    assert_eq!(flat.weights().unwrap(), per.weights().unwrap());
+    let (fs, ps) = (flat.state().unwrap(), per.state().unwrap());
+    assert_eq!(fs, ps, "the saved states differ");
+    // Crossed over: the flat optimizer continues from the per-tensor state and vice versa.
+    flat.load_state(&ps).unwrap();
+    per.load_state(&fs).unwrap();
+    flat.step(3, grads(flat.model(), 3, None));
+    per.step(3, grads(per.model(), 3, None));
+    assert_eq!(flat.weights().unwrap(), per.weights().unwrap());
+}
+
+/// With the global-norm clip active the two agree to rounding (the norm's sums run in another
+/// order); a parameter without a gradient keeps its weights in both.
+#[test]
+fn clipped_steps_and_missing_gradients_agree() {
+    let dev = Default::default();
+    let (mut flat, mut per) = pair::<Ad>(0.05, &dev);
+    let before = values(flat.model());
+    for step in 0..3 {
+        let skip = (step == 2).then_some(4);
+        flat.step(step, grads(flat.model(), step, skip));
+        per.step(step, grads(per.model(), step, skip));
+    }
+    let (f, p) = (values(flat.model()), values(per.model()));
+    assert!(worst(&f, &p) < 1e-6, "{}", worst(&f, &p));
+    assert_ne!(f[3], before[3], "a parameter with gradients moves");
+    // Index 4 had no gradient at the last step: its value is the one after step 2 in both.
+    let (mut f2, mut p2) = pair::<Ad>(0.05, &dev);
+    for step in 0..2 {
+        f2.step(step, grads(f2.model(), step, None));
+        p2.step(step, grads(p2.model(), step, None));
+    }
+    assert_eq!(f[4], values(f2.model())[4]);
+    assert_eq!(p[4], values(p2.model())[4]);
+}
+
+/// On the software GPU the flat step equals burn's per-tensor step and launches fewer kernels.
+#[cfg(feature = "wgpu")]
+#[test]
+fn on_the_software_gpu_the_flat_step_launches_fewer_kernels() {
+    use crate::model::gpu::{KernelCounts, software_gpu};
+    type W = burn::backend::Autodiff<burn::backend::Wgpu>;
+    let (_gpu, dev) = software_gpu();
+    let (mut flat, mut per) = pair::<W>(0.05, &dev);
+    let launches = |t: &mut Trainer<W>, step: usize| {
+        let g = grads(t.model(), step, None);
+        let _ = <burn::backend::Wgpu as Backend>::sync(&dev);
+        let before = KernelCounts::now();
+        let _done = t.step(step, g);
+        let _ = <burn::backend::Wgpu as Backend>::sync(&dev);
+        KernelCounts::now().since(before).launches
+    };
+    // Two warm-up steps (first moments, compilation), then one counted.
+    let mut counts = [0, 0];
+    for step in 0..3 {
+        counts = [launches(&mut flat, step), launches(&mut per, step)];
+    }
+    let (f, p) = (values(flat.model()), values(per.model()));
+    assert!(worst(&f, &p) < 1e-5, "{}", worst(&f, &p));
+    let n = ids(flat.model()).len() as u64;
+    eprintln!(
+        "launches per step: flat {}, per-tensor {} ({n} tensors)",
+        counts[0], counts[1]
+    );
+    assert!(
+        counts[0] + 2 * n <= counts[1],
+        "flat {} launches, per-tensor {} ({n} parameter tensors)",
+        counts[0],
+        counts[1]
+    );
+}
