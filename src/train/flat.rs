@@ -284,8 +284,7 @@ impl<I: Backend> FlatAdamW<I> {
         let (g, present) = layout.grads::<B, M>(&model, grads, device);
         let norm = g.clone().powi_scalar(2).sum().sqrt();
         let g = if clip > 0.0 {
-            let factor = Tensor::<I, 1>::full([1], clip, device) / norm.clone().clamp_min(clip);
-            g * factor
+            g * super::grads::clip_factor(norm.clone(), clip)
         } else {
             g
         };

@@ -4,7 +4,7 @@
 use burn::module::{AutodiffModule, ModuleVisitor, Param};
 use burn::optim::GradientsParams;
 use burn::tensor::Tensor;
-use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::backend::{AutodiffBackend, Backend};
 
 struct NormVisitor<'a, B: AutodiffBackend> {
     grads: &'a GradientsParams,
@@ -36,6 +36,12 @@ pub fn grad_norm_device<B: AutodiffBackend, M: AutodiffModule<B>>(
         Some(s) => s.sqrt(),
         None => Tensor::zeros([1], device),
     }
+}
+
+/// The global-norm clip factor `clip / max(‖g‖, clip)` as a `[1]` tensor on the device: exactly 1
+/// when the norm is within the threshold.
+pub fn clip_factor<B: Backend>(norm: Tensor<B, 1>, clip: f32) -> Tensor<B, 1> {
+    Tensor::full([1], clip, &norm.device()) / norm.clamp_min(clip)
 }
 
 /// ‖g‖₂ over all parameters of `model` (one host read); 0 when no parameter has a gradient.

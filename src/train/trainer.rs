@@ -10,7 +10,7 @@
 //! [`super::flat`] on the cubecl backends ([`super::flat::pays`]); both save the same state.
 
 use super::flat::{AdamWConsts, FlatAdamW};
-use super::grads::{grad_norm_device, scale_device};
+use super::grads::{clip_factor, grad_norm_device, scale_device};
 use super::schedule::cosine_with_warmup;
 use crate::model::checkpoint::model_from_bytes;
 use crate::model::{Model, ModelError, Vlm, VlmConfig};
@@ -196,9 +196,7 @@ impl<B: AutodiffBackend> Trainer<B> {
             Optim::PerTensor(optim) => {
                 let norm = grad_norm_device::<B, _>(&self.model, &grads, &self.device);
                 let grads = if clip > 0.0 {
-                    let factor = Tensor::<B::InnerBackend, 1>::full([1], clip, &self.device)
-                        / norm.clone().clamp_min(clip);
-                    scale_device::<B, _>(&self.model, grads, factor)
+                    scale_device::<B, _>(&self.model, grads, clip_factor(norm.clone(), clip))
                 } else {
                     grads
                 };
@@ -341,7 +339,7 @@ impl<B: AutodiffBackend> Trainer<B> {
 }
 
 /// The ids of a model's float parameters in visiting order (the module tree's order).
-fn param_ids<B: AutodiffBackend>(model: &Model<B>) -> Vec<ParamId> {
+pub(crate) fn param_ids<B: AutodiffBackend>(model: &Model<B>) -> Vec<ParamId> {
     struct Ids(Vec<ParamId>);
     impl<B: Backend> ModuleVisitor<B> for Ids {
         fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {

@@ -5,8 +5,8 @@
 use super::FlatLayout;
 use crate::model::config::small_config;
 use crate::model::{Model, host_f32, max_abs_diff};
-use crate::train::trainer::{OptimSettings, Trainer, native_model};
-use burn::module::{Module, ModuleVisitor, Param, ParamId};
+use crate::train::trainer::{OptimSettings, Trainer, native_model, param_ids};
+use burn::module::{Module, ModuleVisitor, Param};
 use burn::optim::GradientsParams;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Tensor, TensorData};
@@ -82,18 +82,6 @@ fn values<B: Backend>(model: &Model<B>) -> Vec<Vec<f32>> {
     r.0
 }
 
-fn ids<B: Backend>(model: &Model<B>) -> Vec<ParamId> {
-    struct Ids(Vec<ParamId>);
-    impl<B: Backend> ModuleVisitor<B> for Ids {
-        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
-            self.0.push(param.id);
-        }
-    }
-    let mut r = Ids(Vec::new());
-    model.visit(&mut r);
-    r.0
-}
-
 fn pair<B: AutodiffBackend>(clip: f64, device: &B::Device) -> (Trainer<B>, Trainer<B>) {
     let model = native_model::<B>(&small_config(), None, 5, device).unwrap();
     let bytes = model.weights_bytes().unwrap();
@@ -116,7 +104,7 @@ fn the_layout_aligns_every_parameter() {
     let model = native_model::<Ad>(&small_config(), None, 5, &Default::default()).unwrap();
     let layout = FlatLayout::of::<Ad, _>(&model);
     let total: usize = values(&model).iter().map(Vec::len).sum();
-    assert_eq!(layout.slots.len(), ids(&model).len());
+    assert_eq!(layout.slots.len(), param_ids(&model).len());
     assert!(
         layout
             .slots
@@ -204,7 +192,7 @@ fn on_the_software_gpu_the_flat_step_launches_fewer_kernels() {
     }
     let (f, p) = (values(flat.model()), values(per.model()));
     assert!(worst(&f, &p) < 1e-5, "{}", worst(&f, &p));
-    let n = ids(flat.model()).len() as u64;
+    let n = param_ids(flat.model()).len() as u64;
     eprintln!(
         "launches per step: flat {}, per-tensor {} ({n} tensors)",
         counts[0], counts[1]
