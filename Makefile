@@ -9,7 +9,7 @@ PIPELINE ?= pipelines/default.toml
 STORE    ?= artifacts
 MNIST_DIR := .cache/mnist/package/src/digits
 
-.PHONY: all run build test vulkan chromium bench-kernels paper-mini paper-gpu bundle rl rl-surrogates rl-alpha bench bench-twin twin-venv sudoku mnist status clean-store fmt lint stage-versions
+.PHONY: all run build test vulkan chromium bench-kernels bench-kernels-bare paper-mini paper-gpu bundle rl rl-surrogates rl-alpha bench bench-twin twin-venv sudoku mnist status clean-store fmt lint stage-versions
 
 all: run
 
@@ -101,12 +101,20 @@ bench: build
 
 # Kernel launches, compilations and host reads per SFT step and per decoded token on the cubecl
 # backend (wgpu over lavapipe on a machine without a GPU; DEVICE=cuda:0 with a CUDA build).
+# `small` takes hours on lavapipe; launch counts follow the number of layers, not their widths,
+# so KERNELS_SET="--model-set layers=8 --model-set vit_layers=6" with KERNELS_MODEL=tiny counts
+# small's depth in minutes. `make bench-kernels-bare` counts burn's bare cubecl backend (no
+# fusion, none of asymm's kernels), the baseline the fused path is compared with.
 KERNELS_DEVICE ?= wgpu:cpu
 KERNELS_MODEL  ?= small
+KERNELS_SET    ?=
 bench-kernels: build vulkan
-	$(GPU_ENV) $(BIN) bench --suite model --model $(KERNELS_MODEL) --device $(KERNELS_DEVICE) \
-		--count-kernels --warmup 3 --steps 8 --data-shards 1 --rollout-batches 1,8 \
-		--write BENCHMARKS-kernels-latest.md
+	$(GPU_ENV) $(BIN) bench --suite model --model $(KERNELS_MODEL) $(KERNELS_SET) \
+		--device $(KERNELS_DEVICE) --count-kernels --warmup 3 --steps 8 --data-shards 1 \
+		--rollout-batches 1,8 --write BENCHMARKS-kernels-latest.md
+
+bench-kernels-bare:
+	$(MAKE) bench-kernels FEATURES=wgpu-bare KERNELS_DEVICE=wgpu-bare:cpu
 
 # asymm against its PyTorch twin (benches/twin/): one Markdown table, also written to
 # BENCHMARKS-twin-latest.md. A benchmark only, never part of the pipeline or `make test`.

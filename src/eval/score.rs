@@ -9,10 +9,10 @@
 use super::rollout::{Mode, RolloutRow, RolloutSpec, run_rollouts};
 use super::{EvalError, Result};
 use crate::analysis::{cluster_bootstrap, wilson};
+use crate::data::Example;
 use crate::model::sampling::SamplingConfig;
 use crate::model::{Codec, Model};
 use crate::tasks::TaskKind;
-use crate::train::batch::Example;
 use burn::tensor::backend::Backend;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};

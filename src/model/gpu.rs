@@ -29,6 +29,11 @@ static LAUNCHES: AtomicU64 = AtomicU64::new(0);
 static COMPILES: AtomicU64 = AtomicU64::new(0);
 static AUTOTUNES: AtomicU64 = AtomicU64::new(0);
 
+/// burn's cubecl backend over wgpu without fusion (see [`super::DeviceSpec::WgpuBareCpu`]).
+#[cfg(feature = "wgpu-bare")]
+pub type BareWgpu =
+    burn::backend::wgpu::CubeBackend<burn::backend::wgpu::WgpuRuntime, f32, i32, u32>;
+
 /// The folder of the persistent kernel and autotune caches.
 pub fn cache_dir() -> PathBuf {
     match std::env::var_os("ASYMM_KERNEL_CACHE") {

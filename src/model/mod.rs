@@ -41,6 +41,8 @@ pub enum ModelError {
     NoCuda(String),
     #[error("device `{0}` needs a build with `--features wgpu`")]
     NoWgpu(String),
+    #[error("device `wgpu-bare:cpu` needs a build with `--features wgpu-bare`")]
+    NoBareWgpu,
     #[error("checkpoint: {0}")]
     Checkpoint(String),
     #[error("model config: {0}")]
@@ -115,6 +117,10 @@ pub enum DeviceSpec {
     CudaBf16(usize),
     Wgpu,
     WgpuCpu,
+    /// `wgpu-bare:cpu`: burn's cubecl backend over wgpu's software device without fusion and
+    /// without this toolkit's kernels (the composed operations, burn's per-tensor AdamW): the
+    /// launch-count baseline the fused path is measured against. Built with `wgpu-bare`.
+    WgpuBareCpu,
 }
 
 impl DeviceSpec {
@@ -122,6 +128,13 @@ impl DeviceSpec {
     /// (kernels are compiled and tuned per shape) and host reads stall a queue of launches.
     pub fn is_gpu(self) -> bool {
         !matches!(self, DeviceSpec::Cpu)
+    }
+
+    /// The padded-length bucket of training batches on this device: shapes that repeat on a GPU
+    /// (kernels are compiled and tuned per shape), the batch's own length on the CPU (whose
+    /// results stay as they were).
+    pub fn seq_bucket(self) -> usize {
+        if self.is_gpu() { 64 } else { 1 }
     }
 }
 
@@ -132,6 +145,9 @@ impl DeviceSpec {
             Some((d, "bf16")) => (d, true),
             Some(_) => return Err(ModelError::Device(s.to_string())),
         };
+        if dev == "wgpu-bare:cpu" && !bf16 {
+            return Ok(DeviceSpec::WgpuBareCpu);
+        }
         if dev == "wgpu" || dev == "wgpu:cpu" {
             if bf16 {
                 return Err(ModelError::Device(s.to_string()));
@@ -231,6 +247,18 @@ macro_rules! with_backend {
             $crate::model::DeviceSpec::Wgpu | $crate::model::DeviceSpec::WgpuCpu => {
                 Err($crate::model::ModelError::NoWgpu("wgpu".into()).into())
             }
+            #[cfg(feature = "wgpu-bare")]
+            $crate::model::DeviceSpec::WgpuBareCpu => {
+                $crate::model::gpu::configure();
+                type $B = $crate::model::gpu::BareWgpu;
+                let $dev = burn::backend::wgpu::WgpuDevice::Cpu;
+                $crate::model::probe_device::<$B>("wgpu-bare:cpu", &$dev)?;
+                $body
+            }
+            #[cfg(not(feature = "wgpu-bare"))]
+            $crate::model::DeviceSpec::WgpuBareCpu => {
+                Err($crate::model::ModelError::NoBareWgpu.into())
+            }
         }
     }};
 }
@@ -269,5 +297,10 @@ mod tests {
         assert!(DeviceSpec::parse("cpu/f8").is_err());
         assert_eq!(DeviceSpec::parse("wgpu:cpu").unwrap(), DeviceSpec::WgpuCpu);
         assert!(DeviceSpec::parse("wgpu/bf16").is_err());
+        assert_eq!(
+            DeviceSpec::parse("wgpu-bare:cpu").unwrap(),
+            DeviceSpec::WgpuBareCpu
+        );
+        assert!(DeviceSpec::parse("wgpu-bare:cpu/bf16").is_err());
     }
 }

@@ -6,6 +6,7 @@ pub mod clearance;
 pub mod digits;
 pub mod glyphs;
 pub mod graph;
+pub mod puzzle;
 pub mod sudoku;
 
 /// An 8-bit grayscale image, row-major, 0 = black, 255 = white.

@@ -8,9 +8,11 @@
 //! - [`update`]: one policy update (epochs of mini-batches) on the shared trainer;
 //! - [`reward`]: the outcome reward, ground-truth and surrogate perception rewards (self,
 //!   teacher) and their composition;
+//! - [`coupling`]: how each reward correlates with a_p and with ã_r over scored rollouts;
 //! - [`select`]: the keyed subset of items an RL step samples.
 
 pub mod advantage;
+pub mod coupling;
 pub mod grpo;
 pub mod reward;
 pub mod select;

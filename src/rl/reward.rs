@@ -17,13 +17,13 @@
 //! case.
 
 use super::{Result, RlError};
+use crate::data::Example;
 use crate::eval::rollout::{Mode, RolloutRow, RolloutSpec, run_rollouts};
 use crate::eval::score::score;
 use crate::model::sampling::SamplingConfig;
 use crate::model::{Codec, Model};
 use crate::tasks::TaskKind;
 use crate::text::Tokenizer;
-use crate::train::batch::Example;
 use burn::tensor::backend::Backend;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};

@@ -8,10 +8,12 @@ use super::grpo::{ForcedBatch, LossSettings, Sequence, clipped_objective, token_
 use super::{Result, RlError};
 use crate::model::checkpoint::model_from_bytes;
 use crate::model::{Model, VlmConfig, host_f32};
-use crate::train::grads::combine;
+use crate::train::gradient::Gradient;
 use crate::train::parallel::{map_shards, replica};
 use crate::train::sft::f32_on_device;
-use crate::train::trainer::{OptimSettings, OptimState, StepStats, Trainer, native_model};
+use crate::train::trainer::{
+    OptimSettings, OptimState, StepStats, Trainer, TrainerError, native_model,
+};
 use crate::util::rng::keyed;
 use burn::module::AutodiffModule;
 use burn::optim::GradientsParams;
@@ -232,7 +234,7 @@ pub fn update_model<B: AutodiffBackend>(
             .into_iter()
             .enumerate()
         {
-            let mut grads: Option<GradientsParams> = None;
+            let mut grads: Option<Gradient<B>> = None;
             let mut acc = Acc::default();
             // The micro-batches run concurrently, each on its own replica of the model, and
             // are summed in order: the same bits as running them one after another.
@@ -240,7 +242,7 @@ pub fn update_model<B: AutodiffBackend>(
                 .chunks(settings.micro_batch)
                 .map(|m| m.iter().map(|&i| &seqs[i]).collect())
                 .collect();
-            let model = trainer.model();
+            let (model, form) = (trainer.model(), trainer.form());
             let parts = map_shards(micros.len(), |i| {
                 let mut a = Acc::default();
                 let local;
@@ -262,20 +264,17 @@ pub fn update_model<B: AutodiffBackend>(
                     device,
                     &mut a,
                 )
-                .map(|g| (g, a))
+                .map(|g| (form.gradient::<B, _>(m, g, device), a))
             });
             for part in parts {
                 let (g, a) = part?;
                 acc.add(a);
-                grads = Some(match grads {
-                    Some(a) => combine::<B, _>(model, a, 1.0, g, 1.0),
-                    None => g,
-                });
+                grads = Some(Gradient::accumulate(grads, model, g).map_err(TrainerError::from)?);
             }
             let Some(grads) = grads else {
                 return Err(RlError::Invalid("an empty mini-batch".into()));
             };
-            let done = trainer.step(step, grads);
+            let done = trainer.step(step, grads)?;
             // The optimizer step's one host read.
             let sums = acc
                 .sums

@@ -81,14 +81,14 @@ const MAIN: OutputSpec = output("main", CLIP_KIND);
 const LOG: OutputSpec = output("log", "clip_log");
 
 /// Pairs of the examples' images and tokenized p*.
-fn tokenized(examples: &[crate::train::batch::Example], tok: &Tokenizer) -> Vec<Vec<u32>> {
+fn tokenized(examples: &[crate::data::Example], tok: &Tokenizer) -> Vec<Vec<u32>> {
     examples
         .iter()
         .map(|e| tok.encode(e.perception.trim()))
         .collect()
 }
 
-fn pairs<'a>(examples: &'a [crate::train::batch::Example], texts: &'a [Vec<u32>]) -> Vec<Pair<'a>> {
+fn pairs<'a>(examples: &'a [crate::data::Example], texts: &'a [Vec<u32>]) -> Vec<Pair<'a>> {
     examples
         .iter()
         .zip(texts)

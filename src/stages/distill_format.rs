@@ -14,12 +14,10 @@ use crate::dag::{InputSpec, OutputSpec, RunCtx};
 use crate::table::cols;
 use crate::tasks::TaskKind;
 
-use crate::text::format;
-use crate::text::tokenizer::{P_CLOSE, P_OPEN, R_CLOSE, R_OPEN, Tokenizer};
+use crate::text::format::{self, Encoded};
+use crate::text::tokenizer::Tokenizer;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
-
-/// File name of the tokenizer inside token-bearing artifacts.
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -36,56 +34,6 @@ impl Default for DistillConfig {
             verbosity: 3,
             splits: vec![],
         }
-    }
-}
-
-/// The teacher's reasoning for one puzzle.
-pub fn teacher_reasoning(task: TaskKind, perception: &str, verbosity: u8) -> Option<String> {
-    task.task().trace(perception, verbosity)
-}
-
-/// A formatted, tokenized target with its spans.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Encoded {
-    pub prompt_ids: Vec<i32>,
-    pub target_ids: Vec<i32>,
-    /// (name, start, end) over `target_ids`.
-    pub spans: Vec<(String, i32, i32)>,
-}
-
-/// Tokenizes prompt and target so that span boundaries fall exactly between tokens.
-pub fn encode(tok: &Tokenizer, prompt: &str, perception: &str, reasoning: &str) -> Encoded {
-    let ids = |s: &str| {
-        tok.encode(s)
-            .into_iter()
-            .map(|x| x as i32)
-            .collect::<Vec<i32>>()
-    };
-    let mut prompt_ids = vec![tok.bos() as i32];
-    prompt_ids.extend(ids(prompt));
-    let mut t = Vec::new();
-    t.extend(ids(P_OPEN));
-    t.extend(ids(perception));
-    t.extend(ids(P_CLOSE));
-    let p_end = t.len() as i32;
-    t.extend(ids(R_OPEN));
-    // Split the reasoning before its final answer so the answer is a span of its own.
-    let cut = reasoning.rfind("answer").unwrap_or(reasoning.len());
-    t.extend(ids(&reasoning[..cut]));
-    let a_start = t.len() as i32;
-    t.extend(ids(&reasoning[cut..]));
-    let a_end = t.len() as i32;
-    t.extend(ids(R_CLOSE));
-    t.push(tok.eos() as i32);
-    let end = t.len() as i32;
-    Encoded {
-        prompt_ids,
-        target_ids: t,
-        spans: vec![
-            ("perception".into(), 0, p_end),
-            ("reasoning".into(), p_end, end),
-            ("answer".into(), a_start, a_end),
-        ],
     }
 }
 
@@ -152,14 +100,14 @@ impl Stage for DistillFormat {
                         ids[i]
                     ))
                 })?,
-                None => teacher_reasoning(task, &percs[i], cfg.verbosity)
+                None => task.task().trace(&percs[i], cfg.verbosity)
                     .ok_or_else(|| StageError::Invalid(format!("{}: unparseable perception", ids[i])))?,
             };
             let img = *image_of.get(ids[i].as_str()).ok_or_else(|| {
                 StageError::Invalid(format!("no rendered image for item `{}`", ids[i]))
             })?;
             let prompt = task.prompt().to_string();
-            let enc = encode(&tok, &prompt, &percs[i], &reasoning);
+            let enc = format::encode(&tok, &prompt, &percs[i], &reasoning);
             let target = format::build(&percs[i], &reasoning);
             rows.push((i, prompt, reasoning, target, enc, img));
         }
@@ -229,60 +177,5 @@ impl Stage for DistillFormat {
             ],
             &[(TOKENIZER_FILE, tok.to_json().as_bytes())],
         )?]))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn spans_cover_the_segments_exactly() {
-        let tok = Tokenizer::task_vocabulary();
-        let p = "nodes 3\nedges 0-1 1-2";
-        let r = "order 1 0 2\nanswer 0:1 1:2 2:1";
-        let e = encode(&tok, "color", p, r);
-        let dec = |a: i32, b: i32| {
-            tok.decode(
-                &e.target_ids[a as usize..b as usize]
-                    .iter()
-                    .map(|&x| x as u32)
-                    .collect::<Vec<_>>(),
-            )
-        };
-        assert_eq!(
-            dec(e.spans[0].1, e.spans[0].2),
-            format!("{P_OPEN}{p}{P_CLOSE}")
-        );
-        assert_eq!(
-            dec(e.spans[1].1, e.spans[1].2),
-            format!("{R_OPEN}{r}{R_CLOSE}")
-        );
-        assert_eq!(dec(e.spans[2].1, e.spans[2].2), "answer 0:1 1:2 2:1");
-        assert_eq!(e.spans[1].2 as usize, e.target_ids.len());
-        assert_eq!(*e.target_ids.last().unwrap(), tok.eos() as i32);
-        assert_eq!(e.prompt_ids[0], tok.bos() as i32);
-    }
-
-    #[test]
-    fn paper_verbosity_puts_perception_at_two_to_three_percent() {
-        use crate::stages::synthesize::{SynthesizeConfig, generate};
-        let tok = Tokenizer::task_vocabulary();
-        for task in [TaskKind::GraphColoring, TaskKind::Sudoku] {
-            let cfg = SynthesizeConfig {
-                task,
-                ..SynthesizeConfig::default()
-            };
-            let (mut p, mut total) = (0, 0);
-            for i in 0..60 {
-                let perception = generate(&cfg, 7, i).perception;
-                let r = teacher_reasoning(task, &perception, 3).unwrap();
-                let e = encode(&tok, task.prompt(), &perception, &r);
-                p += e.spans[0].2 - e.spans[0].1;
-                total += e.target_ids.len() as i32;
-            }
-            let share = p as f64 / total as f64;
-            assert!((0.02..=0.035).contains(&share), "{task:?}: {share}");
-        }
     }
 }

@@ -17,6 +17,7 @@ use super::{
 };
 use crate::analysis::{RunningPearson, pearson, wilson};
 use crate::dag::{InputSpec, OutputSpec, RunCtx};
+use crate::data::Example;
 use crate::eval::rollout::{Mode, prefix};
 use crate::eval::score::{EvalPoint, heldout_eval};
 use crate::model::DeviceSpec;
@@ -25,7 +26,6 @@ use crate::rl::grpo::{LossSettings, Sequence};
 use crate::rl::update::{MinibatchRow, UpdateSettings, update_model};
 use crate::table::Table;
 use crate::table::cols;
-use crate::train::batch::Example;
 use crate::train::trainer::OptimState;
 use burn::backend::Autodiff;
 use burn::backend::autodiff::checkpoint::strategy::{
@@ -293,7 +293,7 @@ impl Stage for GrpoUpdate {
             plan.examples(ctx.store, data_id.as_str(), 0, &|_, id| items.contains(id))?;
         let s = plan.image_size;
         let blank: Arc<[f32]> = vec![0.0f32; s * s].into();
-        let by_item: HashMap<&str, (&crate::train::batch::Example, Arc<[f32]>)> = examples
+        let by_item: HashMap<&str, (&crate::data::Example, Arc<[f32]>)> = examples
             .iter()
             .map(|e| (e.id.as_str(), (e, Arc::from(e.image.as_slice()))))
             .collect();
@@ -378,7 +378,7 @@ impl Stage for GrpoUpdate {
             grad_clip: cfg.grad_clip,
             seed: ctx.seed,
             max_logprob_gap: cfg.max_logprob_gap,
-            seq_bucket: super::sft_train::seq_bucket(DeviceSpec::parse(&ctx.device)?),
+            seq_bucket: DeviceSpec::parse(&ctx.device)?.seq_bucket(),
         };
         let spec = DeviceSpec::parse(&ctx.device)?;
         let total = cfg.ppo_epochs * seqs.len().div_ceil(settings.mini_batch.max(1));

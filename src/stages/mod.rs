@@ -48,6 +48,10 @@ pub enum StageError {
     Clip(#[from] crate::clip::train::ClipError),
     #[error(transparent)]
     Rl(#[from] crate::rl::RlError),
+    #[error(transparent)]
+    Render(#[from] crate::render::puzzle::RenderError),
+    #[error(transparent)]
+    Generate(#[from] crate::tasks::generate::GenerateError),
     #[error("{0}")]
     Invalid(String),
     #[error("i/o error at {path}: {source}")]

@@ -4,6 +4,7 @@
 use super::{StageError, bail, ensure, optional_id};
 use crate::clip::{Clip, ClipConfig};
 use crate::dag::{InputSpec, RunCtx};
+use crate::data::{Example, image_ink};
 use crate::model::checkpoint::{
     CONFIG_FILE, WEIGHTS_FILE, check_tokenizer, config_from_json, config_to_json, load_weights,
 };
@@ -14,7 +15,6 @@ use crate::model::{Codec, HfShape, HfVlm, Model, VlmConfig};
 use crate::store::Store;
 use crate::table::Table;
 use crate::text::Tokenizer;
-use crate::train::batch::{Example, image_ink};
 use burn::tensor::backend::Backend;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};

@@ -466,4 +466,86 @@ mod tests {
             strings(&["src/s/x.rs", "src/s/y.rs"])
         );
     }
+
+    /// Every `.rs` file under `src/<module>` (or `src/<module>.rs`).
+    fn module_files(root: &Path, module: &str) -> Vec<String> {
+        let single = format!("src/{module}.rs");
+        if root.join(&single).is_file() {
+            return vec![single];
+        }
+        let mut out = Vec::new();
+        let mut dirs = vec![root.join("src").join(module)];
+        while let Some(d) = dirs.pop() {
+            for e in std::fs::read_dir(&d).unwrap() {
+                let path = e.unwrap().path();
+                if path.is_dir() {
+                    dirs.push(path);
+                } else if path.extension().is_some_and(|x| x == "rs") {
+                    let rel = path.strip_prefix(root).unwrap();
+                    out.push(rel.to_string_lossy().into_owned());
+                }
+            }
+        }
+        out
+    }
+
+    /// The layers of ARCHITECTURE.md hold: no module's code (tests aside) reaches, directly or
+    /// through others, a module it must not know of.
+    #[test]
+    fn the_layers_of_the_architecture_hold() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let ml = [
+            "model", "data", "analysis", "eval", "train", "clip", "rl", "report",
+        ];
+        let above_storage: Vec<&str> = ["dag", "tasks", "render", "text", "stages"]
+            .into_iter()
+            .chain(ml)
+            .collect();
+        let rules: Vec<(&str, Vec<&str>)> = vec![
+            ("store", above_storage.clone()),
+            ("table", above_storage.clone()),
+            ("util", above_storage.clone()),
+            ("dag", above_storage[1..].to_vec()),
+            ("tasks", [&ml[..], &["stages"]].concat()),
+            ("render", [&ml[..], &["stages"]].concat()),
+            ("text", [&ml[..], &["stages"]].concat()),
+            (
+                "data",
+                [&ml[..], &["stages"]]
+                    .concat()
+                    .into_iter()
+                    .filter(|m| *m != "data")
+                    .collect(),
+            ),
+            (
+                "model",
+                vec![
+                    "data", "analysis", "eval", "train", "clip", "rl", "report", "stages",
+                ],
+            ),
+            (
+                "analysis",
+                vec!["eval", "train", "clip", "rl", "report", "stages"],
+            ),
+            ("eval", vec!["train", "clip", "rl", "report", "stages"]),
+            ("train", vec!["clip", "rl", "report", "stages"]),
+            ("clip", vec!["rl", "report", "stages"]),
+            ("rl", vec!["report", "stages"]),
+            ("report", vec!["stages"]),
+        ];
+        let mut broken = Vec::new();
+        for (module, forbidden) in &rules {
+            let reached = reachable(root, &module_files(root, module), &[]).unwrap();
+            for f in &reached {
+                let m = f
+                    .strip_prefix("src/")
+                    .and_then(|r| r.split(['/', '.']).next())
+                    .unwrap_or_default();
+                if forbidden.contains(&m) {
+                    broken.push(format!("{module} reaches {f}"));
+                }
+            }
+        }
+        assert!(broken.is_empty(), "layering broken:\n{}", broken.join("\n"));
+    }
 }

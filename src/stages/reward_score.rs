@@ -21,6 +21,7 @@ use super::{
 };
 use crate::clip::train::{Pair, similarities};
 use crate::dag::{InputSpec, OutputSpec, RunCtx};
+use crate::data::Example;
 use crate::eval::rollout::{Mode, RolloutSpec};
 use crate::model::DeviceSpec;
 use crate::model::sampling::SamplingConfig;
@@ -29,7 +30,6 @@ use crate::rl::reward::{
     reward_rows, self_rewards, teacher_rewards,
 };
 use crate::table::cols;
-use crate::train::batch::Example;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 

@@ -10,10 +10,10 @@ use super::{
     outputs, write_table,
 };
 use crate::dag::{InputSpec, OutputSpec, RunCtx};
+use crate::data::Example;
 use crate::eval::score::heldout_eval;
 use crate::model::{Codec, DeviceSpec, Model, VlmConfig};
 use crate::table::cols;
-use crate::train::batch::Example;
 use crate::train::objective::ObjectiveKind;
 use crate::train::sft::{EvalPoint, LogRow, SftHooks, SftSettings, TrainError, train};
 use burn::backend::Autodiff;
@@ -318,7 +318,7 @@ impl Stage for SftTrain {
             plan.split_examples(ctx.store, data_id, Some(&cfg.eval_split), cfg.eval_items)?;
         let spec = DeviceSpec::parse(&ctx.device)?;
         let mut settings = cfg.settings(ctx.seed, plan.max_text());
-        settings.seq_bucket = seq_bucket(spec);
+        settings.seq_bucket = spec.seq_bucket();
         let fits = |e: &Example| e.prompt.len() + e.target.len() <= settings.max_text + 1;
         let before = train_set.len();
         match cfg.overlong {
@@ -413,12 +413,6 @@ impl Stage for SftTrain {
         )?;
         Ok(outputs([ckpt, log, timing]))
     }
-}
-
-/// The padded-length bucket on `spec`: shapes that repeat on a GPU (kernels are compiled and tuned
-/// per shape), the batch's own length on the CPU (whose results stay as they were).
-pub fn seq_bucket(spec: DeviceSpec) -> usize {
-    if spec.is_gpu() { 64 } else { 1 }
 }
 
 fn write_log(ctx: &RunCtx, log: &[LogRow], dropped: usize) -> Result<Written, StageError> {

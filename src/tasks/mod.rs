@@ -1,6 +1,7 @@
 //! The puzzle tasks: generation, canonical perception text, exact solvers with traces, graders.
 //! Tasks know nothing about models: graders take text segments and return a verdict.
 
+pub mod generate;
 pub mod graph_coloring;
 pub mod sudoku;
 

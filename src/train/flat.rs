@@ -23,6 +23,7 @@ use burn::optim::{AdamW, AdamWState, AdaptiveMomentumState, GradientsParams};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Bool, Device, Shape, Tensor, TensorData};
 use std::collections::HashMap;
+use std::sync::Arc;
 
 /// Parameter offsets in the buffer are multiples of this many elements (256 bytes in f32, 512 in
 /// bf16): aligned for every cubecl runtime, so that handing a parameter back is a view.
@@ -154,6 +155,21 @@ impl FlatLayout {
         (flat, present)
     }
 
+    /// `grads` in one buffer, with the layout it follows (see [`FlatGrad`]).
+    pub fn gather<B: AutodiffBackend, M: AutodiffModule<B>>(
+        self: &Arc<Self>,
+        model: &M,
+        grads: GradientsParams,
+        device: &Device<B::InnerBackend>,
+    ) -> FlatGrad<B::InnerBackend> {
+        let (flat, present) = self.grads::<B, M>(model, grads, device);
+        FlatGrad {
+            layout: Arc::clone(self),
+            flat,
+            present,
+        }
+    }
+
     /// `model` with its parameters replaced by views of `flat` (gradients still required where
     /// they were).
     pub fn scatter<B: AutodiffBackend, M: AutodiffModule<B>>(
@@ -201,6 +217,93 @@ impl FlatLayout {
             }
         }
         Tensor::from_data(TensorData::new(mask, [self.len]), device)
+    }
+}
+
+/// A model's gradient in one buffer laid out by a [`FlatLayout`] (zeros where a parameter has
+/// none): summing two, a weighted combination or the global norm is then a kernel or two, not a
+/// few per parameter tensor.
+pub struct FlatGrad<I: Backend> {
+    layout: Arc<FlatLayout>,
+    flat: Tensor<I, 1>,
+    /// Which parameters have a gradient, in the layout's order.
+    present: Vec<bool>,
+}
+
+impl<I: Backend> FlatGrad<I> {
+    /// Whether `self` and `other` follow the same layout (and can be summed as buffers).
+    pub fn same_layout(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.layout, &other.layout) || self.layout == other.layout
+    }
+
+    /// `self + other` (same layout: see [`FlatGrad::same_layout`]); a parameter has a gradient
+    /// when either has one.
+    pub fn plus(self, other: Self) -> Self {
+        self.combine(None, other, None)
+    }
+
+    /// `wa·self + wb·other` with the weights `[1]` tensors on the device (`None`: 1), same layout.
+    pub fn combine(self, wa: Option<Tensor<I, 1>>, other: Self, wb: Option<Tensor<I, 1>>) -> Self {
+        let weigh = |t: Tensor<I, 1>, w: Option<Tensor<I, 1>>| match w {
+            Some(w) => t * w,
+            None => t,
+        };
+        let present = self
+            .present
+            .iter()
+            .zip(&other.present)
+            .map(|(&a, &b)| a || b)
+            .collect();
+        FlatGrad {
+            layout: self.layout,
+            flat: weigh(self.flat, wa) + weigh(other.flat, wb),
+            present,
+        }
+    }
+
+    /// ‖g‖₂ as a `[1]` tensor on the device.
+    pub fn norm(&self) -> Tensor<I, 1> {
+        self.flat.clone().powi_scalar(2).sum().sqrt()
+    }
+
+    /// Back to burn's per-parameter map (the parameters' gradients as views of the buffer), for
+    /// the model whose layout it follows.
+    pub fn into_params<B, M>(self, model: &M) -> Result<GradientsParams, FlatError>
+    where
+        B: AutodiffBackend<InnerBackend = I>,
+        M: AutodiffModule<B>,
+    {
+        struct Split<'a, I: Backend> {
+            slots: std::iter::Zip<std::slice::Iter<'a, (usize, usize)>, std::slice::Iter<'a, bool>>,
+            flat: &'a Tensor<I, 1>,
+            out: GradientsParams,
+        }
+        impl<B: AutodiffBackend> ModuleVisitor<B> for Split<'_, B::InnerBackend> {
+            fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+                if let Some((&(start, n), true)) = self.slots.next().map(|(s, &p)| (s, p)) {
+                    let g = self
+                        .flat
+                        .clone()
+                        .slice(start..start + n)
+                        .reshape(param.shape());
+                    self.out.register::<B::InnerBackend, D>(param.id, g);
+                }
+            }
+        }
+        let layout = FlatLayout::of::<B, M>(model);
+        if *self.layout != layout {
+            return Err(FlatError::Layout {
+                expected: layout.slots.len(),
+                found: self.layout.slots.len(),
+            });
+        }
+        let mut split = Split::<I> {
+            slots: self.layout.slots.iter().zip(self.present.iter()),
+            flat: &self.flat,
+            out: GradientsParams::new(),
+        };
+        model.visit(&mut split);
+        Ok(split.out)
     }
 }
 
@@ -273,15 +376,55 @@ impl<I: Backend> FlatAdamW<I> {
         B: AutodiffBackend<InnerBackend = I>,
         M: AutodiffModule<B>,
     {
+        let buffers = self.take_buffers::<B, M>(&model);
+        let (g, present) = buffers.layout.grads::<B, M>(&model, grads, device);
+        self.step_buffer::<B, M>(buffers, lr, clip, model, g, present)
+    }
+
+    /// [`FlatAdamW::step`] with the gradient already in a buffer; it must follow `model`'s
+    /// layout.
+    pub fn step_flat<B, M>(
+        &mut self,
+        lr: f64,
+        clip: f32,
+        model: M,
+        grad: FlatGrad<I>,
+    ) -> Result<(M, Tensor<I, 1>), FlatError>
+    where
+        B: AutodiffBackend<InnerBackend = I>,
+        M: AutodiffModule<B>,
+    {
+        let buffers = self.take_buffers::<B, M>(&model);
+        if *grad.layout != buffers.layout {
+            let (expected, found) = (buffers.layout.slots.len(), grad.layout.slots.len());
+            self.buffers = Some(buffers);
+            return Err(FlatError::Layout { expected, found });
+        }
+        Ok(self.step_buffer::<B, M>(buffers, lr, clip, model, grad.flat, grad.present))
+    }
+
+    fn step_buffer<B, M>(
+        &mut self,
+        buffers: Buffers<I>,
+        lr: f64,
+        clip: f32,
+        model: M,
+        g: Tensor<I, 1>,
+        present: Vec<bool>,
+    ) -> (M, Tensor<I, 1>)
+    where
+        B: AutodiffBackend<InnerBackend = I>,
+        M: AutodiffModule<B>,
+    {
+        let device = &g.device();
         let c = self.consts;
         let Buffers {
             layout,
             params,
             moments: old,
-        } = self.take_buffers::<B, M>(&model);
+        } = buffers;
         self.time += 1;
         let time = self.time as i32;
-        let (g, present) = layout.grads::<B, M>(&model, grads, device);
         let norm = g.clone().powi_scalar(2).sum().sqrt();
         let g = if clip > 0.0 {
             g * super::grads::clip_factor(norm.clone(), clip)
@@ -459,6 +602,11 @@ pub enum FlatError {
          the multi-tensor AdamW keeps one step count"
     )]
     Times(Vec<usize>),
+    #[error(
+        "a gradient laid out for a model of {found} parameter tensors was given to the optimizer \
+         of a model of {expected}"
+    )]
+    Layout { expected: usize, found: usize },
 }
 
 #[cfg(test)]

@@ -4,6 +4,7 @@
 
 pub mod batch;
 pub mod flat;
+pub mod gradient;
 pub mod grads;
 pub mod objective;
 pub mod parallel;

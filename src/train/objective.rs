@@ -7,7 +7,7 @@
 //! - `ngdiff`: the same two terms, λ chosen per batch from gradient norms (see `sft`).
 //! - `perception-only`: `L_p/|p|` alone.
 
-use super::batch::Example;
+use crate::data::Example;
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]

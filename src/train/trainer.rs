@@ -9,13 +9,14 @@
 //! The optimizer is burn's per-tensor AdamW on the CPU and the multi-tensor one of
 //! [`super::flat`] on the cubecl backends ([`super::flat::pays`]); both save the same state.
 
-use super::flat::{AdamWConsts, FlatAdamW};
+use super::flat::{AdamWConsts, FlatAdamW, FlatError, FlatLayout};
+use super::gradient::{Form, Gradient};
 use super::grads::{clip_factor, grad_norm_device, scale_device};
 use super::schedule::cosine_with_warmup;
 use crate::model::checkpoint::model_from_bytes;
 use crate::model::{Model, ModelError, Vlm, VlmConfig};
 use burn::module::{Module, ModuleVisitor, Param, ParamId};
-use burn::optim::{AdamW, AdamWConfig, GradientsParams, Optimizer};
+use burn::optim::{AdamW, AdamWConfig, Optimizer};
 use burn::record::{BinBytesRecorder, FullPrecisionSettings, Recorder};
 use burn::tensor::Tensor;
 use burn::tensor::backend::{AutodiffBackend, Backend};
@@ -23,6 +24,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// Optimizer, schedule and clipping settings.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -76,6 +78,8 @@ pub enum TrainerError {
     Snapshot { path: String, msg: String },
     #[error("training state: {0}")]
     State(String),
+    #[error(transparent)]
+    Flat(#[from] FlatError),
 }
 
 pub type Result<T> = std::result::Result<T, TrainerError>;
@@ -99,6 +103,7 @@ enum Optim<B: AutodiffBackend> {
 pub struct Trainer<B: AutodiffBackend> {
     model: Model<B>,
     optim: Optim<B>,
+    form: Form,
     settings: OptimSettings,
     device: B::Device,
 }
@@ -136,9 +141,15 @@ impl<B: AutodiffBackend> Trainer<B> {
         device: &B::Device,
         flat: bool,
     ) -> Self {
+        let form = if flat {
+            Form::Flat(Arc::new(FlatLayout::of::<B, _>(&model)))
+        } else {
+            Form::PerTensor
+        };
         Trainer {
             model,
             optim: Self::fresh_optim(settings, flat),
+            form,
             settings: settings.clone(),
             device: device.clone(),
         }
@@ -174,6 +185,12 @@ impl<B: AutodiffBackend> Trainer<B> {
         &self.model
     }
 
+    /// The form the optimizer takes its gradients in: gradients made with it (micro-batches
+    /// summed, NGDiff's halves combined) are then stepped without conversion.
+    pub fn form(&self) -> &Form {
+        &self.form
+    }
+
     /// The learning rate at `step` (0-based).
     pub fn lr(&self, step: usize) -> f64 {
         let s = &self.settings;
@@ -183,17 +200,28 @@ impl<B: AutodiffBackend> Trainer<B> {
     /// Clips `grads` to the global norm and applies one AdamW step at the scheduled rate, all on
     /// the device: the clip factor is `clip / max(‖g‖, clip)`, exactly 1 (the gradient unchanged)
     /// when the norm is within the threshold. Nothing is read back; see [`StepStats::read`].
-    pub fn step(&mut self, step: usize, grads: GradientsParams) -> DeviceStep<B::InnerBackend> {
+    pub fn step(
+        &mut self,
+        step: usize,
+        grads: impl Into<Gradient<B>>,
+    ) -> Result<DeviceStep<B::InnerBackend>> {
         let lr = self.lr(step);
         let clip = self.settings.grad_clip as f32;
-        let norm = match &mut self.optim {
-            Optim::Flat(optim) => {
+        let norm = match (&mut self.optim, grads.into()) {
+            (Optim::Flat(optim), Gradient::Flat(grad)) => {
+                let model = self.model.clone();
+                let (model, norm) = optim.step_flat::<B, _>(lr, clip, model, grad)?;
+                self.model = model;
+                norm
+            }
+            (Optim::Flat(optim), Gradient::PerTensor(grads)) => {
                 let model = self.model.clone();
                 let (model, norm) = optim.step::<B, _>(lr, clip, model, grads, &self.device);
                 self.model = model;
                 norm
             }
-            Optim::PerTensor(optim) => {
+            (Optim::PerTensor(optim), grads) => {
+                let grads = grads.into_params(&self.model)?;
                 let norm = grad_norm_device::<B, _>(&self.model, &grads, &self.device);
                 let grads = if clip > 0.0 {
                     scale_device::<B, _>(&self.model, grads, clip_factor(norm.clone(), clip))
@@ -204,10 +232,10 @@ impl<B: AutodiffBackend> Trainer<B> {
                 norm
             }
         };
-        DeviceStep {
+        Ok(DeviceStep {
             lr,
             grad_norm: norm,
-        }
+        })
     }
 
     /// The clipping threshold (0: none).

@@ -102,7 +102,7 @@ pub(super) fn data_suite(a: &BenchArgs, rows_out: &mut Vec<Row>) -> String {
 
 /// Perception's share of SFT target tokens per task and teacher verbosity.
 pub(super) fn perception_share(gcs: &[String], sds: &[String]) -> String {
-    use asymm::stages::distill_format::{encode, teacher_reasoning};
+    use asymm::text::format::encode;
     let tok = asymm::text::Tokenizer::task_vocabulary();
     let mut out = String::from(
         "\n| task | verbosity | mean target tokens | perception share of target tokens |\n|---|---:|---:|---:|\n",
@@ -111,7 +111,7 @@ pub(super) fn perception_share(gcs: &[String], sds: &[String]) -> String {
         for v in 0..=3u8 {
             let (mut p, mut total) = (0usize, 0usize);
             for perception in items {
-                let Some(r) = teacher_reasoning(task, perception, v) else {
+                let Some(r) = task.task().trace(perception, v) else {
                     continue;
                 };
                 let e = encode(&tok, task.prompt(), perception, &r);

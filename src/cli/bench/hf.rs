@@ -5,11 +5,11 @@
 //! before anything is downloaded.
 
 use super::{EXAMPLES, Report, SFT_BATCH, SFT_SEED, SftMeasure, puzzles, rollout_plans};
+use asymm::data::Example;
 use asymm::model::{Codec, DeviceSpec, HfVlm, Model};
 use asymm::stages::model_io::ModelPlan;
 use asymm::tasks::TaskKind;
 use asymm::text::tokenizer::{P_CLOSE, P_OPEN, R_CLOSE, R_OPEN};
-use asymm::train::batch::Example;
 use asymm::train::sft::SftSettings;
 use burn::backend::Autodiff;
 use burn::backend::autodiff::checkpoint::strategy::{
@@ -122,7 +122,7 @@ pub(super) fn hf_suite(
         batch_size: SFT_BATCH,
         seed: SFT_SEED,
         max_text: plan.max_text(),
-        seq_bucket: asymm::stages::sft_train::seq_bucket(spec),
+        seq_bucket: spec.seq_bucket(),
         ..SftSettings::default()
     };
     let sft = Sft {

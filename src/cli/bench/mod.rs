@@ -17,15 +17,15 @@ use counts::Counts;
 use data::data_suite;
 use twin::twin_export;
 
+use asymm::data::{Example, image_ink};
 use asymm::eval::rollout::{Mode, RolloutSpec, run_rollouts};
 use asymm::model::sampling::SamplingConfig;
 use asymm::model::{DeviceSpec, Vlm, VlmConfig};
 use asymm::render::digits::DigitBank;
-use asymm::stages::render::{RenderConfig, render_one};
-use asymm::stages::synthesize::{SynthesizeConfig, generate};
+use asymm::render::puzzle::{RenderConfig, render_one};
 use asymm::tasks::TaskKind;
+use asymm::tasks::generate::{SynthesizeConfig, generate};
 use asymm::text::Tokenizer;
-use asymm::train::batch::{Example, image_ink};
 use asymm::train::objective::ObjectiveKind;
 use asymm::train::sft::{SftSettings, train};
 use burn::backend::Autodiff;
@@ -46,6 +46,11 @@ pub struct BenchArgs {
     /// Model size preset for the model suite.
     #[arg(long, default_value = "tiny")]
     pub model: String,
+    /// Changes one field of the preset's config (`layers=8`, `vit_layers=6`); repeatable. Launch
+    /// counts depend on the number of layers, not their widths: `--model tiny --model-set
+    /// layers=8 --model-set vit_layers=6` counts `small`'s launches at `tiny`'s cost.
+    #[arg(long, value_name = "FIELD=VALUE")]
+    pub model_set: Vec<String>,
     /// Device for the model suite (cpu, cuda:N, cuda:N/bf16, wgpu, wgpu:cpu).
     #[arg(long, default_value = "cpu")]
     pub device: String,
@@ -266,7 +271,7 @@ impl Report {
         use serde_json::json;
         json!({
             "suite": a.suite,
-            "model": a.hf.as_ref().map_or(a.model.clone(), |d| d.display().to_string()),
+            "model": a.hf.as_ref().map_or(model_name(a), |d| d.display().to_string()),
             "device": a.device,
             "parameters": self.parameters,
             "threads": threads(),
@@ -408,13 +413,13 @@ fn model_suite(a: &BenchArgs, report: &mut Report) -> anyhow::Result<String> {
     asymm::with_backend!(spec, |B, device| {
         let mut out = format!(
             "\n| model suite: `{}` ({:.1} M parameters) on {} | rate |\n|---|---:|\n",
-            a.model,
+            model_name(a),
             cfg.parameters() as f64 / 1e6,
             a.device
         );
         for &objective in &objectives {
             let settings = SftSettings {
-                seq_bucket: asymm::stages::sft_train::seq_bucket(spec),
+                seq_bucket: spec.seq_bucket(),
                 ..sft_settings(&cfg, objective, steps, a.data_shards)
             };
             let model = asymm::train::trainer::native_model::<Autodiff<B>>(
@@ -618,9 +623,37 @@ fn time_rollouts<B: burn::tensor::backend::Backend>(
     Ok(())
 }
 
+/// The preset's name, with the fields `--model-set` changed.
+fn model_name(a: &BenchArgs) -> String {
+    if a.model_set.is_empty() {
+        a.model.clone()
+    } else {
+        format!("{} with {}", a.model, a.model_set.join(", "))
+    }
+}
+
 fn model_config(a: &BenchArgs, tok: &Tokenizer) -> anyhow::Result<VlmConfig> {
-    VlmConfig::preset(&a.model, tok.vocab_size())
-        .ok_or_else(|| anyhow::anyhow!("unknown model preset `{}` (tiny, small)", a.model))
+    let preset = VlmConfig::preset(&a.model, tok.vocab_size())
+        .ok_or_else(|| anyhow::anyhow!("unknown model preset `{}` (tiny, small)", a.model))?;
+    if a.model_set.is_empty() {
+        return Ok(preset);
+    }
+    let mut fields = serde_json::to_value(&preset)?;
+    for set in &a.model_set {
+        let (key, value) = set
+            .split_once('=')
+            .ok_or_else(|| anyhow::anyhow!("--model-set `{set}`: expected FIELD=VALUE"))?;
+        let slot = fields
+            .get_mut(key)
+            .ok_or_else(|| anyhow::anyhow!("--model-set: the model config has no field `{key}`"))?;
+        *slot = serde_json::from_str(value)
+            .map_err(|e| anyhow::anyhow!("--model-set {key}: `{value}` is not a number: {e}"))?;
+    }
+    let cfg: VlmConfig =
+        serde_json::from_value(fields).map_err(|e| anyhow::anyhow!("--model-set: {e}"))?;
+    cfg.validate()
+        .map_err(|e| anyhow::anyhow!("--model-set gives an invalid model: {e}"))?;
+    Ok(cfg)
 }
 
 /// Examples to build: the SFT set, or more when the rollouts read more prompts.
@@ -642,7 +675,6 @@ struct Puzzle {
 
 /// `n` graph-coloring puzzles (verbosity 0 teacher traces) rendered at `image_size`².
 fn puzzles(image_size: usize, n: usize) -> anyhow::Result<Vec<Puzzle>> {
-    use asymm::stages::distill_format::teacher_reasoning;
     let gc = SynthesizeConfig::default();
     let cfg = RenderConfig {
         size: image_size as u32,
@@ -651,7 +683,9 @@ fn puzzles(image_size: usize, n: usize) -> anyhow::Result<Vec<Puzzle>> {
     (0..n)
         .map(|i| {
             let p = generate(&gc, 3, i as u64).perception;
-            let r = teacher_reasoning(TaskKind::GraphColoring, &p, 0)
+            let r = TaskKind::GraphColoring
+                .task()
+                .trace(&p, 0)
                 .ok_or_else(|| anyhow::anyhow!("no teacher trace"))?;
             let png = render_one(TaskKind::GraphColoring, "x", &p, &cfg, None, 1)?.to_png();
             Ok(Puzzle {
@@ -666,7 +700,7 @@ fn puzzles(image_size: usize, n: usize) -> anyhow::Result<Vec<Puzzle>> {
 
 /// Training examples built in memory, as distill-format would.
 fn examples(tok: &Tokenizer, image_size: usize, n: usize) -> anyhow::Result<Vec<Example>> {
-    use asymm::stages::distill_format::encode;
+    use asymm::text::format::encode;
     let ids = |v: Vec<i32>| v.into_iter().map(|x| x.max(0) as u32).collect::<Vec<u32>>();
     Ok(puzzles(image_size, n)?
         .into_iter()

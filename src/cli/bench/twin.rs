@@ -45,7 +45,7 @@ pub(super) fn twin_export(a: &BenchArgs) -> anyhow::Result<serde_json::Value> {
     // The trainer's optimizer: burn's AdamW defaults with the run's weight decay.
     let adamw = AdamWConfig::new().with_weight_decay(s.weight_decay as f32);
     Ok(json!({
-        "model": a.model,
+        "model": super::model_name(a),
         "config": {
             "image_size": cfg.image_size,
             "patch_size": cfg.patch_size,

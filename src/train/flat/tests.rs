@@ -2,9 +2,10 @@
 //! (on the CPU to the bit where no norm is involved), parameters without a gradient left alone,
 //! and on the software GPU the same step in fewer launches.
 
-use super::FlatLayout;
+use super::{FlatError, FlatLayout};
 use crate::model::config::small_config;
 use crate::model::{Model, host_f32, max_abs_diff};
+use crate::train::gradient::{Form, Gradient};
 use crate::train::trainer::{OptimSettings, Trainer, native_model, param_ids};
 use burn::module::{Module, ModuleVisitor, Param};
 use burn::optim::GradientsParams;
@@ -125,8 +126,8 @@ fn flat_and_per_tensor_adamw_agree_to_the_bit() {
     let dev = Default::default();
     let (mut flat, mut per) = pair::<Ad>(0.0, &dev);
     for step in 0..3 {
-        let f = flat.step(step, grads(flat.model(), step, None));
-        let p = per.step(step, grads(per.model(), step, None));
+        let f = flat.step(step, grads(flat.model(), step, None)).unwrap();
+        let p = per.step(step, grads(per.model(), step, None)).unwrap();
         let (f, p) = (
             host_f32(f.grad_norm).unwrap(),
             host_f32(p.grad_norm).unwrap(),
@@ -139,8 +140,8 @@ fn flat_and_per_tensor_adamw_agree_to_the_bit() {
     // Crossed over: the flat optimizer continues from the per-tensor state and vice versa.
     flat.load_state(&ps).unwrap();
     per.load_state(&fs).unwrap();
-    flat.step(3, grads(flat.model(), 3, None));
-    per.step(3, grads(per.model(), 3, None));
+    flat.step(3, grads(flat.model(), 3, None)).unwrap();
+    per.step(3, grads(per.model(), 3, None)).unwrap();
     assert_eq!(flat.weights().unwrap(), per.weights().unwrap());
 }
 
@@ -153,8 +154,8 @@ fn clipped_steps_and_missing_gradients_agree() {
     let before = values(flat.model());
     for step in 0..3 {
         let skip = (step == 2).then_some(4);
-        flat.step(step, grads(flat.model(), step, skip));
-        per.step(step, grads(per.model(), step, skip));
+        flat.step(step, grads(flat.model(), step, skip)).unwrap();
+        per.step(step, grads(per.model(), step, skip)).unwrap();
     }
     let (f, p) = (values(flat.model()), values(per.model()));
     assert!(worst(&f, &p) < 1e-6, "{}", worst(&f, &p));
@@ -162,11 +163,97 @@ fn clipped_steps_and_missing_gradients_agree() {
     // Index 4 had no gradient at the last step: its value is the one after step 2 in both.
     let (mut f2, mut p2) = pair::<Ad>(0.05, &dev);
     for step in 0..2 {
-        f2.step(step, grads(f2.model(), step, None));
-        p2.step(step, grads(p2.model(), step, None));
+        f2.step(step, grads(f2.model(), step, None)).unwrap();
+        p2.step(step, grads(p2.model(), step, None)).unwrap();
     }
     assert_eq!(f[4], values(f2.model())[4]);
     assert_eq!(p[4], values(p2.model())[4]);
+}
+
+/// One step of NGDiff's shape in a trainer's form: two micro-batches' gradients summed, a second
+/// gradient, the two norms, their weighted combination, the step.
+fn combined_step<B: AutodiffBackend>(
+    t: &mut Trainer<B>,
+    step: usize,
+) -> [Tensor<B::InnerBackend, 1>; 3] {
+    let dev = model_device(t.model());
+    let form = t.form().clone();
+    let model = t.model();
+    let g = |k: usize, skip| form.gradient::<B, _>(model, grads(model, k, skip), &dev);
+    let a = Gradient::accumulate(Some(g(step, None)), model, g(step + 7, Some(2))).unwrap();
+    let b = g(step + 3, Some(5));
+    let (na, nb) = (a.norm(model, &dev), b.norm(model, &dev));
+    let wa = na.clone() / (na.clone() + nb.clone());
+    let wb = wa.clone().neg() + 1.0;
+    let c = Gradient::combine(model, a, wa, b, wb).unwrap();
+    let done = t.step(step, c).unwrap();
+    [na, nb, done.grad_norm]
+}
+
+/// Gradients summed, normed and combined as one buffer give what burn's per-parameter maps give:
+/// the same norms and, after the step, the same weights (to rounding: sums in another order).
+#[test]
+fn flat_gradients_sum_and_combine_like_the_maps() {
+    let dev = Default::default();
+    let (mut flat, mut per) = pair::<Ad>(0.05, &dev);
+    assert!(matches!(flat.form(), Form::Flat(_)));
+    assert!(matches!(per.form(), Form::PerTensor));
+    for step in 0..3 {
+        let f = combined_step(&mut flat, step).map(|t| host_f32(t).unwrap()[0]);
+        let p = combined_step(&mut per, step).map(|t| host_f32(t).unwrap()[0]);
+        for (x, y) in f.iter().zip(&p) {
+            assert!(
+                (x - y).abs() <= 1e-5 * y.abs().max(1.0),
+                "norms {f:?} {p:?}"
+            );
+        }
+    }
+    let (f, p) = (values(flat.model()), values(per.model()));
+    assert!(worst(&f, &p) < 1e-6, "{}", worst(&f, &p));
+    // A flat gradient handed to the per-tensor optimizer is split back into the map.
+    let form = flat.form().clone();
+    let g = form.gradient::<Ad, _>(per.model(), grads(per.model(), 9, Some(1)), &dev);
+    let back = g.into_params(per.model()).unwrap();
+    let again = grads(per.model(), 9, Some(1));
+    let ids = param_ids(per.model());
+    assert!(back.get::<crate::model::Cpu, 1>(ids[1]).is_none());
+    let p0 = |g: &GradientsParams| {
+        struct First<'a>(&'a GradientsParams, Option<Vec<f32>>);
+        impl<B: AutodiffBackend> ModuleVisitor<B> for First<'_> {
+            fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+                if self.1.is_none() {
+                    let t = self.0.get::<B::InnerBackend, D>(param.id);
+                    self.1 = t.map(|t| host_f32(t.reshape([-1])).unwrap());
+                }
+            }
+        }
+        let mut v = First(g, None);
+        per.model().visit(&mut v);
+        v.1
+    };
+    assert_eq!(p0(&back), p0(&again));
+    assert!(p0(&back).is_some());
+}
+
+/// A flat gradient of a model of another shape is refused, not stepped.
+#[test]
+fn a_gradient_of_another_model_is_refused() {
+    let dev = Default::default();
+    let (mut flat, _) = pair::<Ad>(0.0, &dev);
+    let mut cfg = small_config();
+    cfg.layers += 1;
+    let other = native_model::<Ad>(&cfg, None, 5, &dev).unwrap();
+    let form = Form::Flat(std::sync::Arc::new(FlatLayout::of::<Ad, _>(&other)));
+    let g = form.gradient::<Ad, _>(&other, grads(&other, 0, None), &dev);
+    let before = flat.weights().unwrap();
+    let err = flat.step(0, g).err().map(|e| e.to_string());
+    assert!(err.is_some_and(|e| e.contains("another") || e.contains("parameter tensors")));
+    assert_eq!(flat.weights().unwrap(), before);
+    let g = form.gradient::<Ad, _>(&other, grads(&other, 0, None), &dev);
+    assert!(matches!(
+        g.into_params(flat.model()),
+        Err(FlatError::Layout { .. })
+    ));
 }
 
 /// On the software GPU the flat step equals burn's per-tensor step and launches fewer kernels.
@@ -181,7 +268,7 @@ fn on_the_software_gpu_the_flat_step_launches_fewer_kernels() {
         let g = grads(t.model(), step, None);
         let _ = <burn::backend::Wgpu as Backend>::sync(&dev);
         let before = KernelCounts::now();
-        let _done = t.step(step, g);
+        let _done = t.step(step, g).unwrap();
         let _ = <burn::backend::Wgpu as Backend>::sync(&dev);
         KernelCounts::now().since(before).launches
     };
@@ -199,6 +286,48 @@ fn on_the_software_gpu_the_flat_step_launches_fewer_kernels() {
     );
     assert!(
         counts[0] + 2 * n <= counts[1],
+        "flat {} launches, per-tensor {} ({n} parameter tensors)",
+        counts[0],
+        counts[1]
+    );
+}
+
+/// On the software GPU, summing, norming and combining gradients as one buffer launches fewer
+/// kernels than doing it a parameter tensor at a time, for the same result.
+#[cfg(feature = "wgpu")]
+#[test]
+fn on_the_software_gpu_flat_gradients_launch_fewer_kernels() {
+    use crate::model::gpu::{KernelCounts, software_gpu};
+    type W = burn::backend::Autodiff<burn::backend::Wgpu>;
+    let (_gpu, dev) = software_gpu();
+    let (mut flat, mut per) = pair::<W>(0.05, &dev);
+    let launches = |t: &mut Trainer<W>, step: usize| {
+        let _ = <burn::backend::Wgpu as Backend>::sync(&dev);
+        let before = KernelCounts::now();
+        let norms = combined_step(t, step);
+        let _ = <burn::backend::Wgpu as Backend>::sync(&dev);
+        (KernelCounts::now().since(before).launches, norms)
+    };
+    let mut counts = [0, 0];
+    for step in 0..3 {
+        let (f, nf) = launches(&mut flat, step);
+        let (p, np) = launches(&mut per, step);
+        counts = [f, p];
+        let nf = nf.map(|t| host_f32(t).unwrap()[0]);
+        let np = np.map(|t| host_f32(t).unwrap()[0]);
+        for (x, y) in nf.iter().zip(&np) {
+            assert!((x - y).abs() <= 1e-4 * y.abs().max(1.0), "{nf:?} {np:?}");
+        }
+    }
+    let (f, p) = (values(flat.model()), values(per.model()));
+    assert!(worst(&f, &p) < 1e-5, "{}", worst(&f, &p));
+    let n = param_ids(flat.model()).len() as u64;
+    eprintln!(
+        "launches for sum + norms + combination + step: flat {}, per-tensor {} ({n} tensors)",
+        counts[0], counts[1]
+    );
+    assert!(
+        counts[0] + 3 * n <= counts[1],
         "flat {} launches, per-tensor {} ({n} parameter tensors)",
         counts[0],
         counts[1]

@@ -4,11 +4,12 @@
 //! gradient norm under the objective being trained, the image-blanked perception loss), and
 //! periodic held-out evaluation through a callback.
 
-use super::batch::{Example, make_batch};
-use super::grads::{combine, combine_device, grad_norm_device};
+use super::batch::make_batch;
+use super::gradient::{Form, Gradient};
 use super::objective::{ObjectiveKind, Selector, Term, span_mask, terms, token_weights};
 use super::parallel::{map_shards, replica, split};
 use super::trainer::{OptimSettings, StepStats, Trainer, TrainerError};
+use crate::data::Example;
 pub use crate::eval::score::EvalPoint;
 use crate::model::{Model, ModelError, host_f32};
 use crate::util::rng::keyed;
@@ -231,17 +232,6 @@ fn weighted_grads<B: AutodiffBackend>(
     Ok((grads, detached))
 }
 
-fn add<B: AutodiffBackend>(
-    model: &Model<B>,
-    acc: Option<GradientsParams>,
-    g: GradientsParams,
-) -> GradientsParams {
-    match acc {
-        Some(a) => combine::<B, _>(model, a, 1.0, g, 1.0),
-        None => g,
-    }
-}
-
 /// Where each sum sits in a micro-batch's [`MicroStats::sums`].
 const SUM_P: usize = 0;
 const SUM_R: usize = 1;
@@ -288,33 +278,61 @@ impl<B: Backend> MicroStats<B> {
     }
 }
 
-/// Gradients accumulated over a step's micro-batches.
-#[derive(Default)]
-struct StepGrads {
+/// Gradients accumulated over a step's micro-batches, in the trainer's [`Form`].
+struct StepGrads<B: AutodiffBackend> {
     /// The objective's gradient (fixed-weight objectives).
-    total: Option<GradientsParams>,
+    total: Option<Gradient<B>>,
     /// NGDiff's two halves: the perception and reasoning mean losses' gradients.
-    perception: Option<GradientsParams>,
-    reasoning: Option<GradientsParams>,
+    perception: Option<Gradient<B>>,
+    reasoning: Option<Gradient<B>>,
     /// Diagnostic: the objective restricted to perception / reasoning tokens.
-    diag_p: Option<GradientsParams>,
-    diag_r: Option<GradientsParams>,
+    diag_p: Option<Gradient<B>>,
+    diag_r: Option<Gradient<B>>,
 }
 
-impl StepGrads {
-    /// Adds another shard's or micro-batch's gradients, field by field.
-    fn add<B: AutodiffBackend>(&mut self, model: &Model<B>, o: StepGrads) {
-        let sum = |a: &mut Option<GradientsParams>, b: Option<GradientsParams>| {
-            if let Some(b) = b {
-                *a = Some(add(model, a.take(), b));
-            }
-        };
-        sum(&mut self.total, o.total);
-        sum(&mut self.perception, o.perception);
-        sum(&mut self.reasoning, o.reasoning);
-        sum(&mut self.diag_p, o.diag_p);
-        sum(&mut self.diag_r, o.diag_r);
+impl<B: AutodiffBackend> Default for StepGrads<B> {
+    fn default() -> Self {
+        StepGrads {
+            total: None,
+            perception: None,
+            reasoning: None,
+            diag_p: None,
+            diag_r: None,
+        }
     }
+}
+
+/// `*acc += g`.
+fn accumulate<B: AutodiffBackend>(
+    acc: &mut Option<Gradient<B>>,
+    model: &Model<B>,
+    g: Option<Gradient<B>>,
+) -> Result<(), TrainError> {
+    if let Some(g) = g {
+        *acc = Some(Gradient::accumulate(acc.take(), model, g).map_err(TrainerError::from)?);
+    }
+    Ok(())
+}
+
+impl<B: AutodiffBackend> StepGrads<B> {
+    /// Adds another shard's or micro-batch's gradients, field by field.
+    fn add(&mut self, model: &Model<B>, o: StepGrads<B>) -> Result<(), TrainError> {
+        accumulate(&mut self.total, model, o.total)?;
+        accumulate(&mut self.perception, model, o.perception)?;
+        accumulate(&mut self.reasoning, model, o.reasoning)?;
+        accumulate(&mut self.diag_p, model, o.diag_p)?;
+        accumulate(&mut self.diag_r, model, o.diag_r)
+    }
+}
+
+/// What every micro-batch of a step shares.
+struct StepCtx<'a, B: AutodiffBackend> {
+    settings: &'a SftSettings,
+    /// The trainer's gradient form.
+    form: &'a Form,
+    pad: u32,
+    device: &'a B::Device,
+    diagnostics: bool,
 }
 
 fn check_settings(settings: &SftSettings, train_set: &[Example]) -> Result<(), TrainError> {
@@ -377,17 +395,20 @@ pub(crate) fn f32_on_device<B: Backend, const D: usize>(t: Tensor<B, D>) -> Tens
 }
 
 /// Forward and backward passes of one micro-batch, accumulated into `g`; no host read.
-#[allow(clippy::too_many_arguments)]
 fn micro_batch<B: AutodiffBackend>(
+    ctx: &StepCtx<B>,
     model: &Model<B>,
-    settings: &SftSettings,
     exs: &[&Example],
     scale: f32,
-    pad: u32,
-    device: &B::Device,
-    diagnostics: bool,
-    g: &mut StepGrads,
+    g: &mut StepGrads<B>,
 ) -> Result<MicroStats<B::InnerBackend>, TrainError> {
+    let StepCtx {
+        settings,
+        form,
+        pad,
+        device,
+        diagnostics,
+    } = *ctx;
     let batch = make_batch::<B>(
         exs,
         model.image_size(),
@@ -396,15 +417,20 @@ fn micro_batch<B: AutodiffBackend>(
         pad,
         device,
     );
+    // The gradient of `Σ nll · w · scale` in the trainer's form, and the per-token loss.
+    let grads = |w: &[f32]| -> Result<_, TrainError> {
+        let (g, h) = weighted_grads(model, &batch, w, scale)?;
+        Ok((Some(form.gradient::<B, _>(model, g, device)), h))
+    };
     let pmask = span_mask(exs, &batch.target_index, "perception");
     let rmask = span_mask(exs, &batch.target_index, "reasoning");
     let (per_token, objective_w) = if settings.objective == ObjectiveKind::Ngdiff {
         let half = |name: &str| -> Vec<Term> { vec![(Selector::Span(name.into()), 1.0)] };
         let w = |name| token_weights(exs, &batch.target_index, &half(name));
-        let (gp, h) = weighted_grads(model, &batch, &w("perception"), scale)?;
-        let (gr, _) = weighted_grads(model, &batch, &w("reasoning"), scale)?;
-        g.perception = Some(add(model, g.perception.take(), gp));
-        g.reasoning = Some(add(model, g.reasoning.take(), gr));
+        let (gp, h) = grads(&w("perception"))?;
+        accumulate(&mut g.perception, model, gp)?;
+        let (gr, _) = grads(&w("reasoning"))?;
+        accumulate(&mut g.reasoning, model, gr)?;
         (h, vec![0.0; pmask.len()])
     } else {
         let w = token_weights(
@@ -412,8 +438,8 @@ fn micro_batch<B: AutodiffBackend>(
             &batch.target_index,
             &terms(settings.objective, settings.lambda, &settings.extra_spans),
         );
-        let (grads, h) = weighted_grads(model, &batch, &w, scale)?;
-        g.total = Some(add(model, g.total.take(), grads));
+        let (total, h) = grads(&w)?;
+        accumulate(&mut g.total, model, total)?;
         if diagnostics {
             // Perception vs reasoning gradient under the objective being trained.
             let masked = |mask: &[bool]| {
@@ -422,10 +448,10 @@ fn micro_batch<B: AutodiffBackend>(
                     .map(|(&x, &m)| if m { x } else { 0.0 })
                     .collect::<Vec<f32>>()
             };
-            let (gp, _) = weighted_grads(model, &batch, &masked(&pmask), scale)?;
-            let (gr, _) = weighted_grads(model, &batch, &masked(&rmask), scale)?;
-            g.diag_p = Some(add(model, g.diag_p.take(), gp));
-            g.diag_r = Some(add(model, g.diag_r.take(), gr));
+            let (gp, _) = grads(&masked(&pmask))?;
+            accumulate(&mut g.diag_p, model, gp)?;
+            let (gr, _) = grads(&masked(&rmask))?;
+            accumulate(&mut g.diag_r, model, gr)?;
         }
         (h, w.iter().map(|x| x * scale).collect())
     };
@@ -460,6 +486,42 @@ fn micro_batch<B: AutodiffBackend>(
     })
 }
 
+/// The gradients and statistics of step `step`: its micro-batches (each split into data
+/// shards run concurrently on replicas of the model, summed in order), forward and backward.
+fn step_gradients<B: AutodiffBackend>(
+    ctx: &StepCtx<B>,
+    model: &Model<B>,
+    train_set: &[Example],
+    step: usize,
+) -> Result<(StepGrads<B>, MicroStats<B::InnerBackend>), TrainError> {
+    let settings = ctx.settings;
+    let mut grads = StepGrads::default();
+    let mut st = MicroStats::default();
+    for micro in 0..settings.grad_accum {
+        let idx = batch_indices(train_set.len(), settings, step, micro);
+        let exs: Vec<&Example> = idx.iter().map(|&i| &train_set[i]).collect();
+        let shards = split(&exs, settings.data_shards);
+        // Token weights are per-example means over the batch: a shard's share of the batch
+        // rescales them so that the shards' gradients sum to the batch's.
+        let scale =
+            |shard: &[&Example]| shard.len() as f32 / exs.len() as f32 / settings.grad_accum as f32;
+        if shards.len() == 1 {
+            st.add(micro_batch(ctx, model, &exs, scale(&exs), &mut grads)?);
+            continue;
+        }
+        let parts = map_shards(shards.len(), |i| {
+            let mut g = StepGrads::default();
+            micro_batch(ctx, &replica(model), shards[i], scale(shards[i]), &mut g).map(|m| (m, g))
+        });
+        for part in parts {
+            let (m, g) = part?;
+            st.add(m);
+            grads.add(model, g)?;
+        }
+    }
+    Ok((grads, st))
+}
+
 /// Runs SFT of `model` (see [`crate::train::trainer::native_model`]) and returns the trained
 /// model and the logs.
 #[allow(clippy::too_many_arguments)]
@@ -488,82 +550,38 @@ pub fn train<B: AutodiffBackend>(
     }
     for step in start..settings.steps {
         let t0 = Instant::now();
-        let diagnostics = settings.diagnostics_every > 0 && step % settings.diagnostics_every == 0;
-        let mut grads = StepGrads::default();
-        let mut st = MicroStats::default();
-        for micro in 0..settings.grad_accum {
-            let idx = batch_indices(train_set.len(), settings, step, micro);
-            let exs: Vec<&Example> = idx.iter().map(|&i| &train_set[i]).collect();
-            let model = trainer.model();
-            let shards = split(&exs, settings.data_shards);
-            // Token weights are per-example means over the batch: a shard's share of the batch
-            // rescales them so that the shards' gradients sum to the batch's.
-            let scale = |shard: &[&Example]| {
-                shard.len() as f32 / exs.len() as f32 / settings.grad_accum as f32
-            };
-            if shards.len() == 1 {
-                st.add(micro_batch(
-                    model,
-                    settings,
-                    &exs,
-                    scale(&exs),
-                    pad,
-                    device,
-                    diagnostics,
-                    &mut grads,
-                )?);
-                continue;
-            }
-            let parts = map_shards(shards.len(), |i| {
-                let mut g = StepGrads::default();
-                micro_batch(
-                    &replica(model),
-                    settings,
-                    shards[i],
-                    scale(shards[i]),
-                    pad,
-                    device,
-                    diagnostics,
-                    &mut g,
-                )
-                .map(|m| (m, g))
-            });
-            for part in parts {
-                let (m, g) = part?;
-                st.add(m);
-                grads.add(model, g);
-            }
-        }
+        let ctx = StepCtx {
+            settings,
+            form: trainer.form(),
+            pad,
+            device,
+            diagnostics: settings.diagnostics_every > 0 && step % settings.diagnostics_every == 0,
+        };
+        let (grads, st) = step_gradients(&ctx, trainer.model(), train_set, step)?;
+        let diagnostics = ctx.diagnostics;
         let model = trainer.model();
         // Everything the log needs stays on the device until the step's one host read.
-        let diag_norms = match (grads.diag_p.take(), grads.diag_r.take()) {
-            (Some(gp), Some(gr)) => Some([
-                grad_norm_device::<B, _>(model, &gp, device),
-                grad_norm_device::<B, _>(model, &gr, device),
-            ]),
+        let diag_norms = match (&grads.diag_p, &grads.diag_r) {
+            (Some(gp), Some(gr)) => Some([gp.norm(model, device), gr.norm(model, device)]),
             _ => None,
         };
         let (objective_grads, ngdiff) = if settings.objective == ObjectiveKind::Ngdiff {
             let (Some(gp), Some(gr)) = (grads.perception, grads.reasoning) else {
                 return Err(TrainError::Other("no gradients".into()));
             };
-            let (np, nr) = (
-                grad_norm_device::<B, _>(model, &gp, device),
-                grad_norm_device::<B, _>(model, &gr, device),
-            );
+            let (np, nr) = (gp.norm(model, device), gr.norm(model, device));
             let l = super::objective::ngdiff_lambda_device(np.clone(), nr.clone());
             let rest = l.clone().neg() + 1.0;
-            (
-                combine_device::<B, _>(model, gp, l.clone(), gr, rest),
-                Some([l, np, nr]),
-            )
+            let g =
+                Gradient::combine(model, gp, l.clone(), gr, rest).map_err(TrainerError::from)?;
+            (g, Some([l, np, nr]))
         } else {
             let g = grads
                 .total
                 .ok_or_else(|| TrainError::Other("no gradients".into()))?;
             (g, None)
         };
-        let done = trainer.step(step, objective_grads);
+        let done = trainer.step(step, objective_grads)?;
         let mut parts = vec![
             st.sums
                 .unwrap_or_else(|| f32_on_device(Tensor::zeros([SUMS], device))),
