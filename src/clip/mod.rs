@@ -11,6 +11,7 @@
 
 pub mod train;
 
+use crate::model::config::ConfigError;
 use crate::model::layers::{Block, MASKED, Mask, linear3, rms_norm};
 use crate::model::vlm::{ConvStem, patchify};
 use burn::module::{Module, Param};
@@ -42,29 +43,28 @@ pub struct ClipConfig {
 }
 
 impl ClipConfig {
-    /// Checks the shape; the message names the field.
-    pub fn validate(&self) -> Result<(), String> {
-        let checks = [
+    /// Checks the shape; the error names the field.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        ConfigError::first_failed(&[
             (
                 self.patch_size > 0 && self.image_size.is_multiple_of(self.patch_size),
-                "image_size must be a multiple of patch_size",
+                "image_size",
+                "must be a multiple of patch_size",
             ),
             (
                 self.conv_stem == 0 || self.patch_size.is_multiple_of(4),
-                "patch_size must be a multiple of 4 with a conv stem",
+                "patch_size",
+                "must be a multiple of 4 with a conv stem",
             ),
             (
                 self.heads > 0 && self.dim.is_multiple_of(self.heads),
-                "dim must be a multiple of heads",
+                "dim",
+                "must be a multiple of heads",
             ),
-            (self.embed_dim > 0, "embed_dim must be positive"),
-            (self.max_text_len > 0, "max_text_len must be positive"),
-            (self.vocab_size > 0, "vocab_size must be positive"),
-        ];
-        match checks.iter().find(|(ok, _)| !ok) {
-            Some((_, msg)) => Err(format!("clip config: {msg}")),
-            None => Ok(()),
-        }
+            (self.embed_dim > 0, "embed_dim", "must be positive"),
+            (self.max_text_len > 0, "max_text_len", "must be positive"),
+            (self.vocab_size > 0, "vocab_size", "must be positive"),
+        ])
     }
 
     fn patches(&self) -> usize {

@@ -22,6 +22,8 @@ pub enum ClipError {
     Invalid(String),
     #[error(transparent)]
     Model(#[from] ModelError),
+    #[error("clip config: {0}")]
+    Config(#[from] crate::model::config::ConfigError),
 }
 
 pub type Result<T> = std::result::Result<T, ClipError>;
@@ -114,7 +116,7 @@ pub fn train<B: AutodiffBackend>(
     device: &B::Device,
     mut progress: impl FnMut(&ClipLogRow),
 ) -> Result<(Clip<B::InnerBackend>, Vec<ClipLogRow>)> {
-    cfg.validate().map_err(ClipError::Invalid)?;
+    cfg.validate()?;
     check_texts(cfg, pairs)?;
     if s.batch_size < 2 || pairs.len() < s.batch_size {
         return Err(ClipError::Invalid(format!(

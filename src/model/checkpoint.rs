@@ -29,7 +29,7 @@ pub fn model_from_bytes<B: Backend>(
     bytes: &[u8],
     device: &B::Device,
 ) -> Result<Vlm<B>, ModelError> {
-    cfg.validate().map_err(ModelError::Config)?;
+    cfg.validate()?;
     load_weights(Vlm::<B>::new(cfg, device), bytes)
 }
 

@@ -1,6 +1,32 @@
 //! Model configuration with size presets: `tiny` (trains on 2 CPU cores in minutes), `small`
 //! (tens of millions of parameters, for one GPU), or any free-form size.
 
+/// A model config that cannot be built: the key and the constraint it breaks.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {reason}")]
+pub struct ConfigError {
+    /// The config key, dotted for nested sections (`vision_config.num_heads`).
+    pub field: String,
+    pub reason: String,
+}
+
+impl ConfigError {
+    pub fn new(field: impl Into<String>, reason: impl Into<String>) -> Self {
+        ConfigError {
+            field: field.into(),
+            reason: reason.into(),
+        }
+    }
+
+    /// The first of `checks` (holds, key, constraint) that fails.
+    pub fn first_failed(checks: &[(bool, &str, &str)]) -> Result<(), ConfigError> {
+        match checks.iter().find(|(ok, _, _)| !ok) {
+            Some((_, field, reason)) => Err(ConfigError::new(*field, *reason)),
+            None => Ok(()),
+        }
+    }
+}
+
 /// The model's shape. Serialized as `config.json` in every checkpoint.
 #[derive(burn::config::Config, Debug, PartialEq)]
 pub struct VlmConfig {
@@ -70,38 +96,40 @@ impl VlmConfig {
     }
 
     /// Checks divisibility constraints; the error names the field.
-    pub fn validate(&self) -> Result<(), String> {
-        let checks = [
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        ConfigError::first_failed(&[
             (
                 self.patch_size > 0 && self.image_size.is_multiple_of(self.patch_size),
-                "image_size must be a multiple of patch_size",
+                "image_size",
+                "must be a multiple of patch_size",
             ),
             (
                 self.vit_heads > 0 && self.vit_dim.is_multiple_of(self.vit_heads),
-                "vit_dim must be a multiple of vit_heads",
+                "vit_dim",
+                "must be a multiple of vit_heads",
             ),
             (
                 self.heads > 0 && self.d_model.is_multiple_of(self.heads),
-                "d_model must be a multiple of heads",
+                "d_model",
+                "must be a multiple of heads",
             ),
             (
                 (self.d_model / self.heads.max(1)).is_multiple_of(2),
+                "d_model",
                 "d_model / heads must be even (rotary positions)",
             ),
             (
                 self.conv_stem == 0 || self.patch_size.is_multiple_of(4),
-                "patch_size must be a multiple of 4 with a conv_stem",
+                "patch_size",
+                "must be a multiple of 4 with a conv_stem",
             ),
-            (self.vocab_size > 0, "vocab_size must be positive"),
+            (self.vocab_size > 0, "vocab_size", "must be positive"),
             (
                 self.max_seq_len > self.patches(),
-                "max_seq_len must exceed the number of image patches",
+                "max_seq_len",
+                "must exceed the number of image patches",
             ),
-        ];
-        match checks.iter().find(|(ok, _)| !ok) {
-            Some((_, msg)) => Err(msg.to_string()),
-            None => Ok(()),
-        }
+        ])
     }
 
     /// Inputs of the linear patch embedding: raw pixels, or stem features of a patch.
@@ -189,6 +217,11 @@ mod tests {
         );
         let mut bad = t.clone();
         bad.heads = 3;
-        assert!(bad.validate().unwrap_err().contains("heads"));
+        let e = bad.validate().unwrap_err();
+        assert_eq!(e.field, "d_model");
+        assert!(e.to_string().contains("multiple of heads"), "{e}");
+        bad.heads = t.heads;
+        bad.max_seq_len = bad.patches();
+        assert_eq!(bad.validate().unwrap_err().field, "max_seq_len");
     }
 }

@@ -47,6 +47,8 @@ pub enum ModelError {
     Checkpoint(String),
     #[error("model config: {0}")]
     Config(String),
+    #[error("model config: {0}")]
+    InvalidConfig(#[from] config::ConfigError),
     #[error("model input: {0}")]
     Input(String),
     #[error("reading a tensor back to the host: {0}")]

@@ -28,31 +28,34 @@ fn register_font() {
     });
 }
 
-fn err(figure: &str) -> impl Fn(String) -> ReportError + '_ {
-    move |message| ReportError::Figure {
+/// What drawing a figure can fail with: plotters' errors, whatever the backend.
+type DrawError = Box<dyn std::error::Error + Send + Sync>;
+
+fn err<E: Into<DrawError>>(figure: &str) -> impl Fn(E) -> ReportError + '_ {
+    move |e| ReportError::Figure {
         figure: figure.into(),
-        message,
+        source: e.into(),
     }
 }
 
 /// Draws with `draw` on a white `W`×`H` canvas and encodes the result as PNG.
 fn render(
     file: &str,
-    draw: impl FnOnce(&DrawingArea<BitMapBackend<'_>, Shift>) -> std::result::Result<(), String>,
+    draw: impl FnOnce(&DrawingArea<BitMapBackend<'_>, Shift>) -> std::result::Result<(), DrawError>,
 ) -> Result<Vec<u8>> {
     register_font();
     let mut rgb = vec![255u8; (W * H * 3) as usize];
     {
         let root = BitMapBackend::with_buffer(&mut rgb, (W, H)).into_drawing_area();
-        root.fill(&WHITE).map_err(|e| err(file)(e.to_string()))?;
+        root.fill(&WHITE).map_err(err(file))?;
         draw(&root).map_err(err(file))?;
-        root.present().map_err(|e| err(file)(e.to_string()))?;
+        root.present().map_err(err(file))?;
     }
-    let mut pm = tiny_skia::Pixmap::new(W, H).ok_or_else(|| err(file)("empty canvas".into()))?;
+    let mut pm = tiny_skia::Pixmap::new(W, H).ok_or_else(|| err(file)("empty canvas"))?;
     for (px, c) in pm.data_mut().chunks_exact_mut(4).zip(rgb.chunks_exact(3)) {
         px.copy_from_slice(&[c[0], c[1], c[2], 255]);
     }
-    pm.encode_png().map_err(|e| err(file)(e.to_string()))
+    pm.encode_png().map_err(err(file))
 }
 
 fn color(i: usize) -> RGBColor {
@@ -76,7 +79,10 @@ type Series = (String, Vec<(f64, f64)>);
 fn legend<'a, DB: DrawingBackend + 'a, CT: CoordTranslate>(
     chart: &mut ChartContext<'a, DB, CT>,
     position: SeriesLabelPosition,
-) -> std::result::Result<(), String> {
+) -> std::result::Result<(), DrawError>
+where
+    DB::ErrorType: 'static,
+{
     chart
         .configure_series_labels()
         .label_font((FONT, 13))
@@ -84,7 +90,7 @@ fn legend<'a, DB: DrawingBackend + 'a, CT: CoordTranslate>(
         .border_style(RGBColor(180, 180, 180))
         .position(position)
         .draw()
-        .map_err(|e| e.to_string())
+        .map_err(DrawError::from)
 }
 
 /// Line charts side by side, one per panel (title, y label, series).
@@ -106,8 +112,7 @@ fn panels(file: &str, x_desc: &str, panels: &[(String, Vec<Series>)]) -> Result<
                 .margin(12)
                 .x_label_area_size(40)
                 .y_label_area_size(50)
-                .build_cartesian_2d(x0..x1, 0f64..1f64)
-                .map_err(|e| e.to_string())?;
+                .build_cartesian_2d(x0..x1, 0f64..1f64)?;
             chart
                 .configure_mesh()
                 .x_desc(x_desc)
@@ -116,20 +121,16 @@ fn panels(file: &str, x_desc: &str, panels: &[(String, Vec<Series>)]) -> Result<
                 .label_style((FONT, 14))
                 .light_line_style(WHITE)
                 .bold_line_style(RGBColor(225, 225, 225))
-                .draw()
-                .map_err(|e| e.to_string())?;
+                .draw()?;
             for (i, (label, pts)) in series.iter().enumerate() {
                 let c = color(i);
                 chart
-                    .draw_series(LineSeries::new(pts.iter().copied(), c.stroke_width(2)))
-                    .map_err(|e| e.to_string())?
+                    .draw_series(LineSeries::new(pts.iter().copied(), c.stroke_width(2)))?
                     .label(label.clone())
                     .legend(move |(x, y)| {
                         PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(2))
                     });
-                chart
-                    .draw_series(pts.iter().map(|p| Circle::new(*p, 3, c.filled())))
-                    .map_err(|e| e.to_string())?;
+                chart.draw_series(pts.iter().map(|p| Circle::new(*p, 3, c.filled())))?;
             }
             legend(&mut chart, SeriesLabelPosition::UpperLeft)?;
         }
@@ -172,8 +173,7 @@ fn frontier(file: &str, title: &str, points: &[(String, f64, f64, f64)]) -> Resu
             .margin(14)
             .x_label_area_size(44)
             .y_label_area_size(54)
-            .build_cartesian_2d(x0..x1, y0..y1)
-            .map_err(|e| e.to_string())?;
+            .build_cartesian_2d(x0..x1, y0..y1)?;
         chart
             .configure_mesh()
             .x_desc("a_p (perception)")
@@ -181,14 +181,11 @@ fn frontier(file: &str, title: &str, points: &[(String, f64, f64, f64)]) -> Resu
             .label_style((FONT, 14))
             .light_line_style(WHITE)
             .bold_line_style(RGBColor(225, 225, 225))
-            .draw()
-            .map_err(|e| e.to_string())?;
+            .draw()?;
         let mut labels = Vec::new();
         for (i, (label, ap, ar, a)) in points.iter().enumerate() {
             let c = color(i);
-            chart
-                .draw_series(std::iter::once(Circle::new((*ap, *ar), 6, c.filled())))
-                .map_err(|e| e.to_string())?;
+            chart.draw_series(std::iter::once(Circle::new((*ap, *ar), 6, c.filled())))?;
             labels.push((
                 chart.backend_coord(&(*ap, *ar)),
                 format!("{label} (a = {a:.2})"),
@@ -204,7 +201,7 @@ fn frontier(file: &str, title: &str, points: &[(String, f64, f64, f64)]) -> Resu
 fn place_labels(
     root: &DrawingArea<BitMapBackend<'_>, Shift>,
     labels: &[((i32, i32), String, RGBColor)],
-) -> std::result::Result<(), String> {
+) -> std::result::Result<(), DrawError> {
     const TH: i32 = 15;
     type Box4 = (i32, i32, i32, i32);
     let marks: Vec<Box4> = labels
@@ -246,8 +243,7 @@ fn place_labels(
             text.clone(),
             (lx, ly),
             (FONT, 13).into_font().color(c),
-        ))
-        .map_err(|e| e.to_string())?;
+        ))?;
     }
     Ok(())
 }
@@ -264,8 +260,7 @@ fn bars(file: &str, title: &str, rows: &[Bar]) -> Result<Vec<u8>> {
             .margin(14)
             .x_label_area_size(44)
             .y_label_area_size(54)
-            .build_cartesian_2d(-0.5f64..(n as f64 - 0.5), -0.2f64..1f64)
-            .map_err(|e| e.to_string())?;
+            .build_cartesian_2d(-0.5f64..(n as f64 - 0.5), -0.2f64..1f64)?;
         chart
             .configure_mesh()
             .disable_x_mesh()
@@ -282,8 +277,7 @@ fn bars(file: &str, title: &str, rows: &[Bar]) -> Result<Vec<u8>> {
             .label_style((FONT, 14))
             .light_line_style(WHITE)
             .bold_line_style(RGBColor(225, 225, 225))
-            .draw()
-            .map_err(|e| e.to_string())?;
+            .draw()?;
         let labels = ["with a_p (perception)", "with ã_r (reasoning)"];
         for (k, label) in labels.iter().enumerate() {
             let c = color(k);
@@ -295,8 +289,7 @@ fn bars(file: &str, title: &str, rows: &[Bar]) -> Result<Vec<u8>> {
                 })
             });
             chart
-                .draw_series(rects)
-                .map_err(|e| e.to_string())?
+                .draw_series(rects)?
                 .label(*label)
                 .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 14, y + 5)], c.filled()));
             let whiskers = rows.iter().enumerate().filter_map(|(i, r)| match r.1[k] {
@@ -309,7 +302,7 @@ fn bars(file: &str, title: &str, rows: &[Bar]) -> Result<Vec<u8>> {
                 }
                 _ => None,
             });
-            chart.draw_series(whiskers).map_err(|e| e.to_string())?;
+            chart.draw_series(whiskers)?;
         }
         legend(&mut chart, SeriesLabelPosition::LowerRight)?;
         Ok(())
@@ -330,8 +323,7 @@ fn coupling(file: &str, points: &[(String, f64, f64)]) -> Result<Vec<u8>> {
             .margin(14)
             .x_label_area_size(44)
             .y_label_area_size(60)
-            .build_cartesian_2d(0f64..1.05f64, (y0 - pad)..(y1 + pad))
-            .map_err(|e| e.to_string())?;
+            .build_cartesian_2d(0f64..1.05f64, (y0 - pad)..(y1 + pad))?;
         chart
             .configure_mesh()
             .x_desc("r(R, a_p) over the run's rollouts")
@@ -339,23 +331,19 @@ fn coupling(file: &str, points: &[(String, f64, f64)]) -> Result<Vec<u8>> {
             .label_style((FONT, 14))
             .light_line_style(WHITE)
             .bold_line_style(RGBColor(225, 225, 225))
-            .draw()
-            .map_err(|e| e.to_string())?;
+            .draw()?;
         let fit: Vec<(f64, f64)> = points.iter().map(|p| (p.1, p.2)).collect();
         if let Some((b, intercept, _)) = crate::analysis::fit_line(&fit) {
             let line = [0.0, 1.05].map(|x| (x, intercept + b * x));
             chart
-                .draw_series(LineSeries::new(line, color(6).stroke_width(1)))
-                .map_err(|e| e.to_string())?
+                .draw_series(LineSeries::new(line, color(6).stroke_width(1)))?
                 .label(format!("least squares: slope {b:.3}"))
                 .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color(6)));
         }
         let mut labels = Vec::new();
         for (i, (label, x, y)) in points.iter().enumerate() {
             let c = color(i);
-            chart
-                .draw_series(std::iter::once(Circle::new((*x, *y), 6, c.filled())))
-                .map_err(|e| e.to_string())?;
+            chart.draw_series(std::iter::once(Circle::new((*x, *y), 6, c.filled())))?;
             labels.push((chart.backend_coord(&(*x, *y)), label.clone(), c));
         }
         legend(&mut chart, SeriesLabelPosition::UpperLeft)?;
@@ -366,17 +354,28 @@ fn coupling(file: &str, points: &[(String, f64, f64)]) -> Result<Vec<u8>> {
 
 /// Every figure the data supports.
 pub fn figures(r: &Results) -> Result<Vec<Figure>> {
-    let mut out = Vec::new();
-    let mut push = |file: &str, title: &str, caption: &str, png: Vec<u8>| {
-        out.push(Figure {
-            file: file.into(),
-            title: title.into(),
-            caption: caption.into(),
-            png,
-        });
-    };
+    let all = [
+        sft_curves_figure(r)?,
+        rl_curves_figure(r)?,
+        sft_frontier_figure(r)?,
+        rl_frontier_figure(r)?,
+        correlations_figure(r)?,
+        coupling_figure(r)?,
+    ];
+    Ok(all.into_iter().flatten().collect())
+}
 
-    // SFT optimization curves: standard, NGDiff and the best λ, a_p and a_r against step.
+fn figure(file: &str, title: &str, caption: &str, png: Vec<u8>) -> Figure {
+    Figure {
+        file: file.into(),
+        title: title.into(),
+        caption: caption.into(),
+        png,
+    }
+}
+
+/// SFT optimization curves: standard, NGDiff and the best λ, a_p and a_r against step.
+fn sft_curves_figure(r: &Results) -> Result<Option<Figure>> {
     let mut keep: Vec<String> = r
         .sft
         .iter()
@@ -398,15 +397,18 @@ pub fn figures(r: &Results) -> Result<Vec<Figure>> {
             })
             .collect();
         let png = curve_panels("sft_curves.png", "SFT step", &runs)?;
-        push(
+        return Ok(Some(figure(
             "sft_curves.png",
             "SFT optimization curves",
             "Held-out a_p and a_r during SFT for the standard objective, NGDiff and the best λ.",
             png,
-        );
+        )));
     }
+    Ok(None)
+}
 
-    // RL curves: each run, against the steps done (0 = the starting checkpoint).
+/// RL curves: each run, against the steps done (0 = the starting checkpoint).
+fn rl_curves_figure(r: &Results) -> Result<Option<Figure>> {
     let runs: Vec<(String, Vec<(f64, super::CurvePoint)>)> =
         r.rl.iter()
             .filter(|x| x.curve.len() > 1)
@@ -417,15 +419,18 @@ pub fn figures(r: &Results) -> Result<Vec<Figure>> {
             .collect();
     if !runs.is_empty() {
         let png = curve_panels("rl_curves.png", "RL steps done", &runs)?;
-        push(
+        return Ok(Some(figure(
             "rl_curves.png",
             "RL optimization curves",
             "Held-out a_p and a_r against RL steps (0 = the starting checkpoint) for each reward.",
             png,
-        );
+        )));
     }
+    Ok(None)
+}
 
-    // Trade-off frontiers.
+/// The SFT variants' trade-off frontier.
+fn sft_frontier_figure(r: &Results) -> Result<Option<Figure>> {
     let sft_points: Vec<(String, f64, f64, f64)> = r
         .sft
         .iter()
@@ -437,13 +442,18 @@ pub fn figures(r: &Results) -> Result<Vec<Figure>> {
             "SFT variants: perception vs reasoning",
             &sft_points,
         )?;
-        push(
+        return Ok(Some(figure(
             "sft_frontier.png",
             "The λ trade-off frontier",
             "Each SFT variant's held-out a_p against a_r; the label gives its end-to-end a.",
             png,
-        );
+        )));
     }
+    Ok(None)
+}
+
+/// The RL runs' trade-off frontier.
+fn rl_frontier_figure(r: &Results) -> Result<Option<Figure>> {
     let mut rl_points: Vec<(String, f64, f64, f64)> = Vec::new();
     if let Some(first) = r.rl.first() {
         rl_points.push((
@@ -464,16 +474,19 @@ pub fn figures(r: &Results) -> Result<Vec<Figure>> {
             "RL runs: perception vs reasoning",
             &rl_points,
         )?;
-        push(
+        return Ok(Some(figure(
             "rl_frontier.png",
             "The α trade-off frontier",
             "The starting checkpoint and each α run after its last step: a_p against a_r, \
              end-to-end a in the label.",
             png,
-        );
+        )));
     }
+    Ok(None)
+}
 
-    // Correlation bars.
+/// Correlation bars.
+fn correlations_figure(r: &Results) -> Result<Option<Figure>> {
     let mut rows: Vec<Bar> = Vec::new();
     for p in &r.pool {
         let k = usize::from(p.against != "a_p");
@@ -493,16 +506,19 @@ pub fn figures(r: &Results) -> Result<Vec<Figure>> {
             "How each reward couples to perception and to reasoning",
             &rows,
         )?;
-        push(
+        return Ok(Some(figure(
             "correlations.png",
             "Reward correlations",
             "Pearson r of each reward with a_p and with ã_r over one pool of rollouts, with 95 % \
              bootstrap intervals over items.",
             png,
-        );
+        )));
     }
+    Ok(None)
+}
 
-    // Coupling against perception gain.
+/// Coupling against perception gain.
+fn coupling_figure(r: &Results) -> Result<Option<Figure>> {
     let pts: Vec<(String, f64, f64)> =
         r.rl.iter()
             .filter_map(|x| {
@@ -512,13 +528,13 @@ pub fn figures(r: &Results) -> Result<Vec<Figure>> {
             .collect();
     if pts.len() >= 2 {
         let png = coupling("coupling.png", &pts)?;
-        push(
+        return Ok(Some(figure(
             "coupling.png",
             "Coupling vs perception gain",
             "Each RL run's r(R, a_p) over its rollouts against its held-out Δa_p, with the \
              least-squares line.",
             png,
-        );
+        )));
     }
-    Ok(out)
+    Ok(None)
 }

@@ -51,16 +51,25 @@ fn compare(better: &Estimate, base: &Estimate) -> Verdict {
 
 /// The paper's findings, each decided from the numbers in `r`.
 pub fn findings(r: &Results) -> Vec<Finding> {
-    let mut out = Vec::new();
+    vec![
+        token_share(r),
+        sft_reweighting(r),
+        outcome_coupling(r),
+        reward_augmentation(r),
+        surrogate_order(r),
+        coupling_predicts_gain(r),
+    ]
+}
 
-    // 1. Perception is a small share of SFT's target tokens, loss and gradient.
+/// Perception is a small share of SFT's target tokens, loss and gradient.
+fn token_share(r: &Results) -> Finding {
     let claim = "In SFT, perception is a small share of the target tokens, and gets a small \
                  share of the loss and of the gradient";
     match r.shares.first() {
         Some(s) => {
             let grad = s.grad.unwrap_or(f64::NAN);
             let small = s.tokens < 0.2 && s.loss < 0.5 && s.grad.is_none_or(|g| g < 0.5);
-            out.push(Finding {
+            Finding {
                 claim,
                 verdict: if small {
                     Verdict::Reproduced
@@ -76,12 +85,14 @@ pub fn findings(r: &Results) -> Vec<Finding> {
                     s.source.instance
                 ),
                 sources: vec![s.source.clone()],
-            });
+            }
         }
-        None => out.push(not_run(claim)),
+        None => not_run(claim),
     }
+}
 
-    // 2. Reweighting the perception span helps end to end.
+/// Reweighting the perception span helps end to end.
+fn sft_reweighting(r: &Results) -> Finding {
     let claim = "Reweighting perception in SFT (fixed λ or NGDiff) raises end-to-end accuracy \
                  over the standard objective";
     match (r.sft_standard(), r.best_lambda().or(r.ngdiff())) {
@@ -89,7 +100,7 @@ pub fn findings(r: &Results) -> Vec<Finding> {
             let mut cands: Vec<&SftResult> = r.best_lambda().into_iter().collect();
             cands.extend(r.ngdiff());
             let top = best(cands, |x| x.acc.a.mean).unwrap_or(std);
-            out.push(Finding {
+            Finding {
                 claim,
                 verdict: compare(&top.acc.a, &std.acc.a),
                 evidence: format!(
@@ -101,12 +112,14 @@ pub fn findings(r: &Results) -> Vec<Finding> {
                     std.acc.items
                 ),
                 sources: vec![top.source.clone(), std.source.clone()],
-            });
+            }
         }
-        _ => out.push(not_run(claim)),
+        _ => not_run(claim),
     }
+}
 
-    // 3. The outcome reward couples to reasoning more than to perception.
+/// The outcome reward couples to reasoning more than to perception.
+fn outcome_coupling(r: &Results) -> Finding {
     let claim = "In RL, the outcome reward correlates with reasoning (ã_r) more than with \
                  perception (a_p)";
     match (r.pool_r("outcome", "a_p"), r.pool_r("outcome", "a_tilde_r")) {
@@ -120,7 +133,7 @@ pub fn findings(r: &Results) -> Vec<Finding> {
                 _ if p.r.is_none() || q.r.is_none() => Verdict::Inconclusive,
                 _ => Verdict::Inconclusive,
             };
-            out.push(Finding {
+            Finding {
                 claim,
                 verdict,
                 evidence: format!(
@@ -128,16 +141,18 @@ pub fn findings(r: &Results) -> Vec<Finding> {
                     p.n
                 ),
                 sources: vec![p.source.clone()],
-            });
+            }
         }
-        _ => out.push(not_run(claim)),
+        _ => not_run(claim),
     }
+}
 
-    // 4. Augmenting the reward with perception helps.
+/// Augmenting the reward with perception helps.
+fn reward_augmentation(r: &Results) -> Finding {
     let claim = "Augmenting the outcome reward with a perception reward (α > 0) raises \
                  end-to-end accuracy after RL";
     match (r.rl_outcome(), r.best_alpha()) {
-        (Some(base), Some(top)) => out.push(Finding {
+        (Some(base), Some(top)) => Finding {
             claim,
             verdict: compare(&top.end.a, &base.end.a),
             evidence: format!(
@@ -148,11 +163,13 @@ pub fn findings(r: &Results) -> Vec<Finding> {
                 base.end.items
             ),
             sources: vec![top.source.clone(), base.source.clone()],
-        }),
-        _ => out.push(not_run(claim)),
+        },
+        _ => not_run(claim),
     }
+}
 
-    // 5. Surrogate perception rewards: CLIP < self (1) < self (N) < teacher in r with a_p.
+/// Surrogate perception rewards: CLIP < self (1) < self (N) < teacher in r with a_p.
+fn surrogate_order(r: &Results) -> Finding {
     let claim = "Surrogate perception rewards rank by their correlation with a_p: CLIP < self \
                  (N = 1) < self (N > 1) < teacher";
     let order: Vec<&PoolR> = ["clip", "self_1"]
@@ -166,7 +183,7 @@ pub fn findings(r: &Results) -> Vec<Finding> {
     if order.len() >= 3 {
         let rs: Vec<f64> = order.iter().map(|p| p.r.unwrap_or(f64::NAN)).collect();
         let increasing = rs.windows(2).all(|w| w[1] > w[0]);
-        out.push(Finding {
+        Finding {
             claim,
             verdict: if increasing {
                 Verdict::Reproduced
@@ -179,12 +196,14 @@ pub fn findings(r: &Results) -> Vec<Finding> {
                 .collect::<Vec<_>>()
                 .join(" < "),
             sources: vec![order[0].source.clone()],
-        });
+        }
     } else {
-        out.push(not_run(claim));
+        not_run(claim)
     }
+}
 
-    // 6. Runs whose reward couples more to perception gain more perception.
+/// Runs whose reward couples more to perception gain more perception.
+fn coupling_predicts_gain(r: &Results) -> Finding {
     let claim = "Across RL runs, the reward's coupling to perception predicts the perception \
                  gain (Δa_p rises with r(R, a_p))";
     let points: Vec<(f64, f64, &RlResult)> =
@@ -202,7 +221,7 @@ pub fn findings(r: &Results) -> Vec<Finding> {
             Some(c) if c < -0.5 => Verdict::NotReproduced,
             _ => Verdict::Inconclusive,
         };
-        out.push(Finding {
+        Finding {
             claim,
             verdict,
             evidence: format!(
@@ -212,11 +231,10 @@ pub fn findings(r: &Results) -> Vec<Finding> {
                 corr.unwrap_or(f64::NAN)
             ),
             sources: points.iter().map(|p| p.2.source.clone()).collect(),
-        });
+        }
     } else {
-        out.push(not_run(claim));
+        not_run(claim)
     }
-    out
 }
 
 fn not_run(claim: &'static str) -> Finding {

@@ -17,8 +17,12 @@ use std::collections::BTreeMap;
 /// Errors while building a report.
 #[derive(Debug, thiserror::Error)]
 pub enum ReportError {
-    #[error("drawing figure `{figure}`: {message}")]
-    Figure { figure: String, message: String },
+    #[error("drawing figure `{figure}`: {source}")]
+    Figure {
+        figure: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     #[error("{0}")]
     Invalid(String),
 }

@@ -5,6 +5,8 @@
 //! - [`grpo`]: per-token log-probabilities of sampled sequences by teacher forcing, and the
 //!   PPO-clipped objective (token mean per sequence, mean over sequences), KL to a reference
 //!   (k3) and GSPO's sequence ratio;
+//! - [`batch`]: one step's rollouts matched to their rewards, with advantages, as training
+//!   sequences;
 //! - [`update`]: one policy update (epochs of mini-batches) on the shared trainer;
 //! - [`reward`]: the outcome reward, ground-truth and surrogate perception rewards (self,
 //!   teacher) and their composition;
@@ -12,6 +14,7 @@
 //! - [`select`]: the keyed subset of items an RL step samples.
 
 pub mod advantage;
+pub mod batch;
 pub mod coupling;
 pub mod grpo;
 pub mod reward;

@@ -156,7 +156,8 @@ impl Stage for ClipTrain {
             vocab_size: tok.vocab_size(),
             max_text_len: longest + longest / 2,
         };
-        mcfg.validate().map_err(StageError::Invalid)?;
+        mcfg.validate()
+            .map_err(crate::clip::train::ClipError::from)?;
         let settings = ClipTrainSettings {
             steps: cfg.steps,
             batch_size: cfg.batch_size,

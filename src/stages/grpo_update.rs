@@ -18,14 +18,15 @@ use super::{
 use crate::analysis::{RunningPearson, pearson, wilson};
 use crate::dag::{InputSpec, OutputSpec, RunCtx};
 use crate::data::Example;
-use crate::eval::rollout::{Mode, prefix};
 use crate::eval::score::{EvalPoint, heldout_eval};
 use crate::model::DeviceSpec;
-use crate::rl::advantage::{ADV_EPS, StdKind, grouped_advantages, token_advantages};
+use crate::rl::advantage::StdKind;
+use crate::rl::batch::{BatchSpec, StepBatch, step_batch};
 use crate::rl::grpo::{LossSettings, Sequence};
 use crate::rl::update::{MinibatchRow, UpdateSettings, update_model};
 use crate::table::Table;
 use crate::table::cols;
+use crate::text::Tokenizer;
 use crate::train::trainer::OptimState;
 use burn::backend::Autodiff;
 use burn::backend::autodiff::checkpoint::strategy::{
@@ -34,8 +35,7 @@ use burn::backend::autodiff::checkpoint::strategy::{
 use burn::module::AutodiffModule;
 use burn::tensor::backend::Backend;
 use serde::{Deserialize, Serialize};
-use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
+use std::collections::HashSet;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -158,6 +158,34 @@ const RUNNING: [&str; 7] = [
     "running_sum_reward_a_tilde_r",
 ];
 
+/// The reference model of the KL penalty: the checkpoint `id`, which must have the policy's
+/// shape (and, for checkpoint folders, its config and tokenizer: the KL compares the two models'
+/// log-probabilities of the policy's own token ids).
+fn reference_plan(
+    ctx: &RunCtx,
+    id: &str,
+    policy: &ModelPlan,
+    tok: &Tokenizer,
+) -> Result<ModelPlan, StageError> {
+    let r = ModelPlan::from_artifact(ctx.store, id, Some(tok))?;
+    let same = match (&r.source, &policy.source) {
+        (PlanSource::Native { cfg: a, .. }, PlanSource::Native { cfg: b, .. }) => a == b,
+        (PlanSource::Hf { dir: a, .. }, PlanSource::Hf { dir: b, .. }) => {
+            let same_file =
+                |name: &str| std::fs::read(a.join(name)).ok() == std::fs::read(b.join(name)).ok();
+            r.image_size == policy.image_size
+                && same_file("config.json")
+                && same_file("tokenizer.json")
+        }
+        _ => false,
+    };
+    ensure!(
+        same,
+        "the reference checkpoint has another model shape than the policy"
+    );
+    Ok(r)
+}
+
 /// The running sums (reward against a_p and ã_r) on the last row of an earlier log, or none.
 fn running_from_log(t: Option<&Table>) -> Result<RunningPearson<2>, StageError> {
     let Some(t) = t.filter(|t| t.rows() > 0) else {
@@ -234,30 +262,7 @@ impl Stage for GrpoUpdate {
         let tok = read_tokenizer(ctx.store, data_id.as_str())?;
         let plan = ModelPlan::input_or_hf(ctx, &CHECKPOINT, cfg.model.as_ref(), &tok)?;
         let ref_plan = match &reference {
-            Some(id) => {
-                let r = ModelPlan::from_artifact(ctx.store, id.as_str(), Some(&tok))?;
-                let same = match (&r.source, &plan.source) {
-                    (PlanSource::Native { cfg: a, .. }, PlanSource::Native { cfg: b, .. }) => {
-                        a == b
-                    }
-                    (PlanSource::Hf { dir: a, .. }, PlanSource::Hf { dir: b, .. }) => {
-                        // The same architecture and tokenizer: the KL compares the two models'
-                        // log-probabilities of the policy's own token ids.
-                        let same_file = |name: &str| {
-                            std::fs::read(a.join(name)).ok() == std::fs::read(b.join(name)).ok()
-                        };
-                        r.image_size == plan.image_size
-                            && same_file("config.json")
-                            && same_file("tokenizer.json")
-                    }
-                    _ => false,
-                };
-                ensure!(
-                    same,
-                    "the reference checkpoint has another model shape than the policy"
-                );
-                Some(r)
-            }
+            Some(id) => Some(reference_plan(ctx, id.as_str(), &plan, &tok)?),
             None => None,
         };
         let table = read_input(ctx, &ROLLOUTS)?;
@@ -266,70 +271,21 @@ impl Stage for GrpoUpdate {
         };
         let rows = read_rollouts(&table)?;
         let rewards = read_rewards(&read_input(ctx, &REWARDS)?)?;
-        let by_key: HashMap<(&str, usize), usize> = rewards
-            .iter()
-            .enumerate()
-            .map(|(i, r)| ((r.id.as_str(), r.sample), i))
-            .collect();
-        ensure!(
-            by_key.len() == rows.len() && rewards.len() == rows.len(),
-            "{} rewards for {} rollouts",
-            rewards.len(),
-            rows.len()
-        );
-        let mut matched = Vec::with_capacity(rows.len());
-        for r in &rows {
-            let Some(&i) = by_key.get(&(r.id.as_str(), r.sample)) else {
-                bail!("no reward for rollout `{}` sample {}", r.id, r.sample);
-            };
-            matched.push(&rewards[i]);
-        }
-        let reward: Vec<f64> = matched.iter().map(|r| r.reward).collect();
-        let ids: Vec<&str> = rows.iter().map(|r| r.id.as_str()).collect();
-        let (adv, zero) = grouped_advantages(&ids, &reward, cfg.adv_std, ADV_EPS);
-
-        let items: HashSet<&str> = ids.iter().copied().collect();
+        let items: HashSet<&str> = rows.iter().map(|r| r.id.as_str()).collect();
         let examples =
             plan.examples(ctx.store, data_id.as_str(), 0, &|_, id| items.contains(id))?;
-        let s = plan.image_size;
-        let blank: Arc<[f32]> = vec![0.0f32; s * s].into();
-        let by_item: HashMap<&str, (&crate::data::Example, Arc<[f32]>)> = examples
-            .iter()
-            .map(|e| (e.id.as_str(), (e, Arc::from(e.image.as_slice()))))
-            .collect();
-        let mut seqs = Vec::with_capacity(rows.len());
-        for (k, r) in rows.iter().enumerate() {
-            let Some((e, image)) = by_item.get(r.id.as_str()) else {
-                bail!("rollout item `{}` is not in the data", r.id);
-            };
-            let forced = match mode {
-                Mode::Standard => None,
-                Mode::Counterfactual | Mode::TextOnly => r.perception.as_deref(),
-            };
-            let n = r.token_ids.len();
-            ensure!(
-                n > 0,
-                "rollout `{}` sample {} has no tokens",
-                r.id,
-                r.sample
-            );
-            seqs.push(Sequence {
-                image: if mode == Mode::TextOnly {
-                    blank.clone()
-                } else {
-                    image.clone()
-                },
-                prefix: prefix(&plan.codec, &e.prompt, forced)?,
-                tokens: r.token_ids.clone(),
-                old_logprobs: r.logprobs.clone(),
-                perception_tokens: r.perception_tokens,
-                advantages: token_advantages(adv[k], n, r.perception_tokens, cfg.token_lambda)
-                    .into_iter()
-                    .map(|x| x as f32)
-                    .collect(),
-                reward: reward[k],
-            });
-        }
+        let spec = BatchSpec {
+            mode,
+            image_size: plan.image_size,
+            adv_std: cfg.adv_std,
+            token_lambda: cfg.token_lambda,
+        };
+        let StepBatch {
+            sequences: seqs,
+            rewards: matched,
+            zero_groups,
+        } = step_batch(&rows, &rewards, &examples, &plan.codec, &spec)?;
+        let reward: Vec<f64> = matched.iter().map(|r| r.reward).collect();
         let flag = |f: &dyn Fn(&crate::rl::reward::RewardRow) -> bool| -> Vec<f64> {
             matched.iter().map(|r| f64::from(u8::from(f(r)))).collect()
         };
@@ -354,7 +310,7 @@ impl Stage for GrpoUpdate {
             a_tilde_r: mean(&a_tr),
             r_a_p: pearson(&reward, &a_p),
             r_a_tilde_r: pearson(&reward, &a_tr),
-            zero_groups: zero.values().filter(|&&z| z).count() as f64 / zero.len().max(1) as f64,
+            zero_groups,
             running,
         };
 

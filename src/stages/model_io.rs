@@ -211,7 +211,8 @@ pub fn read_clip<B: Backend>(
     }
     let cfg: ClipConfig = serde_json::from_slice(&store.read_file(id, CONFIG_FILE)?)
         .map_err(|e| StageError::Invalid(format!("{id}: config.json: {e}")))?;
-    cfg.validate().map_err(StageError::Invalid)?;
+    cfg.validate()
+        .map_err(crate::clip::train::ClipError::from)?;
     let model = load_weights(cfg.init::<B>(device), &store.read_file(id, WEIGHTS_FILE)?)?;
     Ok((cfg, model))
 }

@@ -22,7 +22,7 @@ use super::{
 use crate::clip::train::{Pair, similarities};
 use crate::dag::{InputSpec, OutputSpec, RunCtx};
 use crate::data::Example;
-use crate::eval::rollout::{Mode, RolloutSpec};
+use crate::eval::rollout::{Mode, RolloutRow, RolloutSpec};
 use crate::model::DeviceSpec;
 use crate::model::sampling::SamplingConfig;
 use crate::rl::reward::{
@@ -30,6 +30,7 @@ use crate::rl::reward::{
     reward_rows, self_rewards, teacher_rewards,
 };
 use crate::table::cols;
+use crate::text::Tokenizer;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
@@ -220,139 +221,26 @@ impl Stage for RewardScore {
         let info = item_info(ctx, &items)?;
         let data_id = input_id(ctx, &DATA)?;
         let data_tok = read_tokenizer(ctx.store, data_id.as_str())?;
-        let spec = DeviceSpec::parse(&ctx.device)?;
-
-        let self_scores = if need.contains(&Component::SelfReward) {
-            let Some(id) = optional_id(ctx, &CHECKPOINT) else {
-                bail!("the self-reward needs the policy: wire input `checkpoint`");
-            };
-            ensure!(cfg.self_n >= 1, "self_n must be at least 1");
-            let plan = ModelPlan::from_artifact(ctx.store, id.as_str(), Some(&data_tok))?;
-            // A checkpoint model reads prompts in its own tokens: the data's re-tokenized.
-            let hf_items = match &plan.source {
-                PlanSource::Native { .. } => None,
-                PlanSource::Hf { .. } => {
-                    let mut ex =
-                        plan.examples(ctx.store, data_id.as_str(), 0, &|_, id| items.contains(id))?;
-                    for e in &mut ex {
-                        e.image = Vec::new();
-                    }
-                    let prompts: HashMap<String, Vec<u32>> = ex
-                        .iter()
-                        .map(|e| (e.id.clone(), e.prompt.clone()))
-                        .collect();
-                    Some((prompts, ex))
-                }
-            };
-            let (prompts, budget_examples) = match &hf_items {
-                Some((p, e)) => (p, e),
-                None => (&info.prompts, &info.budget_examples),
-            };
-            let budget = cfg.self_max_new_tokens.unwrap_or_else(|| {
-                RolloutSpec {
-                    mode: Mode::TextOnly,
-                    ..RolloutSpec::default()
-                }
-                .token_budget(budget_examples)
-            });
-            let scores = crate::with_backend!(spec, |B, dev| {
-                let model = plan.load::<B>(ctx.seed, &dev)?;
-                let mut reasoner = VlmReasoner::<B> {
-                    model: &model,
-                    tok: &plan.codec,
-                    prompts,
-                    sampling: cfg.self_sampling,
-                    max_new_tokens: budget,
-                    batch_size: cfg.batch_size,
-                    seed: rollout_seed(ctx.seed, input_id(ctx, &ROLLOUTS)?.as_str()),
-                    device: &dev,
-                };
-                self_rewards(&rows, &info.p_star, cfg.self_n, &mut reasoner)
-                    .map_err(StageError::from)
-            })?;
-            Some(scores)
-        } else {
-            None
+        let job = Scoring {
+            cfg,
+            ctx,
+            rows: &rows,
+            items: &items,
+            info: &info,
+            data_id: data_id.as_str(),
+            data_tok: &data_tok,
+            spec: DeviceSpec::parse(&ctx.device)?,
         };
-
-        let teacher = if need.contains(&Component::Teacher) {
-            let Some(id) = optional_id(ctx, &TEACHER) else {
-                bail!("the teacher reward needs a teacher: wire input `teacher`");
-            };
-            let plan = ModelPlan::from_artifact(ctx.store, id.as_str(), Some(&data_tok))?;
-            let examples =
-                plan.examples(ctx.store, data_id.as_str(), 0, &|_, id| items.contains(id))?;
-            let budget = perception_budget(&examples);
-            let refs: Vec<&Example> = examples.iter().collect();
-            let transcripts = crate::with_backend!(spec, |B, dev| {
-                let model = plan.load::<B>(ctx.seed, &dev)?;
-                let mut t = VlmTranscriber::<B> {
-                    model: &model,
-                    tok: &plan.codec,
-                    max_new_tokens: budget,
-                    batch_size: cfg.batch_size,
-                    device: &dev,
-                };
-                crate::rl::reward::Transcriber::transcribe(&mut t, &refs).map_err(StageError::from)
-            })?;
-            let by_id: HashMap<String, Option<String>> = examples
-                .iter()
-                .map(|e| e.id.clone())
-                .zip(transcripts)
-                .collect();
-            Some(teacher_rewards(&rows, &by_id).map_err(StageError::from)?)
-        } else {
-            None
-        };
-
-        let clip = if need.contains(&Component::Clip) {
-            let Some(id) = optional_id(ctx, &CLIP) else {
-                bail!(
-                    "the clip reward needs a dual encoder: wire input `clip` (a clip-train stage)"
-                );
-            };
-            let (scores, unscored) = crate::with_backend!(spec, |B, dev| {
-                let (ccfg, model) = read_clip::<B>(ctx.store, id.as_str(), &data_tok, &dev)?;
-                let examples = read_examples_where(
-                    ctx.store,
-                    data_id.as_str(),
-                    ccfg.image_size,
-                    0,
-                    &|_, id| items.contains(id),
-                )?;
-                let image: HashMap<&str, &[f32]> = examples
-                    .iter()
-                    .map(|e| (e.id.as_str(), e.image.as_slice()))
-                    .collect();
-                let mut similarity = |queries: &[(usize, Vec<u32>)]| {
-                    let mut pairs = Vec::with_capacity(queries.len());
-                    for (i, text) in queries {
-                        let Some(img) = image.get(rows[*i].id.as_str()) else {
-                            return Err(crate::rl::RlError::Invalid(format!(
-                                "rollout item `{}` is not in the data",
-                                rows[*i].id
-                            )));
-                        };
-                        pairs.push(Pair { image: img, text });
-                    }
-                    similarities(&model, ccfg.image_size, &pairs, cfg.batch_size, &dev)
-                        .map_err(|e| crate::rl::RlError::Invalid(e.to_string()))
-                };
-                clip_rewards(&rows, &data_tok, ccfg.max_text_len, &mut similarity)
-                    .map_err(StageError::from)
-            })?;
-            if unscored > 0 {
-                eprintln!(
-                    "reward-score: {unscored} of {} perceptions could not be read or are longer \
-                     than the dual encoder reads; their clip reward is -1",
-                    rows.len()
-                );
-            }
-            Some(scores)
-        } else {
-            None
-        };
-
+        let wanted = |c: Component| need.contains(&c);
+        let self_scores = wanted(Component::SelfReward)
+            .then(|| score_self(&job))
+            .transpose()?;
+        let teacher = wanted(Component::Teacher)
+            .then(|| score_teacher(&job))
+            .transpose()?;
+        let clip = wanted(Component::Clip)
+            .then(|| score_clip(&job))
+            .transpose()?;
         let sur = Surrogates {
             self_scores: self_scores.as_deref().map(|s| (s, cfg.self_n)),
             teacher: teacher.as_deref(),
@@ -361,6 +249,140 @@ impl Stage for RewardScore {
         let out = reward_rows(&rows, &info.p_star, &weights, sur).map_err(StageError::from)?;
         Ok(outputs([write_rewards(ctx, &out)?]))
     }
+}
+
+/// What scoring a surrogate reward reads: the stage's config and context, the rollouts and their
+/// items, the data.
+struct Scoring<'a> {
+    cfg: &'a RewardScoreConfig,
+    ctx: &'a RunCtx<'a>,
+    rows: &'a [RolloutRow],
+    items: &'a HashSet<String>,
+    info: &'a ItemInfo,
+    data_id: &'a str,
+    data_tok: &'a Tokenizer,
+    spec: DeviceSpec,
+}
+
+/// The self-reward of every rollout: N text-only re-rollouts of the policy from its own
+/// perception.
+fn score_self(j: &Scoring) -> Result<Vec<(f64, f64)>, StageError> {
+    let Some(id) = optional_id(j.ctx, &CHECKPOINT) else {
+        bail!("the self-reward needs the policy: wire input `checkpoint`");
+    };
+    ensure!(j.cfg.self_n >= 1, "self_n must be at least 1");
+    let plan = ModelPlan::from_artifact(j.ctx.store, id.as_str(), Some(j.data_tok))?;
+    // A checkpoint model reads prompts in its own tokens: the data's re-tokenized.
+    let hf_items = match &plan.source {
+        PlanSource::Native { .. } => None,
+        PlanSource::Hf { .. } => {
+            let mut ex = plan.examples(j.ctx.store, j.data_id, 0, &|_, id| j.items.contains(id))?;
+            for e in &mut ex {
+                e.image = Vec::new();
+            }
+            let prompts: HashMap<String, Vec<u32>> = ex
+                .iter()
+                .map(|e| (e.id.clone(), e.prompt.clone()))
+                .collect();
+            Some((prompts, ex))
+        }
+    };
+    let (prompts, budget_examples) = match &hf_items {
+        Some((p, e)) => (p, e),
+        None => (&j.info.prompts, &j.info.budget_examples),
+    };
+    let budget = j.cfg.self_max_new_tokens.unwrap_or_else(|| {
+        RolloutSpec {
+            mode: Mode::TextOnly,
+            ..RolloutSpec::default()
+        }
+        .token_budget(budget_examples)
+    });
+    let scores = crate::with_backend!(j.spec, |B, dev| {
+        let model = plan.load::<B>(j.ctx.seed, &dev)?;
+        let mut reasoner = VlmReasoner::<B> {
+            model: &model,
+            tok: &plan.codec,
+            prompts,
+            sampling: j.cfg.self_sampling,
+            max_new_tokens: budget,
+            batch_size: j.cfg.batch_size,
+            seed: rollout_seed(j.ctx.seed, input_id(j.ctx, &ROLLOUTS)?.as_str()),
+            device: &dev,
+        };
+        self_rewards(j.rows, &j.info.p_star, j.cfg.self_n, &mut reasoner).map_err(StageError::from)
+    })?;
+    Ok(scores)
+}
+
+/// The teacher reward of every rollout: agreement with the teacher's transcription.
+fn score_teacher(j: &Scoring) -> Result<Vec<f64>, StageError> {
+    let Some(id) = optional_id(j.ctx, &TEACHER) else {
+        bail!("the teacher reward needs a teacher: wire input `teacher`");
+    };
+    let plan = ModelPlan::from_artifact(j.ctx.store, id.as_str(), Some(j.data_tok))?;
+    let examples = plan.examples(j.ctx.store, j.data_id, 0, &|_, id| j.items.contains(id))?;
+    let budget = perception_budget(&examples);
+    let refs: Vec<&Example> = examples.iter().collect();
+    let transcripts = crate::with_backend!(j.spec, |B, dev| {
+        let model = plan.load::<B>(j.ctx.seed, &dev)?;
+        let mut t = VlmTranscriber::<B> {
+            model: &model,
+            tok: &plan.codec,
+            max_new_tokens: budget,
+            batch_size: j.cfg.batch_size,
+            device: &dev,
+        };
+        crate::rl::reward::Transcriber::transcribe(&mut t, &refs).map_err(StageError::from)
+    })?;
+    let by_id: HashMap<String, Option<String>> = examples
+        .iter()
+        .map(|e| e.id.clone())
+        .zip(transcripts)
+        .collect();
+    Ok(teacher_rewards(j.rows, &by_id)?)
+}
+
+/// The CLIP-style reward of every rollout: the dual encoder's image–perception similarity.
+fn score_clip(j: &Scoring) -> Result<Vec<f64>, StageError> {
+    let Some(id) = optional_id(j.ctx, &CLIP) else {
+        bail!("the clip reward needs a dual encoder: wire input `clip` (a clip-train stage)");
+    };
+    let (scores, unscored) = crate::with_backend!(j.spec, |B, dev| {
+        let (ccfg, model) = read_clip::<B>(j.ctx.store, id.as_str(), j.data_tok, &dev)?;
+        let examples =
+            read_examples_where(j.ctx.store, j.data_id, ccfg.image_size, 0, &|_, id| {
+                j.items.contains(id)
+            })?;
+        let image: HashMap<&str, &[f32]> = examples
+            .iter()
+            .map(|e| (e.id.as_str(), e.image.as_slice()))
+            .collect();
+        let mut similarity = |queries: &[(usize, Vec<u32>)]| {
+            let mut pairs = Vec::with_capacity(queries.len());
+            for (i, text) in queries {
+                let Some(img) = image.get(j.rows[*i].id.as_str()) else {
+                    return Err(crate::rl::RlError::Invalid(format!(
+                        "rollout item `{}` is not in the data",
+                        j.rows[*i].id
+                    )));
+                };
+                pairs.push(Pair { image: img, text });
+            }
+            similarities(&model, ccfg.image_size, &pairs, j.cfg.batch_size, &dev)
+                .map_err(|e| crate::rl::RlError::Invalid(e.to_string()))
+        };
+        clip_rewards(j.rows, j.data_tok, ccfg.max_text_len, &mut similarity)
+            .map_err(StageError::from)
+    })?;
+    if unscored > 0 {
+        eprintln!(
+            "reward-score: {unscored} of {} perceptions could not be read or are longer \
+                 than the dual encoder reads; their clip reward is -1",
+            j.rows.len()
+        );
+    }
+    Ok(scores)
 }
 
 fn write_rewards(ctx: &RunCtx, rows: &[RewardRow]) -> Result<Written, StageError> {

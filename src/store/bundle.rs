@@ -151,17 +151,18 @@ enum Slot {
     Tombstone(String),
 }
 
-fn classify(path: &Path) -> std::result::Result<Slot, String> {
+/// Where the entry at `path` goes; a path outside the bundle's layout rejects the bundle.
+fn classify(path: &Path) -> Result<Slot> {
     let mut parts = Vec::new();
     for c in path.components() {
         match c {
             Component::Normal(s) => parts.push(
                 s.to_str()
-                    .ok_or_else(|| format!("non-UTF-8 path {}", path.display()))?
+                    .ok_or_else(|| bundle_err(format!("non-UTF-8 path {}", path.display())))?
                     .to_string(),
             ),
             Component::CurDir => {}
-            _ => return Err(format!("unsafe path `{}`", path.display())),
+            _ => return Err(bundle_err(format!("unsafe path `{}`", path.display()))),
         }
     }
     let p: Vec<&str> = parts.iter().map(String::as_str).collect();
@@ -173,9 +174,9 @@ fn classify(path: &Path) -> std::result::Result<Slot, String> {
         ["discarded", id] if is_hex64(id) => Ok(Slot::Tombstone(id.to_string())),
         ["records", f] => match f.strip_suffix(".json") {
             Some(k) if is_hex64(k) => Ok(Slot::Record(k.to_string())),
-            _ => Err(format!("unexpected path `{}`", path.display())),
+            _ => Err(bundle_err(format!("unexpected path `{}`", path.display()))),
         },
-        _ => Err(format!("unexpected path `{}`", path.display())),
+        _ => Err(bundle_err(format!("unexpected path `{}`", path.display()))),
     }
 }
 
@@ -234,7 +235,7 @@ fn import_staged(store: &Store, path: &Path, stage: &Path) -> Result<BundleRepor
                 epath.display()
             )));
         }
-        let slot = classify(&epath).map_err(bundle_err)?;
+        let slot = classify(&epath)?;
         let mut bytes = Vec::with_capacity(size as usize);
         entry
             .read_to_end(&mut bytes)

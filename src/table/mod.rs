@@ -371,10 +371,10 @@ impl Table {
                     column: name.clone(),
                     msg: "missing".into(),
                 })?;
-            let v = cell_json(col.as_ref(), i).map_err(|msg| TableError::Column {
+            let v = cell_json(col.as_ref(), i).map_err(|e| TableError::Column {
                 kind: self.kind.clone(),
                 column: name.clone(),
-                msg,
+                msg: e.to_string(),
             })?;
             row.insert(name, v);
         }
@@ -382,10 +382,21 @@ impl Table {
     }
 }
 
-fn downcast<T: 'static>(a: &dyn Array) -> std::result::Result<&T, String> {
+/// Why a cell has no JSON form.
+#[derive(Debug, thiserror::Error)]
+enum CellError {
+    #[error("unexpected array for type {0}")]
+    Array(arrow::datatypes::DataType),
+    #[error("row {row} out of range ({rows} rows)")]
+    Row { row: usize, rows: usize },
+    #[error("type {0} has no JSON form")]
+    NoJson(arrow::datatypes::DataType),
+}
+
+fn downcast<T: 'static>(a: &dyn Array) -> std::result::Result<&T, CellError> {
     a.as_any()
         .downcast_ref::<T>()
-        .ok_or_else(|| format!("unexpected array for type {}", a.data_type()))
+        .ok_or_else(|| CellError::Array(a.data_type().clone()))
 }
 
 fn float_json(x: f64) -> serde_json::Value {
@@ -395,11 +406,14 @@ fn float_json(x: f64) -> serde_json::Value {
 }
 
 /// One cell as JSON (see [`Table::row_json`]).
-fn cell_json(a: &dyn Array, i: usize) -> std::result::Result<serde_json::Value, String> {
+fn cell_json(a: &dyn Array, i: usize) -> std::result::Result<serde_json::Value, CellError> {
     use arrow::datatypes::DataType;
     use serde_json::{Value, json};
     if i >= a.len() {
-        return Err(format!("row {i} out of range ({} rows)", a.len()));
+        return Err(CellError::Row {
+            row: i,
+            rows: a.len(),
+        });
     }
     if a.is_null(i) {
         return Ok(Value::Null);
@@ -431,7 +445,7 @@ fn cell_json(a: &dyn Array, i: usize) -> std::result::Result<serde_json::Value, 
             }
             Value::Object(m)
         }
-        other => return Err(format!("type {other} has no JSON form")),
+        other => return Err(CellError::NoJson(other.clone())),
     })
 }
 

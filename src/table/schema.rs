@@ -157,15 +157,35 @@ pub struct Schema {
     pub columns: Vec<ColumnSpec>,
 }
 
-fn registry() -> &'static std::result::Result<BTreeMap<String, Schema>, String> {
-    static R: OnceLock<std::result::Result<BTreeMap<String, Schema>, String>> = OnceLock::new();
+/// A schema file that does not describe its kind.
+#[derive(Debug, thiserror::Error)]
+enum SchemaFileError {
+    #[error("schemas/{kind}.json: {source}")]
+    Json {
+        kind: &'static str,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("schemas/{kind}.json declares kind `{declared}`")]
+    Kind {
+        kind: &'static str,
+        declared: String,
+    },
+}
+
+fn registry() -> &'static std::result::Result<BTreeMap<String, Schema>, SchemaFileError> {
+    static R: OnceLock<std::result::Result<BTreeMap<String, Schema>, SchemaFileError>> =
+        OnceLock::new();
     R.get_or_init(|| {
         let mut m = BTreeMap::new();
-        for (kind, text) in SCHEMA_FILES {
-            let s: Schema =
-                serde_json::from_str(text).map_err(|e| format!("schemas/{kind}.json: {e}"))?;
-            if s.kind != *kind {
-                return Err(format!("schemas/{kind}.json declares kind `{}`", s.kind));
+        for &(kind, text) in SCHEMA_FILES {
+            let s: Schema = serde_json::from_str(text)
+                .map_err(|source| SchemaFileError::Json { kind, source })?;
+            if s.kind != kind {
+                return Err(SchemaFileError::Kind {
+                    kind,
+                    declared: s.kind,
+                });
             }
             m.insert(kind.to_string(), s);
         }
@@ -179,9 +199,9 @@ pub fn schema(kind: &str) -> Result<&'static Schema> {
         Ok(m) => m
             .get(kind)
             .ok_or_else(|| TableError::UnknownKind(kind.to_string())),
-        Err(msg) => Err(TableError::BadSchema {
+        Err(e) => Err(TableError::BadSchema {
             kind: kind.to_string(),
-            msg: msg.clone(),
+            msg: e.to_string(),
         }),
     }
 }

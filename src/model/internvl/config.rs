@@ -2,6 +2,7 @@
 //! the `-HF` checkpoints such as `OpenGVLab/InternVL3_5-2B-HF`). Only the fields the model reads;
 //! unknown fields are ignored, missing ones take transformers' defaults.
 
+use crate::model::config::ConfigError;
 use crate::model::qwen3_vl::config::TextConfig;
 use serde::{Deserialize, Deserializer};
 
@@ -155,83 +156,115 @@ impl InternVlConfig {
     }
 
     /// Checks what the model relies on, naming the first problem.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), ConfigError> {
         let (v, t) = (&self.vision_config, &self.text_config);
         if self.model_type != "internvl" && !self.model_type.is_empty() {
-            return Err(format!("model_type `{}` is not internvl", self.model_type));
+            return Err(ConfigError::new(
+                "model_type",
+                format!("model_type `{}` is not internvl", self.model_type),
+            ));
         }
         if v.num_attention_heads == 0 || v.hidden_size % v.num_attention_heads != 0 {
-            return Err(format!(
-                "vision hidden_size {} is not a multiple of num_attention_heads {}",
-                v.hidden_size, v.num_attention_heads
+            return Err(ConfigError::new(
+                "vision_config.num_attention_heads",
+                format!(
+                    "vision hidden_size {} is not a multiple of num_attention_heads {}",
+                    v.hidden_size, v.num_attention_heads
+                ),
             ));
         }
         if v.patch_size == 0 || v.image_size % v.patch_size != 0 {
-            return Err(format!(
-                "vision image_size {} is not a multiple of patch_size {}",
-                v.image_size, v.patch_size
+            return Err(ConfigError::new(
+                "vision_config.image_size",
+                format!(
+                    "vision image_size {} is not a multiple of patch_size {}",
+                    v.image_size, v.patch_size
+                ),
             ));
         }
         if !matches!(v.norm_type.as_str(), "layer_norm" | "rms_norm") {
-            return Err(format!(
-                "vision norm_type `{}` is not supported",
-                v.norm_type
+            return Err(ConfigError::new(
+                "vision_config.norm_type",
+                format!("vision norm_type `{}` is not supported", v.norm_type),
             ));
         }
         if !v.use_absolute_position_embeddings {
-            return Err("a vision tower without position embeddings is not supported".into());
+            return Err(ConfigError::new(
+                "vision_config.use_absolute_position_embeddings",
+                "a vision tower without position embeddings is not supported",
+            ));
         }
         let s = self.shuffle();
         if s == 0 || (1.0 / s as f64 - self.downsample_ratio).abs() > 1e-9 {
-            return Err(format!(
-                "downsample_ratio {} is not 1/n for a whole n",
-                self.downsample_ratio
+            return Err(ConfigError::new(
+                "downsample_ratio",
+                format!(
+                    "downsample_ratio {} is not 1/n for a whole n",
+                    self.downsample_ratio
+                ),
             ));
         }
         if v.grid() % s != 0 {
-            return Err(format!(
-                "{} patches a side do not fold by {s} (downsample_ratio {})",
-                v.grid(),
-                self.downsample_ratio
+            return Err(ConfigError::new(
+                "downsample_ratio",
+                format!(
+                    "{} patches a side do not fold by {s} (downsample_ratio {})",
+                    v.grid(),
+                    self.downsample_ratio
+                ),
             ));
         }
         if let Some(n) = self
             .image_seq_length
             .filter(|&n| n != self.tokens_per_tile())
         {
-            return Err(format!(
-                "image_seq_length {n}, but a tile gives {} tokens",
-                self.tokens_per_tile()
+            return Err(ConfigError::new(
+                "image_seq_length",
+                format!(
+                    "image_seq_length {n}, but a tile gives {} tokens",
+                    self.tokens_per_tile()
+                ),
             ));
         }
         if self.vision_feature_layer != -1 {
-            return Err(format!(
-                "vision_feature_layer {} is not supported (only -1, the last layer)",
-                self.vision_feature_layer
+            return Err(ConfigError::new(
+                "vision_feature_layer",
+                format!(
+                    "vision_feature_layer {} is not supported (only -1, the last layer)",
+                    self.vision_feature_layer
+                ),
             ));
         }
         if self.vision_feature_select_strategy != "default" {
-            return Err(format!(
-                "vision_feature_select_strategy `{}` is not supported (only `default`)",
-                self.vision_feature_select_strategy
+            return Err(ConfigError::new(
+                "vision_feature_select_strategy",
+                format!(
+                    "vision_feature_select_strategy `{}` is not supported (only `default`)",
+                    self.vision_feature_select_strategy
+                ),
             ));
         }
         if let Some(m) = t.model_type.as_deref().filter(|m| *m != "qwen3") {
-            return Err(format!(
-                "text model_type `{m}` is not supported (only qwen3, InternVL3.5's)"
+            return Err(ConfigError::new(
+                "text_config.model_type",
+                format!("text model_type `{m}` is not supported (only qwen3, InternVL3.5's)"),
             ));
         }
         t.validate_heads()?;
         if t.head_dim() % 2 != 0 {
-            return Err(format!("head_dim {} is odd", t.head_dim()));
+            return Err(ConfigError::new(
+                "text_config.head_dim",
+                format!("head_dim {} is odd", t.head_dim()),
+            ));
         }
         let rope = t.rope_parameters.as_ref().or(t.rope_scaling.as_ref());
         if let Some(kind) = rope
             .and_then(|r| r.rope_type.as_deref())
             .filter(|k| *k != "default")
         {
-            return Err(format!(
-                "rope_type `{kind}` is not supported (only default)"
+            return Err(ConfigError::new(
+                "text_config.rope_parameters.rope_type",
+                format!("rope_type `{kind}` is not supported (only default)"),
             ));
         }
         for (what, act) in [
@@ -240,7 +273,10 @@ impl InternVlConfig {
             ("text", &t.hidden_act),
         ] {
             if !matches!(act.as_str(), "gelu_pytorch_tanh" | "gelu" | "silu") {
-                return Err(format!("{what} hidden_act `{act}` is not supported"));
+                return Err(ConfigError::new(
+                    format!("{what}_config.hidden_act"),
+                    format!("{what} hidden_act `{act}` is not supported"),
+                ));
             }
         }
         Ok(())

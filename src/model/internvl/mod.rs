@@ -78,7 +78,7 @@ pub struct InternVl<B: Backend> {
 impl<B: Backend> InternVl<B> {
     /// A model of `cfg`'s shapes with placeholder weights (load a checkpoint into it).
     pub fn new(cfg: &InternVlConfig, device: &B::Device) -> Result<Self> {
-        cfg.validate().map_err(HfError::Input)?;
+        cfg.validate()?;
         let t = cfg.lm_config();
         let folded = cfg.vision_config.hidden_size * cfg.shuffle().pow(2);
         Ok(InternVl {

@@ -2,6 +2,7 @@
 //! Only the fields the model reads; unknown fields are ignored, missing ones take transformers'
 //! defaults.
 
+use crate::model::config::ConfigError;
 use serde::Deserialize;
 
 /// The whole checkpoint config.
@@ -135,15 +136,19 @@ mod defaults {
 impl TextConfig {
     /// Grouped-query attention needs whole groups of query heads per key/value head.
     /// (And that every layer attends to every earlier token.)
-    pub fn validate_heads(&self) -> Result<(), String> {
+    pub fn validate_heads(&self) -> Result<(), ConfigError> {
         let (h, kv) = (self.num_attention_heads, self.kv_heads());
         if h == 0 || kv == 0 || h % kv != 0 {
-            return Err(format!(
-                "num_attention_heads {h} is not a multiple of num_key_value_heads {kv}"
+            return Err(ConfigError::new(
+                "text_config.num_attention_heads",
+                format!("num_attention_heads {h} is not a multiple of num_key_value_heads {kv}"),
             ));
         }
         if self.use_sliding_window {
-            return Err("sliding-window attention (use_sliding_window) is not supported".into());
+            return Err(ConfigError::new(
+                "text_config.use_sliding_window",
+                "sliding-window attention (use_sliding_window) is not supported",
+            ));
         }
         Ok(())
     }
@@ -192,55 +197,73 @@ impl VisionConfig {
 
 impl Qwen3VlConfig {
     /// Checks what the model relies on, naming the first problem.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), ConfigError> {
         let (v, t) = (&self.vision_config, &self.text_config);
         if self.model_type != "qwen3_vl" && !self.model_type.is_empty() {
-            return Err(format!("model_type `{}` is not qwen3_vl", self.model_type));
+            return Err(ConfigError::new(
+                "model_type",
+                format!("model_type `{}` is not qwen3_vl", self.model_type),
+            ));
         }
         if v.num_heads == 0 || v.hidden_size % v.num_heads != 0 {
-            return Err(format!(
-                "vision hidden_size {} is not a multiple of num_heads {}",
-                v.hidden_size, v.num_heads
+            return Err(ConfigError::new(
+                "vision_config.num_heads",
+                format!(
+                    "vision hidden_size {} is not a multiple of num_heads {}",
+                    v.hidden_size, v.num_heads
+                ),
             ));
         }
         if v.head_dim() % 4 != 0 {
-            return Err(format!(
-                "vision head dim {} is not a multiple of 4",
-                v.head_dim()
+            return Err(ConfigError::new(
+                "vision_config.hidden_size",
+                format!("vision head dim {} is not a multiple of 4", v.head_dim()),
             ));
         }
         let side = (v.num_position_embeddings as f64).sqrt().round() as usize;
         if side * side != v.num_position_embeddings || side == 0 {
-            return Err(format!(
-                "num_position_embeddings {} is not a square",
-                v.num_position_embeddings
+            return Err(ConfigError::new(
+                "vision_config.num_position_embeddings",
+                format!(
+                    "num_position_embeddings {} is not a square",
+                    v.num_position_embeddings
+                ),
             ));
         }
         if let Some(&i) = v.deepstack_visual_indexes.iter().find(|&&i| i >= v.depth) {
-            return Err(format!(
-                "deepstack layer {i} is beyond the vision depth {}",
-                v.depth
+            return Err(ConfigError::new(
+                "vision_config.deepstack_visual_indexes",
+                format!("deepstack layer {i} is beyond the vision depth {}", v.depth),
             ));
         }
         if v.deepstack_visual_indexes.len() > t.num_hidden_layers {
-            return Err(format!(
-                "{} deepstack features but {} text layers",
-                v.deepstack_visual_indexes.len(),
-                t.num_hidden_layers
+            return Err(ConfigError::new(
+                "vision_config.deepstack_visual_indexes",
+                format!(
+                    "{} deepstack features but {} text layers",
+                    v.deepstack_visual_indexes.len(),
+                    t.num_hidden_layers
+                ),
             ));
         }
         t.validate_heads()?;
         let half = t.head_dim() / 2;
         let section = t.mrope_section();
         if section.len() != 3 || section.iter().sum::<usize>() != half || t.head_dim() % 2 != 0 {
-            return Err(format!(
-                "mrope_section {section:?} does not split the {half} rotary frequencies of head_dim {}",
-                t.head_dim()
+            return Err(ConfigError::new(
+                "text_config.rope_parameters.mrope_section",
+                format!(
+                    "mrope_section {section:?} does not split the {half} rotary frequencies of head_dim {}",
+                    t.head_dim()
+                ),
             ));
         }
         for (what, act) in [("vision", &v.hidden_act), ("text", &t.hidden_act)] {
             if !matches!(act.as_str(), "gelu_pytorch_tanh" | "gelu" | "silu") {
-                return Err(format!("{what} hidden_act `{act}` is not supported"));
+                return Err(ConfigError::new(
+                    format!("{what}_config.hidden_act"),
+                    format!("{what} hidden_act `{act}` is not supported"),
+                ));
             }
         }
         Ok(())

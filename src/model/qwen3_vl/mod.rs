@@ -35,6 +35,8 @@ pub enum HfError {
     Checkpoint { path: String, msg: String },
     #[error("model input: {0}")]
     Input(String),
+    #[error("model config: {0}")]
+    Config(#[from] crate::model::config::ConfigError),
 }
 
 pub type Result<T> = std::result::Result<T, HfError>;
@@ -132,7 +134,7 @@ pub struct ImageInput<B: Backend> {
 impl<B: Backend> Qwen3Vl<B> {
     /// A model of `cfg`'s shapes with placeholder weights (load a checkpoint into it).
     pub fn new(cfg: &Qwen3VlConfig, device: &B::Device) -> Result<Self> {
-        cfg.validate().map_err(HfError::Input)?;
+        cfg.validate()?;
         let tied = cfg.tie_word_embeddings;
         let t = &cfg.text_config;
         Ok(Qwen3Vl {
@@ -524,6 +526,23 @@ mod tests {
         let p =
             Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/qwen3_vl/tied/config.json");
         serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
+    }
+
+    /// A config the model cannot run names the key that breaks it.
+    #[test]
+    fn bad_configs_name_their_key() {
+        cfg().validate().unwrap();
+        let mut c = cfg();
+        c.vision_config.num_heads = 0;
+        assert_eq!(c.validate().unwrap_err().field, "vision_config.num_heads");
+        let mut c = cfg();
+        c.text_config.use_sliding_window = true;
+        let e = c.validate().unwrap_err();
+        assert_eq!(e.field, "text_config.use_sliding_window");
+        assert!(e.to_string().contains("not supported"), "{e}");
+        let mut c = cfg();
+        c.text_config.hidden_act = "relu".into();
+        assert_eq!(c.validate().unwrap_err().field, "text_config.hidden_act");
     }
 
     /// Image tokens after the images are used up (as a sampled `<|image_pad|>`) are text: they

@@ -256,21 +256,28 @@ fn a_gradient_of_another_model_is_refused() {
     ));
 }
 
+/// Kernel launches of `f` on the software GPU (the queue drained before and after), and its value.
+#[cfg(feature = "wgpu")]
+fn counted<T>(dev: &burn::backend::wgpu::WgpuDevice, f: impl FnOnce() -> T) -> (u64, T) {
+    use crate::model::gpu::KernelCounts;
+    let _ = <burn::backend::Wgpu as Backend>::sync(dev);
+    let before = KernelCounts::now();
+    let out = f();
+    let _ = <burn::backend::Wgpu as Backend>::sync(dev);
+    (KernelCounts::now().since(before).launches, out)
+}
+
 /// On the software GPU the flat step equals burn's per-tensor step and launches fewer kernels.
 #[cfg(feature = "wgpu")]
 #[test]
 fn on_the_software_gpu_the_flat_step_launches_fewer_kernels() {
-    use crate::model::gpu::{KernelCounts, software_gpu};
+    use crate::model::gpu::software_gpu;
     type W = burn::backend::Autodiff<burn::backend::Wgpu>;
     let (_gpu, dev) = software_gpu();
     let (mut flat, mut per) = pair::<W>(0.05, &dev);
     let launches = |t: &mut Trainer<W>, step: usize| {
         let g = grads(t.model(), step, None);
-        let _ = <burn::backend::Wgpu as Backend>::sync(&dev);
-        let before = KernelCounts::now();
-        let _done = t.step(step, g).unwrap();
-        let _ = <burn::backend::Wgpu as Backend>::sync(&dev);
-        KernelCounts::now().since(before).launches
+        counted(&dev, || t.step(step, g).unwrap()).0
     };
     // Two warm-up steps (first moments, compilation), then one counted.
     let mut counts = [0, 0];
@@ -297,17 +304,11 @@ fn on_the_software_gpu_the_flat_step_launches_fewer_kernels() {
 #[cfg(feature = "wgpu")]
 #[test]
 fn on_the_software_gpu_flat_gradients_launch_fewer_kernels() {
-    use crate::model::gpu::{KernelCounts, software_gpu};
+    use crate::model::gpu::software_gpu;
     type W = burn::backend::Autodiff<burn::backend::Wgpu>;
     let (_gpu, dev) = software_gpu();
     let (mut flat, mut per) = pair::<W>(0.05, &dev);
-    let launches = |t: &mut Trainer<W>, step: usize| {
-        let _ = <burn::backend::Wgpu as Backend>::sync(&dev);
-        let before = KernelCounts::now();
-        let norms = combined_step(t, step);
-        let _ = <burn::backend::Wgpu as Backend>::sync(&dev);
-        (KernelCounts::now().since(before).launches, norms)
-    };
+    let launches = |t: &mut Trainer<W>, step: usize| counted(&dev, || combined_step(t, step));
     let mut counts = [0, 0];
     for step in 0..3 {
         let (f, nf) = launches(&mut flat, step);

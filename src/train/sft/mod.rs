@@ -522,6 +522,111 @@ fn step_gradients<B: AutodiffBackend>(
     Ok((grads, st))
 }
 
+/// A step's statistics besides the loss sums, still on the device until the step's one host
+/// read: the global gradient norm, NGDiff's λ and half norms, the diagnostics' norms of the
+/// objective restricted to perception and to reasoning.
+struct OnDevice<I: Backend> {
+    grad_norm: Tensor<I, 1>,
+    ngdiff: Option<[Tensor<I, 1>; 3]>,
+    diag: Option<[Tensor<I, 1>; 2]>,
+}
+
+type Norms<I> = (Option<[Tensor<I, 1>; 3]>, Option<[Tensor<I, 1>; 2]>);
+
+/// The trained objective's gradient from the step's accumulated gradients (NGDiff: λ·g_p +
+/// (1 − λ)·g_r with λ from the two norms), with NGDiff's `[λ, ‖g_p‖, ‖g_r‖]` and the
+/// diagnostics' two norms on the device.
+fn objective_gradient<B: AutodiffBackend>(
+    settings: &SftSettings,
+    model: &Model<B>,
+    grads: StepGrads<B>,
+    device: &B::Device,
+) -> Result<(Gradient<B>, Norms<B::InnerBackend>), TrainError> {
+    let diag = match (&grads.diag_p, &grads.diag_r) {
+        (Some(gp), Some(gr)) => Some([gp.norm(model, device), gr.norm(model, device)]),
+        _ => None,
+    };
+    if settings.objective == ObjectiveKind::Ngdiff {
+        let (Some(gp), Some(gr)) = (grads.perception, grads.reasoning) else {
+            return Err(TrainError::Other("no gradients".into()));
+        };
+        let (np, nr) = (gp.norm(model, device), gr.norm(model, device));
+        let l = super::objective::ngdiff_lambda_device(np.clone(), nr.clone());
+        let rest = l.clone().neg() + 1.0;
+        let g = Gradient::combine(model, gp, l.clone(), gr, rest).map_err(TrainerError::from)?;
+        return Ok((g, (Some([l, np, nr]), diag)));
+    }
+    let g = grads
+        .total
+        .ok_or_else(|| TrainError::Other("no gradients".into()))?;
+    Ok((g, (None, diag)))
+}
+
+/// The log row of step `step` (0-based), with the step's one host read; `stats` turns the read
+/// gradient norm into the optimizer step's statistics.
+fn read_row<I: Backend>(
+    settings: &SftSettings,
+    step: usize,
+    diagnostics: bool,
+    st: MicroStats<I>,
+    on_device: OnDevice<I>,
+    device: &I::Device,
+    stats: impl Fn(f64) -> StepStats,
+) -> Result<LogRow, TrainError> {
+    let mut parts = vec![
+        st.sums
+            .unwrap_or_else(|| f32_on_device(Tensor::zeros([SUMS], device))),
+        on_device.grad_norm,
+    ];
+    let has_diag_norms = on_device.diag.is_some();
+    parts.extend(on_device.ngdiff.into_iter().flatten());
+    parts.extend(on_device.diag.into_iter().flatten());
+    let parts = parts.into_iter().map(f32_on_device).collect();
+    let host = host_f32(Tensor::cat(parts, 0))?;
+    let v = |k: usize| host.get(k).copied().unwrap_or(f32::NAN) as f64;
+    let stats = stats(v(SUMS));
+    let (mean_p, mean_r) = (
+        v(SUM_P) / st.n_p.max(1) as f64,
+        v(SUM_R) / st.n_r.max(1) as f64,
+    );
+    let mut at = SUMS + 1;
+    let mut next = || {
+        at += 1;
+        v(at - 1)
+    };
+    let (lambda, objective, mut grad_share) = if settings.objective == ObjectiveKind::Ngdiff {
+        let (l, np, nr) = (next(), next(), next());
+        // The trained objective's halves: λ·g_p and (1 − λ)·g_r.
+        let (wp, wr) = (l * np, (1.0 - l) * nr);
+        (
+            Some(l),
+            l * mean_p + (1.0 - l) * mean_r,
+            diagnostics.then(|| wp / (wp + wr).max(1e-12)),
+        )
+    } else {
+        let lambda = (settings.objective == ObjectiveKind::Reweight).then_some(settings.lambda);
+        (lambda, v(OBJECTIVE), None)
+    };
+    if has_diag_norms {
+        let (np, nr) = (next(), next());
+        grad_share = Some(np / (np + nr).max(1e-12));
+    }
+    Ok(LogRow {
+        step: step + 1,
+        loss: objective,
+        loss_perception: mean_p,
+        loss_reasoning: mean_r,
+        perception_token_share: st.n_p as f64 / st.tokens.max(1) as f64,
+        perception_loss_share: v(SUM_P) / v(SUM_ALL).max(1e-12),
+        perception_grad_share: grad_share,
+        loss_perception_blank: (st.blank_n > 0).then(|| v(SUM_BLANK) / st.blank_n as f64),
+        lambda,
+        lr: stats.lr,
+        grad_norm: stats.grad_norm,
+        eval: None,
+    })
+}
+
 /// Runs SFT of `model` (see [`crate::train::trainer::native_model`]) and returns the trained
 /// model and the logs.
 #[allow(clippy::too_many_arguments)]
@@ -558,82 +663,18 @@ pub fn train<B: AutodiffBackend>(
             diagnostics: settings.diagnostics_every > 0 && step % settings.diagnostics_every == 0,
         };
         let (grads, st) = step_gradients(&ctx, trainer.model(), train_set, step)?;
+        let (objective, (ngdiff, diag)) =
+            objective_gradient(settings, trainer.model(), grads, device)?;
         let diagnostics = ctx.diagnostics;
-        let model = trainer.model();
-        // Everything the log needs stays on the device until the step's one host read.
-        let diag_norms = match (&grads.diag_p, &grads.diag_r) {
-            (Some(gp), Some(gr)) => Some([gp.norm(model, device), gr.norm(model, device)]),
-            _ => None,
+        let done = trainer.step(step, objective)?;
+        let on_device = OnDevice {
+            grad_norm: done.grad_norm,
+            ngdiff,
+            diag,
         };
-        let (objective_grads, ngdiff) = if settings.objective == ObjectiveKind::Ngdiff {
-            let (Some(gp), Some(gr)) = (grads.perception, grads.reasoning) else {
-                return Err(TrainError::Other("no gradients".into()));
-            };
-            let (np, nr) = (gp.norm(model, device), gr.norm(model, device));
-            let l = super::objective::ngdiff_lambda_device(np.clone(), nr.clone());
-            let rest = l.clone().neg() + 1.0;
-            let g =
-                Gradient::combine(model, gp, l.clone(), gr, rest).map_err(TrainerError::from)?;
-            (g, Some([l, np, nr]))
-        } else {
-            let g = grads
-                .total
-                .ok_or_else(|| TrainError::Other("no gradients".into()))?;
-            (g, None)
-        };
-        let done = trainer.step(step, objective_grads)?;
-        let mut parts = vec![
-            st.sums
-                .unwrap_or_else(|| f32_on_device(Tensor::zeros([SUMS], device))),
-            done.grad_norm,
-        ];
-        let has_diag_norms = diag_norms.is_some();
-        parts.extend(ngdiff.into_iter().flatten());
-        parts.extend(diag_norms.into_iter().flatten());
-        let parts = parts.into_iter().map(f32_on_device).collect();
-        let host = host_f32(Tensor::cat(parts, 0))?;
-        let v = |k: usize| host.get(k).copied().unwrap_or(f32::NAN) as f64;
-        let stats = StepStats::read(done.lr, v(SUMS), trainer.grad_clip());
-        let (mean_p, mean_r) = (
-            v(SUM_P) / st.n_p.max(1) as f64,
-            v(SUM_R) / st.n_r.max(1) as f64,
-        );
-        let mut at = SUMS + 1;
-        let mut next = || {
-            at += 1;
-            v(at - 1)
-        };
-        let (lambda, objective, mut grad_share) = if settings.objective == ObjectiveKind::Ngdiff {
-            let (l, np, nr) = (next(), next(), next());
-            // The trained objective's halves: λ·g_p and (1 − λ)·g_r.
-            let (wp, wr) = (l * np, (1.0 - l) * nr);
-            (
-                Some(l),
-                l * mean_p + (1.0 - l) * mean_r,
-                diagnostics.then(|| wp / (wp + wr).max(1e-12)),
-            )
-        } else {
-            let lambda = (settings.objective == ObjectiveKind::Reweight).then_some(settings.lambda);
-            (lambda, v(OBJECTIVE), None)
-        };
-        if has_diag_norms {
-            let (np, nr) = (next(), next());
-            grad_share = Some(np / (np + nr).max(1e-12));
-        }
-        let mut row = LogRow {
-            step: step + 1,
-            loss: objective,
-            loss_perception: mean_p,
-            loss_reasoning: mean_r,
-            perception_token_share: st.n_p as f64 / st.tokens.max(1) as f64,
-            perception_loss_share: v(SUM_P) / v(SUM_ALL).max(1e-12),
-            perception_grad_share: grad_share,
-            loss_perception_blank: (st.blank_n > 0).then(|| v(SUM_BLANK) / st.blank_n as f64),
-            lambda,
-            lr: stats.lr,
-            grad_norm: stats.grad_norm,
-            eval: None,
-        };
+        let stats = |sum: f64| StepStats::read(done.lr, sum, trainer.grad_clip());
+        let tokens = st.tokens;
+        let mut row = read_row(settings, step, diagnostics, st, on_device, device, stats)?;
         let is_last = step + 1 == settings.steps;
         if (settings.eval_every > 0 && (step + 1) % settings.eval_every == 0) || is_last {
             row.eval = hooks.eval(step + 1, &trainer.model().valid())?;
@@ -642,9 +683,9 @@ pub fn train<B: AutodiffBackend>(
         timing.push(TimingRow {
             step: step + 1,
             seconds: secs,
-            tokens: st.tokens,
+            tokens,
         });
-        hooks.after_step(step + 1, &row, st.tokens as f64 / secs.max(1e-9));
+        hooks.after_step(step + 1, &row, tokens as f64 / secs.max(1e-9));
         log.push(row);
         if settings.snapshot_every > 0 && (step + 1) % settings.snapshot_every == 0 && !is_last {
             let state = SnapshotState {
