@@ -103,173 +103,209 @@ pub fn dev(cmd: DevCmd) -> anyhow::Result<i32> {
             fixture,
             device,
             tolerance,
-        } => {
-            use asymm::model::internvl::{self, InternVl};
-            use asymm::model::qwen3_vl::{Qwen3Vl, chat::Family, reference};
-            let spec = asymm::model::DeviceSpec::parse(&device)?;
-            let r = reference::Reference::read(&fixture.join("reference.safetensors"))?;
-            let family = Family::of_dir(&fixture)?;
-            let p = asymm::with_backend!(spec, |B, dev| {
-                match family {
-                    Family::Qwen3Vl => {
-                        let model = Qwen3Vl::<B>::from_pretrained(&fixture, &dev)?;
-                        reference::parity(&model, &r).map_err(anyhow::Error::from)
-                    }
-                    Family::InternVl => {
-                        let model = InternVl::<B>::from_pretrained(&fixture, &dev)?;
-                        internvl::parity(&model, &r).map_err(anyhow::Error::from)
-                    }
-                }
-            })?;
-            let passed = p.positions_equal && p.max_abs_logit_diff <= tolerance;
-            println!(
-                "{}",
-                serde_json::to_string_pretty(&serde_json::json!({
-                    "fixture": fixture,
-                    "device": device,
-                    "tolerance": tolerance,
-                    "passed": passed,
-                    "parity": p,
-                }))?
-            );
-            Ok(if passed { 0 } else { 1 })
-        }
+        } => hf_parity(fixture, device, tolerance),
         DevCmd::HfMemory {
             checkpoint,
             image_size,
             text_tokens,
             dtype,
             budget_gib,
-        } => {
-            let bytes = match dtype.as_str() {
-                "f32" => 4,
-                "bf16" => 2,
-                other => anyhow::bail!("--dtype {other}: use f32 or bf16"),
-            };
-            let report = memory_report(&checkpoint, image_size, text_tokens, bytes, budget_gib)?;
-            println!("{}", serde_json::to_string_pretty(&report)?);
-            Ok(0)
-        }
+        } => hf_memory(checkpoint, image_size, text_tokens, dtype, budget_gib),
         DevCmd::HfGenerate {
             checkpoint,
             image,
             prompt,
             max_new_tokens,
             device,
-        } => {
-            use asymm::model::qwen3_vl::chat::{ChatTokenizer, Family};
-            let spec = asymm::model::DeviceSpec::parse(&device)?;
-            let tok = ChatTokenizer::from_dir(&checkpoint)?;
-            let bytes =
-                std::fs::read(&image).map_err(|e| anyhow::anyhow!("{}: {e}", image.display()))?;
-            let rgb = asymm::model::qwen3_vl::processor::Rgb::from_png(&bytes)?;
-            let stop: Vec<u32> = ["<|im_end|>", "<|endoftext|>"]
-                .iter()
-                .filter_map(|t| tok.token_id(t))
-                .collect();
-            let g = Generate {
-                dir: &checkpoint,
-                image: &rgb,
-                tok: &tok,
-                prompt: &prompt,
-                max_new: max_new_tokens,
-                stop: &stop,
-            };
-            let out = asymm::with_backend!(spec, |B, dev| {
-                match tok.family() {
-                    Family::Qwen3Vl => generate_qwen::<B>(&g, &dev),
-                    Family::InternVl => generate_internvl::<B>(&g, &dev),
-                }
-            })?;
-            println!("{}", tok.decode(&out, true)?);
-            Ok(0)
-        }
+        } => hf_generate(checkpoint, image, prompt, max_new_tokens, device),
         DevCmd::DeviceCheck {
             device,
             model,
             tolerance,
             steps,
-        } => {
-            let spec = asymm::model::DeviceSpec::parse(&device)?;
-            let vocab = asymm::text::Tokenizer::task_vocabulary().vocab_size();
-            let cfg = asymm::model::VlmConfig::preset(&model, vocab)
-                .ok_or_else(|| anyhow::anyhow!("unknown model preset `{model}` (tiny, small)"))?;
-            let report = asymm::with_backend!(spec, |B, dev| {
-                asymm::model::check::check_device::<burn::backend::Autodiff<B>>(&cfg, &dev, steps)
-                    .map_err(anyhow::Error::from)
-            })?;
-            let passed = report.passed(tolerance);
-            println!(
-                "{}",
-                serde_json::to_string_pretty(&serde_json::json!({
-                    "device": device,
-                    "model": model,
-                    "tolerance": tolerance,
-                    "passed": passed,
-                    "report": report,
-                }))?
-            );
-            Ok(if passed { 0 } else { 1 })
-        }
+        } => device_check(device, model, tolerance, steps),
         DevCmd::StageVersions {
             write,
             unchanged_output,
             sources,
             root,
-        } => {
-            if !root
-                .join(versions::TABLE_PATH)
-                .parent()
-                .is_some_and(|d| d.is_dir())
-            {
-                anyhow::bail!(
-                    "{} has no src/stages: run from the repository root or pass --root",
-                    root.display()
-                );
+        } => stage_versions(write, unchanged_output, sources, root),
+    }
+}
+
+/// `dev hf-parity`: a checkpoint fixture's logits against the reference file transformers wrote.
+fn hf_parity(fixture: PathBuf, device: String, tolerance: f32) -> anyhow::Result<i32> {
+    use asymm::model::internvl::{self, InternVl};
+    use asymm::model::qwen3_vl::{Qwen3Vl, chat::Family, reference};
+    let spec = asymm::model::DeviceSpec::parse(&device)?;
+    let r = reference::Reference::read(&fixture.join("reference.safetensors"))?;
+    let family = Family::of_dir(&fixture)?;
+    let p = asymm::with_backend!(spec, |B, dev| {
+        match family {
+            Family::Qwen3Vl => {
+                let model = Qwen3Vl::<B>::from_pretrained(&fixture, &dev)?;
+                reference::parity(&model, &r).map_err(anyhow::Error::from)
             }
-            let reg = StageRegistry::default();
-            if let Some(stage) = sources {
-                anyhow::ensure!(
-                    asymm::dag::Registry::get(&reg, &stage).is_some(),
-                    versions::VersionsError::UnknownStage(stage)
-                );
-                for f in versions::stage_sources(&root, &stage)? {
-                    println!("{f}");
-                }
-                return Ok(0);
-            }
-            if write {
-                let r = versions::refresh(&root, &reg, &unchanged_output)?;
-                for f in &r.recorded {
-                    match f {
-                        versions::Finding::Outdated { stage, what } => {
-                            println!("recorded `{stage}`: {what}")
-                        }
-                        versions::Finding::NotBumped { stage, version, .. } => println!(
-                            "recorded `{stage}`: sources changed, VERSION kept at {version} \
-                             (--unchanged-output)"
-                        ),
-                        other => println!("recorded: {other}"),
-                    }
-                }
-                if r.written {
-                    println!("wrote {}", versions::TABLE_PATH);
-                } else {
-                    println!("{} is up to date", versions::TABLE_PATH);
-                }
-                return Ok(0);
-            }
-            let findings = versions::check(&root, &reg)?;
-            for f in &findings {
-                println!("{f}");
-            }
-            if findings.is_empty() {
-                println!("{} is up to date", versions::TABLE_PATH);
-                Ok(0)
-            } else {
-                Ok(1)
+            Family::InternVl => {
+                let model = InternVl::<B>::from_pretrained(&fixture, &dev)?;
+                internvl::parity(&model, &r).map_err(anyhow::Error::from)
             }
         }
+    })?;
+    let passed = p.positions_equal && p.max_abs_logit_diff <= tolerance;
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&serde_json::json!({
+            "fixture": fixture,
+            "device": device,
+            "tolerance": tolerance,
+            "passed": passed,
+            "parity": p,
+        }))?
+    );
+    Ok(if passed { 0 } else { 1 })
+}
+
+/// `dev hf-memory`: a checkpoint's estimated training memory.
+fn hf_memory(
+    checkpoint: PathBuf,
+    image_size: usize,
+    text_tokens: usize,
+    dtype: String,
+    budget_gib: f64,
+) -> anyhow::Result<i32> {
+    let bytes = match dtype.as_str() {
+        "f32" => 4,
+        "bf16" => 2,
+        other => anyhow::bail!("--dtype {other}: use f32 or bf16"),
+    };
+    let report = memory_report(&checkpoint, image_size, text_tokens, bytes, budget_gib)?;
+    println!("{}", serde_json::to_string_pretty(&report)?);
+    Ok(0)
+}
+
+/// `dev hf-generate`: greedy generation from a checkpoint folder for one image and message.
+fn hf_generate(
+    checkpoint: PathBuf,
+    image: PathBuf,
+    prompt: String,
+    max_new_tokens: usize,
+    device: String,
+) -> anyhow::Result<i32> {
+    use asymm::model::qwen3_vl::chat::{ChatTokenizer, Family};
+    let spec = asymm::model::DeviceSpec::parse(&device)?;
+    let tok = ChatTokenizer::from_dir(&checkpoint)?;
+    let bytes = std::fs::read(&image).map_err(|e| anyhow::anyhow!("{}: {e}", image.display()))?;
+    let rgb = asymm::model::qwen3_vl::processor::Rgb::from_png(&bytes)?;
+    let stop: Vec<u32> = ["<|im_end|>", "<|endoftext|>"]
+        .iter()
+        .filter_map(|t| tok.token_id(t))
+        .collect();
+    let g = Generate {
+        dir: &checkpoint,
+        image: &rgb,
+        tok: &tok,
+        prompt: &prompt,
+        max_new: max_new_tokens,
+        stop: &stop,
+    };
+    let out = asymm::with_backend!(spec, |B, dev| {
+        match tok.family() {
+            Family::Qwen3Vl => generate_qwen::<B>(&g, &dev),
+            Family::InternVl => generate_internvl::<B>(&g, &dev),
+        }
+    })?;
+    println!("{}", tok.decode(&out, true)?);
+    Ok(0)
+}
+
+/// `dev device-check`: cached against uncached decoding, logits against the CPU's, a few training steps.
+fn device_check(
+    device: String,
+    model: String,
+    tolerance: f32,
+    steps: usize,
+) -> anyhow::Result<i32> {
+    let spec = asymm::model::DeviceSpec::parse(&device)?;
+    let vocab = asymm::text::Tokenizer::task_vocabulary().vocab_size();
+    let cfg = asymm::model::VlmConfig::preset(&model, vocab)
+        .ok_or_else(|| anyhow::anyhow!("unknown model preset `{model}` (tiny, small)"))?;
+    let report = asymm::with_backend!(spec, |B, dev| {
+        asymm::model::check::check_device::<burn::backend::Autodiff<B>>(&cfg, &dev, steps)
+            .map_err(anyhow::Error::from)
+    })?;
+    let passed = report.passed(tolerance);
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&serde_json::json!({
+            "device": device,
+            "model": model,
+            "tolerance": tolerance,
+            "passed": passed,
+            "report": report,
+        }))?
+    );
+    Ok(if passed { 0 } else { 1 })
+}
+
+/// `dev stage-versions`: the stage version guard (check, `--write`, `--sources`).
+fn stage_versions(
+    write: bool,
+    unchanged_output: Vec<String>,
+    sources: Option<String>,
+    root: PathBuf,
+) -> anyhow::Result<i32> {
+    if !root
+        .join(versions::TABLE_PATH)
+        .parent()
+        .is_some_and(|d| d.is_dir())
+    {
+        anyhow::bail!(
+            "{} has no src/stages: run from the repository root or pass --root",
+            root.display()
+        );
+    }
+    let reg = StageRegistry::default();
+    if let Some(stage) = sources {
+        anyhow::ensure!(
+            asymm::dag::Registry::get(&reg, &stage).is_some(),
+            versions::VersionsError::UnknownStage(stage)
+        );
+        for f in versions::stage_sources(&root, &stage)? {
+            println!("{f}");
+        }
+        return Ok(0);
+    }
+    if write {
+        let r = versions::refresh(&root, &reg, &unchanged_output)?;
+        for f in &r.recorded {
+            match f {
+                versions::Finding::Outdated { stage, what } => {
+                    println!("recorded `{stage}`: {what}")
+                }
+                versions::Finding::NotBumped { stage, version, .. } => println!(
+                    "recorded `{stage}`: sources changed, VERSION kept at {version} \
+                     (--unchanged-output)"
+                ),
+                other => println!("recorded: {other}"),
+            }
+        }
+        if r.written {
+            println!("wrote {}", versions::TABLE_PATH);
+        } else {
+            println!("{} is up to date", versions::TABLE_PATH);
+        }
+        return Ok(0);
+    }
+    let findings = versions::check(&root, &reg)?;
+    for f in &findings {
+        println!("{f}");
+    }
+    if findings.is_empty() {
+        println!("{} is up to date", versions::TABLE_PATH);
+        Ok(0)
+    } else {
+        Ok(1)
     }
 }
 

@@ -1,7 +1,7 @@
 //! `asymm run`: execute a pipeline and print the run table.
 
 use super::{Format, print_json, short};
-use asymm::dag::{Outcome, RunOptions, Runner, parse_pipeline};
+use asymm::dag::{Outcome, RunOptions, RunRow, Runner, parse_pipeline};
 use asymm::stages::StageRegistry;
 use asymm::store::Store;
 use clap::Args;
@@ -51,6 +51,27 @@ pub fn run(store: &Store, a: RunArgs) -> anyhow::Result<i32> {
     let mut runner = Runner::new(store, &reg, &a.device);
     let rows = runner.run(&p, &opts)?;
     let total: f64 = rows.iter().map(|r| r.duration.as_secs_f64()).sum();
+    let found = highlights(store, &rows)?;
+    if a.format == Format::Json {
+        print_run_json(&p.name, &a.device, opts.dry_run, &rows, total, &found)?;
+    } else {
+        print_run_table(store, &p.name, &rows, total, &found)?;
+    }
+    Ok(0)
+}
+
+/// What a run's table shows below the stages: the evaluations' summaries, SFT's perception
+/// shares, the reports.
+struct Highlights {
+    /// (instance, artifact, rows) of every `eval_summary` written or reused.
+    summaries: Vec<(String, String, Vec<SummaryRow>)>,
+    /// (instance, shares) of every SFT log with diagnostics.
+    shares: Vec<(String, Shares)>,
+    /// (instance, artifact) of every report.
+    reports: Vec<(String, String)>,
+}
+
+fn highlights(store: &Store, rows: &[RunRow]) -> anyhow::Result<Highlights> {
     let mut summaries = Vec::new();
     let mut shares = Vec::new();
     let mut reports = Vec::new();
@@ -73,58 +94,80 @@ pub fn run(store: &Store, a: RunArgs) -> anyhow::Result<i32> {
             }
         }
     }
-    if a.format == Format::Json {
-        let stages: Vec<Value> = rows
-            .iter()
-            .map(|r| {
-                let (result, why) = match &r.outcome {
-                    Outcome::Cached => ("cached", vec![]),
-                    Outcome::Ran => ("ran", vec![]),
-                    Outcome::WouldRun(why) => {
-                        ("would_run", why.iter().map(|x| x.to_json()).collect())
-                    }
-                    Outcome::Skipped => ("skipped", vec![]),
-                };
-                json!({
-                    "name": r.instance,
-                    "stage": r.stage,
-                    "result": result,
-                    "seconds": r.duration.as_secs_f64(),
-                    "key": r.key,
-                    "outputs": r.outputs,
-                    "why": why,
-                })
+    Ok(Highlights {
+        summaries,
+        shares,
+        reports,
+    })
+}
+
+fn print_run_json(
+    name: &str,
+    device: &str,
+    dry_run: bool,
+    rows: &[RunRow],
+    total: f64,
+    found: &Highlights,
+) -> anyhow::Result<()> {
+    let stages: Vec<Value> = rows
+        .iter()
+        .map(|r| {
+            let (result, why) = match &r.outcome {
+                Outcome::Cached => ("cached", vec![]),
+                Outcome::Ran => ("ran", vec![]),
+                Outcome::WouldRun(why) => ("would_run", why.iter().map(|x| x.to_json()).collect()),
+                Outcome::Skipped => ("skipped", vec![]),
+            };
+            json!({
+                "name": r.instance,
+                "stage": r.stage,
+                "result": result,
+                "seconds": r.duration.as_secs_f64(),
+                "key": r.key,
+                "outputs": r.outputs,
+                "why": why,
             })
-            .collect();
-        let evaluations: Vec<Value> = summaries
-            .iter()
-            .map(|(stage, id, rows)| json!({"stage": stage, "artifact": id, "rows": rows}))
-            .collect();
-        let shares: Vec<Value> = shares
-            .iter()
-            .map(|(stage, s)| {
-                json!({"stage": stage, "step": s.step, "tokens": s.tokens, "loss": s.loss,
-                       "gradient": s.gradient})
-            })
-            .collect();
-        print_json(&json!({
-            "pipeline": p.name,
-            "device": a.device,
-            "dry_run": opts.dry_run,
-            "stages": stages,
-            "stage_seconds": total,
-            "evaluations": evaluations,
-            "perception_shares": shares,
-        }))?;
-        return Ok(0);
-    }
-    println!("pipeline {} ({} stages)", p.name, rows.len());
+        })
+        .collect();
+    let evaluations: Vec<Value> = found
+        .summaries
+        .iter()
+        .map(|(stage, id, rows)| json!({"stage": stage, "artifact": id, "rows": rows}))
+        .collect();
+    let shares: Vec<Value> = found
+        .shares
+        .iter()
+        .map(|(stage, s)| {
+            json!({"stage": stage, "step": s.step, "tokens": s.tokens, "loss": s.loss,
+                   "gradient": s.gradient})
+        })
+        .collect();
+    print_json(&json!({
+        "pipeline": name,
+        "device": device,
+        "dry_run": dry_run,
+        "stages": stages,
+        "stage_seconds": total,
+        "evaluations": evaluations,
+        "perception_shares": shares,
+    }))?;
+    Ok(())
+}
+
+fn print_run_table(
+    store: &Store,
+    name: &str,
+    rows: &[RunRow],
+    total: f64,
+    found: &Highlights,
+) -> anyhow::Result<()> {
+    println!("pipeline {name} ({} stages)", rows.len());
     println!(
         "{:<36} {:<16} {:>10}  artifact / reason",
         "stage", "result", "seconds"
     );
     let mut skipped = 0;
-    for r in &rows {
+    for r in rows {
         if matches!(r.outcome, Outcome::Skipped) {
             // Not selected (--until, --only): counted below, not listed.
             skipped += 1;
@@ -153,7 +196,7 @@ pub fn run(store: &Store, a: RunArgs) -> anyhow::Result<i32> {
         println!("({skipped} {noun} not selected)");
     }
     println!("stage work: {total:.2} s");
-    for (instance, s) in &shares {
+    for (instance, s) in &found.shares {
         let pct = |v: Option<f64>| v.map_or("–".to_string(), |v| format!("{:.1} %", 100.0 * v));
         println!(
             "\n{instance}: perception is {} of the target tokens, {} of the loss and {} of the \
@@ -164,13 +207,13 @@ pub fn run(store: &Store, a: RunArgs) -> anyhow::Result<i32> {
             s.step
         );
     }
-    for (instance, _, rows) in &summaries {
+    for (instance, _, rows) in &found.summaries {
         print_summary(instance, rows);
     }
-    for (instance, id) in &reports {
+    for (instance, id) in &found.reports {
         print_report(store, instance, id)?;
     }
-    Ok(0)
+    Ok(())
 }
 
 /// A report's findings (one line each) and where its HTML is.

@@ -192,14 +192,20 @@ mod tests {
             rollout("a", 1, 2),
             rollout("b", 0, 2),
             rollout("b", 1, 2),
+            rollout("c", 0, 2),
+            rollout("c", 1, 2),
         ];
+        // Listed in another order than the rollouts, with distinct rewards within an item, so
+        // pairing by position would be seen.
         let rewards = [
-            reward("b", 1, 1.0),
+            reward("b", 1, 0.75),
+            reward("c", 0, 1.0),
             reward("a", 1, 0.0),
             reward("a", 0, 1.0),
-            reward("b", 0, 1.0),
+            reward("c", 1, 1.0),
+            reward("b", 0, 0.25),
         ];
-        let examples = [example("a"), example("b")];
+        let examples = [example("a"), example("b"), example("c")];
         let codec = Codec::from(Tokenizer::task_vocabulary());
         let spec = |mode| BatchSpec {
             mode,
@@ -209,14 +215,25 @@ mod tests {
         };
         let b = step_batch(&rows, &rewards, &examples, &codec, &spec(Mode::Standard)).unwrap();
         let got: Vec<f64> = b.sequences.iter().map(|s| s.reward).collect();
-        assert_eq!(got, [1.0, 0.0, 1.0, 1.0]);
-        // Item a: rewards 1 and 0 → advantages of opposite signs on every token; item b: equal
-        // rewards → zero advantages, one of the two groups.
+        assert_eq!(got, [1.0, 0.0, 0.25, 0.75, 1.0, 1.0]);
+        let matched: Vec<(&str, usize)> = b
+            .rewards
+            .iter()
+            .map(|r| (r.id.as_str(), r.sample))
+            .collect();
+        assert_eq!(
+            matched,
+            [("a", 0), ("a", 1), ("b", 0), ("b", 1), ("c", 0), ("c", 1)]
+        );
+        // Items a and b: advantages of opposite signs on every token (the better sample
+        // positive); item c: equal rewards → zero advantages, one group of three.
         assert!(b.sequences[0].advantages.iter().all(|&x| x > 0.0));
         assert!(b.sequences[1].advantages.iter().all(|&x| x < 0.0));
+        assert!(b.sequences[2].advantages.iter().all(|&x| x < 0.0));
+        assert!(b.sequences[3].advantages.iter().all(|&x| x > 0.0));
         assert_eq!(b.sequences[0].advantages.len(), 3);
-        assert!(b.sequences[2].advantages.iter().all(|&x| x == 0.0));
-        assert_eq!(b.zero_groups, 0.5);
+        assert!(b.sequences[4].advantages.iter().all(|&x| x == 0.0));
+        assert!((b.zero_groups - 1.0 / 3.0).abs() < 1e-12);
         assert_eq!(b.sequences[0].prefix, vec![1, 2]);
         assert_eq!(&*b.sequences[0].image, &[0.5; 4]);
         let t = step_batch(&rows, &rewards, &examples, &codec, &spec(Mode::TextOnly)).unwrap();
@@ -228,14 +245,14 @@ mod tests {
         // A missing reward, an item not in the data: errors naming them.
         let e = step_batch(
             &rows,
-            &rewards[..3],
+            &rewards[..5],
             &examples,
             &codec,
             &spec(Mode::Standard),
         );
         assert!(
             e.err()
-                .is_some_and(|e| e.to_string().contains("3 rewards for 4"))
+                .is_some_and(|e| e.to_string().contains("5 rewards for 6"))
         );
         let mut other = rewards.clone();
         other[0].sample = 7;

@@ -21,7 +21,7 @@ use crate::data::Example;
 use crate::eval::score::{EvalPoint, heldout_eval};
 use crate::model::DeviceSpec;
 use crate::rl::advantage::StdKind;
-use crate::rl::batch::{BatchSpec, StepBatch, step_batch};
+use crate::rl::batch::{BatchSpec, StepBatch, match_rewards, step_batch};
 use crate::rl::grpo::{LossSettings, Sequence};
 use crate::rl::update::{MinibatchRow, UpdateSettings, update_model};
 use crate::table::Table;
@@ -145,6 +145,36 @@ struct StepStats {
     r_a_tilde_r: Option<f64>,
     zero_groups: f64,
     running: RunningPearson<2>,
+}
+
+impl StepStats {
+    /// The step's rollout statistics: mean reward and accuracies, the reward's Pearson r with
+    /// a_p and ã_r, and the running sums carried on from the earlier steps (`running`).
+    fn of(
+        rewards: &[&crate::rl::reward::RewardRow],
+        zero_groups: f64,
+        mut running: RunningPearson<2>,
+    ) -> StepStats {
+        let reward: Vec<f64> = rewards.iter().map(|r| r.reward).collect();
+        let flag = |f: &dyn Fn(&crate::rl::reward::RewardRow) -> bool| -> Vec<f64> {
+            rewards.iter().map(|r| f64::from(u8::from(f(r)))).collect()
+        };
+        let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
+        let (a, a_p, a_tr) = (flag(&|r| r.a), flag(&|r| r.a_p), flag(&|r| r.a_tilde_r));
+        for k in 0..reward.len() {
+            running.add(reward[k], [a_p[k], a_tr[k]]);
+        }
+        StepStats {
+            reward: mean(&reward),
+            a: mean(&a),
+            a_p: mean(&a_p),
+            a_tilde_r: mean(&a_tr),
+            r_a_p: pearson(&reward, &a_p),
+            r_a_tilde_r: pearson(&reward, &a_tr),
+            zero_groups,
+            running,
+        }
+    }
 }
 
 /// The running sums' columns, in the log's order (see [`RunningPearson::sums`]).
@@ -271,6 +301,8 @@ impl Stage for GrpoUpdate {
         };
         let rows = read_rollouts(&table)?;
         let rewards = read_rewards(&read_input(ctx, &REWARDS)?)?;
+        // Rollouts without their reward are refused before the data is read.
+        match_rewards(&rows, &rewards)?;
         let items: HashSet<&str> = rows.iter().map(|r| r.id.as_str()).collect();
         let examples =
             plan.examples(ctx.store, data_id.as_str(), 0, &|_, id| items.contains(id))?;
@@ -285,33 +317,15 @@ impl Stage for GrpoUpdate {
             rewards: matched,
             zero_groups,
         } = step_batch(&rows, &rewards, &examples, &plan.codec, &spec)?;
-        let reward: Vec<f64> = matched.iter().map(|r| r.reward).collect();
-        let flag = |f: &dyn Fn(&crate::rl::reward::RewardRow) -> bool| -> Vec<f64> {
-            matched.iter().map(|r| f64::from(u8::from(f(r)))).collect()
-        };
-        let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
-        let (a, a_p, a_tr) = (flag(&|r| r.a), flag(&|r| r.a_p), flag(&|r| r.a_tilde_r));
         let history = read_optional(ctx, &HISTORY)?;
         let eval_history = read_optional(ctx, &EVAL_HISTORY)?;
         check_history(history.as_ref(), cfg.step, "log")?;
         check_history(eval_history.as_ref(), cfg.step, "evaluation")?;
-        let mut running = running_from_log(history.as_ref())?;
-        for k in 0..reward.len() {
-            running.add(reward[k], [a_p[k], a_tr[k]]);
-        }
+        let running = running_from_log(history.as_ref())?;
+        let step = StepStats::of(&matched, zero_groups, running);
         let state = match optional_id(ctx, &OPTIMIZER_IN) {
             Some(id) => Some(read_state(ctx, id.as_str())?),
             None => None,
-        };
-        let step = StepStats {
-            reward: mean(&reward),
-            a: mean(&a),
-            a_p: mean(&a_p),
-            a_tilde_r: mean(&a_tr),
-            r_a_p: pearson(&reward, &a_p),
-            r_a_tilde_r: pearson(&reward, &a_tr),
-            zero_groups,
-            running,
         };
 
         let settings = UpdateSettings {

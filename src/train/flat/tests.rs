@@ -210,29 +210,47 @@ fn flat_gradients_sum_and_combine_like_the_maps() {
     }
     let (f, p) = (values(flat.model()), values(per.model()));
     assert!(worst(&f, &p) < 1e-6, "{}", worst(&f, &p));
-    // A flat gradient handed to the per-tensor optimizer is split back into the map.
+    // A flat gradient handed to the per-tensor optimizer is split back into the map: every
+    // parameter's gradient in its own shape and place, the missing one still missing.
     let form = flat.form().clone();
     let g = form.gradient::<Ad, _>(per.model(), grads(per.model(), 9, Some(1)), &dev);
     let back = g.into_params(per.model()).unwrap();
     let again = grads(per.model(), 9, Some(1));
-    let ids = param_ids(per.model());
-    assert!(back.get::<crate::model::Cpu, 1>(ids[1]).is_none());
-    let p0 = |g: &GradientsParams| {
-        struct First<'a>(&'a GradientsParams, Option<Vec<f32>>);
-        impl<B: AutodiffBackend> ModuleVisitor<B> for First<'_> {
-            fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
-                if self.1.is_none() {
-                    let t = self.0.get::<B::InnerBackend, D>(param.id);
-                    self.1 = t.map(|t| host_f32(t.reshape([-1])).unwrap());
-                }
+    let (b, a) = (
+        grad_values(per.model(), &back),
+        grad_values(per.model(), &again),
+    );
+    assert_eq!(b, a);
+    assert!(b[1].is_none() && b.iter().filter(|g| g.is_some()).count() == b.len() - 1);
+    // A parameter without a gradient in the whole step keeps its weights under both forms.
+    let before = [&flat, &per].map(|t| values(t.model()));
+    for t in [&mut flat, &mut per] {
+        let form = t.form().clone();
+        let g = form.gradient::<Ad, _>(t.model(), grads(t.model(), 4, Some(3)), &dev);
+        t.step(3, g).unwrap();
+    }
+    let (f, p) = (values(flat.model()), values(per.model()));
+    assert_eq!([&f[3], &p[3]], [&before[0][3], &before[1][3]]);
+    assert_ne!(f[4], before[0][4], "a parameter with a gradient moves");
+    assert!(worst(&f, &p) < 1e-6, "{}", worst(&f, &p));
+}
+
+/// Each parameter's gradient in `g` (flattened; `None` where it has none), in the module tree's
+/// order.
+fn grad_values<B: AutodiffBackend>(model: &Model<B>, g: &GradientsParams) -> Vec<Option<Vec<f32>>> {
+    struct Read<'a>(&'a GradientsParams, Vec<Option<Vec<f32>>>);
+    impl<B: AutodiffBackend> ModuleVisitor<B> for Read<'_> {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+            let t = self.0.get::<B::InnerBackend, D>(param.id);
+            if let Some(t) = &t {
+                assert_eq!(t.shape(), param.shape());
             }
+            self.1.push(t.map(|t| host_f32(t.reshape([-1])).unwrap()));
         }
-        let mut v = First(g, None);
-        per.model().visit(&mut v);
-        v.1
-    };
-    assert_eq!(p0(&back), p0(&again));
-    assert!(p0(&back).is_some());
+    }
+    let mut r = Read(g, Vec::new());
+    model.visit(&mut r);
+    r.1
 }
 
 /// A flat gradient of a model of another shape is refused, not stepped.
