@@ -9,7 +9,7 @@ use super::{Result, RlError};
 use crate::model::checkpoint::model_from_bytes;
 use crate::model::{Model, VlmConfig, host_f32};
 use crate::train::gradient::Gradient;
-use crate::train::parallel::{map_shards, replica};
+use crate::train::parallel::{gradients, map_shards};
 use crate::train::sft::f32_on_device;
 use crate::train::trainer::{
     OptimSettings, OptimState, StepStats, Trainer, TrainerError, native_model,
@@ -245,15 +245,8 @@ pub fn update_model<B: AutodiffBackend>(
             let (model, form) = (trainer.model(), trainer.form());
             let parts = map_shards(micros.len(), |i| {
                 let mut a = Acc::default();
-                let local;
-                let m = if micros.len() > 1 {
-                    local = replica(model);
-                    &local
-                } else {
-                    model
-                };
                 micro_step(
-                    m,
+                    model,
                     reference.as_ref(),
                     &micros[i],
                     idx.len(),
@@ -264,7 +257,7 @@ pub fn update_model<B: AutodiffBackend>(
                     device,
                     &mut a,
                 )
-                .map(|g| (form.gradient::<B, _>(m, g, device), a))
+                .map(|g| (form.gradient::<B, _>(model, g, device), a))
             });
             for part in parts {
                 let (g, a) = part?;
@@ -343,7 +336,6 @@ fn micro_step<B: AutodiffBackend>(
     acc: &mut Acc<B::InnerBackend>,
 ) -> Result<GradientsParams> {
     let batch = ForcedBatch::<B>::new(part, image_size, bucket, pad, device)?;
-    let (logp, entropy) = token_logprobs(model, &batch, loss.temperature)?;
     let ref_logp = match reference {
         Some(r) => {
             let inner = ForcedBatch::<B::InnerBackend>::new(part, image_size, bucket, pad, device)?;
@@ -353,50 +345,54 @@ fn micro_step<B: AutodiffBackend>(
         }
         None => None,
     };
-    let of = of as f32;
-    let mask = batch.tensor(|_, _| 1.0, device);
-    let weight = batch.tensor(|i, _| 1.0 / (part[i].tokens.len() as f32 * of), device);
-    let inv_len = Tensor::<B, 2>::from_data(
-        TensorData::new(
-            part.iter()
-                .map(|s| 1.0 / s.tokens.len() as f32)
-                .collect::<Vec<_>>(),
-            [part.len(), 1],
-        ),
-        device,
-    );
-    let old = batch.tensor(|i, j| part[i].old_logprobs[j], device);
-    let gap = ((logp.clone().detach() - old.clone()).abs() * mask.clone()).sum();
-    let o = clipped_objective(
-        logp,
-        old,
-        batch.tensor(|i, j| part[i].advantages[j], device),
-        mask.clone(),
-        weight.clone(),
-        inv_len,
-        ref_logp,
-        loss,
-    );
-    // Read with the optimizer step's other statistics (no host read here).
-    let scalars: Vec<Tensor<B, 1>> = vec![
-        o.loss.clone().detach(),
-        (o.pg.detach() * weight.clone()).sum(),
-        o.kl.clone()
-            .map(|k| (k.detach() * weight.clone()).sum())
-            .unwrap_or_else(|| Tensor::zeros([1], device)),
-        (o.clipped * mask.clone()).sum(),
-        (o.ratio * mask.clone()).sum(),
-        (entropy * mask).sum(),
-        gap,
-    ];
-    acc.add(Acc {
-        // Summed across micro-batches in f32, whatever the backend's float type.
-        sums: Some(f32_on_device(Tensor::cat(scalars, 0).inner())),
-        kl: o.kl.is_some(),
-        tokens: 0,
-    });
-    acc.tokens += part.iter().map(|s| s.tokens.len()).sum::<usize>();
-    Ok(GradientsParams::from_grads(o.loss.backward(), model))
+    let (grads, ()) = gradients(model, |model| {
+        let (logp, entropy) = token_logprobs(model, &batch, loss.temperature)?;
+        let of = of as f32;
+        let mask = batch.tensor(|_, _| 1.0, device);
+        let weight = batch.tensor(|i, _| 1.0 / (part[i].tokens.len() as f32 * of), device);
+        let inv_len = Tensor::<B, 2>::from_data(
+            TensorData::new(
+                part.iter()
+                    .map(|s| 1.0 / s.tokens.len() as f32)
+                    .collect::<Vec<_>>(),
+                [part.len(), 1],
+            ),
+            device,
+        );
+        let old = batch.tensor(|i, j| part[i].old_logprobs[j], device);
+        let gap = ((logp.clone().detach() - old.clone()).abs() * mask.clone()).sum();
+        let o = clipped_objective(
+            logp,
+            old,
+            batch.tensor(|i, j| part[i].advantages[j], device),
+            mask.clone(),
+            weight.clone(),
+            inv_len,
+            ref_logp,
+            loss,
+        );
+        // Read with the optimizer step's other statistics (no host read here).
+        let scalars: Vec<Tensor<B, 1>> = vec![
+            o.loss.clone().detach(),
+            (o.pg.detach() * weight.clone()).sum(),
+            o.kl.clone()
+                .map(|k| (k.detach() * weight.clone()).sum())
+                .unwrap_or_else(|| Tensor::zeros([1], device)),
+            (o.clipped * mask.clone()).sum(),
+            (o.ratio * mask.clone()).sum(),
+            (entropy * mask).sum(),
+            gap,
+        ];
+        acc.add(Acc {
+            // Summed across micro-batches in f32, whatever the backend's float type.
+            sums: Some(f32_on_device(Tensor::cat(scalars, 0).inner())),
+            kl: o.kl.is_some(),
+            tokens: 0,
+        });
+        acc.tokens += part.iter().map(|s| s.tokens.len()).sum::<usize>();
+        Ok::<_, RlError>((o.loss, ()))
+    })?;
+    Ok(grads)
 }
 
 #[cfg(test)]

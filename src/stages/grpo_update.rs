@@ -252,7 +252,7 @@ fn check_history(t: Option<&Table>, step: usize, what: &str) -> Result<(), Stage
 
 impl Stage for GrpoUpdate {
     const NAME: &'static str = "grpo-update";
-    const VERSION: u32 = 8;
+    const VERSION: u32 = 9;
     const USES_DEVICE: bool = true;
     type Config = GrpoUpdateConfig;
 

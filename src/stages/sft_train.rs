@@ -274,7 +274,7 @@ const TIMING: OutputSpec = output("timing", "train_timing");
 
 impl Stage for SftTrain {
     const NAME: &'static str = "sft-train";
-    const VERSION: u32 = 10;
+    const VERSION: u32 = 11;
     const USES_DEVICE: bool = true;
     type Config = SftTrainConfig;
 

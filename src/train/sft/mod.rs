@@ -7,7 +7,7 @@
 use super::batch::make_batch;
 use super::gradient::{Form, Gradient};
 use super::objective::{ObjectiveKind, Selector, Term, span_mask, terms, token_weights};
-use super::parallel::{map_shards, replica, split};
+use super::parallel::{gradients, map_shards, replica, split};
 use super::trainer::{OptimSettings, StepStats, Trainer, TrainerError};
 use crate::data::Example;
 pub use crate::eval::score::EvalPoint;
@@ -225,11 +225,11 @@ fn weighted_grads<B: AutodiffBackend>(
         ),
         &device,
     );
-    let per_token = nll(model, batch, batch.images.clone())?;
-    let detached = per_token.clone().detach().inner();
-    let loss = (per_token * w).sum();
-    let grads = GradientsParams::from_grads(loss.backward(), model);
-    Ok((grads, detached))
+    gradients(model, |m| {
+        let per_token = nll(m, batch, batch.images.clone())?;
+        let detached = per_token.clone().detach().inner();
+        Ok(((per_token * w).sum(), detached))
+    })
 }
 
 /// Where each sum sits in a micro-batch's [`MicroStats::sums`].
