@@ -87,8 +87,8 @@ pub enum DagError {
     },
     #[error("cycle through stages: {0}")]
     Cycle(String),
-    #[error("stage `{stage}`: bad config: {msg}")]
-    Config { stage: String, msg: String },
+    #[error("stage `{stage}`: bad config: {source}")]
+    Config { stage: String, source: ConfigError },
     #[error("stage `{stage}`: bad sweep: {msg}")]
     Sweep { stage: String, msg: String },
     #[error("no stage or instance named `{0}` in this pipeline")]
@@ -192,7 +192,7 @@ pub trait StageDef: Send + Sync {
     fn inputs(&self) -> Vec<InputSpec>;
     fn outputs(&self) -> Vec<OutputSpec>;
     /// Validates a config table and returns its canonical form with defaults filled in.
-    fn config(&self, table: &toml::Table) -> Result<serde_json::Value, String>;
+    fn config(&self, table: &toml::Table) -> Result<serde_json::Value, ConfigError>;
     /// Files outside the store that the output depends on (fingerprinted into the key).
     fn external_files(&self, _config: &serde_json::Value) -> Vec<PathBuf> {
         Vec::new()
@@ -210,7 +210,28 @@ pub trait StageDef: Send + Sync {
 
 /// A composite's expansion: ordinary declarations, each a name and its `[stages.<name>]` table
 /// (with its own `stage` and `inputs`), or why the composite's table is wrong.
-pub type Expansion = Result<Vec<(String, toml::Table)>, String>;
+pub type Expansion = Result<Vec<(String, toml::Table)>, ConfigError>;
+
+/// Why a stage's (or a composite's) settings table is wrong, naming the key where it is known.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ConfigError {
+    #[error("at `{key}`: {reason}")]
+    At { key: String, reason: String },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl From<String> for ConfigError {
+    fn from(reason: String) -> Self {
+        ConfigError::Invalid(reason)
+    }
+}
+
+impl From<&str> for ConfigError {
+    fn from(reason: &str) -> Self {
+        ConfigError::Invalid(reason.to_string())
+    }
+}
 
 /// Where the DAG finds stage types by name.
 pub trait Registry {

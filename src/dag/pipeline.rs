@@ -18,7 +18,7 @@
 //! composite type (see [`Registry::expand`]) is first replaced by the ordinary declarations it
 //! stands for.
 
-use super::{DagError, Registry};
+use super::{ConfigError, DagError, Registry};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
@@ -140,10 +140,10 @@ pub fn parse_str(
         };
         match reg.expand(&kind, sname, t) {
             None => decls.push(parse_decl(origin, sname, t)?),
-            Some(Err(msg)) => {
+            Some(Err(source)) => {
                 return Err(DagError::Config {
                     stage: sname.clone(),
-                    msg,
+                    source,
                 });
             }
             Some(Ok(parts)) => {
@@ -268,9 +268,9 @@ pub fn parse_str(
                         msg: format!("cannot set `{path}`"),
                     })?;
             }
-            let config = def.config(&table).map_err(|msg| DagError::Config {
+            let config = def.config(&table).map_err(|source| DagError::Config {
                 stage: d.name.clone(),
-                msg,
+                source,
             })?;
             let name = if vars.is_empty() {
                 d.name.clone()
@@ -519,11 +519,11 @@ fn check_decl(
     {
         return Err(DagError::Config {
             stage: d.name.clone(),
-            msg: format!(
+            source: ConfigError::Invalid(format!(
                 "`discard` names `{bad}`, which is not an output of {} ({})",
                 d.stage,
                 outs.iter().map(|o| o.name).collect::<Vec<_>>().join(", ")
-            ),
+            )),
         });
     }
     let specs = def.inputs();

@@ -532,8 +532,11 @@ mod tests {
                 kind: "blob",
             }]
         }
-        fn config(&self, table: &toml::Table) -> Result<serde_json::Value, String> {
-            serde_json::to_value(table).map_err(|e| e.to_string())
+        fn config(
+            &self,
+            table: &toml::Table,
+        ) -> Result<serde_json::Value, crate::dag::ConfigError> {
+            serde_json::to_value(table).map_err(|e| crate::dag::ConfigError::Invalid(e.to_string()))
         }
         fn uses_device(&self) -> bool {
             self.0 == "train"

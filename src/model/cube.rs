@@ -454,5 +454,7 @@ pub fn attention<B: Backend>(qkv: Tensor<B, 5>, causal: bool) -> Option<Tensor<B
     Some(probs.matmul(v).swap_dims(1, 2).reshape([b, t, h * d]))
 }
 
+pub mod pack;
+
 #[cfg(all(test, feature = "wgpu"))]
 mod tests;

@@ -27,7 +27,7 @@
 //! `reference` feeds every update's KL term, `teacher` every reward's teacher; the reward's
 //! self-reward reads the step's own policy.
 
-use crate::dag::Expansion;
+use crate::dag::{ConfigError, Expansion};
 
 /// The composite's type name.
 pub const KIND: &str = "grpo";
@@ -39,7 +39,7 @@ const INPUTS: &[(&str, bool)] = &[
     ("teacher", false),
 ];
 
-fn sub_table(t: &toml::Table, key: &str) -> Result<toml::Table, String> {
+fn sub_table(t: &toml::Table, key: &str) -> Result<toml::Table, ConfigError> {
     match t.get(key) {
         None => Ok(toml::Table::new()),
         Some(toml::Value::Table(x)) => {
@@ -47,12 +47,13 @@ fn sub_table(t: &toml::Table, key: &str) -> Result<toml::Table, String> {
                 if x.contains_key(reserved) {
                     return Err(format!(
                         "`{key}.{reserved}` is set by the loop (or belongs on the loop's table)"
-                    ));
+                    )
+                    .into());
                 }
             }
             Ok(x.clone())
         }
-        Some(_) => Err(format!("`{key}` must be a table of that stage's settings")),
+        Some(_) => Err(format!("`{key}` must be a table of that stage's settings").into()),
     }
 }
 
@@ -94,7 +95,8 @@ pub fn expand(name: &str, t: &toml::Table) -> Expansion {
             return Err(format!(
                 "unknown key `{k}` of a `{KIND}` loop (steps, rollout, reward, update, eval, \
                  keep_every, sweep, inputs, seed)"
-            ));
+            )
+            .into());
         }
     }
     let steps = t
@@ -112,7 +114,8 @@ pub fn expand(name: &str, t: &toml::Table) -> Expansion {
         if !INPUTS.iter().any(|(n, _)| n == k) {
             return Err(format!(
                 "unknown input `{k}` of a `{KIND}` loop (checkpoint, data, reference, teacher)"
-            ));
+            )
+            .into());
         }
         let v = v
             .as_str()
@@ -122,7 +125,7 @@ pub fn expand(name: &str, t: &toml::Table) -> Expansion {
     }
     for (n, required) in INPUTS {
         if *required && !inputs.iter().any(|(k, _)| k == n) {
-            return Err(format!("a `{KIND}` loop needs input `{n}`"));
+            return Err(format!("a `{KIND}` loop needs input `{n}`").into());
         }
     }
     let input = |n: &str| inputs.iter().find(|(k, _)| *k == n).map(|(_, v)| v.clone());
@@ -143,7 +146,7 @@ pub fn expand(name: &str, t: &toml::Table) -> Expansion {
         "eval_max_new_tokens",
     ] {
         if update.contains_key(k) {
-            return Err(format!("`update.{k}` is set by the loop's `eval` table"));
+            return Err(format!("`update.{k}` is set by the loop's `eval` table").into());
         }
     }
     let eval = Eval::parse(t.get("eval"))?;
@@ -231,7 +234,7 @@ pub fn expand(name: &str, t: &toml::Table) -> Expansion {
 struct Sweeps(Vec<(String, String, toml::Value)>);
 
 impl Sweeps {
-    fn parse(v: Option<&toml::Value>) -> Result<Sweeps, String> {
+    fn parse(v: Option<&toml::Value>) -> Result<Sweeps, ConfigError> {
         let Some(v) = v else {
             return Ok(Sweeps::default());
         };
@@ -248,7 +251,7 @@ impl Sweeps {
                      \"reward.alpha\""
                 ))?;
             if out.iter().any(|(_, k, _)| k == key) {
-                return Err(format!("`sweep` names `{key}` twice"));
+                return Err(format!("`sweep` names `{key}` twice").into());
             }
             out.push((sub.to_string(), key.to_string(), values.clone()));
         }
@@ -282,7 +285,7 @@ struct Eval {
 }
 
 impl Eval {
-    fn parse(v: Option<&toml::Value>) -> Result<Eval, String> {
+    fn parse(v: Option<&toml::Value>) -> Result<Eval, ConfigError> {
         let Some(v) = v else {
             return Ok(Eval::default());
         };
@@ -293,7 +296,8 @@ impl Eval {
             if !["every", "items", "split", "max_new_tokens"].contains(&k.as_str()) {
                 return Err(format!(
                     "unknown key `eval.{k}` (every, items, split, max_new_tokens)"
-                ));
+                )
+                .into());
             }
         }
         let positive = |k: &str| {
@@ -394,7 +398,7 @@ update = { lr = 0.001 }
 
     #[test]
     fn mistakes_are_named() {
-        let err = |text: &str| expand("rl", &parse(text)).unwrap_err();
+        let err = |text: &str| expand("rl", &parse(text)).unwrap_err().to_string();
         assert!(err("inputs = { checkpoint = \"a\" }\nsteps = 1").contains("needs input `data`"));
         assert!(err("inputs = { checkpoint = \"a\", data = \"b\" }").contains("steps"));
         assert!(

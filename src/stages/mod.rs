@@ -21,7 +21,7 @@ pub mod sft_train;
 pub mod synthesize;
 pub mod versions;
 
-use crate::dag::{InputSpec, OutputSpec, Registry, RunCtx, StageDef};
+use crate::dag::{ConfigError, InputSpec, OutputSpec, Registry, RunCtx, StageDef};
 use crate::store::StoreError;
 use crate::table::{self, Table, TableError};
 use arrow::array::ArrayRef;
@@ -256,15 +256,15 @@ pub fn outputs(written: impl IntoIterator<Item = Written>) -> Outputs {
 
 struct Adapter<S>(PhantomData<S>);
 
-fn parse_config<C: DeserializeOwned>(table: &toml::Table) -> Result<C, String> {
+fn parse_config<C: DeserializeOwned>(table: &toml::Table) -> Result<C, ConfigError> {
     // Round-trip through TOML text so that an error points into it; the position is turned
     // into the dotted key (the text's lines are not the user's file's).
-    let text = toml::to_string(table).map_err(|e| e.to_string())?;
+    let text = toml::to_string(table).map_err(|e| ConfigError::Invalid(e.to_string()))?;
     toml::from_str(&text).map_err(|e| {
-        let msg = e.message().trim().replace('\n', " ");
+        let reason = e.message().trim().replace('\n', " ");
         match e.span().and_then(|s| key_at(&text, s.start)) {
-            Some(key) => format!("at `{key}`: {msg}"),
-            None => msg,
+            Some(key) => ConfigError::At { key, reason },
+            None => ConfigError::Invalid(reason),
         }
     })
 }
@@ -302,9 +302,9 @@ impl<S: Stage> StageDef for Adapter<S> {
     fn outputs(&self) -> Vec<OutputSpec> {
         S::outputs()
     }
-    fn config(&self, table: &toml::Table) -> Result<serde_json::Value, String> {
+    fn config(&self, table: &toml::Table) -> Result<serde_json::Value, ConfigError> {
         let cfg: S::Config = parse_config(table)?;
-        let v = serde_json::to_value(&cfg).map_err(|e| e.to_string())?;
+        let v = serde_json::to_value(&cfg).map_err(|e| ConfigError::Invalid(e.to_string()))?;
         Ok(crate::util::canon::canonicalize(&v))
     }
     fn external_files(&self, config: &serde_json::Value) -> Vec<PathBuf> {

@@ -115,20 +115,22 @@ impl FlatLayout {
         g.flat.unwrap_or_else(|| Tensor::zeros([self.len], device))
     }
 
-    /// `grads` in one buffer (zeros where a parameter has none), and which parameters had one.
+    /// `grads` in one buffer (zeros where a parameter has none), and which parameters had one:
+    /// a few kernels on the cubecl backends ([`crate::model::cube::pack`]), one assignment per
+    /// gradient elsewhere.
     pub fn grads<B: AutodiffBackend, M: AutodiffModule<B>>(
         &self,
         model: &M,
         mut grads: GradientsParams,
         device: &Device<B::InnerBackend>,
     ) -> (Tensor<B::InnerBackend, 1>, Vec<bool>) {
-        struct Gather<'a, I: Backend> {
+        struct Collect<'a, I: Backend> {
             slots: std::slice::Iter<'a, (usize, usize)>,
             grads: &'a mut GradientsParams,
-            flat: Option<Tensor<I, 1>>,
+            parts: Vec<(usize, Tensor<I, 1>)>,
             present: Vec<bool>,
         }
-        impl<B: AutodiffBackend> ModuleVisitor<B> for Gather<'_, B::InnerBackend> {
+        impl<B: AutodiffBackend> ModuleVisitor<B> for Collect<'_, B::InnerBackend> {
             fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
                 let Some(&(start, n)) = self.slots.next() else {
                     return;
@@ -136,23 +138,39 @@ impl FlatLayout {
                 let g = self.grads.remove::<B::InnerBackend, D>(param.id);
                 self.present.push(g.is_some());
                 if let Some(g) = g {
-                    self.flat = self
-                        .flat
-                        .take()
-                        .map(|flat| flat.slice_assign(start..start + n, g.reshape([n])));
+                    self.parts.push((start, g.reshape([n])));
                 }
             }
         }
-        let mut g = Gather::<B::InnerBackend> {
+        let mut c = Collect::<B::InnerBackend> {
             slots: self.slots.iter(),
             grads: &mut grads,
-            flat: Some(Tensor::zeros([self.len], device)),
+            parts: Vec::with_capacity(self.slots.len()),
             present: Vec::with_capacity(self.slots.len()),
         };
-        model.visit(&mut g);
-        let present = g.present;
-        let flat = g.flat.unwrap_or_else(|| Tensor::zeros([self.len], device));
-        (flat, present)
+        model.visit(&mut c);
+        let (parts, present) = (c.parts, c.present);
+        (self.assemble(parts, device), present)
+    }
+
+    /// A `[len]` buffer of `parts` at their offsets, zeros elsewhere.
+    fn assemble<I: Backend>(
+        &self,
+        parts: Vec<(usize, Tensor<I, 1>)>,
+        device: &Device<I>,
+    ) -> Tensor<I, 1> {
+        #[cfg(feature = "gpu")]
+        if crate::model::cube::pack::available::<I>()
+            && let Some(flat) = crate::model::cube::pack::pack(parts.clone(), self.len, device)
+        {
+            return flat;
+        }
+        parts
+            .into_iter()
+            .fold(Tensor::zeros([self.len], device), |flat, (start, g)| {
+                let n = g.dims()[0];
+                flat.slice_assign(start..start + n, g)
+            })
     }
 
     /// `grads` in one buffer, with the layout it follows (see [`FlatGrad`]).

@@ -140,3 +140,62 @@ fn kernel_attention_equals_the_composed_attention_with_fewer_launches() {
     let plain = host_f32(attention(qkv, true).expect("the kernel runs on wgpu")).unwrap();
     assert_close(&plain, &want.0, 1e-5, "context without autodiff");
 }
+
+/// Seventeen parts of odd sizes (some longer than a cube's units, some as strided views) with
+/// gaps between them land at their offsets with zeros elsewhere, in one launch per
+/// [`pack::PER_LAUNCH`] parts plus one fill; without gaps, without the fill. Broken by a wrong
+/// offset or a part left out, it fails.
+#[test]
+fn the_pack_kernel_places_every_part_in_a_few_launches() {
+    let (_gpu, dev) = software_gpu();
+    let sizes: Vec<usize> = (0..17).map(|i| 1 + (i * 97) % 700).collect();
+    let parts = |gap: usize| {
+        let mut at = 0;
+        let mut out = Vec::new();
+        for (i, &n) in sizes.iter().enumerate() {
+            at += gap * (i % 3);
+            let v = values(n, i);
+            let t = if n % 2 == 0 {
+                // A transposed view: the kernel reads it made contiguous.
+                Tensor::<Wgpu, 2>::from_data(TensorData::new(v, [2, n / 2]), &dev)
+                    .transpose()
+                    .transpose()
+                    .reshape([n])
+            } else {
+                Tensor::<Wgpu, 1>::from_data(TensorData::new(v, [n]), &dev)
+            };
+            out.push((at, t));
+            at += n;
+        }
+        (out, at + gap)
+    };
+    for gap in [3, 0] {
+        let (ps, len) = parts(gap);
+        let mut want = vec![0.0f32; len];
+        for (at, t) in &ps {
+            let v = host_f32(t.clone()).unwrap();
+            want[*at..*at + v.len()].copy_from_slice(&v);
+        }
+        let run = || {
+            let _ = <Wgpu as Backend>::sync(&dev);
+            let before = KernelCounts::now();
+            let flat = pack::pack(ps.clone(), len, &dev).expect("the kernel runs on wgpu");
+            let _ = <Wgpu as Backend>::sync(&dev);
+            let launches = KernelCounts::now().since(before).launches;
+            (host_f32(flat).unwrap(), launches)
+        };
+        let _ = run();
+        let (got, launches) = run();
+        let wrong = got.iter().zip(&want).position(|(a, b)| a != b);
+        assert!(
+            got.len() == want.len() && wrong.is_none(),
+            "gap {gap}: {} of {} elements, first wrong at {wrong:?}",
+            got.len(),
+            want.len()
+        );
+        let packs = sizes.len().div_ceil(pack::PER_LAUNCH) as u64;
+        let fill = u64::from(gap > 0);
+        assert_eq!(launches, packs + fill, "gap {gap}");
+    }
+    assert!(pack::pack::<Wgpu>(Vec::new(), 4, &dev).is_none());
+}
