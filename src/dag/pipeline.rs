@@ -102,6 +102,31 @@ pub fn parse_str(
             ));
         }
     }
+    let (name, seed) = parse_head(&doc, origin, default_name)?;
+    let decls = parse_decls(&doc, origin, reg)?;
+    let order = topo_order(&decls)?;
+    let by_name: BTreeMap<&str, &Decl> = decls.iter().map(|d| (d.name.as_str(), d)).collect();
+    // Check types of the declared graph.
+    for d in &decls {
+        check_decl(d, &by_name, reg)?;
+    }
+    let mut graph = Instances::default();
+    for dname in order {
+        graph.add(by_name[dname.as_str()], reg, seed)?;
+    }
+    Ok(Pipeline {
+        name,
+        seed,
+        instances: graph.instances,
+    })
+}
+
+/// The `[pipeline]` table's name and seed (the file's stem and 0 when absent).
+fn parse_head(
+    doc: &toml::Table,
+    origin: &str,
+    default_name: &str,
+) -> Result<(String, u64), DagError> {
     let (mut name, mut seed) = (default_name.to_string(), 0u64);
     if let Some(head) = doc.get("pipeline") {
         let head = head
@@ -125,6 +150,11 @@ pub fn parse_str(
         }
     }
     crate::store::check_name(&name).map_err(|e| perr(origin, e.to_string()))?;
+    Ok((name, seed))
+}
+
+/// The `[stages.*]` tables as declarations, composites expanded; names unique.
+fn parse_decls(doc: &toml::Table, origin: &str, reg: &dyn Registry) -> Result<Vec<Decl>, DagError> {
     let stages = doc
         .get("stages")
         .and_then(|s| s.as_table())
@@ -165,22 +195,29 @@ pub fn parse_str(
             ));
         }
     }
-    let order = topo_order(&decls)?;
-    let by_name: BTreeMap<&str, &Decl> = decls.iter().map(|d| (d.name.as_str(), d)).collect();
-    // Check types of the declared graph.
-    for d in &decls {
-        check_decl(d, &by_name, reg)?;
-    }
-    let mut instances: Vec<Instance> = Vec::new();
-    let mut by_decl: BTreeMap<String, Vec<usize>> = BTreeMap::new();
-    // The value behind each (sweep variable, label).
-    let mut swept: BTreeMap<(String, String), toml::Value> = BTreeMap::new();
-    for dname in order {
-        let d = by_name[dname.as_str()];
+    Ok(decls)
+}
+
+/// One instance's sweep values and, per upstream declaration, the upstream instance it joins.
+type Combo = (BTreeMap<String, String>, BTreeMap<String, String>);
+
+/// The instances made so far, in topological order.
+#[derive(Default)]
+struct Instances {
+    instances: Vec<Instance>,
+    /// Declaration name → indices of its instances.
+    by_decl: BTreeMap<String, Vec<usize>>,
+    /// The value behind each (sweep variable, label).
+    swept: BTreeMap<(String, String), toml::Value>,
+}
+
+impl Instances {
+    /// Adds the instances of `d` (its upstream declarations already added).
+    fn add(&mut self, d: &Decl, reg: &dyn Registry, seed: u64) -> Result<(), DagError> {
         let def = reg.get(&d.stage).ok_or_else(|| unknown_stage(d, reg))?;
         for (key, values) in &d.sweep {
             for v in values {
-                swept.insert((key.clone(), value_label(v)), v.clone());
+                self.swept.insert((key.clone(), value_label(v)), v.clone());
             }
         }
         // A list input gathers every instance of the stages it names (their sweep values do
@@ -192,8 +229,45 @@ pub fn parse_str(
             .map(|s| s.name)
             .collect();
         let gathered = |iname: &str| many.contains(iname.split_once('.').map_or(iname, |p| p.0));
-        let mut combos: Vec<(BTreeMap<String, String>, BTreeMap<String, String>)> =
-            vec![(BTreeMap::new(), BTreeMap::new())]; // (vars, upstream decl → instance)
+        for (vars, chosen) in self.combos(d, &gathered)? {
+            let table = self.configured(d, &vars)?;
+            let config = def.config(&table).map_err(|source| DagError::Config {
+                stage: d.name.clone(),
+                source,
+            })?;
+            let name = if vars.is_empty() {
+                d.name.clone()
+            } else {
+                let label: Vec<String> = vars.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                format!("{}[{}]", d.name, label.join(","))
+            };
+            crate::store::check_name(&name).map_err(|e| DagError::Sweep {
+                stage: d.name.clone(),
+                msg: e.to_string(),
+            })?;
+            let inputs = self.wire(d, &chosen, &gathered);
+            self.by_decl
+                .entry(d.name.clone())
+                .or_default()
+                .push(self.instances.len());
+            self.instances.push(Instance {
+                name,
+                decl: d.name.clone(),
+                stage: d.stage.clone(),
+                config,
+                seed: d.seed.unwrap_or(seed),
+                inputs,
+                vars,
+                discard: d.discard.clone(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Every agreeing join of `d`'s upstream instances (list inputs aside), crossed with `d`'s
+    /// own sweep.
+    fn combos(&self, d: &Decl, gathered: &dyn Fn(&str) -> bool) -> Result<Vec<Combo>, DagError> {
+        let mut combos: Vec<Combo> = vec![(BTreeMap::new(), BTreeMap::new())];
         let ups: BTreeSet<&str> = d
             .inputs
             .iter()
@@ -203,8 +277,8 @@ pub fn parse_str(
         for up in ups {
             let mut next = Vec::new();
             for (vars, chosen) in &combos {
-                for &i in &by_decl[up] {
-                    let u = &instances[i];
+                for &i in &self.by_decl[up] {
+                    let u = &self.instances[i];
                     if u.vars
                         .iter()
                         .all(|(k, v)| vars.get(k).is_none_or(|x| x == v))
@@ -219,7 +293,6 @@ pub fn parse_str(
             }
             combos = next;
         }
-        // Cross with this stage's own sweep.
         for (key, values) in &d.sweep {
             let mut next = Vec::new();
             for (vars, chosen) in &combos {
@@ -237,100 +310,83 @@ pub fn parse_str(
             }
             combos = next;
         }
-        for (vars, chosen) in combos {
-            let mut table = d.table.clone();
-            for (key, values) in &d.sweep {
-                let v = values
-                    .iter()
-                    .find(|v| Some(&value_label(v)) == vars.get(key))
-                    .cloned()
-                    .unwrap_or(toml::Value::Boolean(false));
-                set_path(&mut table, key)
-                    .map(|slot| *slot = v)
-                    .ok_or_else(|| DagError::Sweep {
-                        stage: d.name.clone(),
-                        msg: format!("cannot set `{key}`"),
-                    })?;
-            }
-            for (var, path) in &d.follow {
-                let v = vars
-                    .get(var)
-                    .and_then(|label| swept.get(&(var.clone(), label.clone())))
-                    .cloned()
-                    .ok_or_else(|| DagError::Sweep {
-                        stage: d.name.clone(),
-                        msg: format!("follows `{var}`, which no stage upstream sweeps"),
-                    })?;
-                set_path(&mut table, path)
-                    .map(|slot| *slot = v)
-                    .ok_or_else(|| DagError::Sweep {
-                        stage: d.name.clone(),
-                        msg: format!("cannot set `{path}`"),
-                    })?;
-            }
-            let config = def.config(&table).map_err(|source| DagError::Config {
-                stage: d.name.clone(),
-                source,
-            })?;
-            let name = if vars.is_empty() {
-                d.name.clone()
-            } else {
-                let label: Vec<String> = vars.iter().map(|(k, v)| format!("{k}={v}")).collect();
-                format!("{}[{}]", d.name, label.join(","))
-            };
-            crate::store::check_name(&name).map_err(|e| DagError::Sweep {
-                stage: d.name.clone(),
-                msg: e.to_string(),
-            })?;
-            let mut inputs = BTreeMap::new();
-            let mut lists: BTreeMap<&str, Vec<(String, String)>> = BTreeMap::new();
-            for (iname, (up, out)) in &d.inputs {
-                if gathered(iname) {
-                    let base = iname.split_once('.').map_or(iname.as_str(), |p| p.0);
-                    // Entries in the order given (`name.k`, k numeric), each expanded to every
-                    // instance of its stage.
-                    let k: usize = iname
-                        .split_once('.')
-                        .and_then(|p| p.1.parse().ok())
-                        .unwrap_or(0);
-                    let list = lists.entry(base).or_default();
-                    for &i in &by_decl[up] {
-                        list.push((format!("{k:06}/{}", instances[i].name), out.clone()));
-                    }
-                    list.sort();
-                } else {
-                    inputs.insert(iname.clone(), (chosen[up].clone(), out.clone()));
-                }
-            }
-            for (base, list) in lists {
-                for (k, (tagged, out)) in list.into_iter().enumerate() {
-                    let inst = tagged
-                        .split_once('/')
-                        .map_or(tagged.clone(), |p| p.1.to_string());
-                    inputs.insert(format!("{base}.{k}"), (inst, out));
-                }
-            }
-            by_decl
-                .entry(d.name.clone())
-                .or_default()
-                .push(instances.len());
-            instances.push(Instance {
-                name,
-                decl: d.name.clone(),
-                stage: d.stage.clone(),
-                config,
-                seed: d.seed.unwrap_or(seed),
-                inputs,
-                vars,
-                discard: d.discard.clone(),
-            });
-        }
+        Ok(combos)
     }
-    Ok(Pipeline {
-        name,
-        seed,
-        instances,
-    })
+
+    /// `d`'s table with its swept and followed settings set to the values of `vars`.
+    fn configured(
+        &self,
+        d: &Decl,
+        vars: &BTreeMap<String, String>,
+    ) -> Result<toml::Table, DagError> {
+        let sweep_err = |msg: String| DagError::Sweep {
+            stage: d.name.clone(),
+            msg,
+        };
+        let mut table = d.table.clone();
+        for (key, values) in &d.sweep {
+            let v = values
+                .iter()
+                .find(|v| Some(&value_label(v)) == vars.get(key))
+                .cloned()
+                .unwrap_or(toml::Value::Boolean(false));
+            set_path(&mut table, key)
+                .map(|slot| *slot = v)
+                .ok_or_else(|| sweep_err(format!("cannot set `{key}`")))?;
+        }
+        for (var, path) in &d.follow {
+            let v = vars
+                .get(var)
+                .and_then(|label| self.swept.get(&(var.clone(), label.clone())))
+                .cloned()
+                .ok_or_else(|| {
+                    sweep_err(format!("follows `{var}`, which no stage upstream sweeps"))
+                })?;
+            set_path(&mut table, path)
+                .map(|slot| *slot = v)
+                .ok_or_else(|| sweep_err(format!("cannot set `{path}`")))?;
+        }
+        Ok(table)
+    }
+
+    /// `d`'s inputs: the chosen upstream instance for each, every instance of the named stages
+    /// for each list input (`name.k`, in the order given).
+    fn wire(
+        &self,
+        d: &Decl,
+        chosen: &BTreeMap<String, String>,
+        gathered: &dyn Fn(&str) -> bool,
+    ) -> BTreeMap<String, (String, String)> {
+        let mut inputs = BTreeMap::new();
+        let mut lists: BTreeMap<&str, Vec<(String, String)>> = BTreeMap::new();
+        for (iname, (up, out)) in &d.inputs {
+            if gathered(iname) {
+                let base = iname.split_once('.').map_or(iname.as_str(), |p| p.0);
+                // Entries in the order given (`name.k`, k numeric), each expanded to every
+                // instance of its stage.
+                let k: usize = iname
+                    .split_once('.')
+                    .and_then(|p| p.1.parse().ok())
+                    .unwrap_or(0);
+                let list = lists.entry(base).or_default();
+                for &i in &self.by_decl[up] {
+                    list.push((format!("{k:06}/{}", self.instances[i].name), out.clone()));
+                }
+                list.sort();
+            } else {
+                inputs.insert(iname.clone(), (chosen[up].clone(), out.clone()));
+            }
+        }
+        for (base, list) in lists {
+            for (k, (tagged, out)) in list.into_iter().enumerate() {
+                let inst = tagged
+                    .split_once('/')
+                    .map_or(tagged.clone(), |p| p.1.to_string());
+                inputs.insert(format!("{base}.{k}"), (inst, out));
+            }
+        }
+        inputs
+    }
 }
 
 fn as_u64(v: &toml::Value) -> Option<u64> {

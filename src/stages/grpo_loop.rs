@@ -77,94 +77,140 @@ fn stage_table(
 
 /// The declarations a `grpo` loop named `name` stands for.
 pub fn expand(name: &str, t: &toml::Table) -> Expansion {
-    for k in t.keys() {
-        if ![
-            "stage",
-            "inputs",
-            "seed",
-            "steps",
-            "rollout",
-            "reward",
-            "update",
-            "eval",
-            "keep_every",
-            "sweep",
-        ]
-        .contains(&k.as_str())
-        {
-            return Err(format!(
-                "unknown key `{k}` of a `{KIND}` loop (steps, rollout, reward, update, eval, \
-                 keep_every, sweep, inputs, seed)"
-            )
-            .into());
-        }
+    let lp = Loop::parse(name, t)?;
+    let mut out = Vec::with_capacity(3 * lp.steps);
+    let mut policy = lp.input("checkpoint").unwrap_or_default();
+    for k in 0..lp.steps {
+        let step = lp.step(k, &policy);
+        policy = step[2].0.clone();
+        out.extend(step);
     }
-    let steps = t
-        .get("steps")
-        .and_then(|v| v.as_integer())
-        .and_then(|v| usize::try_from(v).ok())
-        .filter(|&v| v > 0)
-        .ok_or("`steps` must be a positive integer")?;
-    let given = t
-        .get("inputs")
-        .and_then(|v| v.as_table())
-        .ok_or("`inputs` must name at least `checkpoint` and `data`")?;
-    let mut inputs: Vec<(&str, String)> = Vec::new();
-    for (k, v) in given {
-        if !INPUTS.iter().any(|(n, _)| n == k) {
-            return Err(format!(
-                "unknown input `{k}` of a `{KIND}` loop (checkpoint, data, reference, teacher)"
-            )
-            .into());
-        }
-        let v = v
-            .as_str()
-            .ok_or_else(|| format!("`inputs.{k}` must be a stage name"))?;
-        let k = INPUTS.iter().find(|(n, _)| n == k).map_or("", |(n, _)| *n);
-        inputs.push((k, v.to_string()));
-    }
-    for (n, required) in INPUTS {
-        if *required && !inputs.iter().any(|(k, _)| k == n) {
-            return Err(format!("a `{KIND}` loop needs input `{n}`").into());
-        }
-    }
-    let input = |n: &str| inputs.iter().find(|(k, _)| *k == n).map(|(_, v)| v.clone());
-    let data = input("data").unwrap_or_default();
-    let seed = t.get("seed");
-    let mut rollout = sub_table(t, "rollout")?;
-    rollout
-        .entry("split")
-        .or_insert_with(|| toml::Value::String("rl".into()));
-    rollout.entry("samples").or_insert(toml::Value::Integer(4));
-    let reward = sub_table(t, "reward")?;
-    let update = sub_table(t, "update")?;
-    for k in [
-        "eval_items",
-        "eval_start",
-        "eval_after",
-        "eval_split",
-        "eval_max_new_tokens",
-    ] {
-        if update.contains_key(k) {
-            return Err(format!("`update.{k}` is set by the loop's `eval` table").into());
-        }
-    }
-    let eval = Eval::parse(t.get("eval"))?;
-    let keep_every = match t.get("keep_every") {
-        None => 0,
-        Some(v) => v
-            .as_integer()
-            .and_then(|v| usize::try_from(v).ok())
-            .ok_or("`keep_every` must be a non-negative integer (0 keeps every step)")?,
-    };
+    Ok(out)
+}
 
-    let sweeps = Sweeps::parse(t.get("sweep"))?;
-    let mut out = Vec::with_capacity(3 * steps);
-    let mut policy = input("checkpoint").unwrap_or_default();
-    let mut previous: Option<String> = None;
-    for k in 0..steps {
+/// A `grpo` loop's table, checked.
+struct Loop {
+    name: String,
+    steps: usize,
+    inputs: Vec<(&'static str, String)>,
+    seed: Option<toml::Value>,
+    rollout: toml::Table,
+    reward: toml::Table,
+    update: toml::Table,
+    eval: Eval,
+    keep_every: usize,
+    sweeps: Sweeps,
+}
+
+impl Loop {
+    fn parse(name: &str, t: &toml::Table) -> Result<Loop, ConfigError> {
+        for k in t.keys() {
+            if ![
+                "stage",
+                "inputs",
+                "seed",
+                "steps",
+                "rollout",
+                "reward",
+                "update",
+                "eval",
+                "keep_every",
+                "sweep",
+            ]
+            .contains(&k.as_str())
+            {
+                return Err(format!(
+                    "unknown key `{k}` of a `{KIND}` loop (steps, rollout, reward, update, eval, \
+                     keep_every, sweep, inputs, seed)"
+                )
+                .into());
+            }
+        }
+        let steps = t
+            .get("steps")
+            .and_then(|v| v.as_integer())
+            .and_then(|v| usize::try_from(v).ok())
+            .filter(|&v| v > 0)
+            .ok_or("`steps` must be a positive integer")?;
+        let given = t
+            .get("inputs")
+            .and_then(|v| v.as_table())
+            .ok_or("`inputs` must name at least `checkpoint` and `data`")?;
+        let mut inputs: Vec<(&str, String)> = Vec::new();
+        for (k, v) in given {
+            if !INPUTS.iter().any(|(n, _)| n == k) {
+                return Err(format!(
+                    "unknown input `{k}` of a `{KIND}` loop (checkpoint, data, reference, teacher)"
+                )
+                .into());
+            }
+            let v = v
+                .as_str()
+                .ok_or_else(|| format!("`inputs.{k}` must be a stage name"))?;
+            let k = INPUTS.iter().find(|(n, _)| n == k).map_or("", |(n, _)| *n);
+            inputs.push((k, v.to_string()));
+        }
+        for (n, required) in INPUTS {
+            if *required && !inputs.iter().any(|(k, _)| k == n) {
+                return Err(format!("a `{KIND}` loop needs input `{n}`").into());
+            }
+        }
+        let mut rollout = sub_table(t, "rollout")?;
+        rollout
+            .entry("split")
+            .or_insert_with(|| toml::Value::String("rl".into()));
+        rollout.entry("samples").or_insert(toml::Value::Integer(4));
+        let reward = sub_table(t, "reward")?;
+        let update = sub_table(t, "update")?;
+        for k in [
+            "eval_items",
+            "eval_start",
+            "eval_after",
+            "eval_split",
+            "eval_max_new_tokens",
+        ] {
+            if update.contains_key(k) {
+                return Err(format!("`update.{k}` is set by the loop's `eval` table").into());
+            }
+        }
+        let eval = Eval::parse(t.get("eval"))?;
+        let keep_every = match t.get("keep_every") {
+            None => 0,
+            Some(v) => v
+                .as_integer()
+                .and_then(|v| usize::try_from(v).ok())
+                .ok_or("`keep_every` must be a non-negative integer (0 keeps every step)")?,
+        };
+        Ok(Loop {
+            name: name.to_string(),
+            steps,
+            inputs,
+            seed: t.get("seed").cloned(),
+            rollout,
+            reward,
+            update,
+            eval,
+            keep_every,
+            sweeps: Sweeps::parse(t.get("sweep"))?,
+        })
+    }
+
+    /// The stage named by input `n`, if given.
+    fn input(&self, n: &str) -> Option<String> {
+        self.inputs
+            .iter()
+            .find(|(k, _)| *k == n)
+            .map(|(_, v)| v.clone())
+    }
+
+    /// Step `k`'s rollout, reward and update declarations, from `policy`'s checkpoint.
+    fn step(&self, k: usize, policy: &str) -> [(String, toml::Table); 3] {
+        let (name, seed) = (&self.name, self.seed.as_ref());
+        let data = self.input("data").unwrap_or_default();
+        let policy = policy.to_string();
         let (r, w) = (format!("{name}_{k}_rollout"), format!("{name}_{k}_reward"));
-        let u = if k + 1 == steps {
+        let last = k + 1 == self.steps;
+        let u = if last {
             name.to_string()
         } else {
             format!("{name}_{k}_update")
@@ -173,56 +219,51 @@ pub fn expand(name: &str, t: &toml::Table) -> Expansion {
             t.insert("step".into(), toml::Value::Integer(k as i64));
             t
         };
-        let mut table = stage_table(
+        let mut rollout = stage_table(
             "rollout",
             &[("checkpoint", policy.clone()), ("data", data.clone())],
-            with_step(rollout.clone()),
+            with_step(self.rollout.clone()),
             seed,
         );
-        sweeps.set(&mut table, "rollout", k);
-        out.push((r.clone(), table));
+        self.sweeps.set(&mut rollout, "rollout", k);
         let mut reward_inputs = vec![
             ("rollouts", r.clone()),
             ("data", data.clone()),
             ("checkpoint", policy.clone()),
         ];
-        if let Some(teacher) = input("teacher") {
+        if let Some(teacher) = self.input("teacher") {
             reward_inputs.push(("teacher", teacher));
         }
-        let mut table = stage_table("reward-score", &reward_inputs, reward.clone(), seed);
-        sweeps.set(&mut table, "reward", k);
-        out.push((w.clone(), table));
+        let mut reward = stage_table("reward-score", &reward_inputs, self.reward.clone(), seed);
+        self.sweeps.set(&mut reward, "reward", k);
         let mut update_inputs = vec![
             ("checkpoint", policy.clone()),
-            ("rollouts", r),
-            ("rewards", w),
-            ("data", data.clone()),
+            ("rollouts", r.clone()),
+            ("rewards", w.clone()),
+            ("data", data),
         ];
-        if let Some(reference) = input("reference") {
+        if let Some(reference) = self.input("reference") {
             update_inputs.push(("reference", reference));
         }
-        if let Some(prev) = &previous {
-            update_inputs.push(("optimizer", format!("{prev}.optimizer")));
-            update_inputs.push(("history", format!("{prev}.log")));
-            update_inputs.push(("eval_history", format!("{prev}.eval")));
+        if k > 0 {
+            // The previous update (its policy is this step's checkpoint).
+            update_inputs.push(("optimizer", format!("{policy}.optimizer")));
+            update_inputs.push(("history", format!("{policy}.log")));
+            update_inputs.push(("eval_history", format!("{policy}.eval")));
         }
-        let mut settings = with_step(update.clone());
-        eval.set(&mut settings, k);
-        let mut table = stage_table("grpo-update", &update_inputs, settings, seed);
-        sweeps.set(&mut table, "update", k);
-        let last = k + 1 == steps;
-        if keep_every > 0 && !last {
+        let mut settings = with_step(self.update.clone());
+        self.eval.set(&mut settings, k);
+        let mut update = stage_table("grpo-update", &update_inputs, settings, seed);
+        self.sweeps.set(&mut update, "update", k);
+        if self.keep_every > 0 && !last {
             let mut discard = vec![toml::Value::String("optimizer".into())];
-            if !(k + 1).is_multiple_of(keep_every) {
+            if !(k + 1).is_multiple_of(self.keep_every) {
                 discard.push(toml::Value::String("main".into()));
             }
-            table.insert("discard".into(), toml::Value::Array(discard));
+            update.insert("discard".into(), toml::Value::Array(discard));
         }
-        out.push((u.clone(), table));
-        policy = u.clone();
-        previous = Some(u);
+        [(r, rollout), (w, reward), (u, update)]
     }
-    Ok(out)
 }
 
 /// The loop's `sweep`: `{ "reward.alpha" = [0.5, 1.0], … }`, keys naming a setting of the
