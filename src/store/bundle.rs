@@ -202,155 +202,193 @@ pub fn import_bundle(store: &Store, path: &Path) -> Result<BundleReport> {
 }
 
 fn import_staged(store: &Store, path: &Path, stage: &Path) -> Result<BundleReport> {
-    let file = File::open(path).map_err(io_err(path))?;
-    let mut archive = tar::Archive::new(file);
-    let mut objects: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
-    let mut records: Vec<String> = Vec::new();
-    let mut tombstones: BTreeSet<String> = BTreeSet::new();
-    let mut saw_index = false;
-    let mut report = BundleReport::default();
-    let entries = archive
-        .entries()
-        .map_err(|e| bundle_err(format!("not a tar file: {e}")))?;
-    for entry in entries {
-        let mut entry = entry.map_err(|e| bundle_err(format!("unreadable entry: {e}")))?;
-        let kind = entry.header().entry_type();
-        let epath = entry
-            .path()
-            .map_err(|e| bundle_err(format!("bad entry path: {e}")))?
-            .into_owned();
-        if kind.is_dir() {
-            continue;
-        }
-        if !kind.is_file() {
-            return Err(bundle_err(format!(
-                "entry `{}` is not a regular file (links and devices are refused)",
-                epath.display()
-            )));
-        }
-        let size = entry.header().size().unwrap_or(u64::MAX);
-        if size > MAX_ENTRY_BYTES {
-            return Err(bundle_err(format!(
-                "entry `{}` is too large",
-                epath.display()
-            )));
-        }
-        let slot = classify(&epath)?;
-        let mut bytes = Vec::with_capacity(size as usize);
-        entry
-            .read_to_end(&mut bytes)
-            .map_err(|e| bundle_err(format!("truncated entry `{}`: {e}", epath.display())))?;
-        report.bytes += bytes.len() as u64;
-        let dest = match &slot {
-            Slot::Index => {
-                saw_index = true;
+    let staged = Staged::unpack(path, stage)?;
+    let records = staged.verify(store, stage)?;
+    staged.publish(store, stage, &records)
+}
+
+/// A bundle's entries written under a staging folder, not yet in the store.
+#[derive(Default)]
+struct Staged {
+    /// Artifact id → its file names.
+    objects: BTreeMap<String, BTreeSet<String>>,
+    /// Run-record keys, in the bundle's order.
+    records: Vec<String>,
+    tombstones: BTreeSet<String>,
+    saw_index: bool,
+    bytes: u64,
+}
+
+impl Staged {
+    /// Writes the entries of the bundle at `path` under `stage`, refusing anything but regular
+    /// files of the bundle's layout, duplicates and oversized entries.
+    fn unpack(path: &Path, stage: &Path) -> Result<Staged> {
+        let file = File::open(path).map_err(io_err(path))?;
+        let mut archive = tar::Archive::new(file);
+        let mut st = Staged::default();
+        let entries = archive
+            .entries()
+            .map_err(|e| bundle_err(format!("not a tar file: {e}")))?;
+        for entry in entries {
+            let mut entry = entry.map_err(|e| bundle_err(format!("unreadable entry: {e}")))?;
+            let kind = entry.header().entry_type();
+            let epath = entry
+                .path()
+                .map_err(|e| bundle_err(format!("bad entry path: {e}")))?
+                .into_owned();
+            if kind.is_dir() {
                 continue;
             }
-            Slot::Tombstone(id) => {
-                if !bytes.is_empty() || !tombstones.insert(id.clone()) {
-                    return Err(bundle_err(format!("bad tombstone `{}`", epath.display())));
-                }
-                continue;
+            if !kind.is_file() {
+                return Err(bundle_err(format!(
+                    "entry `{}` is not a regular file (links and devices are refused)",
+                    epath.display()
+                )));
             }
-            Slot::Object(id, name) => {
-                if !objects.entry(id.clone()).or_default().insert(name.clone()) {
-                    return Err(bundle_err(format!("duplicate entry `{}`", epath.display())));
-                }
-                stage.join("objects").join(id).join(name)
+            let size = entry.header().size().unwrap_or(u64::MAX);
+            if size > MAX_ENTRY_BYTES {
+                return Err(bundle_err(format!(
+                    "entry `{}` is too large",
+                    epath.display()
+                )));
             }
-            Slot::Record(k) => {
-                if records.contains(k) {
-                    return Err(bundle_err(format!("duplicate record {k}")));
+            let slot = classify(&epath)?;
+            let mut bytes = Vec::with_capacity(size as usize);
+            entry
+                .read_to_end(&mut bytes)
+                .map_err(|e| bundle_err(format!("truncated entry `{}`: {e}", epath.display())))?;
+            st.bytes += bytes.len() as u64;
+            let dest = match &slot {
+                Slot::Index => {
+                    st.saw_index = true;
+                    continue;
                 }
-                records.push(k.clone());
-                stage.join("records").join(format!("{k}.json"))
+                Slot::Tombstone(id) => {
+                    if !bytes.is_empty() || !st.tombstones.insert(id.clone()) {
+                        return Err(bundle_err(format!("bad tombstone `{}`", epath.display())));
+                    }
+                    continue;
+                }
+                Slot::Object(id, name) => {
+                    if !st
+                        .objects
+                        .entry(id.clone())
+                        .or_default()
+                        .insert(name.clone())
+                    {
+                        return Err(bundle_err(format!("duplicate entry `{}`", epath.display())));
+                    }
+                    stage.join("objects").join(id).join(name)
+                }
+                Slot::Record(k) => {
+                    if st.records.contains(k) {
+                        return Err(bundle_err(format!("duplicate record {k}")));
+                    }
+                    st.records.push(k.clone());
+                    stage.join("records").join(format!("{k}.json"))
+                }
+            };
+            if let Some(parent) = dest.parent() {
+                fs::create_dir_all(parent).map_err(io_err(parent))?;
             }
+            fs::write(&dest, &bytes).map_err(io_err(&dest))?;
+        }
+        if !st.saw_index {
+            return Err(bundle_err("missing bundle.json (not an asymm bundle)"));
+        }
+        Ok(st)
+    }
+
+    /// Checks every staged object (its manifest parses and lists exactly its files, the
+    /// hashes match, its lineage is in the bundle or the store) and parses the run records
+    /// (each names its own key and artifacts that exist).
+    fn verify(&self, store: &Store, stage: &Path) -> Result<Vec<RunRecord>> {
+        let staged = Store {
+            root: stage.to_path_buf(),
         };
-        if let Some(parent) = dest.parent() {
-            fs::create_dir_all(parent).map_err(io_err(parent))?;
+        for (id, names) in &self.objects {
+            if !names.contains("manifest.json") {
+                return Err(bundle_err(format!("artifact {id} has no manifest")));
+            }
+            let m: Manifest = read_json(&staged.object_dir(id).join("manifest.json"))
+                .map_err(|e| bundle_err(format!("artifact {id}: {e}")))?;
+            let listed: BTreeSet<String> = m
+                .files
+                .iter()
+                .map(|f| f.name.clone())
+                .chain(std::iter::once("manifest.json".to_string()))
+                .collect();
+            if &listed != names {
+                return Err(bundle_err(format!(
+                    "artifact {id}: files in the bundle do not match its manifest"
+                )));
+            }
+            staged
+                .verify(id)
+                .map_err(|e| bundle_err(format!("hash mismatch: {e}")))?;
+            for up in m.lineage.values() {
+                if !self.objects.contains_key(up)
+                    && !store.has(up)
+                    && !self.tombstones.contains(up)
+                    && !store.is_discarded(up)
+                {
+                    return Err(bundle_err(format!(
+                        "artifact {id} depends on {up}, which is neither in the bundle nor the store"
+                    )));
+                }
+            }
         }
-        fs::write(&dest, &bytes).map_err(io_err(&dest))?;
+        let mut parsed = Vec::new();
+        for k in &self.records {
+            let r: RunRecord = read_json(&stage.join("records").join(format!("{k}.json")))
+                .map_err(|e| bundle_err(format!("record {k}: {e}")))?;
+            if &r.key != k {
+                return Err(bundle_err(format!("record {k} names key {}", r.key)));
+            }
+            for id in r.outputs.values() {
+                if !self.objects.contains_key(id) && !store.has(id) && !self.tombstones.contains(id)
+                {
+                    return Err(bundle_err(format!(
+                        "record {k} points at missing artifact {id}"
+                    )));
+                }
+            }
+            parsed.push(r);
+        }
+        Ok(parsed)
     }
-    if !saw_index {
-        return Err(bundle_err("missing bundle.json (not an asymm bundle)"));
-    }
-    // Verify every object: manifest parses, names its own id, files match hashes, nothing extra.
-    let staged = Store {
-        root: stage.to_path_buf(),
-    };
-    for (id, names) in &objects {
-        if !names.contains("manifest.json") {
-            return Err(bundle_err(format!("artifact {id} has no manifest")));
-        }
-        let m: Manifest = read_json(&staged.object_dir(id).join("manifest.json"))
-            .map_err(|e| bundle_err(format!("artifact {id}: {e}")))?;
-        let listed: BTreeSet<String> = m
-            .files
-            .iter()
-            .map(|f| f.name.clone())
-            .chain(std::iter::once("manifest.json".to_string()))
-            .collect();
-        if &listed != names {
-            return Err(bundle_err(format!(
-                "artifact {id}: files in the bundle do not match its manifest"
-            )));
-        }
-        staged
-            .verify(id)
-            .map_err(|e| bundle_err(format!("hash mismatch: {e}")))?;
-        for up in m.lineage.values() {
-            if !objects.contains_key(up)
-                && !store.has(up)
-                && !tombstones.contains(up)
-                && !store.is_discarded(up)
+
+    /// Moves the objects into the store, then the tombstones and records it lacks.
+    fn publish(&self, store: &Store, stage: &Path, parsed: &[RunRecord]) -> Result<BundleReport> {
+        let mut report = BundleReport {
+            bytes: self.bytes,
+            ..BundleReport::default()
+        };
+        for id in self.objects.keys() {
+            if store.has(id) {
+                report.already_present += 1;
+                continue;
+            }
+            let from = stage.join("objects").join(id);
+            let to = store.object_dir(id);
+            if let Err(e) = fs::rename(&from, &to)
+                && !store.has(id)
             {
-                return Err(bundle_err(format!(
-                    "artifact {id} depends on {up}, which is neither in the bundle nor the store"
-                )));
+                return Err(io_err(&to)(e));
+            }
+            report.artifacts += 1;
+        }
+        for id in &self.tombstones {
+            if !store.has(id) && !self.objects.contains_key(id) {
+                store.put_tombstone(id)?;
             }
         }
-    }
-    let mut parsed = Vec::new();
-    for k in &records {
-        let r: RunRecord = read_json(&stage.join("records").join(format!("{k}.json")))
-            .map_err(|e| bundle_err(format!("record {k}: {e}")))?;
-        if &r.key != k {
-            return Err(bundle_err(format!("record {k} names key {}", r.key)));
-        }
-        for id in r.outputs.values() {
-            if !objects.contains_key(id) && !store.has(id) && !tombstones.contains(id) {
-                return Err(bundle_err(format!(
-                    "record {k} points at missing artifact {id}"
-                )));
+        for r in parsed {
+            if store.record(&r.key)?.is_none() {
+                store.put_record(r)?;
+                report.records += 1;
             }
         }
-        parsed.push(r);
+        Ok(report)
     }
-    // Everything checks out: publish objects, then records.
-    for id in objects.keys() {
-        if store.has(id) {
-            report.already_present += 1;
-            continue;
-        }
-        let from = staged.object_dir(id);
-        let to = store.object_dir(id);
-        if let Err(e) = fs::rename(&from, &to)
-            && !store.has(id)
-        {
-            return Err(io_err(&to)(e));
-        }
-        report.artifacts += 1;
-    }
-    for id in &tombstones {
-        if !store.has(id) && !objects.contains_key(id) {
-            store.put_tombstone(id)?;
-        }
-    }
-    for r in &parsed {
-        if store.record(&r.key)?.is_none() {
-            store.put_record(r)?;
-            report.records += 1;
-        }
-    }
-    Ok(report)
 }
