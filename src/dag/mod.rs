@@ -184,6 +184,9 @@ impl RunCtx<'_> {
     }
 }
 
+/// A stage run's outputs: output name → artifact id.
+pub type Outputs = BTreeMap<String, String>;
+
 /// A stage type the DAG can schedule.
 pub trait StageDef: Send + Sync {
     fn name(&self) -> &'static str;
@@ -202,10 +205,7 @@ pub trait StageDef: Send + Sync {
         false
     }
     /// Runs the stage; returns output name → artifact id.
-    fn run(
-        &self,
-        ctx: &RunCtx,
-    ) -> Result<BTreeMap<String, String>, Box<dyn std::error::Error + Send + Sync>>;
+    fn run(&self, ctx: &RunCtx) -> Result<Outputs, Box<dyn std::error::Error + Send + Sync>>;
 }
 
 /// A composite's expansion: ordinary declarations, each a name and its `[stages.<name>]` table

@@ -544,7 +544,7 @@ mod tests {
         fn run(
             &self,
             ctx: &RunCtx,
-        ) -> Result<BTreeMap<String, String>, Box<dyn std::error::Error + Send + Sync>> {
+        ) -> Result<crate::dag::Outputs, Box<dyn std::error::Error + Send + Sync>> {
             let mut w = ctx.store.writer("blob", 1)?;
             let body = format!(
                 "{} {} {} {}",

@@ -27,7 +27,6 @@ use crate::table::{self, Table, TableError};
 use arrow::array::ArrayRef;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use std::collections::BTreeMap;
 use std::marker::PhantomData;
 use std::path::PathBuf;
 
@@ -61,8 +60,7 @@ pub enum StageError {
         source: std::io::Error,
     },
 }
-
-pub type Outputs = BTreeMap<String, String>;
+pub use crate::dag::Outputs;
 
 /// Returns early with a [`StageError::Invalid`] built from a format string.
 #[macro_export]
