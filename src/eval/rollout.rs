@@ -9,7 +9,7 @@
 
 use super::{Result, bail};
 use crate::data::Example;
-use crate::model::decode::{SeqKey, generate_shared};
+use crate::model::decode::{Generated, SeqKey, generate_shared};
 use crate::model::sampling::SamplingConfig;
 use crate::model::{Codec, Model};
 use crate::text::format;
@@ -157,36 +157,68 @@ pub fn run_rollouts<B: Backend>(
     if budget == 0 {
         bail!("the token budget per output is 0");
     }
-    let mut rows: Vec<(usize, usize)> = Vec::new();
-    for (i, _) in examples.iter().enumerate() {
-        for s in 0..spec.samples {
-            rows.push((i, s));
-        }
-    }
+    let rows: Vec<(usize, usize)> = (0..examples.len())
+        .flat_map(|i| (0..spec.samples).map(move |s| (i, s)))
+        .collect();
     let mut out = Vec::with_capacity(rows.len());
     for chunk in rows.chunks(spec.batch_size.max(1)) {
-        // Rows of one item with the same prefix (the G samples of a prompt) share a prefill.
-        let mut pixels = Vec::with_capacity(chunk.len() * image_size * image_size);
-        let mut prompts: Vec<Vec<u32>> = Vec::with_capacity(chunk.len());
+        let batch = Batch::new(tok, examples, chunk, perceptions, spec, image_size)?;
+        let images = Tensor::<B, 3>::from_data(
+            TensorData::new(batch.pixels, [batch.prompts.len(), image_size, image_size]),
+            device,
+        );
+        let gens = generate_shared(
+            model,
+            images,
+            &batch.prompts,
+            &batch.row_prompt,
+            &batch.keys,
+            &spec.sampling,
+            seed,
+            tok.eos(),
+            budget,
+        )?;
+        for ((&(i, s), g), forced) in chunk.iter().zip(gens).zip(batch.forced) {
+            out.push(rollout_row(tok, &examples[i], s, g, forced)?);
+        }
+        progress(chunk.len());
+    }
+    Ok(out)
+}
+
+/// The inputs of one generation call: rows of one item with the same prefix (the G samples of a
+/// prompt) share a prompt, and so a prefill.
+struct Batch {
+    /// One image per prompt, row-major.
+    pixels: Vec<f32>,
+    prompts: Vec<Vec<u32>>,
+    /// The prompt of each row.
+    row_prompt: Vec<usize>,
+    /// The perception forced on each row, if any.
+    forced: Vec<Option<String>>,
+    keys: Vec<SeqKey>,
+}
+
+impl Batch {
+    fn new(
+        tok: &Codec,
+        examples: &[Example],
+        chunk: &[(usize, usize)],
+        perceptions: Option<&HashMap<(String, usize), String>>,
+        spec: &RolloutSpec,
+        image_size: usize,
+    ) -> Result<Batch> {
+        let mut batch = Batch {
+            pixels: Vec::with_capacity(chunk.len() * image_size * image_size),
+            prompts: Vec::with_capacity(chunk.len()),
+            row_prompt: Vec::with_capacity(chunk.len()),
+            forced: Vec::with_capacity(chunk.len()),
+            keys: Vec::with_capacity(chunk.len()),
+        };
         let mut prompt_of: HashMap<(usize, Vec<u32>), usize> = HashMap::new();
-        let mut row_prompt = Vec::with_capacity(chunk.len());
-        let mut forced = Vec::with_capacity(chunk.len());
-        let mut keys = Vec::with_capacity(chunk.len());
         for &(i, s) in chunk {
             let e = &examples[i];
-            let forced_p = match spec.mode {
-                Mode::Standard => None,
-                Mode::Counterfactual => Some(e.perception.clone()),
-                Mode::TextOnly => Some(
-                    perceptions
-                        .and_then(|m| {
-                            m.get(&(e.id.clone(), s))
-                                .or_else(|| m.get(&(e.id.clone(), 0)))
-                        })
-                        .cloned()
-                        .unwrap_or_else(|| e.perception.clone()),
-                ),
-            };
+            let forced = forced_perception(spec.mode, e, s, perceptions);
             if e.image.len() != image_size * image_size {
                 bail!(
                     "item `{}`: image has {} pixels, the model reads {image_size}²",
@@ -194,90 +226,108 @@ pub fn run_rollouts<B: Backend>(
                     e.image.len()
                 );
             }
-            let prefix = prefix(tok, &e.prompt, forced_p.as_deref())?;
-            let next = prompts.len();
+            let prefix = prefix(tok, &e.prompt, forced.as_deref())?;
+            let next = batch.prompts.len();
             let k = *prompt_of.entry((i, prefix.clone())).or_insert(next);
             if k == next {
                 if spec.mode == Mode::TextOnly {
-                    pixels.extend(std::iter::repeat_n(0.0f32, image_size * image_size));
+                    let blank = std::iter::repeat_n(0.0f32, image_size * image_size);
+                    batch.pixels.extend(blank);
                 } else {
-                    pixels.extend_from_slice(&e.image);
+                    batch.pixels.extend_from_slice(&e.image);
                 }
-                prompts.push(prefix);
+                batch.prompts.push(prefix);
             }
-            row_prompt.push(k);
-            forced.push(forced_p);
-            keys.push(SeqKey {
+            batch.row_prompt.push(k);
+            batch.forced.push(forced);
+            batch.keys.push(SeqKey {
                 purpose: spec.mode.purpose(),
                 item: e.id.clone(),
                 sample: s as u64,
             });
         }
-        let images = Tensor::<B, 3>::from_data(
-            TensorData::new(pixels, [prompts.len(), image_size, image_size]),
-            device,
-        );
-        let gens = generate_shared(
-            model,
-            images,
-            &prompts,
-            &row_prompt,
-            &keys,
-            &spec.sampling,
-            seed,
-            tok.eos(),
-            budget,
-        )?;
-        for ((&(i, s), g), forced_p) in chunk.iter().zip(gens).zip(forced) {
-            let text = tok.decode(&g.tokens)?;
-            let code = |e: &format::FormatError| e.code().to_string();
-            let (perception, reasoning, perception_error, reasoning_error, pt) = match forced_p {
-                None => {
-                    let pt = tok.perception_end(&g.tokens)?;
-                    let parsed = format::parse(&text);
-                    (
-                        parsed.perception.as_ref().ok().cloned(),
-                        parsed.reasoning.as_ref().ok().cloned(),
-                        parsed.perception.as_ref().err().map(code),
-                        parsed.reasoning.as_ref().err().map(code),
-                        pt,
-                    )
-                }
-                Some(p) => {
-                    let r = format::parse_reasoning(tok.continuation(&text));
-                    (
-                        Some(p),
-                        r.as_ref().ok().cloned(),
-                        None,
-                        r.as_ref().err().map(code),
-                        0,
-                    )
-                }
-            };
-            let mut token_ids = g.tokens.clone();
-            if !g.truncated {
-                token_ids.push(tok.eos());
-            }
-            out.push(RolloutRow {
-                id: examples[i].id.clone(),
-                sample: s,
-                task: examples[i].task.clone(),
-                text,
-                perception,
-                reasoning,
-                perception_error,
-                reasoning_error,
-                perception_tokens: pt,
-                reasoning_tokens: token_ids.len() - pt,
-                new_tokens: g.tokens.len(),
-                token_ids,
-                logprobs: g.logprobs,
-                truncated: g.truncated,
-            });
-        }
-        progress(chunk.len());
+        Ok(batch)
     }
-    Ok(out)
+}
+
+/// The perception a mode forces on sample `s` of `e`: none in standard mode, p* in
+/// counterfactual mode, in text-only mode the given perception of (item, sample), else of
+/// (item, 0), else p*.
+fn forced_perception(
+    mode: Mode,
+    e: &Example,
+    s: usize,
+    perceptions: Option<&HashMap<(String, usize), String>>,
+) -> Option<String> {
+    match mode {
+        Mode::Standard => None,
+        Mode::Counterfactual => Some(e.perception.clone()),
+        Mode::TextOnly => Some(
+            perceptions
+                .and_then(|m| {
+                    m.get(&(e.id.clone(), s))
+                        .or_else(|| m.get(&(e.id.clone(), 0)))
+                })
+                .cloned()
+                .unwrap_or_else(|| e.perception.clone()),
+        ),
+    }
+}
+
+/// Sample `s` of `e` from its generation: the text, its segments (or why they cannot be read)
+/// and the tokens of each.
+fn rollout_row(
+    tok: &Codec,
+    e: &Example,
+    s: usize,
+    g: Generated,
+    forced: Option<String>,
+) -> Result<RolloutRow> {
+    let text = tok.decode(&g.tokens)?;
+    let code = |e: &format::FormatError| e.code().to_string();
+    let (perception, reasoning, perception_error, reasoning_error, pt) = match forced {
+        None => {
+            let pt = tok.perception_end(&g.tokens)?;
+            let parsed = format::parse(&text);
+            (
+                parsed.perception.as_ref().ok().cloned(),
+                parsed.reasoning.as_ref().ok().cloned(),
+                parsed.perception.as_ref().err().map(code),
+                parsed.reasoning.as_ref().err().map(code),
+                pt,
+            )
+        }
+        Some(p) => {
+            let r = format::parse_reasoning(tok.continuation(&text));
+            (
+                Some(p),
+                r.as_ref().ok().cloned(),
+                None,
+                r.as_ref().err().map(code),
+                0,
+            )
+        }
+    };
+    let mut token_ids = g.tokens.clone();
+    if !g.truncated {
+        token_ids.push(tok.eos());
+    }
+    Ok(RolloutRow {
+        id: e.id.clone(),
+        sample: s,
+        task: e.task.clone(),
+        text,
+        perception,
+        reasoning,
+        perception_error,
+        reasoning_error,
+        perception_tokens: pt,
+        reasoning_tokens: token_ids.len() - pt,
+        new_tokens: g.tokens.len(),
+        token_ids,
+        logprobs: g.logprobs,
+        truncated: g.truncated,
+    })
 }
 
 #[cfg(test)]

@@ -1,5 +1,6 @@
-//! The attention softmax as one cubecl kernel on the GPU-shaped backends (CUDA, wgpu), forward
-//! and backward, one autodiff node.
+//! Kernels of the GPU-shaped backends (CUDA, wgpu): the attention softmax as one cubecl kernel
+//! forward and backward, self-attention of a fused projection as one autodiff node around it
+//! ([`attention`](mod@attention)), and the gradient gather into the optimizer's buffer ([`pack`]).
 //!
 //! Composed from tensor operations, the softmax of attention scores is a scale, a mask addition
 //! (its bias built on the host and uploaded), a max, a subtraction, an exp, a sum and a division
@@ -15,7 +16,7 @@
 //! Statistics accumulate in f32 whatever the tensor's float type. The kernels run on
 //! [`CubeBackend`]; under burn's fusion layer each is a custom operation of the fusion stream; the
 //! autodiff node keeps the probabilities (which `P·V`'s own node keeps anyway) for the backward
-//! kernel. [`attention`] puts the two score products around it.
+//! kernel. The public functions dispatch on the backend and return `None` on any other.
 
 use super::fused::{cast, same};
 use burn::backend::Autodiff;
@@ -387,74 +388,96 @@ fn is_on<B: Backend, X: Backend>() -> bool {
     same::<B, X>() || same::<B, Autodiff<X>>()
 }
 
-/// [`row_softmax`] on `X` when `B` is `X` or `Autodiff<X>`.
-fn on<B: Backend, X: RowSoftmaxOps>(scores: Tensor<B, 4>, op: RowSoftmax) -> Option<Tensor<B, 4>> {
-    if same::<B, Autodiff<X>>() {
-        cast(row_softmax_autodiff(
-            cast::<_, Tensor<Autodiff<X>, 4>>(scores)?,
-            op,
-        ))
-    } else {
-        cast(row_softmax_plain(cast::<_, Tensor<X, 4>>(scores)?, op))
-    }
+/// A computation on whichever cubecl backend `B` is: `run::<X>` is called with the backend `X`
+/// such that `B` is `X` or `Autodiff<X>`.
+trait OnCube {
+    type Out;
+    fn run<X: AttentionOps + pack::PackOps>(self) -> Option<Self::Out>;
 }
 
 #[cfg(feature = "cuda")]
 type CudaBf16 = burn::backend::Cuda<burn::tensor::bf16>;
 
-/// Whether `B` runs the row-softmax kernel (a cubecl backend of this build).
-pub fn available<B: Backend>() -> bool {
+/// `f` on the cubecl backend `B` is (see [`OnCube`]); `None` when `B` is none of this build's.
+fn on_cube<B: Backend, F: OnCube>(f: F) -> Option<F::Out> {
     #[cfg(feature = "wgpu")]
     if is_on::<B, burn::backend::Wgpu>() {
-        return true;
+        return f.run::<burn::backend::Wgpu>();
     }
     #[cfg(feature = "cuda")]
-    if is_on::<B, burn::backend::Cuda>() || is_on::<B, CudaBf16>() {
-        return true;
+    if is_on::<B, burn::backend::Cuda>() {
+        return f.run::<burn::backend::Cuda>();
     }
-    false
+    #[cfg(feature = "cuda")]
+    if is_on::<B, CudaBf16>() {
+        return f.run::<CudaBf16>();
+    }
+    let _ = f;
+    None
+}
+
+/// Whether `B` runs the kernels of this module (a cubecl backend of this build, with or without
+/// autodiff).
+pub fn available<B: Backend>() -> bool {
+    struct Probe;
+    impl OnCube for Probe {
+        type Out = ();
+        fn run<X: AttentionOps + pack::PackOps>(self) -> Option<()> {
+            Some(())
+        }
+    }
+    on_cube::<B, _>(Probe).is_some()
 }
 
 /// The row softmax of `scores` [B, H, T, Tk] as one kernel forward and one backward; `None` when
 /// `B` is not one of the cubecl backends of this build.
 pub fn row_softmax<B: Backend>(scores: Tensor<B, 4>, op: RowSoftmax) -> Option<Tensor<B, 4>> {
+    struct Call<B: Backend>(Tensor<B, 4>, RowSoftmax);
+    impl<B: Backend> OnCube for Call<B> {
+        type Out = Tensor<B, 4>;
+        fn run<X: AttentionOps + pack::PackOps>(self) -> Option<Tensor<B, 4>> {
+            let Call(scores, op) = self;
+            if same::<B, Autodiff<X>>() {
+                let scores = cast::<_, Tensor<Autodiff<X>, 4>>(scores)?;
+                cast(row_softmax_autodiff(scores, op))
+            } else {
+                cast(row_softmax_plain(cast::<_, Tensor<X, 4>>(scores)?, op))
+            }
+        }
+    }
     if scores.dims().contains(&0) {
         return None;
     }
-    #[cfg(feature = "wgpu")]
-    if is_on::<B, burn::backend::Wgpu>() {
-        return on::<B, burn::backend::Wgpu>(scores, op);
-    }
-    #[cfg(feature = "cuda")]
-    if is_on::<B, burn::backend::Cuda>() {
-        return on::<B, burn::backend::Cuda>(scores, op);
-    }
-    #[cfg(feature = "cuda")]
-    if is_on::<B, CudaBf16>() {
-        return on::<B, CudaBf16>(scores, op);
-    }
-    let _ = (scores, op);
-    None
+    on_cube::<B, _>(Call(scores, op))
 }
 
-/// Self-attention of a fused, rotated projection `qkv` [B, T, 3, H, d] with the softmax as one
-/// kernel: the context [B, T, H·d]. `None` when the backend has no kernel; the caller then
-/// composes the operations itself.
+/// Self-attention of a fused, rotated projection `qkv` [B, T, 3, H, d] as one autodiff node
+/// ([`attention`](mod@attention)): the context [B, T, H·d]. `None` when the backend has no
+/// kernel; the caller then composes the operations itself.
 pub fn attention<B: Backend>(qkv: Tensor<B, 5>, causal: bool) -> Option<Tensor<B, 3>> {
-    if !available::<B>() || qkv.dims().contains(&0) || qkv.dtype() == DType::F64 {
+    struct Call<B: Backend>(Tensor<B, 5>, bool);
+    impl<B: Backend> OnCube for Call<B> {
+        type Out = Tensor<B, 3>;
+        fn run<X: AttentionOps + pack::PackOps>(self) -> Option<Tensor<B, 3>> {
+            let Call(qkv, causal) = self;
+            if same::<B, Autodiff<X>>() {
+                let qkv = cast::<_, Tensor<Autodiff<X>, 5>>(qkv)?;
+                cast(attention::autodiff(qkv, causal))
+            } else {
+                cast(attention::plain(cast::<_, Tensor<X, 5>>(qkv)?, causal))
+            }
+        }
+    }
+    if qkv.dims().contains(&0) || qkv.dtype() == DType::F64 || qkv.dims()[2] != 3 {
         return None;
     }
-    let [b, t, _, h, d] = qkv.dims();
-    let (q, k, v) = super::layers::split_heads(qkv);
-    let op = RowSoftmax {
-        scale: 1.0 / (d as f32).sqrt(),
-        causal,
-    };
-    let probs = row_softmax(q.matmul(k.swap_dims(2, 3)), op)?;
-    Some(probs.matmul(v).swap_dims(1, 2).reshape([b, t, h * d]))
+    on_cube::<B, _>(Call(qkv, causal))
 }
 
+pub mod attention;
 pub mod pack;
+
+use attention::AttentionOps;
 
 #[cfg(all(test, feature = "wgpu"))]
 mod tests;

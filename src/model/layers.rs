@@ -267,9 +267,7 @@ pub fn attention_reference<B: Backend>(
 }
 
 /// Query, key and value [B, H, T, d] of a fused projection [B, T, 3, H, d].
-pub(crate) fn split_heads<B: Backend>(
-    qkv: Tensor<B, 5>,
-) -> (Tensor<B, 4>, Tensor<B, 4>, Tensor<B, 4>) {
+fn split_heads<B: Backend>(qkv: Tensor<B, 5>) -> (Tensor<B, 4>, Tensor<B, 4>, Tensor<B, 4>) {
     let [b, t, _, h, dh] = qkv.dims();
     let split = |i: usize| -> Tensor<B, 4> {
         qkv.clone()

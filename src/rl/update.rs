@@ -234,39 +234,16 @@ pub fn update_model<B: AutodiffBackend>(
             .into_iter()
             .enumerate()
         {
-            let mut grads: Option<Gradient<B>> = None;
-            let mut acc = Acc::default();
-            // The micro-batches run concurrently, each on its own replica of the model, and
-            // are summed in order: the same bits as running them one after another.
-            let micros: Vec<Vec<&Sequence>> = idx
-                .chunks(settings.micro_batch)
-                .map(|m| m.iter().map(|&i| &seqs[i]).collect())
-                .collect();
-            let (model, form) = (trainer.model(), trainer.form());
-            let parts = map_shards(micros.len(), |i| {
-                let mut a = Acc::default();
-                micro_step(
-                    model,
-                    reference.as_ref(),
-                    &micros[i],
-                    idx.len(),
-                    image_size,
-                    settings.seq_bucket,
-                    pad,
-                    &settings.loss,
-                    device,
-                    &mut a,
-                )
-                .map(|g| (form.gradient::<B, _>(model, g, device), a))
-            });
-            for part in parts {
-                let (g, a) = part?;
-                acc.add(a);
-                grads = Some(Gradient::accumulate(grads, model, g).map_err(TrainerError::from)?);
-            }
-            let Some(grads) = grads else {
-                return Err(RlError::Invalid("an empty mini-batch".into()));
-            };
+            let (grads, acc) = minibatch_gradient(
+                settings,
+                &trainer,
+                reference.as_ref(),
+                seqs,
+                &idx,
+                image_size,
+                pad,
+                device,
+            )?;
             let done = trainer.step(step, grads)?;
             // The optimizer step's one host read.
             let sums = acc
@@ -286,11 +263,7 @@ pub fn update_model<B: AutodiffBackend>(
                 )));
             }
             let chosen: Vec<&Sequence> = idx.iter().map(|&i| &seqs[i]).collect();
-            let generated: usize = chosen.iter().map(|s| s.tokens.len()).sum();
-            let perception: usize = chosen
-                .iter()
-                .map(|s| s.perception_tokens.min(s.tokens.len()))
-                .sum();
+            let (mean_reward, response_len, perception_share) = sequence_means(&chosen);
             let row = MinibatchRow {
                 epoch,
                 minibatch: mb,
@@ -305,9 +278,9 @@ pub fn update_model<B: AutodiffBackend>(
                 logprob_gap: gap,
                 grad_norm: stats.grad_norm,
                 lr: stats.lr,
-                mean_reward: chosen.iter().map(|s| s.reward).sum::<f64>() / idx.len() as f64,
-                response_len: generated as f64 / idx.len() as f64,
-                perception_share: perception as f64 / generated.max(1) as f64,
+                mean_reward,
+                response_len,
+                perception_share,
             };
             progress(&row);
             log.push(row);
@@ -319,6 +292,68 @@ pub fn update_model<B: AutodiffBackend>(
         model: trainer.model().valid(),
         log,
     })
+}
+
+/// Of a mini-batch's sequences: the mean reward, the mean generated length and perception's
+/// share of the generated tokens.
+fn sequence_means(chosen: &[&Sequence]) -> (f64, f64, f64) {
+    let n = chosen.len().max(1) as f64;
+    let generated: usize = chosen.iter().map(|s| s.tokens.len()).sum();
+    let perception: usize = chosen
+        .iter()
+        .map(|s| s.perception_tokens.min(s.tokens.len()))
+        .sum();
+    (
+        chosen.iter().map(|s| s.reward).sum::<f64>() / n,
+        generated as f64 / n,
+        perception as f64 / generated.max(1) as f64,
+    )
+}
+
+/// The gradient of one mini-batch (the sequences `idx` of `seqs`) and its statistics: the
+/// micro-batches run concurrently, each on its own replica of the model, and are summed in
+/// order — the same bits as running them one after another.
+#[allow(clippy::too_many_arguments)]
+fn minibatch_gradient<B: AutodiffBackend>(
+    settings: &UpdateSettings,
+    trainer: &Trainer<B>,
+    reference: Option<&Model<B::InnerBackend>>,
+    seqs: &[Sequence],
+    idx: &[usize],
+    image_size: usize,
+    pad: u32,
+    device: &B::Device,
+) -> Result<(Gradient<B>, Acc<B::InnerBackend>)> {
+    let micros: Vec<Vec<&Sequence>> = idx
+        .chunks(settings.micro_batch)
+        .map(|m| m.iter().map(|&i| &seqs[i]).collect())
+        .collect();
+    let (model, form) = (trainer.model(), trainer.form());
+    let parts = map_shards(micros.len(), |i| {
+        let mut a = Acc::default();
+        micro_step(
+            model,
+            reference,
+            &micros[i],
+            idx.len(),
+            image_size,
+            settings.seq_bucket,
+            pad,
+            &settings.loss,
+            device,
+            &mut a,
+        )
+        .map(|g| (form.gradient::<B, _>(model, g, device), a))
+    });
+    let mut grads: Option<Gradient<B>> = None;
+    let mut acc = Acc::default();
+    for part in parts {
+        let (g, a) = part?;
+        acc.add(a);
+        grads = Some(Gradient::accumulate(grads, model, g).map_err(TrainerError::from)?);
+    }
+    let grads = grads.ok_or_else(|| RlError::Invalid("an empty mini-batch".into()))?;
+    Ok((grads, acc))
 }
 
 /// Forward and backward passes of one micro-batch of a mini-batch of `of` sequences.

@@ -14,8 +14,9 @@ use crate::data::Example;
 use crate::eval::score::heldout_eval;
 use crate::model::{Codec, DeviceSpec, Model, VlmConfig};
 use crate::table::cols;
+use crate::text::Tokenizer;
 use crate::train::objective::ObjectiveKind;
-use crate::train::sft::{EvalPoint, LogRow, SftHooks, SftSettings, TrainError, train};
+use crate::train::sft::{EvalPoint, LogRow, SftHooks, SftSettings, TimingRow, TrainError, train};
 use burn::backend::Autodiff;
 use burn::backend::autodiff::checkpoint::strategy::{
     BalancedCheckpointing, CheckpointStrategy, NoCheckpointing,
@@ -295,18 +296,7 @@ impl Stage for SftTrain {
         let data_id = input_id(ctx, &DATA)?;
         let data_id = data_id.as_str();
         let tok = read_tokenizer(ctx.store, data_id)?;
-        let plan = match (optional_id(ctx, &INIT), &cfg.model) {
-            (Some(_), ModelChoice::Hf(_)) => {
-                bail!("set either an `init` checkpoint or `model = {{ hf = ... }}`, not both")
-            }
-            (Some(id), ModelChoice::Preset(_)) => {
-                ModelPlan::from_artifact(ctx.store, id.as_str(), Some(&tok))?
-            }
-            (None, ModelChoice::Preset(p)) => {
-                ModelPlan::native(cfg.model_config(p, tok.vocab_size())?, None, tok.clone())
-            }
-            (None, ModelChoice::Hf(src)) => ModelPlan::hf(&src.hf, src.image_size)?,
-        };
+        let plan = model_plan(cfg, ctx, &tok)?;
         let mut train_set = plan.split_examples(ctx.store, data_id, Some(&cfg.train_split), 0)?;
         if train_set.is_empty() {
             return Err(StageError::Invalid(format!(
@@ -319,49 +309,7 @@ impl Stage for SftTrain {
         let spec = DeviceSpec::parse(&ctx.device)?;
         let mut settings = cfg.settings(ctx.seed, plan.max_text());
         settings.seq_bucket = spec.seq_bucket();
-        let fits = |e: &Example| e.prompt.len() + e.target.len() <= settings.max_text + 1;
-        let before = train_set.len();
-        match cfg.overlong {
-            Overlong::Error => {
-                if let Some(e) = train_set
-                    .iter()
-                    .filter(|e| !fits(e))
-                    .max_by_key(|e| e.prompt.len() + e.target.len())
-                {
-                    bail!(
-                        "{} of {before} training examples are longer than the model's context; \
-                         the longest, `{}`, has {} prompt + target tokens and the model reads {}{}. \
-                         Shorten the targets (distill-format verbosity), raise size.max_seq_len, \
-                         or set overlong = \"drop\"",
-                        train_set.iter().filter(|e| !fits(e)).count(),
-                        e.id,
-                        e.prompt.len() + e.target.len(),
-                        settings.max_text + 1,
-                        plan.native_config()
-                            .map(|c| format!(
-                                " after the image (max_seq_len {} − {} image patches)",
-                                c.max_seq_len,
-                                c.patches()
-                            ))
-                            .unwrap_or_else(|| {
-                                " (its max_position_embeddings, image tokens included)".into()
-                            })
-                    );
-                }
-            }
-            Overlong::Drop => train_set.retain(|e| fits(e)),
-        }
-        let dropped = before - train_set.len();
-        if dropped > 0 {
-            eprintln!(
-                "warning: sft-train dropped {dropped} of {before} training examples longer than \
-                 the context ({} tokens after the image)",
-                settings.max_text + 1
-            );
-        }
-        if train_set.is_empty() {
-            bail!("no training example fits the model's context");
-        }
+        let dropped = fit_context(&mut train_set, cfg.overlong, settings.max_text, &plan)?;
         let bar = crate::progress::bar(settings.steps as u64, "sft-train");
         let scratch = ctx.scratch();
         let out = crate::with_backend!(spec, |B, dev| {
@@ -390,29 +338,110 @@ impl Stage for SftTrain {
         let (ckpt, log, timing) = out;
         let ckpt = Written::new(&MAIN, ckpt);
         let log = write_log(ctx, &log, dropped)?;
-        let t = &timing;
-        let timing = write_table(
-            ctx,
-            &TIMING,
-            vec![
-                ("step", cols::i32(t.iter().map(|r| r.step as i32).collect())),
-                ("seconds", cols::f64(t.iter().map(|r| r.seconds).collect())),
-                (
-                    "tokens",
-                    cols::i64(t.iter().map(|r| r.tokens as i64).collect()),
-                ),
-                (
-                    "tokens_per_sec",
-                    cols::f64(
-                        t.iter()
-                            .map(|r| r.tokens as f64 / r.seconds.max(1e-9))
-                            .collect(),
-                    ),
-                ),
-            ],
-        )?;
+        let timing = write_timing(ctx, &timing)?;
         Ok(outputs([ckpt, log, timing]))
     }
+}
+
+/// The model to train: an `init` checkpoint, a preset sized to the tokenizer, or a Hugging Face
+/// checkpoint.
+fn model_plan(
+    cfg: &SftTrainConfig,
+    ctx: &RunCtx,
+    tok: &Tokenizer,
+) -> Result<ModelPlan, StageError> {
+    let plan = match (optional_id(ctx, &INIT), &cfg.model) {
+        (Some(_), ModelChoice::Hf(_)) => {
+            bail!("set either an `init` checkpoint or `model = {{ hf = ... }}`, not both")
+        }
+        (Some(id), ModelChoice::Preset(_)) => {
+            ModelPlan::from_artifact(ctx.store, id.as_str(), Some(tok))?
+        }
+        (None, ModelChoice::Preset(p)) => {
+            ModelPlan::native(cfg.model_config(p, tok.vocab_size())?, None, tok.clone())
+        }
+        (None, ModelChoice::Hf(src)) => ModelPlan::hf(&src.hf, src.image_size)?,
+    };
+    Ok(plan)
+}
+
+/// Applies the `overlong` policy to the training examples longer than the context
+/// (`max_text + 1` tokens after the image): an error naming the longest, or dropped (a warning
+/// says how many). Returns how many were dropped; an error when none is left.
+fn fit_context(
+    train_set: &mut Vec<Example>,
+    overlong: Overlong,
+    max_text: usize,
+    plan: &ModelPlan,
+) -> Result<usize, StageError> {
+    let fits = |e: &Example| e.prompt.len() + e.target.len() <= max_text + 1;
+    let before = train_set.len();
+    match overlong {
+        Overlong::Error => {
+            if let Some(e) = train_set
+                .iter()
+                .filter(|e| !fits(e))
+                .max_by_key(|e| e.prompt.len() + e.target.len())
+            {
+                bail!(
+                    "{} of {before} training examples are longer than the model's context; \
+                     the longest, `{}`, has {} prompt + target tokens and the model reads {}{}. \
+                     Shorten the targets (distill-format verbosity), raise size.max_seq_len, \
+                     or set overlong = \"drop\"",
+                    train_set.iter().filter(|e| !fits(e)).count(),
+                    e.id,
+                    e.prompt.len() + e.target.len(),
+                    max_text + 1,
+                    plan.native_config()
+                        .map(|c| format!(
+                            " after the image (max_seq_len {} − {} image patches)",
+                            c.max_seq_len,
+                            c.patches()
+                        ))
+                        .unwrap_or_else(|| {
+                            " (its max_position_embeddings, image tokens included)".into()
+                        })
+                );
+            }
+        }
+        Overlong::Drop => train_set.retain(|e| fits(e)),
+    }
+    let dropped = before - train_set.len();
+    if dropped > 0 {
+        eprintln!(
+            "warning: sft-train dropped {dropped} of {before} training examples longer than \
+             the context ({} tokens after the image)",
+            max_text + 1
+        );
+    }
+    if train_set.is_empty() {
+        bail!("no training example fits the model's context");
+    }
+    Ok(dropped)
+}
+
+/// The `timing` table: seconds and target tokens per step.
+fn write_timing(ctx: &RunCtx, t: &[TimingRow]) -> Result<Written, StageError> {
+    write_table(
+        ctx,
+        &TIMING,
+        vec![
+            ("step", cols::i32(t.iter().map(|r| r.step as i32).collect())),
+            ("seconds", cols::f64(t.iter().map(|r| r.seconds).collect())),
+            (
+                "tokens",
+                cols::i64(t.iter().map(|r| r.tokens as i64).collect()),
+            ),
+            (
+                "tokens_per_sec",
+                cols::f64(
+                    t.iter()
+                        .map(|r| r.tokens as f64 / r.seconds.max(1e-9))
+                        .collect(),
+                ),
+            ),
+        ],
+    )
 }
 
 fn write_log(ctx: &RunCtx, log: &[LogRow], dropped: usize) -> Result<Written, StageError> {

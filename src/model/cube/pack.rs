@@ -7,6 +7,7 @@
 //! buffer is filled with zeros first only where the parts leave gaps.
 
 use super::super::fused::{cast, same};
+use super::{AttentionOps, OnCube, on_cube};
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorPrimitive};
 use burn_cubecl::kernel::into_contiguous;
@@ -183,20 +184,16 @@ fn pack_on<B: Backend, X: PackOps>(
     cast(Tensor::<X, 1>::from_primitive(TensorPrimitive::Float(out)))
 }
 
-#[cfg(feature = "cuda")]
-type CudaBf16 = burn::backend::Cuda<burn::tensor::bf16>;
-
-/// Whether `B` runs the pack kernel (a cubecl backend of this build with fusion).
+/// Whether `B` runs the pack kernel (a cubecl backend of this build, without autodiff).
 pub fn available<B: Backend>() -> bool {
-    #[cfg(feature = "wgpu")]
-    if same::<B, burn::backend::Wgpu>() {
-        return true;
+    struct Probe<B>(PhantomData<B>);
+    impl<B: Backend> OnCube for Probe<B> {
+        type Out = ();
+        fn run<X: AttentionOps + PackOps>(self) -> Option<()> {
+            same::<B, X>().then_some(())
+        }
     }
-    #[cfg(feature = "cuda")]
-    if same::<B, burn::backend::Cuda>() || same::<B, CudaBf16>() {
-        return true;
-    }
-    false
+    on_cube::<B, _>(Probe::<B>(PhantomData)).is_some()
 }
 
 /// A `[len]` buffer holding each `(offset, part)` at its offset, zeros elsewhere, in a few
@@ -207,6 +204,17 @@ pub fn pack<B: Backend>(
     len: usize,
     device: &B::Device,
 ) -> Option<Tensor<B, 1>> {
+    struct Call<'a, B: Backend>(Vec<(usize, Tensor<B, 1>)>, usize, &'a B::Device);
+    impl<B: Backend> OnCube for Call<'_, B> {
+        type Out = Tensor<B, 1>;
+        fn run<X: AttentionOps + PackOps>(self) -> Option<Tensor<B, 1>> {
+            let Call(parts, len, device) = self;
+            if !same::<B, X>() {
+                return None;
+            }
+            pack_on::<B, X>(parts, len, device)
+        }
+    }
     if parts.is_empty() {
         return None;
     }
@@ -214,18 +222,5 @@ pub fn pack<B: Backend>(
         parts.iter().all(|(o, p)| o + p.dims()[0] <= len),
         "pack: a part beyond the buffer's {len} elements"
     );
-    #[cfg(feature = "wgpu")]
-    if same::<B, burn::backend::Wgpu>() {
-        return pack_on::<B, burn::backend::Wgpu>(parts, len, device);
-    }
-    #[cfg(feature = "cuda")]
-    if same::<B, burn::backend::Cuda>() {
-        return pack_on::<B, burn::backend::Cuda>(parts, len, device);
-    }
-    #[cfg(feature = "cuda")]
-    if same::<B, CudaBf16>() {
-        return pack_on::<B, CudaBf16>(parts, len, device);
-    }
-    let _ = (parts, len, device);
-    None
+    on_cube::<B, _>(Call(parts, len, device))
 }
