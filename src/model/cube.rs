@@ -19,6 +19,7 @@
 //! kernel. The public functions dispatch on the backend and return `None` on any other.
 
 use super::fused::{cast, same};
+use super::layers::Rope;
 use burn::backend::Autodiff;
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
@@ -71,7 +72,7 @@ mod kernels {
     use cubecl::prelude::*;
 
     #[cube]
-    fn block_reduce(shared: &mut SharedMemory<f32>, value: f32, take_max: bool) -> f32 {
+    pub(super) fn block_reduce(shared: &mut SharedMemory<f32>, value: f32, take_max: bool) -> f32 {
         let unit = UNIT_POS as usize;
         shared[unit] = value;
         sync_cube();
@@ -388,11 +389,16 @@ fn is_on<B: Backend, X: Backend>() -> bool {
     same::<B, X>() || same::<B, Autodiff<X>>()
 }
 
+/// The operations of this module's kernels: what a cubecl backend of this build offers.
+pub trait CubeOps: AttentionOps + pack::PackOps + norm::NormOps {}
+
+impl<X: AttentionOps + pack::PackOps + norm::NormOps> CubeOps for X {}
+
 /// A computation on whichever cubecl backend `B` is: `run::<X>` is called with the backend `X`
 /// such that `B` is `X` or `Autodiff<X>`.
 trait OnCube {
     type Out;
-    fn run<X: AttentionOps + pack::PackOps>(self) -> Option<Self::Out>;
+    fn run<X: CubeOps>(self) -> Option<Self::Out>;
 }
 
 #[cfg(feature = "cuda")]
@@ -422,7 +428,7 @@ pub fn available<B: Backend>() -> bool {
     struct Probe;
     impl OnCube for Probe {
         type Out = ();
-        fn run<X: AttentionOps + pack::PackOps>(self) -> Option<()> {
+        fn run<X: CubeOps>(self) -> Option<()> {
             Some(())
         }
     }
@@ -435,7 +441,7 @@ pub fn row_softmax<B: Backend>(scores: Tensor<B, 4>, op: RowSoftmax) -> Option<T
     struct Call<B: Backend>(Tensor<B, 4>, RowSoftmax);
     impl<B: Backend> OnCube for Call<B> {
         type Out = Tensor<B, 4>;
-        fn run<X: AttentionOps + pack::PackOps>(self) -> Option<Tensor<B, 4>> {
+        fn run<X: CubeOps>(self) -> Option<Tensor<B, 4>> {
             let Call(scores, op) = self;
             if same::<B, Autodiff<X>>() {
                 let scores = cast::<_, Tensor<Autodiff<X>, 4>>(scores)?;
@@ -451,30 +457,80 @@ pub fn row_softmax<B: Backend>(scores: Tensor<B, 4>, op: RowSoftmax) -> Option<T
     on_cube::<B, _>(Call(scores, op))
 }
 
-/// Self-attention of a fused, rotated projection `qkv` [B, T, 3, H, d] as one autodiff node
-/// ([`attention`](mod@attention)): the context [B, T, H·d]. `None` when the backend has no
-/// kernel; the caller then composes the operations itself.
-pub fn attention<B: Backend>(qkv: Tensor<B, 5>, causal: bool) -> Option<Tensor<B, 3>> {
-    struct Call<B: Backend>(Tensor<B, 5>, bool);
+/// Self-attention of a fused projection `qkv` [B, T, 3, H, d] as one autodiff node
+/// ([`attention`](mod@attention)), rotated by `rope` first when given: the context [B, T, H·d].
+/// `None` when the backend has no kernel; the caller then composes the operations itself.
+pub fn attention<B: Backend>(
+    qkv: Tensor<B, 5>,
+    causal: bool,
+    rope: Option<&Rope<B>>,
+) -> Option<Tensor<B, 3>> {
+    struct Call<B: Backend>(Tensor<B, 5>, bool, Option<[Tensor<B, 5>; 2]>);
     impl<B: Backend> OnCube for Call<B> {
         type Out = Tensor<B, 3>;
-        fn run<X: AttentionOps + pack::PackOps>(self) -> Option<Tensor<B, 3>> {
-            let Call(qkv, causal) = self;
+        fn run<X: CubeOps>(self) -> Option<Tensor<B, 3>> {
+            let Call(qkv, causal, rope) = self;
+            let tables = |inner: fn(Tensor<B, 5>) -> Option<Tensor<X, 5>>| match rope {
+                Some([cos, sin]) => Some(Some([inner(cos)?, inner(sin)?])),
+                None => Some(None),
+            };
             if same::<B, Autodiff<X>>() {
+                let rope = tables(|t| Some(cast::<_, Tensor<Autodiff<X>, 5>>(t)?.inner()))?;
                 let qkv = cast::<_, Tensor<Autodiff<X>, 5>>(qkv)?;
-                cast(attention::autodiff(qkv, causal))
+                cast(attention::autodiff(qkv, rope, causal))
             } else {
-                cast(attention::plain(cast::<_, Tensor<X, 5>>(qkv)?, causal))
+                let rope = tables(cast::<_, Tensor<X, 5>>)?;
+                cast(attention::plain(
+                    cast::<_, Tensor<X, 5>>(qkv)?,
+                    rope,
+                    causal,
+                ))
             }
         }
     }
-    if qkv.dims().contains(&0) || qkv.dtype() == DType::F64 || qkv.dims()[2] != 3 {
+    let [_, _, three, _, d] = qkv.dims();
+    if qkv.dims().contains(&0) || qkv.dtype() == DType::F64 || three != 3 {
         return None;
     }
-    on_cube::<B, _>(Call(qkv, causal))
+    if rope.is_some() && d % 2 == 1 {
+        return None;
+    }
+    let rope = rope.map(|r| [r.cos.clone(), r.sin.clone()]);
+    on_cube::<B, _>(Call(qkv, causal, rope))
+}
+
+/// `x / √(mean(x², last) + epsilon) · gamma` as one autodiff node ([`norm`]); `None` when `B`
+/// is not one of the cubecl backends of this build or `gamma` is not as wide as `x`'s last
+/// dimension.
+pub fn rms_norm<B: Backend, const D: usize>(
+    x: Tensor<B, D>,
+    gamma: Tensor<B, 1>,
+    epsilon: f64,
+) -> Option<Tensor<B, D>> {
+    struct Call<B: Backend, const D: usize>(Tensor<B, D>, Tensor<B, 1>, f32);
+    impl<B: Backend, const D: usize> OnCube for Call<B, D> {
+        type Out = Tensor<B, D>;
+        fn run<X: CubeOps>(self) -> Option<Tensor<B, D>> {
+            let Call(x, gamma, eps) = self;
+            if same::<B, Autodiff<X>>() {
+                let x = cast::<_, Tensor<Autodiff<X>, D>>(x)?;
+                let gamma = cast::<_, Tensor<Autodiff<X>, 1>>(gamma)?;
+                cast(norm::autodiff(x, gamma, eps))
+            } else {
+                let gamma = cast::<_, Tensor<X, 1>>(gamma)?;
+                cast(norm::plain(cast::<_, Tensor<X, D>>(x)?, gamma, eps))
+            }
+        }
+    }
+    let dims = x.dims();
+    if dims.contains(&0) || dims.last() != Some(&gamma.dims()[0]) || x.dtype() == DType::F64 {
+        return None;
+    }
+    on_cube::<B, _>(Call(x, gamma, epsilon as f32))
 }
 
 pub mod attention;
+pub mod norm;
 pub mod pack;
 
 use attention::AttentionOps;

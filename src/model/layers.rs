@@ -129,10 +129,16 @@ pub fn linear2<B: Backend>(layer: &Linear<B>, x: Tensor<B, 2>) -> Tensor<B, 2> {
 }
 
 /// `layer` applied to `x`: by the fused kernel on the CPU backend ([`super::fused::rms_norm`]),
-/// by burn's `RmsNorm` elsewhere.
+/// as one node on the cubecl backends (`model::cube::norm`), by burn's `RmsNorm` elsewhere.
 pub fn rms_norm<B: Backend, const D: usize>(layer: &RmsNorm<B>, x: Tensor<B, D>) -> Tensor<B, D> {
-    super::fused::rms_norm(x.clone(), layer.gamma.val(), layer.epsilon)
-        .unwrap_or_else(|| layer.forward(x))
+    if let Some(y) = super::fused::rms_norm(x.clone(), layer.gamma.val(), layer.epsilon) {
+        return y;
+    }
+    #[cfg(feature = "gpu")]
+    if let Some(y) = super::cube::rms_norm(x.clone(), layer.gamma.val(), layer.epsilon) {
+        return y;
+    }
+    layer.forward(x)
 }
 
 /// Positions gathered before a block of the cache is sealed.
@@ -298,7 +304,7 @@ impl<B: Backend> Attention<B> {
     /// `x` [B, T, d]; with `cache`, the new keys and values are appended to it and attention
     /// covers cached plus new positions. Without a cache and with a bidirectional or causal
     /// mask, the CPU backend runs the fused kernel ([`super::fused`]) and the cubecl backends
-    /// their one-kernel softmax (`model::cube`).
+    /// attention as one node, the rotation included (`model::cube::attention`).
     pub fn forward(
         &self,
         x: Tensor<B, 3>,
@@ -310,10 +316,22 @@ impl<B: Backend> Attention<B> {
         let h = self.heads;
         let dh = d / h;
         let device = x.device();
-        let mut qkv = linear3(&self.qkv, x).reshape([b, t, 3, h, dh]);
-        if let Some(r) = rope {
-            qkv = r.apply_qkv(qkv);
+        let qkv = linear3(&self.qkv, x).reshape([b, t, 3, h, dh]);
+        let causal = match (&cache, mask) {
+            (None, Mask::Bidirectional) => Some(false),
+            (None, Mask::Causal) => Some(true),
+            _ => None,
+        };
+        #[cfg(feature = "gpu")]
+        if let Some(c) = causal
+            && let Some(ctx) = super::cube::attention(qkv.clone(), c, rope)
+        {
+            return linear3(&self.out, ctx);
         }
+        let qkv = match rope {
+            Some(r) => r.apply_qkv(qkv),
+            None => qkv,
+        };
         let ctx = match cache {
             Some(slot) => {
                 let (q, k, v) = split_heads(qkv);
@@ -324,21 +342,10 @@ impl<B: Backend> Attention<B> {
                     .swap_dims(1, 2)
                     .reshape([b, t, d])
             }
-            None => {
-                let causal = match mask {
-                    Mask::Bidirectional => Some(false),
-                    Mask::Causal => Some(true),
-                    Mask::Bias(_) => None,
-                };
-                let fused = causal.and_then(|c| super::fused::attention(qkv.clone(), c));
-                #[cfg(feature = "gpu")]
-                let fused =
-                    fused.or_else(|| causal.and_then(|c| super::cube::attention(qkv.clone(), c)));
-                match fused {
-                    Some(ctx) => ctx,
-                    None => attention_reference(qkv, mask.bias(b, h, t, &device)),
-                }
-            }
+            None => match causal.and_then(|c| super::fused::attention(qkv.clone(), c)) {
+                Some(ctx) => ctx,
+                None => attention_reference(qkv, mask.bias(b, h, t, &device)),
+            },
         };
         linear3(&self.out, ctx)
     }

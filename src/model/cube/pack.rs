@@ -7,7 +7,7 @@
 //! buffer is filled with zeros first only where the parts leave gaps.
 
 use super::super::fused::{cast, same};
-use super::{AttentionOps, OnCube, on_cube};
+use super::{CubeOps, OnCube, on_cube};
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorPrimitive};
 use burn_cubecl::kernel::into_contiguous;
@@ -189,7 +189,7 @@ pub fn available<B: Backend>() -> bool {
     struct Probe<B>(PhantomData<B>);
     impl<B: Backend> OnCube for Probe<B> {
         type Out = ();
-        fn run<X: AttentionOps + PackOps>(self) -> Option<()> {
+        fn run<X: CubeOps>(self) -> Option<()> {
             same::<B, X>().then_some(())
         }
     }
@@ -207,7 +207,7 @@ pub fn pack<B: Backend>(
     struct Call<'a, B: Backend>(Vec<(usize, Tensor<B, 1>)>, usize, &'a B::Device);
     impl<B: Backend> OnCube for Call<'_, B> {
         type Out = Tensor<B, 1>;
-        fn run<X: AttentionOps + PackOps>(self) -> Option<Tensor<B, 1>> {
+        fn run<X: CubeOps>(self) -> Option<Tensor<B, 1>> {
             let Call(parts, len, device) = self;
             if !same::<B, X>() {
                 return None;

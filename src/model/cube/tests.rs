@@ -3,7 +3,7 @@
 use super::*;
 use crate::model::gpu::{KernelCounts, software_gpu};
 use crate::model::host_f32;
-use crate::model::layers::{MASKED, attention_bias, attention_reference};
+use crate::model::layers::{MASKED, Rope, attention_bias, attention_reference};
 use burn::backend::Wgpu;
 use burn::tensor::TensorData;
 use burn::tensor::activation::softmax;
@@ -103,20 +103,26 @@ const ATTENTION_LAUNCHES: u64 = 12;
 
 /// The attention of the model on the kernel path equals its composed reference, values and the
 /// projection's gradient, on odd shapes (rows longer than a cube's units, one head, causal and
-/// not), and launches no more kernels than the node's own plus the loss's.
+/// not; rotary tables broadcast over heads, per head, or none), and launches no more kernels
+/// than the node's own plus the loss's: the rotation adds none.
 #[test]
 fn kernel_attention_equals_the_composed_attention_with_fewer_launches() {
     let (_gpu, dev) = software_gpu();
-    for (i, &(dims, causal)) in [
-        ([2, 9, 3, 2, 4], true),
-        ([1, 7, 3, 3, 5], false),
-        ([1, 150, 3, 1, 8], true),
+    for (i, &(dims, causal, table_heads)) in [
+        ([2, 9, 3, 2, 4], true, Some(1)),
+        ([1, 7, 3, 3, 5], false, None),
+        ([1, 150, 3, 1, 8], true, None),
+        ([2, 6, 3, 2, 6], false, Some(2)),
     ]
     .iter()
     .enumerate()
     {
         let [b, t, _, h, d] = dims;
         let x = values(dims.iter().product(), 3 + i);
+        // Positions that differ between rows.
+        let positions: Vec<i64> = (0..b * t).map(|k| (k % t + 3 * (k / t)) as i64).collect();
+        let rope = table_heads
+            .map(|th| Rope::<Ad>::with_table_heads(&positions, [b, t], th, d, 1e4, &dev));
         let w = Tensor::<Ad, 3>::from_data(
             TensorData::new(values(b * t * h * d, 20 + i), [b, t, h * d]),
             &dev,
@@ -129,10 +135,14 @@ fn kernel_attention_equals_the_composed_attention_with_fewer_launches() {
             let _ = <Wgpu as Backend>::sync(&dev);
             let before = KernelCounts::now();
             let ctx = if kernel {
-                attention(qkv.clone(), causal).expect("the kernel runs on wgpu")
+                attention(qkv.clone(), causal, rope.as_ref()).expect("the kernel runs on wgpu")
             } else {
                 let bias = causal.then(|| attention_bias(&vec![Vec::new(); b], h, t, &dev));
-                attention_reference(qkv.clone(), bias)
+                let rotated = match &rope {
+                    Some(r) => r.apply_qkv(qkv.clone()),
+                    None => qkv.clone(),
+                };
+                attention_reference(rotated, bias)
             };
             let grads = (ctx.clone() * w.clone()).sum().backward();
             let g = qkv.grad(&grads).expect("a gradient");
@@ -159,7 +169,7 @@ fn kernel_attention_equals_the_composed_attention_with_fewer_launches() {
         // The second run of each: the first includes the autotuner's trial launches.
         let _ = (run(true), run(false), loss_alone());
         let ((got, kernel), (want, composed)) = (run(true), run(false));
-        let what = format!("{dims:?} causal {causal}");
+        let what = format!("{dims:?} causal {causal} rotary tables' heads {table_heads:?}");
         assert_close(&got.0, &want.0, 1e-5, &format!("{what} context"));
         assert_close(
             &got.1,
@@ -178,12 +188,92 @@ fn kernel_attention_equals_the_composed_attention_with_fewer_launches() {
 
         // Without autodiff: the fusion stream runs the forward alone.
         let qkv = Tensor::<Wgpu, 5>::from_data(TensorData::new(x.clone(), dims), &dev);
-        let plain = host_f32(attention(qkv, causal).expect("the kernel runs on wgpu")).unwrap();
+        let rope = table_heads
+            .map(|th| Rope::<Wgpu>::with_table_heads(&positions, [b, t], th, d, 1e4, &dev));
+        let ctx = attention(qkv, causal, rope.as_ref()).expect("the kernel runs on wgpu");
+        let plain = host_f32(ctx).unwrap();
         assert_close(
             &plain,
             &want.0,
             1e-5,
             &format!("{what} context without autodiff"),
+        );
+    }
+}
+
+/// The normalization's launches forward and backward: its kernel forward; backward the `dx`
+/// kernel (which also writes the rows of `dγ`'s sum) and the sum.
+const NORM_LAUNCHES: u64 = 3;
+
+/// RMS normalization on the kernel path equals burn's `RmsNorm`, values and both gradients, on
+/// odd shapes (rows wider than a cube's units, one row, many), and launches no more than
+/// its own kernels plus the loss's.
+#[test]
+fn the_norm_kernels_equal_burns_rms_norm_with_fewer_launches() {
+    use burn::module::Param;
+    use burn::nn::RmsNormConfig;
+    let (_gpu, dev) = software_gpu();
+    for (i, shape) in [[1, 1, 3, 5], [2, 3, 7, 300], [1, 1, 130, 96], [1, 1, 1, 9]]
+        .into_iter()
+        .enumerate()
+    {
+        let d = shape[3];
+        let n: usize = shape.iter().product();
+        let x = values(n, 40 + i);
+        let w = values(n, 50 + i);
+        let gamma = values(d, 60 + i);
+        let run = |kernel: bool| {
+            let mut layer = RmsNormConfig::new(d).init::<Ad>(&dev);
+            layer.gamma =
+                Param::from_tensor(Tensor::from_data(TensorData::new(gamma.clone(), [d]), &dev));
+            let xs =
+                Tensor::<Ad, 4>::from_data(TensorData::new(x.clone(), shape), &dev).require_grad();
+            let ws = Tensor::<Ad, 4>::from_data(TensorData::new(w.clone(), shape), &dev);
+            let _ = <Wgpu as Backend>::sync(&dev);
+            let before = KernelCounts::now();
+            let y = if kernel {
+                rms_norm(xs.clone(), layer.gamma.val(), layer.epsilon)
+                    .expect("the kernel runs on wgpu")
+            } else {
+                layer.forward(xs.clone())
+            };
+            let grads = (y.clone() * ws).sum().backward();
+            let gx = xs.grad(&grads).expect("a gradient of x");
+            let gg = layer.gamma.grad(&grads).expect("a gradient of gamma");
+            let _ = <Wgpu as Backend>::sync(&dev);
+            let launches = KernelCounts::now().since(before).launches;
+            let out = [host_f32(y), host_f32(gx), host_f32(gg)].map(|v| v.unwrap());
+            (out, launches)
+        };
+        let loss_alone = || {
+            let y =
+                Tensor::<Ad, 4>::from_data(TensorData::new(x.clone(), shape), &dev).require_grad();
+            let ws = Tensor::<Ad, 4>::from_data(TensorData::new(w.clone(), shape), &dev);
+            let _ = <Wgpu as Backend>::sync(&dev);
+            let before = KernelCounts::now();
+            let grads = (y.clone() * ws).sum().backward();
+            let g = y.grad(&grads).expect("a gradient");
+            let _ = <Wgpu as Backend>::sync(&dev);
+            let launches = KernelCounts::now().since(before).launches;
+            assert!(host_f32(g).is_ok());
+            launches
+        };
+        let _ = (run(true), run(false), loss_alone());
+        let ((got, kernel), (want, composed)) = (run(true), run(false));
+        let what = format!("{shape:?}");
+        for (k, name) in ["values", "x gradient", "gamma gradient"]
+            .iter()
+            .enumerate()
+        {
+            assert_close(&got[k], &want[k], 2e-5, &format!("{what} {name}"));
+        }
+        let loss = loss_alone();
+        eprintln!(
+            "rms norm {what}: launches forward + backward: kernel {kernel}, composed {composed}, loss alone {loss}"
+        );
+        assert!(
+            kernel <= NORM_LAUNCHES + loss && kernel < composed,
+            "{what}: launches: kernel {kernel}, composed {composed}, the loss alone {loss}"
         );
     }
 }
