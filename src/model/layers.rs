@@ -128,17 +128,29 @@ pub fn linear2<B: Backend>(layer: &Linear<B>, x: Tensor<B, 2>) -> Tensor<B, 2> {
     super::fused::linear(x.clone(), layer.weight.val(), bias).unwrap_or_else(|| layer.forward(x))
 }
 
-/// `layer` applied to `x`: by the fused kernel on the CPU backend ([`super::fused::rms_norm`]),
-/// as one node on the cubecl backends (`model::cube::norm`), by burn's `RmsNorm` elsewhere.
+/// `layer` applied to `x`: one node by [`rms_norm_kernel`] where the backend has one, by
+/// burn's `RmsNorm` elsewhere.
 pub fn rms_norm<B: Backend, const D: usize>(layer: &RmsNorm<B>, x: Tensor<B, D>) -> Tensor<B, D> {
-    if let Some(y) = super::fused::rms_norm(x.clone(), layer.gamma.val(), layer.epsilon) {
-        return y;
+    rms_norm_kernel(x.clone(), layer.gamma.val(), layer.epsilon).unwrap_or_else(|| layer.forward(x))
+}
+
+/// `x / √(mean(x², last) + epsilon) · gamma` as one node: by the fused kernel on the CPU backend
+/// ([`super::fused::rms_norm`]), by the cubecl kernels on the GPU-shaped backends
+/// (`model::cube::norm`); `None` elsewhere.
+pub fn rms_norm_kernel<B: Backend, const D: usize>(
+    x: Tensor<B, D>,
+    gamma: Tensor<B, 1>,
+    epsilon: f64,
+) -> Option<Tensor<B, D>> {
+    if let Some(y) = super::fused::rms_norm(x.clone(), gamma.clone(), epsilon) {
+        return Some(y);
     }
     #[cfg(feature = "gpu")]
-    if let Some(y) = super::cube::rms_norm(x.clone(), layer.gamma.val(), layer.epsilon) {
-        return y;
+    if let Some(y) = super::cube::rms_norm(x.clone(), gamma.clone(), epsilon) {
+        return Some(y);
     }
-    layer.forward(x)
+    let _ = (x, gamma, epsilon);
+    None
 }
 
 /// Positions gathered before a block of the cache is sealed.

@@ -125,6 +125,42 @@ impl VisionConfig {
     pub fn grid(&self) -> usize {
         self.image_size / self.patch_size.max(1)
     }
+
+    /// The tower's heads, patches, norm and positions.
+    fn validate(&self) -> Result<(), ConfigError> {
+        let v = self;
+        if v.num_attention_heads == 0 || !v.hidden_size.is_multiple_of(v.num_attention_heads) {
+            return Err(ConfigError::new(
+                "vision_config.num_attention_heads",
+                format!(
+                    "vision hidden_size {} is not a multiple of num_attention_heads {}",
+                    v.hidden_size, v.num_attention_heads
+                ),
+            ));
+        }
+        if v.patch_size == 0 || !v.image_size.is_multiple_of(v.patch_size) {
+            return Err(ConfigError::new(
+                "vision_config.image_size",
+                format!(
+                    "vision image_size {} is not a multiple of patch_size {}",
+                    v.image_size, v.patch_size
+                ),
+            ));
+        }
+        if !matches!(v.norm_type.as_str(), "layer_norm" | "rms_norm") {
+            return Err(ConfigError::new(
+                "vision_config.norm_type",
+                format!("vision norm_type `{}` is not supported", v.norm_type),
+            ));
+        }
+        if !v.use_absolute_position_embeddings {
+            return Err(ConfigError::new(
+                "vision_config.use_absolute_position_embeddings",
+                "a vision tower without position embeddings is not supported",
+            ));
+        }
+        Ok(())
+    }
 }
 
 impl InternVlConfig {
@@ -157,43 +193,21 @@ impl InternVlConfig {
 
     /// Checks what the model relies on, naming the first problem.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let (v, t) = (&self.vision_config, &self.text_config);
         if self.model_type != "internvl" && !self.model_type.is_empty() {
             return Err(ConfigError::new(
                 "model_type",
                 format!("model_type `{}` is not internvl", self.model_type),
             ));
         }
-        if v.num_attention_heads == 0 || v.hidden_size % v.num_attention_heads != 0 {
-            return Err(ConfigError::new(
-                "vision_config.num_attention_heads",
-                format!(
-                    "vision hidden_size {} is not a multiple of num_attention_heads {}",
-                    v.hidden_size, v.num_attention_heads
-                ),
-            ));
-        }
-        if v.patch_size == 0 || v.image_size % v.patch_size != 0 {
-            return Err(ConfigError::new(
-                "vision_config.image_size",
-                format!(
-                    "vision image_size {} is not a multiple of patch_size {}",
-                    v.image_size, v.patch_size
-                ),
-            ));
-        }
-        if !matches!(v.norm_type.as_str(), "layer_norm" | "rms_norm") {
-            return Err(ConfigError::new(
-                "vision_config.norm_type",
-                format!("vision norm_type `{}` is not supported", v.norm_type),
-            ));
-        }
-        if !v.use_absolute_position_embeddings {
-            return Err(ConfigError::new(
-                "vision_config.use_absolute_position_embeddings",
-                "a vision tower without position embeddings is not supported",
-            ));
-        }
+        self.vision_config.validate()?;
+        self.validate_projector()?;
+        self.validate_text()?;
+        self.validate_activations()
+    }
+
+    /// The pixel shuffle and the image tokens it gives.
+    fn validate_projector(&self) -> Result<(), ConfigError> {
+        let v = &self.vision_config;
         let s = self.shuffle();
         if s == 0 || (1.0 / s as f64 - self.downsample_ratio).abs() > 1e-9 {
             return Err(ConfigError::new(
@@ -204,7 +218,7 @@ impl InternVlConfig {
                 ),
             ));
         }
-        if v.grid() % s != 0 {
+        if !v.grid().is_multiple_of(s) {
             return Err(ConfigError::new(
                 "downsample_ratio",
                 format!(
@@ -244,6 +258,12 @@ impl InternVlConfig {
                 ),
             ));
         }
+        Ok(())
+    }
+
+    /// The language model: a Qwen3 decoder with default rotary positions.
+    fn validate_text(&self) -> Result<(), ConfigError> {
+        let t = &self.text_config;
         if let Some(m) = t.model_type.as_deref().filter(|m| *m != "qwen3") {
             return Err(ConfigError::new(
                 "text_config.model_type",
@@ -251,7 +271,7 @@ impl InternVlConfig {
             ));
         }
         t.validate_heads()?;
-        if t.head_dim() % 2 != 0 {
+        if !t.head_dim().is_multiple_of(2) {
             return Err(ConfigError::new(
                 "text_config.head_dim",
                 format!("head_dim {} is odd", t.head_dim()),
@@ -267,6 +287,12 @@ impl InternVlConfig {
                 format!("rope_type `{kind}` is not supported (only default)"),
             ));
         }
+        Ok(())
+    }
+
+    /// The activations of the vision tower, the projector and the language model.
+    fn validate_activations(&self) -> Result<(), ConfigError> {
+        let (v, t) = (&self.vision_config, &self.text_config);
         for (what, act) in [
             ("vision", &v.hidden_act),
             ("projector", &self.projector_hidden_act),

@@ -19,7 +19,7 @@ pub mod vision;
 
 pub use config::Qwen3VlConfig;
 
-use crate::model::fused;
+use crate::model::layers::rms_norm_kernel;
 use burn::module::{Module, Param};
 use burn::nn::{LayerNorm, LayerNormConfig, Linear};
 use burn::tensor::Tensor;
@@ -66,7 +66,7 @@ impl<B: Backend> RmsNorm<B> {
     }
 
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
-        if let Some(y) = fused::rms_norm(x.clone(), self.weight.val(), self.eps) {
+        if let Some(y) = rms_norm_kernel(x.clone(), self.weight.val(), self.eps) {
             return y;
         }
         let r = (x.clone().square().mean_dim(D - 1) + self.eps).sqrt();
