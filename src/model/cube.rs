@@ -26,14 +26,14 @@ use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
 use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind, unary};
 use burn::tensor::backend::Backend;
-use burn::tensor::{DType, Tensor, TensorMetadata, TensorPrimitive};
+use burn::tensor::{DType, Shape, Tensor, TensorMetadata, TensorPrimitive};
 use burn_cubecl::kernel::into_contiguous;
 use burn_cubecl::ops::numeric::empty_device_dtype;
 use burn_cubecl::tensor::CubeTensor;
 use burn_cubecl::{BoolElement, CubeBackend, CubeRuntime, FloatElement, IntElement};
 use burn_fusion::stream::{Operation, OperationStreams};
-use burn_fusion::{Fusion, FusionBackend, FusionRuntime};
-use burn_ir::{CustomOpIr, HandleContainer, OperationIr, OperationOutput, TensorIr};
+use burn_fusion::{Fusion, FusionBackend, FusionRuntime, FusionTensor};
+use burn_ir::{CustomOpIr, HandleContainer, OperationIr, TensorIr};
 use cubecl::prelude::{CubeCount, CubeDim};
 use kernels::{row_softmax_grad_kernel, row_softmax_kernel};
 use std::marker::PhantomData;
@@ -298,26 +298,35 @@ impl<B: FusionBackend + RowSoftmaxOps, const N: usize> Operation<B::FusionRuntim
 
 fn fused_call<B: FusionBackend + RowSoftmaxOps, const N: usize>(
     name: &'static str,
-    inputs: [burn_fusion::FusionTensor<B::FusionRuntime>; N],
+    inputs: [FusionTensor<B::FusionRuntime>; N],
     op: RowSoftmax,
-) -> burn_fusion::FusionTensor<B::FusionRuntime> {
-    let client = inputs[0].client.clone();
-    let streams = OperationStreams::with_inputs(inputs.iter());
-    let out = TensorIr::uninit(
-        client.create_empty_handle(),
-        inputs[0].shape.clone(),
-        inputs[0].dtype,
-    );
-    let irs: Vec<TensorIr> = inputs.into_iter().map(|t| t.into_ir()).collect();
-    let desc = CustomOpIr::new(name, &irs, &[out]);
-    let call = FusedCall::<B, N> {
-        desc: desc.clone(),
+) -> FusionTensor<B::FusionRuntime> {
+    let shape = inputs[0].shape.clone();
+    let mut outs = record::<B, _>(name, inputs.into(), vec![shape], |desc| FusedCall::<B, N> {
+        desc,
         op,
         _backend: PhantomData,
-    };
-    client
-        .register(streams, OperationIr::Custom(desc), call)
-        .output()
+    });
+    outs.pop().expect("row softmax: one output")
+}
+
+/// Records a custom operation in the fusion stream: `inputs` in, outputs of `shapes` (in the
+/// first input's float type) out, run by the operation `call` makes of its description.
+fn record<B: FusionBackend, O: Operation<B::FusionRuntime> + 'static>(
+    name: &'static str,
+    inputs: Vec<FusionTensor<B::FusionRuntime>>,
+    shapes: Vec<Shape>,
+    call: impl FnOnce(CustomOpIr) -> O,
+) -> Vec<FusionTensor<B::FusionRuntime>> {
+    let (client, dtype) = (inputs[0].client.clone(), inputs[0].dtype);
+    let streams = OperationStreams::with_inputs(inputs.iter());
+    let outs: Vec<TensorIr> = shapes
+        .into_iter()
+        .map(|shape| TensorIr::uninit(client.create_empty_handle(), shape, dtype))
+        .collect();
+    let irs: Vec<TensorIr> = inputs.into_iter().map(|t| t.into_ir()).collect();
+    let desc = CustomOpIr::new(name, &irs, &outs);
+    client.register(streams, OperationIr::Custom(desc.clone()), call(desc))
 }
 
 impl<B: FusionBackend + RowSoftmaxOps> RowSoftmaxOps for Fusion<B> {

@@ -40,9 +40,9 @@ use burn_cubecl::kernel::into_contiguous;
 use burn_cubecl::ops::numeric::empty_device_dtype;
 use burn_cubecl::tensor::CubeTensor;
 use burn_cubecl::{BoolElement, CubeBackend, CubeRuntime, FloatElement, IntElement};
-use burn_fusion::stream::{Operation, OperationStreams};
-use burn_fusion::{Fusion, FusionBackend, FusionRuntime};
-use burn_ir::{CustomOpIr, HandleContainer, OperationIr, TensorIr};
+use burn_fusion::stream::Operation;
+use burn_fusion::{Fusion, FusionBackend, FusionRuntime, FusionTensor};
+use burn_ir::{CustomOpIr, HandleContainer};
 use cubecl::calculate_cube_count_elemwise;
 use cubecl::prelude::CubeDim;
 use std::marker::PhantomData;
@@ -404,29 +404,20 @@ impl<B: FusionBackend + AttentionOps> Operation<B::FusionRuntime> for FusedAtten
 /// Records `half` with `inputs` (the tables last) and outputs of `shapes`.
 fn record<B: FusionBackend + AttentionOps>(
     half: Half,
-    inputs: Vec<burn_fusion::FusionTensor<B::FusionRuntime>>,
+    inputs: Vec<FusionTensor<B::FusionRuntime>>,
     shapes: Vec<Shape>,
     causal: bool,
-) -> Vec<burn_fusion::FusionTensor<B::FusionRuntime>> {
-    let (client, dtype) = (inputs[0].client.clone(), inputs[0].dtype);
-    let streams = OperationStreams::with_inputs(inputs.iter());
-    let outs: Vec<TensorIr> = shapes
-        .into_iter()
-        .map(|shape| TensorIr::uninit(client.create_empty_handle(), shape, dtype))
-        .collect();
-    let irs: Vec<TensorIr> = inputs.into_iter().map(|t| t.into_ir()).collect();
+) -> Vec<FusionTensor<B::FusionRuntime>> {
     let name = match half {
         Half::Forward => "asymm_attention",
         Half::Backward => "asymm_attention_backward",
     };
-    let desc = CustomOpIr::new(name, &irs, &outs);
-    let call = FusedAttention::<B> {
-        desc: desc.clone(),
+    super::record::<B, _>(name, inputs, shapes, |desc| FusedAttention::<B> {
+        desc,
         half,
         causal,
         _backend: PhantomData,
-    };
-    client.register(streams, OperationIr::Custom(desc), call)
+    })
 }
 
 impl<B: FusionBackend + AttentionOps> AttentionOps for Fusion<B> {

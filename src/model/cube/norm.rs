@@ -26,9 +26,9 @@ use burn_cubecl::kernel::into_contiguous;
 use burn_cubecl::ops::numeric::empty_device_dtype;
 use burn_cubecl::tensor::CubeTensor;
 use burn_cubecl::{BoolElement, CubeBackend, CubeRuntime, FloatElement, IntElement};
-use burn_fusion::stream::{Operation, OperationStreams};
-use burn_fusion::{Fusion, FusionBackend, FusionRuntime};
-use burn_ir::{CustomOpIr, HandleContainer, OperationIr, TensorIr};
+use burn_fusion::stream::Operation;
+use burn_fusion::{Fusion, FusionBackend, FusionRuntime, FusionTensor};
+use burn_ir::{CustomOpIr, HandleContainer};
 use cubecl::prelude::{CubeCount, CubeDim};
 use std::marker::PhantomData;
 
@@ -251,27 +251,18 @@ impl<B: FusionBackend + NormOps> Operation<B::FusionRuntime> for FusedNorm<B> {
     }
 }
 
-/// Records a norm kernel with `inputs` and outputs of `shapes` (the first input's type).
+/// Records a norm kernel with `inputs` and outputs of `shapes`.
 fn record<B: FusionBackend + NormOps>(
     name: &'static str,
-    inputs: Vec<burn_fusion::FusionTensor<B::FusionRuntime>>,
+    inputs: Vec<FusionTensor<B::FusionRuntime>>,
     shapes: Vec<Shape>,
     epsilon: Option<f32>,
-) -> Vec<burn_fusion::FusionTensor<B::FusionRuntime>> {
-    let (client, dtype) = (inputs[0].client.clone(), inputs[0].dtype);
-    let streams = OperationStreams::with_inputs(inputs.iter());
-    let outs: Vec<TensorIr> = shapes
-        .into_iter()
-        .map(|shape| TensorIr::uninit(client.create_empty_handle(), shape, dtype))
-        .collect();
-    let irs: Vec<TensorIr> = inputs.into_iter().map(|t| t.into_ir()).collect();
-    let desc = CustomOpIr::new(name, &irs, &outs);
-    let call = FusedNorm::<B> {
-        desc: desc.clone(),
+) -> Vec<FusionTensor<B::FusionRuntime>> {
+    super::record::<B, _>(name, inputs, shapes, |desc| FusedNorm::<B> {
+        desc,
         epsilon,
         _backend: PhantomData,
-    };
-    client.register(streams, OperationIr::Custom(desc), call)
+    })
 }
 
 impl<B: FusionBackend + NormOps> NormOps for Fusion<B> {

@@ -9,14 +9,14 @@
 use super::super::fused::{cast, same};
 use super::{CubeOps, OnCube, on_cube};
 use burn::tensor::backend::Backend;
-use burn::tensor::{Tensor, TensorPrimitive};
+use burn::tensor::{Shape, Tensor, TensorPrimitive};
 use burn_cubecl::kernel::into_contiguous;
 use burn_cubecl::ops::numeric::{empty_device_dtype, zeros_client};
 use burn_cubecl::tensor::CubeTensor;
 use burn_cubecl::{BoolElement, CubeBackend, CubeRuntime, FloatElement, IntElement};
-use burn_fusion::stream::{Operation, OperationStreams};
+use burn_fusion::stream::Operation;
 use burn_fusion::{Fusion, FusionBackend, FusionRuntime};
-use burn_ir::{CustomOpIr, HandleContainer, OperationIr, OperationOutput, TensorIr};
+use burn_ir::{CustomOpIr, HandleContainer};
 use cubecl::prelude::{CubeCount, CubeDim, SequenceArg};
 use std::marker::PhantomData;
 
@@ -150,21 +150,14 @@ impl<B: FusionBackend + PackOps> PackOps for Fusion<B> {
         device: &Self::Device,
     ) -> Self::FloatTensorPrimitive {
         let _ = device;
-        let first = &parts[0];
-        let client = first.client.clone();
-        let streams = OperationStreams::with_inputs(parts.iter());
-        let out = TensorIr::uninit(client.create_empty_handle(), [len].into(), first.dtype);
-        let irs: Vec<TensorIr> = parts.into_iter().map(|t| t.into_ir()).collect();
-        let desc = CustomOpIr::new("asymm_pack", &irs, &[out]);
-        let call = FusedPack::<B> {
-            desc: desc.clone(),
+        let shapes = vec![Shape::new([len])];
+        let mut outs = super::record::<B, _>("asymm_pack", parts, shapes, |desc| FusedPack::<B> {
+            desc,
             offsets: offsets.to_vec(),
             len,
             _backend: PhantomData,
-        };
-        client
-            .register(streams, OperationIr::Custom(desc), call)
-            .output()
+        });
+        outs.pop().expect("pack: one output")
     }
 }
 

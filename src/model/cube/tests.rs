@@ -41,6 +41,19 @@ fn assert_close(got: &[f32], want: &[f32], tol: f32, what: &str) {
     );
 }
 
+/// The launches of the tests' loss `Σ y ∘ w` and its backward pass to the leaf `y`.
+fn loss_launches<const D: usize>(y: Tensor<Ad, D>, w: Tensor<Ad, D>, dev: &Dev) -> u64 {
+    let y = y.require_grad();
+    let _ = <Wgpu as Backend>::sync(dev);
+    let before = KernelCounts::now();
+    let grads = (y.clone() * w).sum().backward();
+    let g = y.grad(&grads).expect("a gradient");
+    let _ = <Wgpu as Backend>::sync(dev);
+    let launches = KernelCounts::now().since(before).launches;
+    assert!(host_f32(g).is_ok());
+    launches
+}
+
 /// Probabilities and the scores' gradient under `Σ P ∘ W`, by the kernels and composed.
 #[test]
 fn the_row_softmax_kernels_equal_the_composed_softmax() {
@@ -155,16 +168,8 @@ fn kernel_attention_equals_the_composed_attention_with_fewer_launches() {
             let ctx = Tensor::<Ad, 3>::from_data(
                 TensorData::new(x[..b * t * h * d].to_vec(), [b, t, h * d]),
                 &dev,
-            )
-            .require_grad();
-            let _ = <Wgpu as Backend>::sync(&dev);
-            let before = KernelCounts::now();
-            let grads = (ctx.clone() * w.clone()).sum().backward();
-            let g = ctx.grad(&grads).expect("a gradient");
-            let _ = <Wgpu as Backend>::sync(&dev);
-            let launches = KernelCounts::now().since(before).launches;
-            assert!(host_f32(g).is_ok());
-            launches
+            );
+            loss_launches(ctx, w.clone(), &dev)
         };
         // The second run of each: the first includes the autotuner's trial launches.
         let _ = (run(true), run(false), loss_alone());
@@ -246,17 +251,9 @@ fn the_norm_kernels_equal_burns_rms_norm_with_fewer_launches() {
             (out, launches)
         };
         let loss_alone = || {
-            let y =
-                Tensor::<Ad, 4>::from_data(TensorData::new(x.clone(), shape), &dev).require_grad();
+            let y = Tensor::<Ad, 4>::from_data(TensorData::new(x.clone(), shape), &dev);
             let ws = Tensor::<Ad, 4>::from_data(TensorData::new(w.clone(), shape), &dev);
-            let _ = <Wgpu as Backend>::sync(&dev);
-            let before = KernelCounts::now();
-            let grads = (y.clone() * ws).sum().backward();
-            let g = y.grad(&grads).expect("a gradient");
-            let _ = <Wgpu as Backend>::sync(&dev);
-            let launches = KernelCounts::now().since(before).launches;
-            assert!(host_f32(g).is_ok());
-            launches
+            loss_launches(y, ws, &dev)
         };
         let _ = (run(true), run(false), loss_alone());
         let ((got, kernel), (want, composed)) = (run(true), run(false));
