@@ -72,9 +72,15 @@ mod kernels {
     use cubecl::prelude::*;
 
     /// Element `pos` of a projection [B, T, 3, H, d] as (row, step, slot, head, e), the slot
-    /// being 0 for the query, 1 the key, 2 the value.
+    /// being 0 for the query, 1 the key, 2 the value, and its index `at` in that slot's heads
+    /// [B, H, T, d].
     #[cube]
-    fn coords(pos: usize, heads: u32, len: u32, width: u32) -> (usize, usize, usize, usize, usize) {
+    fn coords(
+        pos: usize,
+        heads: u32,
+        len: u32,
+        width: u32,
+    ) -> (usize, usize, usize, usize, usize, usize) {
         let (h, t, d) = (heads as usize, len as usize, width as usize);
         let e = pos % d;
         let rest = pos / d;
@@ -82,7 +88,15 @@ mod kernels {
         let rest = rest / h;
         let slot = rest % 3;
         let rest = rest / 3;
-        (rest / t, rest % t, slot, head, e)
+        let (row, step) = (rest / t, rest % t);
+        (
+            row,
+            step,
+            slot,
+            head,
+            e,
+            ((row * h + head) * t + step) * d + e,
+        )
     }
 
     /// Where the vector of (row, step, slot, head) starts in a rotary table [B, T, 3, H', d]
@@ -124,9 +138,8 @@ mod kernels {
         if pos >= qkv.len() {
             terminate!();
         }
-        let (row, step, slot, head, e) = coords(pos, heads, len, width);
-        let (h, t, d) = (heads as usize, len as usize, width as usize);
-        let at = ((row * h + head) * t + step) * d + e;
+        let (row, step, slot, head, e, at) = coords(pos, heads, len, width);
+        let d = width as usize;
         let mut y = qkv[pos];
         if rotary {
             if slot < 2 {
@@ -185,9 +198,8 @@ mod kernels {
         if pos >= out.len() {
             terminate!();
         }
-        let (row, step, slot, head, e) = coords(pos, heads, len, width);
-        let (h, t, d) = (heads as usize, len as usize, width as usize);
-        let at = ((row * h + head) * t + step) * d + e;
+        let (row, step, slot, head, e, at) = coords(pos, heads, len, width);
+        let d = width as usize;
         let mut g = pick(q, k, v, slot, at);
         if rotary {
             if slot < 2 {
