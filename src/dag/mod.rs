@@ -87,8 +87,16 @@ pub enum DagError {
     },
     #[error("cycle through stages: {0}")]
     Cycle(String),
-    #[error("stage `{stage}`: bad config: {source}")]
-    Config { stage: String, source: ConfigError },
+    #[error(
+        "{}stage `{stage}`: bad config: {reason}",
+        .at.as_ref().map(|p| format!("{p}: ")).unwrap_or_default()
+    )]
+    Config {
+        stage: String,
+        /// Where the bad key (or the stage's table) is written, when it is in the file.
+        at: Option<Position>,
+        reason: ConfigError,
+    },
     #[error("stage `{stage}`: bad sweep: {msg}")]
     Sweep { stage: String, msg: String },
     #[error("no stage or instance named `{0}` in this pipeline")]
@@ -230,6 +238,20 @@ impl From<String> for ConfigError {
 impl From<&str> for ConfigError {
     fn from(reason: &str) -> Self {
         ConfigError::Invalid(reason.to_string())
+    }
+}
+
+/// A place in a pipeline file: 1-based line and column.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Position {
+    pub file: String,
+    pub line: usize,
+    pub column: usize,
+}
+
+impl std::fmt::Display for Position {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}:{}", self.file, self.line, self.column)
     }
 }
 

@@ -18,8 +18,9 @@
 //! composite type (see [`Registry::expand`]) is first replaced by the ordinary declarations it
 //! stands for.
 
-use super::{ConfigError, DagError, Registry};
+use super::{ConfigError, DagError, Position, Registry};
 use instances::Instances;
+use serde::Deserialize;
 
 mod instances;
 use std::collections::{BTreeMap, BTreeSet};
@@ -69,6 +70,56 @@ struct Decl {
 
 const RESERVED: &[&str] = &["stage", "inputs", "sweep", "seed", "discard", "follow"];
 
+/// A pipeline file as written.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PipelineFile {
+    #[serde(default)]
+    pipeline: Head,
+    #[serde(default)]
+    stages: BTreeMap<String, StageDecl>,
+}
+
+/// The `[pipeline]` table.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct Head {
+    /// The file's stem when absent.
+    name: Option<String>,
+    #[serde(default)]
+    seed: u64,
+}
+
+/// One `[stages.<name>]` table as written: the keys the runner reads ([`RESERVED`]), and every
+/// other key as the stage's own configuration (checked by the stage type, which knows its keys).
+#[derive(Deserialize)]
+struct StageDecl {
+    /// The stage type; the table's name (`_` read as `-`) when absent.
+    stage: Option<String>,
+    #[serde(default)]
+    inputs: BTreeMap<String, Targets>,
+    #[serde(default)]
+    sweep: BTreeMap<String, Vec<toml::Value>>,
+    seed: Option<u64>,
+    #[serde(default)]
+    discard: Vec<String>,
+    #[serde(default)]
+    follow: BTreeMap<String, String>,
+    #[serde(flatten)]
+    config: toml::Table,
+}
+
+/// An input's producers: `"stage"`, `"stage.output"`, or a list of them (a list input).
+#[derive(Deserialize)]
+#[serde(
+    untagged,
+    expecting = "an input names a stage (\"stage\" or \"stage.output\") or a list of them"
+)]
+enum Targets {
+    One(String),
+    Many(Vec<String>),
+}
+
 fn perr(path: &str, msg: impl Into<String>) -> DagError {
     DagError::Parse {
         path: path.to_string(),
@@ -87,101 +138,133 @@ pub fn parse_pipeline(path: &Path, reg: &dyn Registry) -> Result<Pipeline, DagEr
     parse_str(&text, &p, &default_name, reg)
 }
 
-/// Parses pipeline text (`origin` names it in errors).
+/// Parses pipeline text (`origin` names it in errors, which point at its lines).
 pub fn parse_str(
     text: &str,
     origin: &str,
     default_name: &str,
     reg: &dyn Registry,
 ) -> Result<Pipeline, DagError> {
-    let doc: toml::Table = text
-        .parse()
-        .map_err(|e: toml::de::Error| perr(origin, e.to_string()))?;
-    for k in doc.keys() {
-        if k != "pipeline" && k != "stages" {
-            return Err(perr(
-                origin,
-                format!("unknown top-level table `{k}` (expected `pipeline` and `stages`)"),
-            ));
+    let file: PipelineFile = toml::from_str(text).map_err(|e| perr(origin, e.to_string()))?;
+    let name = file
+        .pipeline
+        .name
+        .unwrap_or_else(|| default_name.to_string());
+    crate::store::check_name(&name).map_err(|e| perr(origin, e.to_string()))?;
+    let seed = file.pipeline.seed;
+    let build = || {
+        let decls = declarations(file.stages, text, origin, reg)?;
+        let order = topo_order(&decls)?;
+        let by_name: BTreeMap<&str, &Decl> = decls.iter().map(|d| (d.name.as_str(), d)).collect();
+        // Check types of the declared graph.
+        for d in &decls {
+            check_decl(d, &by_name, reg)?;
         }
-    }
-    let (name, seed) = parse_head(&doc, origin, default_name)?;
-    let decls = parse_decls(&doc, origin, reg)?;
-    let order = topo_order(&decls)?;
-    let by_name: BTreeMap<&str, &Decl> = decls.iter().map(|d| (d.name.as_str(), d)).collect();
-    // Check types of the declared graph.
-    for d in &decls {
-        check_decl(d, &by_name, reg)?;
-    }
-    let mut graph = Instances::default();
-    for dname in order {
-        graph.add(by_name[dname.as_str()], reg, seed)?;
-    }
+        let mut graph = Instances::default();
+        for dname in order {
+            graph.add(by_name[dname.as_str()], reg, seed)?;
+        }
+        Ok(graph.instances)
+    };
+    let instances = build().map_err(|e| locate(e, text, origin))?;
     Ok(Pipeline {
         name,
         seed,
-        instances: graph.instances,
+        instances,
     })
 }
 
-/// The `[pipeline]` table's name and seed (the file's stem and 0 when absent).
-fn parse_head(
-    doc: &toml::Table,
-    origin: &str,
-    default_name: &str,
-) -> Result<(String, u64), DagError> {
-    let (mut name, mut seed) = (default_name.to_string(), 0u64);
-    if let Some(head) = doc.get("pipeline") {
-        let head = head
-            .as_table()
-            .ok_or_else(|| perr(origin, "`pipeline` must be a table"))?;
-        for (k, v) in head {
-            match k.as_str() {
-                "name" => {
-                    name = v
-                        .as_str()
-                        .ok_or_else(|| perr(origin, "`pipeline.name` must be a string"))?
-                        .to_string()
-                }
-                "seed" => {
-                    seed = as_u64(v).ok_or_else(|| {
-                        perr(origin, "`pipeline.seed` must be a non-negative integer")
-                    })?
-                }
-                other => return Err(perr(origin, format!("unknown key `pipeline.{other}`"))),
+/// A stage's bad configuration, placed at the key's line and column in the user's file (at its
+/// stage table when the key is not written there, as for a missing field).
+fn locate(e: DagError, text: &str, origin: &str) -> DagError {
+    match e {
+        DagError::Config {
+            stage,
+            at: None,
+            reason,
+        } => {
+            let mut path = vec!["stages", stage.as_str()];
+            if let ConfigError::At { key, .. } = &reason {
+                path.extend(key.split('.'));
             }
+            let at = position(text, &path).map(|(line, column)| Position {
+                file: origin.to_string(),
+                line,
+                column,
+            });
+            DagError::Config { stage, at, reason }
+        }
+        other => other,
+    }
+}
+
+/// The 1-based line and column of the deepest key of `path` written in TOML `text`.
+fn position(text: &str, path: &[&str]) -> Option<(usize, usize)> {
+    let doc = toml::de::DeTable::parse(text).ok()?;
+    let mut table = doc.get_ref();
+    let mut found = None;
+    for seg in path {
+        let (key, value) = table.iter().find(|(k, _)| k.get_ref() == seg)?;
+        found = Some(key.span().start);
+        match value.get_ref() {
+            toml::de::DeValue::Table(t) => table = t,
+            _ => break,
         }
     }
-    crate::store::check_name(&name).map_err(|e| perr(origin, e.to_string()))?;
-    Ok((name, seed))
+    let offset = found?;
+    let before = text.get(..offset)?;
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    Some((line, column))
 }
 
 /// The `[stages.*]` tables as declarations, composites expanded; names unique.
-fn parse_decls(doc: &toml::Table, origin: &str, reg: &dyn Registry) -> Result<Vec<Decl>, DagError> {
-    let stages = doc
-        .get("stages")
-        .and_then(|s| s.as_table())
-        .ok_or_else(|| perr(origin, "no `[stages.*]` tables"))?;
+fn declarations(
+    stages: BTreeMap<String, StageDecl>,
+    text: &str,
+    origin: &str,
+    reg: &dyn Registry,
+) -> Result<Vec<Decl>, DagError> {
+    if stages.is_empty() {
+        return Err(perr(origin, "no `[stages.*]` tables"));
+    }
     let mut decls: Vec<Decl> = Vec::new();
-    for (sname, v) in stages {
-        let t = v
-            .as_table()
-            .ok_or_else(|| perr(origin, format!("`stages.{sname}` must be a table")))?;
-        let kind = match t.get("stage").and_then(|k| k.as_str()) {
-            Some(k) => k.to_string(),
-            None => sname.replace('_', "-"),
+    for (sname, sd) in stages {
+        let kind = sd.stage.clone().unwrap_or_else(|| sname.replace('_', "-"));
+        // A composite reads its table as written (its keys mean what it says they mean).
+        let raw = || -> Result<toml::Table, DagError> {
+            let doc: toml::Table = text
+                .parse()
+                .map_err(|e: toml::de::Error| perr(origin, e.to_string()))?;
+            doc.get("stages")
+                .and_then(|s| s.get(&sname))
+                .and_then(|t| t.as_table())
+                .cloned()
+                .ok_or_else(|| perr(origin, format!("`stages.{sname}` must be a table")))
         };
-        match reg.expand(&kind, sname, t) {
-            None => decls.push(parse_decl(origin, sname, t)?),
-            Some(Err(source)) => {
+        let expanded = if reg.composites().contains(&kind.as_str()) {
+            reg.expand(&kind, &sname, &raw()?)
+        } else {
+            None
+        };
+        match expanded {
+            None => decls.push(Decl::new(origin, &sname, sd)?),
+            Some(Err(reason)) => {
                 return Err(DagError::Config {
-                    stage: sname.clone(),
-                    source,
+                    stage: sname,
+                    at: None,
+                    reason,
                 });
             }
             Some(Ok(parts)) => {
                 for (name, table) in parts {
-                    decls.push(parse_decl(origin, &name, &table)?);
+                    let sd =
+                        toml::Value::Table(table)
+                            .try_into()
+                            .map_err(|e: toml::de::Error| {
+                                perr(origin, format!("stage `{name}` (from `{sname}`): {e}"))
+                            })?;
+                    decls.push(Decl::new(origin, &name, sd)?);
                 }
             }
         }
@@ -201,8 +284,50 @@ fn parse_decls(doc: &toml::Table, origin: &str, reg: &dyn Registry) -> Result<Ve
     Ok(decls)
 }
 
-fn as_u64(v: &toml::Value) -> Option<u64> {
-    v.as_integer().and_then(|i| u64::try_from(i).ok())
+impl Decl {
+    /// The declaration `[stages.<name>]` stands for, its names and sweep checked.
+    fn new(origin: &str, name: &str, sd: StageDecl) -> Result<Decl, DagError> {
+        crate::store::check_name(name).map_err(|e| perr(origin, format!("stage name: {e}")))?;
+        let mut inputs = BTreeMap::new();
+        for (iname, targets) in sd.inputs {
+            let targets: Vec<(String, String)> = match targets {
+                Targets::One(t) => vec![(iname, t)],
+                Targets::Many(ts) => ts
+                    .into_iter()
+                    .enumerate()
+                    .map(|(k, t)| (format!("{iname}.{k}"), t))
+                    .collect(),
+            };
+            for (iname, target) in targets {
+                let (up, out) = split_output(&target);
+                inputs.insert(iname, (up.to_string(), out.to_string()));
+            }
+        }
+        for (k, values) in &sd.sweep {
+            if values.is_empty() {
+                return Err(perr(
+                    origin,
+                    format!("`stages.{name}.sweep.{k}` must be a non-empty list"),
+                ));
+            }
+            if RESERVED.contains(&k.as_str()) {
+                return Err(perr(
+                    origin,
+                    format!("`stages.{name}.sweep.{k}`: cannot sweep a reserved key"),
+                ));
+            }
+        }
+        Ok(Decl {
+            name: name.to_string(),
+            stage: sd.stage.unwrap_or_else(|| name.replace('_', "-")),
+            inputs,
+            sweep: sd.sweep.into_iter().collect(),
+            seed: sd.seed,
+            discard: sd.discard,
+            follow: sd.follow.into_iter().collect(),
+            table: sd.config,
+        })
+    }
 }
 
 fn value_label(v: &toml::Value) -> String {
@@ -239,130 +364,6 @@ fn set_path<'a>(t: &'a mut toml::Table, path: &str) -> Option<&'a mut toml::Valu
     )
 }
 
-fn parse_decl(origin: &str, name: &str, t: &toml::Table) -> Result<Decl, DagError> {
-    crate::store::check_name(name).map_err(|e| perr(origin, format!("stage name: {e}")))?;
-    let stage = match t.get("stage") {
-        Some(v) => v
-            .as_str()
-            .ok_or_else(|| perr(origin, format!("`stages.{name}.stage` must be a string")))?
-            .to_string(),
-        None => name.replace('_', "-"),
-    };
-    let mut inputs = BTreeMap::new();
-    if let Some(v) = t.get("inputs") {
-        let it = v.as_table().ok_or_else(|| {
-            perr(
-                origin,
-                format!("`stages.{name}.inputs` must be a table of input = \"stage\""),
-            )
-        })?;
-        for (iname, target) in it {
-            let bad = || {
-                perr(
-                    origin,
-                    format!(
-                        "`stages.{name}.inputs.{iname}` must be a stage name (or a list of them)"
-                    ),
-                )
-            };
-            let targets: Vec<(String, &str)> = match target {
-                toml::Value::String(t) => vec![(iname.clone(), t.as_str())],
-                toml::Value::Array(a) => a
-                    .iter()
-                    .enumerate()
-                    .map(|(k, v)| v.as_str().map(|t| (format!("{iname}.{k}"), t)))
-                    .collect::<Option<Vec<_>>>()
-                    .ok_or_else(bad)?,
-                _ => return Err(bad()),
-            };
-            for (iname, target) in targets {
-                let (up, out) = split_output(target);
-                inputs.insert(iname, (up.to_string(), out.to_string()));
-            }
-        }
-    }
-    let mut sweep = Vec::new();
-    if let Some(v) = t.get("sweep") {
-        let st = v.as_table().ok_or_else(|| {
-            perr(
-                origin,
-                format!("`stages.{name}.sweep` must be a table of key = [values]"),
-            )
-        })?;
-        for (k, vals) in st {
-            let arr = vals.as_array().filter(|a| !a.is_empty()).ok_or_else(|| {
-                perr(
-                    origin,
-                    format!("`stages.{name}.sweep.{k}` must be a non-empty list"),
-                )
-            })?;
-            if RESERVED.contains(&k.as_str()) {
-                return Err(perr(
-                    origin,
-                    format!("`stages.{name}.sweep.{k}`: cannot sweep a reserved key"),
-                ));
-            }
-            sweep.push((k.clone(), arr.clone()));
-        }
-    }
-    let seed = match t.get("seed") {
-        Some(v) => Some(as_u64(v).ok_or_else(|| {
-            perr(
-                origin,
-                format!("`stages.{name}.seed` must be a non-negative integer"),
-            )
-        })?),
-        None => None,
-    };
-    let discard = match t.get("discard") {
-        None => Vec::new(),
-        Some(v) => v
-            .as_array()
-            .and_then(|a| {
-                a.iter()
-                    .map(|x| x.as_str().map(String::from))
-                    .collect::<Option<Vec<_>>>()
-            })
-            .ok_or_else(|| {
-                perr(
-                    origin,
-                    format!("`stages.{name}.discard` must be a list of output names"),
-                )
-            })?,
-    };
-    let follow = match t.get("follow") {
-        None => Vec::new(),
-        Some(v) => v
-            .as_table()
-            .and_then(|f| {
-                f.iter()
-                    .map(|(var, path)| path.as_str().map(|p| (var.clone(), p.to_string())))
-                    .collect::<Option<Vec<_>>>()
-            })
-            .ok_or_else(|| {
-                perr(
-                    origin,
-                    format!("`stages.{name}.follow` must be a table of variable = \"config.path\""),
-                )
-            })?,
-    };
-    let table = t
-        .iter()
-        .filter(|(k, _)| !RESERVED.contains(&k.as_str()))
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
-    Ok(Decl {
-        name: name.to_string(),
-        stage,
-        inputs,
-        sweep,
-        seed,
-        discard,
-        follow,
-        table,
-    })
-}
-
 fn unknown_stage(d: &Decl, reg: &dyn Registry) -> DagError {
     let mut known = reg.names();
     known.extend(reg.composites());
@@ -387,7 +388,8 @@ fn check_decl(
     {
         return Err(DagError::Config {
             stage: d.name.clone(),
-            source: ConfigError::Invalid(format!(
+            at: None,
+            reason: ConfigError::Invalid(format!(
                 "`discard` names `{bad}`, which is not an output of {} ({})",
                 d.stage,
                 outs.iter().map(|o| o.name).collect::<Vec<_>>().join(", ")

@@ -16,6 +16,7 @@ use crate::tasks::TaskKind;
 
 use crate::text::format::{self, Encoded};
 use crate::text::tokenizer::Tokenizer;
+use arrow::array::ArrayRef;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 
@@ -79,44 +80,103 @@ impl Stage for DistillFormat {
             .map(|(k, id)| (id.as_str(), k))
             .collect();
         let tok = Tokenizer::task_vocabulary();
-        let ids = puzzles.required_strings("id")?;
-        let splits = puzzles.required_strings("split")?;
-        let tasks = puzzles.required_strings("task")?;
-        let percs = puzzles.required_strings("perception")?;
-        /// (puzzle row, prompt, reasoning, target, encoding, image row)
-        type Row = (usize, String, String, String, Encoded, usize);
-        let mut rows: Vec<Row> = Vec::new();
+        let items = Items {
+            ids: puzzles.required_strings("id")?,
+            splits: puzzles.required_strings("split")?,
+            tasks: puzzles.required_strings("task")?,
+            percs: puzzles.required_strings("perception")?,
+        };
+        let rows = items.format(cfg, external.as_ref(), &image_of, &tok)?;
+        let images: Vec<Vec<u8>> = rows
+            .iter()
+            .map(|r| image_bytes.value(r.image).to_vec())
+            .collect();
+        Ok(outputs([write_table_with_files(
+            ctx,
+            &MAIN,
+            items.columns(&rows, &images),
+            &[(TOKENIZER_FILE, tok.to_json().as_bytes())],
+        )?]))
+    }
+}
+
+/// The puzzle table's columns this stage reads, a row per item.
+struct Items {
+    ids: Vec<String>,
+    splits: Vec<String>,
+    tasks: Vec<String>,
+    percs: Vec<String>,
+}
+
+/// One formatted item.
+struct Row {
+    /// Its row in [`Items`].
+    item: usize,
+    prompt: String,
+    reasoning: String,
+    target: String,
+    enc: Encoded,
+    /// Its row in the images table.
+    image: usize,
+}
+
+impl Items {
+    /// The items of the configured splits, each with its teacher (or imported) reasoning, its
+    /// target text and its encoding.
+    fn format(
+        &self,
+        cfg: &DistillConfig,
+        external: Option<&HashMap<String, String>>,
+        image_of: &HashMap<&str, usize>,
+        tok: &Tokenizer,
+    ) -> Result<Vec<Row>, StageError> {
+        let (ids, percs) = (&self.ids, &self.percs);
+        let mut rows = Vec::new();
         for i in 0..ids.len() {
-            if !cfg.splits.is_empty() && !cfg.splits.contains(&splits[i]) {
+            if !cfg.splits.is_empty() && !cfg.splits.contains(&self.splits[i]) {
                 continue;
             }
-            let task = TaskKind::parse(&tasks[i]).ok_or_else(|| {
-                StageError::Invalid(format!("{}: unknown task `{}`", ids[i], tasks[i]))
+            let task = TaskKind::parse(&self.tasks[i]).ok_or_else(|| {
+                StageError::Invalid(format!("{}: unknown task `{}`", ids[i], self.tasks[i]))
             })?;
-            let reasoning = match &external {
+            let reasoning = match external {
                 Some(map) => map.get(&ids[i]).cloned().ok_or_else(|| {
                     StageError::Invalid(format!(
                         "imported reasoning has no row for item `{}` (restrict `splits` or complete the file)",
                         ids[i]
                     ))
                 })?,
-                None => task.task().trace(&percs[i], cfg.verbosity)
-                    .ok_or_else(|| StageError::Invalid(format!("{}: unparseable perception", ids[i])))?,
+                None => task.task().trace(&percs[i], cfg.verbosity).ok_or_else(|| {
+                    StageError::Invalid(format!("{}: unparseable perception", ids[i]))
+                })?,
             };
-            let img = *image_of.get(ids[i].as_str()).ok_or_else(|| {
+            let image = *image_of.get(ids[i].as_str()).ok_or_else(|| {
                 StageError::Invalid(format!("no rendered image for item `{}`", ids[i]))
             })?;
             let prompt = task.prompt().to_string();
-            let enc = format::encode(&tok, &prompt, &percs[i], &reasoning);
+            let enc = format::encode(tok, &prompt, &percs[i], &reasoning);
             let target = format::build(&percs[i], &reasoning);
-            rows.push((i, prompt, reasoning, target, enc, img));
+            rows.push(Row {
+                item: i,
+                prompt,
+                reasoning,
+                target,
+                enc,
+                image,
+            });
         }
+        Ok(rows)
+    }
+
+    /// The `sft_targets` columns of `rows` (`images`: each row's PNG bytes).
+    fn columns(&self, rows: &[Row], images: &[Vec<u8>]) -> Vec<(&'static str, ArrayRef)> {
         let pick =
-            |f: &dyn Fn(usize) -> String| -> Vec<String> { rows.iter().map(|r| f(r.0)).collect() };
+            |col: &[String]| cols::utf8(&rows.iter().map(|r| &col[r.item]).collect::<Vec<_>>());
         let span_col = |k: usize| -> Vec<Vec<i32>> {
             rows.iter()
                 .map(|r| {
-                    r.4.spans
+                    r.enc
+                        .spans
                         .iter()
                         .map(|s| if k == 0 { s.1 } else { s.2 })
                         .collect()
@@ -126,7 +186,8 @@ impl Stage for DistillFormat {
         let len_of = |name: &str| -> Vec<i32> {
             rows.iter()
                 .map(|r| {
-                    r.4.spans
+                    r.enc
+                        .spans
                         .iter()
                         .find(|s| s.0 == name)
                         .map(|s| s.2 - s.1)
@@ -136,46 +197,36 @@ impl Stage for DistillFormat {
         };
         let text = |f: &dyn Fn(&Row) -> &str| cols::utf8(&rows.iter().map(f).collect::<Vec<_>>());
         let ints = |f: &dyn Fn(&Encoded) -> Vec<i32>| {
-            cols::list_i32(&rows.iter().map(|r| f(&r.4)).collect::<Vec<_>>())
+            cols::list_i32(&rows.iter().map(|r| f(&r.enc)).collect::<Vec<_>>())
         };
-        Ok(outputs([write_table_with_files(
-            ctx,
-            &MAIN,
-            vec![
-                ("id", cols::utf8(&pick(&|i| ids[i].clone()))),
-                ("split", cols::utf8(&pick(&|i| splits[i].clone()))),
-                ("task", cols::utf8(&pick(&|i| tasks[i].clone()))),
-                (
-                    "image",
-                    cols::image(
-                        &rows
-                            .iter()
-                            .map(|r| image_bytes.value(r.5).to_vec())
-                            .collect::<Vec<_>>(),
-                        &pick(&|i| format!("{}.png", ids[i])),
-                    ),
+        let file_names: Vec<String> = rows
+            .iter()
+            .map(|r| format!("{}.png", self.ids[r.item]))
+            .collect();
+        vec![
+            ("id", pick(&self.ids)),
+            ("split", pick(&self.splits)),
+            ("task", pick(&self.tasks)),
+            ("image", cols::image(images, &file_names)),
+            ("prompt", text(&|r| &r.prompt)),
+            ("perception", pick(&self.percs)),
+            ("reasoning", text(&|r| &r.reasoning)),
+            ("target", text(&|r| &r.target)),
+            ("prompt_ids", ints(&|e| e.prompt_ids.clone())),
+            ("target_ids", ints(&|e| e.target_ids.clone())),
+            (
+                "span_names",
+                cols::list_utf8(
+                    &rows
+                        .iter()
+                        .map(|r| r.enc.spans.iter().map(|s| s.0.clone()).collect())
+                        .collect::<Vec<_>>(),
                 ),
-                ("prompt", text(&|r| &r.1)),
-                ("perception", cols::utf8(&pick(&|i| percs[i].clone()))),
-                ("reasoning", text(&|r| &r.2)),
-                ("target", text(&|r| &r.3)),
-                ("prompt_ids", ints(&|e| e.prompt_ids.clone())),
-                ("target_ids", ints(&|e| e.target_ids.clone())),
-                (
-                    "span_names",
-                    cols::list_utf8(
-                        &rows
-                            .iter()
-                            .map(|r| r.4.spans.iter().map(|s| s.0.clone()).collect())
-                            .collect::<Vec<_>>(),
-                    ),
-                ),
-                ("span_starts", cols::list_i32(&span_col(0))),
-                ("span_ends", cols::list_i32(&span_col(1))),
-                ("perception_tokens", cols::i32(len_of("perception"))),
-                ("reasoning_tokens", cols::i32(len_of("reasoning"))),
-            ],
-            &[(TOKENIZER_FILE, tok.to_json().as_bytes())],
-        )?]))
+            ),
+            ("span_starts", cols::list_i32(&span_col(0))),
+            ("span_ends", cols::list_i32(&span_col(1))),
+            ("perception_tokens", cols::i32(len_of("perception"))),
+            ("reasoning_tokens", cols::i32(len_of("reasoning"))),
+        ]
     }
 }

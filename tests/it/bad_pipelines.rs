@@ -57,16 +57,50 @@ fn wrong_input_kind() {
 
 #[test]
 fn wrong_config_type_and_unknown_key() {
-    // The key is named by its dotted path, not by a position in a text the user never wrote.
+    // The key is named by its dotted path and placed at its line and column in the user's file.
     let e = err_of("# a comment\n\n[stages.synthesize]\nsplits = { test = \"many\" }\n");
     assert!(
-        e.contains("synthesize") && e.contains("at `splits.test`") && !e.contains("line"),
+        e.contains("bad.toml:4:12: stage `synthesize`: bad config: at `splits.test`"),
         "{e}"
     );
     let e = err_of("[stages.synthesize]\ntsak = \"sudoku\"\n");
-    assert!(e.contains("at `tsak`: unknown field `tsak`"), "{e}");
+    assert!(
+        e.contains("bad.toml:2:1: stage `synthesize`: bad config: at `tsak`: unknown field `tsak`"),
+        "{e}"
+    );
+    // Said once, not once more as its own cause.
+    assert_eq!(e.matches("unknown field").count(), 1, "{e}");
     let e = err_of("[stages.synthesize]\ntask = \"chess\"\n");
-    assert!(e.contains("chess"), "{e}");
+    assert!(e.contains("chess") && e.contains("bad.toml:2:1"), "{e}");
+}
+
+/// The runner's own keys and the `[pipeline]` table are typed: a wrong one is shown where it is
+/// written.
+#[test]
+fn runner_keys_are_checked_where_written() {
+    let e = err_of("[pipeline]\nnmae = \"x\"\n[stages.synthesize]\n");
+    assert!(
+        e.contains("line 2, column 1")
+            && e.contains("unknown field `nmae`, expected `name` or `seed`"),
+        "{e}"
+    );
+    let e = err_of("[stages.synthesize]\nseed = -1\n");
+    assert!(
+        e.contains("line 2, column 8") && e.contains("expected u64"),
+        "{e}"
+    );
+    let e = err_of("[stages.synthesize]\n[stages.render]\ninputs = { puzzles = 3 }\n");
+    assert!(
+        e.contains("line 3, column 22") && e.contains("an input names a stage"),
+        "{e}"
+    );
+    let e = err_of("[stages.synthesize]\nsweep = { seed = [1, 2] }\n");
+    assert!(e.contains("cannot sweep a reserved key"), "{e}");
+    let e = err_of("[stages.synthesize]\nsweep = { task = [] }\n");
+    assert!(
+        e.contains("`stages.synthesize.sweep.task` must be a non-empty list"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -125,7 +159,9 @@ fn follow_without_an_upstream_sweep_and_bad_discard() {
     );
     let e = err_of("[stages.synthesize]\nfollow = [\"size\"]\n");
     assert!(
-        e.contains("`stages.synthesize.follow` must be a table"),
+        e.contains("line 2, column 10")
+            && e.contains("follow = [\"size\"]")
+            && e.contains("expected a map"),
         "{e}"
     );
 }

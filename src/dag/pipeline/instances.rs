@@ -38,9 +38,10 @@ impl Instances {
         let gathered = |iname: &str| many.contains(iname.split_once('.').map_or(iname, |p| p.0));
         for (vars, chosen) in self.combos(d, &gathered)? {
             let table = self.configured(d, &vars)?;
-            let config = def.config(&table).map_err(|source| DagError::Config {
+            let config = def.config(&table).map_err(|reason| DagError::Config {
                 stage: d.name.clone(),
-                source,
+                at: None,
+                reason,
             })?;
             let name = if vars.is_empty() {
                 d.name.clone()
