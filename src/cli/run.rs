@@ -293,7 +293,7 @@ fn perception_shares(store: &Store, id: &str) -> anyhow::Result<Option<Shares>> 
 /// Reads an evaluation summary artifact.
 fn summary(store: &Store, id: &str) -> anyhow::Result<Vec<SummaryRow>> {
     let t = asymm::table::Table::read(store, id, "eval_summary")?;
-    Ok(asymm::stages::evaluate::read_summary(&t)?)
+    Ok(SummaryRow::read_all(&t)?)
 }
 
 /// Prints an evaluation summary (task, metric, n, mean, 95 % interval and how it was computed).

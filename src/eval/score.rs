@@ -12,7 +12,9 @@ use crate::analysis::{cluster_bootstrap, wilson};
 use crate::data::Example;
 use crate::model::sampling::SamplingConfig;
 use crate::model::{Codec, Model};
+use crate::table::{Table, cols};
 use crate::tasks::TaskKind;
+use arrow::array::ArrayRef;
 use burn::tensor::backend::Backend;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
@@ -141,6 +143,47 @@ pub const METRICS: [&str; 7] = [
     "a_p_lenient",
     "truncated",
 ];
+
+impl SummaryRow {
+    /// The `eval_summary` table's columns for `rows` (`schemas/eval_summary.json`).
+    pub fn columns(rows: &[SummaryRow]) -> Vec<(&'static str, ArrayRef)> {
+        let text =
+            |g: &dyn Fn(&SummaryRow) -> &str| cols::utf8(&rows.iter().map(g).collect::<Vec<_>>());
+        let float = |g: &dyn Fn(&SummaryRow) -> f64| cols::f64(rows.iter().map(g).collect());
+        let count =
+            |g: &dyn Fn(&SummaryRow) -> u64| cols::i64(rows.iter().map(|r| g(r) as i64).collect());
+        vec![
+            ("task", text(&|r| &r.task)),
+            ("metric", text(&|r| &r.metric)),
+            ("n", count(&|r| r.n)),
+            ("items", count(&|r| r.items)),
+            ("mean", float(&|r| r.mean)),
+            ("ci_low", float(&|r| r.ci_low)),
+            ("ci_high", float(&|r| r.ci_high)),
+            ("interval", text(&|r| &r.interval)),
+        ]
+    }
+
+    /// Reads an `eval_summary` table back.
+    pub fn read_all(t: &Table) -> crate::table::Result<Vec<SummaryRow>> {
+        let (tasks, metrics) = (t.required_strings("task")?, t.required_strings("metric")?);
+        let (n, items) = (t.i64("n")?, t.i64("items")?);
+        let (mean, lo, hi) = (t.f64("mean")?, t.f64("ci_low")?, t.f64("ci_high")?);
+        let interval = t.required_strings("interval")?;
+        Ok((0..t.rows())
+            .map(|i| SummaryRow {
+                task: tasks[i].clone(),
+                metric: metrics[i].clone(),
+                n: n.value(i).max(0) as u64,
+                items: items.value(i).max(0) as u64,
+                mean: mean.value(i),
+                ci_low: lo.value(i),
+                ci_high: hi.value(i),
+                interval: interval[i].clone(),
+            })
+            .collect())
+    }
+}
 
 /// Summarizes scored samples per task: every accuracy, P(a | a_p) (`a_given_p`, over the
 /// samples whose perception is right), the lenient perception diagnostic, the share of outputs

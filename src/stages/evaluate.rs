@@ -9,7 +9,7 @@ use super::{
 };
 use crate::dag::{InputSpec, OutputSpec, RunCtx};
 use crate::eval::score::{ScoredItem, SummaryRow, score_rollouts, summarize};
-use crate::table::{Table, cols};
+use crate::table::cols;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 
@@ -93,53 +93,7 @@ fn write_items(ctx: &RunCtx, items: &[ScoredItem]) -> Result<Written, StageError
 }
 
 fn write_summary(ctx: &RunCtx, rows: &[SummaryRow]) -> Result<Written, StageError> {
-    let f = |g: &dyn Fn(&SummaryRow) -> f64| cols::f64(rows.iter().map(g).collect());
-    write_table(
-        ctx,
-        &MAIN,
-        vec![
-            (
-                "task",
-                cols::utf8(&rows.iter().map(|r| &r.task).collect::<Vec<_>>()),
-            ),
-            (
-                "metric",
-                cols::utf8(&rows.iter().map(|r| &r.metric).collect::<Vec<_>>()),
-            ),
-            ("n", cols::i64(rows.iter().map(|r| r.n as i64).collect())),
-            (
-                "items",
-                cols::i64(rows.iter().map(|r| r.items as i64).collect()),
-            ),
-            ("mean", f(&|r| r.mean)),
-            ("ci_low", f(&|r| r.ci_low)),
-            ("ci_high", f(&|r| r.ci_high)),
-            (
-                "interval",
-                cols::utf8(&rows.iter().map(|r| &r.interval).collect::<Vec<_>>()),
-            ),
-        ],
-    )
-}
-
-/// Reads an `eval_summary` artifact back.
-pub fn read_summary(t: &Table) -> Result<Vec<SummaryRow>, StageError> {
-    let (tasks, metrics) = (t.required_strings("task")?, t.required_strings("metric")?);
-    let (n, items) = (t.i64("n")?, t.i64("items")?);
-    let (mean, lo, hi) = (t.f64("mean")?, t.f64("ci_low")?, t.f64("ci_high")?);
-    let interval = t.required_strings("interval")?;
-    Ok((0..t.rows())
-        .map(|i| SummaryRow {
-            task: tasks[i].clone(),
-            metric: metrics[i].clone(),
-            n: n.value(i).max(0) as u64,
-            items: items.value(i).max(0) as u64,
-            mean: mean.value(i),
-            ci_low: lo.value(i),
-            ci_high: hi.value(i),
-            interval: interval[i].clone(),
-        })
-        .collect())
+    write_table(ctx, &MAIN, SummaryRow::columns(rows))
 }
 
 impl Stage for Evaluate {
