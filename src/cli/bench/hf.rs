@@ -55,7 +55,7 @@ impl Sft<'_> {
     ) -> anyhow::Result<(usize, SftMeasure)> {
         let model = load::<Autodiff<B, C>>(self.dir, self.image_size, device)?;
         let params = model.num_params();
-        let m = super::time_sft::<Autodiff<B, C>>(
+        let m = super::model::time_sft::<Autodiff<B, C>>(
             self.a,
             self.settings,
             model,
@@ -133,7 +133,7 @@ pub(super) fn hf_suite(
         examples: &examples[..EXAMPLES.min(examples.len())],
         pad: codec.eos,
     };
-    super::start_counting(a, spec)?;
+    super::model::start_counting(a, spec)?;
     asymm::with_backend!(spec, |B, device| {
         <B as Backend>::seed(&device, SFT_SEED);
         let t = Instant::now();
@@ -166,7 +166,7 @@ pub(super) fn hf_suite(
         report.sft.push(m);
         if !plans.is_empty() {
             let model = load::<B>(dir, a.hf_image_size, &device)?;
-            super::time_rollouts(
+            super::model::time_rollouts(
                 a,
                 &model,
                 &plan.codec,
