@@ -136,7 +136,8 @@ pub fn dev(cmd: DevCmd) -> anyhow::Result<i32> {
 /// `dev hf-parity`: a checkpoint fixture's logits against the reference file transformers wrote.
 fn hf_parity(fixture: PathBuf, device: String, tolerance: f32) -> anyhow::Result<i32> {
     use asymm::model::internvl::{self, InternVl};
-    use asymm::model::qwen3_vl::{Qwen3Vl, chat::Family, reference};
+    use asymm::model::qwen3_vl::{Qwen3Vl, reference};
+    use asymm::text::chat::Family;
     let spec = asymm::model::DeviceSpec::parse(&device)?;
     let r = reference::Reference::read(&fixture.join("reference.safetensors"))?;
     let family = Family::of_dir(&fixture)?;
@@ -192,7 +193,7 @@ fn hf_generate(
     max_new_tokens: usize,
     device: String,
 ) -> anyhow::Result<i32> {
-    use asymm::model::qwen3_vl::chat::{ChatTokenizer, Family};
+    use asymm::text::chat::{ChatTokenizer, Family};
     let spec = asymm::model::DeviceSpec::parse(&device)?;
     let tok = ChatTokenizer::from_dir(&checkpoint)?;
     let bytes = std::fs::read(&image).map_err(|e| anyhow::anyhow!("{}: {e}", image.display()))?;
@@ -313,7 +314,7 @@ fn stage_versions(
 struct Generate<'a> {
     dir: &'a std::path::Path,
     image: &'a asymm::model::qwen3_vl::processor::Rgb,
-    tok: &'a asymm::model::qwen3_vl::chat::ChatTokenizer,
+    tok: &'a asymm::text::chat::ChatTokenizer,
     prompt: &'a str,
     max_new: usize,
     stop: &'a [u32],
@@ -373,7 +374,7 @@ fn memory_report(
     budget_gib: f64,
 ) -> anyhow::Result<serde_json::Value> {
     use asymm::model::memory::{self, TowerShape};
-    use asymm::model::qwen3_vl::chat::Family;
+    use asymm::text::chat::Family;
     let shape = asymm::model::HfShape::of_dir(dir, image_size)?;
     let text = std::fs::read_to_string(dir.join("config.json"))
         .map_err(|e| anyhow::anyhow!("{}: {e}", dir.join("config.json").display()))?;

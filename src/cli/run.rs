@@ -265,28 +265,20 @@ fn asymmetry(rows: &[SummaryRow], task: &str) -> Option<String> {
 /// Perception's share of an SFT run's target tokens, loss and gradient norm, from its log's
 /// last diagnostic step (the last step when none measured the gradient).
 struct Shares {
-    step: i32,
+    step: usize,
     tokens: f64,
     loss: f64,
     gradient: Option<f64>,
 }
 
 fn perception_shares(store: &Store, id: &str) -> anyhow::Result<Option<Shares>> {
-    use arrow::array::Array;
-    let t = asymm::table::Table::read(store, id, "train_log")?;
-    if t.rows() == 0 {
-        return Ok(None);
-    }
-    let grad = t.f64("perception_grad_share")?;
-    let i = (0..t.rows())
-        .rev()
-        .find(|&i| !grad.is_null(i))
-        .unwrap_or(t.rows() - 1);
-    Ok(Some(Shares {
-        step: t.i32("step")?.value(i),
-        tokens: t.f64("perception_token_share")?.value(i),
-        loss: t.f64("perception_loss_share")?.value(i),
-        gradient: (!grad.is_null(i)).then(|| grad.value(i)),
+    use asymm::train::sft::{LogRow, last_diagnostic};
+    let log = LogRow::read_all(&asymm::table::Table::read(store, id, "train_log")?)?;
+    Ok(last_diagnostic(&log).map(|r| Shares {
+        step: r.step,
+        tokens: r.perception_token_share,
+        loss: r.perception_loss_share,
+        gradient: r.perception_grad_share,
     }))
 }
 

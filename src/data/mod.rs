@@ -2,7 +2,12 @@
 //! target token ids with the target's named spans (`perception`, `reasoning`), and the
 //! ground-truth perception p*; and the image decoding that turns a rendered PNG into that ink.
 //! Training batches them (`train::batch`), evaluation samples from them (`eval`), rewards score
-//! against them (`rl`).
+//! against them (`rl`). `codec` turns text into a model's token ids and finds the answer's
+//! segments in them.
+
+pub mod codec;
+
+pub use codec::Codec;
 
 /// One formatted training or evaluation example.
 #[derive(Debug, Clone)]

@@ -13,6 +13,8 @@ pub use score::{Scores, score};
 pub enum EvalError {
     #[error(transparent)]
     Model(#[from] crate::model::ModelError),
+    #[error(transparent)]
+    Codec(#[from] crate::data::codec::CodecError),
     #[error("unknown task `{0}`")]
     UnknownTask(String),
     #[error("{0}")]

@@ -8,10 +8,11 @@
 //! (seed, mode, item id, sample index): rollouts of two modes never share a stream.
 
 use super::{Result, bail};
+use crate::data::Codec;
 use crate::data::Example;
+use crate::model::Model;
 use crate::model::decode::{Generated, SeqKey, generate_shared};
 use crate::model::sampling::SamplingConfig;
-use crate::model::{Codec, Model};
 use crate::text::format;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};

@@ -9,9 +9,10 @@
 use super::rollout::{Mode, RolloutRow, RolloutSpec, run_rollouts};
 use super::{EvalError, Result};
 use crate::analysis::{cluster_bootstrap, wilson};
+use crate::data::Codec;
 use crate::data::Example;
+use crate::model::Model;
 use crate::model::sampling::SamplingConfig;
-use crate::model::{Codec, Model};
 use crate::table::{Table, cols};
 use crate::tasks::TaskKind;
 use arrow::array::ArrayRef;

@@ -6,7 +6,6 @@
 pub mod any;
 pub mod check;
 pub mod checkpoint;
-pub mod codec;
 pub mod config;
 #[cfg(feature = "gpu")]
 pub mod cube;
@@ -17,13 +16,13 @@ pub mod gpu;
 pub mod host;
 pub mod internvl;
 pub mod layers;
+pub mod load;
 pub mod memory;
 pub mod qwen3_vl;
 pub mod sampling;
 pub mod vlm;
 
 pub use any::{Decoding, HfNet, HfShape, HfVlm, Model};
-pub use codec::Codec;
 pub use config::VlmConfig;
 pub use vlm::Vlm;
 
@@ -45,6 +44,12 @@ pub enum ModelError {
     NoBareWgpu,
     #[error("checkpoint: {0}")]
     Checkpoint(String),
+    /// A checkpoint folder that cannot be read as one.
+    #[error("checkpoint {}: {reason}", dir.display())]
+    Folder {
+        dir: std::path::PathBuf,
+        reason: String,
+    },
     #[error("model config: {0}")]
     Config(String),
     #[error("model config: {0}")]
@@ -61,6 +66,8 @@ pub enum ModelError {
     DeviceUnavailable { device: String, msg: String },
     #[error(transparent)]
     Hf(#[from] qwen3_vl::HfError),
+    #[error(transparent)]
+    Chat(#[from] crate::text::chat::ChatError),
 }
 
 /// Runs one tiny operation on `device`, turning a panic inside the backend (a CUDA library

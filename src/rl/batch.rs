@@ -8,9 +8,9 @@ use super::advantage::{ADV_EPS, StdKind, grouped_advantages, token_advantages};
 use super::grpo::Sequence;
 use super::reward::RewardRow;
 use super::{Result, RlError};
+use crate::data::Codec;
 use crate::data::Example;
 use crate::eval::rollout::{Mode, RolloutRow, prefix};
-use crate::model::codec::Codec;
 use std::collections::HashMap;
 use std::sync::Arc;
 

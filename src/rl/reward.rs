@@ -17,11 +17,12 @@
 //! case.
 
 use super::{Result, RlError};
+use crate::data::Codec;
 use crate::data::Example;
 use crate::eval::rollout::{Mode, RolloutRow, RolloutSpec, run_rollouts};
 use crate::eval::score::score;
+use crate::model::Model;
 use crate::model::sampling::SamplingConfig;
-use crate::model::{Codec, Model};
 use crate::tasks::TaskKind;
 use crate::text::Tokenizer;
 use burn::tensor::backend::Backend;

@@ -7,13 +7,12 @@
 use super::grpo::{ForcedBatch, LossSettings, Sequence, clipped_objective, token_logprobs};
 use super::{Result, RlError};
 use crate::model::checkpoint::model_from_bytes;
+use crate::model::load::native_model;
 use crate::model::{Model, VlmConfig, host_f32};
 use crate::train::gradient::Gradient;
 use crate::train::parallel::{gradients, map_shards};
 use crate::train::sft::f32_on_device;
-use crate::train::trainer::{
-    OptimSettings, OptimState, StepStats, Trainer, TrainerError, native_model,
-};
+use crate::train::trainer::{OptimSettings, OptimState, StepStats, Trainer, TrainerError};
 use crate::util::rng::keyed;
 use burn::module::AutodiffModule;
 use burn::optim::GradientsParams;

@@ -10,7 +10,10 @@
 //! one-row-per-mini-batch `rl_log`.
 
 use super::artifacts::{read_rewards, read_rollouts, read_sampling};
-use super::model_io::{HfSource, ModelPlan, PlanSource, hf_external, read_tokenizer};
+use super::model_io::{
+    HfSource, hf_external, plan_examples, plan_of_artifact, plan_of_input_or_hf,
+    plan_split_examples, read_tokenizer, write_model,
+};
 use super::{
     Outputs, Stage, StageError, Written, bail, ensure, input, input_id, optional, optional_id,
     output, outputs, read_input, read_optional, write_table_after,
@@ -20,6 +23,7 @@ use crate::dag::{InputSpec, OutputSpec, RunCtx};
 use crate::data::Example;
 use crate::eval::score::{EvalPoint, heldout_eval};
 use crate::model::DeviceSpec;
+use crate::model::load::{ModelPlan, PlanSource};
 use crate::rl::advantage::StdKind;
 use crate::rl::batch::{BatchSpec, StepBatch, match_rewards, step_batch};
 use crate::rl::grpo::{LossSettings, Sequence};
@@ -197,7 +201,7 @@ fn reference_plan(
     policy: &ModelPlan,
     tok: &Tokenizer,
 ) -> Result<ModelPlan, StageError> {
-    let r = ModelPlan::from_artifact(ctx.store, id, Some(tok))?;
+    let r = plan_of_artifact(ctx.store, id, Some(tok))?;
     let same = match (&r.source, &policy.source) {
         (PlanSource::Native { cfg: a, .. }, PlanSource::Native { cfg: b, .. }) => a == b,
         (PlanSource::Hf { dir: a, .. }, PlanSource::Hf { dir: b, .. }) => {
@@ -290,7 +294,7 @@ impl Stage for GrpoUpdate {
         );
         let data_id = input_id(ctx, &DATA)?;
         let tok = read_tokenizer(ctx.store, data_id.as_str())?;
-        let plan = ModelPlan::input_or_hf(ctx, &CHECKPOINT, cfg.model.as_ref(), &tok)?;
+        let plan = plan_of_input_or_hf(ctx, &CHECKPOINT, cfg.model.as_ref(), &tok)?;
         let ref_plan = match &reference {
             Some(id) => Some(reference_plan(ctx, id.as_str(), &plan, &tok)?),
             None => None,
@@ -304,8 +308,9 @@ impl Stage for GrpoUpdate {
         // Rollouts without their reward are refused before the data is read.
         match_rewards(&rows, &rewards)?;
         let items: HashSet<&str> = rows.iter().map(|r| r.id.as_str()).collect();
-        let examples =
-            plan.examples(ctx.store, data_id.as_str(), 0, &|_, id| items.contains(id))?;
+        let examples = plan_examples(&plan, ctx.store, data_id.as_str(), 0, &|_, id| {
+            items.contains(id)
+        })?;
         let spec = BatchSpec {
             mode,
             image_size: plan.image_size,
@@ -354,7 +359,8 @@ impl Stage for GrpoUpdate {
         let total = cfg.ppo_epochs * seqs.len().div_ceil(settings.mini_batch.max(1));
         let bar = crate::progress::bar(total as u64, "grpo-update");
         let eval_set = if cfg.eval_items > 0 {
-            plan.split_examples(
+            plan_split_examples(
+                &plan,
                 ctx.store,
                 data_id.as_str(),
                 Some(&cfg.eval_split),
@@ -457,7 +463,7 @@ impl Update<'_> {
         if cfg.eval_after {
             evals.push((cfg.step as i32, evaluate(&out.model)?));
         }
-        let ckpt = plan.write(ctx, &out.model)?;
+        let ckpt = write_model(ctx, plan, &out.model)?;
         Ok((ckpt, out.log, out.state, evals))
     }
 }

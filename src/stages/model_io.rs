@@ -1,20 +1,21 @@
 //! Shared plumbing of the model stages: reading examples (images decoded and resized, token ids,
-//! spans) from an `sft_targets` artifact, and reading or writing checkpoint artifacts.
+//! spans) from an `sft_targets` artifact, a model plan ([`ModelPlan`]) from a checkpoint
+//! artifact or a stage's `model` option, and writing checkpoint artifacts.
 
 use super::{StageError, bail, ensure, optional_id};
 use crate::clip::{Clip, ClipConfig};
 use crate::dag::{InputSpec, RunCtx};
+use crate::data::Codec;
 use crate::data::{Example, image_ink};
 use crate::model::checkpoint::{
     CONFIG_FILE, WEIGHTS_FILE, check_tokenizer, config_from_json, config_to_json, load_weights,
 };
-use crate::model::codec::HfCodec;
-use crate::model::qwen3_vl::chat::ChatTokenizer;
-use crate::model::qwen3_vl::chat::Family;
-use crate::model::{Codec, HfShape, HfVlm, Model, VlmConfig};
+use crate::model::load::{HF_MARKER_FILE, HfMarker, ModelPlan, PlanSource, side_files};
+use crate::model::{Model, VlmConfig};
 use crate::store::Store;
 use crate::table::Table;
 use crate::text::Tokenizer;
+use crate::text::chat::Family;
 use burn::tensor::backend::Backend;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -24,10 +25,6 @@ pub const TOKENIZER_FILE: &str = "tokenizer.json";
 
 /// Artifact kind of checkpoints.
 pub const CHECKPOINT_KIND: &str = "checkpoint";
-
-fn model_err(e: crate::model::ModelError) -> StageError {
-    StageError::Invalid(e.to_string())
-}
 
 /// The tokenizer stored with a token-bearing artifact.
 pub fn read_tokenizer(store: &Store, id: &str) -> Result<Tokenizer, StageError> {
@@ -141,12 +138,12 @@ pub fn read_checkpoint(
     }
     let cfg_text = String::from_utf8(store.read_file(id, CONFIG_FILE)?)
         .map_err(|_| StageError::Invalid("config.json is not UTF-8".into()))?;
-    let cfg = config_from_json(&cfg_text).map_err(model_err)?;
+    let cfg = config_from_json(&cfg_text)?;
     cfg.validate()
         .map_err(|e| StageError::Invalid(format!("checkpoint config: {e}")))?;
     let tok = read_tokenizer(store, id)?;
     if let Some(d) = data_tok {
-        check_tokenizer(&tok, d).map_err(model_err)?;
+        check_tokenizer(&tok, d)?;
     }
     if tok.vocab_size() != cfg.vocab_size {
         return Err(StageError::Invalid(format!(
@@ -234,269 +231,137 @@ fn default_hf_image_size() -> usize {
     224
 }
 
-/// The files of a checkpoint folder that a fine-tuned copy keeps beside its new `config.json`
-/// and weights: the tokenizer's, the processors', the chat template, the generation settings
-/// (small text files; weights in any format, indexes and this toolkit's own files are left).
-fn is_side_file(name: &str) -> bool {
-    let text = [".json", ".jinja", ".txt", ".model"]
-        .iter()
-        .any(|ext| name.ends_with(ext));
-    text && name != CONFIG_FILE
-        && name != HF_MARKER_FILE
-        && name != "manifest.json"
-        && !name.starts_with('.')
-        && !name.contains(".safetensors")
-        && !name.contains(".bin")
-}
-
-/// The file that marks a checkpoint artifact as a Hugging Face checkpoint; it names the
-/// family and the image size its stages used.
-pub const HF_MARKER_FILE: &str = "asymm_model.json";
-
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-struct HfMarker {
-    family: String,
-    image_size: usize,
-}
-
-/// Everything a model stage needs to know about its model before choosing a backend: the
-/// tokenizer, the image size and how to build the model on a device.
-pub struct ModelPlan {
-    pub codec: Codec,
-    pub image_size: usize,
-    pub source: PlanSource,
-}
-
-pub enum PlanSource {
-    /// The built-in model: its config and weights (`None`: fresh, seeded initialization).
-    Native {
-        cfg: VlmConfig,
-        weights: Option<Vec<u8>>,
-    },
-    /// A Qwen3-VL or InternVL3.5 checkpoint folder (a user's download, or a checkpoint
-    /// artifact's folder).
-    Hf {
-        dir: PathBuf,
-        family: Family,
-        image_tokens: usize,
-        /// `max_position_embeddings` of its config, if it names one.
-        max_positions: Option<usize>,
-    },
-}
-
-impl ModelPlan {
-    pub fn native(cfg: VlmConfig, weights: Option<Vec<u8>>, tok: Tokenizer) -> Self {
-        ModelPlan {
-            codec: Codec::Task(tok),
-            image_size: cfg.image_size,
-            source: PlanSource::Native { cfg, weights },
+/// The model plan of a checkpoint artifact of either family; a built-in one must share the
+/// data's tokenizer.
+pub fn plan_of_artifact(
+    store: &Store,
+    id: &str,
+    data_tok: Option<&Tokenizer>,
+) -> Result<ModelPlan, StageError> {
+    let m = store.manifest(id)?;
+    if m.files.iter().any(|f| f.name == HF_MARKER_FILE) {
+        let marker: HfMarker = serde_json::from_slice(&store.read_file(id, HF_MARKER_FILE)?)
+            .map_err(|e| StageError::Invalid(format!("{id}: {HF_MARKER_FILE}: {e}")))?;
+        ensure!(
+            Family::from_name(&marker.family).is_some(),
+            "checkpoint {id}: unknown model family `{}`",
+            marker.family
+        );
+        for f in &m.files {
+            store.verified_path(id, &f.name)?;
         }
+        let dir = store
+            .verified_path(id, CONFIG_FILE)?
+            .parent()
+            .map(Path::to_path_buf)
+            .ok_or_else(|| StageError::Invalid(format!("checkpoint {id}: no folder")))?;
+        return Ok(ModelPlan::hf(&dir, marker.image_size)?);
     }
+    let (cfg, weights, tok) = read_checkpoint(store, id, data_tok)?;
+    Ok(ModelPlan::native(cfg, Some(weights), tok))
+}
 
-    /// A checkpoint folder: its tokenizer and processor are read now, the weights by
-    /// [`ModelPlan::load`].
-    pub fn hf(dir: &Path, image_size: usize) -> Result<Self, StageError> {
-        let err = |e: &dyn std::fmt::Display| {
-            StageError::Invalid(format!("checkpoint {}: {e}", dir.display()))
-        };
-        if !dir.join("config.json").is_file() {
-            return Err(err(
-                &"no config.json (expected a Hugging Face checkpoint folder)",
-            ));
+/// The model plan of a stage that takes either a checkpoint input or `model = { hf = ... }`.
+pub fn plan_of_input_or_hf(
+    ctx: &RunCtx,
+    checkpoint: &InputSpec,
+    model: Option<&HfSource>,
+    data_tok: &Tokenizer,
+) -> Result<ModelPlan, StageError> {
+    match (optional_id(ctx, checkpoint), model) {
+        (Some(id), None) => plan_of_artifact(ctx.store, id.as_str(), Some(data_tok)),
+        (None, Some(src)) => Ok(ModelPlan::hf(&src.hf, src.image_size)?),
+        (Some(_), Some(_)) => bail!(
+            "set either a `{}` input or `model = {{ hf = ... }}`, not both",
+            checkpoint.name
+        ),
+        (None, None) => bail!(
+            "no model: give a `{}` input or `model = {{ hf = \"path\" }}`",
+            checkpoint.name
+        ),
+    }
+}
+
+/// The examples `keep` accepts (see [`read_examples_where`]), tokenized for `plan`'s model
+/// ([`ModelPlan::retokenize`]).
+pub fn plan_examples(
+    plan: &ModelPlan,
+    store: &Store,
+    data_id: &str,
+    limit: usize,
+    keep: &dyn Fn(&str, &str) -> bool,
+) -> Result<Vec<Example>, StageError> {
+    let mut out = read_examples_where(store, data_id, plan.image_size, limit, keep)?;
+    if let PlanSource::Hf { .. } = plan.source {
+        let t = Table::read(store, data_id, "sft_targets")?;
+        let ids = t.required_strings("id")?;
+        let prompts = t.required_strings("prompt")?;
+        let targets = t.required_strings("target")?;
+        let row: std::collections::HashMap<&str, usize> = ids
+            .iter()
+            .enumerate()
+            .map(|(i, id)| (id.as_str(), i))
+            .collect();
+        plan.retokenize(&mut out, &|id| {
+            row.get(id)
+                .map(|&i| (prompts[i].as_str(), targets[i].as_str()))
+        })?;
+    }
+    Ok(out)
+}
+
+/// [`plan_examples`] of one split (all when `None`).
+pub fn plan_split_examples(
+    plan: &ModelPlan,
+    store: &Store,
+    data_id: &str,
+    split: Option<&str>,
+    limit: usize,
+) -> Result<Vec<Example>, StageError> {
+    plan_examples(plan, store, data_id, limit, &|s: &str, _: &str| {
+        split.is_none_or(|x| x == s)
+    })
+}
+
+/// Writes `model` as a checkpoint artifact of its plan's family: the built-in format, or the
+/// Hugging Face layout (`config.json`, `model.safetensors`, and the source folder's
+/// tokenizer and processor files) that transformers loads from the artifact's folder.
+pub fn write_model<B: Backend>(
+    ctx: &RunCtx,
+    plan: &ModelPlan,
+    model: &Model<B>,
+) -> Result<String, StageError> {
+    match (&plan.source, model, &plan.codec) {
+        (PlanSource::Native { cfg, .. }, Model::Native(_), Codec::Task(tok)) => {
+            write_checkpoint(ctx, cfg, &model.weights_bytes()?, tok)
         }
-        ensure!(image_size > 0, "model.image_size must be positive");
-        let codec = HfCodec::new(ChatTokenizer::from_dir(dir).map_err(|e| err(&e))?)
-            .map_err(|e| err(&e))?;
-        let shape = HfShape::of_dir(dir, image_size).map_err(|e| err(&e))?;
-        Ok(ModelPlan {
-            codec: Codec::Hf(codec),
-            image_size,
-            source: PlanSource::Hf {
-                dir: dir.to_path_buf(),
-                family: shape.family,
-                image_tokens: shape.image_tokens,
-                max_positions: shape.max_positions,
-            },
-        })
-    }
-
-    /// A checkpoint artifact of either family; a built-in one must share the data's tokenizer.
-    pub fn from_artifact(
-        store: &Store,
-        id: &str,
-        data_tok: Option<&Tokenizer>,
-    ) -> Result<Self, StageError> {
-        let m = store.manifest(id)?;
-        if m.files.iter().any(|f| f.name == HF_MARKER_FILE) {
-            let marker: HfMarker = serde_json::from_slice(&store.read_file(id, HF_MARKER_FILE)?)
-                .map_err(|e| StageError::Invalid(format!("{id}: {HF_MARKER_FILE}: {e}")))?;
+        (PlanSource::Hf { dir, family, .. }, Model::Hf(m), Codec::Hf(_)) => {
             ensure!(
-                Family::from_name(&marker.family).is_some(),
-                "checkpoint {id}: unknown model family `{}`",
-                marker.family
+                m.net.family() == *family,
+                "the model is not of the family its plan names"
             );
-            for f in &m.files {
-                store.verified_path(id, &f.name)?;
+            let mut w = ctx.store.writer(CHECKPOINT_KIND, 1)?;
+            m.net
+                .save_pretrained(w.staging_dir())
+                .map_err(|e| StageError::Invalid(format!("saving the checkpoint: {e}")))?;
+            w.adopt(CONFIG_FILE)?;
+            w.adopt(WEIGHTS_FILE)?;
+            for n in side_files(dir)? {
+                let bytes = std::fs::read(dir.join(&n)).map_err(|source| StageError::Io {
+                    path: dir.join(&n),
+                    source,
+                })?;
+                w.add_bytes(&n, &bytes)?;
             }
-            let dir = store
-                .verified_path(id, CONFIG_FILE)?
-                .parent()
-                .map(Path::to_path_buf)
-                .ok_or_else(|| StageError::Invalid(format!("checkpoint {id}: no folder")))?;
-            return Self::hf(&dir, marker.image_size);
+            let marker = HfMarker::of(plan).ok_or_else(|| {
+                StageError::Invalid("the model is not of the family its plan names".into())
+            })?;
+            let json = serde_json::to_vec_pretty(&marker)
+                .map_err(|e| StageError::Invalid(e.to_string()))?;
+            w.add_bytes(HF_MARKER_FILE, &json)?;
+            Ok(ctx.commit(w, None)?)
         }
-        let (cfg, weights, tok) = read_checkpoint(store, id, data_tok)?;
-        Ok(Self::native(cfg, Some(weights), tok))
-    }
-
-    /// The model of a stage that takes either a checkpoint input or `model = { hf = ... }`.
-    pub fn input_or_hf(
-        ctx: &RunCtx,
-        checkpoint: &InputSpec,
-        model: Option<&HfSource>,
-        data_tok: &Tokenizer,
-    ) -> Result<Self, StageError> {
-        match (optional_id(ctx, checkpoint), model) {
-            (Some(id), None) => Self::from_artifact(ctx.store, id.as_str(), Some(data_tok)),
-            (None, Some(src)) => Self::hf(&src.hf, src.image_size),
-            (Some(_), Some(_)) => bail!(
-                "set either a `{}` input or `model = {{ hf = ... }}`, not both",
-                checkpoint.name
-            ),
-            (None, None) => bail!(
-                "no model: give a `{}` input or `model = {{ hf = \"path\" }}`",
-                checkpoint.name
-            ),
-        }
-    }
-
-    /// The built-in model's config, if this is one.
-    pub fn native_config(&self) -> Option<&VlmConfig> {
-        match &self.source {
-            PlanSource::Native { cfg, .. } => Some(cfg),
-            PlanSource::Hf { .. } => None,
-        }
-    }
-
-    /// The longest text (prompt + target) the model reads after the image.
-    pub fn max_text(&self) -> usize {
-        match &self.source {
-            PlanSource::Native { cfg, .. } => cfg.max_seq_len - cfg.patches(),
-            // The prompt holds the image tokens; without a stated limit, as far as memory goes.
-            PlanSource::Hf { max_positions, .. } => {
-                max_positions.map_or(usize::MAX / 2, |m| m.saturating_sub(1))
-            }
-        }
-    }
-
-    /// The model on `device` (a fresh built-in model is initialized from `seed`).
-    pub fn load<B: Backend>(&self, seed: u64, device: &B::Device) -> Result<Model<B>, StageError> {
-        Ok(match &self.source {
-            PlanSource::Native { cfg, weights } => {
-                crate::train::trainer::native_model::<B>(cfg, weights.as_deref(), seed, device)
-                    .map_err(|e| StageError::Invalid(e.to_string()))?
-            }
-            PlanSource::Hf { dir, .. } => Model::Hf(
-                HfVlm::from_pretrained(dir, self.image_size, device).map_err(|e| {
-                    StageError::Invalid(format!("checkpoint {}: {e}", dir.display()))
-                })?,
-            ),
-        })
-    }
-
-    /// The examples `keep` accepts (see [`read_examples_where`]), tokenized for this model: a
-    /// checkpoint model's prompt and target are re-tokenized from the data's text with its own
-    /// tokenizer and chat prompt, and the spans found again in its tokens.
-    pub fn examples(
-        &self,
-        store: &Store,
-        data_id: &str,
-        limit: usize,
-        keep: &dyn Fn(&str, &str) -> bool,
-    ) -> Result<Vec<Example>, StageError> {
-        let mut out = read_examples_where(store, data_id, self.image_size, limit, keep)?;
-        if let (Codec::Hf(codec), PlanSource::Hf { image_tokens, .. }) = (&self.codec, &self.source)
-        {
-            let t = Table::read(store, data_id, "sft_targets")?;
-            let ids = t.required_strings("id")?;
-            let prompts = t.required_strings("prompt")?;
-            let targets = t.required_strings("target")?;
-            let row: std::collections::HashMap<&str, usize> = ids
-                .iter()
-                .enumerate()
-                .map(|(i, id)| (id.as_str(), i))
-                .collect();
-            for e in &mut out {
-                let i = *row
-                    .get(e.id.as_str())
-                    .ok_or_else(|| StageError::Invalid(format!("{}: no text", e.id)))?;
-                let t = codec
-                    .example(&prompts[i], &targets[i], *image_tokens)
-                    .map_err(|err| StageError::Invalid(format!("{}: {err}", e.id)))?;
-                e.prompt = t.prompt;
-                e.target = t.target;
-                e.spans = t.spans;
-            }
-        }
-        Ok(out)
-    }
-
-    /// [`ModelPlan::examples`] of one split (all when `None`).
-    pub fn split_examples(
-        &self,
-        store: &Store,
-        data_id: &str,
-        split: Option<&str>,
-        limit: usize,
-    ) -> Result<Vec<Example>, StageError> {
-        self.examples(store, data_id, limit, &|s: &str, _: &str| {
-            split.is_none_or(|x| x == s)
-        })
-    }
-
-    /// Writes `model` as a checkpoint artifact of its family: the built-in format, or the
-    /// Hugging Face layout (`config.json`, `model.safetensors`, and the source folder's
-    /// tokenizer and processor files) that transformers loads from the artifact's folder.
-    pub fn write<B: Backend>(&self, ctx: &RunCtx, model: &Model<B>) -> Result<String, StageError> {
-        match (&self.source, model, &self.codec) {
-            (PlanSource::Native { cfg, .. }, Model::Native(_), Codec::Task(tok)) => {
-                write_checkpoint(ctx, cfg, &model.weights_bytes()?, tok)
-            }
-            (PlanSource::Hf { dir, family, .. }, Model::Hf(m), Codec::Hf(_)) => {
-                ensure!(
-                    m.net.family() == *family,
-                    "the model is not of the family its plan names"
-                );
-                let mut w = ctx.store.writer(CHECKPOINT_KIND, 1)?;
-                m.net
-                    .save_pretrained(w.staging_dir())
-                    .map_err(|e| StageError::Invalid(format!("saving the checkpoint: {e}")))?;
-                w.adopt(CONFIG_FILE)?;
-                w.adopt(WEIGHTS_FILE)?;
-                let mut names: Vec<String> = std::fs::read_dir(dir)
-                    .map_err(|e| StageError::Invalid(format!("{}: {e}", dir.display())))?
-                    .filter_map(|e| e.ok())
-                    .filter(|e| e.path().is_file())
-                    .filter_map(|e| e.file_name().to_str().map(str::to_string))
-                    .filter(|n| is_side_file(n))
-                    .collect();
-                names.sort();
-                for n in names {
-                    let bytes = std::fs::read(dir.join(&n))
-                        .map_err(|e| StageError::Invalid(format!("{}: {e}", dir.display())))?;
-                    w.add_bytes(&n, &bytes)?;
-                }
-                let marker = HfMarker {
-                    family: family.name().into(),
-                    image_size: self.image_size,
-                };
-                let json = serde_json::to_vec_pretty(&marker)
-                    .map_err(|e| StageError::Invalid(e.to_string()))?;
-                w.add_bytes(HF_MARKER_FILE, &json)?;
-                Ok(ctx.commit(w, None)?)
-            }
-            _ => bail!("the model is not of the family its plan names"),
-        }
+        _ => bail!("the model is not of the family its plan names"),
     }
 }
 

@@ -489,6 +489,26 @@ mod tests {
         out
     }
 
+    /// The model knows nothing of the answer's format: no code of `model` (tests aside) names
+    /// a tag of `text::tokenizer`; the codec that does lives in `data`.
+    #[test]
+    fn the_model_names_no_answer_tag() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let tags = ["P_OPEN", "P_CLOSE", "R_OPEN", "R_CLOSE"];
+        let mut named = Vec::new();
+        for f in module_files(root, "model") {
+            let text = std::fs::read_to_string(root.join(&f)).unwrap();
+            for t in without_test_items(lex(&text)) {
+                if let Tok::Ident(name) = t
+                    && tags.contains(&name.as_str())
+                {
+                    named.push(format!("{f} names {name}"));
+                }
+            }
+        }
+        assert!(named.is_empty(), "{}", named.join("\n"));
+    }
+
     /// The layers of ARCHITECTURE.md hold: no module's code (tests aside) reaches, directly or
     /// through others, a module it must not know of.
     #[test]
@@ -520,7 +540,7 @@ mod tests {
             (
                 "model",
                 vec![
-                    "data", "analysis", "eval", "train", "clip", "rl", "report", "stages",
+                    "analysis", "eval", "train", "clip", "rl", "report", "stages",
                 ],
             ),
             (

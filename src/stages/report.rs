@@ -21,6 +21,7 @@ use crate::report::{
     Shares, Source, figures, findings, page, tables,
 };
 use crate::table::{Table, cols};
+use crate::train::sft::LogRow;
 use arrow::array::Array;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -229,13 +230,10 @@ fn rl_run(
     })
 }
 
-fn mean_of(t: &Table, c: &str) -> Result<Option<f64>, StageError> {
-    let a = t.f64(c)?;
-    let v: Vec<f64> = (0..a.len())
-        .filter(|&i| !a.is_null(i))
-        .map(|i| a.value(i))
-        .collect();
-    Ok((!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64))
+/// The mean of `v` in its order; `None` when empty.
+fn mean(v: impl Iterator<Item = f64>) -> Option<f64> {
+    let v: Vec<f64> = v.collect();
+    (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64)
 }
 
 /// Everything the report reads, from the stage's inputs.
@@ -264,15 +262,16 @@ fn gather(cfg: &ReportConfig, ctx: &RunCtx) -> Result<Results, StageError> {
     for ((instance, t), id) in read_many(ctx, &SFT_LOGS)?.iter().zip(ids(&SFT_LOGS)) {
         let role = sft_role(cfg, instance)?;
         let source = src(&id, instance);
-        let steps = t.i32("step")?;
-        let (ea, ep, er) = (t.f64("eval_a")?, t.f64("eval_a_p")?, t.f64("eval_a_r")?);
-        let points = (0..t.rows())
-            .filter(|&i| !ep.is_null(i) && !er.is_null(i) && !ea.is_null(i))
-            .map(|i| CurvePoint {
-                step: steps.value(i) as i64,
-                a: ea.value(i),
-                a_p: ep.value(i),
-                a_r: er.value(i),
+        let log = LogRow::read_all(t)?;
+        let points = log
+            .iter()
+            .filter_map(|row| {
+                row.eval.map(|e| CurvePoint {
+                    step: row.step as i64,
+                    a: e.a,
+                    a_p: e.a_p,
+                    a_r: e.a_r,
+                })
             })
             .collect();
         r.sft_curves.push(Curve {
@@ -282,9 +281,9 @@ fn gather(cfg: &ReportConfig, ctx: &RunCtx) -> Result<Results, StageError> {
         });
         if role == SftRole::Standard {
             r.shares.push(Shares {
-                tokens: mean_of(t, "perception_token_share")?.unwrap_or(f64::NAN),
-                loss: mean_of(t, "perception_loss_share")?.unwrap_or(f64::NAN),
-                grad: mean_of(t, "perception_grad_share")?,
+                tokens: mean(log.iter().map(|x| x.perception_token_share)).unwrap_or(f64::NAN),
+                loss: mean(log.iter().map(|x| x.perception_loss_share)).unwrap_or(f64::NAN),
+                grad: mean(log.iter().filter_map(|x| x.perception_grad_share)),
                 source,
             });
         }

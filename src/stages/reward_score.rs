@@ -13,7 +13,7 @@
 
 use super::artifacts::{read_rollouts, read_sampling};
 use super::model_io::{
-    CLIP_KIND, ModelPlan, PlanSource, read_clip, read_examples_where, read_tokenizer,
+    CLIP_KIND, plan_examples, plan_of_artifact, read_clip, read_examples_where, read_tokenizer,
 };
 use super::{
     Outputs, Stage, StageError, Written, bail, ensure, input, input_id, optional, optional_id,
@@ -24,6 +24,7 @@ use crate::dag::{InputSpec, OutputSpec, RunCtx};
 use crate::data::Example;
 use crate::eval::rollout::{Mode, RolloutRow, RolloutSpec};
 use crate::model::DeviceSpec;
+use crate::model::load::PlanSource;
 use crate::model::sampling::SamplingConfig;
 use crate::rl::reward::{
     Component, RewardRow, RewardWeights, Surrogates, VlmReasoner, VlmTranscriber, clip_rewards,
@@ -271,12 +272,14 @@ fn score_self(j: &Scoring) -> Result<Vec<(f64, f64)>, StageError> {
         bail!("the self-reward needs the policy: wire input `checkpoint`");
     };
     ensure!(j.cfg.self_n >= 1, "self_n must be at least 1");
-    let plan = ModelPlan::from_artifact(j.ctx.store, id.as_str(), Some(j.data_tok))?;
+    let plan = plan_of_artifact(j.ctx.store, id.as_str(), Some(j.data_tok))?;
     // A checkpoint model reads prompts in its own tokens: the data's re-tokenized.
     let hf_items = match &plan.source {
         PlanSource::Native { .. } => None,
         PlanSource::Hf { .. } => {
-            let mut ex = plan.examples(j.ctx.store, j.data_id, 0, &|_, id| j.items.contains(id))?;
+            let mut ex = plan_examples(&plan, j.ctx.store, j.data_id, 0, &|_, id| {
+                j.items.contains(id)
+            })?;
             for e in &mut ex {
                 e.image = Vec::new();
             }
@@ -320,8 +323,10 @@ fn score_teacher(j: &Scoring) -> Result<Vec<f64>, StageError> {
     let Some(id) = optional_id(j.ctx, &TEACHER) else {
         bail!("the teacher reward needs a teacher: wire input `teacher`");
     };
-    let plan = ModelPlan::from_artifact(j.ctx.store, id.as_str(), Some(j.data_tok))?;
-    let examples = plan.examples(j.ctx.store, j.data_id, 0, &|_, id| j.items.contains(id))?;
+    let plan = plan_of_artifact(j.ctx.store, id.as_str(), Some(j.data_tok))?;
+    let examples = plan_examples(&plan, j.ctx.store, j.data_id, 0, &|_, id| {
+        j.items.contains(id)
+    })?;
     let budget = perception_budget(&examples);
     let refs: Vec<&Example> = examples.iter().collect();
     let transcripts = crate::with_backend!(j.spec, |B, dev| {

@@ -2,7 +2,10 @@
 //! modes and keyed sampling) and store them with their token ids and log-probabilities.
 
 use super::artifacts::read_rollouts;
-use super::model_io::{HfSource, ModelPlan, hf_external, read_tokenizer, split_ids};
+use super::model_io::{
+    HfSource, hf_external, plan_examples, plan_of_input_or_hf, plan_split_examples, read_tokenizer,
+    split_ids,
+};
 use super::{
     Outputs, Stage, StageError, Written, ensure, input, input_id, optional, output, outputs,
     read_optional, write_table,
@@ -153,7 +156,7 @@ impl Stage for Rollout {
         let data_id = input_id(ctx, &DATA)?;
         let data_id = data_id.as_str();
         let data_tok = read_tokenizer(ctx.store, data_id)?;
-        let plan = ModelPlan::input_or_hf(ctx, &CHECKPOINT, cfg.model.as_ref(), &data_tok)?;
+        let plan = plan_of_input_or_hf(ctx, &CHECKPOINT, cfg.model.as_ref(), &data_tok)?;
         ensure!(
             cfg.limit == 0 || cfg.prompts_per_step == 0,
             "set either `limit` or `prompts_per_step`, not both"
@@ -169,11 +172,11 @@ impl Stage for Rollout {
             .into_iter()
             .map(|i| ids[i].as_str())
             .collect();
-            plan.examples(ctx.store, data_id, 0, &|s: &str, id: &str| {
+            plan_examples(&plan, ctx.store, data_id, 0, &|s: &str, id: &str| {
                 s == cfg.split && chosen.contains(id)
             })?
         } else {
-            plan.split_examples(ctx.store, data_id, Some(&cfg.split), cfg.limit)?
+            plan_split_examples(&plan, ctx.store, data_id, Some(&cfg.split), cfg.limit)?
         };
         ensure!(!examples.is_empty(), "no items in split `{}`", cfg.split);
         let seed = match cfg.step {

@@ -4,15 +4,19 @@
 //! Writes the checkpoint, a deterministic per-step log with periodic held-out a_p / a_r / a, and
 //! the wall-clock timing. A killed run resumes from its last snapshot.
 
-use super::model_io::{ModelChoice, ModelPlan, hf_external, read_tokenizer};
+use super::model_io::{
+    ModelChoice, hf_external, plan_of_artifact, plan_split_examples, read_tokenizer, write_model,
+};
 use super::{
     Outputs, Stage, StageError, Written, bail, input, input_id, optional, optional_id, output,
     outputs, write_table,
 };
 use crate::dag::{InputSpec, OutputSpec, RunCtx};
+use crate::data::Codec;
 use crate::data::Example;
 use crate::eval::score::heldout_eval;
-use crate::model::{Codec, DeviceSpec, Model, VlmConfig};
+use crate::model::load::ModelPlan;
+use crate::model::{DeviceSpec, Model, VlmConfig};
 use crate::table::cols;
 use crate::text::Tokenizer;
 use crate::train::objective::ObjectiveKind;
@@ -260,7 +264,7 @@ impl Fit<'_> {
             hooks,
         )
         .map_err(StageError::from)?;
-        let ckpt = self.plan.write(self.ctx, &out.model)?;
+        let ckpt = write_model(self.ctx, self.plan, &out.model)?;
         Ok((ckpt, out.log, out.timing))
     }
 }
@@ -297,15 +301,21 @@ impl Stage for SftTrain {
         let data_id = data_id.as_str();
         let tok = read_tokenizer(ctx.store, data_id)?;
         let plan = model_plan(cfg, ctx, &tok)?;
-        let mut train_set = plan.split_examples(ctx.store, data_id, Some(&cfg.train_split), 0)?;
+        let mut train_set =
+            plan_split_examples(&plan, ctx.store, data_id, Some(&cfg.train_split), 0)?;
         if train_set.is_empty() {
             return Err(StageError::Invalid(format!(
                 "no training items in split `{}`",
                 cfg.train_split
             )));
         }
-        let eval_set =
-            plan.split_examples(ctx.store, data_id, Some(&cfg.eval_split), cfg.eval_items)?;
+        let eval_set = plan_split_examples(
+            &plan,
+            ctx.store,
+            data_id,
+            Some(&cfg.eval_split),
+            cfg.eval_items,
+        )?;
         let spec = DeviceSpec::parse(&ctx.device)?;
         let mut settings = cfg.settings(ctx.seed, plan.max_text());
         settings.seq_bucket = spec.seq_bucket();
@@ -354,9 +364,7 @@ fn model_plan(
         (Some(_), ModelChoice::Hf(_)) => {
             bail!("set either an `init` checkpoint or `model = {{ hf = ... }}`, not both")
         }
-        (Some(id), ModelChoice::Preset(_)) => {
-            ModelPlan::from_artifact(ctx.store, id.as_str(), Some(tok))?
-        }
+        (Some(id), ModelChoice::Preset(_)) => plan_of_artifact(ctx.store, id.as_str(), Some(tok))?,
         (None, ModelChoice::Preset(p)) => {
             ModelPlan::native(cfg.model_config(p, tok.vocab_size())?, None, tok.clone())
         }
@@ -445,36 +453,10 @@ fn write_timing(ctx: &RunCtx, t: &[TimingRow]) -> Result<Written, StageError> {
 }
 
 fn write_log(ctx: &RunCtx, log: &[LogRow], dropped: usize) -> Result<Written, StageError> {
-    let f = |g: &dyn Fn(&LogRow) -> f64| cols::f64(log.iter().map(g).collect());
-    let opt = |g: &dyn Fn(&LogRow) -> Option<f64>| cols::f64_opt(log.iter().map(g).collect());
-    write_table(
-        ctx,
-        &LOG,
-        vec![
-            (
-                "step",
-                cols::i32(log.iter().map(|r| r.step as i32).collect()),
-            ),
-            ("loss", f(&|r| r.loss)),
-            ("loss_perception", f(&|r| r.loss_perception)),
-            ("loss_reasoning", f(&|r| r.loss_reasoning)),
-            ("perception_token_share", f(&|r| r.perception_token_share)),
-            ("perception_loss_share", f(&|r| r.perception_loss_share)),
-            ("perception_grad_share", opt(&|r| r.perception_grad_share)),
-            ("loss_perception_blank", opt(&|r| r.loss_perception_blank)),
-            ("lambda", opt(&|r| r.lambda)),
-            ("lr", f(&|r| r.lr)),
-            ("grad_norm", f(&|r| r.grad_norm)),
-            ("eval_a_p", opt(&|r| r.eval.map(|e| e.a_p))),
-            ("eval_a_r", opt(&|r| r.eval.map(|e| e.a_r))),
-            ("eval_a", opt(&|r| r.eval.map(|e| e.a))),
-            ("eval_a_tilde_r", opt(&|r| r.eval.map(|e| e.a_tilde_r))),
-            ("eval_a_given_p", opt(&|r| r.eval.and_then(|e| e.a_given_p))),
-            ("eval_truncated", opt(&|r| r.eval.map(|e| e.truncated))),
-            (
-                "overlong_dropped",
-                cols::i32(vec![dropped as i32; log.len()]),
-            ),
-        ],
-    )
+    let mut columns = LogRow::columns(log);
+    columns.push((
+        "overlong_dropped",
+        cols::i32(vec![dropped as i32; log.len()]),
+    ));
+    write_table(ctx, &LOG, columns)
 }

@@ -1,5 +1,7 @@
-//! Text: the model's tokenizer and the `<perception>…</perception><reasoning>…</reasoning>` format.
+//! Text: the built-in model's tokenizer, a checkpoint's tokenizer with its chat prompt
+//! (`chat`), and the `<perception>…</perception><reasoning>…</reasoning>` format.
 
+pub mod chat;
 pub mod format;
 pub mod tokenizer;
 

@@ -13,8 +13,7 @@ use super::flat::{AdamWConsts, FlatAdamW, FlatError, FlatLayout};
 use super::gradient::{Form, Gradient};
 use super::grads::{clip_factor, grad_norm_device, scale_device};
 use super::schedule::cosine_with_warmup;
-use crate::model::checkpoint::model_from_bytes;
-use crate::model::{Model, ModelError, Vlm, VlmConfig};
+use crate::model::{Model, ModelError};
 use burn::module::{Module, ModuleVisitor, Param, ParamId};
 use burn::optim::{AdamW, AdamWConfig, Optimizer};
 use burn::record::{BinBytesRecorder, FullPrecisionSettings, Recorder};
@@ -108,27 +107,12 @@ pub struct Trainer<B: AutodiffBackend> {
     device: B::Device,
 }
 
-/// A built-in model: freshly initialized from `seed`, or the weights `init`.
-pub fn native_model<B: Backend>(
-    cfg: &VlmConfig,
-    init: Option<&[u8]>,
-    seed: u64,
-    device: &B::Device,
-) -> Result<Model<B>> {
-    B::seed(device, seed);
-    Ok(match init {
-        Some(bytes) => model_from_bytes::<B>(cfg, bytes, device)?,
-        None => Vlm::<B>::new(cfg, device),
-    }
-    .into())
-}
-
 const MODEL_FILE: &str = "model.bin";
 const OPTIM_FILE: &str = "optim.bin";
 const STATE_FILE: &str = "state.json";
 
 impl<B: AutodiffBackend> Trainer<B> {
-    /// A trainer for `model` (see [`native_model`]).
+    /// A trainer for `model` (see [`crate::model::load::native_model`]).
     pub fn new(model: Model<B>, settings: &OptimSettings, device: &B::Device) -> Self {
         Self::with_optimizer(model, settings, device, super::flat::pays::<B>())
     }

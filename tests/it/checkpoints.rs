@@ -3,9 +3,9 @@
 //! renamed, with tensors added).
 
 use crate::common::{json, rows, stage};
-use asymm::model::codec::HfCodec;
-use asymm::model::qwen3_vl::chat::ChatTokenizer;
+use asymm::data::codec::HfCodec;
 use asymm::model::{Cpu, HfVlm};
+use asymm::text::chat::ChatTokenizer;
 use std::path::{Path, PathBuf};
 
 /// A parity fixture folder: `tests/fixtures/<family>/<name>`.

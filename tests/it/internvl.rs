@@ -176,7 +176,7 @@ fn save_pretrained_round_trips_bit_for_bit() {
 /// `</img>`): the same ids as the reference's.
 #[test]
 fn chat_prompt_matches_the_reference() {
-    use asymm::model::qwen3_vl::chat::{ChatTokenizer, Family};
+    use asymm::text::chat::{ChatTokenizer, Family};
     let tok = ChatTokenizer::from_dir(&fixture("tied")).expect("tokenizer.json");
     assert_eq!(tok.family(), Family::InternVl);
     let r = reference("tied");
@@ -207,7 +207,7 @@ fn a_pipeline_fine_tunes_samples_and_scores_the_checkpoint() {
 /// tiles equal the reference's); `asymm dev hf-parity` passes on the fixture.
 #[test]
 fn the_dev_commands_run_an_internvl_folder() {
-    use asymm::model::qwen3_vl::chat::ChatTokenizer;
+    use asymm::text::chat::ChatTokenizer;
     let dir = fixture("tied");
     let run = |args: &[&str]| {
         let out = std::process::Command::new(crate::common::bin())

@@ -227,7 +227,7 @@ fn preprocessing_matches_transformers() {
 /// image placeholder expanded, the checkpoint's tokenizer), and decodes back to its text.
 #[test]
 fn chat_prompt_matches_the_reference() {
-    use asymm::model::qwen3_vl::chat::ChatTokenizer;
+    use asymm::text::chat::ChatTokenizer;
     let tok = ChatTokenizer::from_dir(&fixture("tied")).expect("tokenizer.json");
     let r = reference("tied");
     let (_, want) = r.i64("chat_ids").expect("chat ids");
@@ -245,8 +245,8 @@ fn chat_prompt_matches_the_reference() {
 /// greedy decoding) and prints what the library's greedy decoding of the same prompt gives.
 #[test]
 fn hf_generate_prints_the_greedy_answer() {
-    use asymm::model::qwen3_vl::chat::ChatTokenizer;
     use asymm::model::qwen3_vl::processor::{ProcessorConfig, Rgb};
+    use asymm::text::chat::ChatTokenizer;
     let dir = fixture("tied");
     let out = std::process::Command::new(crate::common::bin())
         .args(["dev", "hf-generate", "--checkpoint"])
@@ -400,8 +400,8 @@ fn a_pipeline_fine_tunes_samples_and_scores_the_checkpoint() {
 /// the rows come back in their order.
 #[test]
 fn batched_decoding_gives_each_row_its_own_logits() {
-    use asymm::model::qwen3_vl::chat::ChatTokenizer;
     use asymm::model::{HfVlm, Model, host_f32, max_abs_diff};
+    use asymm::text::chat::ChatTokenizer;
     let dev = Default::default();
     let hf = HfVlm::<Cpu>::from_pretrained(&fixture("tied"), 64, &dev).expect("loads");
     let tok = ChatTokenizer::from_dir(&fixture("tied")).unwrap();

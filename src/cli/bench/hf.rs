@@ -5,9 +5,10 @@
 //! before anything is downloaded.
 
 use super::{EXAMPLES, Report, SFT_BATCH, SFT_SEED, SftMeasure, puzzles, rollout_plans};
+use asymm::data::Codec;
 use asymm::data::Example;
-use asymm::model::{Codec, DeviceSpec, HfVlm, Model};
-use asymm::stages::model_io::ModelPlan;
+use asymm::model::load::{ModelPlan, PlanSource};
+use asymm::model::{DeviceSpec, HfVlm, Model};
 use asymm::tasks::TaskKind;
 use asymm::text::tokenizer::{P_CLOSE, P_OPEN, R_CLOSE, R_OPEN};
 use asymm::train::sft::SftSettings;
@@ -85,7 +86,7 @@ pub(super) fn hf_suite(
     let Codec::Hf(codec) = &plan.codec else {
         anyhow::bail!("{}: not a checkpoint folder", dir.display());
     };
-    let asymm::stages::model_io::PlanSource::Hf { image_tokens, .. } = &plan.source else {
+    let PlanSource::Hf { image_tokens, .. } = &plan.source else {
         anyhow::bail!("{}: not a checkpoint folder", dir.display());
     };
     let plans = rollout_plans(a)?;

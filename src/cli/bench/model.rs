@@ -27,7 +27,7 @@ pub(super) fn model_suite(a: &BenchArgs, report: &mut Report) -> anyhow::Result<
                 seq_bucket: spec.seq_bucket(),
                 ..sft_settings(&cfg, objective, steps, a.data_shards)
             };
-            let model = asymm::train::trainer::native_model::<Autodiff<B>>(
+            let model = asymm::model::load::native_model::<Autodiff<B>>(
                 &cfg,
                 None,
                 settings.seed,
@@ -62,7 +62,7 @@ pub(super) fn model_suite(a: &BenchArgs, report: &mut Report) -> anyhow::Result<
             // A seeded model, so that every run samples the same outputs.
             <B as burn::tensor::backend::Backend>::seed(&device, SFT_SEED);
             let model: asymm::model::Model<B> = Vlm::<B>::new(&cfg, &device).into();
-            let codec = asymm::model::Codec::from(tok.clone());
+            let codec = asymm::data::Codec::from(tok.clone());
             time_rollouts(
                 a, &model, &codec, &examples, &plans, &device, &mut out, report,
             )?;
@@ -154,7 +154,7 @@ pub(super) fn time_sft<B: AutodiffBackend>(
 pub(super) fn time_rollouts<B: burn::tensor::backend::Backend>(
     a: &BenchArgs,
     model: &asymm::model::Model<B>,
-    codec: &asymm::model::Codec,
+    codec: &asymm::data::Codec,
     examples: &[Example],
     plans: &[RolloutPlan],
     device: &B::Device,

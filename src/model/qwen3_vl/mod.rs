@@ -10,7 +10,6 @@
 //!
 //! Out of scope: video, the thinking-mode chat template.
 
-pub mod chat;
 pub mod config;
 pub mod processor;
 pub mod reference;
@@ -37,6 +36,8 @@ pub enum HfError {
     Input(String),
     #[error("model config: {0}")]
     Config(#[from] crate::model::config::ConfigError),
+    #[error(transparent)]
+    Chat(#[from] crate::text::chat::ChatError),
 }
 
 pub type Result<T> = std::result::Result<T, HfError>;

@@ -4,9 +4,10 @@
 
 use super::{FlatError, FlatLayout};
 use crate::model::config::small_config;
+use crate::model::load::native_model;
 use crate::model::{Model, host_f32, max_abs_diff};
 use crate::train::gradient::{Form, Gradient};
-use crate::train::trainer::{OptimSettings, Trainer, native_model, param_ids};
+use crate::train::trainer::{OptimSettings, Trainer, param_ids};
 use burn::module::{Module, ModuleVisitor, Param};
 use burn::optim::GradientsParams;
 use burn::tensor::backend::{AutodiffBackend, Backend};

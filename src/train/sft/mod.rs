@@ -18,10 +18,13 @@ use burn::optim::GradientsParams;
 use burn::tensor::activation::log_softmax;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Tensor, TensorData};
+pub use log::{LogRow, TimingRow, last_diagnostic};
 use rand::seq::SliceRandom;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 use std::time::Instant;
+
+mod log;
 
 /// Everything the loop needs besides data and model.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -79,36 +82,6 @@ impl Default for SftSettings {
             seq_bucket: 1,
         }
     }
-}
-
-/// One row of the training log.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct LogRow {
-    pub step: usize,
-    pub loss: f64,
-    pub loss_perception: f64,
-    pub loss_reasoning: f64,
-    pub perception_token_share: f64,
-    pub perception_loss_share: f64,
-    /// ‖g_p‖ / (‖g_p‖ + ‖g_r‖), each gradient under the objective being trained restricted to
-    /// the perception or the reasoning tokens (diagnostic steps).
-    pub perception_grad_share: Option<f64>,
-    /// Mean perception cross-entropy with the image blanked (diagnostic steps): how much the
-    /// model's transcription relies on the image.
-    pub loss_perception_blank: Option<f64>,
-    pub lambda: Option<f64>,
-    pub lr: f64,
-    /// Global L2 norm of the step's gradient before clipping.
-    pub grad_norm: f64,
-    pub eval: Option<EvalPoint>,
-}
-
-/// Wall-clock measurements (kept apart from the deterministic log).
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct TimingRow {
-    pub step: usize,
-    pub seconds: f64,
-    pub tokens: usize,
 }
 
 /// Errors of the loop.
@@ -627,7 +600,7 @@ fn read_row<I: Backend>(
     })
 }
 
-/// Runs SFT of `model` (see [`crate::train::trainer::native_model`]) and returns the trained
+/// Runs SFT of `model` (see [`crate::model::load::native_model`]) and returns the trained
 /// model and the logs.
 #[allow(clippy::too_many_arguments)]
 pub fn train<B: AutodiffBackend>(

@@ -77,8 +77,7 @@ fn train_cpu(
     type B = burn::backend::Autodiff<crate::model::Cpu>;
     let dir = crate::util::fsx::TempDir::new("asymm-sft").unwrap();
     let device = Default::default();
-    let model =
-        crate::train::trainer::native_model::<B>(cfg, init, settings.seed, &device).unwrap();
+    let model = crate::model::load::native_model::<B>(cfg, init, settings.seed, &device).unwrap();
     train::<B>(settings, model, data, &device, dir.path(), 0, &mut NoEval).unwrap()
 }
 

@@ -1,11 +1,23 @@
-//! The tokenizer of a [`super::Model`]: the task vocabulary of the built-in model, or a
-//! checkpoint's `tokenizer.json` with its chat prompt.
+//! Text ↔ token ids for one model, and where the answer's segments lie in them: the task
+//! vocabulary of the built-in model, or a checkpoint's `tokenizer.json` with its chat prompt.
 
-use super::ModelError;
-use super::qwen3_vl::chat::ChatTokenizer;
 use crate::text::Tokenizer;
+use crate::text::chat::{ChatError, ChatTokenizer};
 use crate::text::tokenizer::{P_CLOSE, P_OPEN, R_OPEN};
 use std::sync::Arc;
+
+/// Errors of a [`Codec`].
+#[derive(Debug, thiserror::Error)]
+pub enum CodecError {
+    #[error("model config: the checkpoint's tokenizer has no <|im_end|> token")]
+    NoEos,
+    #[error("model input: target without </perception>: {0:?}")]
+    NoPerceptionClose(String),
+    #[error(transparent)]
+    Chat(#[from] ChatError),
+}
+
+pub type Result<T> = std::result::Result<T, CodecError>;
 
 /// Text ↔ token ids for one model.
 #[derive(Clone)]
@@ -32,10 +44,8 @@ pub struct Tokenized {
 }
 
 impl HfCodec {
-    pub fn new(tok: ChatTokenizer) -> Result<Self, ModelError> {
-        let eos = tok.token_id("<|im_end|>").ok_or_else(|| {
-            ModelError::Config("the checkpoint's tokenizer has no <|im_end|> token".into())
-        })?;
+    pub fn new(tok: ChatTokenizer) -> Result<Self> {
+        let eos = tok.token_id("<|im_end|>").ok_or(CodecError::NoEos)?;
         Ok(HfCodec {
             tok: Arc::new(tok),
             eos,
@@ -50,12 +60,7 @@ impl HfCodec {
     /// perception (with a byte-level BPE, `><` of `</perception><reasoning>` is one token), as
     /// [`Codec::perception_end`] counts sampled tokens; the answer span starts with the token
     /// that holds its first byte (`Ġanswer`).
-    pub fn example(
-        &self,
-        prompt: &str,
-        target: &str,
-        image_tokens: usize,
-    ) -> Result<Tokenized, ModelError> {
+    pub fn example(&self, prompt: &str, target: &str, image_tokens: usize) -> Result<Tokenized> {
         let prompt_ids = self.tok.prompt(prompt, image_tokens)?;
         let (mut ids, offsets) = self.tok.encode_with_offsets(target)?;
         // Tokens that start before `byte`, and tokens that end by it.
@@ -64,7 +69,7 @@ impl HfCodec {
         let pb = target
             .find(P_CLOSE)
             .map(|k| k + P_CLOSE.len())
-            .ok_or_else(|| ModelError::Input(format!("target without {P_CLOSE}: {target:?}")))?;
+            .ok_or_else(|| CodecError::NoPerceptionClose(target.to_string()))?;
         let p_end = token_at(pb);
         let r_end = target
             .rfind("</reasoning>")
@@ -95,7 +100,7 @@ impl From<Tokenizer> for Codec {
 }
 
 impl Codec {
-    pub fn encode(&self, text: &str) -> Result<Vec<u32>, ModelError> {
+    pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
         match self {
             Codec::Task(t) => Ok(t.encode(text)),
             Codec::Hf(h) => Ok(h.tok.encode(text)?),
@@ -104,7 +109,7 @@ impl Codec {
 
     /// The text of generated ids (special tokens kept, so that nothing the model wrote is
     /// hidden from the parser).
-    pub fn decode(&self, ids: &[u32]) -> Result<String, ModelError> {
+    pub fn decode(&self, ids: &[u32]) -> Result<String> {
         match self {
             Codec::Task(t) => Ok(t.decode(ids)),
             Codec::Hf(h) => Ok(h.tok.decode(ids, false)?),
@@ -151,7 +156,7 @@ impl Codec {
 
     /// How many of the generated `tokens` make up the perception segment: through the token
     /// that completes `</perception>`, or all of them when it never closes.
-    pub fn perception_end(&self, tokens: &[u32]) -> Result<usize, ModelError> {
+    pub fn perception_end(&self, tokens: &[u32]) -> Result<usize> {
         match self {
             Codec::Task(t) => Ok(t
                 .id(P_CLOSE)
@@ -161,7 +166,7 @@ impl Codec {
             Codec::Hf(h) => {
                 // The shortest prefix whose text contains the closing tag (a prefix's text grows
                 // with its length, so the search halves the range each time).
-                let closes = |k: usize| -> Result<bool, ModelError> {
+                let closes = |k: usize| -> Result<bool> {
                     Ok(h.tok.decode(&tokens[..k], false)?.contains(P_CLOSE))
                 };
                 if !closes(tokens.len())? {

@@ -18,8 +18,27 @@
 //! tokens per tile), as the reference processors expand it. Multi-turn chats, several images,
 //! video and the thinking-mode template are out of scope.
 
-use super::{HfError, Result, checkpoint_err};
 use std::path::Path;
+
+/// Errors reading a checkpoint's tokenizer or building its prompt.
+#[derive(Debug, thiserror::Error)]
+pub enum ChatError {
+    /// A file of the checkpoint folder that cannot be read or is not what it should be.
+    #[error("{path}: {msg}")]
+    File { path: String, msg: String },
+    /// Text or ids the tokenizer cannot encode or decode.
+    #[error("model input: {0}")]
+    Input(String),
+}
+
+pub type Result<T> = std::result::Result<T, ChatError>;
+
+fn file_err(path: &Path, msg: impl std::fmt::Display) -> ChatError {
+    ChatError::File {
+        path: path.display().to_string(),
+        msg: msg.to_string(),
+    }
+}
 
 /// The checkpoint families: which architecture a folder holds and which chat prompt it reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,10 +70,10 @@ impl Family {
             model_type: String,
         }
         let path = dir.join("config.json");
-        let text = std::fs::read_to_string(&path).map_err(|e| checkpoint_err(&path, e))?;
-        let head: Head = serde_json::from_str(&text).map_err(|e| checkpoint_err(&path, e))?;
+        let text = std::fs::read_to_string(&path).map_err(|e| file_err(&path, e))?;
+        let head: Head = serde_json::from_str(&text).map_err(|e| file_err(&path, e))?;
         Family::from_name(&head.model_type).ok_or_else(|| {
-            checkpoint_err(
+            file_err(
                 &path,
                 format!(
                     "model_type `{}` is not one this toolkit runs (qwen3_vl, internvl)",
@@ -86,7 +105,7 @@ impl ChatTokenizer {
     /// names (Qwen3-VL's for a folder with a tokenizer only).
     pub fn from_dir(dir: &Path) -> Result<ChatTokenizer> {
         let path = dir.join("tokenizer.json");
-        let tok = tokenizers::Tokenizer::from_file(&path).map_err(|e| checkpoint_err(&path, e))?;
+        let tok = tokenizers::Tokenizer::from_file(&path).map_err(|e| file_err(&path, e))?;
         let family = if dir.join("config.json").is_file() {
             Family::of_dir(dir)?
         } else {
@@ -104,7 +123,7 @@ impl ChatTokenizer {
         let enc = self
             .tok
             .encode(text, false)
-            .map_err(|e| HfError::Input(format!("tokenizing {text:?}: {e}")))?;
+            .map_err(|e| ChatError::Input(format!("tokenizing {text:?}: {e}")))?;
         Ok(enc.get_ids().to_vec())
     }
 
@@ -113,7 +132,7 @@ impl ChatTokenizer {
         let enc = self
             .tok
             .encode(text, false)
-            .map_err(|e| HfError::Input(format!("tokenizing {text:?}: {e}")))?;
+            .map_err(|e| ChatError::Input(format!("tokenizing {text:?}: {e}")))?;
         Ok((enc.get_ids().to_vec(), enc.get_offsets().to_vec()))
     }
 
@@ -121,7 +140,7 @@ impl ChatTokenizer {
     pub fn decode(&self, ids: &[u32], skip_special: bool) -> Result<String> {
         self.tok
             .decode(ids, skip_special)
-            .map_err(|e| HfError::Input(format!("decoding {} ids: {e}", ids.len())))
+            .map_err(|e| ChatError::Input(format!("decoding {} ids: {e}", ids.len())))
     }
 
     /// One past the largest id the tokenizer knows (special tokens included): the model's
@@ -145,7 +164,7 @@ impl ChatTokenizer {
         let (before, slot, after) = self.family.image_tokens();
         let pad = self
             .token_id(slot)
-            .ok_or_else(|| HfError::Input(format!("the tokenizer has no {slot} token")))?;
+            .ok_or_else(|| ChatError::Input(format!("the tokenizer has no {slot} token")))?;
         let mut ids = self.encode(&format!("<|im_start|>user\n{before}"))?;
         ids.extend(std::iter::repeat_n(pad, image_tokens));
         ids.extend(self.encode(&format!("{after}{text}<|im_end|>\n<|im_start|>assistant\n"))?);
