@@ -135,11 +135,12 @@ pub fn dev(cmd: DevCmd) -> anyhow::Result<i32> {
 
 /// `dev hf-parity`: a checkpoint fixture's logits against the reference file transformers wrote.
 fn hf_parity(fixture: PathBuf, device: String, tolerance: f32) -> anyhow::Result<i32> {
+    use asymm::model::hf::reference::Reference;
     use asymm::model::internvl::{self, InternVl};
     use asymm::model::qwen3_vl::{Qwen3Vl, reference};
     use asymm::text::chat::Family;
     let spec = asymm::model::DeviceSpec::parse(&device)?;
-    let r = reference::Reference::read(&fixture.join("reference.safetensors"))?;
+    let r = Reference::read(&fixture.join("reference.safetensors"))?;
     let family = Family::of_dir(&fixture)?;
     let p = asymm::with_backend!(spec, |B, dev| {
         match family {
@@ -197,7 +198,7 @@ fn hf_generate(
     let spec = asymm::model::DeviceSpec::parse(&device)?;
     let tok = ChatTokenizer::from_dir(&checkpoint)?;
     let bytes = std::fs::read(&image).map_err(|e| anyhow::anyhow!("{}: {e}", image.display()))?;
-    let rgb = asymm::model::qwen3_vl::processor::Rgb::from_png(&bytes)?;
+    let rgb = asymm::model::hf::image::Rgb::from_png(&bytes)?;
     let stop: Vec<u32> = ["<|im_end|>", "<|endoftext|>"]
         .iter()
         .filter_map(|t| tok.token_id(t))
@@ -313,7 +314,7 @@ fn stage_versions(
 /// One greedy generation: a checkpoint folder, an image and a message.
 struct Generate<'a> {
     dir: &'a std::path::Path,
-    image: &'a asymm::model::qwen3_vl::processor::Rgb,
+    image: &'a asymm::model::hf::image::Rgb,
     tok: &'a asymm::text::chat::ChatTokenizer,
     prompt: &'a str,
     max_new: usize,

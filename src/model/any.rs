@@ -8,11 +8,14 @@
 //! (white paper, black ink), so a puzzle reads the same whichever model looks at it.
 
 use super::ModelError;
+use super::hf::image::Rgb;
+use super::hf::read_config;
+use super::hf::text::DecodeBatch;
 use super::internvl::InternVl;
 use super::internvl::processor::TileConfig;
 use super::layers::MASKED;
-use super::qwen3_vl::processor::{ProcessorConfig, Rgb};
-use super::qwen3_vl::{DecodeBatch, ImageInput, Qwen3Vl, read_config};
+use super::qwen3_vl::processor::ProcessorConfig;
+use super::qwen3_vl::{ImageInput, Qwen3Vl};
 use super::vlm::{DecodeState, Vlm};
 use crate::text::chat::{ChatTokenizer, Family};
 use burn::module::Module;
@@ -268,7 +271,7 @@ impl<B: Backend> HfNet<B> {
     }
 
     /// The Qwen3 language model both families share.
-    pub fn text_model(&self) -> &super::qwen3_vl::text::TextModel<B> {
+    pub fn text_model(&self) -> &super::hf::text::TextModel<B> {
         match self {
             HfNet::Qwen3Vl(m) => &m.model.language_model,
             HfNet::InternVl(m) => &m.language_model.model,

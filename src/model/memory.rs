@@ -11,9 +11,9 @@
 //!   log-softmax over the whole vocabulary. Not a measurement: allocator slack, temporaries of
 //!   the forward pass and the backend's own buffers come on top.
 
+use super::hf::config::TextConfig;
 use super::internvl::InternVlConfig;
 use super::qwen3_vl::Qwen3VlConfig;
-use super::qwen3_vl::config::TextConfig;
 use serde::Serialize;
 
 /// Parameters by part.

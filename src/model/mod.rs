@@ -13,6 +13,7 @@ pub mod decode;
 pub mod fused;
 #[cfg(feature = "gpu")]
 pub mod gpu;
+pub mod hf;
 pub mod host;
 pub mod internvl;
 pub mod layers;
@@ -65,7 +66,7 @@ pub enum ModelError {
     )]
     DeviceUnavailable { device: String, msg: String },
     #[error(transparent)]
-    Hf(#[from] qwen3_vl::HfError),
+    Hf(#[from] hf::HfError),
     #[error(transparent)]
     Chat(#[from] crate::text::chat::ChatError),
 }

@@ -7,7 +7,6 @@
 use super::grpo::{ForcedBatch, LossSettings, Sequence, clipped_objective, token_logprobs};
 use super::{Result, RlError};
 use crate::model::checkpoint::model_from_bytes;
-use crate::model::load::native_model;
 use crate::model::{Model, VlmConfig, host_f32};
 use crate::train::gradient::Gradient;
 use crate::train::parallel::{gradients, map_shards};
@@ -81,14 +80,6 @@ pub struct MinibatchRow {
     pub perception_share: f64,
 }
 
-/// The result of an update.
-pub struct UpdateOutput {
-    pub weights: Vec<u8>,
-    /// The AdamW state after the update, for the next RL step to continue from.
-    pub state: OptimState,
-    pub log: Vec<MinibatchRow>,
-}
-
 fn check(settings: &UpdateSettings, seqs: &[Sequence]) -> Result<()> {
     settings.loss.check()?;
     if seqs.is_empty() {
@@ -150,35 +141,51 @@ impl<B: Backend> Acc<B> {
     }
 }
 
-/// Runs one update of the policy `init` (weights of the built-in model in the checkpoint format)
-/// on `seqs`: [`update_model`] with the model and the optional `reference` read from bytes.
-#[allow(clippy::too_many_arguments)]
-pub fn update<B: AutodiffBackend>(
-    settings: &UpdateSettings,
-    cfg: &VlmConfig,
-    init: &[u8],
-    state: Option<&OptimState>,
-    reference: Option<&[u8]>,
-    seqs: &[Sequence],
-    pad: u32,
-    device: &B::Device,
-    progress: impl FnMut(&MinibatchRow),
-) -> Result<UpdateOutput> {
-    let policy = native_model::<B>(cfg, Some(init), settings.seed, device)?;
-    let reference = match reference {
-        Some(bytes) => Some(Model::from(model_from_bytes::<B::InnerBackend>(
-            cfg, bytes, device,
-        )?)),
-        None => None,
-    };
-    let out = update_model(
-        settings, policy, state, reference, seqs, pad, device, progress,
-    )?;
-    Ok(UpdateOutput {
-        weights: out.model.weights_bytes()?,
-        state: out.state,
-        log: out.log,
-    })
+/// The models one update reads: the policy it trains, the AdamW state the policy's optimizer
+/// continues from, and the frozen reference of the KL term.
+pub struct Policy<'a, B: AutodiffBackend> {
+    pub model: Model<B>,
+    /// The previous update's [`ModelUpdate::state`], for AdamW to continue from its moments
+    /// and step count, as an RL trainer that keeps its optimizer across steps does; its
+    /// weights must be the policy's. `None`: a fresh optimizer.
+    pub state: Option<&'a OptimState>,
+    /// Its KL is logged whenever it is given, and added to the loss with weight `kl_coef`
+    /// (which needs one).
+    pub reference: Option<Model<B::InnerBackend>>,
+}
+
+impl<'a, B: AutodiffBackend> Policy<'a, B> {
+    /// `model` with a fresh optimizer and no reference.
+    pub fn new(model: Model<B>) -> Self {
+        Policy {
+            model,
+            state: None,
+            reference: None,
+        }
+    }
+
+    /// The built-in model of shape `cfg` from its weights in the checkpoint format.
+    pub fn from_bytes(cfg: &VlmConfig, weights: &[u8], device: &B::Device) -> Result<Self> {
+        Ok(Self::new(Model::from(model_from_bytes::<B>(
+            cfg, weights, device,
+        )?)))
+    }
+
+    /// The same policy continuing from `state`.
+    pub fn with_state(self, state: &'a OptimState) -> Self {
+        Policy {
+            state: Some(state),
+            ..self
+        }
+    }
+
+    /// The same policy with a frozen `reference`.
+    pub fn with_reference(self, reference: Model<B::InnerBackend>) -> Self {
+        Policy {
+            reference: Some(reference),
+            ..self
+        }
+    }
 }
 
 /// The result of [`update_model`].
@@ -189,22 +196,21 @@ pub struct ModelUpdate<B: Backend> {
     pub log: Vec<MinibatchRow>,
 }
 
-/// Runs one update of `policy` on `seqs`, with an optional frozen `reference`: its KL is logged
-/// whenever it is given, and added to the loss with weight `kl_coef` (which needs one). With
-/// `state` (the previous update's [`ModelUpdate::state`]), AdamW continues from its moments and
-/// step count, as an RL trainer that keeps its optimizer across steps does; its weights must be
-/// the policy's.
-#[allow(clippy::too_many_arguments)]
+/// Runs one update of `policy` on `seqs` (right-padded with `pad`), calling `progress` after
+/// each optimizer step.
 pub fn update_model<B: AutodiffBackend>(
     settings: &UpdateSettings,
-    policy: Model<B>,
-    state: Option<&OptimState>,
-    reference: Option<Model<B::InnerBackend>>,
+    policy: Policy<'_, B>,
     seqs: &[Sequence],
     pad: u32,
     device: &B::Device,
     mut progress: impl FnMut(&MinibatchRow),
 ) -> Result<ModelUpdate<B::InnerBackend>> {
+    let Policy {
+        model: policy,
+        state,
+        reference,
+    } = policy;
     check(settings, seqs)?;
     let per_epoch = seqs.len().div_ceil(settings.mini_batch);
     let optim = OptimSettings {
@@ -226,6 +232,13 @@ pub fn update_model<B: AutodiffBackend>(
             settings.loss.kl_coef
         )));
     }
+    let batches = Minibatches {
+        settings,
+        reference: reference.as_ref(),
+        image_size,
+        pad,
+        device,
+    };
     let mut log = Vec::new();
     let mut step = 0;
     for epoch in 0..settings.ppo_epochs {
@@ -233,16 +246,7 @@ pub fn update_model<B: AutodiffBackend>(
             .into_iter()
             .enumerate()
         {
-            let (grads, acc) = minibatch_gradient(
-                settings,
-                &trainer,
-                reference.as_ref(),
-                seqs,
-                &idx,
-                image_size,
-                pad,
-                device,
-            )?;
+            let (grads, acc) = batches.gradient(&trainer, seqs, &idx)?;
             let done = trainer.step(step, grads)?;
             // The optimizer step's one host read.
             let sums = acc
@@ -309,124 +313,116 @@ fn sequence_means(chosen: &[&Sequence]) -> (f64, f64, f64) {
     )
 }
 
-/// The gradient of one mini-batch (the sequences `idx` of `seqs`) and its statistics: the
-/// micro-batches run concurrently, each on its own replica of the model, and are summed in
-/// order — the same bits as running them one after another.
-#[allow(clippy::too_many_arguments)]
-fn minibatch_gradient<B: AutodiffBackend>(
-    settings: &UpdateSettings,
-    trainer: &Trainer<B>,
-    reference: Option<&Model<B::InnerBackend>>,
-    seqs: &[Sequence],
-    idx: &[usize],
+/// What every mini-batch of one update reads besides the policy and the sequences.
+struct Minibatches<'a, B: AutodiffBackend> {
+    settings: &'a UpdateSettings,
+    reference: Option<&'a Model<B::InnerBackend>>,
     image_size: usize,
     pad: u32,
-    device: &B::Device,
-) -> Result<(Gradient<B>, Acc<B::InnerBackend>)> {
-    let micros: Vec<Vec<&Sequence>> = idx
-        .chunks(settings.micro_batch)
-        .map(|m| m.iter().map(|&i| &seqs[i]).collect())
-        .collect();
-    let (model, form) = (trainer.model(), trainer.form());
-    let parts = map_shards(micros.len(), |i| {
-        let mut a = Acc::default();
-        micro_step(
-            model,
-            reference,
-            &micros[i],
-            idx.len(),
-            image_size,
-            settings.seq_bucket,
-            pad,
-            &settings.loss,
-            device,
-            &mut a,
-        )
-        .map(|g| (form.gradient::<B, _>(model, g, device), a))
-    });
-    let mut grads: Option<Gradient<B>> = None;
-    let mut acc = Acc::default();
-    for part in parts {
-        let (g, a) = part?;
-        acc.add(a);
-        grads = Some(Gradient::accumulate(grads, model, g).map_err(TrainerError::from)?);
-    }
-    let grads = grads.ok_or_else(|| RlError::Invalid("an empty mini-batch".into()))?;
-    Ok((grads, acc))
+    device: &'a B::Device,
 }
 
-/// Forward and backward passes of one micro-batch of a mini-batch of `of` sequences.
-#[allow(clippy::too_many_arguments)]
-fn micro_step<B: AutodiffBackend>(
-    model: &Model<B>,
-    reference: Option<&Model<B::InnerBackend>>,
-    part: &[&Sequence],
-    of: usize,
-    image_size: usize,
-    bucket: usize,
-    pad: u32,
-    loss: &LossSettings,
-    device: &B::Device,
-    acc: &mut Acc<B::InnerBackend>,
-) -> Result<GradientsParams> {
-    let batch = ForcedBatch::<B>::new(part, image_size, bucket, pad, device)?;
-    let ref_logp = match reference {
-        Some(r) => {
-            let inner = ForcedBatch::<B::InnerBackend>::new(part, image_size, bucket, pad, device)?;
-            Some(Tensor::<B, 2>::from_inner(
-                token_logprobs(r, &inner, loss.temperature)?.0,
-            ))
-        }
-        None => None,
-    };
-    let (grads, ()) = gradients(model, |model| {
-        let (logp, entropy) = token_logprobs(model, &batch, loss.temperature)?;
-        let of = of as f32;
-        let mask = batch.tensor(|_, _| 1.0, device);
-        let weight = batch.tensor(|i, _| 1.0 / (part[i].tokens.len() as f32 * of), device);
-        let inv_len = Tensor::<B, 2>::from_data(
-            TensorData::new(
-                part.iter()
-                    .map(|s| 1.0 / s.tokens.len() as f32)
-                    .collect::<Vec<_>>(),
-                [part.len(), 1],
-            ),
-            device,
-        );
-        let old = batch.tensor(|i, j| part[i].old_logprobs[j], device);
-        let gap = ((logp.clone().detach() - old.clone()).abs() * mask.clone()).sum();
-        let o = clipped_objective(
-            logp,
-            old,
-            batch.tensor(|i, j| part[i].advantages[j], device),
-            mask.clone(),
-            weight.clone(),
-            inv_len,
-            ref_logp,
-            loss,
-        );
-        // Read with the optimizer step's other statistics (no host read here).
-        let scalars: Vec<Tensor<B, 1>> = vec![
-            o.loss.clone().detach(),
-            (o.pg.detach() * weight.clone()).sum(),
-            o.kl.clone()
-                .map(|k| (k.detach() * weight.clone()).sum())
-                .unwrap_or_else(|| Tensor::zeros([1], device)),
-            (o.clipped * mask.clone()).sum(),
-            (o.ratio * mask.clone()).sum(),
-            (entropy * mask).sum(),
-            gap,
-        ];
-        acc.add(Acc {
-            // Summed across micro-batches in f32, whatever the backend's float type.
-            sums: Some(f32_on_device(Tensor::cat(scalars, 0).inner())),
-            kl: o.kl.is_some(),
-            tokens: 0,
+impl<B: AutodiffBackend> Minibatches<'_, B> {
+    /// The gradient of one mini-batch (the sequences `idx` of `seqs`) and its statistics: the
+    /// micro-batches run concurrently, each on its own replica of the model, and are summed in
+    /// order — the same bits as running them one after another.
+    fn gradient(
+        &self,
+        trainer: &Trainer<B>,
+        seqs: &[Sequence],
+        idx: &[usize],
+    ) -> Result<(Gradient<B>, Acc<B::InnerBackend>)> {
+        let micros: Vec<Vec<&Sequence>> = idx
+            .chunks(self.settings.micro_batch)
+            .map(|m| m.iter().map(|&i| &seqs[i]).collect())
+            .collect();
+        let (model, form, device) = (trainer.model(), trainer.form(), self.device);
+        let parts = map_shards(micros.len(), |i| {
+            let mut a = Acc::default();
+            self.micro_step(model, &micros[i], idx.len(), &mut a)
+                .map(|g| (form.gradient::<B, _>(model, g, device), a))
         });
-        acc.tokens += part.iter().map(|s| s.tokens.len()).sum::<usize>();
-        Ok::<_, RlError>((o.loss, ()))
-    })?;
-    Ok(grads)
+        let mut grads: Option<Gradient<B>> = None;
+        let mut acc = Acc::default();
+        for part in parts {
+            let (g, a) = part?;
+            acc.add(a);
+            grads = Some(Gradient::accumulate(grads, model, g).map_err(TrainerError::from)?);
+        }
+        let grads = grads.ok_or_else(|| RlError::Invalid("an empty mini-batch".into()))?;
+        Ok((grads, acc))
+    }
+
+    /// Forward and backward passes of one micro-batch of a mini-batch of `of` sequences.
+    fn micro_step(
+        &self,
+        model: &Model<B>,
+        part: &[&Sequence],
+        of: usize,
+        acc: &mut Acc<B::InnerBackend>,
+    ) -> Result<GradientsParams> {
+        let (image_size, bucket, pad) = (self.image_size, self.settings.seq_bucket, self.pad);
+        let (loss, device) = (&self.settings.loss, self.device);
+        let batch = ForcedBatch::<B>::new(part, image_size, bucket, pad, device)?;
+        let ref_logp = match self.reference {
+            Some(r) => {
+                let inner =
+                    ForcedBatch::<B::InnerBackend>::new(part, image_size, bucket, pad, device)?;
+                Some(Tensor::<B, 2>::from_inner(
+                    token_logprobs(r, &inner, loss.temperature)?.0,
+                ))
+            }
+            None => None,
+        };
+        let (grads, ()) = gradients(model, |model| {
+            let (logp, entropy) = token_logprobs(model, &batch, loss.temperature)?;
+            let of = of as f32;
+            let mask = batch.tensor(|_, _| 1.0, device);
+            let weight = batch.tensor(|i, _| 1.0 / (part[i].tokens.len() as f32 * of), device);
+            let inv_len = Tensor::<B, 2>::from_data(
+                TensorData::new(
+                    part.iter()
+                        .map(|s| 1.0 / s.tokens.len() as f32)
+                        .collect::<Vec<_>>(),
+                    [part.len(), 1],
+                ),
+                device,
+            );
+            let old = batch.tensor(|i, j| part[i].old_logprobs[j], device);
+            let gap = ((logp.clone().detach() - old.clone()).abs() * mask.clone()).sum();
+            let o = clipped_objective(
+                logp,
+                old,
+                batch.tensor(|i, j| part[i].advantages[j], device),
+                mask.clone(),
+                weight.clone(),
+                inv_len,
+                ref_logp,
+                loss,
+            );
+            // Read with the optimizer step's other statistics (no host read here).
+            let scalars: Vec<Tensor<B, 1>> = vec![
+                o.loss.clone().detach(),
+                (o.pg.detach() * weight.clone()).sum(),
+                o.kl.clone()
+                    .map(|k| (k.detach() * weight.clone()).sum())
+                    .unwrap_or_else(|| Tensor::zeros([1], device)),
+                (o.clipped * mask.clone()).sum(),
+                (o.ratio * mask.clone()).sum(),
+                (entropy * mask).sum(),
+                gap,
+            ];
+            acc.add(Acc {
+                // Summed across micro-batches in f32, whatever the backend's float type.
+                sums: Some(f32_on_device(Tensor::cat(scalars, 0).inner())),
+                kl: o.kl.is_some(),
+                tokens: 0,
+            });
+            acc.tokens += part.iter().map(|s| s.tokens.len()).sum::<usize>();
+            Ok::<_, RlError>((o.loss, ()))
+        })?;
+        Ok(grads)
+    }
 }
 
 #[cfg(test)]
@@ -439,6 +435,36 @@ mod tests {
     use std::sync::Arc;
 
     type B = Autodiff<Cpu>;
+
+    /// What a test reads of an update: the new weights (checkpoint format), the optimizer
+    /// state and the log.
+    struct Updated {
+        weights: Vec<u8>,
+        state: OptimState,
+        log: Vec<MinibatchRow>,
+    }
+
+    /// One update of the built-in policy with weights `init`, continuing from `state`.
+    fn update(
+        settings: &UpdateSettings,
+        cfg: &VlmConfig,
+        init: &[u8],
+        state: Option<&OptimState>,
+        seqs: &[Sequence],
+        progress: impl FnMut(&MinibatchRow),
+    ) -> Result<Updated> {
+        let dev = Default::default();
+        let mut policy = Policy::<B>::from_bytes(cfg, init, &dev)?;
+        if let Some(st) = state {
+            policy = policy.with_state(st);
+        }
+        let out = update_model(settings, policy, seqs, 0, &dev, progress)?;
+        Ok(Updated {
+            weights: out.model.weights_bytes()?,
+            state: out.state,
+            log: out.log,
+        })
+    }
 
     #[test]
     fn minibatches_cover_each_sequence_once_per_epoch() {
@@ -511,13 +537,13 @@ mod tests {
             ..settings.clone()
         };
         let mut reads = vec![crate::model::host::reads_on_this_thread()];
-        update::<B>(&one_micro, &cfg, &init, None, None, &seqs, 0, &dev, |_| {
+        update(&one_micro, &cfg, &init, None, &seqs, |_| {
             reads.push(crate::model::host::reads_on_this_thread())
         })
         .unwrap();
         let per_step: Vec<u64> = reads.windows(2).map(|w| w[1] - w[0]).collect();
         assert_eq!(per_step, [1, 1, 1, 1]);
-        let out = update::<B>(&settings, &cfg, &init, None, None, &seqs, 0, &dev, |_| {}).unwrap();
+        let out = update(&settings, &cfg, &init, None, &seqs, |_| {}).unwrap();
         assert_eq!(out.log.len(), 4);
         let first = &out.log[0];
         assert!(first.logprob_gap < 1e-4, "{first:?}");
@@ -542,9 +568,7 @@ mod tests {
             .num_threads(1)
             .build()
             .unwrap();
-        let serial = pool.install(|| {
-            update::<B>(&settings, &cfg, &init, None, None, &seqs, 0, &dev, |_| {}).unwrap()
-        });
+        let serial = pool.install(|| update(&settings, &cfg, &init, None, &seqs, |_| {}).unwrap());
         assert_eq!(serial.weights, out.weights);
         assert_eq!(serial.log, out.log);
 
@@ -570,7 +594,7 @@ mod tests {
             v
         };
         let run = |s: &UpdateSettings, init: &[u8], st: Option<&OptimState>| {
-            update::<B>(s, &cfg, init, st, None, &seqs, 0, &dev, |_| {}).unwrap()
+            update(s, &cfg, init, st, &seqs, |_| {}).unwrap()
         };
         let one = run(&whole, &init, None);
         let first = run(&half, &init, None);
@@ -586,38 +610,18 @@ mod tests {
         assert!(dist(&carried.weights, &one.weights) < 1e-5);
         assert!(dist(&fresh.weights, &one.weights) > 1e-4);
         // A state saved with other weights is refused.
-        let err = update::<B>(
-            &half,
-            &cfg,
-            &init,
-            Some(&first.state),
-            None,
-            &seqs,
-            0,
-            &dev,
-            |_| {},
-        )
-        .err()
-        .map(|e| e.to_string())
-        .unwrap_or_default();
+        let err = update(&half, &cfg, &init, Some(&first.state), &seqs, |_| {})
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
         assert!(err.contains("other weights"), "{err}");
 
         // Rollouts from another policy are refused before any step.
         let other = make(vec![5, 6, 7, 39], 1.0, &Vlm::<Cpu>::new(&cfg, &dev).into());
-        let err = update::<B>(
-            &settings,
-            &cfg,
-            &init,
-            None,
-            None,
-            &[other, bad],
-            0,
-            &dev,
-            |_| {},
-        )
-        .err()
-        .map(|e| e.to_string())
-        .unwrap_or_default();
+        let err = update(&settings, &cfg, &init, None, &[other, bad], |_| {})
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
         assert!(err.contains("not sampled from this checkpoint"), "{err}");
     }
 }

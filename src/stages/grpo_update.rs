@@ -27,7 +27,7 @@ use crate::model::load::{ModelPlan, PlanSource};
 use crate::rl::advantage::StdKind;
 use crate::rl::batch::{BatchSpec, StepBatch, match_rewards, step_batch};
 use crate::rl::grpo::{LossSettings, Sequence};
-use crate::rl::update::{MinibatchRow, UpdateSettings, update_model};
+use crate::rl::update::{MinibatchRow, Policy, UpdateSettings, update_model};
 use crate::table::Table;
 use crate::table::cols;
 use crate::text::Tokenizer;
@@ -445,11 +445,14 @@ impl Update<'_> {
         if cfg.eval_start {
             evals.push((-1, evaluate(&policy.valid())?));
         }
+        let policy = Policy {
+            model: policy,
+            state: self.state,
+            reference,
+        };
         let out = update_model::<Autodiff<B, C>>(
             self.settings,
             policy,
-            self.state,
-            reference,
             self.seqs,
             plan.codec.pad(),
             dev,

@@ -509,6 +509,32 @@ mod tests {
         assert!(named.is_empty(), "{}", named.join("\n"));
     }
 
+    /// The checkpoint families share what they share through `model::hf`: no code of one
+    /// family (tests aside) names the other in a path, and `hf` names neither.
+    #[test]
+    fn the_checkpoint_families_share_only_hf() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let rules = [
+            ("model/qwen3_vl", vec!["internvl"]),
+            ("model/internvl", vec!["qwen3_vl"]),
+            ("model/hf", vec!["qwen3_vl", "internvl"]),
+        ];
+        let mut broken = Vec::new();
+        for (module, forbidden) in &rules {
+            let files = module_files(root, module);
+            assert!(!files.is_empty(), "no files under src/{module}");
+            for f in files {
+                let text = std::fs::read_to_string(root.join(&f)).unwrap();
+                for path in paths(&without_test_items(lex(&text))) {
+                    if path.iter().any(|seg| forbidden.contains(&seg.as_str())) {
+                        broken.push(format!("{f} names {}", path.join("::")));
+                    }
+                }
+            }
+        }
+        assert!(broken.is_empty(), "{}", broken.join("\n"));
+    }
+
     /// The layers of ARCHITECTURE.md hold: no module's code (tests aside) reaches, directly or
     /// through others, a module it must not know of.
     #[test]

@@ -17,8 +17,8 @@ pub fn fixture(family: &str, name: &str) -> PathBuf {
 }
 
 /// The reference tensors of the fixture folder `dir`.
-pub fn reference(dir: &Path) -> asymm::model::qwen3_vl::reference::Reference {
-    asymm::model::qwen3_vl::reference::Reference::read(&dir.join("reference.safetensors"))
+pub fn reference(dir: &Path) -> asymm::model::hf::reference::Reference {
+    asymm::model::hf::reference::Reference::read(&dir.join("reference.safetensors"))
         .expect("reference.safetensors")
 }
 

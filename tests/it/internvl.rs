@@ -4,10 +4,10 @@
 
 use crate::checkpoints::max_diff;
 use asymm::model::Cpu;
+use asymm::model::hf::image::Rgb;
+use asymm::model::hf::reference::Reference;
 use asymm::model::internvl::InternVl;
 use asymm::model::internvl::processor::TileConfig;
-use asymm::model::qwen3_vl::processor::Rgb;
-use asymm::model::qwen3_vl::reference::Reference;
 use burn::tensor::{Tensor, TensorData};
 use safetensors::SafeTensors;
 use std::path::PathBuf;

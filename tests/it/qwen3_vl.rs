@@ -3,7 +3,8 @@
 
 use crate::checkpoints::max_diff;
 use asymm::model::Cpu;
-use asymm::model::qwen3_vl::reference::{Reference, parity};
+use asymm::model::hf::reference::Reference;
+use asymm::model::qwen3_vl::reference::{inputs as reference_inputs, parity};
 use asymm::model::qwen3_vl::{ImageInput, Qwen3Vl};
 use burn::tensor::{Tensor, TensorData};
 use safetensors::SafeTensors;
@@ -18,7 +19,7 @@ fn reference(name: &str) -> Reference {
 }
 
 fn inputs(r: &Reference) -> (Vec<u32>, [usize; 3], ImageInput<Cpu>) {
-    let (ids, image) = r.inputs::<Cpu>(&Default::default()).expect("inputs");
+    let (ids, image) = reference_inputs::<Cpu>(r, &Default::default()).expect("inputs");
     (ids, image.grid, image)
 }
 
@@ -176,7 +177,7 @@ fn a_bf16_checkpoint_loads_as_the_backends_float_type() {
     type Ad = burn::backend::Autodiff<Cpu>;
     let dev = Default::default();
     let model = Qwen3Vl::<Ad>::from_pretrained(dir.path(), &dev).expect("loads");
-    let (ids, image) = reference("tied").inputs::<Ad>(&dev).expect("inputs");
+    let (ids, image) = reference_inputs::<Ad>(&reference("tied"), &dev).expect("inputs");
     let grads = model
         .forward(&ids, &[image])
         .unwrap()
@@ -208,7 +209,8 @@ fn a_bf16_checkpoint_loads_as_the_backends_float_type() {
 /// image processor gave (read with the fixture's `preprocessor_config.json`).
 #[test]
 fn preprocessing_matches_transformers() {
-    use asymm::model::qwen3_vl::processor::{ProcessorConfig, Rgb};
+    use asymm::model::hf::image::Rgb;
+    use asymm::model::qwen3_vl::processor::ProcessorConfig;
     for name in ["tied", "untied-bias"] {
         let cfg = ProcessorConfig::from_dir(&fixture(name)).expect("processor config");
         let png = std::fs::read(fixture(name).join("image.png")).expect("image");
@@ -245,7 +247,8 @@ fn chat_prompt_matches_the_reference() {
 /// greedy decoding) and prints what the library's greedy decoding of the same prompt gives.
 #[test]
 fn hf_generate_prints_the_greedy_answer() {
-    use asymm::model::qwen3_vl::processor::{ProcessorConfig, Rgb};
+    use asymm::model::hf::image::Rgb;
+    use asymm::model::qwen3_vl::processor::ProcessorConfig;
     use asymm::text::chat::ChatTokenizer;
     let dir = fixture("tied");
     let out = std::process::Command::new(crate::common::bin())
@@ -339,7 +342,7 @@ fn a_loaded_checkpoint_trains() {
     let dev = Default::default();
     let mut model = Qwen3Vl::<Ad>::from_pretrained(&fixture("tied"), &dev).expect("loads");
     let r = reference("tied");
-    let (ids, image) = r.inputs::<Ad>(&dev).expect("inputs");
+    let (ids, image) = reference_inputs::<Ad>(&r, &dev).expect("inputs");
     let l = ids.len();
     let targets = Tensor::<Ad, 1, Int>::from_data(
         TensorData::new(

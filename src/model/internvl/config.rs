@@ -3,7 +3,7 @@
 //! unknown fields are ignored, missing ones take transformers' defaults.
 
 use crate::model::config::ConfigError;
-use crate::model::qwen3_vl::config::TextConfig;
+use crate::model::hf::config::TextConfig;
 use serde::{Deserialize, Deserializer};
 
 /// The whole checkpoint config.

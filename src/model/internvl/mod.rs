@@ -8,7 +8,7 @@
 //! - the projector: the tower's patch features, the class token dropped, folded by the pixel
 //!   shuffle (`1/downsample_ratio`² neighbouring patches → one token), then layer norm, linear,
 //!   GELU, linear to the LM's width.
-//! - the Qwen3 language model ([`crate::model::qwen3_vl::text`], shared with Qwen3-VL) with 1-D
+//! - the Qwen3 language model ([`crate::model::hf::text`], shared with Qwen3-VL) with 1-D
 //!   rotary positions.
 //! - [`processor`], the image tiling.
 //!
@@ -23,10 +23,10 @@ pub mod vision;
 
 pub use config::InternVlConfig;
 
+use crate::model::hf::reference::{Parity, Reference, watch_finite};
+use crate::model::hf::text::{self, DecodeBatch, PackedRows, TextModel};
+use crate::model::hf::{HfError, Result, act, checkpoint_err, load_safetensors};
 use crate::model::layers::linear3;
-use crate::model::qwen3_vl::reference::{Parity, Reference, watch_finite};
-use crate::model::qwen3_vl::text::{self, DecodeBatch, PackedRows, TextModel};
-use crate::model::qwen3_vl::{HfError, Result, act, checkpoint_err, load_safetensors};
 use burn::module::Module;
 use burn::nn::{Linear, LinearConfig};
 use burn::tensor::backend::Backend;
@@ -102,7 +102,7 @@ impl<B: Backend> InternVl<B> {
     /// Reads `dir/config.json` and the weights (`model.safetensors`, or the shards listed in
     /// `model.safetensors.index.json`).
     pub fn from_pretrained(dir: &Path, device: &B::Device) -> Result<Self> {
-        let (cfg, text) = crate::model::qwen3_vl::read_config::<InternVlConfig>(dir)?;
+        let (cfg, text) = crate::model::hf::read_config::<InternVlConfig>(dir)?;
         let mut model =
             Self::new(&cfg, device).map_err(|e| checkpoint_err(&dir.join("config.json"), e))?;
         model.config_json = text;
@@ -121,10 +121,8 @@ impl<B: Backend> InternVl<B> {
                 lm.lm_head = None;
             } else {
                 model.cfg.tie_word_embeddings = false;
-                model.config_json = crate::model::qwen3_vl::untied_config(
-                    &model.config_json,
-                    &dir.join("config.json"),
-                )?;
+                model.config_json =
+                    crate::model::hf::untied_config(&model.config_json, &dir.join("config.json"))?;
             }
         }
         Ok(model)
@@ -133,7 +131,7 @@ impl<B: Backend> InternVl<B> {
     /// Writes `dir/config.json` (the one read) and `dir/model.safetensors` in the checkpoint's
     /// layout, so transformers loads the result.
     pub fn save_pretrained(&self, dir: &Path) -> Result<()> {
-        crate::model::qwen3_vl::save_safetensors(self, dir, &self.config_json)
+        crate::model::hf::save_safetensors(self, dir, &self.config_json)
     }
 
     pub fn vocab_size(&self) -> usize {

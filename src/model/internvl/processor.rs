@@ -9,8 +9,8 @@
 //! as PIL's bicubic filter resizes it (see [`resize_bicubic`]); PIL's fixed-point weights may
 //! round a value to the next level.
 
-use crate::model::qwen3_vl::processor::{Rgb, resize_bicubic};
-use crate::model::qwen3_vl::{HfError, Result, checkpoint_err};
+use crate::model::hf::image::{Rgb, resize_bicubic};
+use crate::model::hf::{HfError, Result, checkpoint_err};
 use serde::Deserialize;
 use std::path::Path;
 

@@ -8,8 +8,8 @@
 //! (the reference interpolates them for other sizes, which its processor never gives).
 
 use super::config::VisionConfig;
+use crate::model::hf::act;
 use crate::model::layers::linear3;
-use crate::model::qwen3_vl::act;
 use burn::module::{Module, Param};
 use burn::nn::{Linear, LinearConfig};
 use burn::tensor::Tensor;

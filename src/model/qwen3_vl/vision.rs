@@ -7,7 +7,8 @@
 //! merged token are consecutive.
 
 use super::config::VisionConfig;
-use super::{act, layer_norm};
+use super::layer_norm;
+use crate::model::hf::{act, rotate_half};
 use crate::model::layers::linear2;
 use burn::module::{Module, Param};
 use burn::nn::{Embedding, EmbeddingConfig, LayerNorm, Linear, LinearConfig};
@@ -264,16 +265,6 @@ pub fn merge_order(h: usize, w: usize, m: usize) -> impl Iterator<Item = (usize,
     })
 }
 
-/// `x·cos + rotate_half(x)·sin` for `x` [N, H, d] and tables [N, d].
-fn rotate<B: Backend>(x: Tensor<B, 3>, cos: &Tensor<B, 2>, sin: &Tensor<B, 2>) -> Tensor<B, 3> {
-    let [n, h, d] = x.dims();
-    let half = d / 2;
-    let x1 = x.clone().slice([0..n, 0..h, 0..half]);
-    let x2 = x.clone().slice([0..n, 0..h, half..d]);
-    let rotated = Tensor::cat(vec![x2.neg(), x1], 2);
-    x * cos.clone().unsqueeze_dim::<3>(1) + rotated * sin.clone().unsqueeze_dim::<3>(1)
-}
-
 impl<B: Backend> VisionBlock<B> {
     fn forward(
         &self,
@@ -314,9 +305,10 @@ impl<B: Backend> VisionAttention<B> {
                 .slice([0..n, i..i + 1, 0..heads, 0..hd])
                 .reshape([n, heads, hd])
         };
+        let (cos, sin) = (cos.clone().unsqueeze_dim(1), sin.clone().unsqueeze_dim(1));
         let (q, k, v) = (
-            rotate(part(0), cos, sin),
-            rotate(part(1), cos, sin),
+            rotate_half(part(0), &cos, &sin),
+            rotate_half(part(1), &cos, &sin),
             part(2),
         );
         let scale = (hd as f64).powf(-0.5);

@@ -602,7 +602,6 @@ fn read_row<I: Backend>(
 
 /// Runs SFT of `model` (see [`crate::model::load::native_model`]) and returns the trained
 /// model and the logs.
-#[allow(clippy::too_many_arguments)]
 pub fn train<B: AutodiffBackend>(
     settings: &SftSettings,
     model: Model<B>,

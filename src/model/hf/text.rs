@@ -4,7 +4,7 @@
 
 use super::config::TextConfig;
 use super::{HfError, Result};
-use super::{RmsNorm, act};
+use super::{RmsNorm, act, rotate_half};
 use crate::model::layers::linear3;
 use burn::module::Module;
 use burn::nn::{Embedding, EmbeddingConfig, Linear, LinearConfig};
@@ -197,16 +197,6 @@ fn causal_bias<B: Backend>(
     Tensor::from_data(TensorData::new(v, [b, 1, t, keys]), device)
 }
 
-/// `x·cos + rotate_half(x)·sin` for `x` [B, H, T, d] and tables [B, T, d].
-fn rotate<B: Backend>(x: Tensor<B, 4>, cos: &Tensor<B, 3>, sin: &Tensor<B, 3>) -> Tensor<B, 4> {
-    let [b, h, t, d] = x.dims();
-    let half = d / 2;
-    let x1 = x.clone().slice([0..b, 0..h, 0..t, 0..half]);
-    let x2 = x.clone().slice([0..b, 0..h, 0..t, half..d]);
-    let rotated = Tensor::cat(vec![x2.neg(), x1], 3);
-    x * cos.clone().unsqueeze_dim::<4>(1) + rotated * sin.clone().unsqueeze_dim::<4>(1)
-}
-
 impl<B: Backend> DecoderLayer<B> {
     fn forward(
         &self,
@@ -246,7 +236,8 @@ impl<B: Backend> TextAttention<B> {
             .forward(heads(linear3(&self.k_proj, x.clone()), kv))
             .swap_dims(1, 2);
         let v = heads(linear3(&self.v_proj, x), kv).swap_dims(1, 2);
-        let (q, k) = (rotate(q, cos, sin), rotate(k, cos, sin));
+        let (cos, sin) = (cos.clone().unsqueeze_dim(1), sin.clone().unsqueeze_dim(1));
+        let (q, k) = (rotate_half(q, &cos, &sin), rotate_half(k, &cos, &sin));
         let (k, v) = match cache.take() {
             Some((pk, pv)) => (Tensor::cat(vec![pk, k], 2), Tensor::cat(vec![pv, v], 2)),
             None => (k, v),
