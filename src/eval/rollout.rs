@@ -11,7 +11,7 @@ use super::{Result, bail};
 use crate::data::Codec;
 use crate::data::Example;
 use crate::model::Model;
-use crate::model::decode::{Generated, SeqKey, generate_shared};
+use crate::model::decode::{Generated, GenerationConfig, SeqKey, generate_shared};
 use crate::model::sampling::SamplingConfig;
 use crate::text::format;
 use burn::tensor::backend::Backend;
@@ -174,10 +174,12 @@ pub fn run_rollouts<B: Backend>(
             &batch.prompts,
             &batch.row_prompt,
             &batch.keys,
-            &spec.sampling,
-            seed,
-            tok.eos(),
-            budget,
+            &GenerationConfig {
+                sampling: spec.sampling,
+                seed,
+                eos: tok.eos(),
+                max_new_tokens: budget,
+            },
         )?;
         for ((&(i, s), g), forced) in chunk.iter().zip(gens).zip(batch.forced) {
             out.push(rollout_row(tok, &examples[i], s, g, forced)?);

@@ -3,7 +3,7 @@
 //! logits match the CPU's for the same weights, and a few optimizer steps lower the loss.
 
 use super::checkpoint::copy_weights;
-use super::decode::{SeqKey, generate, greedy_uncached};
+use super::decode::{GenerationConfig, SeqKey, generate, greedy_uncached};
 use super::sampling::SamplingConfig;
 use super::{Cpu, ModelError, Vlm, VlmConfig, host_f32};
 use burn::module::AutodiffModule;
@@ -84,10 +84,12 @@ pub fn check_device<B: AutodiffBackend>(
         images.clone(),
         &prefixes,
         &keys,
-        &SamplingConfig::greedy(),
-        0,
-        u32::MAX,
-        12,
+        &GenerationConfig {
+            sampling: SamplingConfig::greedy(),
+            seed: 0,
+            eos: u32::MAX,
+            max_new_tokens: 12,
+        },
     )?;
     let uncached = greedy_uncached(&inner, images.clone(), &prefixes, u32::MAX, 12)?;
     let cached_equals_uncached = cached.iter().zip(&uncached).all(|(c, u)| &c.tokens == u);

@@ -30,48 +30,47 @@ pub struct SeqKey {
     pub sample: u64,
 }
 
+/// How sequences are decoded: the sampling settings, the seed of the rows' keyed streams, the
+/// token that ends a sequence and the budget of new tokens per sequence.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct GenerationConfig {
+    pub sampling: SamplingConfig,
+    pub seed: u64,
+    pub eos: u32,
+    pub max_new_tokens: usize,
+}
+
 /// Generates one continuation per row.
-#[allow(clippy::too_many_arguments)]
 pub fn generate<B: Backend>(
     model: &Model<B>,
     images: Tensor<B, 3>,
     prefixes: &[Vec<u32>],
     keys: &[SeqKey],
-    sampling: &SamplingConfig,
-    seed: u64,
-    eos: u32,
-    max_new_tokens: usize,
+    config: &GenerationConfig,
 ) -> Result<Vec<Generated>, ModelError> {
     let rows: Vec<usize> = (0..prefixes.len()).collect();
-    generate_shared(
-        model,
-        images,
-        prefixes,
-        &rows,
-        keys,
-        sampling,
-        seed,
-        eos,
-        max_new_tokens,
-    )
+    generate_shared(model, images, prefixes, &rows, keys, config)
 }
 
 /// Generates one continuation per row, where row i continues prompt `rows[i]` (an image of
 /// `images` and its prefix in `prompts`): each prompt is prefilled once and its cache forked to
 /// its rows, so the G samples of a prompt share one prefill. Each row samples from its own keyed
 /// stream, so the result does not depend on how rows share prompts.
-#[allow(clippy::too_many_arguments)]
 pub fn generate_shared<B: Backend>(
     model: &Model<B>,
     images: Tensor<B, 3>,
     prompts: &[Vec<u32>],
     rows: &[usize],
     keys: &[SeqKey],
-    sampling: &SamplingConfig,
-    seed: u64,
-    eos: u32,
-    max_new_tokens: usize,
+    config: &GenerationConfig,
 ) -> Result<Vec<Generated>, ModelError> {
+    let GenerationConfig {
+        sampling,
+        seed,
+        eos,
+        max_new_tokens,
+    } = *config;
+    let sampling = &sampling;
     let b = rows.len();
     let vocab = model.vocab_size();
     if let Some(bad) = prompts.iter().flatten().find(|&&t| t as usize >= vocab) {
@@ -234,10 +233,12 @@ mod tests {
             images(3, cfg.image_size),
             &prefixes,
             &keys,
-            &SamplingConfig::greedy(),
-            0,
-            eos,
-            12,
+            &GenerationConfig {
+                sampling: SamplingConfig::greedy(),
+                seed: 0,
+                eos,
+                max_new_tokens: 12,
+            },
         )
         .unwrap();
         // One host read (the logits) per decoded token, none in the prefill.
@@ -260,25 +261,20 @@ mod tests {
                 sample: 0,
             })
             .collect();
-        let s = SamplingConfig {
-            temperature: 1.0,
-            top_p: 1.0,
-            top_k: 0,
+        let g = GenerationConfig {
+            sampling: SamplingConfig {
+                temperature: 1.0,
+                top_p: 1.0,
+                top_k: 0,
+            },
+            seed: 5,
+            eos: 39,
+            max_new_tokens: 10,
         };
-        let both = generate(&m, images(2, cfg.image_size), &p, &keys, &s, 5, 39, 10).unwrap();
-        let again = generate(&m, images(2, cfg.image_size), &p, &keys, &s, 5, 39, 10).unwrap();
+        let both = generate(&m, images(2, cfg.image_size), &p, &keys, &g).unwrap();
+        let again = generate(&m, images(2, cfg.image_size), &p, &keys, &g).unwrap();
         assert_eq!(both, again);
-        let first_alone = generate(
-            &m,
-            images(1, cfg.image_size),
-            &p[..1],
-            &keys[..1],
-            &s,
-            5,
-            39,
-            10,
-        )
-        .unwrap();
+        let first_alone = generate(&m, images(1, cfg.image_size), &p[..1], &keys[..1], &g).unwrap();
         assert_eq!(first_alone[0], both[0]);
         // Sharing one prefill between rows of the same prompt changes nothing.
         let shared = generate_shared(
@@ -287,10 +283,7 @@ mod tests {
             &p[..1],
             &[0, 0],
             &[keys[0].clone(), keys[1].clone()],
-            &s,
-            5,
-            39,
-            10,
+            &g,
         )
         .unwrap();
         let separate = generate(
@@ -301,17 +294,17 @@ mod tests {
             ),
             &[p[0].clone(), p[0].clone()],
             &keys,
-            &s,
-            5,
-            39,
-            10,
+            &g,
         )
         .unwrap();
         assert_eq!(shared, separate);
         // Each token carries its sampling log-probability (plus the final <eos>'s).
-        for g in &both {
-            assert_eq!(g.logprobs.len(), g.tokens.len() + usize::from(!g.truncated));
-            assert!(g.logprobs.iter().all(|&l| l <= 0.0 && l.is_finite()));
+        for out in &both {
+            assert_eq!(
+                out.logprobs.len(),
+                out.tokens.len() + usize::from(!out.truncated)
+            );
+            assert!(out.logprobs.iter().all(|&l| l <= 0.0 && l.is_finite()));
         }
         // Another purpose with the same item and sample draws from another stream.
         let other: Vec<SeqKey> = keys
@@ -321,7 +314,7 @@ mod tests {
                 ..k.clone()
             })
             .collect();
-        let moved = generate(&m, images(2, cfg.image_size), &p, &other, &s, 5, 39, 10).unwrap();
+        let moved = generate(&m, images(2, cfg.image_size), &p, &other, &g).unwrap();
         assert_ne!(moved, both);
     }
 
@@ -342,10 +335,12 @@ mod tests {
                     item: format!("f{case}"),
                     sample: 0,
                 }],
-                &SamplingConfig::default(),
-                0,
-                0,
-                5,
+                &GenerationConfig {
+                    sampling: SamplingConfig::default(),
+                    seed: 0,
+                    eos: 0,
+                    max_new_tokens: 5,
+                },
             )
             .unwrap();
             assert!(out[0].tokens.len() <= 5);
@@ -361,10 +356,12 @@ mod tests {
             images(1, cfg.image_size),
             &[vec![1, 400]],
             &keys,
-            &SamplingConfig::default(),
-            0,
-            0,
-            5,
+            &GenerationConfig {
+                sampling: SamplingConfig::default(),
+                seed: 0,
+                eos: 0,
+                max_new_tokens: 5,
+            },
         );
         assert!(
             r.unwrap_err()

@@ -284,7 +284,7 @@ pub fn clipped_objective<B: Backend>(
 mod tests {
     use super::*;
     use crate::model::config::small_config;
-    use crate::model::decode::{SeqKey, generate};
+    use crate::model::decode::{GenerationConfig, SeqKey, generate};
     use crate::model::sampling::SamplingConfig;
     use crate::model::{Cpu, host_f32};
 
@@ -519,10 +519,12 @@ mod tests {
                 Tensor::from_data(TensorData::new(px.clone(), [3, 32, 32]), &dev),
                 &prefixes,
                 &keys,
-                &sampling,
-                9,
-                39,
-                12,
+                &GenerationConfig {
+                    sampling,
+                    seed: 9,
+                    eos: 39,
+                    max_new_tokens: 12,
+                },
             )
             .unwrap();
             let advs = [0.9f32, -1.1, 0.3];
