@@ -6,7 +6,7 @@ use burn::module::Module;
 use burn::nn::{Linear, LinearConfig, RmsNorm, RmsNormConfig};
 use burn::tensor::activation::{silu, softmax};
 use burn::tensor::backend::Backend;
-use burn::tensor::{Tensor, TensorData};
+use burn::tensor::{Int, Tensor, TensorData};
 
 /// Large negative bias for masked attention scores.
 pub const MASKED: f32 = -1.0e9;
@@ -179,7 +179,7 @@ pub struct KvCache<B: Backend> {
 impl<B: Backend> KvCache<B> {
     /// Appends new keys and values; a prefill (several positions at once) or a full tail is
     /// sealed into a block.
-    fn push(&mut self, k: Tensor<B, 4>, v: Tensor<B, 4>) {
+    pub fn push(&mut self, k: Tensor<B, 4>, v: Tensor<B, 4>) {
         let (k, v) = match self.tail.take() {
             Some((tk, tv)) => (Tensor::cat(vec![tk, k], 2), Tensor::cat(vec![tv, v], 2)),
             None => (k, v),
@@ -192,8 +192,45 @@ impl<B: Backend> KvCache<B> {
     }
 
     /// The parts in position order.
-    fn parts(&self) -> impl Iterator<Item = &(Tensor<B, 4>, Tensor<B, 4>)> {
+    pub fn parts(&self) -> impl Iterator<Item = &(Tensor<B, 4>, Tensor<B, 4>)> {
         self.blocks.iter().chain(self.tail.as_ref())
+    }
+
+    /// Appends new keys and values ([`KvCache::push`]) and returns all of them, each
+    /// [B, H, n, d_head], in position order: for an attention that reads the whole cache at once.
+    pub fn append(&mut self, k: Tensor<B, 4>, v: Tensor<B, 4>) -> (Tensor<B, 4>, Tensor<B, 4>) {
+        self.push(k, v);
+        let (mut ks, mut vs): (Vec<_>, Vec<_>) = self.parts().cloned().unzip();
+        if ks.len() == 1
+            && let (Some(k), Some(v)) = (ks.pop(), vs.pop())
+        {
+            return (k, v);
+        }
+        (Tensor::cat(ks, 2), Tensor::cat(vs, 2))
+    }
+
+    /// The cache of a batch made of rows of this one: row i is row `rows[i]` (a row may
+    /// repeat).
+    pub fn select_rows(&self, rows: &[usize]) -> Self {
+        let Some((first, _)) = self.parts().next() else {
+            return KvCache::default();
+        };
+        let idx = Tensor::<B, 1, Int>::from_data(
+            TensorData::new(
+                rows.iter().map(|&r| r as i64).collect::<Vec<_>>(),
+                [rows.len()],
+            ),
+            &first.device(),
+        );
+        let pick = |t: &Tensor<B, 4>| t.clone().select(0, idx.clone());
+        KvCache {
+            blocks: self
+                .blocks
+                .iter()
+                .map(|(k, v)| (pick(k), pick(v)))
+                .collect(),
+            tail: self.tail.as_ref().map(|(k, v)| (pick(k), pick(v))),
+        }
     }
 }
 

@@ -125,27 +125,10 @@ impl<B: Backend> DecodeState<B> {
     /// way G samples of one prompt share a single prefill.
     pub fn fork(self, rows: &[usize]) -> Self {
         let device = self.device.clone();
-        let idx = Tensor::<B, 1, Int>::from_data(
-            TensorData::new(
-                rows.iter().map(|&r| r as i64).collect::<Vec<_>>(),
-                [rows.len()],
-            ),
-            &device,
-        );
-        let pick = |t: Tensor<B, 4>| t.select(0, idx.clone());
         let caches = self
             .caches
-            .into_iter()
-            .map(|c| {
-                c.map(|c| KvCache {
-                    blocks: c
-                        .blocks
-                        .into_iter()
-                        .map(|(k, v)| (pick(k), pick(v)))
-                        .collect(),
-                    tail: c.tail.map(|(k, v)| (pick(k), pick(v))),
-                })
-            })
+            .iter()
+            .map(|c| c.as_ref().map(|c| c.select_rows(rows)))
             .collect();
         DecodeState {
             caches,

@@ -5,7 +5,7 @@
 use super::config::TextConfig;
 use super::{HfError, Result};
 use super::{RmsNorm, act, rotate_half};
-use crate::model::layers::linear3;
+use crate::model::layers::{KvCache, linear3};
 use burn::module::Module;
 use burn::nn::{Embedding, EmbeddingConfig, Linear, LinearConfig};
 use burn::tensor::activation::softmax;
@@ -139,11 +139,11 @@ impl<B: Backend> TextModel<B> {
         x: Tensor<B, 3>,
         rope: &(Tensor<B, 3>, Tensor<B, 3>),
         deepstack: &[Tensor<B, 3>],
-        cache: &mut KvCache<B>,
+        cache: &mut TextCache<B>,
     ) -> Tensor<B, 3> {
         let [b, t, _] = x.dims();
         if cache.layers.len() != self.layers.len() {
-            cache.layers = vec![None; self.layers.len()];
+            cache.layers = vec![KvCache::default(); self.layers.len()];
         }
         let mask = causal_bias::<B>(b, t, cache.len, &cache.padding, &x.device());
         let mut x = x;
@@ -163,10 +163,11 @@ impl<B: Backend> TextModel<B> {
     }
 }
 
-/// Keys and values [B, kv_heads, n, head_dim] of each layer for the `len` positions seen so far.
+/// Keys and values [B, kv_heads, n, head_dim] of each layer (the built-in model's
+/// [`KvCache`]) for the `len` positions seen so far.
 #[derive(Clone, Debug, Default)]
-pub struct KvCache<B: Backend> {
-    pub layers: Vec<Option<(Tensor<B, 4>, Tensor<B, 4>)>>,
+pub struct TextCache<B: Backend> {
+    pub layers: Vec<KvCache<B>>,
     pub len: usize,
     /// Per row, the positions no query may see (left padding of a batch of prompts of several
     /// lengths); empty: none.
@@ -204,7 +205,7 @@ impl<B: Backend> DecoderLayer<B> {
         rope: &(Tensor<B, 3>, Tensor<B, 3>),
         mask: &Tensor<B, 4>,
         cfg: &TextConfig,
-        cache: &mut Option<(Tensor<B, 4>, Tensor<B, 4>)>,
+        cache: &mut KvCache<B>,
     ) -> Tensor<B, 3> {
         let normed = self.input_layernorm.forward(x.clone());
         let h = self.self_attn.forward(normed, rope, mask, cfg, cache);
@@ -222,7 +223,7 @@ impl<B: Backend> TextAttention<B> {
         (cos, sin): &(Tensor<B, 3>, Tensor<B, 3>),
         mask: &Tensor<B, 4>,
         cfg: &TextConfig,
-        cache: &mut Option<(Tensor<B, 4>, Tensor<B, 4>)>,
+        cache: &mut KvCache<B>,
     ) -> Tensor<B, 3> {
         let [b, t, _] = x.dims();
         let (h, kv, hd) = (cfg.num_attention_heads, cfg.kv_heads(), cfg.head_dim());
@@ -238,11 +239,7 @@ impl<B: Backend> TextAttention<B> {
         let v = heads(linear3(&self.v_proj, x), kv).swap_dims(1, 2);
         let (cos, sin) = (cos.clone().unsqueeze_dim(1), sin.clone().unsqueeze_dim(1));
         let (q, k) = (rotate_half(q, &cos, &sin), rotate_half(k, &cos, &sin));
-        let (k, v) = match cache.take() {
-            Some((pk, pv)) => (Tensor::cat(vec![pk, k], 2), Tensor::cat(vec![pv, v], 2)),
-            None => (k, v),
-        };
-        *cache = Some((k.clone(), v.clone()));
+        let (k, v) = cache.append(k, v);
         let keys = k.dims()[2];
         // Grouped queries: each key/value head serves h / kv query heads.
         let group = h / kv;
@@ -264,30 +261,20 @@ impl<B: Backend> TextAttention<B> {
 /// Sequences decoded together: one cache over the batch (every row has seen as many positions)
 /// and each row's next position.
 pub struct DecodeBatch<B: Backend> {
-    pub cache: KvCache<B>,
+    pub cache: TextCache<B>,
     pub next_pos: Vec<i64>,
 }
 
 impl<B: Backend> DecodeBatch<B> {
     /// The batch of rows `rows` of this one (a row may repeat).
     pub fn select(&self, rows: &[usize]) -> Self {
-        let pick = |t: &Tensor<B, 4>| {
-            let idx = Tensor::<B, 1, Int>::from_data(
-                TensorData::new(
-                    rows.iter().map(|&r| r as i64).collect::<Vec<_>>(),
-                    [rows.len()],
-                ),
-                &t.device(),
-            );
-            t.clone().select(0, idx)
-        };
         DecodeBatch {
-            cache: KvCache {
+            cache: TextCache {
                 layers: self
                     .cache
                     .layers
                     .iter()
-                    .map(|kv| kv.as_ref().map(|(k, v)| (pick(k), pick(v))))
+                    .map(|kv| kv.select_rows(rows))
                     .collect(),
                 len: self.cache.len,
                 padding: if self.cache.padding.is_empty() {
@@ -474,9 +461,9 @@ impl<B: Backend> TextModel<B> {
             extra = deepstack.into_iter().map(place).collect();
         }
         let rope = mrope_tables::<B>(&self.cfg, &packed.positions, device);
-        let mut cache = KvCache {
+        let mut cache = TextCache {
             padding: packed.padding.clone(),
-            ..KvCache::default()
+            ..TextCache::default()
         };
         let h = self.forward(x, &rope, &extra, &mut cache);
         (

@@ -57,7 +57,7 @@ pub struct Qwen3Vl<B: Backend> {
 /// (after an image, text positions continue from the largest position so far).
 #[derive(Clone)]
 pub struct Decode<B: Backend> {
-    pub cache: text::KvCache<B>,
+    pub cache: text::TextCache<B>,
     pub next_pos: i64,
 }
 
