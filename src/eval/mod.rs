@@ -5,7 +5,7 @@
 pub mod rollout;
 pub mod score;
 
-pub use rollout::{Mode, RolloutRow, RolloutSpec, run_rollouts};
+pub use rollout::{Mode, RolloutRow, RolloutSpec, Sampler, run_rollouts};
 pub use score::{Scores, score};
 
 /// Errors of sampling and scoring.

@@ -140,19 +140,28 @@ pub fn prefix(tok: &Codec, prompt: &[u32], forced_perception: Option<&str>) -> R
     Ok(prefix)
 }
 
-/// Samples `spec.samples` outputs for every example. `perceptions` overrides the forced
-/// perception per (item, sample) in text-only mode.
-#[allow(clippy::too_many_arguments)]
+/// What sampling reads besides the data: a model, its codec and its device.
+pub struct Sampler<'a, B: Backend> {
+    pub model: &'a Model<B>,
+    pub codec: &'a Codec,
+    pub device: &'a B::Device,
+}
+
+/// Samples `spec.samples` outputs for every example, the rows' streams keyed by `seed`.
+/// `perceptions` overrides the forced perception per (item, sample) in text-only mode.
 pub fn run_rollouts<B: Backend>(
-    model: &Model<B>,
-    tok: &Codec,
+    sampler: &Sampler<'_, B>,
     examples: &[Example],
     perceptions: Option<&HashMap<(String, usize), String>>,
     spec: &RolloutSpec,
     seed: u64,
-    device: &B::Device,
     mut progress: impl FnMut(usize),
 ) -> Result<Vec<RolloutRow>> {
+    let Sampler {
+        model,
+        codec: tok,
+        device,
+    } = *sampler;
     let image_size = model.image_size();
     let budget = spec.token_budget(examples);
     if budget == 0 {

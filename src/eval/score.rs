@@ -6,7 +6,7 @@
 //! and the share of outputs with each format error or cut by the token budget, so that a parse
 //! failure or a truncation is reported rather than silently counted as a wrong answer.
 
-use super::rollout::{Mode, RolloutRow, RolloutSpec, run_rollouts};
+use super::rollout::{Mode, RolloutRow, RolloutSpec, Sampler, run_rollouts};
 use super::{EvalError, Result};
 use crate::analysis::{cluster_bootstrap, wilson};
 use crate::data::Codec;
@@ -329,7 +329,20 @@ pub fn heldout_eval<B: Backend>(
         max_new_tokens,
         batch_size: 32,
     };
-    let run = |mode| run_rollouts(model, tok, examples, None, &spec(mode), 0, device, |_| {});
+    let run = |mode| {
+        run_rollouts(
+            &Sampler {
+                model: model,
+                codec: tok,
+                device: device,
+            },
+            examples,
+            None,
+            &spec(mode),
+            0,
+            |_| {},
+        )
+    };
     let std = run(Mode::Standard)?;
     let cf = run(Mode::Counterfactual)?;
     let truth: HashMap<String, String> = examples

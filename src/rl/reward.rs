@@ -19,7 +19,7 @@
 use super::{Result, RlError};
 use crate::data::Codec;
 use crate::data::Example;
-use crate::eval::rollout::{Mode, RolloutRow, RolloutSpec, run_rollouts};
+use crate::eval::rollout::{Mode, RolloutRow, RolloutSpec, Sampler, run_rollouts};
 use crate::eval::score::score;
 use crate::model::Model;
 use crate::model::sampling::SamplingConfig;
@@ -388,13 +388,15 @@ impl<B: Backend> Reasoner for VlmReasoner<'_, B> {
                 });
             }
             let rows = run_rollouts(
-                self.model,
-                self.tok,
+                &Sampler {
+                    model: self.model,
+                    codec: self.tok,
+                    device: self.device,
+                },
                 &examples,
                 Some(&forced),
                 &spec,
                 self.seed,
-                self.device,
                 |_| {},
             )?;
             let mut by: HashMap<(String, usize), Option<String>> = rows
@@ -436,13 +438,15 @@ impl<B: Backend> Transcriber for VlmTranscriber<'_, B> {
         for chunk in examples.chunks(CHUNK) {
             let owned: Vec<Example> = chunk.iter().map(|e| (*e).clone()).collect();
             let rows = run_rollouts(
-                self.model,
-                self.tok,
+                &Sampler {
+                    model: self.model,
+                    codec: self.tok,
+                    device: self.device,
+                },
                 &owned,
                 None,
                 &spec,
                 0,
-                self.device,
                 |_| {},
             )?;
             out.extend(rows.into_iter().map(|r| r.perception));

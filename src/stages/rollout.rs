@@ -11,7 +11,7 @@ use super::{
     read_optional, write_table,
 };
 use crate::dag::{InputSpec, OutputSpec, RunCtx};
-use crate::eval::rollout::{Mode, RolloutRow, RolloutSpec, run_rollouts};
+use crate::eval::rollout::{Mode, RolloutRow, RolloutSpec, Sampler, run_rollouts};
 use crate::model::DeviceSpec;
 use crate::rl::select::step_items;
 use crate::table::cols;
@@ -199,13 +199,15 @@ impl Stage for Rollout {
         let rows = crate::with_backend!(spec, |B, dev| {
             let model = plan.load::<B>(ctx.seed, &dev)?;
             run_rollouts::<B>(
-                &model,
-                &plan.codec,
+                &Sampler {
+                    model: &model,
+                    codec: &plan.codec,
+                    device: &dev,
+                },
                 &examples,
                 perceptions.as_ref(),
                 &cfg.spec,
                 seed,
-                &dev,
                 |n| bar.inc(n as u64),
             )
             .map_err(StageError::from)

@@ -22,7 +22,7 @@ use setup::{example_count, examples, model_config, model_name, puzzles, sft_sett
 use twin::twin_export;
 
 use asymm::data::{Example, image_ink};
-use asymm::eval::rollout::{Mode, RolloutSpec, run_rollouts};
+use asymm::eval::rollout::{Mode, RolloutSpec, Sampler, run_rollouts};
 use asymm::model::sampling::SamplingConfig;
 use asymm::model::{DeviceSpec, Vlm, VlmConfig};
 use asymm::render::digits::DigitBank;

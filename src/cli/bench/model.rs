@@ -171,13 +171,15 @@ pub(super) fn time_rollouts<B: burn::tensor::backend::Backend>(
         };
         let run = || {
             run_rollouts(
-                model,
-                codec,
+                &Sampler {
+                    model: model,
+                    codec: codec,
+                    device: device,
+                },
                 &examples[..plan.examples()],
                 None,
                 &spec,
                 1,
-                device,
                 |_| {},
             )
         };
