@@ -332,9 +332,9 @@ pub fn heldout_eval<B: Backend>(
     let run = |mode| {
         run_rollouts(
             &Sampler {
-                model: model,
+                model,
                 codec: tok,
-                device: device,
+                device,
             },
             examples,
             None,

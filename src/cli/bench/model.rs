@@ -172,9 +172,9 @@ pub(super) fn time_rollouts<B: burn::tensor::backend::Backend>(
         let run = || {
             run_rollouts(
                 &Sampler {
-                    model: model,
-                    codec: codec,
-                    device: device,
+                    model,
+                    codec,
+                    device,
                 },
                 &examples[..plan.examples()],
                 None,
