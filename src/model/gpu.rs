@@ -130,7 +130,8 @@ fn tally(message: &str) {
 
 /// A kernel's name without its type parameters and module path: `a::b::Kernel<F, ..>` → `Kernel`.
 fn kernel_name(full: &str) -> &str {
-    let base = full.split(['<', '{', '(', ' ']).next().unwrap_or(full);
+    // Cut at the first `<`, opening brace (written `\x7b`), `(` or space.
+    let base = full.split(['<', '\x7b', '(', ' ']).next().unwrap_or(full);
     base.rsplit("::").next().unwrap_or(base)
 }
 

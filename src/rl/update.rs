@@ -6,8 +6,7 @@
 
 use super::grpo::{ForcedBatch, LossSettings, Sequence, clipped_objective, token_logprobs};
 use super::{Result, RlError};
-use crate::model::checkpoint::model_from_bytes;
-use crate::model::{Model, VlmConfig, host_f32};
+use crate::model::{Model, host_f32};
 use crate::train::gradient::Gradient;
 use crate::train::parallel::{gradients, map_shards};
 use crate::train::sft::f32_on_device;
@@ -152,40 +151,6 @@ pub struct Policy<'a, B: AutodiffBackend> {
     /// Its KL is logged whenever it is given, and added to the loss with weight `kl_coef`
     /// (which needs one).
     pub reference: Option<Model<B::InnerBackend>>,
-}
-
-impl<'a, B: AutodiffBackend> Policy<'a, B> {
-    /// `model` with a fresh optimizer and no reference.
-    pub fn new(model: Model<B>) -> Self {
-        Policy {
-            model,
-            state: None,
-            reference: None,
-        }
-    }
-
-    /// The built-in model of shape `cfg` from its weights in the checkpoint format.
-    pub fn from_bytes(cfg: &VlmConfig, weights: &[u8], device: &B::Device) -> Result<Self> {
-        Ok(Self::new(Model::from(model_from_bytes::<B>(
-            cfg, weights, device,
-        )?)))
-    }
-
-    /// The same policy continuing from `state`.
-    pub fn with_state(self, state: &'a OptimState) -> Self {
-        Policy {
-            state: Some(state),
-            ..self
-        }
-    }
-
-    /// The same policy with a frozen `reference`.
-    pub fn with_reference(self, reference: Model<B::InnerBackend>) -> Self {
-        Policy {
-            reference: Some(reference),
-            ..self
-        }
-    }
 }
 
 /// The result of [`update_model`].
@@ -428,6 +393,8 @@ impl<B: AutodiffBackend> Minibatches<'_, B> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::VlmConfig;
+    use crate::model::checkpoint::model_from_bytes;
     use crate::model::config::small_config;
     use crate::model::{Cpu, Vlm};
     use burn::backend::Autodiff;
@@ -454,10 +421,11 @@ mod tests {
         progress: impl FnMut(&MinibatchRow),
     ) -> Result<Updated> {
         let dev = Default::default();
-        let mut policy = Policy::<B>::from_bytes(cfg, init, &dev)?;
-        if let Some(st) = state {
-            policy = policy.with_state(st);
-        }
+        let policy = Policy::<B> {
+            model: Model::from(model_from_bytes::<B>(cfg, init, &dev)?),
+            state,
+            reference: None,
+        };
         let out = update_model(settings, policy, seqs, 0, &dev, progress)?;
         Ok(Updated {
             weights: out.model.weights_bytes()?,
