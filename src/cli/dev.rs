@@ -136,23 +136,12 @@ pub fn dev(cmd: DevCmd) -> anyhow::Result<i32> {
 /// `dev hf-parity`: a checkpoint fixture's logits against the reference file transformers wrote.
 fn hf_parity(fixture: PathBuf, device: String, tolerance: f32) -> anyhow::Result<i32> {
     use asymm::model::hf::reference::Reference;
-    use asymm::model::internvl::{self, InternVl};
-    use asymm::model::qwen3_vl::{Qwen3Vl, reference};
-    use asymm::text::chat::Family;
+    use asymm::model::{Checkpoint, HfNet};
     let spec = asymm::model::DeviceSpec::parse(&device)?;
     let r = Reference::read(&fixture.join("reference.safetensors"))?;
-    let family = Family::of_dir(&fixture)?;
     let p = asymm::with_backend!(spec, |B, dev| {
-        match family {
-            Family::Qwen3Vl => {
-                let model = Qwen3Vl::<B>::from_pretrained(&fixture, &dev)?;
-                reference::parity(&model, &r).map_err(anyhow::Error::from)
-            }
-            Family::InternVl => {
-                let model = InternVl::<B>::from_pretrained(&fixture, &dev)?;
-                internvl::parity(&model, &r).map_err(anyhow::Error::from)
-            }
-        }
+        let model = HfNet::<B>::open(&fixture, true, &dev)?;
+        model.parity(&r).map_err(anyhow::Error::from)
     })?;
     let passed = p.positions_equal && p.max_abs_logit_diff <= tolerance;
     println!(
@@ -194,7 +183,8 @@ fn hf_generate(
     max_new_tokens: usize,
     device: String,
 ) -> anyhow::Result<i32> {
-    use asymm::text::chat::{ChatTokenizer, Family};
+    use asymm::model::{Checkpoint, HfNet};
+    use asymm::text::chat::ChatTokenizer;
     let spec = asymm::model::DeviceSpec::parse(&device)?;
     let tok = ChatTokenizer::from_dir(&checkpoint)?;
     let bytes = std::fs::read(&image).map_err(|e| anyhow::anyhow!("{}: {e}", image.display()))?;
@@ -203,19 +193,12 @@ fn hf_generate(
         .iter()
         .filter_map(|t| tok.token_id(t))
         .collect();
-    let g = Generate {
-        dir: &checkpoint,
-        image: &rgb,
-        tok: &tok,
-        prompt: &prompt,
-        max_new: max_new_tokens,
-        stop: &stop,
-    };
     let out = asymm::with_backend!(spec, |B, dev| {
-        match tok.family() {
-            Family::Qwen3Vl => generate_qwen::<B>(&g, &dev),
-            Family::InternVl => generate_internvl::<B>(&g, &dev),
-        }
+        let model = HfNet::<B>::open(&checkpoint, true, &dev)?;
+        let ids = tok.prompt(&prompt, model.image_tokens(rgb.width, rgb.height)?)?;
+        model
+            .greedy_image(&ids, &rgb, max_new_tokens, &stop)
+            .map_err(anyhow::Error::from)
     })?;
     println!("{}", tok.decode(&out, true)?);
     Ok(0)
@@ -309,61 +292,6 @@ fn stage_versions(
     } else {
         Ok(1)
     }
-}
-
-/// One greedy generation: a checkpoint folder, an image and a message.
-struct Generate<'a> {
-    dir: &'a std::path::Path,
-    image: &'a asymm::model::hf::image::Rgb,
-    tok: &'a asymm::text::chat::ChatTokenizer,
-    prompt: &'a str,
-    max_new: usize,
-    stop: &'a [u32],
-}
-
-impl Generate<'_> {
-    /// The chat prompt's ids around an image of `image_tokens` tokens.
-    fn prompt_ids(&self, image_tokens: usize) -> anyhow::Result<Vec<u32>> {
-        Ok(self.tok.prompt(self.prompt, image_tokens)?)
-    }
-}
-
-/// Greedy decoding of a Qwen3-VL checkpoint.
-fn generate_qwen<B: burn::tensor::backend::Backend>(
-    g: &Generate,
-    dev: &B::Device,
-) -> anyhow::Result<Vec<u32>> {
-    use asymm::model::qwen3_vl::{ImageInput, Qwen3Vl, processor::ProcessorConfig};
-    let proc = ProcessorConfig::from_dir(g.dir)?;
-    let model = Qwen3Vl::<B>::from_pretrained(g.dir, dev)?;
-    proc.check(&model.cfg.vision_config)?;
-    let (rows, grid) = proc.preprocess(g.image)?;
-    let ids = g.prompt_ids(grid.iter().product::<usize>() / proc.merge_size.pow(2))?;
-    let width = model.cfg.vision_config.patch_features();
-    let n = rows.len() / width.max(1);
-    let pixel_values = burn::tensor::Tensor::<B, 2>::from_data(
-        burn::tensor::TensorData::new(rows, [n, width]),
-        dev,
-    );
-    let image = ImageInput { pixel_values, grid };
-    Ok(model.greedy(&ids, &[image], g.max_new, g.stop)?)
-}
-
-/// Greedy decoding of an InternVL3.5 checkpoint (the image cut into tiles).
-fn generate_internvl<B: burn::tensor::backend::Backend>(
-    g: &Generate,
-    dev: &B::Device,
-) -> anyhow::Result<Vec<u32>> {
-    use asymm::model::internvl::{InternVl, processor::TileConfig};
-    let proc = TileConfig::from_dir(g.dir)?;
-    let model = InternVl::<B>::from_pretrained(g.dir, dev)?;
-    proc.check(model.cfg.vision_config.image_size)?;
-    let (values, n) = proc.preprocess(g.image)?;
-    let ids = g.prompt_ids(n * model.cfg.tokens_per_tile())?;
-    let shape = [n, 3, proc.size.height, proc.size.width];
-    let tiles =
-        burn::tensor::Tensor::<B, 4>::from_data(burn::tensor::TensorData::new(values, shape), dev);
-    Ok(model.greedy(&ids, tiles, g.max_new, g.stop)?)
 }
 
 /// `dev hf-memory`'s report for the checkpoint in `dir`.

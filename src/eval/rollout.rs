@@ -11,6 +11,7 @@ use super::{Result, bail};
 use crate::data::Codec;
 use crate::data::Example;
 use crate::model::Model;
+use crate::model::VisionLanguageModel;
 use crate::model::decode::{Generated, GenerationConfig, SeqKey, generate_shared};
 use crate::model::sampling::SamplingConfig;
 use crate::text::format;

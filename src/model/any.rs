@@ -8,22 +8,126 @@
 //! (white paper, black ink), so a puzzle reads the same whichever model looks at it.
 
 use super::ModelError;
+use super::hf::family::Checkpoint;
 use super::hf::image::Rgb;
-use super::hf::read_config;
-use super::hf::text::DecodeBatch;
-use super::internvl::InternVl;
-use super::internvl::processor::TileConfig;
+use super::hf::reference::{Parity, Reference};
+use super::hf::text::{DecodeBatch, TextModel};
+use super::internvl::{self, InternVl};
 use super::layers::MASKED;
-use super::qwen3_vl::processor::ProcessorConfig;
-use super::qwen3_vl::{ImageInput, Qwen3Vl};
+use super::qwen3_vl::{self, Qwen3Vl};
 use super::vlm::{DecodeState, Vlm};
 use crate::text::chat::{ChatTokenizer, Family};
 use burn::module::Module;
 use burn::tensor::backend::Backend;
-use burn::tensor::{Int, Tensor, TensorData};
+use burn::tensor::{Int, Tensor};
 use std::path::Path;
 
-/// A checkpoint's network, of one family.
+/// What every stage needs of a model, implemented once by the built-in [`Vlm`] and once by a
+/// checkpoint ([`HfVlm`], whatever its family); [`Model`] holds either and passes each call on.
+/// Training reads [`VisionLanguageModel::forward_text`]; decoding
+/// [`VisionLanguageModel::prefill`] and [`VisionLanguageModel::step`]; checkpoints of a run
+/// [`VisionLanguageModel::weights_bytes`] and [`VisionLanguageModel::with_weights`].
+pub trait VisionLanguageModel<B: Backend>: Sized {
+    /// Per-row decoding state of a batch.
+    type State: Fork;
+
+    /// Side of the square ink grid the model reads.
+    fn image_size(&self) -> usize;
+
+    /// Rows of the output layer.
+    fn vocab_size(&self) -> usize;
+
+    /// Teacher-forced logits [B, L, vocab] of text `ids` [B, L] read with `images` [B, S, S]:
+    /// the logits at position t predict token t+1. The built-in model reads the image before
+    /// the text; a checkpoint model reads it where the prompt's image tokens stand.
+    ///
+    /// # Shapes
+    /// - images: `[B, S, S]`, ids: `[B, L]` → `[B, L, vocab]`
+    fn forward_text(
+        &self,
+        images: Tensor<B, 3>,
+        ids: Tensor<B, 2, Int>,
+    ) -> Result<Tensor<B, 3>, ModelError>;
+
+    /// Encodes a batch of prompts with their images; returns the logits of each row's last
+    /// prompt token [B, vocab] and the state to continue from.
+    fn prefill(
+        &self,
+        images: Tensor<B, 3>,
+        prefixes: &[Vec<u32>],
+    ) -> Result<(Tensor<B, 2>, Self::State), ModelError>;
+
+    /// Feeds one token per row; the next logits [B, vocab].
+    fn step(&self, tokens: &[u32], state: &mut Self::State) -> Result<Tensor<B, 2>, ModelError>;
+
+    /// The weights in the checkpoint format of the family's own module tree
+    /// ([`super::checkpoint::weights_to_bytes`] of the inner model, so a built-in model's bytes
+    /// do not depend on a wrapper).
+    fn weights_bytes(&self) -> Result<Vec<u8>, ModelError>;
+
+    /// This model with the weights of [`VisionLanguageModel::weights_bytes`] loaded.
+    fn with_weights(self, bytes: &[u8]) -> Result<Self, ModelError>;
+}
+
+/// A decoding state whose rows can be continued in another arrangement.
+pub trait Fork {
+    /// The state of a batch whose row i continues row `rows[i]` of this one.
+    fn fork(self, rows: &[usize]) -> Self;
+}
+
+impl<B: Backend> Fork for DecodeState<B> {
+    fn fork(self, rows: &[usize]) -> Self {
+        DecodeState::fork(self, rows)
+    }
+}
+
+impl<B: Backend> Fork for DecodeBatch<B> {
+    fn fork(self, rows: &[usize]) -> Self {
+        self.select(rows)
+    }
+}
+
+impl<B: Backend> VisionLanguageModel<B> for Vlm<B> {
+    type State = DecodeState<B>;
+
+    fn image_size(&self) -> usize {
+        self.image_size
+    }
+
+    fn vocab_size(&self) -> usize {
+        self.embed.weight.dims()[0]
+    }
+
+    fn forward_text(
+        &self,
+        images: Tensor<B, 3>,
+        ids: Tensor<B, 2, Int>,
+    ) -> Result<Tensor<B, 3>, ModelError> {
+        Ok(Vlm::forward_text(self, images, ids))
+    }
+
+    fn prefill(
+        &self,
+        images: Tensor<B, 3>,
+        prefixes: &[Vec<u32>],
+    ) -> Result<(Tensor<B, 2>, DecodeState<B>), ModelError> {
+        Ok(Vlm::prefill(self, images, prefixes))
+    }
+
+    fn step(&self, tokens: &[u32], state: &mut DecodeState<B>) -> Result<Tensor<B, 2>, ModelError> {
+        Ok(Vlm::step(self, tokens, state))
+    }
+
+    fn weights_bytes(&self) -> Result<Vec<u8>, ModelError> {
+        super::checkpoint::weights_to_bytes(self)
+    }
+
+    fn with_weights(self, bytes: &[u8]) -> Result<Self, ModelError> {
+        super::checkpoint::load_weights(self, bytes)
+    }
+}
+
+/// A checkpoint's network, of the family its folder names.
 #[derive(Module, Debug)]
 #[allow(clippy::large_enum_variant)]
 pub enum HfNet<B: Backend> {
@@ -31,13 +135,79 @@ pub enum HfNet<B: Backend> {
     InternVl(InternVl<B>),
 }
 
-/// A checkpoint family's image processing.
-#[derive(Debug, Clone)]
-pub enum ImageProcessor {
-    /// Resize to the patch grid, patch rows in merge-window order.
-    Qwen3Vl(ProcessorConfig),
-    /// Tiles (and a thumbnail).
-    InternVl(TileConfig),
+/// `$body` with `$n` bound to the family's network of `$net` (an [`HfNet`]).
+macro_rules! each_family {
+    ($net:expr, $n:ident => $body:expr) => {
+        match $net {
+            HfNet::Qwen3Vl($n) => $body,
+            HfNet::InternVl($n) => $body,
+        }
+    };
+}
+
+impl<B: Backend> Checkpoint<B> for HfNet<B> {
+    fn family(&self) -> Family {
+        each_family!(self, n => n.family())
+    }
+
+    fn open(dir: &Path, weights: bool, device: &B::Device) -> super::hf::Result<Self> {
+        Ok(match Family::of_dir(dir)? {
+            Family::Qwen3Vl => HfNet::Qwen3Vl(Qwen3Vl::open(dir, weights, device)?),
+            Family::InternVl => HfNet::InternVl(InternVl::open(dir, weights, device)?),
+        })
+    }
+
+    fn vocab_size(&self) -> usize {
+        each_family!(self, n => Checkpoint::vocab_size(n))
+    }
+
+    fn text_model(&self) -> &TextModel<B> {
+        each_family!(self, n => n.text_model())
+    }
+
+    fn device(&self) -> B::Device {
+        each_family!(self, n => Checkpoint::device(n))
+    }
+
+    fn image_tokens(&self, width: usize, height: usize) -> super::hf::Result<usize> {
+        each_family!(self, n => n.image_tokens(width, height))
+    }
+
+    fn prefill_images(
+        &self,
+        rows: &[&[u32]],
+        images: &[&Rgb],
+    ) -> super::hf::Result<(Tensor<B, 3>, DecodeBatch<B>)> {
+        each_family!(self, n => n.prefill_images(rows, images))
+    }
+
+    fn step_batch(&self, tokens: &[u32], state: &mut DecodeBatch<B>) -> Tensor<B, 2> {
+        each_family!(self, n => Checkpoint::step_batch(n, tokens, state))
+    }
+
+    fn save_pretrained(&self, dir: &Path) -> super::hf::Result<()> {
+        each_family!(self, n => Checkpoint::save_pretrained(n, dir))
+    }
+
+    fn parity(&self, reference: &Reference) -> super::hf::Result<Parity> {
+        each_family!(self, n => n.parity(reference))
+    }
+}
+
+impl<B: Backend> HfNet<B> {
+    /// The weights in the checkpoint format of the family's module tree.
+    pub fn weights_bytes(&self) -> Result<Vec<u8>, ModelError> {
+        each_family!(self, n => super::checkpoint::weights_to_bytes(n))
+    }
+
+    /// This network with the weights of [`HfNet::weights_bytes`] loaded.
+    pub fn with_weights(self, bytes: &[u8]) -> Result<Self, ModelError> {
+        use super::checkpoint::load_weights;
+        Ok(match self {
+            HfNet::Qwen3Vl(n) => HfNet::Qwen3Vl(load_weights(n, bytes)?),
+            HfNet::InternVl(n) => HfNet::InternVl(load_weights(n, bytes)?),
+        })
+    }
 }
 
 /// What a stage needs to know of a checkpoint folder before loading its weights.
@@ -50,21 +220,31 @@ pub struct HfShape {
     pub max_positions: Option<usize>,
 }
 
-impl ImageProcessor {
-    fn from_dir(family: Family, dir: &Path) -> Result<Self, ModelError> {
-        Ok(match family {
-            Family::Qwen3Vl => ImageProcessor::Qwen3Vl(ProcessorConfig::from_dir(dir)?),
-            Family::InternVl => ImageProcessor::InternVl(TileConfig::from_dir(dir)?),
+impl HfShape {
+    /// The family, prompt image tokens and position limit of the checkpoint in `dir` for
+    /// puzzle images of `image_size`², from its config and processor files alone.
+    pub fn of_dir(dir: &Path, image_size: usize) -> Result<HfShape, ModelError> {
+        if image_size == 0 {
+            return Err(ModelError::Config("image_size must be positive".into()));
+        }
+        let family = Family::of_dir(dir)?;
+        let (image_tokens, max_positions) = match family {
+            Family::Qwen3Vl => qwen3_vl::prompt_shape(dir, image_size)?,
+            Family::InternVl => internvl::prompt_shape(dir, image_size)?,
+        };
+        Ok(HfShape {
+            family,
+            image_tokens,
+            max_positions,
         })
     }
 }
 
-/// A checkpoint model with the image processing its stages need.
+/// A checkpoint model with what its stages need around the network: the puzzles' image size
+/// and the ids the tokenizer knows.
 #[derive(Module, Debug)]
 pub struct HfVlm<B: Backend> {
     pub net: HfNet<B>,
-    #[module(skip)]
-    pub processor: ImageProcessor,
     /// Side of the square ink grid the stages hand over (before the processor's resize).
     #[module(skip)]
     pub image_size: usize,
@@ -75,45 +255,6 @@ pub struct HfVlm<B: Backend> {
     /// Image tokens one puzzle image takes in the prompt ([`HfShape::image_tokens`]).
     #[module(skip)]
     pub image_tokens: usize,
-}
-
-impl HfShape {
-    /// The family, prompt image tokens and position limit of the checkpoint in `dir` for
-    /// puzzle images of `image_size`², from its config and processor files alone.
-    pub fn of_dir(dir: &Path, image_size: usize) -> Result<HfShape, ModelError> {
-        Ok(Self::read(dir, image_size)?.0)
-    }
-
-    /// [`HfShape::of_dir`] and the folder's image processor.
-    fn read(dir: &Path, image_size: usize) -> Result<(HfShape, ImageProcessor), ModelError> {
-        if image_size == 0 {
-            return Err(ModelError::Config("image_size must be positive".into()));
-        }
-        let family = Family::of_dir(dir)?;
-        let processor = ImageProcessor::from_dir(family, dir)?;
-        let (image_tokens, max_positions) = match &processor {
-            ImageProcessor::Qwen3Vl(p) => {
-                let (cfg, _) = read_config::<super::qwen3_vl::Qwen3VlConfig>(dir)?;
-                (
-                    p.image_tokens(image_size, image_size)?,
-                    cfg.text_config.max_position_embeddings,
-                )
-            }
-            ImageProcessor::InternVl(p) => {
-                let (cfg, _) = read_config::<super::internvl::InternVlConfig>(dir)?;
-                (
-                    p.tiles(image_size, image_size) * cfg.tokens_per_tile(),
-                    cfg.text_config.max_position_embeddings,
-                )
-            }
-        };
-        let shape = HfShape {
-            family,
-            image_tokens,
-            max_positions,
-        };
-        Ok((shape, processor))
-    }
 }
 
 impl<B: Backend> HfVlm<B> {
@@ -143,35 +284,10 @@ impl<B: Backend> HfVlm<B> {
         weights: bool,
         device: &B::Device,
     ) -> Result<Self, ModelError> {
-        let (shape, processor) = HfShape::read(dir, image_size)?;
+        let shape = HfShape::of_dir(dir, image_size)?;
         // Config, processor and tokenizer are checked before any weight is read.
         let known_ids = ChatTokenizer::from_dir(dir)?.known_ids();
-        let net = match &processor {
-            ImageProcessor::Qwen3Vl(p) => {
-                let (cfg, text) = read_config::<super::qwen3_vl::Qwen3VlConfig>(dir)?;
-                p.check(&cfg.vision_config)?;
-                HfNet::Qwen3Vl(if weights {
-                    Qwen3Vl::from_pretrained(dir, device)?
-                } else {
-                    Qwen3Vl {
-                        config_json: text,
-                        ..Qwen3Vl::new(&cfg, device)?
-                    }
-                })
-            }
-            ImageProcessor::InternVl(p) => {
-                let (cfg, text) = read_config::<super::internvl::InternVlConfig>(dir)?;
-                p.check(cfg.vision_config.image_size)?;
-                HfNet::InternVl(if weights {
-                    InternVl::from_pretrained(dir, device)?
-                } else {
-                    InternVl {
-                        config_json: text,
-                        ..InternVl::new(&cfg, device)?
-                    }
-                })
-            }
-        };
+        let net = HfNet::open(dir, weights, device)?;
         let vocab = net.vocab_size();
         if known_ids == 0 || known_ids > vocab {
             return Err(ModelError::Config(format!(
@@ -180,7 +296,6 @@ impl<B: Backend> HfVlm<B> {
         }
         Ok(HfVlm {
             net,
-            processor,
             image_size,
             known_ids,
             image_tokens: shape.image_tokens,
@@ -203,44 +318,8 @@ impl<B: Backend> HfVlm<B> {
             )));
         }
         let ids: Vec<&[u32]> = rows.iter().map(Vec::as_slice).collect();
-        let device = self.net.device();
-        Ok(match (&self.net, &self.processor) {
-            (HfNet::Qwen3Vl(m), ImageProcessor::Qwen3Vl(p)) => {
-                let inputs = rgb
-                    .iter()
-                    .map(|img| {
-                        let (rows, grid) = p.preprocess(img)?;
-                        let n = grid.iter().product::<usize>();
-                        let width = rows.len() / n.max(1);
-                        let pixel_values =
-                            Tensor::from_data(TensorData::new(rows, [n, width]), &device);
-                        Ok(ImageInput { pixel_values, grid })
-                    })
-                    .collect::<Result<Vec<_>, ModelError>>()?;
-                let images: Vec<&[ImageInput<B>]> =
-                    inputs.iter().map(std::slice::from_ref).collect();
-                m.prefill_rows(&ids, &images)?
-            }
-            (HfNet::InternVl(m), ImageProcessor::InternVl(p)) => {
-                let tiles = rgb
-                    .iter()
-                    .map(|img| {
-                        let (values, n) = p.preprocess(img)?;
-                        let shape = [n, 3, p.size.height, p.size.width];
-                        Ok(Some(Tensor::from_data(
-                            TensorData::new(values, shape),
-                            &device,
-                        )))
-                    })
-                    .collect::<Result<Vec<_>, ModelError>>()?;
-                m.prefill_rows(&ids, &tiles)?
-            }
-            _ => {
-                return Err(ModelError::Config(
-                    "a processor of another family than the model".into(),
-                ));
-            }
-        })
+        let images: Vec<&Rgb> = rgb.iter().collect();
+        Ok(self.net.prefill_images(&ids, &images)?)
     }
 
     /// `logits` [.., vocab] with the ids the tokenizer does not know masked.
@@ -255,50 +334,58 @@ impl<B: Backend> HfVlm<B> {
     }
 }
 
-impl<B: Backend> HfNet<B> {
-    pub fn vocab_size(&self) -> usize {
-        match self {
-            HfNet::Qwen3Vl(m) => m.cfg.text_config.vocab_size,
-            HfNet::InternVl(m) => m.vocab_size(),
-        }
+impl<B: Backend> VisionLanguageModel<B> for HfVlm<B> {
+    type State = DecodeBatch<B>;
+
+    fn image_size(&self) -> usize {
+        self.image_size
     }
 
-    pub fn family(&self) -> Family {
-        match self {
-            HfNet::Qwen3Vl(_) => Family::Qwen3Vl,
-            HfNet::InternVl(_) => Family::InternVl,
-        }
+    fn vocab_size(&self) -> usize {
+        self.net.vocab_size()
     }
 
-    /// The Qwen3 language model both families share.
-    pub fn text_model(&self) -> &super::hf::text::TextModel<B> {
-        match self {
-            HfNet::Qwen3Vl(m) => &m.model.language_model,
-            HfNet::InternVl(m) => &m.language_model.model,
-        }
+    fn forward_text(
+        &self,
+        images: Tensor<B, 3>,
+        ids: Tensor<B, 2, Int>,
+    ) -> Result<Tensor<B, 3>, ModelError> {
+        let (logits, _) = self.run_rows(images, &ids_of(ids)?)?;
+        Ok(self.mask_unknown(logits))
     }
 
-    fn device(&self) -> B::Device {
-        match self {
-            HfNet::Qwen3Vl(m) => m.device(),
-            HfNet::InternVl(m) => m.device(),
-        }
+    fn prefill(
+        &self,
+        images: Tensor<B, 3>,
+        prefixes: &[Vec<u32>],
+    ) -> Result<(Tensor<B, 2>, DecodeBatch<B>), ModelError> {
+        // One batch, shorter prompts padded on the left.
+        let (logits, batch) = self.run_rows(images, prefixes)?;
+        let [b, l, v] = logits.dims();
+        let logits = logits.slice([0..b, l - 1..l, 0..v]).reshape([b, v]);
+        Ok((self.mask_unknown(logits), batch))
     }
 
-    fn step_batch(&self, tokens: &[u32], state: &mut DecodeBatch<B>) -> Tensor<B, 2> {
-        match self {
-            HfNet::Qwen3Vl(m) => m.step_batch(tokens, state),
-            HfNet::InternVl(m) => m.step_batch(tokens, state),
+    fn step(&self, tokens: &[u32], state: &mut DecodeBatch<B>) -> Result<Tensor<B, 2>, ModelError> {
+        if tokens.len() != state.next_pos.len() {
+            return Err(ModelError::Input(format!(
+                "{} tokens for {} rows",
+                tokens.len(),
+                state.next_pos.len()
+            )));
         }
+        Ok(self.mask_unknown(self.net.step_batch(tokens, state)))
     }
 
-    /// Writes the checkpoint folder's config and weights in the family's layout.
-    pub fn save_pretrained(&self, dir: &Path) -> Result<(), ModelError> {
-        match self {
-            HfNet::Qwen3Vl(m) => m.save_pretrained(dir)?,
-            HfNet::InternVl(m) => m.save_pretrained(dir)?,
-        }
-        Ok(())
+    fn weights_bytes(&self) -> Result<Vec<u8>, ModelError> {
+        self.net.weights_bytes()
+    }
+
+    fn with_weights(self, bytes: &[u8]) -> Result<Self, ModelError> {
+        Ok(HfVlm {
+            net: self.net.with_weights(bytes)?,
+            ..self
+        })
     }
 }
 
@@ -321,37 +408,6 @@ fn rgb_images<B: Backend>(images: Tensor<B, 3>) -> Result<Vec<Rgb>, ModelError> 
         .collect())
 }
 
-/// A model of either family. (Made once per stage, so the variants' sizes do not matter.)
-#[derive(Module, Debug)]
-#[allow(clippy::large_enum_variant)]
-pub enum Model<B: Backend> {
-    Native(Vlm<B>),
-    Hf(HfVlm<B>),
-}
-
-impl<B: Backend> From<Vlm<B>> for Model<B> {
-    fn from(m: Vlm<B>) -> Self {
-        Model::Native(m)
-    }
-}
-
-/// Per-row decoding state of a batch ([`Model::prefill`], [`Model::step`]).
-pub enum Decoding<B: Backend> {
-    Native(DecodeState<B>),
-    /// The batch's cache (its prompts left-padded to one length).
-    Hf(DecodeBatch<B>),
-}
-
-impl<B: Backend> Decoding<B> {
-    /// The state of a batch whose row i continues row `rows[i]` of this one.
-    pub fn fork(self, rows: &[usize]) -> Self {
-        match self {
-            Decoding::Native(s) => Decoding::Native(s.fork(rows)),
-            Decoding::Hf(s) => Decoding::Hf(s.select(rows)),
-        }
-    }
-}
-
 fn ids_of<B: Backend>(ids: Tensor<B, 2, Int>) -> Result<Vec<Vec<u32>>, ModelError> {
     let [b, l] = ids.dims();
     let flat = super::host_i64(ids)?;
@@ -366,59 +422,48 @@ fn ids_of<B: Backend>(ids: Tensor<B, 2, Int>) -> Result<Vec<Vec<u32>>, ModelErro
     Ok(rows)
 }
 
+/// A model of either kind, built-in or checkpoint: the one type the stages train and sample
+/// from. (Made once per stage, so the variants' sizes do not matter.)
+#[derive(Module, Debug)]
+#[allow(clippy::large_enum_variant)]
+pub enum Model<B: Backend> {
+    Native(Vlm<B>),
+    Hf(HfVlm<B>),
+}
+
+impl<B: Backend> From<Vlm<B>> for Model<B> {
+    fn from(m: Vlm<B>) -> Self {
+        Model::Native(m)
+    }
+}
+
+/// Per-row decoding state of a batch of a [`Model`].
+pub enum Decoding<B: Backend> {
+    Native(DecodeState<B>),
+    /// The batch's cache (its prompts left-padded to one length).
+    Hf(DecodeBatch<B>),
+}
+
+impl<B: Backend> Fork for Decoding<B> {
+    fn fork(self, rows: &[usize]) -> Self {
+        match self {
+            Decoding::Native(s) => Decoding::Native(s.fork(rows)),
+            Decoding::Hf(s) => Decoding::Hf(Fork::fork(s, rows)),
+        }
+    }
+}
+
+/// `$body` with `$m` bound to the model inside `$model` (a [`Model`]).
+macro_rules! each_model {
+    ($model:expr, $m:ident => $body:expr) => {
+        match $model {
+            Model::Native($m) => $body,
+            Model::Hf($m) => $body,
+        }
+    };
+}
+
 impl<B: Backend> Model<B> {
-    /// Side of the square ink grid the model reads.
-    pub fn image_size(&self) -> usize {
-        match self {
-            Model::Native(m) => m.image_size,
-            Model::Hf(m) => m.image_size,
-        }
-    }
-
-    pub fn vocab_size(&self) -> usize {
-        match self {
-            Model::Native(m) => m.embed.weight.dims()[0],
-            Model::Hf(m) => m.net.vocab_size(),
-        }
-    }
-
-    /// The weights in the checkpoint format of the family's own module tree
-    /// ([`super::checkpoint::weights_to_bytes`] of the inner model, so a built-in model's bytes
-    /// do not depend on this wrapper).
-    pub fn weights_bytes(&self) -> Result<Vec<u8>, ModelError> {
-        match self {
-            Model::Native(m) => super::checkpoint::weights_to_bytes(m),
-            Model::Hf(m) => match &m.net {
-                HfNet::Qwen3Vl(n) => super::checkpoint::weights_to_bytes(n),
-                HfNet::InternVl(n) => super::checkpoint::weights_to_bytes(n),
-            },
-        }
-    }
-
-    /// This model with the weights of [`Model::weights_bytes`] loaded.
-    pub fn with_weights(self, bytes: &[u8]) -> Result<Self, ModelError> {
-        use super::checkpoint::load_weights;
-        Ok(match self {
-            Model::Native(m) => Model::Native(load_weights(m, bytes)?),
-            Model::Hf(HfVlm {
-                net,
-                processor,
-                image_size,
-                known_ids,
-                image_tokens,
-            }) => Model::Hf(HfVlm {
-                net: match net {
-                    HfNet::Qwen3Vl(n) => HfNet::Qwen3Vl(load_weights(n, bytes)?),
-                    HfNet::InternVl(n) => HfNet::InternVl(load_weights(n, bytes)?),
-                },
-                processor,
-                image_size,
-                known_ids,
-                image_tokens,
-            }),
-        })
-    }
-
     /// The built-in model, if this is one.
     pub fn native(&self) -> Option<&Vlm<B>> {
         match self {
@@ -426,70 +471,62 @@ impl<B: Backend> Model<B> {
             Model::Hf(_) => None,
         }
     }
+}
 
-    /// Teacher-forced logits [B, L, vocab] of text `ids` [B, L] read with `images` [B, S, S]:
-    /// the logits at position t predict token t+1. The built-in model reads the image before
-    /// the text; a checkpoint model reads it where the prompt's image tokens stand.
-    ///
-    /// # Shapes
-    /// - images: `[B, S, S]`, ids: `[B, L]` → `[B, L, vocab]`
-    pub fn forward_text(
+impl<B: Backend> VisionLanguageModel<B> for Model<B> {
+    type State = Decoding<B>;
+
+    fn image_size(&self) -> usize {
+        each_model!(self, m => VisionLanguageModel::image_size(m))
+    }
+
+    fn vocab_size(&self) -> usize {
+        each_model!(self, m => VisionLanguageModel::vocab_size(m))
+    }
+
+    fn forward_text(
         &self,
         images: Tensor<B, 3>,
         ids: Tensor<B, 2, Int>,
     ) -> Result<Tensor<B, 3>, ModelError> {
-        match self {
-            Model::Native(m) => Ok(m.forward_text(images, ids)),
-            Model::Hf(m) => {
-                let (logits, _) = m.run_rows(images, &ids_of(ids)?)?;
-                Ok(m.mask_unknown(logits))
-            }
-        }
+        each_model!(self, m => VisionLanguageModel::forward_text(m, images, ids))
     }
 
-    /// Encodes a batch of prompts with their images; returns the logits of each row's last
-    /// prompt token [B, vocab] and the state to continue from.
-    pub fn prefill(
+    fn prefill(
         &self,
         images: Tensor<B, 3>,
         prefixes: &[Vec<u32>],
     ) -> Result<(Tensor<B, 2>, Decoding<B>), ModelError> {
-        match self {
+        Ok(match self {
             Model::Native(m) => {
-                let (l, s) = m.prefill(images, prefixes);
-                Ok((l, Decoding::Native(s)))
+                let (l, s) = VisionLanguageModel::prefill(m, images, prefixes)?;
+                (l, Decoding::Native(s))
             }
             Model::Hf(m) => {
-                // One batch, shorter prompts padded on the left.
-                let (logits, batch) = m.run_rows(images, prefixes)?;
-                let [b, l, v] = logits.dims();
-                let logits = logits.slice([0..b, l - 1..l, 0..v]).reshape([b, v]);
-                Ok((m.mask_unknown(logits), Decoding::Hf(batch)))
+                let (l, s) = m.prefill(images, prefixes)?;
+                (l, Decoding::Hf(s))
             }
+        })
+    }
+
+    fn step(&self, tokens: &[u32], state: &mut Decoding<B>) -> Result<Tensor<B, 2>, ModelError> {
+        match (self, state) {
+            (Model::Native(m), Decoding::Native(s)) => VisionLanguageModel::step(m, tokens, s),
+            (Model::Hf(m), Decoding::Hf(s)) => m.step(tokens, s),
+            _ => Err(ModelError::Input(
+                "a decoding state of another kind of model".into(),
+            )),
         }
     }
 
-    /// Feeds one token per row; the next logits [B, vocab].
-    pub fn step(
-        &self,
-        tokens: &[u32],
-        state: &mut Decoding<B>,
-    ) -> Result<Tensor<B, 2>, ModelError> {
-        match (self, state) {
-            (Model::Native(m), Decoding::Native(s)) => Ok(m.step(tokens, s)),
-            (Model::Hf(m), Decoding::Hf(s)) => {
-                if tokens.len() != s.next_pos.len() {
-                    return Err(ModelError::Input(format!(
-                        "{} tokens for {} rows",
-                        tokens.len(),
-                        s.next_pos.len()
-                    )));
-                }
-                Ok(m.mask_unknown(m.net.step_batch(tokens, s)))
-            }
-            _ => Err(ModelError::Input(
-                "a decoding state of another model family".into(),
-            )),
-        }
+    fn weights_bytes(&self) -> Result<Vec<u8>, ModelError> {
+        each_model!(self, m => m.weights_bytes())
+    }
+
+    fn with_weights(self, bytes: &[u8]) -> Result<Self, ModelError> {
+        Ok(match self {
+            Model::Native(m) => Model::Native(m.with_weights(bytes)?),
+            Model::Hf(m) => Model::Hf(m.with_weights(bytes)?),
+        })
     }
 }

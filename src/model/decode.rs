@@ -4,6 +4,7 @@
 use super::ModelError;
 use super::any::Model;
 use super::sampling::{SamplingConfig, log_prob, sample};
+use super::{Fork, VisionLanguageModel};
 use crate::util::rng::keyed_str;
 use burn::tensor::Tensor;
 use burn::tensor::backend::Backend;

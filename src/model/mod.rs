@@ -23,8 +23,9 @@ pub mod qwen3_vl;
 pub mod sampling;
 pub mod vlm;
 
-pub use any::{Decoding, HfNet, HfShape, HfVlm, Model};
+pub use any::{Decoding, Fork, HfNet, HfShape, HfVlm, Model, VisionLanguageModel};
 pub use config::VlmConfig;
+pub use hf::family::Checkpoint;
 pub use vlm::Vlm;
 
 /// The CPU backend.

@@ -9,6 +9,7 @@
 
 use super::{Result, RlError};
 use crate::model::Model;
+use crate::model::VisionLanguageModel;
 use burn::tensor::activation::log_softmax;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor, TensorData};

@@ -22,6 +22,7 @@ use crate::data::Example;
 use crate::eval::rollout::{Mode, RolloutRow, RolloutSpec, Sampler, run_rollouts};
 use crate::eval::score::score;
 use crate::model::Model;
+use crate::model::VisionLanguageModel;
 use crate::model::sampling::SamplingConfig;
 use crate::tasks::TaskKind;
 use crate::text::Tokenizer;

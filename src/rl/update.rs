@@ -6,6 +6,7 @@
 
 use super::grpo::{ForcedBatch, LossSettings, Sequence, clipped_objective, token_logprobs};
 use super::{Result, RlError};
+use crate::model::VisionLanguageModel;
 use crate::model::{Model, host_f32};
 use crate::train::gradient::Gradient;
 use crate::train::parallel::{gradients, map_shards};

@@ -11,6 +11,7 @@ use crate::model::checkpoint::{
     CONFIG_FILE, WEIGHTS_FILE, check_tokenizer, config_from_json, config_to_json, load_weights,
 };
 use crate::model::load::{HF_MARKER_FILE, HfMarker, ModelPlan, PlanSource, side_files};
+use crate::model::{Checkpoint, VisionLanguageModel};
 use crate::model::{Model, VlmConfig};
 use crate::store::Store;
 use crate::table::Table;

@@ -13,6 +13,7 @@ use super::flat::{AdamWConsts, FlatAdamW, FlatError, FlatLayout};
 use super::gradient::{Form, Gradient};
 use super::grads::{clip_factor, grad_norm_device, scale_device};
 use super::schedule::cosine_with_warmup;
+use crate::model::VisionLanguageModel;
 use crate::model::{Model, ModelError};
 use burn::module::{Module, ModuleVisitor, Param, ParamId};
 use burn::optim::{AdamW, AdamWConfig, Optimizer};

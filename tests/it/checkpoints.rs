@@ -4,6 +4,7 @@
 
 use crate::common::{json, rows, stage};
 use asymm::data::codec::HfCodec;
+use asymm::model::Checkpoint;
 use asymm::model::{Cpu, HfVlm};
 use asymm::text::chat::ChatTokenizer;
 use std::path::{Path, PathBuf};

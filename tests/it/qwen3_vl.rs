@@ -6,6 +6,7 @@ use asymm::model::Cpu;
 use asymm::model::hf::reference::Reference;
 use asymm::model::qwen3_vl::reference::{inputs as reference_inputs, parity};
 use asymm::model::qwen3_vl::{ImageInput, Qwen3Vl};
+use asymm::model::{Fork, VisionLanguageModel};
 use burn::tensor::{Tensor, TensorData};
 use safetensors::SafeTensors;
 use std::path::PathBuf;

@@ -5,6 +5,7 @@
 //! ([`reference`]). `qwen3_vl` and `internvl` build on this module; neither imports the other.
 
 pub mod config;
+pub mod family;
 pub mod image;
 pub mod reference;
 pub mod text;

@@ -23,14 +23,18 @@ pub mod vision;
 
 pub use config::InternVlConfig;
 
+use crate::model::hf::family::Checkpoint;
+use crate::model::hf::image::Rgb;
 use crate::model::hf::reference::{Parity, Reference, watch_finite};
 use crate::model::hf::text::{self, DecodeBatch, PackedRows, TextModel};
-use crate::model::hf::{HfError, Result, act, checkpoint_err, load_safetensors};
+use crate::model::hf::{HfError, Result, act, checkpoint_err, load_safetensors, read_config};
 use crate::model::layers::linear3;
+use crate::text::chat::Family;
 use burn::module::Module;
 use burn::nn::{Linear, LinearConfig};
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
+use processor::TileConfig;
 use std::path::Path;
 use vision::{Norm, VisionModel};
 
@@ -73,6 +77,9 @@ pub struct InternVl<B: Backend> {
     /// [`InternVl::save_pretrained`].
     #[module(skip)]
     pub config_json: String,
+    /// The folder's `preprocessor_config.json` (InternVL's defaults without one).
+    #[module(skip)]
+    pub processor: TileConfig,
 }
 
 impl<B: Backend> InternVl<B> {
@@ -96,36 +103,62 @@ impl<B: Backend> InternVl<B> {
             },
             cfg: cfg.clone(),
             config_json: String::new(),
+            processor: TileConfig::default(),
         })
     }
 
-    /// Reads `dir/config.json` and the weights (`model.safetensors`, or the shards listed in
-    /// `model.safetensors.index.json`).
+    /// Reads `dir/config.json`, `dir/preprocessor_config.json` and the weights
+    /// (`model.safetensors`, or the shards listed in `model.safetensors.index.json`).
     pub fn from_pretrained(dir: &Path, device: &B::Device) -> Result<Self> {
-        let (cfg, text) = crate::model::hf::read_config::<InternVlConfig>(dir)?;
-        let mut model =
-            Self::new(&cfg, device).map_err(|e| checkpoint_err(&dir.join("config.json"), e))?;
-        model.config_json = text;
+        let mut model = Self::from_config(dir, device)?;
+        model.load_weights(dir)?;
+        Ok(model)
+    }
+
+    /// The model of `dir/config.json` and `dir/preprocessor_config.json`, its weights not read.
+    pub fn from_config(dir: &Path, device: &B::Device) -> Result<Self> {
+        let (cfg, text) = read_config::<InternVlConfig>(dir)?;
+        Ok(InternVl {
+            config_json: text,
+            processor: TileConfig::from_dir(dir)?,
+            ..Self::new(&cfg, device).map_err(|e| checkpoint_err(&dir.join("config.json"), e))?
+        })
+    }
+
+    /// Loads every parameter from the checkpoint's safetensors; a parameter the files lack, or
+    /// a tensor of the wrong shape, is an error naming it.
+    pub fn load_weights(&mut self, dir: &Path) -> Result<()> {
         // A config that ties the head while the files hold one: that head, as transformers
         // does, unless it equals the embeddings (the config to save then says untied).
         let head = "language_model.lm_head.weight";
-        let stored = load_safetensors(&mut model, dir, KEYS_AS_IN_MEMORY, &[head])?;
-        if model.language_model.lm_head.is_none() && !stored.is_empty() {
-            let lm = &mut model.language_model;
-            lm.lm_head = Some(text::untied_head(&lm.model.cfg, device));
-            load_safetensors(&mut model, dir, KEYS_AS_IN_MEMORY, &[])?;
-            let lm = &mut model.language_model;
+        let stored = load_safetensors(self, dir, KEYS_AS_IN_MEMORY, &[head])?;
+        if self.language_model.lm_head.is_none() && !stored.is_empty() {
+            let device = self.device();
+            let lm = &mut self.language_model;
+            lm.lm_head = Some(text::untied_head(&lm.model.cfg, &device));
+            load_safetensors(self, dir, KEYS_AS_IN_MEMORY, &[])?;
+            let lm = &mut self.language_model;
             if let Some(head) = &lm.lm_head
                 && text::head_is_embeddings(head, &lm.model)?
             {
                 lm.lm_head = None;
             } else {
-                model.cfg.tie_word_embeddings = false;
-                model.config_json =
-                    crate::model::hf::untied_config(&model.config_json, &dir.join("config.json"))?;
+                self.cfg.tie_word_embeddings = false;
+                self.config_json =
+                    crate::model::hf::untied_config(&self.config_json, &dir.join("config.json"))?;
             }
         }
-        Ok(model)
+        Ok(())
+    }
+
+    /// One image as the vision tower reads it: the processor's tiles [N, C, S, S].
+    pub fn image_tiles(&self, image: &Rgb) -> Result<Tensor<B, 4>> {
+        let (values, n) = self.processor.preprocess(image)?;
+        let shape = [n, 3, self.processor.size.height, self.processor.size.width];
+        Ok(Tensor::from_data(
+            TensorData::new(values, shape),
+            &self.device(),
+        ))
     }
 
     /// Writes `dir/config.json` (the one read) and `dir/model.safetensors` in the checkpoint's
@@ -251,6 +284,80 @@ impl<B: Backend> InternVl<B> {
     pub fn device(&self) -> B::Device {
         self.language_model.model.embed_tokens.weight.val().device()
     }
+}
+
+impl<B: Backend> Checkpoint<B> for InternVl<B> {
+    fn family(&self) -> Family {
+        Family::InternVl
+    }
+
+    fn open(dir: &Path, weights: bool, device: &B::Device) -> Result<Self> {
+        let mut model = Self::from_config(dir, device)?;
+        model.processor.check(model.cfg.vision_config.image_size)?;
+        if weights {
+            model.load_weights(dir)?;
+        }
+        Ok(model)
+    }
+
+    fn vocab_size(&self) -> usize {
+        InternVl::vocab_size(self)
+    }
+
+    fn text_model(&self) -> &TextModel<B> {
+        &self.language_model.model
+    }
+
+    fn device(&self) -> B::Device {
+        InternVl::device(self)
+    }
+
+    fn image_tokens(&self, width: usize, height: usize) -> Result<usize> {
+        Ok(self.processor.tiles(height, width) * self.cfg.tokens_per_tile())
+    }
+
+    fn prefill_images(
+        &self,
+        rows: &[&[u32]],
+        images: &[&Rgb],
+    ) -> Result<(Tensor<B, 3>, DecodeBatch<B>)> {
+        if rows.len() != images.len() {
+            return Err(HfError::Input(format!(
+                "{} images for {} sequences",
+                images.len(),
+                rows.len()
+            )));
+        }
+        let tiles = images
+            .iter()
+            .map(|img| self.image_tiles(img).map(Some))
+            .collect::<Result<Vec<_>>>()?;
+        self.prefill_rows(rows, &tiles)
+    }
+
+    fn step_batch(&self, tokens: &[u32], state: &mut DecodeBatch<B>) -> Tensor<B, 2> {
+        InternVl::step_batch(self, tokens, state)
+    }
+
+    fn save_pretrained(&self, dir: &Path) -> Result<()> {
+        InternVl::save_pretrained(self, dir)
+    }
+
+    fn parity(&self, reference: &Reference) -> Result<Parity> {
+        parity(self, reference)
+    }
+}
+
+/// Image tokens a puzzle image of `image_size`² takes in the prompt and the position limit of
+/// the language model (if the config states one), from the folder's config and processor
+/// files alone.
+pub fn prompt_shape(dir: &Path, image_size: usize) -> Result<(usize, Option<usize>)> {
+    let (cfg, _) = read_config::<InternVlConfig>(dir)?;
+    let tiles = TileConfig::from_dir(dir)?.tiles(image_size, image_size);
+    Ok((
+        tiles * cfg.tokens_per_tile(),
+        cfg.text_config.max_position_embeddings,
+    ))
 }
 
 /// Runs `model` on a reference run's inputs (`input_ids`, `pixel_values` [tiles, C, S, S]) and

@@ -17,14 +17,19 @@ pub mod vision;
 
 pub use config::Qwen3VlConfig;
 
+use crate::model::hf::family::Checkpoint;
+use crate::model::hf::image::Rgb;
+use crate::model::hf::reference::{Parity, Reference};
 use crate::model::hf::text;
 use crate::model::hf::{
     HfError, Result, checkpoint_err, load_safetensors, read_config, save_safetensors, untied_config,
 };
+use crate::text::chat::Family;
 use burn::module::Module;
 use burn::nn::{LayerNorm, LayerNormConfig, Linear};
-use burn::tensor::Tensor;
 use burn::tensor::backend::Backend;
+use burn::tensor::{Tensor, TensorData};
+use processor::ProcessorConfig;
 use std::path::Path;
 
 /// A layer norm as the vision tower uses it (ε = 1e-6).
@@ -51,6 +56,9 @@ pub struct Qwen3Vl<B: Backend> {
     /// [`Qwen3Vl::save_pretrained`].
     #[module(skip)]
     pub config_json: String,
+    /// The folder's `preprocessor_config.json` (Qwen3-VL's defaults without one).
+    #[module(skip)]
+    pub processor: ProcessorConfig,
 }
 
 /// A sequence being decoded: the layers' keys and values and the position of the next token
@@ -84,18 +92,37 @@ impl<B: Backend> Qwen3Vl<B> {
             lm_head: (!tied).then(|| text::untied_head(t, device)),
             cfg: cfg.clone(),
             config_json: String::new(),
+            processor: ProcessorConfig::default(),
         })
     }
 
-    /// Reads `dir/config.json` and the weights (`model.safetensors`, or the shards listed in
-    /// `model.safetensors.index.json`).
+    /// Reads `dir/config.json`, `dir/preprocessor_config.json` and the weights
+    /// (`model.safetensors`, or the shards listed in `model.safetensors.index.json`).
     pub fn from_pretrained(dir: &Path, device: &B::Device) -> Result<Self> {
-        let (cfg, text) = read_config::<Qwen3VlConfig>(dir)?;
-        let mut model =
-            Self::new(&cfg, device).map_err(|e| checkpoint_err(&dir.join("config.json"), e))?;
-        model.config_json = text;
+        let mut model = Self::from_config(dir, device)?;
         model.load_weights(dir)?;
         Ok(model)
+    }
+
+    /// The model of `dir/config.json` and `dir/preprocessor_config.json`, its weights not read.
+    pub fn from_config(dir: &Path, device: &B::Device) -> Result<Self> {
+        let (cfg, text) = read_config::<Qwen3VlConfig>(dir)?;
+        Ok(Qwen3Vl {
+            config_json: text,
+            processor: ProcessorConfig::from_dir(dir)?,
+            ..Self::new(&cfg, device).map_err(|e| checkpoint_err(&dir.join("config.json"), e))?
+        })
+    }
+
+    /// One image as the vision tower reads it: the processor's patch rows and grid.
+    pub fn image_input(&self, image: &Rgb) -> Result<ImageInput<B>> {
+        let (rows, grid) = self.processor.preprocess(image)?;
+        let n = grid.iter().product::<usize>();
+        let width = rows.len() / n.max(1);
+        Ok(ImageInput {
+            pixel_values: Tensor::from_data(TensorData::new(rows, [n, width]), &self.device()),
+            grid,
+        })
     }
 
     /// Writes `dir/config.json` (the one read) and `dir/model.safetensors` in the checkpoint's
@@ -250,6 +277,78 @@ impl<B: Backend> Qwen3Vl<B> {
     pub fn device(&self) -> B::Device {
         self.model.language_model.embed_tokens.weight.val().device()
     }
+}
+
+impl<B: Backend> Checkpoint<B> for Qwen3Vl<B> {
+    fn family(&self) -> Family {
+        Family::Qwen3Vl
+    }
+
+    fn open(dir: &Path, weights: bool, device: &B::Device) -> Result<Self> {
+        let mut model = Self::from_config(dir, device)?;
+        model.processor.check(&model.cfg.vision_config)?;
+        if weights {
+            model.load_weights(dir)?;
+        }
+        Ok(model)
+    }
+
+    fn vocab_size(&self) -> usize {
+        self.cfg.text_config.vocab_size
+    }
+
+    fn text_model(&self) -> &text::TextModel<B> {
+        &self.model.language_model
+    }
+
+    fn device(&self) -> B::Device {
+        Qwen3Vl::device(self)
+    }
+
+    fn image_tokens(&self, width: usize, height: usize) -> Result<usize> {
+        self.processor.image_tokens(height, width)
+    }
+
+    fn prefill_images(
+        &self,
+        rows: &[&[u32]],
+        images: &[&Rgb],
+    ) -> Result<(Tensor<B, 3>, DecodeBatch<B>)> {
+        if rows.len() != images.len() {
+            return Err(HfError::Input(format!(
+                "{} images for {} sequences",
+                images.len(),
+                rows.len()
+            )));
+        }
+        let inputs = images
+            .iter()
+            .map(|img| self.image_input(img))
+            .collect::<Result<Vec<_>>>()?;
+        let per_row: Vec<&[ImageInput<B>]> = inputs.iter().map(std::slice::from_ref).collect();
+        self.prefill_rows(rows, &per_row)
+    }
+
+    fn step_batch(&self, tokens: &[u32], state: &mut DecodeBatch<B>) -> Tensor<B, 2> {
+        Qwen3Vl::step_batch(self, tokens, state)
+    }
+
+    fn save_pretrained(&self, dir: &Path) -> Result<()> {
+        Qwen3Vl::save_pretrained(self, dir)
+    }
+
+    fn parity(&self, reference: &Reference) -> Result<Parity> {
+        reference::parity(self, reference)
+    }
+}
+
+/// Image tokens a puzzle image of `image_size`² takes in the prompt and the position limit of
+/// the language model (if the config states one), from the folder's config and processor
+/// files alone.
+pub fn prompt_shape(dir: &Path, image_size: usize) -> Result<(usize, Option<usize>)> {
+    let (cfg, _) = read_config::<Qwen3VlConfig>(dir)?;
+    let tokens = ProcessorConfig::from_dir(dir)?.image_tokens(image_size, image_size)?;
+    Ok((tokens, cfg.text_config.max_position_embeddings))
 }
 
 /// The 3-axis positions (temporal, height, width) of a sequence, as transformers'

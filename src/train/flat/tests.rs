@@ -3,6 +3,7 @@
 //! and on the software GPU the same step in fewer launches.
 
 use super::{FlatError, FlatLayout};
+use crate::model::VisionLanguageModel;
 use crate::model::config::small_config;
 use crate::model::load::native_model;
 use crate::model::{Model, host_f32, max_abs_diff};

@@ -11,6 +11,7 @@ use super::parallel::{gradients, map_shards, replica, split};
 use super::trainer::{OptimSettings, StepStats, Trainer, TrainerError};
 use crate::data::Example;
 pub use crate::eval::score::EvalPoint;
+use crate::model::VisionLanguageModel;
 use crate::model::{Model, ModelError, host_f32};
 use crate::util::rng::keyed;
 use burn::module::AutodiffModule;
