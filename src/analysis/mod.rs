@@ -1,6 +1,8 @@
 //! Statistics for reporting: Wilson score intervals, a cluster bootstrap for repeated samples
 //! of one item, and Pearson correlation.
 
+pub mod paired;
+
 use rand::RngExt;
 
 /// 95 % Wilson score interval for `k` successes out of `n`.

@@ -1,7 +1,16 @@
-//! The paper's findings, each decided from the numbers of a grid: reproduced, not reproduced,
-//! inconclusive (intervals overlap) or not run.
+//! The paper's findings, each decided from the numbers of a grid by one function whose rule is
+//! documented beside it: reproduced, not reproduced, inconclusive, measured (a description,
+//! where the grid sets the quantity) or not run.
+//!
+//! Comparisons between SFT variants are paired over the test items both were evaluated on
+//! (`analysis::paired`: the 95 % bootstrap interval of the per-item difference) when the grid
+//! wires the evaluations' per-item scores; a claim is reproduced when the interval excludes 0
+//! in the paper's direction, not reproduced when it excludes 0 the other way, inconclusive
+//! otherwise, with the smallest difference those items could detect printed beside it. Without
+//! per-item scores the two runs' own intervals are compared (said so in the evidence).
 
-use super::{Estimate, PoolR, Results, RlResult, SftResult, Source, best};
+use super::{Estimate, Metric, PoolR, Results, RlResult, SftResult, Source, best};
+use crate::analysis::paired::{Direction, PairedDiff, Side};
 
 /// The verdict on one of the paper's findings at this scale.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -9,6 +18,8 @@ pub enum Verdict {
     Reproduced,
     NotReproduced,
     Inconclusive,
+    /// A quantity the grid's settings determine, described rather than judged.
+    Measured,
     /// The grid lacks the runs that would decide it.
     NotRun,
 }
@@ -19,7 +30,20 @@ impl Verdict {
             Verdict::Reproduced => "reproduced",
             Verdict::NotReproduced => "not reproduced",
             Verdict::Inconclusive => "inconclusive",
+            Verdict::Measured => "measured",
             Verdict::NotRun => "not run",
+        }
+    }
+
+    /// All parts of a claim: reproduced when every part is supported, not reproduced when any
+    /// is contradicted, inconclusive otherwise.
+    fn of_parts(sides: &[Side]) -> Verdict {
+        if sides.contains(&Side::Contradicts) {
+            Verdict::NotReproduced
+        } else if !sides.is_empty() && sides.iter().all(|s| *s == Side::Supports) {
+            Verdict::Reproduced
+        } else {
+            Verdict::Inconclusive
         }
     }
 }
@@ -27,6 +51,8 @@ impl Verdict {
 /// One finding of the paper and what this grid says about it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Finding {
+    /// A short stable name (`sft-reweighting`, `lambda-frontier`, …).
+    pub id: &'static str,
     pub claim: &'static str,
     pub verdict: Verdict,
     pub evidence: String,
@@ -37,9 +63,56 @@ fn pct(e: &Estimate) -> String {
     format!("{:.3} [{:.3}, {:.3}]", e.mean, e.lo, e.hi)
 }
 
-/// Compares `better` against `base` with their intervals: reproduced when `better`'s interval
-/// lies above `base`'s, not reproduced when it lies below, inconclusive when they overlap.
-fn compare(better: &Estimate, base: &Estimate) -> Verdict {
+/// The seed of every paired bootstrap in the report (the report is deterministic).
+const SEED: u64 = 0;
+
+/// What the comparison of `x` against `y` on `metric` says of the claim that `x − y` has sign
+/// `dir`, and the numbers: paired over shared items when both carry per-item scores, else by
+/// the overlap of the two runs' intervals.
+fn compare(x: &SftResult, y: &SftResult, metric: Metric, dir: Direction) -> (Side, String) {
+    let paired = x
+        .items
+        .as_ref()
+        .zip(y.items.as_ref())
+        .and_then(|(xi, yi)| PairedDiff::between(metric.items(xi), metric.items(yi), SEED));
+    let name = metric.name();
+    match paired {
+        Some(d) => (
+            d.side(dir),
+            format!(
+                "{name}: {} − {} = {} (paired)",
+                x.role.label(),
+                y.role.label(),
+                d.describe()
+            ),
+        ),
+        None => {
+            let (ex, ey) = (metric.of(&x.acc), metric.of(&y.acc));
+            let side = match (ex.clearly_above(ey), ey.clearly_above(ex), dir) {
+                (true, _, Direction::Positive) | (_, true, Direction::Negative) => Side::Supports,
+                (true, _, Direction::Negative) | (_, true, Direction::Positive) => {
+                    Side::Contradicts
+                }
+                _ => Side::Undecided,
+            };
+            (
+                side,
+                format!(
+                    "{name}: {} {} against {} {} (unpaired: no per-item scores; intervals \
+                     compared)",
+                    x.role.label(),
+                    pct(ex),
+                    y.role.label(),
+                    pct(ey)
+                ),
+            )
+        }
+    }
+}
+
+/// The overlap rule for runs without per-item scores: reproduced when `better`'s interval lies
+/// above `base`'s, not reproduced when below, inconclusive when they overlap.
+fn unpaired(better: &Estimate, base: &Estimate) -> Verdict {
     if better.clearly_above(base) {
         Verdict::Reproduced
     } else if base.clearly_above(better) {
@@ -54,6 +127,9 @@ pub fn findings(r: &Results) -> Vec<Finding> {
     vec![
         token_share(r),
         sft_reweighting(r),
+        lambda_frontier(r),
+        ngdiff_vs_best_lambda(r),
+        perception_init_tradeoff(r),
         outcome_coupling(r),
         reward_augmentation(r),
         surrogate_order(r),
@@ -61,65 +137,137 @@ pub fn findings(r: &Results) -> Vec<Finding> {
     ]
 }
 
-/// Perception is a small share of SFT's target tokens, loss and gradient.
+/// Perception's share of SFT's target tokens, loss and gradient — described, not judged: the
+/// trace's verbosity sets the token share, and the loss and gradient shares follow from it.
 fn token_share(r: &Results) -> Finding {
-    let claim = "In SFT, perception is a small share of the target tokens, and gets a small \
-                 share of the loss and of the gradient";
-    match r.shares.first() {
-        Some(s) => {
-            let grad = s.grad.unwrap_or(f64::NAN);
-            let small = s.tokens < 0.2 && s.loss < 0.5 && s.grad.is_none_or(|g| g < 0.5);
-            Finding {
-                claim,
-                verdict: if small {
-                    Verdict::Reproduced
-                } else {
-                    Verdict::NotReproduced
-                },
-                evidence: format!(
-                    "perception is {:.1} % of target tokens, {:.1} % of the loss, {:.1} % of the \
-                     gradient norm ({})",
-                    100.0 * s.tokens,
-                    100.0 * s.loss,
-                    100.0 * grad,
-                    s.source.instance
-                ),
-                sources: vec![s.source.clone()],
-            }
-        }
-        None => not_run(claim),
+    let id = "perception-share";
+    let claim = "In SFT, perception is a small share of the target tokens (2.2–2.5 % in the \
+                 paper), and gets a small share of the loss (1.3 %) and of the gradient (8.5 %)";
+    let Some(s) = r.shares.first() else {
+        return not_run(id, claim);
+    };
+    let grad = s
+        .grad
+        .map_or("not logged".into(), |g| format!("{:.1} %", 100.0 * g));
+    Finding {
+        id,
+        claim,
+        verdict: Verdict::Measured,
+        evidence: format!(
+            "perception is {:.1} % of target tokens, {:.1} % of the loss, {grad} of the gradient \
+             norm ({})",
+            100.0 * s.tokens,
+            100.0 * s.loss,
+            s.source.instance
+        ),
+        sources: vec![s.source.clone()],
     }
 }
 
-/// Reweighting the perception span helps end to end.
+/// Reweighting helps end to end. Rule: the best reweighted run (the best λ by a, or NGDiff,
+/// whichever has the higher a) minus the standard run on a excludes 0 above.
 fn sft_reweighting(r: &Results) -> Finding {
+    let id = "sft-reweighting";
     let claim = "Reweighting perception in SFT (fixed λ or NGDiff) raises end-to-end accuracy \
                  over the standard objective";
-    match (r.sft_standard(), r.best_lambda().or(r.ngdiff())) {
-        (Some(std), Some(_)) => {
-            let mut cands: Vec<&SftResult> = r.best_lambda().into_iter().collect();
-            cands.extend(r.ngdiff());
-            let top = best(cands, |x| x.acc.a.mean).unwrap_or(std);
-            Finding {
-                claim,
-                verdict: compare(&top.acc.a, &std.acc.a),
-                evidence: format!(
-                    "a = {} with {} against {} with the standard objective ({} items; the best \
-                     of the reweighted runs, chosen on the same held-out set)",
-                    pct(&top.acc.a),
-                    top.role.label(),
-                    pct(&std.acc.a),
-                    std.acc.items
-                ),
-                sources: vec![top.source.clone(), std.source.clone()],
-            }
-        }
-        _ => not_run(claim),
+    let Some(std) = r.sft_standard() else {
+        return not_run(id, claim);
+    };
+    let cands: Vec<&SftResult> = r.best_lambda().into_iter().chain(r.ngdiff()).collect();
+    let Some(top) = best(cands, |x| x.acc.a.mean) else {
+        return not_run(id, claim);
+    };
+    let (side, text) = compare(top, std, Metric::A, Direction::Positive);
+    Finding {
+        id,
+        claim,
+        verdict: Verdict::of_parts(&[side]),
+        evidence: format!(
+            "{text}; the best reweighted run is chosen on the same test items it is reported on"
+        ),
+        sources: vec![top.source.clone(), std.source.clone()],
+    }
+}
+
+/// The λ frontier. Rule, over the λ runs from the standard initialization (at least three):
+/// a_p(λ_max) − a_p(λ_min) > 0, a_r(λ_max) − a_r(λ_min) < 0, and the best interior λ (by a)
+/// beats both ends on a; each part decided by its interval.
+fn lambda_frontier(r: &Results) -> Finding {
+    let id = "lambda-frontier";
+    let claim = "Along the λ frontier perception accuracy rises and reasoning accuracy falls \
+                 with λ, and end-to-end accuracy peaks at an intermediate λ";
+    let runs = r.lambda_runs(false);
+    if runs.len() < 3 {
+        return not_run(id, claim);
+    }
+    let (lo, hi) = (runs[0].1, runs[runs.len() - 1].1);
+    let interior: Vec<&SftResult> = runs[1..runs.len() - 1].iter().map(|x| x.1).collect();
+    let Some(peak) = best(interior, |x| x.acc.a.mean) else {
+        return not_run(id, claim);
+    };
+    let parts = [
+        compare(hi, lo, Metric::AP, Direction::Positive),
+        compare(hi, lo, Metric::AR, Direction::Negative),
+        compare(peak, lo, Metric::A, Direction::Positive),
+        compare(peak, hi, Metric::A, Direction::Positive),
+    ];
+    finding_of_parts(id, claim, &parts, runs.iter().map(|x| x.1))
+}
+
+/// NGDiff against the best fixed λ. Rule: a(NGDiff) − a(best λ) excludes 0 above (the best λ
+/// chosen by a on the same items, which favours it).
+fn ngdiff_vs_best_lambda(r: &Results) -> Finding {
+    let id = "ngdiff-vs-lambda";
+    let claim = "NGDiff, which sets the weights from the gradients, does at least as well end to \
+                 end as the best fixed λ";
+    let (Some(ng), Some(lam)) = (r.ngdiff(), r.best_lambda()) else {
+        return not_run(id, claim);
+    };
+    let part = compare(ng, lam, Metric::A, Direction::Positive);
+    finding_of_parts(id, claim, &[part], [ng, lam].into_iter())
+}
+
+/// The trade-off after a perception-only initialization. Rule, over its λ runs (at least
+/// two): a_p(λ_max) − a_p(λ_min) > 0 and a_r(λ_max) − a_r(λ_min) < 0.
+fn perception_init_tradeoff(r: &Results) -> Finding {
+    let id = "perception-init-tradeoff";
+    let claim = "The perception–reasoning trade-off persists after a perception-only \
+                 initialization (a_p rises and a_r falls with λ)";
+    let runs = r.lambda_runs(true);
+    if runs.len() < 2 {
+        return not_run(id, claim);
+    }
+    let (lo, hi) = (runs[0].1, runs[runs.len() - 1].1);
+    let parts = [
+        compare(hi, lo, Metric::AP, Direction::Positive),
+        compare(hi, lo, Metric::AR, Direction::Negative),
+    ];
+    finding_of_parts(id, claim, &parts, runs.iter().map(|x| x.1))
+}
+
+fn finding_of_parts<'a>(
+    id: &'static str,
+    claim: &'static str,
+    parts: &[(Side, String)],
+    runs: impl Iterator<Item = &'a SftResult>,
+) -> Finding {
+    let sides: Vec<Side> = parts.iter().map(|p| p.0).collect();
+    Finding {
+        id,
+        claim,
+        verdict: Verdict::of_parts(&sides),
+        evidence: parts
+            .iter()
+            .map(|p| p.1.as_str())
+            .collect::<Vec<_>>()
+            .join("; "),
+        sources: runs.map(|x| x.source.clone()).collect(),
     }
 }
 
 /// The outcome reward couples to reasoning more than to perception.
 fn outcome_coupling(r: &Results) -> Finding {
+    let id = "outcome-coupling";
     let claim = "In RL, the outcome reward correlates with reasoning (ã_r) more than with \
                  perception (a_p)";
     match (r.pool_r("outcome", "a_p"), r.pool_r("outcome", "a_tilde_r")) {
@@ -134,6 +282,7 @@ fn outcome_coupling(r: &Results) -> Finding {
                 _ => Verdict::Inconclusive,
             };
             Finding {
+                id,
                 claim,
                 verdict,
                 evidence: format!(
@@ -143,20 +292,23 @@ fn outcome_coupling(r: &Results) -> Finding {
                 sources: vec![p.source.clone()],
             }
         }
-        _ => not_run(claim),
+        _ => not_run(id, claim),
     }
 }
 
 /// Augmenting the reward with perception helps.
 fn reward_augmentation(r: &Results) -> Finding {
+    let id = "reward-augmentation";
     let claim = "Augmenting the outcome reward with a perception reward (α > 0) raises \
                  end-to-end accuracy after RL";
     match (r.rl_outcome(), r.best_alpha()) {
         (Some(base), Some(top)) => Finding {
+            id,
             claim,
-            verdict: compare(&top.end.a, &base.end.a),
+            verdict: unpaired(&top.end.a, &base.end.a),
             evidence: format!(
-                "a = {} with {} against {} with α = 0 ({} items)",
+                "a = {} with {} against {} with α = 0 ({} items; unpaired: the RL evaluation \
+                 keeps no per-item scores, intervals compared)",
                 pct(&top.end.a),
                 top.role.label(),
                 pct(&base.end.a),
@@ -164,12 +316,13 @@ fn reward_augmentation(r: &Results) -> Finding {
             ),
             sources: vec![top.source.clone(), base.source.clone()],
         },
-        _ => not_run(claim),
+        _ => not_run(id, claim),
     }
 }
 
 /// Surrogate perception rewards: CLIP < self (1) < self (N) < teacher in r with a_p.
 fn surrogate_order(r: &Results) -> Finding {
+    let id = "surrogate-order";
     let claim = "Surrogate perception rewards rank by their correlation with a_p: CLIP < self \
                  (N = 1) < self (N > 1) < teacher";
     let order: Vec<&PoolR> = ["clip", "self_1"]
@@ -184,6 +337,7 @@ fn surrogate_order(r: &Results) -> Finding {
         let rs: Vec<f64> = order.iter().map(|p| p.r.unwrap_or(f64::NAN)).collect();
         let increasing = rs.windows(2).all(|w| w[1] > w[0]);
         Finding {
+            id,
             claim,
             verdict: if increasing {
                 Verdict::Reproduced
@@ -198,12 +352,13 @@ fn surrogate_order(r: &Results) -> Finding {
             sources: vec![order[0].source.clone()],
         }
     } else {
-        not_run(claim)
+        not_run(id, claim)
     }
 }
 
 /// Runs whose reward couples more to perception gain more perception.
 fn coupling_predicts_gain(r: &Results) -> Finding {
+    let id = "coupling-predicts-gain";
     let claim = "Across RL runs, the reward's coupling to perception predicts the perception \
                  gain (Δa_p rises with r(R, a_p))";
     let points: Vec<(f64, f64, &RlResult)> =
@@ -222,6 +377,7 @@ fn coupling_predicts_gain(r: &Results) -> Finding {
             _ => Verdict::Inconclusive,
         };
         Finding {
+            id,
             claim,
             verdict,
             evidence: format!(
@@ -233,12 +389,13 @@ fn coupling_predicts_gain(r: &Results) -> Finding {
             sources: points.iter().map(|p| p.2.source.clone()).collect(),
         }
     } else {
-        not_run(claim)
+        not_run(id, claim)
     }
 }
 
-fn not_run(claim: &'static str) -> Finding {
+fn not_run(id: &'static str, claim: &'static str) -> Finding {
     Finding {
+        id,
         claim,
         verdict: Verdict::NotRun,
         evidence: "the grid has no runs that decide this".into(),

@@ -12,6 +12,7 @@ pub mod tables;
 pub use findings::{Finding, Verdict, findings};
 pub use tables::{Cell, Table, tables};
 
+pub use crate::analysis::paired::ItemScores;
 use std::collections::BTreeMap;
 
 /// Errors while building a report.
@@ -70,12 +71,58 @@ pub enum SftRole {
     PerceptionInitLambda(f64),
 }
 
+/// Per-item accuracies of one evaluation (each item's mean over its samples), which paired
+/// comparisons between variants evaluated on the same items read.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ItemAccuracies {
+    pub a: ItemScores,
+    pub a_p: ItemScores,
+    /// Items with a counterfactual rollout.
+    pub a_r: ItemScores,
+}
+
+/// One of the three accuracies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Metric {
+    A,
+    AP,
+    AR,
+}
+
+impl Metric {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Metric::A => "a",
+            Metric::AP => "a_p",
+            Metric::AR => "a_r",
+        }
+    }
+
+    pub fn of<'a>(&self, acc: &'a Accuracies) -> &'a Estimate {
+        match self {
+            Metric::A => &acc.a,
+            Metric::AP => &acc.a_p,
+            Metric::AR => &acc.a_r,
+        }
+    }
+
+    pub fn items<'a>(&self, items: &'a ItemAccuracies) -> &'a ItemScores {
+        match self {
+            Metric::A => &items.a,
+            Metric::AP => &items.a_p,
+            Metric::AR => &items.a_r,
+        }
+    }
+}
+
 /// An evaluated SFT variant.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SftResult {
     pub role: SftRole,
     pub source: Source,
     pub acc: Accuracies,
+    /// The evaluation's per-item scores, when the grid wires them (`eval_items`).
+    pub items: Option<ItemAccuracies>,
 }
 
 /// One held-out evaluation point of a training run.
@@ -198,6 +245,23 @@ impl Results {
         best(self.sft_where(|r| matches!(r, SftRole::Lambda(_))), |r| {
             r.acc.a.mean
         })
+    }
+
+    /// The λ runs from the standard initialization (`perception_init` false) or from the
+    /// perception-only one, in increasing λ.
+    pub fn lambda_runs(&self, perception_init: bool) -> Vec<(f64, &SftResult)> {
+        let mut v: Vec<(f64, &SftResult)> = self
+            .sft
+            .iter()
+            .filter_map(|r| match (r.role, perception_init) {
+                (SftRole::Lambda(l), false) | (SftRole::PerceptionInitLambda(l), true) => {
+                    Some((l, r))
+                }
+                _ => None,
+            })
+            .collect();
+        v.sort_by(|a, b| a.0.total_cmp(&b.0));
+        v
     }
 
     pub fn ngdiff(&self) -> Option<&SftResult> {

@@ -68,21 +68,25 @@ fn results() -> Results {
             role: SftRole::Standard,
             source: src("a", "eval_standard"),
             acc: acc(0.20, 0.40, 0.55),
+            items: None,
         },
         SftResult {
             role: SftRole::Lambda(0.2),
             source: src("b", "eval_lambda[lambda=0.2]"),
             acc: acc(0.25, 0.45, 0.55),
+            items: None,
         },
         SftResult {
             role: SftRole::Lambda(0.8),
             source: src("d", "eval_lambda[lambda=0.8]"),
             acc: acc(0.40, 0.65, 0.50),
+            items: None,
         },
         SftResult {
             role: SftRole::Ngdiff,
             source: src("e", "eval_ngdiff"),
             acc: acc(0.30, 0.50, 0.52),
+            items: None,
         },
     ];
     let sft_curves = vec![Curve {
@@ -185,18 +189,42 @@ fn verdicts(r: &Results) -> Vec<Verdict> {
     findings(r).iter().map(|f| f.verdict).collect()
 }
 
+fn verdict(r: &Results, id: &str) -> Verdict {
+    let all = findings(r);
+    let f = all.iter().find(|f| f.id == id);
+    f.unwrap_or_else(|| panic!("no finding `{id}`")).verdict
+}
+
 /// Each finding follows its numbers: flip the numbers and the verdict flips.
 #[test]
 fn findings_follow_the_numbers() {
     use Verdict::*;
     let r = results();
+    let ids: Vec<&str> = findings(&r).iter().map(|f| f.id).collect();
     // 6: coupling r(R, a_p) 0.6/0.9/1.0/0.7 against Δa_p 0.1/0.3/0.35/0.15 rises.
-    assert_eq!(
-        verdicts(&r),
-        [
-            Reproduced, Reproduced, Reproduced, Reproduced, Reproduced, Reproduced
-        ]
-    );
+    let judged = [
+        "sft-reweighting",
+        "outcome-coupling",
+        "reward-augmentation",
+        "surrogate-order",
+        "coupling-predicts-gain",
+    ];
+    for id in judged {
+        assert_eq!(verdict(&r, id), Reproduced, "{id}");
+    }
+    // The share is a setting of the traces: described, never judged.
+    assert_eq!(verdict(&r, "perception-share"), Measured);
+    // Two λ runs make no frontier; no perception-only initialization was run.
+    assert_eq!(verdict(&r, "lambda-frontier"), NotRun);
+    assert_eq!(verdict(&r, "perception-init-tradeoff"), NotRun);
+    // NGDiff against the best λ (0.40 ± 0.05), without per-item scores: intervals compared.
+    let mut ng = r.clone();
+    ng.sft[3].acc = acc(0.20, 0.5, 0.52);
+    assert_eq!(verdict(&ng, "ngdiff-vs-lambda"), NotReproduced);
+    ng.sft[3].acc = acc(0.37, 0.5, 0.52);
+    assert_eq!(verdict(&ng, "ngdiff-vs-lambda"), Inconclusive);
+    ng.sft[3].acc = acc(0.55, 0.5, 0.52);
+    assert_eq!(verdict(&ng, "ngdiff-vs-lambda"), Reproduced);
     let mut worse = r.clone();
     worse.sft[2].acc = acc(0.05, 0.2, 0.2); // the best λ falls behind the standard run
     worse.sft[1].acc = acc(0.05, 0.2, 0.2);
@@ -211,23 +239,116 @@ fn findings_follow_the_numbers() {
     worse.rl[1].end = acc(0.10, 0.50, 0.2);
     worse.rl[2].end = acc(0.10, 0.45, 0.2);
     worse.rl[3].end = acc(0.3, 0.70, 0.2);
-    assert_eq!(
-        verdicts(&worse),
-        [
-            NotReproduced,
-            NotReproduced,
-            NotReproduced,
-            NotReproduced,
-            NotReproduced,
-            NotReproduced
-        ]
-    );
+    for id in judged {
+        assert_eq!(verdict(&worse, id), NotReproduced, "{id}");
+    }
+    assert_eq!(verdict(&worse, "perception-share"), Measured);
     let mut close = r.clone();
     close.sft[2].acc = acc(0.22, 0.4, 0.5);
     close.sft[3].acc = acc(0.22, 0.4, 0.5);
-    assert_eq!(verdicts(&close)[1], Inconclusive);
+    assert_eq!(verdict(&close, "sft-reweighting"), Inconclusive);
     let empty = Results::default();
     assert!(verdicts(&empty).iter().all(|v| *v == NotRun));
+    assert_eq!(ids.len(), 9);
+}
+
+/// Per-item scores of 100 items: the first `a`, `a_p`, `a_r` items right.
+fn items(a: usize, a_p: usize, a_r: usize) -> ItemAccuracies {
+    let first = |k: usize| -> ItemScores {
+        (0..100)
+            .map(|i| (format!("item{i:03}"), f64::from(u8::from(i < k))))
+            .collect()
+    };
+    ItemAccuracies {
+        a: first(a),
+        a_p: first(a_p),
+        a_r: first(a_r),
+    }
+}
+
+fn run(role: SftRole, item: ItemAccuracies) -> SftResult {
+    let mean = |s: &ItemScores| s.values().sum::<f64>() / s.len() as f64;
+    SftResult {
+        role,
+        source: src("p", "eval"),
+        // Wide intervals: the unpaired rule would call every comparison inconclusive.
+        acc: Accuracies {
+            a: est(mean(&item.a), 0.3),
+            a_p: est(mean(&item.a_p), 0.3),
+            a_r: est(mean(&item.a_r), 0.3),
+            items: 100,
+        },
+        items: Some(item),
+    }
+}
+
+/// A grid whose λ frontier and NGDiff are given per item.
+fn paired_grid(lambdas: [(usize, usize, usize); 3], ngdiff_a: usize) -> Results {
+    let mut sft = vec![run(SftRole::Standard, items(20, 30, 60))];
+    for (l, (a, p, q)) in [0.1, 0.5, 0.9].into_iter().zip(lambdas) {
+        sft.push(run(SftRole::Lambda(l), items(a, p, q)));
+    }
+    sft.push(run(SftRole::Ngdiff, items(ngdiff_a, 50, 60)));
+    for (l, (p, q)) in [(0.1, (20, 70)), (0.9, (80, 40))] {
+        sft.push(run(SftRole::PerceptionInitLambda(l), items(30, p, q)));
+    }
+    Results {
+        sft,
+        ..Results::default()
+    }
+}
+
+/// The SFT findings decide by the paired per-item interval: each rule says reproduced, not
+/// reproduced and inconclusive on constructed inputs.
+#[test]
+fn paired_findings_say_each_outcome() {
+    use Verdict::*;
+    // λ = 0.1, 0.5, 0.9: a_p 20 → 80 items, a_r 70 → 40, a peaks at 0.5 (50 against 30).
+    let good = paired_grid([(30, 20, 70), (50, 50, 60), (30, 80, 40)], 70);
+    for id in [
+        "sft-reweighting",
+        "lambda-frontier",
+        "ngdiff-vs-lambda",
+        "perception-init-tradeoff",
+    ] {
+        assert_eq!(verdict(&good, id), Reproduced, "{id}");
+    }
+    let f = findings(&good);
+    let frontier = f.iter().find(|f| f.id == "lambda-frontier").unwrap();
+    assert!(
+        frontier.evidence.contains("(paired)"),
+        "{}",
+        frontier.evidence
+    );
+    assert!(frontier.evidence.contains("detectable"));
+    assert_eq!(frontier.sources.len(), 3);
+
+    // a_p falls with λ, NGDiff below the best λ, a below the standard run everywhere.
+    let mut bad = paired_grid([(10, 60, 70), (15, 50, 60), (10, 20, 40)], 5);
+    bad.sft[0] = run(SftRole::Standard, items(40, 30, 60));
+    bad.sft[6] = run(SftRole::PerceptionInitLambda(0.9), items(30, 5, 40));
+    for id in [
+        "sft-reweighting",
+        "lambda-frontier",
+        "ngdiff-vs-lambda",
+        "perception-init-tradeoff",
+    ] {
+        assert_eq!(verdict(&bad, id), NotReproduced, "{id}");
+    }
+
+    // The peak is two items above the ends, NGDiff one item above the best λ, the standard
+    // run two below: nothing decided.
+    let mut close = paired_grid([(30, 20, 70), (32, 50, 60), (30, 80, 40)], 33);
+    close.sft[0] = run(SftRole::Standard, items(31, 30, 60));
+    close.sft[6] = run(SftRole::PerceptionInitLambda(0.9), items(30, 21, 40));
+    for id in [
+        "sft-reweighting",
+        "lambda-frontier",
+        "ngdiff-vs-lambda",
+        "perception-init-tradeoff",
+    ] {
+        assert_eq!(verdict(&close, id), Inconclusive, "{id}");
+    }
 }
 
 /// Every figure decodes as a PNG of the stated size and is the same bytes when drawn again.

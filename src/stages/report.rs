@@ -3,7 +3,8 @@
 //! came from), `report.html` (self-contained), `report.md` and the figures as PNG.
 //!
 //! Inputs are lists (each entry a stage, a swept stage standing for all its instances):
-//! `evals` (SFT variants' evaluations), `sft_logs` (their training logs), `rl_evals` and
+//! `evals` (SFT variants' evaluations), `eval_items` (their per-item scores, the evaluations'
+//! `items` outputs, for paired comparisons), `sft_logs` (their training logs), `rl_evals` and
 //! `rl_logs` (RL runs, one of each per run, in the same order), `pools` (reward correlations
 //! over a pool of rollouts). `roles` names what each stage is, by its name without the sweep
 //! suffix: `standard`, `lambda`, `ngdiff`, `perception-init-lambda` (SFT), `alpha`, `self`,
@@ -14,11 +15,12 @@ use super::{
     Outputs, Stage, StageError, bail, ensure, many, output, outputs, read_many,
     write_table_with_files,
 };
+use crate::analysis::paired::item_means;
 use crate::dag::{InputSpec, OutputSpec, RunCtx};
 use crate::report::page::{base_name, params};
 use crate::report::{
-    Accuracies, Curve, CurvePoint, Estimate, PoolR, Results, RlResult, RlRole, SftResult, SftRole,
-    Shares, Source, figures, findings, page, tables,
+    Accuracies, Curve, CurvePoint, Estimate, ItemAccuracies, PoolR, Results, RlResult, RlRole,
+    SftResult, SftRole, Shares, Source, figures, findings, page, tables,
 };
 use crate::table::{Table, cols};
 use crate::train::sft::LogRow;
@@ -46,6 +48,7 @@ impl Default for ReportConfig {
 pub struct Report;
 
 const EVALS: InputSpec = many("evals", "eval_summary");
+const EVAL_ITEMS: InputSpec = many("eval_items", "eval_items");
 const SFT_LOGS: InputSpec = many("sft_logs", "train_log");
 const RL_EVALS: InputSpec = many("rl_evals", "rl_eval");
 const RL_LOGS: InputSpec = many("rl_logs", "rl_log");
@@ -160,6 +163,33 @@ fn summary_accuracies(t: &Table, instance: &str) -> Result<Accuracies, StageErro
     })
 }
 
+/// Per-item a, a_p and a_r of an `eval_items` table (an item's samples averaged; a_r over
+/// the samples with a counterfactual rollout).
+fn item_accuracies(t: &Table) -> Result<ItemAccuracies, StageError> {
+    let ids = t.required_strings("id")?;
+    let (a, a_p, a_r) = (t.bool("a")?, t.bool("a_p")?, t.bool("a_r")?);
+    let rows = |col: &arrow::array::BooleanArray| {
+        item_means(
+            ids.iter()
+                .enumerate()
+                .filter(|(i, _)| !col.is_null(*i))
+                .map(|(i, id)| (id.as_str(), f64::from(u8::from(col.value(i))))),
+        )
+    };
+    Ok(ItemAccuracies {
+        a: rows(a),
+        a_p: rows(a_p),
+        a_r: rows(a_r),
+    })
+}
+
+/// The run an instance label belongs to: its stage name without output suffix and its swept
+/// values (`eval_lambda[lambda=0.2].items` and `eval_lambda[lambda=0.2]` are one run).
+fn run_key(instance: &str) -> (String, Vec<(String, String)>) {
+    let stage = base_name(instance).split('.').next().unwrap_or_default();
+    (stage.to_string(), params(instance))
+}
+
 fn eval_row(t: &Table, i: usize) -> Result<(Accuracies, CurvePoint), StageError> {
     let f = |c: &str| -> Result<f64, StageError> { Ok(t.f64(c)?.value(i)) };
     let e = |c: &str| -> Result<Estimate, StageError> {
@@ -252,11 +282,27 @@ fn gather(cfg: &ReportConfig, ctx: &RunCtx) -> Result<Results, StageError> {
         title: cfg.title.clone(),
         ..Results::default()
     };
-    for ((instance, t), id) in read_many(ctx, &EVALS)?.iter().zip(ids(&EVALS)) {
+    let mut items: Vec<(String, ItemAccuracies)> = Vec::new();
+    for (instance, t) in read_many(ctx, &EVAL_ITEMS)? {
+        items.push((instance.clone(), item_accuracies(&t)?));
+    }
+    let evals = read_many(ctx, &EVALS)?;
+    for (instance, _) in &items {
+        ensure!(
+            evals.iter().any(|(e, _)| run_key(e) == run_key(instance)),
+            "report: per-item scores `{instance}` belong to no evaluation in `evals` (wire each \
+             evaluation's `items` beside its summary)"
+        );
+    }
+    for ((instance, t), id) in evals.iter().zip(ids(&EVALS)) {
         r.sft.push(SftResult {
             role: sft_role(cfg, instance)?,
             acc: summary_accuracies(t, instance)?,
             source: src(&id, instance),
+            items: items
+                .iter()
+                .find(|(i, _)| run_key(i) == run_key(instance))
+                .map(|(_, x)| x.clone()),
         });
     }
     for ((instance, t), id) in read_many(ctx, &SFT_LOGS)?.iter().zip(ids(&SFT_LOGS)) {
@@ -340,11 +386,11 @@ fn gather(cfg: &ReportConfig, ctx: &RunCtx) -> Result<Results, StageError> {
 
 impl Stage for Report {
     const NAME: &'static str = "report";
-    const VERSION: u32 = 3;
+    const VERSION: u32 = 4;
     type Config = ReportConfig;
 
     fn inputs() -> Vec<InputSpec> {
-        vec![EVALS, SFT_LOGS, RL_EVALS, RL_LOGS, POOLS]
+        vec![EVALS, EVAL_ITEMS, SFT_LOGS, RL_EVALS, RL_LOGS, POOLS]
     }
     fn outputs() -> Vec<OutputSpec> {
         vec![MAIN]

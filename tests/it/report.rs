@@ -101,7 +101,7 @@ inputs = { rewards = "scores" }
 reps = 50
 
 [stages.report]
-inputs = { evals = ["eval", "eval_lambda"], sft_logs = ["sft.log", "sft_lambda.log"], rl_evals = ["rl.eval"], rl_logs = ["rl.log"], pools = ["correlate"] }
+inputs = { evals = ["eval", "eval_lambda"], eval_items = ["eval.items", "eval_lambda.items"], sft_logs = ["sft.log", "sft_lambda.log"], rl_evals = ["rl.eval"], rl_logs = ["rl.log"], pools = ["correlate"] }
 title = "grid"
 roles = { eval = "standard", sft = "standard", eval_lambda = "lambda", sft_lambda = "lambda", rl = "alpha" }
 "#;
@@ -257,6 +257,13 @@ fn report_tables_match_their_artifacts() {
     ] {
         assert!(files.iter().any(|x| x == f), "{f} not in {files:?}");
     }
+    // The SFT variants' per-item scores are wired: their comparison is paired over the items.
+    let md = String::from_utf8(store.read_file(&id, "report.md").unwrap()).unwrap();
+    let line = md
+        .lines()
+        .find(|l| l.contains("Reweighting perception in SFT"))
+        .unwrap_or_else(|| panic!("no reweighting finding in\n{md}"));
+    assert!(line.contains("(paired)") && line.contains("n = "), "{line}");
 }
 
 /// Chromium, as `make test` installs it (Debian's package), or `ASYMM_CHROMIUM`.
