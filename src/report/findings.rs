@@ -9,7 +9,7 @@
 //! otherwise, with the smallest difference those items could detect printed beside it. Without
 //! per-item scores the two runs' own intervals are compared (said so in the evidence).
 
-use super::{Estimate, Metric, PoolR, Results, RlResult, SftResult, Source, best};
+use super::{Estimate, ItemAccuracies, Metric, PoolR, Results, RlResult, SftResult, Source, best};
 use crate::analysis::paired::{Direction, PairedDiff, Side};
 
 /// The verdict on one of the paper's findings at this scale.
@@ -125,6 +125,7 @@ fn unpaired(better: &Estimate, base: &Estimate) -> Verdict {
 /// The paper's findings, each decided from the numbers in `r`.
 pub fn findings(r: &Results) -> Vec<Finding> {
     vec![
+        sft_gains(r),
         token_share(r),
         sft_reweighting(r),
         lambda_frontier(r),
@@ -135,6 +136,64 @@ pub fn findings(r: &Results) -> Vec<Finding> {
         surrogate_order(r),
         coupling_predicts_gain(r),
     ]
+}
+
+/// Per item, (a_r after − a_r before) − (a_p after − a_p before), over the items with all four.
+fn gain_gaps(before: &ItemAccuracies, after: &ItemAccuracies) -> Vec<f64> {
+    after
+        .a_r
+        .iter()
+        .filter_map(|(id, r1)| {
+            let (r0, p0, p1) = (before.a_r.get(id)?, before.a_p.get(id)?, after.a_p.get(id)?);
+            Some((r1 - r0) - (p1 - p0))
+        })
+        .collect()
+}
+
+/// SFT improves reasoning more than perception (Figure 5). Rule: from the start checkpoint to
+/// the standard run, the per-item Δa_r − Δa_p has a paired interval above 0. Without per-item
+/// scores the gains are shown and the verdict is inconclusive.
+fn sft_gains(r: &Results) -> Finding {
+    let id = "sft-gains";
+    let claim = "SFT improves reasoning more than perception: from the starting checkpoint, \
+                 Δa_r > Δa_p";
+    let (Some(start), Some(std)) = (r.sft_start(), r.sft_standard()) else {
+        return not_run(id, claim);
+    };
+    let gain = |m: Metric| metric_gain(m, start, std);
+    let shown = format!(
+        "Δa_r = {:+.3}, Δa_p = {:+.3} ({} → {})",
+        gain(Metric::AR),
+        gain(Metric::AP),
+        start.role.label(),
+        std.role.label()
+    );
+    let paired = start
+        .items
+        .as_ref()
+        .zip(std.items.as_ref())
+        .and_then(|(b, a)| PairedDiff::of(&gain_gaps(b, a), SEED));
+    let (verdict, evidence) = match paired {
+        Some(d) => (
+            Verdict::of_parts(&[d.side(Direction::Positive)]),
+            format!("{shown}; Δa_r − Δa_p = {} (paired)", d.describe()),
+        ),
+        None => (
+            Verdict::Inconclusive,
+            format!("{shown}; no per-item scores, so no interval of the difference"),
+        ),
+    };
+    Finding {
+        id,
+        claim,
+        verdict,
+        evidence,
+        sources: vec![std.source.clone(), start.source.clone()],
+    }
+}
+
+fn metric_gain(m: Metric, before: &SftResult, after: &SftResult) -> f64 {
+    m.of(&after.acc).mean - m.of(&before.acc).mean
 }
 
 /// Perception's share of SFT's target tokens, loss and gradient — described, not judged: the

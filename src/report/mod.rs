@@ -64,6 +64,8 @@ pub struct Accuracies {
 /// The role of an SFT variant in the grid.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum SftRole {
+    /// The checkpoint every SFT variant starts from, evaluated before any of them trains.
+    Start,
     Standard,
     Lambda(f64),
     Ngdiff,
@@ -210,6 +212,7 @@ fn fmt_param(v: f64) -> String {
 impl SftRole {
     pub fn label(&self) -> String {
         match self {
+            SftRole::Start => "start checkpoint".into(),
             SftRole::Standard => "standard".into(),
             SftRole::Lambda(l) => format!("λ = {}", fmt_param(*l)),
             SftRole::Ngdiff => "NGDiff".into(),
@@ -233,6 +236,11 @@ impl RlRole {
 impl Results {
     fn sft_where(&self, f: impl Fn(&SftRole) -> bool) -> Vec<&SftResult> {
         self.sft.iter().filter(|r| f(&r.role)).collect()
+    }
+
+    /// The evaluation of the checkpoint the variants start from.
+    pub fn sft_start(&self) -> Option<&SftResult> {
+        self.sft.iter().find(|r| r.role == SftRole::Start)
     }
 
     /// The standard SFT run.

@@ -217,6 +217,8 @@ fn findings_follow_the_numbers() {
     // Two λ runs make no frontier; no perception-only initialization was run.
     assert_eq!(verdict(&r, "lambda-frontier"), NotRun);
     assert_eq!(verdict(&r, "perception-init-tradeoff"), NotRun);
+    // No evaluation of the start checkpoint.
+    assert_eq!(verdict(&r, "sft-gains"), NotRun);
     // NGDiff against the best λ (0.40 ± 0.05), without per-item scores: intervals compared.
     let mut ng = r.clone();
     ng.sft[3].acc = acc(0.20, 0.5, 0.52);
@@ -249,7 +251,7 @@ fn findings_follow_the_numbers() {
     assert_eq!(verdict(&close, "sft-reweighting"), Inconclusive);
     let empty = Results::default();
     assert!(verdicts(&empty).iter().all(|v| *v == NotRun));
-    assert_eq!(ids.len(), 9);
+    assert_eq!(ids.len(), 10);
 }
 
 /// Per-item scores of 100 items: the first `a`, `a_p`, `a_r` items right.
@@ -304,8 +306,11 @@ fn paired_grid(lambdas: [(usize, usize, usize); 3], ngdiff_a: usize) -> Results 
 fn paired_findings_say_each_outcome() {
     use Verdict::*;
     // λ = 0.1, 0.5, 0.9: a_p 20 → 80 items, a_r 70 → 40, a peaks at 0.5 (50 against 30).
-    let good = paired_grid([(30, 20, 70), (50, 50, 60), (30, 80, 40)], 70);
+    let mut good = paired_grid([(30, 20, 70), (50, 50, 60), (30, 80, 40)], 70);
+    // From the start to the standard run a_r gains 40 items, a_p 5.
+    good.sft.push(run(SftRole::Start, items(5, 25, 20)));
     for id in [
+        "sft-gains",
         "sft-reweighting",
         "lambda-frontier",
         "ngdiff-vs-lambda",
@@ -327,7 +332,10 @@ fn paired_findings_say_each_outcome() {
     let mut bad = paired_grid([(10, 60, 70), (15, 50, 60), (10, 20, 40)], 5);
     bad.sft[0] = run(SftRole::Standard, items(40, 30, 60));
     bad.sft[6] = run(SftRole::PerceptionInitLambda(0.9), items(30, 5, 40));
+    // a_p gains 30 items, a_r none.
+    bad.sft.push(run(SftRole::Start, items(5, 0, 60)));
     for id in [
+        "sft-gains",
         "sft-reweighting",
         "lambda-frontier",
         "ngdiff-vs-lambda",
@@ -341,7 +349,10 @@ fn paired_findings_say_each_outcome() {
     let mut close = paired_grid([(30, 20, 70), (32, 50, 60), (30, 80, 40)], 33);
     close.sft[0] = run(SftRole::Standard, items(31, 30, 60));
     close.sft[6] = run(SftRole::PerceptionInitLambda(0.9), items(30, 21, 40));
+    // One item gains perception, another reasoning.
+    close.sft.push(run(SftRole::Start, items(5, 29, 59)));
     for id in [
+        "sft-gains",
         "sft-reweighting",
         "lambda-frontier",
         "ngdiff-vs-lambda",

@@ -86,26 +86,23 @@ pub fn token_advantages(
     lambda: Option<f64>,
 ) -> Vec<f64> {
     let p = perception_tokens.min(tokens);
+    let (sp, sr) = segment_scales(tokens, perception_tokens, lambda);
+    let mut out = vec![sp * advantage; p];
+    out.extend(std::iter::repeat_n(sr * advantage, tokens - p));
+    out
+}
+
+/// The factors [`token_advantages`] multiplies Â by on the perception and the reasoning tokens:
+/// (1, 1) without `lambda`, (λ·|y|/|p|, (1 − λ)·|y|/|r|) with it (0 for an empty segment).
+pub fn segment_scales(tokens: usize, perception_tokens: usize, lambda: Option<f64>) -> (f64, f64) {
+    let p = perception_tokens.min(tokens);
     let r = tokens - p;
-    match lambda {
-        None => vec![advantage; tokens],
-        Some(l) => {
-            let y = tokens as f64;
-            let ap = if p > 0 {
-                l * y / p as f64 * advantage
-            } else {
-                0.0
-            };
-            let ar = if r > 0 {
-                (1.0 - l) * y / r as f64 * advantage
-            } else {
-                0.0
-            };
-            let mut out = vec![ap; p];
-            out.extend(std::iter::repeat_n(ar, r));
-            out
-        }
-    }
+    let Some(l) = lambda else {
+        return (1.0, 1.0);
+    };
+    let y = tokens as f64;
+    let scale = |w: f64, n: usize| if n > 0 { w * y / n as f64 } else { 0.0 };
+    (scale(l, p), scale(1.0 - l, r))
 }
 
 #[cfg(test)]

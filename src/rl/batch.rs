@@ -32,6 +32,9 @@ pub struct StepBatch<'a> {
     pub sequences: Vec<Sequence>,
     /// Each rollout's reward row, in the rollouts' order.
     pub rewards: Vec<&'a RewardRow>,
+    /// Each rollout's group-normalized advantage Â (before any segment scaling), in the
+    /// rollouts' order.
+    pub advantages: Vec<f64>,
     /// The share of items whose samples all got the same reward (zero advantage).
     pub zero_groups: f64,
 }
@@ -126,6 +129,7 @@ pub fn step_batch<'a>(
     Ok(StepBatch {
         sequences,
         rewards: matched,
+        advantages: adv,
         zero_groups: zero.values().filter(|&&z| z).count() as f64 / zero.len().max(1) as f64,
     })
 }

@@ -6,8 +6,9 @@
 //! sequences, plus `kl_coef`·KL to the frozen `reference` checkpoint (k3); `gspo = true` uses
 //! the sequence-level ratio. `ppo_epochs` passes of mini-batches of `mini_batch` sequences
 //! (0 = all: one on-policy step). Log-probabilities are recomputed at the temperature the
-//! rollouts were sampled at (stored with them). Writes the updated checkpoint and a
-//! one-row-per-mini-batch `rl_log`.
+//! rollouts were sampled at (stored with them). Writes the updated checkpoint, a
+//! one-row-per-mini-batch `rl_log`, and `samples` (`rl_samples`): each rollout's reward, group
+//! advantage and segment scales, from which the per-token advantages can be recomputed.
 
 use super::artifacts::{read_rewards, read_rollouts, read_sampling};
 use super::model_io::{
@@ -16,15 +17,16 @@ use super::model_io::{
 };
 use super::{
     Outputs, Stage, StageError, Written, bail, ensure, input, input_id, optional, optional_id,
-    output, outputs, read_input, read_optional, write_table_after,
+    output, outputs, read_input, read_optional, write_table, write_table_after,
 };
 use crate::analysis::{RunningPearson, pearson, wilson};
 use crate::dag::{InputSpec, OutputSpec, RunCtx};
 use crate::data::Example;
+use crate::eval::rollout::RolloutRow;
 use crate::eval::score::{EvalPoint, heldout_eval};
 use crate::model::DeviceSpec;
 use crate::model::load::{ModelPlan, PlanSource};
-use crate::rl::advantage::StdKind;
+use crate::rl::advantage::{StdKind, segment_scales};
 use crate::rl::batch::{BatchSpec, StepBatch, match_rewards, step_batch};
 use crate::rl::grpo::{LossSettings, Sequence};
 use crate::rl::update::{MinibatchRow, Policy, UpdateSettings, update_model};
@@ -133,6 +135,7 @@ const MAIN: OutputSpec = output("main", "checkpoint");
 const LOG: OutputSpec = output("log", "rl_log");
 const OPTIMIZER: OutputSpec = output("optimizer", OPTIMIZER_KIND);
 const EVAL: OutputSpec = output("eval", "rl_eval");
+const SAMPLES: OutputSpec = output("samples", "rl_samples");
 
 /// The kind of an optimizer-state artifact: the AdamW state and the hash of the weights it
 /// belongs to.
@@ -256,7 +259,7 @@ fn check_history(t: Option<&Table>, step: usize, what: &str) -> Result<(), Stage
 
 impl Stage for GrpoUpdate {
     const NAME: &'static str = "grpo-update";
-    const VERSION: u32 = 9;
+    const VERSION: u32 = 10;
     const USES_DEVICE: bool = true;
     type Config = GrpoUpdateConfig;
 
@@ -273,7 +276,7 @@ impl Stage for GrpoUpdate {
         ]
     }
     fn outputs() -> Vec<OutputSpec> {
-        vec![MAIN, LOG, OPTIMIZER, EVAL]
+        vec![MAIN, LOG, OPTIMIZER, EVAL, SAMPLES]
     }
     fn external_files(cfg: &GrpoUpdateConfig) -> Vec<std::path::PathBuf> {
         hf_external(cfg.model.as_ref())
@@ -320,8 +323,10 @@ impl Stage for GrpoUpdate {
         let StepBatch {
             sequences: seqs,
             rewards: matched,
+            advantages,
             zero_groups,
         } = step_batch(&rows, &rewards, &examples, &plan.codec, &spec)?;
+        let samples = write_samples(ctx, cfg, &rows, &seqs, &advantages)?;
         let history = read_optional(ctx, &HISTORY)?;
         let eval_history = read_optional(ctx, &EVAL_HISTORY)?;
         check_history(history.as_ref(), cfg.step, "log")?;
@@ -392,7 +397,7 @@ impl Stage for GrpoUpdate {
         let log = write_log(ctx, cfg, history.as_ref(), &rl_log, &step)?;
         let optimizer = write_state(ctx, &rl_state)?;
         let eval = write_evals(ctx, eval_history.as_ref(), &evals, eval_set.len())?;
-        Ok(outputs([ckpt, log, optimizer, eval]))
+        Ok(outputs([ckpt, log, optimizer, eval, samples]))
     }
 }
 
@@ -490,6 +495,53 @@ fn write_state(ctx: &RunCtx, st: &OptimState) -> Result<Written, StageError> {
 
 /// The evaluations measured (the step after which each was taken, −1 for the starting policy),
 /// after those of earlier steps.
+/// The `samples` output: per rollout (in the rollouts' order) its reward, group advantage Â,
+/// token counts and the factors the perception and reasoning tokens' advantages are Â times.
+fn write_samples(
+    ctx: &RunCtx,
+    cfg: &GrpoUpdateConfig,
+    rows: &[RolloutRow],
+    seqs: &[Sequence],
+    advantages: &[f64],
+) -> Result<Written, StageError> {
+    let scales: Vec<(f64, f64)> = seqs
+        .iter()
+        .map(|s| segment_scales(s.tokens.len(), s.perception_tokens, cfg.token_lambda))
+        .collect();
+    write_table(
+        ctx,
+        &SAMPLES,
+        vec![
+            (
+                "id",
+                cols::utf8(&rows.iter().map(|r| &r.id).collect::<Vec<_>>()),
+            ),
+            (
+                "sample",
+                cols::i32(rows.iter().map(|r| r.sample as i32).collect()),
+            ),
+            ("reward", cols::f64(seqs.iter().map(|s| s.reward).collect())),
+            ("advantage", cols::f64(advantages.to_vec())),
+            (
+                "tokens",
+                cols::i32(seqs.iter().map(|s| s.tokens.len() as i32).collect()),
+            ),
+            (
+                "perception_tokens",
+                cols::i32(seqs.iter().map(|s| s.perception_tokens as i32).collect()),
+            ),
+            (
+                "perception_scale",
+                cols::f64(scales.iter().map(|x| x.0).collect()),
+            ),
+            (
+                "reasoning_scale",
+                cols::f64(scales.iter().map(|x| x.1).collect()),
+            ),
+        ],
+    )
+}
+
 fn write_evals(
     ctx: &RunCtx,
     earlier: Option<&Table>,

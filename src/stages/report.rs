@@ -7,7 +7,8 @@
 //! `items` outputs, for paired comparisons), `sft_logs` (their training logs), `rl_evals` and
 //! `rl_logs` (RL runs, one of each per run, in the same order), `pools` (reward correlations
 //! over a pool of rollouts). `roles` names what each stage is, by its name without the sweep
-//! suffix: `standard`, `lambda`, `ngdiff`, `perception-init-lambda` (SFT), `alpha`, `self`,
+//! suffix: `start` (the checkpoint the SFT variants start from), `standard`, `lambda`, `ngdiff`,
+//! `perception-init-lambda` (SFT), `alpha`, `self`,
 //! `teacher`, `token-lambda` (RL); λ and α come from the instance's sweep value
 //! (`eval_lambda[lambda=0.2]`, `rl_tokens[token_lambda=0.1]`) or from the role (`lambda=0.2`).
 
@@ -101,13 +102,14 @@ fn role_of(cfg: &ReportConfig, instance: &str) -> Result<(String, Option<f64>), 
 fn sft_role(cfg: &ReportConfig, instance: &str) -> Result<SftRole, StageError> {
     let (name, v) = role_of(cfg, instance)?;
     Ok(match (name.as_str(), v) {
+        ("start", _) => SftRole::Start,
         ("standard", _) => SftRole::Standard,
         ("ngdiff", _) => SftRole::Ngdiff,
         ("lambda", Some(l)) => SftRole::Lambda(l),
         ("perception-init-lambda", Some(l)) => SftRole::PerceptionInitLambda(l),
         _ => bail!(
-            "report: `{instance}` has role `{name}`, not an SFT role (standard, lambda, ngdiff, \
-             perception-init-lambda)"
+            "report: `{instance}` has role `{name}`, not an SFT role (start, standard, lambda, \
+             ngdiff, perception-init-lambda)"
         ),
     })
 }
@@ -386,7 +388,7 @@ fn gather(cfg: &ReportConfig, ctx: &RunCtx) -> Result<Results, StageError> {
 
 impl Stage for Report {
     const NAME: &'static str = "report";
-    const VERSION: u32 = 4;
+    const VERSION: u32 = 5;
     type Config = ReportConfig;
 
     fn inputs() -> Vec<InputSpec> {

@@ -31,6 +31,7 @@ const SCHEMA_FILES: &[(&str, &str)] = &[
     ),
     ("rewards", include_str!("../../schemas/rewards.json")),
     ("rl_eval", include_str!("../../schemas/rl_eval.json")),
+    ("rl_samples", include_str!("../../schemas/rl_samples.json")),
     ("clip_log", include_str!("../../schemas/clip_log.json")),
     (
         "run_correlations",

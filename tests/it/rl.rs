@@ -183,6 +183,49 @@ fn rollout_reward_update_correlate_and_rerun() {
     );
     let mean_reward = (0..rw.rows()).map(|i| reward.value(i)).sum::<f64>() / 8.0;
 
+    // The samples the update trained on, recomputed from the reward artifact alone: Â over
+    // each item's samples with the Bessel-corrected deviation + 1e-6, scales of token λ = 0.5.
+    let sm = read(&store, "grpo", "samples", "rl_samples");
+    assert_eq!(sm.rows(), 8);
+    let (sid, ssample) = (
+        sm.required_strings("id").unwrap(),
+        sm.i32("sample").unwrap(),
+    );
+    let (sreward, adv) = (sm.f64("reward").unwrap(), sm.f64("advantage").unwrap());
+    let (ntok, nper) = (
+        sm.i32("tokens").unwrap(),
+        sm.i32("perception_tokens").unwrap(),
+    );
+    let (sp, sr) = (
+        sm.f64("perception_scale").unwrap(),
+        sm.f64("reasoning_scale").unwrap(),
+    );
+    let rsample = rw.i32("sample").unwrap();
+    for i in 0..sm.rows() {
+        let j = (0..rw.rows())
+            .find(|&j| ids[j] == sid[i] && rsample.value(j) == ssample.value(i))
+            .unwrap_or_else(|| panic!("sample row {i} has no reward row"));
+        assert_eq!(sreward.value(i), reward.value(j), "row {i}");
+        let g = &groups[sid[i].as_str()];
+        let m = g.iter().sum::<f64>() / g.len() as f64;
+        let sd = (g.iter().map(|x| (x - m) * (x - m)).sum::<f64>() / (g.len() - 1) as f64).sqrt();
+        let want = if g.iter().all(|&x| x == g[0]) {
+            0.0
+        } else {
+            (reward.value(j) - m) / (sd + 1e-6)
+        };
+        assert!(
+            (adv.value(i) - want).abs() < 1e-9,
+            "row {i}: {} vs {want}",
+            adv.value(i)
+        );
+        let (y, p) = (f64::from(ntok.value(i)), f64::from(nper.value(i)));
+        assert!(p <= y && y > 0.0, "row {i}");
+        let scale = |w: f64, n: f64| if n > 0.0 { w * y / n } else { 0.0 };
+        assert!((sp.value(i) - scale(0.5, p)).abs() < 1e-12, "row {i}");
+        assert!((sr.value(i) - scale(0.5, y - p)).abs() < 1e-12, "row {i}");
+    }
+
     // The update: 2 epochs × 2 mini-batches of 4; the first is on-policy.
     let log = read(&store, "grpo", "log", "rl_log");
     assert_eq!(log.rows(), 4);
