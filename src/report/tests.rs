@@ -300,6 +300,15 @@ fn paired_grid(lambdas: [(usize, usize, usize); 3], ngdiff_a: usize) -> Results 
     }
 }
 
+/// The findings decided by paired per-item intervals.
+const PAIRED_FINDINGS: [&str; 5] = [
+    "sft-gains",
+    "sft-reweighting",
+    "lambda-frontier",
+    "ngdiff-vs-lambda",
+    "perception-init-tradeoff",
+];
+
 /// The SFT findings decide by the paired per-item interval: each rule says reproduced, not
 /// reproduced and inconclusive on constructed inputs.
 #[test]
@@ -309,13 +318,7 @@ fn paired_findings_say_each_outcome() {
     let mut good = paired_grid([(30, 20, 70), (50, 50, 60), (30, 80, 40)], 70);
     // From the start to the standard run a_r gains 40 items, a_p 5.
     good.sft.push(run(SftRole::Start, items(5, 25, 20)));
-    for id in [
-        "sft-gains",
-        "sft-reweighting",
-        "lambda-frontier",
-        "ngdiff-vs-lambda",
-        "perception-init-tradeoff",
-    ] {
+    for id in PAIRED_FINDINGS {
         assert_eq!(verdict(&good, id), Reproduced, "{id}");
     }
     let f = findings(&good);
@@ -334,13 +337,7 @@ fn paired_findings_say_each_outcome() {
     bad.sft[6] = run(SftRole::PerceptionInitLambda(0.9), items(30, 5, 40));
     // a_p gains 30 items, a_r none.
     bad.sft.push(run(SftRole::Start, items(5, 0, 60)));
-    for id in [
-        "sft-gains",
-        "sft-reweighting",
-        "lambda-frontier",
-        "ngdiff-vs-lambda",
-        "perception-init-tradeoff",
-    ] {
+    for id in PAIRED_FINDINGS {
         assert_eq!(verdict(&bad, id), NotReproduced, "{id}");
     }
 
@@ -351,13 +348,7 @@ fn paired_findings_say_each_outcome() {
     close.sft[6] = run(SftRole::PerceptionInitLambda(0.9), items(30, 21, 40));
     // One item gains perception, another reasoning.
     close.sft.push(run(SftRole::Start, items(5, 29, 59)));
-    for id in [
-        "sft-gains",
-        "sft-reweighting",
-        "lambda-frontier",
-        "ngdiff-vs-lambda",
-        "perception-init-tradeoff",
-    ] {
+    for id in PAIRED_FINDINGS {
         assert_eq!(verdict(&close, id), Inconclusive, "{id}");
     }
 }

@@ -14,6 +14,16 @@ use burn::tensor::Tensor;
 use burn::tensor::backend::Backend;
 use std::path::Path;
 
+/// The error of a batch whose prompts and images do not pair one to one.
+pub(crate) fn check_pairs(rows: usize, images: usize) -> Result<()> {
+    if rows == images {
+        return Ok(());
+    }
+    Err(HfError::Input(format!(
+        "{images} images for {rows} sequences"
+    )))
+}
+
 /// A checkpoint family's network with its image processor.
 pub trait Checkpoint<B: Backend>: Module<B> + Sized {
     /// The family, as the folder's `config.json` names it.

@@ -23,7 +23,7 @@ pub mod vision;
 
 pub use config::InternVlConfig;
 
-use crate::model::hf::family::Checkpoint;
+use crate::model::hf::family::{Checkpoint, check_pairs};
 use crate::model::hf::image::Rgb;
 use crate::model::hf::reference::{Parity, Reference, watch_finite};
 use crate::model::hf::text::{self, DecodeBatch, PackedRows, TextModel};
@@ -321,13 +321,7 @@ impl<B: Backend> Checkpoint<B> for InternVl<B> {
         rows: &[&[u32]],
         images: &[&Rgb],
     ) -> Result<(Tensor<B, 3>, DecodeBatch<B>)> {
-        if rows.len() != images.len() {
-            return Err(HfError::Input(format!(
-                "{} images for {} sequences",
-                images.len(),
-                rows.len()
-            )));
-        }
+        check_pairs(rows.len(), images.len())?;
         let tiles = images
             .iter()
             .map(|img| self.image_tiles(img).map(Some))

@@ -17,7 +17,7 @@ pub mod vision;
 
 pub use config::Qwen3VlConfig;
 
-use crate::model::hf::family::Checkpoint;
+use crate::model::hf::family::{Checkpoint, check_pairs};
 use crate::model::hf::image::Rgb;
 use crate::model::hf::reference::{Parity, Reference};
 use crate::model::hf::text;
@@ -314,13 +314,7 @@ impl<B: Backend> Checkpoint<B> for Qwen3Vl<B> {
         rows: &[&[u32]],
         images: &[&Rgb],
     ) -> Result<(Tensor<B, 3>, DecodeBatch<B>)> {
-        if rows.len() != images.len() {
-            return Err(HfError::Input(format!(
-                "{} images for {} sequences",
-                images.len(),
-                rows.len()
-            )));
-        }
+        check_pairs(rows.len(), images.len())?;
         let inputs = images
             .iter()
             .map(|img| self.image_input(img))
