@@ -379,7 +379,11 @@ fn reward_augmentation(r: &Results) -> Finding {
     }
 }
 
-/// Surrogate perception rewards: CLIP < self (1) < self (N) < teacher in r with a_p.
+/// Surrogate perception rewards: CLIP < self (1) < self (N) < teacher in r with a_p. Rule: of
+/// the rewards present in that order (at least three), each consecutive pair is decided by the
+/// two correlations' intervals (the later one's above supports, below contradicts, overlapping
+/// or undefined is undecided). Where the outcome reward's r with a_p stands among them is
+/// described beside it.
 fn surrogate_order(r: &Results) -> Finding {
     let id = "surrogate-order";
     let claim = "Surrogate perception rewards rank by their correlation with a_p: CLIP < self \
@@ -392,26 +396,59 @@ fn surrogate_order(r: &Results) -> Finding {
         }))
         .chain(r.pool_r("teacher", "a_p"))
         .collect();
-    if order.len() >= 3 {
-        let rs: Vec<f64> = order.iter().map(|p| p.r.unwrap_or(f64::NAN)).collect();
-        let increasing = rs.windows(2).all(|w| w[1] > w[0]);
-        Finding {
-            id,
-            claim,
-            verdict: if increasing {
-                Verdict::Reproduced
-            } else {
-                Verdict::NotReproduced
-            },
-            evidence: order
+    if order.len() < 3 {
+        return not_run(id, claim);
+    }
+    let sides: Vec<Side> = order.windows(2).map(|w| r_side(w[0], w[1])).collect();
+    let chain = order
+        .iter()
+        .map(|p| format!("{} {}", p.reward, show_r(p)))
+        .collect::<Vec<_>>()
+        .join(" < ");
+    let outcome = r.pool_r("outcome", "a_p").map_or(String::new(), |o| {
+        let names = |f: &dyn Fn(&PoolR) -> bool| {
+            let v: Vec<&str> = order
                 .iter()
-                .map(|p| format!("{} {:.3}", p.reward, p.r.unwrap_or(f64::NAN)))
-                .collect::<Vec<_>>()
-                .join(" < "),
-            sources: vec![order[0].source.clone()],
-        }
-    } else {
-        not_run(id, claim)
+                .filter(|p| f(p))
+                .map(|p| p.reward.as_str())
+                .collect();
+            if v.is_empty() {
+                "none".into()
+            } else {
+                v.join(", ")
+            }
+        };
+        format!(
+            "; the outcome reward's r with a_p, {}, lies above {} and below {}",
+            show_r(o),
+            names(&|p| r_side(p, o) == Side::Supports),
+            names(&|p| r_side(o, p) == Side::Supports)
+        )
+    });
+    Finding {
+        id,
+        claim,
+        verdict: Verdict::of_parts(&sides),
+        evidence: format!("{chain} (unpaired: the correlations' intervals compared){outcome}"),
+        sources: order.iter().map(|p| p.source.clone()).take(1).collect(),
+    }
+}
+
+/// Whether `upper`'s correlation lies above `lower`'s, by their intervals.
+fn r_side(lower: &PoolR, upper: &PoolR) -> Side {
+    match (lower.lo, lower.hi, upper.lo, upper.hi) {
+        (_, Some(lh), Some(ul), _) if ul > lh => Side::Supports,
+        (Some(ll), _, _, Some(uh)) if uh < ll => Side::Contradicts,
+        _ => Side::Undecided,
+    }
+}
+
+/// "0.712 [0.650, 0.770]", or "undefined" for a constant reward.
+fn show_r(p: &PoolR) -> String {
+    match (p.r, p.lo, p.hi) {
+        (Some(v), Some(lo), Some(hi)) => format!("{v:.3} [{lo:.3}, {hi:.3}]"),
+        (Some(v), _, _) => format!("{v:.3}"),
+        _ => "undefined".into(),
     }
 }
 

@@ -124,7 +124,7 @@ fn results() -> Results {
             pool("outcome", "a_tilde_r", 0.98),
             pool("clip", "a_p", 0.04),
             pool("self_1", "a_p", 0.63),
-            pool("self_4", "a_p", 0.71),
+            pool("self_4", "a_p", 0.80),
             pool("teacher", "a_p", 0.98),
         ],
     }
@@ -235,7 +235,7 @@ fn findings_follow_the_numbers() {
     worse.pool[1].r = Some(0.3); // outcome couples to reasoning less than to perception
     worse.pool[1].lo = Some(0.25);
     worse.pool[1].hi = Some(0.35);
-    worse.pool[5].r = Some(0.5); // teacher below self
+    worse.pool[5] = pool("teacher", "a_p", 0.5); // teacher below self
     // α > 0 ends below α = 0, and the perception gains fall as the coupling rises.
     worse.rl[0].end = acc(0.30, 0.80, 0.6);
     worse.rl[1].end = acc(0.10, 0.50, 0.2);
@@ -249,6 +249,19 @@ fn findings_follow_the_numbers() {
     close.sft[2].acc = acc(0.22, 0.4, 0.5);
     close.sft[3].acc = acc(0.22, 0.4, 0.5);
     assert_eq!(verdict(&close, "sft-reweighting"), Inconclusive);
+    // self (N = 4) within the interval of self (N = 1).
+    close.pool[4] = pool("self_4", "a_p", 0.66);
+    assert_eq!(verdict(&close, "surrogate-order"), Inconclusive);
+    let order = findings(&r);
+    let order = order.iter().find(|f| f.id == "surrogate-order").unwrap();
+    // The outcome reward (0.59 ± 0.05) stands above CLIP and below self (N = 4) and teacher.
+    assert!(
+        order
+            .evidence
+            .contains("lies above clip and below self_4, teacher"),
+        "{}",
+        order.evidence
+    );
     let empty = Results::default();
     assert!(verdicts(&empty).iter().all(|v| *v == NotRun));
     assert_eq!(ids.len(), 10);

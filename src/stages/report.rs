@@ -388,7 +388,7 @@ fn gather(cfg: &ReportConfig, ctx: &RunCtx) -> Result<Results, StageError> {
 
 impl Stage for Report {
     const NAME: &'static str = "report";
-    const VERSION: u32 = 5;
+    const VERSION: u32 = 6;
     type Config = ReportConfig;
 
     fn inputs() -> Vec<InputSpec> {
