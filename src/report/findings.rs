@@ -88,15 +88,8 @@ fn compare(x: &SftResult, y: &SftResult, metric: Metric, dir: Direction) -> (Sid
         ),
         None => {
             let (ex, ey) = (metric.of(&x.acc), metric.of(&y.acc));
-            let side = match (ex.clearly_above(ey), ey.clearly_above(ex), dir) {
-                (true, _, Direction::Positive) | (_, true, Direction::Negative) => Side::Supports,
-                (true, _, Direction::Negative) | (_, true, Direction::Positive) => {
-                    Side::Contradicts
-                }
-                _ => Side::Undecided,
-            };
             (
-                side,
+                interval_side(ex, ey, dir),
                 format!(
                     "{name}: {} {} against {} {} (unpaired: no per-item scores; intervals \
                      compared)",
@@ -110,16 +103,22 @@ fn compare(x: &SftResult, y: &SftResult, metric: Metric, dir: Direction) -> (Sid
     }
 }
 
-/// The overlap rule for runs without per-item scores: reproduced when `better`'s interval lies
-/// above `base`'s, not reproduced when below, inconclusive when they overlap.
-fn unpaired(better: &Estimate, base: &Estimate) -> Verdict {
-    if better.clearly_above(base) {
-        Verdict::Reproduced
-    } else if base.clearly_above(better) {
-        Verdict::NotReproduced
-    } else {
-        Verdict::Inconclusive
+/// The overlap rule for two intervals of unpaired numbers, on the claim that `x − y` has sign
+/// `dir`: `x`'s interval wholly above `y`'s supports a positive difference, wholly below
+/// contradicts it, overlapping intervals leave it undecided.
+fn interval_side(x: &Estimate, y: &Estimate, dir: Direction) -> Side {
+    let (above, below) = (x.clearly_above(y), y.clearly_above(x));
+    match (dir, above, below) {
+        (Direction::Positive, true, _) | (Direction::Negative, _, true) => Side::Supports,
+        (Direction::Positive, _, true) | (Direction::Negative, true, _) => Side::Contradicts,
+        _ => Side::Undecided,
     }
+}
+
+/// Runs without per-item scores: reproduced when `better`'s interval lies above `base`'s, not
+/// reproduced when below, inconclusive when they overlap.
+fn unpaired(better: &Estimate, base: &Estimate) -> Verdict {
+    Verdict::of_parts(&[interval_side(better, base, Direction::Positive)])
 }
 
 /// The paper's findings, each decided from the numbers in `r`.
@@ -435,10 +434,14 @@ fn surrogate_order(r: &Results) -> Finding {
 }
 
 /// Whether `upper`'s correlation lies above `lower`'s, by their intervals.
+/// An undefined correlation or interval is undecided.
 fn r_side(lower: &PoolR, upper: &PoolR) -> Side {
-    match (lower.lo, lower.hi, upper.lo, upper.hi) {
-        (_, Some(lh), Some(ul), _) if ul > lh => Side::Supports,
-        (Some(ll), _, _, Some(uh)) if uh < ll => Side::Contradicts,
+    let interval = |p: &PoolR| {
+        let (lo, hi) = (p.lo?, p.hi?);
+        Some(Estimate { mean: p.r?, lo, hi })
+    };
+    match (interval(upper), interval(lower)) {
+        (Some(u), Some(l)) => interval_side(&u, &l, Direction::Positive),
         _ => Side::Undecided,
     }
 }
