@@ -9,7 +9,9 @@
 //! otherwise, with the smallest difference those items could detect printed beside it. Without
 //! per-item scores the two runs' own intervals are compared (said so in the evidence).
 
-use super::{Estimate, ItemAccuracies, Metric, PoolR, Results, RlResult, SftResult, Source, best};
+use super::{
+    Estimate, ItemAccuracies, Metric, PoolDiff, PoolR, Results, RlResult, SftResult, Source, best,
+};
 use crate::analysis::paired::{Direction, PairedDiff, Side};
 
 /// The verdict on one of the paper's findings at this scale.
@@ -323,34 +325,64 @@ fn finding_of_parts<'a>(
     }
 }
 
-/// The outcome reward couples to reasoning more than to perception.
+/// The outcome reward couples to reasoning more than to perception. Rule: the paired
+/// interval of r(outcome, ã_r) − r(outcome, a_p) over the same rollouts (correlate's
+/// `differences`) above 0 reproduces, below 0 does not, containing 0 (or undefined) is
+/// inconclusive. Without the paired comparison the two correlations' intervals are compared
+/// (said so in the evidence).
 fn outcome_coupling(r: &Results) -> Finding {
     let id = "outcome-coupling";
     let claim = "In RL, the outcome reward correlates with reasoning (ã_r) more than with \
                  perception (a_p)";
-    match (r.pool_r("outcome", "a_p"), r.pool_r("outcome", "a_tilde_r")) {
-        (Some(p), Some(q)) => {
-            let show =
-                |v: Option<f64>| v.map_or("undefined (constant)".into(), |v| format!("{v:.3}"));
-            let (rp, rq) = (show(p.r), show(q.r));
-            let verdict = match (p.hi, q.lo, p.lo, q.hi) {
-                (Some(p_hi), Some(q_lo), _, _) if q_lo > p_hi => Verdict::Reproduced,
-                (_, _, Some(p_lo), Some(q_hi)) if p_lo > q_hi => Verdict::NotReproduced,
-                _ if p.r.is_none() || q.r.is_none() => Verdict::Inconclusive,
-                _ => Verdict::Inconclusive,
-            };
-            Finding {
-                id,
-                claim,
-                verdict,
-                evidence: format!(
-                    "r(outcome, ã_r) = {rq}, r(outcome, a_p) = {rp} over {} rollouts",
-                    p.n
-                ),
-                sources: vec![p.source.clone()],
-            }
-        }
-        _ => not_run(id, claim),
+    let (Some(p), Some(q)) = (r.pool_r("outcome", "a_p"), r.pool_r("outcome", "a_tilde_r")) else {
+        return not_run(id, claim);
+    };
+    let shown = format!(
+        "r(outcome, ã_r) = {}, r(outcome, a_p) = {} over {} rollouts",
+        show_r(q),
+        show_r(p),
+        p.n
+    );
+    let (side, how, sources) = match r.pool_diff(("outcome", "a_p"), ("outcome", "a_tilde_r")) {
+        Some(d) => (
+            diff_side(&d),
+            format!(
+                "; difference {} (paired over the same rollouts)",
+                show_diff(&d)
+            ),
+            vec![p.source.clone(), d.source],
+        ),
+        None => (
+            r_side(p, q),
+            " (unpaired: the correlations' intervals compared)".into(),
+            vec![p.source.clone()],
+        ),
+    };
+    Finding {
+        id,
+        claim,
+        verdict: Verdict::of_parts(&[side]),
+        evidence: format!("{shown}{how}"),
+        sources,
+    }
+}
+
+/// The side of 0 a paired difference's interval lies on, for a claim that it is positive; an
+/// undefined difference or interval is undecided.
+fn diff_side(d: &PoolDiff) -> Side {
+    match (d.lo, d.hi) {
+        (Some(lo), _) if lo > 0.0 => Side::Supports,
+        (_, Some(hi)) if hi < 0.0 => Side::Contradicts,
+        _ => Side::Undecided,
+    }
+}
+
+/// "+0.120 [+0.050, +0.190]", or "undefined".
+fn show_diff(d: &PoolDiff) -> String {
+    match (d.diff, d.lo, d.hi) {
+        (Some(v), Some(lo), Some(hi)) => format!("{v:+.3} [{lo:+.3}, {hi:+.3}]"),
+        (Some(v), _, _) => format!("{v:+.3}"),
+        _ => "undefined".into(),
     }
 }
 
@@ -380,9 +412,10 @@ fn reward_augmentation(r: &Results) -> Finding {
 
 /// Surrogate perception rewards: CLIP < self (1) < self (N) < teacher in r with a_p. Rule: of
 /// the rewards present in that order (at least three), each consecutive pair is decided by the
-/// two correlations' intervals (the later one's above supports, below contradicts, overlapping
-/// or undefined is undecided). Where the outcome reward's r with a_p stands among them is
-/// described beside it.
+/// paired interval of the later one's r with a_p minus the earlier one's over the same rollouts
+/// (above 0 supports, below contradicts, containing 0 or undefined is undecided); without the
+/// paired comparison, by the two correlations' intervals (said so). Where the outcome reward's
+/// r with a_p stands among them is described beside it, by the same comparisons.
 fn surrogate_order(r: &Results) -> Finding {
     let id = "surrogate-order";
     let claim = "Surrogate perception rewards rank by their correlation with a_p: CLIP < self \
@@ -398,12 +431,23 @@ fn surrogate_order(r: &Results) -> Finding {
     if order.len() < 3 {
         return not_run(id, claim);
     }
-    let sides: Vec<Side> = order.windows(2).map(|w| r_side(w[0], w[1])).collect();
-    let chain = order
-        .iter()
-        .map(|p| format!("{} {}", p.reward, show_r(p)))
-        .collect::<Vec<_>>()
-        .join(" < ");
+    // Whether `upper`'s r with a_p lies above `lower`'s: paired where the pool has the
+    // difference, else by the two intervals.
+    let above = |lower: &PoolR, upper: &PoolR| -> (Side, Option<PoolDiff>) {
+        match r.pool_diff((&lower.reward, "a_p"), (&upper.reward, "a_p")) {
+            Some(d) => (diff_side(&d), Some(d)),
+            None => (r_side(lower, upper), None),
+        }
+    };
+    let steps: Vec<(Side, Option<PoolDiff>)> =
+        order.windows(2).map(|w| above(w[0], w[1])).collect();
+    let mut chain = format!("{} {}", order[0].reward, show_r(order[0]));
+    for (w, (_, d)) in order.windows(2).zip(&steps) {
+        let gap = d
+            .as_ref()
+            .map_or(String::new(), |d| format!(" (by {})", show_diff(d)));
+        chain.push_str(&format!(" <{gap} {} {}", w[1].reward, show_r(w[1])));
+    }
     let outcome = r.pool_r("outcome", "a_p").map_or(String::new(), |o| {
         let names = |f: &dyn Fn(&PoolR) -> bool| {
             let v: Vec<&str> = order
@@ -420,16 +464,43 @@ fn surrogate_order(r: &Results) -> Finding {
         format!(
             "; the outcome reward's r with a_p, {}, lies above {} and below {}",
             show_r(o),
-            names(&|p| r_side(p, o) == Side::Supports),
-            names(&|p| r_side(o, p) == Side::Supports)
+            names(&|p| above(p, o).0 == Side::Supports),
+            names(&|p| above(o, p).0 == Side::Supports)
         )
     });
+    let teacher = teacher_perception(r);
+    let paired = steps.iter().all(|s| s.1.is_some());
+    let how = if paired {
+        "paired over the same rollouts"
+    } else {
+        "unpaired: the correlations' intervals compared"
+    };
+    let diff_source = steps
+        .iter()
+        .find_map(|s| s.1.as_ref().map(|d| d.source.clone()));
     Finding {
         id,
         claim,
-        verdict: Verdict::of_parts(&sides),
-        evidence: format!("{chain} (unpaired: the correlations' intervals compared){outcome}"),
-        sources: order.iter().map(|p| p.source.clone()).take(1).collect(),
+        verdict: Verdict::of_parts(&steps.iter().map(|s| s.0).collect::<Vec<_>>()),
+        evidence: format!("{chain} ({how}){outcome}{teacher}"),
+        sources: [order[0].source.clone()]
+            .into_iter()
+            .chain(diff_source)
+            .collect(),
+    }
+}
+
+/// How well the teacher itself perceives, beside the policy: "; the teacher's own a_p on the
+/// pool's items is 0.830, the policy's 0.550", where the pool has both.
+fn teacher_perception(r: &Results) -> String {
+    let own = r.pool_r("teacher", "a_p").and_then(|t| t.own_a_p);
+    match (own, r.pool_r("ground_truth", "a_p")) {
+        (Some(t), Some(p)) => format!(
+            "; the teacher's own a_p on the pool's items is {t:.3}, the policy's {:.3}",
+            p.mean
+        ),
+        (Some(t), None) => format!("; the teacher's own a_p on the pool's items is {t:.3}"),
+        _ => String::new(),
     }
 }
 

@@ -192,6 +192,25 @@ pub struct PoolR {
     pub lo: Option<f64>,
     pub hi: Option<f64>,
     pub n: i64,
+    /// The reward's mean over the pool (for the ground-truth reward: the policy's a_p).
+    pub mean: f64,
+    /// The reward's own transcription accuracy over the pool's items, where it has one (the
+    /// teacher's a_p).
+    pub own_a_p: Option<f64>,
+}
+
+/// A paired comparison of two correlations over the same pool of rollouts (correlate's
+/// `differences`): r(second) − r(first) with its bootstrap interval.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PoolDiff {
+    pub source: Source,
+    /// (reward, against) of each correlation.
+    pub first: (String, String),
+    pub second: (String, String),
+    pub diff: Option<f64>,
+    pub lo: Option<f64>,
+    pub hi: Option<f64>,
+    pub n: i64,
 }
 
 /// Everything the report reads.
@@ -203,6 +222,7 @@ pub struct Results {
     pub shares: Vec<Shares>,
     pub rl: Vec<RlResult>,
     pub pool: Vec<PoolR>,
+    pub pool_diffs: Vec<PoolDiff>,
 }
 
 fn fmt_param(v: f64) -> String {
@@ -314,6 +334,28 @@ impl Results {
             .iter()
             .find(|p| p.reward == reward && p.against == against)
     }
+
+    /// The paired difference r(`second`) − r(`first`) over the pool, each a (reward, against);
+    /// found as written or reversed (then negated).
+    fn pool_diff(&self, first: (&str, &str), second: (&str, &str)) -> Option<PoolDiff> {
+        let is = |x: &(String, String), y: (&str, &str)| x.0 == y.0 && x.1 == y.1;
+        self.pool_diffs.iter().find_map(|d| {
+            if is(&d.first, first) && is(&d.second, second) {
+                Some(d.clone())
+            } else if is(&d.first, second) && is(&d.second, first) {
+                Some(PoolDiff {
+                    first: d.second.clone(),
+                    second: d.first.clone(),
+                    diff: d.diff.map(|v| -v),
+                    lo: d.hi.map(|v| -v),
+                    hi: d.lo.map(|v| -v),
+                    ..d.clone()
+                })
+            } else {
+                None
+            }
+        })
+    }
 }
 
 fn best<T>(v: Vec<&T>, key: impl Fn(&T) -> f64) -> Option<&T> {
@@ -342,6 +384,7 @@ pub fn sources(r: &Results) -> BTreeMap<String, String> {
         add(&x.log);
     }
     r.pool.iter().for_each(|x| add(&x.source));
+    r.pool_diffs.iter().for_each(|x| add(&x.source));
     out
 }
 

@@ -59,6 +59,8 @@ fn pool(reward: &str, against: &str, r: f64) -> PoolR {
         lo: Some(r - 0.05),
         hi: Some(r + 0.05),
         n: 2560,
+        mean: 0.5,
+        own_a_p: None,
     }
 }
 
@@ -127,6 +129,7 @@ fn results() -> Results {
             pool("self_4", "a_p", 0.80),
             pool("teacher", "a_p", 0.98),
         ],
+        pool_diffs: Vec::new(),
     }
 }
 
@@ -434,4 +437,95 @@ fn instance_labels_parse() {
         page::params("rl[alpha=0.0].eval"),
         vec![("alpha".to_string(), "0.0".to_string())]
     );
+}
+
+/// A paired comparison r(second) − r(first) with interval [d − w, d + w].
+fn diff(first: (&str, &str), second: (&str, &str), d: f64, w: f64) -> PoolDiff {
+    PoolDiff {
+        source: src("d", "correlate.differences"),
+        first: (first.0.into(), first.1.into()),
+        second: (second.0.into(), second.1.into()),
+        diff: Some(d),
+        lo: Some(d - w),
+        hi: Some(d + w),
+        n: 2560,
+    }
+}
+
+/// The pool's findings decide by the paired differences where the pool has them — over
+/// correlations whose own intervals overlap, so the unpaired rule would say inconclusive — and
+/// a difference stored in the other order is read negated.
+#[test]
+fn pool_findings_decide_by_paired_differences() {
+    use Verdict::*;
+    let mut r = Results {
+        pool: vec![
+            pool("outcome", "a_p", 0.60),
+            pool("outcome", "a_tilde_r", 0.62),
+            pool("clip", "a_p", 0.55),
+            pool("self_1", "a_p", 0.58),
+            pool("self_4", "a_p", 0.61),
+            pool("teacher", "a_p", 0.64),
+        ],
+        ..Results::default()
+    };
+    assert_eq!(verdict(&r, "outcome-coupling"), Inconclusive);
+    assert_eq!(verdict(&r, "surrogate-order"), Inconclusive);
+    // As correlate writes them: column order outcome, self_1, self_4, teacher, clip.
+    let grid = |outcome: f64, steps: [f64; 3], w: f64| {
+        vec![
+            diff(("outcome", "a_p"), ("outcome", "a_tilde_r"), outcome, w),
+            diff(("self_1", "a_p"), ("clip", "a_p"), -steps[0], w),
+            diff(("self_1", "a_p"), ("self_4", "a_p"), steps[1], w),
+            diff(("self_4", "a_p"), ("teacher", "a_p"), steps[2], w),
+            diff(("outcome", "a_p"), ("clip", "a_p"), -0.05, w),
+            diff(("outcome", "a_p"), ("self_1", "a_p"), -0.02, w),
+            diff(("outcome", "a_p"), ("self_4", "a_p"), 0.01, w),
+            diff(("outcome", "a_p"), ("teacher", "a_p"), 0.04, w),
+        ]
+    };
+    r.pool_diffs = grid(0.02, [0.03, 0.03, 0.03], 0.01);
+    assert_eq!(verdict(&r, "outcome-coupling"), Reproduced);
+    assert_eq!(verdict(&r, "surrogate-order"), Reproduced);
+    let f = findings(&r);
+    let order = f.iter().find(|f| f.id == "surrogate-order").unwrap();
+    assert!(
+        order.evidence.contains("paired over the same rollouts")
+            && order
+                .evidence
+                .contains("< (by +0.030 [+0.020, +0.040]) self_1")
+            && order
+                .evidence
+                .contains("lies above clip, self_1 and below teacher"),
+        "{}",
+        order.evidence
+    );
+    assert!(
+        order
+            .sources
+            .iter()
+            .any(|s| s.instance == "correlate.differences")
+    );
+    assert!(!order.evidence.contains("own a_p"), "{}", order.evidence);
+    let mut own = r.clone();
+    own.pool.push(PoolR {
+        mean: 0.55,
+        ..pool("ground_truth", "a_p", 1.0)
+    });
+    own.pool[5].own_a_p = Some(0.83);
+    let f = findings(&own);
+    let order = f.iter().find(|f| f.id == "surrogate-order").unwrap();
+    assert!(
+        order
+            .evidence
+            .ends_with("; the teacher's own a_p on the pool's items is 0.830, the policy's 0.550"),
+        "{}",
+        order.evidence
+    );
+    r.pool_diffs = grid(-0.02, [0.03, -0.03, 0.03], 0.01);
+    assert_eq!(verdict(&r, "outcome-coupling"), NotReproduced);
+    assert_eq!(verdict(&r, "surrogate-order"), NotReproduced);
+    r.pool_diffs = grid(0.02, [0.03, 0.03, 0.03], 0.05);
+    assert_eq!(verdict(&r, "outcome-coupling"), Inconclusive);
+    assert_eq!(verdict(&r, "surrogate-order"), Inconclusive);
 }

@@ -170,6 +170,7 @@ mod tests {
             self_mean: None,
             self_n: 0,
             teacher: None,
+            teacher_a_p: None,
             clip: None,
             reward: r,
         }

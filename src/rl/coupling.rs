@@ -3,9 +3,16 @@
 //! reward, the self-rewards with N = 1 and N, the teacher reward, the CLIP reward, the final
 //! reward) and a_p and ã_r, with a 95 % bootstrap interval that resamples items (the samples of
 //! one item are not independent). The paper's Figure 8 and Table 3.
+//!
+//! Beside each r, [`differences`] compares two correlations over the same rollouts, paired
+//! (both on the same resample of items): each reward's r with ã_r against its r with a_p (does
+//! it couple to reasoning more than to perception?), and every two rewards' r with a_p (which
+//! tracks perception better?).
 
 use super::reward::RewardRow;
-use crate::analysis::{BootstrapR, pearson_cluster_bootstrap};
+use crate::analysis::{
+    BootstrapDiff, BootstrapR, pearson_cluster_bootstrap, pearson_difference_cluster_bootstrap,
+};
 use std::collections::BTreeMap;
 
 /// One row of the output.
@@ -16,6 +23,9 @@ pub struct CorrelationRow {
     pub n: usize,
     pub items: usize,
     pub mean_reward: f64,
+    /// The reward's own transcription accuracy over the pool's items, where it has one (the
+    /// teacher: the share of items whose teacher transcription equals p*).
+    pub own_a_p: Option<f64>,
     pub stats: BootstrapR,
 }
 
@@ -54,12 +64,29 @@ fn reward_columns(rows: &[RewardRow]) -> Vec<(String, Getter)> {
     out
 }
 
+const TARGETS: [Target; 2] = [("a_p", |r| bit(r.a_p)), ("a_tilde_r", |r| bit(r.a_tilde_r))];
+
+/// A bootstrap's sub-seed for one named statistic, so that every row has its own stream.
+fn sub_seed(seed: u64, name: &str) -> u64 {
+    let key = blake3::hash(name.as_bytes());
+    seed ^ u64::from_le_bytes(key.as_bytes()[..8].try_into().unwrap_or([0; 8]))
+}
+
+/// The share of the pool's items whose teacher transcription equals p* (`None` without one).
+fn teacher_a_p(rows: &[RewardRow]) -> Option<f64> {
+    let per_item: BTreeMap<&str, f64> = rows
+        .iter()
+        .filter_map(|r| Some((r.id.as_str(), r.teacher_a_p?)))
+        .collect();
+    (!per_item.is_empty()).then(|| per_item.values().sum::<f64>() / per_item.len() as f64)
+}
+
 /// Every reward column against a_p and ã_r.
 pub fn correlate(rows: &[RewardRow], reps: usize, seed: u64) -> Vec<CorrelationRow> {
     let mut out = Vec::new();
-    let targets: [Target; 2] = [("a_p", |r| bit(r.a_p)), ("a_tilde_r", |r| bit(r.a_tilde_r))];
+    let teacher_own = teacher_a_p(rows);
     for (name, get) in reward_columns(rows) {
-        for (against, target) in targets {
+        for (against, target) in TARGETS {
             let mut clusters: BTreeMap<&str, Vec<(f64, f64)>> = BTreeMap::new();
             let mut sum = 0.0;
             let mut n = 0;
@@ -75,19 +102,94 @@ pub fn correlate(rows: &[RewardRow], reps: usize, seed: u64) -> Vec<CorrelationR
             }
             let items = clusters.len();
             let clusters: Vec<Vec<(f64, f64)>> = clusters.into_values().collect();
-            let key = blake3::hash(format!("{name}/{against}").as_bytes());
-            let sub = u64::from_le_bytes(key.as_bytes()[..8].try_into().unwrap_or([0; 8]));
             out.push(CorrelationRow {
                 reward: name.clone(),
                 against,
                 n,
                 items,
                 mean_reward: sum / n.max(1) as f64,
-                stats: pearson_cluster_bootstrap(&clusters, reps, seed ^ sub),
+                own_a_p: if name == "teacher" { teacher_own } else { None },
+                stats: pearson_cluster_bootstrap(
+                    &clusters,
+                    reps,
+                    sub_seed(seed, &format!("{name}/{against}")),
+                ),
             });
         }
     }
     out
+}
+
+/// One correlation: a reward column and what it is correlated with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Side {
+    pub reward: String,
+    pub against: &'static str,
+}
+
+/// A paired comparison of two correlations over the rollouts where both rewards were computed:
+/// `stats.diff` = r(second) − r(first).
+#[derive(Debug, Clone, PartialEq)]
+pub struct DifferenceRow {
+    pub first: Side,
+    pub second: Side,
+    pub n: usize,
+    pub items: usize,
+    pub stats: BootstrapDiff,
+}
+
+/// The paired comparisons: for each reward, r with ã_r against r with a_p; then, for every two
+/// rewards (in column order), the later one's r with a_p against the earlier one's.
+pub fn differences(rows: &[RewardRow], reps: usize, seed: u64) -> Vec<DifferenceRow> {
+    let columns = reward_columns(rows);
+    let (p, r) = (TARGETS[0], TARGETS[1]);
+    let mut pairs: Vec<((usize, Target), (usize, Target))> =
+        (0..columns.len()).map(|i| ((i, p), (i, r))).collect();
+    for i in 0..columns.len() {
+        for j in i + 1..columns.len() {
+            pairs.push(((i, p), (j, p)));
+        }
+    }
+    pairs
+        .into_iter()
+        .map(|((i, (a1, t1)), (j, (a2, t2)))| {
+            let (g1, g2) = (&columns[i].1, &columns[j].1);
+            let mut clusters: BTreeMap<&str, Vec<[f64; 4]>> = BTreeMap::new();
+            let mut n = 0;
+            for row in rows {
+                if let (Some(x1), Some(x2)) = (g1(row), g2(row)) {
+                    clusters
+                        .entry(row.id.as_str())
+                        .or_default()
+                        .push([x1, t1(row), x2, t2(row)]);
+                    n += 1;
+                }
+            }
+            let items = clusters.len();
+            let clusters: Vec<Vec<[f64; 4]>> = clusters.into_values().collect();
+            let (first, second) = (
+                Side {
+                    reward: columns[i].0.clone(),
+                    against: a1,
+                },
+                Side {
+                    reward: columns[j].0.clone(),
+                    against: a2,
+                },
+            );
+            let name = format!(
+                "{}/{} vs {}/{}",
+                first.reward, first.against, second.reward, second.against
+            );
+            DifferenceRow {
+                stats: pearson_difference_cluster_bootstrap(&clusters, reps, sub_seed(seed, &name)),
+                first,
+                second,
+                n,
+                items,
+            }
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -106,6 +208,7 @@ mod tests {
             self_mean: None,
             self_n: 0,
             teacher,
+            teacher_a_p: None,
             clip: None,
             reward: f64::from(u8::from(a)),
         }
@@ -148,6 +251,20 @@ mod tests {
             crate::analysis::pearson(&x, &y).unwrap()
         );
         assert!(t.iter().all(|r| r.n == 40 && r.items == 20));
+        assert!(t.iter().all(|r| r.own_a_p.is_none()));
+        // The teacher's own a_p: over items, each counted once however many rollouts it has.
+        let mut own = rows.clone();
+        for r in own.iter_mut() {
+            r.teacher_a_p = Some(f64::from(u8::from(r.id == "g0" || r.id == "g1")));
+        }
+        let t2 = correlate(&own, 10, 1);
+        let teacher = t2.iter().find(|r| r.reward == "teacher").unwrap();
+        assert_eq!(teacher.own_a_p, Some(2.0 / 20.0));
+        assert!(
+            t2.iter()
+                .filter(|r| r.reward != "teacher")
+                .all(|r| r.own_a_p.is_none())
+        );
         for r in &t {
             let (lo, hi) = r.stats.ci.unwrap();
             assert!(
@@ -155,5 +272,63 @@ mod tests {
                 "{r:?}"
             );
         }
+    }
+
+    /// Each reward's ã_r-against-a_p comparison, then every two rewards' a_p correlations;
+    /// each difference equals the two correlations' difference, and the outcome's coupling to
+    /// reasoning minus its coupling to perception is decided where the data say so.
+    #[test]
+    fn differences_pair_correlations_over_the_same_rollouts() {
+        // a = a_p ∧ ã_r with ã_r right far more often than a_p: the outcome tracks a_p more
+        // closely (a is 0 whenever a_p is); the teacher is a_p with one item flipped.
+        let mut rows = Vec::new();
+        for i in 0..120 {
+            let (p, r) = (i % 4 == 0, i % 7 != 0);
+            let t = if i / 2 == 3 { !p } else { p };
+            rows.push(row(&format!("g{}", i / 2), p && r, p, r, Some(bit(t))));
+        }
+        let t = correlate(&rows, 500, 1);
+        let d = differences(&rows, 500, 1);
+        let names: Vec<String> = d
+            .iter()
+            .map(|x| {
+                format!(
+                    "{}/{}-{}/{}",
+                    x.first.reward, x.first.against, x.second.reward, x.second.against
+                )
+            })
+            .collect();
+        assert_eq!(
+            names[..5],
+            [
+                "outcome/a_p-outcome/a_tilde_r",
+                "ground_truth/a_p-ground_truth/a_tilde_r",
+                "teacher/a_p-teacher/a_tilde_r",
+                "reward/a_p-reward/a_tilde_r",
+                "outcome/a_p-ground_truth/a_p",
+            ]
+        );
+        assert_eq!(d.len(), 4 + 6);
+        let r = |n: &str, a: &str| {
+            t.iter()
+                .find(|x| x.reward == n && x.against == a)
+                .and_then(|x| x.stats.r)
+                .unwrap()
+        };
+        let outcome = &d[0];
+        assert!(
+            (outcome.stats.diff.unwrap() - (r("outcome", "a_tilde_r") - r("outcome", "a_p"))).abs()
+                < 1e-12
+        );
+        assert!(outcome.stats.ci.unwrap().1 < 0.0, "{outcome:?}");
+        let teacher = d
+            .iter()
+            .find(|x| x.first.reward == "ground_truth" && x.second.reward == "teacher")
+            .unwrap();
+        assert!(
+            (teacher.stats.diff.unwrap() - (r("teacher", "a_p") - r("ground_truth", "a_p"))).abs()
+                < 1e-12
+        );
+        assert!(d.iter().all(|x| x.n == 120 && x.items == 60));
     }
 }

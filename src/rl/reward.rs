@@ -110,6 +110,9 @@ pub struct RewardRow {
     /// N (0 when the self-reward was not computed).
     pub self_n: usize,
     pub teacher: Option<f64>,
+    /// Whether the teacher's own transcription of the item equals p* (1 or 0): how well the
+    /// teacher perceives, beside how its reward tracks the policy's perception.
+    pub teacher_a_p: Option<f64>,
     pub clip: Option<f64>,
     /// The final scalar reward.
     pub reward: f64,
@@ -270,6 +273,8 @@ pub struct Surrogates<'a> {
     /// Self-rewards (N = 1, N = n) and n.
     pub self_scores: Option<(&'a [(f64, f64)], usize)>,
     pub teacher: Option<&'a [f64]>,
+    /// The teacher's transcription of each item (`None`: unreadable), for its own a_p.
+    pub teacher_transcripts: Option<&'a HashMap<String, Option<String>>>,
     pub clip: Option<&'a [f64]>,
 }
 
@@ -307,9 +312,11 @@ pub fn reward_rows(
     rows.iter()
         .enumerate()
         .map(|(i, r)| {
+            let task = task_of(&r.task)?;
+            let p_true = truth(p_star, &r.id)?;
             let s = score(
-                task_of(&r.task)?,
-                truth(p_star, &r.id)?,
+                task,
+                p_true,
                 (r.perception.as_deref(), r.reasoning.as_deref()),
                 None,
             );
@@ -324,6 +331,12 @@ pub fn reward_rows(
                 self_mean: sur.self_scores.map(|(v, _)| v[i].1),
                 self_n: sur.self_scores.map(|(_, n)| n).unwrap_or(0),
                 teacher: sur.teacher.map(|t| t[i]),
+                teacher_a_p: sur.teacher_transcripts.map(|t| {
+                    let own = t.get(&r.id).and_then(Option::as_deref);
+                    f64::from(u8::from(
+                        own.is_some_and(|t| task.perception_correct(t, p_true)),
+                    ))
+                }),
                 clip: sur.clip.map(|t| t[i]),
                 reward: 0.0,
             };
@@ -559,13 +572,15 @@ mod tests {
             row("g", 2, Some(P), Some("answer 0:1 1:1 2:1")),
         ];
         let selfs = [(1.0, 1.0), (0.0, 0.25), (1.0, 0.5)];
-        let teacher =
-            teacher_rewards(&rows, &[("g".to_string(), Some(P.to_string()))].into()).unwrap();
+        let transcripts: HashMap<String, Option<String>> =
+            [("g".to_string(), Some(P.to_string()))].into();
+        let teacher = teacher_rewards(&rows, &transcripts).unwrap();
         assert_eq!(teacher, [1.0, 0.0, 1.0]);
         let w = RewardWeights::augmented(0.25, Component::GroundTruth).unwrap();
         let sur = Surrogates {
             self_scores: Some((&selfs, 4)),
             teacher: Some(&teacher),
+            teacher_transcripts: Some(&transcripts),
             clip: None,
         };
         let out = reward_rows(&rows, &truth(), &w, sur).unwrap();
@@ -585,6 +600,16 @@ mod tests {
         );
         assert_eq!(out[1].self_mean, Some(0.25));
         assert_eq!(out[2].teacher, Some(1.0));
+        // The teacher read the item right: its own a_p is 1 on every row of it.
+        assert!(out.iter().all(|r| r.teacher_a_p == Some(1.0)));
+        let misread: HashMap<String, Option<String>> =
+            [("g".to_string(), Some(WRONG.to_string()))].into();
+        let sur = Surrogates {
+            teacher_transcripts: Some(&misread),
+            ..Surrogates::default()
+        };
+        let out2 = reward_rows(&rows, &truth(), &RewardWeights::outcome(), sur).unwrap();
+        assert!(out2.iter().all(|r| r.teacher_a_p == Some(0.0)));
         assert_eq!(out[0].self_n, 4);
         let outcome = reward_rows(
             &rows,

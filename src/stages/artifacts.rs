@@ -116,6 +116,7 @@ pub fn read_rewards(t: &crate::table::Table) -> Result<Vec<RewardRow>, StageErro
     let (first, mean) = (t.f64("self_first")?, t.f64("self_mean")?);
     let n = t.i32("self_samples")?;
     let teacher = t.f64("teacher")?;
+    let teacher_a_p = t.f64("teacher_a_p")?;
     let clip = t.f64("clip")?;
     let reward = t.f64("reward")?;
     use arrow::array::Array;
@@ -135,6 +136,7 @@ pub fn read_rewards(t: &crate::table::Table) -> Result<Vec<RewardRow>, StageErro
                 self_mean: opt(mean, i),
                 self_n: n.value(i).max(0) as usize,
                 teacher: opt(teacher, i),
+                teacher_a_p: opt(teacher_a_p, i),
                 clip: opt(clip, i),
                 reward: reward.value(i),
             })

@@ -18,7 +18,7 @@ use super::{
 };
 use crate::analysis::{BootstrapR, fit_line};
 use crate::dag::{InputSpec, OutputSpec, RunCtx};
-use crate::rl::coupling::{CorrelationRow, correlate};
+use crate::rl::coupling::{CorrelationRow, DifferenceRow, correlate, differences};
 use crate::table::Table;
 use crate::table::cols;
 use serde::{Deserialize, Serialize};
@@ -43,17 +43,18 @@ const LOGS: InputSpec = many("logs", "rl_log");
 const EVALS: InputSpec = many("evals", "rl_eval");
 const MAIN: OutputSpec = output("main", "correlations");
 const RUNS: OutputSpec = output("runs", "run_correlations");
+const DIFFERENCES: OutputSpec = output("differences", "correlation_differences");
 
 impl Stage for Correlate {
     const NAME: &'static str = "correlate";
-    const VERSION: u32 = 4;
+    const VERSION: u32 = 5;
     type Config = CorrelateConfig;
 
     fn inputs() -> Vec<InputSpec> {
         vec![REWARDS, LOGS, EVALS]
     }
     fn outputs() -> Vec<OutputSpec> {
-        vec![MAIN, RUNS]
+        vec![MAIN, RUNS, DIFFERENCES]
     }
 
     fn run(cfg: &CorrelateConfig, ctx: &RunCtx) -> Result<Outputs, StageError> {
@@ -70,15 +71,25 @@ impl Stage for Correlate {
             logs.len(),
             evals.len()
         );
-        let table = match rewards {
-            Some(t) => correlate(&read_rewards(&t)?, cfg.reps, ctx.seed),
-            None => Vec::new(),
+        let (table, diffs) = match rewards {
+            Some(t) => {
+                let rows = read_rewards(&t)?;
+                (
+                    correlate(&rows, cfg.reps, ctx.seed),
+                    differences(&rows, cfg.reps, ctx.seed),
+                )
+            }
+            None => (Vec::new(), Vec::new()),
         };
         let mut runs = Vec::with_capacity(logs.len());
         for ((source, log), (_, eval)) in logs.iter().zip(&evals) {
             runs.push(run_row(source.clone(), log, eval)?);
         }
-        Ok(outputs([write(ctx, &table)?, write_runs(ctx, &runs)?]))
+        Ok(outputs([
+            write(ctx, &table)?,
+            write_runs(ctx, &runs)?,
+            write_differences(ctx, &diffs)?,
+        ]))
     }
 }
 
@@ -205,9 +216,49 @@ fn write(ctx: &RunCtx, rows: &[CorrelationRow]) -> Result<Written, StageError> {
                 "mean_reward",
                 cols::f64(rows.iter().map(|r| r.mean_reward).collect()),
             ),
+            (
+                "own_a_p",
+                cols::f64_opt(rows.iter().map(|r| r.own_a_p).collect()),
+            ),
             ("r", opt(&|b| b.r)),
             ("ci_low", opt(&|b| b.ci.map(|c| c.0))),
             ("ci_high", opt(&|b| b.ci.map(|c| c.1))),
+            (
+                "reps",
+                cols::i64(rows.iter().map(|r| r.stats.reps as i64).collect()),
+            ),
+        ],
+    )
+}
+
+fn write_differences(ctx: &RunCtx, rows: &[DifferenceRow]) -> Result<Written, StageError> {
+    let text =
+        |f: &dyn Fn(&DifferenceRow) -> &str| cols::utf8(&rows.iter().map(f).collect::<Vec<_>>());
+    write_table(
+        ctx,
+        &DIFFERENCES,
+        vec![
+            ("first_reward", text(&|r| &r.first.reward)),
+            ("first_against", text(&|r| r.first.against)),
+            ("second_reward", text(&|r| &r.second.reward)),
+            ("second_against", text(&|r| r.second.against)),
+            ("n", cols::i64(rows.iter().map(|r| r.n as i64).collect())),
+            (
+                "items",
+                cols::i64(rows.iter().map(|r| r.items as i64).collect()),
+            ),
+            (
+                "diff",
+                cols::f64_opt(rows.iter().map(|r| r.stats.diff).collect()),
+            ),
+            (
+                "ci_low",
+                cols::f64_opt(rows.iter().map(|r| r.stats.ci.map(|c| c.0)).collect()),
+            ),
+            (
+                "ci_high",
+                cols::f64_opt(rows.iter().map(|r| r.stats.ci.map(|c| c.1)).collect()),
+            ),
             (
                 "reps",
                 cols::i64(rows.iter().map(|r| r.stats.reps as i64).collect()),

@@ -6,7 +6,8 @@
 //! `evals` (SFT variants' evaluations), `eval_items` (their per-item scores, the evaluations'
 //! `items` outputs, for paired comparisons), `sft_logs` (their training logs), `rl_evals` and
 //! `rl_logs` (RL runs, one of each per run, in the same order), `pools` (reward correlations
-//! over a pool of rollouts). `roles` names what each stage is, by its name without the sweep
+//! over a pool of rollouts) and `pool_differences` (their paired comparisons, correlate's
+//! `differences` output). `roles` names what each stage is, by its name without the sweep
 //! suffix: `start` (the checkpoint the SFT variants start from), `standard`, `lambda`, `ngdiff`,
 //! `perception-init-lambda` (SFT), `alpha`, `self`,
 //! `teacher`, `token-lambda` (RL); λ and α come from the instance's sweep value
@@ -20,8 +21,8 @@ use crate::analysis::paired::item_means;
 use crate::dag::{InputSpec, OutputSpec, RunCtx};
 use crate::report::page::{base_name, params};
 use crate::report::{
-    Accuracies, Curve, CurvePoint, Estimate, ItemAccuracies, PoolR, Results, RlResult, RlRole,
-    SftResult, SftRole, Shares, Source, figures, findings, page, tables,
+    Accuracies, Curve, CurvePoint, Estimate, ItemAccuracies, PoolDiff, PoolR, Results, RlResult,
+    RlRole, SftResult, SftRole, Shares, Source, figures, findings, page, tables,
 };
 use crate::table::{Table, cols};
 use crate::train::sft::LogRow;
@@ -54,6 +55,7 @@ const SFT_LOGS: InputSpec = many("sft_logs", "train_log");
 const RL_EVALS: InputSpec = many("rl_evals", "rl_eval");
 const RL_LOGS: InputSpec = many("rl_logs", "rl_log");
 const POOLS: InputSpec = many("pools", "correlations");
+const POOL_DIFFS: InputSpec = many("pool_differences", "correlation_differences");
 const MAIN: OutputSpec = output("main", "report");
 
 /// A role and its parameter (λ or α), from the config and the instance's sweep values.
@@ -370,13 +372,43 @@ fn gather(cfg: &ReportConfig, ctx: &RunCtx) -> Result<Results, StageError> {
             t.f64("ci_high")?,
             t.i64("n")?,
         );
+        let (mean, own) = (t.f64("mean_reward")?, t.f64("own_a_p")?);
         let opt = |a: &arrow::array::Float64Array, i: usize| (!a.is_null(i)).then(|| a.value(i));
         for i in 0..t.rows() {
             r.pool.push(PoolR {
+                mean: mean.value(i),
+                own_a_p: opt(own, i),
                 source: src(&id, instance),
                 reward: reward[i].clone(),
                 against: against[i].clone(),
                 r: opt(rr, i),
+                lo: opt(lo, i),
+                hi: opt(hi, i),
+                n: n.value(i),
+            });
+        }
+    }
+    for ((instance, t), id) in read_many(ctx, &POOL_DIFFS)?.iter().zip(ids(&POOL_DIFFS)) {
+        let text = |c: &str| t.required_strings(c);
+        let (fr, fa, sr, sa) = (
+            text("first_reward")?,
+            text("first_against")?,
+            text("second_reward")?,
+            text("second_against")?,
+        );
+        let (d, lo, hi, n) = (
+            t.f64("diff")?,
+            t.f64("ci_low")?,
+            t.f64("ci_high")?,
+            t.i64("n")?,
+        );
+        let opt = |a: &arrow::array::Float64Array, i: usize| (!a.is_null(i)).then(|| a.value(i));
+        for i in 0..t.rows() {
+            r.pool_diffs.push(PoolDiff {
+                source: src(&id, instance),
+                first: (fr[i].clone(), fa[i].clone()),
+                second: (sr[i].clone(), sa[i].clone()),
+                diff: opt(d, i),
                 lo: opt(lo, i),
                 hi: opt(hi, i),
                 n: n.value(i),
@@ -388,11 +420,13 @@ fn gather(cfg: &ReportConfig, ctx: &RunCtx) -> Result<Results, StageError> {
 
 impl Stage for Report {
     const NAME: &'static str = "report";
-    const VERSION: u32 = 6;
+    const VERSION: u32 = 7;
     type Config = ReportConfig;
 
     fn inputs() -> Vec<InputSpec> {
-        vec![EVALS, EVAL_ITEMS, SFT_LOGS, RL_EVALS, RL_LOGS, POOLS]
+        vec![
+            EVALS, EVAL_ITEMS, SFT_LOGS, RL_EVALS, RL_LOGS, POOLS, POOL_DIFFS,
+        ]
     }
     fn outputs() -> Vec<OutputSpec> {
         vec![MAIN]

@@ -195,7 +195,7 @@ fn perception_budget(examples: &[Example]) -> usize {
 
 impl Stage for RewardScore {
     const NAME: &'static str = "reward-score";
-    const VERSION: u32 = 7;
+    const VERSION: u32 = 8;
     const USES_DEVICE: bool = true;
     type Config = RewardScoreConfig;
 
@@ -239,12 +239,14 @@ impl Stage for RewardScore {
         let teacher = wanted(Component::Teacher)
             .then(|| score_teacher(&job))
             .transpose()?;
+        let (teacher, transcripts) = teacher.unzip();
         let clip = wanted(Component::Clip)
             .then(|| score_clip(&job))
             .transpose()?;
         let sur = Surrogates {
             self_scores: self_scores.as_deref().map(|s| (s, cfg.self_n)),
             teacher: teacher.as_deref(),
+            teacher_transcripts: transcripts.as_ref(),
             clip: clip.as_deref(),
         };
         let out = reward_rows(&rows, &info.p_star, &weights, sur).map_err(StageError::from)?;
@@ -318,8 +320,12 @@ fn score_self(j: &Scoring) -> Result<Vec<(f64, f64)>, StageError> {
     Ok(scores)
 }
 
-/// The teacher reward of every rollout: agreement with the teacher's transcription.
-fn score_teacher(j: &Scoring) -> Result<Vec<f64>, StageError> {
+/// The teacher's transcription of each item.
+type Transcripts = HashMap<String, Option<String>>;
+
+/// The teacher reward of every rollout (agreement with the teacher's transcription) and the
+/// teacher's transcription of every item.
+fn score_teacher(j: &Scoring) -> Result<(Vec<f64>, Transcripts), StageError> {
     let Some(id) = optional_id(j.ctx, &TEACHER) else {
         bail!("the teacher reward needs a teacher: wire input `teacher`");
     };
@@ -345,7 +351,7 @@ fn score_teacher(j: &Scoring) -> Result<Vec<f64>, StageError> {
         .map(|e| e.id.clone())
         .zip(transcripts)
         .collect();
-    Ok(teacher_rewards(j.rows, &by_id)?)
+    Ok((teacher_rewards(j.rows, &by_id)?, by_id))
 }
 
 /// The CLIP-style reward of every rollout: the dual encoder's image–perception similarity.
@@ -419,6 +425,7 @@ fn write_rewards(ctx: &RunCtx, rows: &[RewardRow]) -> Result<Written, StageError
                 cols::i32(rows.iter().map(|r| r.self_n as i32).collect()),
             ),
             ("teacher", opt(&|r| r.teacher)),
+            ("teacher_a_p", opt(&|r| r.teacher_a_p)),
             ("clip", opt(&|r| r.clip)),
             ("reward", cols::f64(rows.iter().map(|r| r.reward).collect())),
         ],

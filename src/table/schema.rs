@@ -42,6 +42,10 @@ const SCHEMA_FILES: &[(&str, &str)] = &[
         "correlations",
         include_str!("../../schemas/correlations.json"),
     ),
+    (
+        "correlation_differences",
+        include_str!("../../schemas/correlation_differences.json"),
+    ),
     ("report", include_str!("../../schemas/report.json")),
 ];
 

@@ -101,7 +101,7 @@ inputs = { rewards = "scores" }
 reps = 50
 
 [stages.report]
-inputs = { evals = ["eval", "eval_lambda"], eval_items = ["eval.items", "eval_lambda.items"], sft_logs = ["sft.log", "sft_lambda.log"], rl_evals = ["rl.eval"], rl_logs = ["rl.log"], pools = ["correlate"] }
+inputs = { evals = ["eval", "eval_lambda"], eval_items = ["eval.items", "eval_lambda.items"], sft_logs = ["sft.log", "sft_lambda.log"], rl_evals = ["rl.eval"], rl_logs = ["rl.log"], pools = ["correlate"], pool_differences = ["correlate.differences"] }
 title = "grid"
 roles = { eval = "standard", sft = "standard", eval_lambda = "lambda", sft_lambda = "lambda", rl = "alpha" }
 "#;

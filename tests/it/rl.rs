@@ -329,6 +329,48 @@ fn rollout_reward_update_correlate_and_rerun() {
     let (lo, hi) = (c.f64("ci_low").unwrap(), c.f64("ci_high").unwrap());
     assert!(!r.is_null(k) && !lo.is_null(k) && lo.value(k) <= hi.value(k));
 
+    // The paired comparisons: each reward's r with ã_r against its r with a_p, then every two
+    // rewards' r with a_p; each difference is the two correlations' difference.
+    let d = read(
+        &store,
+        "correlate",
+        "differences",
+        "correlation_differences",
+    );
+    assert_eq!(d.rows(), want.len() + want.len() * (want.len() - 1) / 2);
+    let text = |c: &str| d.required_strings(c).unwrap();
+    let (fr, fa, sr, sa) = (
+        text("first_reward"),
+        text("first_against"),
+        text("second_reward"),
+        text("second_against"),
+    );
+    let r_of = |name: &str, a: &str| {
+        (0..c.rows())
+            .find(|&i| names[i] == name && against[i] == a)
+            .and_then(|i| (!r.is_null(i)).then(|| r.value(i)))
+    };
+    let diff = d.f64("diff").unwrap();
+    for i in 0..d.rows() {
+        if i < want.len() {
+            assert_eq!((fr[i].as_str(), sr[i].as_str()), (want[i], want[i]));
+            assert_eq!((fa[i].as_str(), sa[i].as_str()), ("a_p", "a_tilde_r"));
+        } else {
+            assert_eq!((fa[i].as_str(), sa[i].as_str()), ("a_p", "a_p"));
+        }
+        let expect = r_of(&sr[i], &sa[i])
+            .zip(r_of(&fr[i], &fa[i]))
+            .map(|(x, y)| x - y);
+        match expect {
+            Some(e) => assert!((diff.value(i) - e).abs() < 1e-12, "row {i}"),
+            None => assert!(diff.is_null(i), "row {i}"),
+        }
+    }
+    assert_eq!(
+        (fr[want.len()].as_str(), sr[want.len()].as_str()),
+        ("outcome", "ground_truth")
+    );
+
     // A rerun is a no-op.
     let again = table(&ok(asymm(&store, &["run", ps])));
     assert!(again.iter().all(|r| r.1 == "cached"), "{again:?}");

@@ -92,40 +92,82 @@ pub(super) fn data_suite(a: &BenchArgs, rows_out: &mut Vec<Row>) -> String {
             r.what, r.rate, r.unit, r.target
         ));
     }
-    out.push_str(&perception_share(
-        &gcs[..200.min(gcs.len())],
-        &sds[..200.min(sds.len())],
-    ));
+    out.push_str(&perception_share(&[
+        (
+            "graph coloring, 7–9 nodes",
+            TaskKind::GraphColoring,
+            &gcs[..200.min(gcs.len())],
+        ),
+        (
+            "sudoku, 30 givens",
+            TaskKind::Sudoku,
+            &sds[..200.min(sds.len())],
+        ),
+    ]));
     *rows_out = rows;
     out
 }
 
-/// Perception's share of SFT target tokens per task and teacher verbosity.
-pub(super) fn perception_share(gcs: &[String], sds: &[String]) -> String {
+/// Perception's share of SFT target tokens per set of puzzles (a label, its task, the
+/// puzzles' p*) and teacher verbosity: the mean target length, the mean perception length
+/// (through `</perception>`) and the share, tokens summed over the puzzles.
+pub(super) fn perception_share(sets: &[(&str, TaskKind, &[String])]) -> String {
     use asymm::text::format::encode;
     let tok = asymm::text::Tokenizer::task_vocabulary();
     let mut out = String::from(
-        "\n| task | verbosity | mean target tokens | perception share of target tokens |\n|---|---:|---:|---:|\n",
+        "\n| puzzles | verbosity | mean target tokens | mean perception tokens | perception share of target tokens |\n|---|---:|---:|---:|---:|\n",
     );
-    for (task, items) in [(TaskKind::GraphColoring, gcs), (TaskKind::Sudoku, sds)] {
+    for (label, task, items) in sets {
         for v in 0..=3u8 {
-            let (mut p, mut total) = (0usize, 0usize);
-            for perception in items {
+            let (mut p, mut total, mut n) = (0usize, 0usize, 0usize);
+            for perception in *items {
                 let Some(r) = task.task().trace(perception, v) else {
                     continue;
                 };
                 let e = encode(&tok, task.prompt(), perception, &r);
                 p += (e.spans[0].2 - e.spans[0].1) as usize;
                 total += e.target_ids.len();
+                n += 1;
             }
-            let n = items.len().max(1);
+            let n = n.max(1);
             out.push_str(&format!(
-                "| {} | {v} | {} | {:.1} % |\n",
-                task.name(),
+                "| {label} | {v} | {} | {} | {:.1} % |\n",
                 total / n,
+                p / n,
                 100.0 * p as f64 / total.max(1) as f64
             ));
         }
     }
     out
+}
+
+/// The `shares` suite: perception's share of SFT target tokens for graph coloring and for
+/// Sudoku from 30 to 75 givens (fewer givens, longer traces), at every verbosity — where a
+/// regime with the paper's imbalance (2–3 % of tokens) can be found, and at what length.
+pub(super) fn share_suite(a: &BenchArgs) -> String {
+    let n = a.items.clamp(10, 200) as u64;
+    let gc = SynthesizeConfig::default();
+    let gcs: Vec<String> = (0..n).map(|i| generate(&gc, 2, i).perception).collect();
+    let mut sets: Vec<(String, TaskKind, Vec<String>)> = vec![(
+        "graph coloring, 7–9 nodes".into(),
+        TaskKind::GraphColoring,
+        gcs,
+    )];
+    for givens in [30, 40, 50, 55, 60, 75] {
+        let cfg = SynthesizeConfig {
+            task: TaskKind::Sudoku,
+            sudoku: asymm::tasks::sudoku::SudokuGen { givens },
+            ..SynthesizeConfig::default()
+        };
+        let sds = (0..n).map(|i| generate(&cfg, 2, i).perception).collect();
+        sets.push((format!("sudoku, {givens} givens"), TaskKind::Sudoku, sds));
+    }
+    let refs: Vec<(&str, TaskKind, &[String])> = sets
+        .iter()
+        .map(|(l, t, v)| (l.as_str(), *t, v.as_slice()))
+        .collect();
+    format!(
+        "Perception's share of SFT target tokens ({n} puzzles a row, the task vocabulary)\n{}",
+        perception_share(&refs)
+    )
 }

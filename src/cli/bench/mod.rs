@@ -16,7 +16,7 @@ mod setup;
 mod twin;
 
 use counts::Counts;
-use data::data_suite;
+use data::{data_suite, share_suite};
 use model::model_suite;
 use setup::{example_count, examples, model_config, model_name, puzzles, sft_settings};
 use twin::twin_export;
@@ -44,7 +44,8 @@ pub struct BenchArgs {
     /// Items per measurement.
     #[arg(long, default_value_t = 2000)]
     pub items: usize,
-    /// Which measurements: data, model or all.
+    /// Which measurements: data, model, all, or shares (perception's share of SFT target
+    /// tokens by task, Sudoku givens and trace verbosity).
     #[arg(long, default_value = "all")]
     pub suite: String,
     /// Model size preset for the model suite.
@@ -178,8 +179,8 @@ fn per_sec(n: usize, f: impl FnMut(usize)) -> f64 {
 }
 
 pub fn bench(a: BenchArgs) -> anyhow::Result<i32> {
-    if !["data", "model", "all"].contains(&a.suite.as_str()) {
-        anyhow::bail!("unknown suite `{}` (data, model, all)", a.suite);
+    if !["data", "model", "shares", "all"].contains(&a.suite.as_str()) {
+        anyhow::bail!("unknown suite `{}` (data, model, shares, all)", a.suite);
     }
     if let Some(p) = &a.export_twin {
         std::fs::write(p, serde_json::to_string(&twin_export(&a)?)?)?;
@@ -188,6 +189,9 @@ pub fn bench(a: BenchArgs) -> anyhow::Result<i32> {
     let mut report = Report::default();
     if a.suite == "data" || a.suite == "all" {
         report.markdown.push_str(&data_suite(&a, &mut report.data));
+    }
+    if a.suite == "shares" {
+        report.markdown.push_str(&share_suite(&a));
     }
     if a.suite == "model" || a.suite == "all" {
         let md = match &a.hf {
