@@ -4,11 +4,13 @@
 //! [`findings`] decides, for each of the paper's claims, whether this grid reproduces it;
 //! [`figures`] draws the figures and [`page`] writes the HTML and Markdown documents.
 
+pub mod deviations;
 pub mod figures;
 pub mod findings;
 pub mod page;
 pub mod tables;
 
+pub use deviations::deviations;
 pub use findings::{Finding, Verdict, findings};
 pub use tables::{Cell, Table, tables};
 

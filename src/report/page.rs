@@ -3,7 +3,7 @@
 //! end with the command that shows it.
 
 use super::figures::Figure;
-use super::{Cell, Finding, Results, Table, sources};
+use super::{Cell, Finding, Results, Table, deviations, sources};
 use base64::Engine;
 use std::fmt::Write;
 
@@ -91,6 +91,14 @@ pub fn html(r: &Results, tables: &[Table], figures: &[Figure], findings: &[Findi
         );
     }
     h.push_str("</ul>\n");
+    let departures = deviations(r);
+    if !departures.is_empty() {
+        h.push_str("<h2>Where this grid departs from the paper</h2>\n<ul class=\"deviations\">\n");
+        for d in &departures {
+            let _ = writeln!(h, "<li>{}</li>", esc(d));
+        }
+        h.push_str("</ul>\n");
+    }
     for t in tables {
         let (rows, cols) = t.layout();
         let _ = write!(
@@ -164,6 +172,13 @@ pub fn markdown(r: &Results, tables: &[Table], figures: &[Figure], findings: &[F
             f.claim,
             f.evidence
         );
+    }
+    let departures = deviations(r);
+    if !departures.is_empty() {
+        m.push_str("\n## Where this grid departs from the paper\n\n");
+        for d in &departures {
+            let _ = writeln!(m, "- {d}");
+        }
     }
     for t in tables {
         let (rows, cols) = t.layout();

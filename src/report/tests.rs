@@ -529,3 +529,22 @@ fn pool_findings_decide_by_paired_differences() {
     assert_eq!(verdict(&r, "outcome-coupling"), Inconclusive);
     assert_eq!(verdict(&r, "surrogate-order"), Inconclusive);
 }
+
+/// The departures from the paper's setup come from the grid's own numbers, and an empty grid
+/// has none.
+#[test]
+fn deviations_name_the_grids_numbers() {
+    let mut r = results();
+    r.pool[5].own_a_p = Some(0.42);
+    let d = deviations(&r);
+    let has = |s: &str| d.iter().any(|l| l.contains(s));
+    assert!(has("evaluated on 128 test items"), "{d:?}");
+    assert!(
+        has("perception is 8.0 % of the SFT target tokens, 20.0 % of the loss"),
+        "{d:?}"
+    );
+    assert!(has("whose own a_p on the pool is 0.420"), "{d:?}");
+    assert!(has("chosen on the test items"), "{d:?}");
+    assert!(has("dual encoder"), "{d:?}");
+    assert!(deviations(&Results::default()).is_empty());
+}

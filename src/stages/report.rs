@@ -420,7 +420,7 @@ fn gather(cfg: &ReportConfig, ctx: &RunCtx) -> Result<Results, StageError> {
 
 impl Stage for Report {
     const NAME: &'static str = "report";
-    const VERSION: u32 = 7;
+    const VERSION: u32 = 8;
     type Config = ReportConfig;
 
     fn inputs() -> Vec<InputSpec> {
