@@ -379,9 +379,21 @@ fn diff_side(d: &PoolDiff) -> Side {
 
 /// "+0.120 [+0.050, +0.190]", or "undefined".
 fn show_diff(d: &PoolDiff) -> String {
-    match (d.diff, d.lo, d.hi) {
-        (Some(v), Some(lo), Some(hi)) => format!("{v:+.3} [{lo:+.3}, {hi:+.3}]"),
-        (Some(v), _, _) => format!("{v:+.3}"),
+    show_value(d.diff, d.lo, d.hi, true)
+}
+
+/// A value with its interval where it has one, with its sign when `signed`, or "undefined".
+fn show_value(v: Option<f64>, lo: Option<f64>, hi: Option<f64>, signed: bool) -> String {
+    let f = |x: f64| {
+        if signed {
+            format!("{x:+.3}")
+        } else {
+            format!("{x:.3}")
+        }
+    };
+    match (v, lo, hi) {
+        (Some(v), Some(lo), Some(hi)) => format!("{} [{}, {}]", f(v), f(lo), f(hi)),
+        (Some(v), _, _) => f(v),
         _ => "undefined".into(),
     }
 }
@@ -519,11 +531,7 @@ fn r_side(lower: &PoolR, upper: &PoolR) -> Side {
 
 /// "0.712 [0.650, 0.770]", or "undefined" for a constant reward.
 fn show_r(p: &PoolR) -> String {
-    match (p.r, p.lo, p.hi) {
-        (Some(v), Some(lo), Some(hi)) => format!("{v:.3} [{lo:.3}, {hi:.3}]"),
-        (Some(v), _, _) => format!("{v:.3}"),
-        _ => "undefined".into(),
-    }
+    show_value(p.r, p.lo, p.hi, false)
 }
 
 /// Runs whose reward couples more to perception gain more perception.

@@ -270,6 +270,67 @@ fn mean(v: impl Iterator<Item = f64>) -> Option<f64> {
     (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64)
 }
 
+/// Row `i` of a nullable column.
+fn value_at(a: &arrow::array::Float64Array, i: usize) -> Option<f64> {
+    (!a.is_null(i)).then(|| a.value(i))
+}
+
+/// The rows of a `correlations` artifact.
+fn pool_rows(t: &Table, source: &Source) -> Result<Vec<PoolR>, StageError> {
+    let (reward, against) = (
+        t.required_strings("reward")?,
+        t.required_strings("against")?,
+    );
+    let (rr, lo, hi, n) = (
+        t.f64("r")?,
+        t.f64("ci_low")?,
+        t.f64("ci_high")?,
+        t.i64("n")?,
+    );
+    let (mean, own) = (t.f64("mean_reward")?, t.f64("own_a_p")?);
+    Ok((0..t.rows())
+        .map(|i| PoolR {
+            mean: mean.value(i),
+            own_a_p: value_at(own, i),
+            source: source.clone(),
+            reward: reward[i].clone(),
+            against: against[i].clone(),
+            r: value_at(rr, i),
+            lo: value_at(lo, i),
+            hi: value_at(hi, i),
+            n: n.value(i),
+        })
+        .collect())
+}
+
+/// The rows of a `correlation_differences` artifact.
+fn pool_diff_rows(t: &Table, source: &Source) -> Result<Vec<PoolDiff>, StageError> {
+    let text = |c: &str| t.required_strings(c);
+    let (fr, fa, sr, sa) = (
+        text("first_reward")?,
+        text("first_against")?,
+        text("second_reward")?,
+        text("second_against")?,
+    );
+    let (d, lo, hi, n) = (
+        t.f64("diff")?,
+        t.f64("ci_low")?,
+        t.f64("ci_high")?,
+        t.i64("n")?,
+    );
+    Ok((0..t.rows())
+        .map(|i| PoolDiff {
+            source: source.clone(),
+            first: (fr[i].clone(), fa[i].clone()),
+            second: (sr[i].clone(), sa[i].clone()),
+            diff: value_at(d, i),
+            lo: value_at(lo, i),
+            hi: value_at(hi, i),
+            n: n.value(i),
+        })
+        .collect())
+}
+
 /// Everything the report reads, from the stage's inputs.
 fn gather(cfg: &ReportConfig, ctx: &RunCtx) -> Result<Results, StageError> {
     let src = |id: &str, instance: &str| Source {
@@ -362,58 +423,10 @@ fn gather(cfg: &ReportConfig, ctx: &RunCtx) -> Result<Results, StageError> {
         )?);
     }
     for ((instance, t), id) in read_many(ctx, &POOLS)?.iter().zip(ids(&POOLS)) {
-        let (reward, against) = (
-            t.required_strings("reward")?,
-            t.required_strings("against")?,
-        );
-        let (rr, lo, hi, n) = (
-            t.f64("r")?,
-            t.f64("ci_low")?,
-            t.f64("ci_high")?,
-            t.i64("n")?,
-        );
-        let (mean, own) = (t.f64("mean_reward")?, t.f64("own_a_p")?);
-        let opt = |a: &arrow::array::Float64Array, i: usize| (!a.is_null(i)).then(|| a.value(i));
-        for i in 0..t.rows() {
-            r.pool.push(PoolR {
-                mean: mean.value(i),
-                own_a_p: opt(own, i),
-                source: src(&id, instance),
-                reward: reward[i].clone(),
-                against: against[i].clone(),
-                r: opt(rr, i),
-                lo: opt(lo, i),
-                hi: opt(hi, i),
-                n: n.value(i),
-            });
-        }
+        r.pool.extend(pool_rows(t, &src(&id, instance))?);
     }
     for ((instance, t), id) in read_many(ctx, &POOL_DIFFS)?.iter().zip(ids(&POOL_DIFFS)) {
-        let text = |c: &str| t.required_strings(c);
-        let (fr, fa, sr, sa) = (
-            text("first_reward")?,
-            text("first_against")?,
-            text("second_reward")?,
-            text("second_against")?,
-        );
-        let (d, lo, hi, n) = (
-            t.f64("diff")?,
-            t.f64("ci_low")?,
-            t.f64("ci_high")?,
-            t.i64("n")?,
-        );
-        let opt = |a: &arrow::array::Float64Array, i: usize| (!a.is_null(i)).then(|| a.value(i));
-        for i in 0..t.rows() {
-            r.pool_diffs.push(PoolDiff {
-                source: src(&id, instance),
-                first: (fr[i].clone(), fa[i].clone()),
-                second: (sr[i].clone(), sa[i].clone()),
-                diff: opt(d, i),
-                lo: opt(lo, i),
-                hi: opt(hi, i),
-                n: n.value(i),
-            });
-        }
+        r.pool_diffs.extend(pool_diff_rows(t, &src(&id, instance))?);
     }
     Ok(r)
 }
