@@ -235,9 +235,36 @@ pub fn fit_line(points: &[(f64, f64)]) -> Option<(f64, f64, Option<f64>)> {
     Some((slope, my - slope * mx, pearson(&x, &y)))
 }
 
+/// The 95 % interval of a Pearson r over `n` independent points by Fisher's z transform,
+/// tanh(atanh r ± 1.96/√(n − 3)); `None` below four points, where it is undefined.
+pub fn fisher_interval(r: f64, n: usize) -> Option<(f64, f64)> {
+    if n < 4 || !r.is_finite() {
+        return None;
+    }
+    let z = r.clamp(-1.0 + 1e-12, 1.0 - 1e-12).atanh();
+    let half = 1.959_963_984_540_054 / ((n - 3) as f64).sqrt();
+    Some(((z - half).tanh(), (z + half).tanh()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fisher_interval_narrows_with_points_and_stays_in_range() {
+        // r = 0.5 over 28 points: z = 0.5493, half-width 1.96/5 = 0.392 → tanh(0.1573),
+        // tanh(0.9413).
+        let (lo, hi) = fisher_interval(0.5, 28).unwrap();
+        assert!(
+            (lo - 0.1560).abs() < 1e-3 && (hi - 0.7358).abs() < 1e-3,
+            "{lo} {hi}"
+        );
+        let (lo5, hi5) = fisher_interval(0.5, 5).unwrap();
+        assert!(lo5 < 0.0 && hi5 > hi && hi5 < 1.0);
+        assert_eq!(fisher_interval(0.9, 3), None);
+        let (l1, h1) = fisher_interval(1.0, 6).unwrap();
+        assert!(l1 > 0.99 && h1 <= 1.0);
+    }
 
     #[test]
     fn wilson_known_values() {

@@ -1,7 +1,7 @@
 //! Where a grid's setup departs from the paper's, with the grid's own numbers: what a reader
 //! must keep in mind before comparing a finding with the paper's.
 
-use super::Results;
+use super::{Results, Selection};
 
 /// One line per departure the grid's numbers show (none for an empty grid).
 pub fn deviations(r: &Results) -> Vec<String> {
@@ -12,10 +12,19 @@ pub fn deviations(r: &Results) -> Vec<String> {
              difference a comparison could detect is printed beside each paired finding"
         ));
     }
-    if let Some(n) = r.rl.iter().map(|x| x.end.items).max() {
+    if let Some(n) = r.rl.iter().map(|x| x.arm().acc.items).max() {
+        let unpaired = r.rl.iter().filter(|x| x.arm().items.is_none()).count();
+        let how = if unpaired == 0 && r.rl_start.as_ref().is_some_and(|s| s.items.is_some()) {
+            ", with per-item scores (comparisons paired)".to_string()
+        } else {
+            format!(
+                "; {unpaired} of {} without per-item scores (their comparisons unpaired, by \
+                 the loop's greedy evaluation)",
+                r.rl.len()
+            )
+        };
         out.push(format!(
-            "RL runs are evaluated on {n} items, without per-item scores, so RL comparisons are \
-             unpaired"
+            "RL runs are evaluated on {n} items (the paper: 500){how}"
         ));
     }
     if let Some(s) = r.shares.first() {
@@ -26,12 +35,20 @@ pub fn deviations(r: &Results) -> Vec<String> {
             100.0 * s.loss
         ));
     }
-    if r.lambda_runs(false).len() > 1 || r.rl.len() > 1 {
-        out.push(
-            "the best λ and the best α are chosen on the test items they are reported on, not \
-             on a validation split, which favours them"
-                .into(),
-        );
+    let on_test: Vec<&str> = [
+        ("λ", r.best_lambda_choice().map(|x| x.1)),
+        ("α", r.best_alpha().map(|x| x.1)),
+    ]
+    .into_iter()
+    .filter(|(_, how)| matches!(how, Some(Selection::Test)))
+    .map(|x| x.0)
+    .collect();
+    if !on_test.is_empty() {
+        out.push(format!(
+            "the best {} chosen on the test items reported on, not on a validation split \
+             (wire `val_evals`), which favours it",
+            on_test.join(" and the best ")
+        ));
     }
     if let Some(t) = r
         .pool

@@ -2,7 +2,7 @@
 //! DejaVu Sans, embedded in the binary (no system font is looked up), so a figure's bytes depend
 //! only on its data.
 
-use super::{ReportError, Result, Results, RlRole, SftRole};
+use super::{Metric, ReportError, Result, Results, SftRole};
 use plotters::coord::Shift;
 use plotters::prelude::*;
 use std::sync::Once;
@@ -455,19 +455,14 @@ fn sft_frontier_figure(r: &Results) -> Result<Option<Figure>> {
 /// The RL runs' trade-off frontier.
 fn rl_frontier_figure(r: &Results) -> Result<Option<Figure>> {
     let mut rl_points: Vec<(String, f64, f64, f64)> = Vec::new();
-    if let Some(first) = r.rl.first() {
-        rl_points.push((
-            "start".into(),
-            first.start.a_p.mean,
-            first.start.a_r.mean,
-            first.start.a.mean,
-        ));
+    if let Some(start) = r.rl_start_arm() {
+        let a = start.acc;
+        rl_points.push(("start".into(), a.a_p.mean, a.a_r.mean, a.a.mean));
     }
-    rl_points.extend(
-        r.rl.iter()
-            .filter(|x| matches!(x.role, RlRole::Alpha(_)))
-            .map(|x| (x.role.label(), x.end.a_p.mean, x.end.a_r.mean, x.end.a.mean)),
-    );
+    rl_points.extend(r.alpha_runs().into_iter().map(|(_, x)| {
+        let a = x.arm().acc;
+        (x.role.label(), a.a_p.mean, a.a_r.mean, a.a.mean)
+    }));
     if rl_points.len() > 2 {
         let png = frontier(
             "rl_frontier.png",
@@ -517,22 +512,40 @@ fn correlations_figure(r: &Results) -> Result<Option<Figure>> {
     Ok(None)
 }
 
-/// Coupling against perception gain.
+/// Coupling against perception gain: each run's coupling measured on the starting policy where
+/// the pool has it, else over the run's own rollouts.
 fn coupling_figure(r: &Results) -> Result<Option<Figure>> {
-    let pts: Vec<(String, f64, f64)> =
+    let before: Vec<(String, f64, f64)> =
         r.rl.iter()
             .filter_map(|x| {
-                x.r_a_p
-                    .map(|c| (x.role.label(), c, x.end.a_p.mean - x.start.a_p.mean))
+                let c = r.start_coupling(x)?.r?;
+                Some((x.role.label(), c, r.rl_gain(x, Metric::AP)))
             })
             .collect();
+    let (pts, how) = if before.len() >= 2 {
+        (
+            before,
+            "the pool of the starting policy's rollouts, before training",
+        )
+    } else {
+        let after =
+            r.rl.iter()
+                .filter_map(|x| {
+                    x.r_a_p
+                        .map(|c| (x.role.label(), c, r.rl_gain(x, Metric::AP)))
+                })
+                .collect();
+        (after, "all of the run's own rollouts")
+    };
     if pts.len() >= 2 {
         let png = coupling("coupling.png", &pts)?;
         return Ok(Some(figure(
             "coupling.png",
             "Coupling vs perception gain",
-            "Each RL run's r(R, a_p) over its rollouts against its held-out Δa_p, with the \
-             least-squares line.",
+            &format!(
+                "Each RL run's r(R, a_p) over {how}, against its held-out Δa_p, with the \
+                 least-squares line."
+            ),
             png,
         )));
     }

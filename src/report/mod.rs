@@ -169,6 +169,25 @@ pub enum RlRole {
     TokenLambda(f64),
 }
 
+/// A held-out evaluation by the `evaluate` stage (the same sampling for every run it compares):
+/// its summary and, when the grid wires them, its per-item scores.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HeldOut {
+    pub source: Source,
+    pub acc: Accuracies,
+    pub items: Option<ItemAccuracies>,
+}
+
+/// One side of a comparison: a run's held-out accuracies, with its per-item scores where they
+/// were kept.
+#[derive(Debug, Clone)]
+pub struct Arm<'a> {
+    pub label: String,
+    pub acc: &'a Accuracies,
+    pub items: Option<&'a ItemAccuracies>,
+    pub source: &'a Source,
+}
+
 /// An RL run: its held-out evaluations and the reward's coupling over its rollouts.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RlResult {
@@ -182,6 +201,10 @@ pub struct RlResult {
     pub r_a_p: Option<f64>,
     pub r_a_tilde_r: Option<f64>,
     pub rollouts: i64,
+    /// The final policy's evaluation by the `evaluate` stage, when the grid wires one (role
+    /// `alpha`, `self`, … in `evals`); comparisons then read it instead of `end`, the loop's
+    /// own greedy evaluation.
+    pub held_out: Option<HeldOut>,
 }
 
 /// Pearson r of one reward with a_p or ã_r over a pool of rollouts.
@@ -225,6 +248,55 @@ pub struct Results {
     pub rl: Vec<RlResult>,
     pub pool: Vec<PoolR>,
     pub pool_diffs: Vec<PoolDiff>,
+    /// The RL runs' starting checkpoint evaluated by the `evaluate` stage (role `rl-start`), the
+    /// same way as their final policies.
+    pub rl_start: Option<HeldOut>,
+    /// End-to-end a of SFT variants and RL runs on the validation split (`val_evals`), by which
+    /// the best λ and α are chosen.
+    pub val_sft: Vec<(SftRole, Estimate, Source)>,
+    pub val_rl: Vec<(RlRole, Estimate, Source)>,
+}
+
+/// How a best run (λ, α) was chosen.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Selection {
+    /// By its a on the validation split (that evaluation's source).
+    Validation(f64, Source),
+    /// By its a on the test items it is then reported on, which favours it.
+    Test,
+}
+
+impl Selection {
+    pub fn describe(&self) -> String {
+        match self {
+            Selection::Validation(a, _) => {
+                format!("chosen on the validation split (a = {a:.3} there)")
+            }
+            Selection::Test => "chosen on the same test items it is reported on".into(),
+        }
+    }
+
+    pub fn source(&self) -> Option<&Source> {
+        match self {
+            Selection::Validation(_, s) => Some(s),
+            Selection::Test => None,
+        }
+    }
+}
+
+/// The run of `runs` with the highest a on the validation split where every run has a
+/// validation evaluation (`val`), else by its test a.
+fn pick<T>(
+    runs: Vec<&T>,
+    val: impl Fn(&T) -> Option<(f64, Source)>,
+    test: impl Fn(&T) -> f64,
+) -> Option<(&T, Selection)> {
+    if !runs.is_empty() && runs.iter().all(|r| val(r).is_some()) {
+        let top = best(runs, |r| val(r).map_or(f64::NEG_INFINITY, |v| v.0))?;
+        let (a, source) = val(top)?;
+        return Some((top, Selection::Validation(a, source)));
+    }
+    best(runs, test).map(|r| (r, Selection::Test))
 }
 
 fn fmt_param(v: f64) -> String {
@@ -255,7 +327,84 @@ impl RlRole {
     }
 }
 
+impl SftResult {
+    /// This run as one side of a comparison.
+    pub fn arm(&self) -> Arm<'_> {
+        Arm {
+            label: self.role.label(),
+            acc: &self.acc,
+            items: self.items.as_ref(),
+            source: &self.source,
+        }
+    }
+}
+
+impl RlResult {
+    /// The final policy as one side of a comparison: its held-out evaluation where the grid
+    /// wires one, else the loop's last evaluation (without per-item scores).
+    pub fn arm(&self) -> Arm<'_> {
+        match &self.held_out {
+            Some(h) => Arm {
+                label: self.role.label(),
+                acc: &h.acc,
+                items: h.items.as_ref(),
+                source: &h.source,
+            },
+            None => Arm {
+                label: self.role.label(),
+                acc: &self.end,
+                items: None,
+                source: &self.source,
+            },
+        }
+    }
+}
+
 impl Results {
+    /// The RL runs' starting checkpoint: its evaluation by the `evaluate` stage where wired,
+    /// else the outcome run's (or the first run's) own evaluation before its first step.
+    pub fn rl_start_arm(&self) -> Option<Arm<'_>> {
+        if let Some(h) = &self.rl_start {
+            return Some(Arm {
+                label: "RL start".into(),
+                acc: &h.acc,
+                items: h.items.as_ref(),
+                source: &h.source,
+            });
+        }
+        let run = self.rl_outcome().or(self.rl.first())?;
+        Some(Arm {
+            label: "RL start".into(),
+            acc: &run.start,
+            items: None,
+            source: &run.source,
+        })
+    }
+
+    /// The pool reward that is `run`'s own reward, composed on the starting policy's rollouts
+    /// (correlate's `mixtures`): α·ground truth + (1 − α)·outcome for an α run, 0.5·surrogate +
+    /// 0.5·outcome for a surrogate run (`self` reads the pool's `self_1`); its r with a_p is the
+    /// run's coupling before training.
+    pub fn start_coupling(&self, run: &RlResult) -> Option<&PoolR> {
+        use crate::rl::coupling::mixture_name;
+        let name = match &run.role {
+            RlRole::Alpha(a) => mixture_name(*a, "ground_truth"),
+            RlRole::Surrogate(s) if s == "self" => mixture_name(0.5, "self_1"),
+            RlRole::Surrogate(s) => mixture_name(0.5, s),
+            RlRole::TokenLambda(_) => return None,
+        };
+        self.pool_r(&name, "a_p").filter(|p| p.r.is_some())
+    }
+
+    /// A run's gain in `m` from the RL start to its final policy, from the held-out evaluations
+    /// where both are wired, else from the loop's own evaluations.
+    pub fn rl_gain(&self, run: &RlResult, m: Metric) -> f64 {
+        match (&self.rl_start, &run.held_out) {
+            (Some(s), Some(h)) => m.of(&h.acc).mean - m.of(&s.acc).mean,
+            _ => m.of(&run.end).mean - m.of(&run.start).mean,
+        }
+    }
+
     fn sft_where(&self, f: impl Fn(&SftRole) -> bool) -> Vec<&SftResult> {
         self.sft.iter().filter(|r| f(&r.role)).collect()
     }
@@ -272,9 +421,27 @@ impl Results {
 
     /// The λ run (from the standard initialization) with the highest end-to-end a.
     pub fn best_lambda(&self) -> Option<&SftResult> {
-        best(self.sft_where(|r| matches!(r, SftRole::Lambda(_))), |r| {
-            r.acc.a.mean
-        })
+        self.best_lambda_choice().map(|x| x.0)
+    }
+
+    /// The best λ run and how it was chosen: by a on the validation split where every λ run
+    /// has one, else by a on the test items.
+    pub fn best_lambda_choice(&self) -> Option<(&SftResult, Selection)> {
+        self.pick_sft(self.sft_where(|r| matches!(r, SftRole::Lambda(_))))
+    }
+
+    /// The SFT run of `runs` with the highest a, on the validation split where all have one.
+    pub fn pick_sft<'a>(&self, runs: Vec<&'a SftResult>) -> Option<(&'a SftResult, Selection)> {
+        pick(
+            runs,
+            |x| {
+                self.val_sft
+                    .iter()
+                    .find(|v| v.0 == x.role)
+                    .map(|v| (v.1.mean, v.2.clone()))
+            },
+            |x| x.acc.a.mean,
+        )
     }
 
     /// The λ runs from the standard initialization (`perception_init` false) or from the
@@ -298,7 +465,8 @@ impl Results {
         self.sft.iter().find(|r| r.role == SftRole::Ngdiff)
     }
 
-    fn alpha_runs(&self) -> Vec<(f64, &RlResult)> {
+    /// The runs with R = α·a_p + (1 − α)·a, in increasing α.
+    pub fn alpha_runs(&self) -> Vec<(f64, &RlResult)> {
         let mut v: Vec<(f64, &RlResult)> = self
             .rl
             .iter()
@@ -319,19 +487,47 @@ impl Results {
             .map(|x| x.1)
     }
 
-    /// The α > 0 run with the highest final a.
-    pub fn best_alpha(&self) -> Option<&RlResult> {
-        best(
+    /// The α > 0 run with the highest final a, and how it was chosen: by a on the validation
+    /// split where every α > 0 run has one, else by a on the test items.
+    pub fn best_alpha(&self) -> Option<(&RlResult, Selection)> {
+        pick(
             self.alpha_runs()
                 .into_iter()
                 .filter(|(a, _)| *a > 0.0)
                 .map(|x| x.1)
                 .collect(),
-            |r| r.end.a.mean,
+            |x| {
+                self.val_rl
+                    .iter()
+                    .find(|v| v.0 == x.role)
+                    .map(|v| (v.1.mean, v.2.clone()))
+            },
+            |r| r.arm().acc.a.mean,
         )
     }
 
-    fn pool_r(&self, reward: &str, against: &str) -> Option<&PoolR> {
+    /// The run with the surrogate perception reward `name` (`self`, `teacher`).
+    pub fn rl_surrogate(&self, name: &str) -> Option<&RlResult> {
+        self.rl
+            .iter()
+            .find(|r| matches!(&r.role, RlRole::Surrogate(s) if s == name))
+    }
+
+    /// The outcome-reward runs with per-segment advantage scales, in increasing token λ.
+    pub fn token_lambda_runs(&self) -> Vec<(f64, &RlResult)> {
+        let mut v: Vec<(f64, &RlResult)> = self
+            .rl
+            .iter()
+            .filter_map(|r| match r.role {
+                RlRole::TokenLambda(l) => Some((l, r)),
+                _ => None,
+            })
+            .collect();
+        v.sort_by(|a, b| a.0.total_cmp(&b.0));
+        v
+    }
+
+    pub fn pool_r(&self, reward: &str, against: &str) -> Option<&PoolR> {
         self.pool
             .iter()
             .find(|p| p.reward == reward && p.against == against)

@@ -114,23 +114,19 @@ pub fn tables(r: &Results) -> Vec<Table> {
     }
 
     let mut t = Builder::new("table2_rl");
-    if let Some(first) = r.rl.first() {
-        t.accuracies("initialization", &first.start, &first.source);
+    if let Some(start) = r.rl_start_arm() {
+        t.accuracies("initialization", start.acc, start.source);
     }
-    for (_, run) in r.alpha_runs() {
-        t.accuracies(&run.role.label(), &run.end, &run.source);
-    }
-    for run in
-        r.rl.iter()
-            .filter(|x| matches!(x.role, RlRole::TokenLambda(_)))
-    {
-        t.accuracies(&run.role.label(), &run.end, &run.source);
+    for (_, run) in r.alpha_runs().into_iter().chain(r.token_lambda_runs()) {
+        let end = run.arm();
+        t.accuracies(&end.label, end.acc, end.source);
     }
     if !t.cells.is_empty() {
         out.push(t.done(
             "Table 2 — after RL",
-            "Held-out a, a_p, a_r of the starting checkpoint and after the last step of each \
-             run with R = α·a_p + (1 − α)·a (α = 0: the outcome reward alone), and of the \
+            "Held-out a, a_p, a_r (the `evaluate` stage's evaluation where the grid wires one, \
+             else the loop's own greedy one) of the starting checkpoint and after the last step \
+             of each run with R = α·a_p + (1 − α)·a (α = 0: the outcome reward alone), and of the \
              outcome-reward runs whose advantage is rescaled per segment (token λ on \
              perception tokens, 1 − λ on reasoning tokens).",
         ));
@@ -152,15 +148,21 @@ pub fn tables(r: &Results) -> Vec<Table> {
             RlRole::Surrogate(s) => format!("{s} (α = 0.5)"),
             RlRole::TokenLambda(_) => continue,
         };
+        if let Some(p) = r.start_coupling(run) {
+            t.val(&row, "r(R, a_p) before training", p.r, &p.source);
+        }
         t.val(&row, "r(R, a_p)", run.r_a_p, &run.log);
         t.val(&row, "r(R, ã_r)", run.r_a_tilde_r, &run.log);
-        t.accuracies(&row, &run.end, &run.source);
+        let end = run.arm();
+        t.accuracies(&row, end.acc, end.source);
     }
     if !t.cells.is_empty() {
         out.push(t.done(
             "Table 3 — RL with α = 0.5 under each perception reward",
-            "Pearson r of the training reward with a_p and with ã_r over all of the run's \
-             rollouts, and the held-out a, a_p, a_r after the last step.",
+            "Pearson r of the training reward with a_p: before training, over the pool of the \
+             starting policy's rollouts (where the grid composes the run's reward there), and \
+             with a_p and ã_r over all of the run's own rollouts; the held-out a, a_p, a_r \
+             after the last step.",
         ));
     }
 

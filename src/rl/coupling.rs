@@ -10,6 +10,7 @@
 //! tracks perception better?).
 
 use super::reward::RewardRow;
+use super::{Result, RlError};
 use crate::analysis::{
     BootstrapDiff, BootstrapR, pearson_cluster_bootstrap, pearson_difference_cluster_bootstrap,
 };
@@ -64,6 +65,56 @@ fn reward_columns(rows: &[RewardRow]) -> Vec<(String, Getter)> {
     out
 }
 
+/// An RL run's reward composed from a pool's columns: α·`perception` + (1 − α)·outcome, the
+/// reward R = α·a_p + (1 − α)·a of a run with that perception reward (`ground_truth`,
+/// `self_1`, `self_N`, `teacher`, `clip`). Over the starting policy's rollouts its r with a_p
+/// is the run's coupling measured before training (the paper's Figure 11).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Mixture {
+    pub alpha: f64,
+    pub perception: String,
+}
+
+/// The reward column a mixture is written as: `alpha=0.2:ground_truth`.
+pub fn mixture_name(alpha: f64, perception: &str) -> String {
+    format!("alpha={alpha}:{perception}")
+}
+
+/// The mixtures as reward columns, each checked to name a column of the pool.
+fn mixture_columns(rows: &[RewardRow], mixtures: &[Mixture]) -> Result<Vec<(String, Getter)>> {
+    let mut out: Vec<(String, Getter)> = Vec::new();
+    for m in mixtures {
+        if !(0.0..=1.0).contains(&m.alpha) {
+            return Err(RlError::Invalid(format!(
+                "mixture alpha {} is outside [0, 1]",
+                m.alpha
+            )));
+        }
+        let Some((_, get)) = reward_columns(rows)
+            .into_iter()
+            .find(|(name, _)| *name == m.perception && name != "outcome" && name != "reward")
+        else {
+            let names: Vec<String> = reward_columns(rows)
+                .into_iter()
+                .map(|c| c.0)
+                .filter(|n| n != "outcome" && n != "reward")
+                .collect();
+            return Err(RlError::Invalid(format!(
+                "mixture perception `{}` is not a reward of this pool (it has {})",
+                m.perception,
+                names.join(", ")
+            )));
+        };
+        let alpha = m.alpha;
+        out.push((
+            mixture_name(alpha, &m.perception),
+            Box::new(move |r: &RewardRow| Some(alpha * get(r)? + (1.0 - alpha) * bit(r.a))),
+        ));
+    }
+    Ok(out)
+}
+
 const TARGETS: [Target; 2] = [("a_p", |r| bit(r.a_p)), ("a_tilde_r", |r| bit(r.a_tilde_r))];
 
 /// A bootstrap's sub-seed for one named statistic, so that every row has its own stream.
@@ -81,11 +132,18 @@ fn teacher_a_p(rows: &[RewardRow]) -> Option<f64> {
     (!per_item.is_empty()).then(|| per_item.values().sum::<f64>() / per_item.len() as f64)
 }
 
-/// Every reward column against a_p and ã_r.
-pub fn correlate(rows: &[RewardRow], reps: usize, seed: u64) -> Vec<CorrelationRow> {
+/// Every reward column, then every mixture, against a_p and ã_r.
+pub fn correlate(
+    rows: &[RewardRow],
+    mixtures: &[Mixture],
+    reps: usize,
+    seed: u64,
+) -> Result<Vec<CorrelationRow>> {
     let mut out = Vec::new();
     let teacher_own = teacher_a_p(rows);
-    for (name, get) in reward_columns(rows) {
+    let mut columns = reward_columns(rows);
+    columns.extend(mixture_columns(rows, mixtures)?);
+    for (name, get) in columns {
         for (against, target) in TARGETS {
             let mut clusters: BTreeMap<&str, Vec<(f64, f64)>> = BTreeMap::new();
             let mut sum = 0.0;
@@ -117,7 +175,7 @@ pub fn correlate(rows: &[RewardRow], reps: usize, seed: u64) -> Vec<CorrelationR
             });
         }
     }
-    out
+    Ok(out)
 }
 
 /// One correlation: a reward column and what it is correlated with.
@@ -222,7 +280,7 @@ mod tests {
             let (p, r) = (i % 2 == 0, i % 3 != 0);
             rows.push(row(&format!("g{}", i / 2), p && r, p, r, Some(bit(p))));
         }
-        let t = correlate(&rows, 200, 1);
+        let t = correlate(&rows, &[], 200, 1).unwrap();
         let names: Vec<(&str, &str)> = t.iter().map(|r| (r.reward.as_str(), r.against)).collect();
         assert_eq!(
             names,
@@ -257,7 +315,7 @@ mod tests {
         for r in own.iter_mut() {
             r.teacher_a_p = Some(f64::from(u8::from(r.id == "g0" || r.id == "g1")));
         }
-        let t2 = correlate(&own, 10, 1);
+        let t2 = correlate(&own, &[], 10, 1).unwrap();
         let teacher = t2.iter().find(|r| r.reward == "teacher").unwrap();
         assert_eq!(teacher.own_a_p, Some(2.0 / 20.0));
         assert!(
@@ -287,7 +345,7 @@ mod tests {
             let t = if i / 2 == 3 { !p } else { p };
             rows.push(row(&format!("g{}", i / 2), p && r, p, r, Some(bit(t))));
         }
-        let t = correlate(&rows, 500, 1);
+        let t = correlate(&rows, &[], 500, 1).unwrap();
         let d = differences(&rows, 500, 1);
         let names: Vec<String> = d
             .iter()
@@ -330,5 +388,61 @@ mod tests {
                 < 1e-12
         );
         assert!(d.iter().all(|x| x.n == 120 && x.items == 60));
+    }
+
+    /// A mixture is the run's reward on the pool: α·perception + (1 − α)·outcome, its r the
+    /// Pearson r of that composed column; a mixture of a reward the pool lacks is an error
+    /// naming the pool's rewards.
+    #[test]
+    fn mixtures_compose_a_runs_reward_on_the_pool() {
+        let mut rows = Vec::new();
+        for i in 0..60 {
+            let (p, r) = (i % 3 != 0, i % 5 != 0);
+            let t = if i % 11 == 0 { 0.5 } else { bit(p) };
+            rows.push(row(&format!("g{}", i / 2), p && r, p, r, Some(t)));
+        }
+        let mix = |alpha: f64, perception: &str| Mixture {
+            alpha,
+            perception: perception.into(),
+        };
+        let t = correlate(
+            &rows,
+            &[mix(0.2, "ground_truth"), mix(0.5, "teacher")],
+            100,
+            1,
+        )
+        .unwrap();
+        let get = |n: &str| {
+            t.iter()
+                .find(|r| r.reward == n && r.against == "a_p")
+                .unwrap_or_else(|| panic!("no {n}"))
+        };
+        for (name, alpha, comp) in [
+            ("alpha=0.2:ground_truth", 0.2, None),
+            ("alpha=0.5:teacher", 0.5, Some(())),
+        ] {
+            let x: Vec<f64> = rows
+                .iter()
+                .map(|r| {
+                    let p = if comp.is_some() {
+                        r.teacher.unwrap()
+                    } else {
+                        bit(r.a_p)
+                    };
+                    alpha * p + (1.0 - alpha) * bit(r.a)
+                })
+                .collect();
+            let y: Vec<f64> = rows.iter().map(|r| bit(r.a_p)).collect();
+            let want = crate::analysis::pearson(&x, &y).unwrap();
+            assert!((get(name).stats.r.unwrap() - want).abs() < 1e-12, "{name}");
+            let mean = x.iter().sum::<f64>() / x.len() as f64;
+            assert!((get(name).mean_reward - mean).abs() < 1e-12);
+        }
+        // Mixing in perception raises the coupling above the outcome's.
+        assert!(get("alpha=0.2:ground_truth").stats.r > get("outcome").stats.r);
+        let err = correlate(&rows, &[mix(0.5, "clip")], 10, 1).unwrap_err();
+        assert!(err.to_string().contains("`clip`"), "{err}");
+        assert!(err.to_string().contains("ground_truth, teacher"), "{err}");
+        assert!(correlate(&rows, &[mix(1.5, "teacher")], 10, 1).is_err());
     }
 }

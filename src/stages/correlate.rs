@@ -4,6 +4,11 @@
 //! CLIP reward, the final reward) and a_p and ã_r, with a 95 % bootstrap interval that resamples items (the
 //! samples of one item are not independent). The paper's Figure 8 and Table 3.
 //!
+//! `mixtures = [{ alpha = 0.2, perception = "ground_truth" }, …]` adds RL runs' rewards
+//! composed from the pool's columns (α·perception + (1 − α)·outcome, named
+//! `alpha=0.2:ground_truth`): over a pool of the starting policy, each run's coupling to
+//! perception measured before it trains, which the report sets against the run's Δa_p.
+//!
 //! Across RL runs (`logs = ["rl_a0.log", …]`, `evals = ["rl_a0.eval", …]`, one per run, in the
 //! same order): each run's reward–a_p and reward–ã_r correlation over all its rollouts (the
 //! log's running r at its last step) against its held-out gains Δa_p, Δa_r, Δa (last evaluation
@@ -18,7 +23,7 @@ use super::{
 };
 use crate::analysis::{BootstrapR, fit_line};
 use crate::dag::{InputSpec, OutputSpec, RunCtx};
-use crate::rl::coupling::{CorrelationRow, DifferenceRow, correlate, differences};
+use crate::rl::coupling::{CorrelationRow, DifferenceRow, Mixture, correlate, differences};
 use crate::table::Table;
 use crate::table::cols;
 use serde::{Deserialize, Serialize};
@@ -28,11 +33,18 @@ use serde::{Deserialize, Serialize};
 pub struct CorrelateConfig {
     /// Bootstrap replicates.
     pub reps: usize,
+    /// RL runs' rewards composed from the pool's columns (`{ alpha = 0.2, perception =
+    /// "ground_truth" }` → the column `alpha=0.2:ground_truth`): over a pool of the starting
+    /// policy, each run's coupling r(R, a_p) measured before it trains.
+    pub mixtures: Vec<Mixture>,
 }
 
 impl Default for CorrelateConfig {
     fn default() -> Self {
-        CorrelateConfig { reps: 2000 }
+        CorrelateConfig {
+            reps: 2000,
+            mixtures: Vec::new(),
+        }
     }
 }
 
@@ -75,7 +87,8 @@ impl Stage for Correlate {
             Some(t) => {
                 let rows = read_rewards(&t)?;
                 (
-                    correlate(&rows, cfg.reps, ctx.seed),
+                    correlate(&rows, &cfg.mixtures, cfg.reps, ctx.seed)
+                        .map_err(|e| StageError::Invalid(format!("correlate: {e}")))?,
                     differences(&rows, cfg.reps, ctx.seed),
                 )
             }

@@ -3,13 +3,16 @@
 //! came from), `report.html` (self-contained), `report.md` and the figures as PNG.
 //!
 //! Inputs are lists (each entry a stage, a swept stage standing for all its instances):
-//! `evals` (SFT variants' evaluations), `eval_items` (their per-item scores, the evaluations'
-//! `items` outputs, for paired comparisons), `sft_logs` (their training logs), `rl_evals` and
-//! `rl_logs` (RL runs, one of each per run, in the same order), `pools` (reward correlations
-//! over a pool of rollouts) and `pool_differences` (their paired comparisons, correlate's
-//! `differences` output). `roles` names what each stage is, by its name without the sweep
-//! suffix: `start` (the checkpoint the SFT variants start from), `standard`, `lambda`, `ngdiff`,
-//! `perception-init-lambda` (SFT), `alpha`, `self`,
+//! `evals` (evaluations by the `evaluate` stage: SFT variants, and for RL the starting
+//! checkpoint, role `rl-start`, and each run's final policy, by the run's role), `eval_items`
+//! (their per-item scores, the evaluations' `items` outputs, for paired comparisons),
+//! `val_evals` (the same runs evaluated on the validation split, by which the best λ, the best
+//! reweighted run and the best α are chosen; without them, on the test items), `sft_logs`
+//! (training logs), `rl_evals` and `rl_logs` (RL runs, one of each per run, in the same order),
+//! `pools` (reward correlations over a pool of rollouts) and `pool_differences` (their paired
+//! comparisons, correlate's `differences` output). `roles` names what each stage is, by its
+//! name without the sweep suffix: `start` (the checkpoint the SFT variants start from),
+//! `standard`, `lambda`, `ngdiff`, `perception-init-lambda` (SFT), `rl-start`, `alpha`, `self`,
 //! `teacher`, `token-lambda` (RL); λ and α come from the instance's sweep value
 //! (`eval_lambda[lambda=0.2]`, `rl_tokens[token_lambda=0.1]`) or from the role (`lambda=0.2`).
 
@@ -21,8 +24,8 @@ use crate::analysis::paired::item_means;
 use crate::dag::{InputSpec, OutputSpec, RunCtx};
 use crate::report::page::{base_name, params};
 use crate::report::{
-    Accuracies, Curve, CurvePoint, Estimate, ItemAccuracies, PoolDiff, PoolR, Results, RlResult,
-    RlRole, SftResult, SftRole, Shares, Source, figures, findings, page, tables,
+    Accuracies, Curve, CurvePoint, Estimate, HeldOut, ItemAccuracies, PoolDiff, PoolR, Results,
+    RlResult, RlRole, SftResult, SftRole, Shares, Source, figures, findings, page, tables,
 };
 use crate::table::{Table, cols};
 use crate::train::sft::LogRow;
@@ -56,6 +59,7 @@ const RL_EVALS: InputSpec = many("rl_evals", "rl_eval");
 const RL_LOGS: InputSpec = many("rl_logs", "rl_log");
 const POOLS: InputSpec = many("pools", "correlations");
 const POOL_DIFFS: InputSpec = many("pool_differences", "correlation_differences");
+const VAL_EVALS: InputSpec = many("val_evals", "eval_summary");
 const MAIN: OutputSpec = output("main", "report");
 
 /// A role and its parameter (λ or α), from the config and the instance's sweep values.
@@ -118,14 +122,56 @@ fn sft_role(cfg: &ReportConfig, instance: &str) -> Result<SftRole, StageError> {
 
 fn rl_role(cfg: &ReportConfig, instance: &str) -> Result<RlRole, StageError> {
     let (name, v) = role_of(cfg, instance)?;
-    Ok(match (name.as_str(), v) {
+    rl_role_of(&name, v, instance)
+}
+
+fn rl_role_of(name: &str, v: Option<f64>, instance: &str) -> Result<RlRole, StageError> {
+    Ok(match (name, v) {
         ("alpha", Some(a)) => RlRole::Alpha(a),
-        ("self" | "teacher", _) => RlRole::Surrogate(name),
+        ("self" | "teacher", _) => RlRole::Surrogate(name.to_string()),
         ("token-lambda", Some(l)) => RlRole::TokenLambda(l),
         _ => bail!(
             "report: `{instance}` has role `{name}`, not an RL role (alpha, self, teacher, \
              token-lambda)"
         ),
+    })
+}
+
+/// What an evaluation in `evals` is: an SFT variant, the RL runs' starting checkpoint
+/// (`rl-start`), or an RL run's final policy (its RL role).
+enum EvalRole {
+    Sft(SftRole),
+    RlStart,
+    Rl(RlRole),
+}
+
+fn eval_role(cfg: &ReportConfig, instance: &str) -> Result<EvalRole, StageError> {
+    let (name, v) = role_of(cfg, instance)?;
+    Ok(match name.as_str() {
+        "rl-start" => EvalRole::RlStart,
+        "alpha" | "self" | "teacher" | "token-lambda" => {
+            EvalRole::Rl(rl_role_of(&name, v, instance)?)
+        }
+        _ => EvalRole::Sft(sft_role(cfg, instance)?),
+    })
+}
+
+/// End-to-end a of an evaluation summary (one task): all a validation evaluation needs, so it
+/// may skip the counterfactual rollout.
+fn summary_a(t: &Table, instance: &str) -> Result<Estimate, StageError> {
+    let metrics = t.required_strings("metric")?;
+    let Some(i) = metrics.iter().position(|x| x == "a") else {
+        bail!("report: `{instance}` has no `a` row");
+    };
+    let tasks = t.required_strings("task")?;
+    ensure!(
+        tasks.iter().all(|x| *x == tasks[i]),
+        "report: `{instance}` evaluates several tasks; the report covers one task per grid"
+    );
+    Ok(Estimate {
+        mean: t.f64("mean")?.value(i),
+        lo: t.f64("ci_low")?.value(i),
+        hi: t.f64("ci_high")?.value(i),
     })
 }
 
@@ -261,6 +307,7 @@ fn rl_run(
         rollouts: log.i64("running_rollouts")?.value(last),
         source,
         log: log_source,
+        held_out: None,
     })
 }
 
@@ -359,16 +406,32 @@ fn gather(cfg: &ReportConfig, ctx: &RunCtx) -> Result<Results, StageError> {
              evaluation's `items` beside its summary)"
         );
     }
+    let mut rl_held: Vec<(String, RlRole, HeldOut)> = Vec::new();
     for ((instance, t), id) in evals.iter().zip(ids(&EVALS)) {
-        r.sft.push(SftResult {
-            role: sft_role(cfg, instance)?,
+        let held = HeldOut {
             acc: summary_accuracies(t, instance)?,
             source: src(&id, instance),
             items: items
                 .iter()
                 .find(|(i, _)| run_key(i) == run_key(instance))
                 .map(|(_, x)| x.clone()),
-        });
+        };
+        match eval_role(cfg, instance)? {
+            EvalRole::Sft(role) => r.sft.push(SftResult {
+                role,
+                acc: held.acc,
+                source: held.source,
+                items: held.items,
+            }),
+            EvalRole::RlStart => {
+                ensure!(
+                    r.rl_start.is_none(),
+                    "report: two evaluations have role `rl-start` (`{instance}` is the second)"
+                );
+                r.rl_start = Some(held);
+            }
+            EvalRole::Rl(role) => rl_held.push((instance.clone(), role, held)),
+        }
     }
     for ((instance, t), id) in read_many(ctx, &SFT_LOGS)?.iter().zip(ids(&SFT_LOGS)) {
         let role = sft_role(cfg, instance)?;
@@ -422,6 +485,32 @@ fn gather(cfg: &ReportConfig, ctx: &RunCtx) -> Result<Results, StageError> {
             lt,
         )?);
     }
+    for ((instance, t), id) in read_many(ctx, &VAL_EVALS)?.iter().zip(ids(&VAL_EVALS)) {
+        let a = summary_a(t, instance)?;
+        match eval_role(cfg, instance)? {
+            EvalRole::Sft(role) => r.val_sft.push((role, a, src(&id, instance))),
+            EvalRole::Rl(role) => r.val_rl.push((role, a, src(&id, instance))),
+            EvalRole::RlStart => bail!(
+                "report: validation evaluation `{instance}` has role `rl-start`; `val_evals` \
+                 choose among the λ, NGDiff and α runs"
+            ),
+        }
+    }
+    for (instance, role, held) in rl_held {
+        let Some(run) = r.rl.iter_mut().find(|x| x.role == role) else {
+            bail!(
+                "report: evaluation `{instance}` has the RL role `{}`, but no run in `rl_evals` \
+                 has it",
+                role.label()
+            );
+        };
+        ensure!(
+            run.held_out.is_none(),
+            "report: two evaluations of the RL run `{}` (`{instance}` is the second)",
+            run.source.instance
+        );
+        run.held_out = Some(held);
+    }
     for ((instance, t), id) in read_many(ctx, &POOLS)?.iter().zip(ids(&POOLS)) {
         r.pool.extend(pool_rows(t, &src(&id, instance))?);
     }
@@ -433,12 +522,12 @@ fn gather(cfg: &ReportConfig, ctx: &RunCtx) -> Result<Results, StageError> {
 
 impl Stage for Report {
     const NAME: &'static str = "report";
-    const VERSION: u32 = 8;
+    const VERSION: u32 = 9;
     type Config = ReportConfig;
 
     fn inputs() -> Vec<InputSpec> {
         vec![
-            EVALS, EVAL_ITEMS, SFT_LOGS, RL_EVALS, RL_LOGS, POOLS, POOL_DIFFS,
+            EVALS, EVAL_ITEMS, SFT_LOGS, RL_EVALS, RL_LOGS, POOLS, POOL_DIFFS, VAL_EVALS,
         ]
     }
     fn outputs() -> Vec<OutputSpec> {

@@ -1,12 +1,13 @@
-//! synthesize: generate puzzles for one task into test / sft / rl splits, with exact solutions and
-//! canonical perception text ([`crate::tasks::generate`]: no puzzle appears twice, so no puzzle is
-//! in two splits; the splits share one size distribution).
+//! synthesize: generate puzzles for one task into test / sft / rl splits, with exact solutions
+//! and canonical perception text ([`crate::tasks::generate`]: no puzzle appears twice, so no
+//! puzzle is in two splits; the splits share one size distribution). An optional `val` split
+//! takes the puzzles generated after those, so adding it changes none of the others.
 
 use super::{Outputs, Stage, StageError, output, outputs, write_table};
 use crate::dag::{InputSpec, OutputSpec, RunCtx};
 use crate::table::cols;
 use crate::tasks::Puzzle;
-use crate::tasks::generate::{SynthesizeConfig, assign_splits, generate_unique};
+use crate::tasks::generate::{SynthesizeConfig, deal};
 use crate::tasks::graph_coloring as gc;
 
 pub struct Synthesize;
@@ -33,18 +34,9 @@ impl Stage for Synthesize {
                 gc::MAX_NODES
             )));
         }
-        let total = cfg.splits.test + cfg.splits.sft + cfg.splits.rl;
-        let puzzles = generate_unique(cfg, ctx.seed, total)?;
+        let total = cfg.splits.total();
+        let dealt = deal(cfg, ctx.seed)?;
         let prefix = cfg.task.task().id_prefix();
-        let dealt = assign_splits(
-            puzzles,
-            &[
-                ("test", cfg.splits.test),
-                ("sft", cfg.splits.sft),
-                ("rl", cfg.splits.rl),
-            ],
-            ctx.seed,
-        );
         let (split, puzzles): (Vec<&str>, Vec<Puzzle>) = dealt.into_iter().unzip();
         let ids: Vec<String> = (0..total).map(|i| format!("{prefix}-{i:06}")).collect();
         let tasks = vec![cfg.task.name(); total];

@@ -38,6 +38,15 @@ pub struct Splits {
     pub test: usize,
     pub sft: usize,
     pub rl: usize,
+    /// Validation items, on which a grid chooses its best λ and α apart from the test items
+    /// it reports on (0: none). They are the puzzles generated after the other splits', so
+    /// adding them leaves the test, sft and rl puzzles as they were.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub val: usize,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 impl Default for Splits {
@@ -46,7 +55,14 @@ impl Default for Splits {
             test: 500,
             sft: 2000,
             rl: 16000,
+            val: 0,
         }
+    }
+}
+
+impl Splits {
+    pub fn total(&self) -> usize {
+        self.test + self.sft + self.rl + self.val
     }
 }
 
@@ -178,10 +194,59 @@ pub fn generate_unique(
     Ok(out)
 }
 
+/// The puzzles of every split, each with its split's name: test, sft and rl dealt by stratum
+/// ([`assign_splits`]), then the validation split, the puzzles generated after theirs (so a
+/// validation split leaves the others as they were).
+pub fn deal(
+    cfg: &SynthesizeConfig,
+    seed: u64,
+) -> Result<Vec<(&'static str, Puzzle)>, GenerateError> {
+    let mut puzzles = generate_unique(cfg, seed, cfg.splits.total())?;
+    let val = puzzles.split_off(puzzles.len() - cfg.splits.val);
+    let s = &cfg.splits;
+    let mut dealt = assign_splits(
+        puzzles,
+        &[("test", s.test), ("sft", s.sft), ("rl", s.rl)],
+        seed,
+    );
+    dealt.extend(val.into_iter().map(|p| ("val", p)));
+    Ok(dealt)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::collections::BTreeMap;
+
+    /// A validation split adds puzzles no other split has and changes none of theirs.
+    #[test]
+    fn a_validation_split_leaves_the_others_as_they_were() {
+        let mut cfg = SynthesizeConfig {
+            splits: Splits {
+                test: 12,
+                sft: 30,
+                rl: 8,
+                val: 0,
+            },
+            ..SynthesizeConfig::default()
+        };
+        let before = deal(&cfg, 5).unwrap();
+        cfg.splits.val = 10;
+        let after = deal(&cfg, 5).unwrap();
+        assert_eq!(after.len(), before.len() + 10);
+        let key = |v: &[(&str, Puzzle)]| -> Vec<(String, String)> {
+            v.iter()
+                .map(|(s, p)| (s.to_string(), p.perception.clone()))
+                .collect()
+        };
+        assert_eq!(key(&after[..before.len()]), key(&before));
+        let val: Vec<&Puzzle> = after[before.len()..].iter().map(|x| &x.1).collect();
+        assert!(after[before.len()..].iter().all(|x| x.0 == "val"));
+        assert!(
+            val.iter()
+                .all(|p| before.iter().all(|b| b.1.perception != p.perception))
+        );
+    }
 
     /// Total variation distance between the stratum distributions of two splits.
     fn tv(dealt: &[(&str, Puzzle)], a: &str, b: &str) -> f64 {

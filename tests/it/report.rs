@@ -16,7 +16,7 @@ name = "grid"
 seed = 3
 
 [stages.synthesize]
-splits = { test = 8, sft = 16, rl = 4 }
+splits = { test = 8, sft = 16, rl = 4, val = 4 }
 graph = { min_nodes = 3, max_nodes = 4, edge_prob = 0.5 }
 
 [stages.render]
@@ -74,6 +74,14 @@ mode = "counterfactual"
 stage = "evaluate"
 inputs = { data = "distill_format", standard = "roll_lambda", counterfactual = "cf_lambda" }
 
+[stages.val_roll_lambda]
+stage = "rollout"
+inputs = { checkpoint = "sft_lambda", data = "distill_format" }
+split = "val"
+[stages.val_eval_lambda]
+stage = "evaluate"
+inputs = { data = "distill_format", standard = "val_roll_lambda" }
+
 [stages.rl]
 stage = "grpo"
 inputs = { checkpoint = "sft", data = "distill_format", reference = "sft" }
@@ -83,7 +91,22 @@ reward = { perception = "ground_truth" }
 update = { lr = 1e-3, kl_coef = 0.01, mini_batch = 2 }
 eval = { every = 1, items = 8 }
 keep_every = 2
-sweep = { "reward.alpha" = [0.0, 0.5, 1.0] }
+sweep = { "reward.alpha" = [0.0, 0.2, 0.5, 1.0] }
+
+[stages.eval_rl_start]
+stage = "evaluate"
+inputs = { data = "distill_format", standard = "roll", counterfactual = "cf" }
+
+[stages.roll_rl]
+stage = "rollout"
+inputs = { checkpoint = "rl", data = "distill_format" }
+[stages.cf_rl]
+stage = "rollout"
+inputs = { checkpoint = "rl", data = "distill_format" }
+mode = "counterfactual"
+[stages.eval_rl]
+stage = "evaluate"
+inputs = { data = "distill_format", standard = "roll_rl", counterfactual = "cf_rl" }
 
 [stages.pool]
 stage = "rollout"
@@ -99,11 +122,17 @@ inputs = { rollouts = "pool", data = "distill_format" }
 [stages.correlate]
 inputs = { rewards = "scores" }
 reps = 50
+mixtures = [
+  { alpha = 0.0, perception = "ground_truth" },
+  { alpha = 0.2, perception = "ground_truth" },
+  { alpha = 0.5, perception = "ground_truth" },
+  { alpha = 1.0, perception = "ground_truth" },
+]
 
 [stages.report]
-inputs = { evals = ["eval", "eval_lambda"], eval_items = ["eval.items", "eval_lambda.items"], sft_logs = ["sft.log", "sft_lambda.log"], rl_evals = ["rl.eval"], rl_logs = ["rl.log"], pools = ["correlate"], pool_differences = ["correlate.differences"] }
+inputs = { evals = ["eval", "eval_lambda", "eval_rl_start", "eval_rl"], eval_items = ["eval.items", "eval_lambda.items", "eval_rl_start.items", "eval_rl.items"], sft_logs = ["sft.log", "sft_lambda.log"], rl_evals = ["rl.eval"], rl_logs = ["rl.log"], pools = ["correlate"], pool_differences = ["correlate.differences"], val_evals = ["val_eval_lambda"] }
 title = "grid"
-roles = { eval = "standard", sft = "standard", eval_lambda = "lambda", sft_lambda = "lambda", rl = "alpha" }
+roles = { eval = "standard", sft = "standard", eval_lambda = "lambda", sft_lambda = "lambda", rl = "alpha", eval_rl_start = "rl-start", eval_rl = "alpha", val_eval_lambda = "lambda" }
 "#;
 
 fn report_id(store: &Store) -> String {
@@ -173,13 +202,21 @@ fn expected(store: &Store, table: &str, row: &str, column: &str, source: &str) -
                 t.required_strings("reward").unwrap(),
                 t.required_strings("against").unwrap(),
             );
-            let want = if column.ends_with("a_p") {
-                "a_p"
-            } else {
+            let want = if column.ends_with("a_tilde_r") || column.ends_with("ã_r") {
                 "a_tilde_r"
+            } else {
+                "a_p"
+            };
+            // Table 3's coupling before training: the run's reward composed on the pool.
+            let reward = match (column, row) {
+                ("r(R, a_p) before training", "outcome only (α = 0)") => "alpha=0:ground_truth",
+                ("r(R, a_p) before training", "ground truth (α = 0.5)") => {
+                    "alpha=0.5:ground_truth"
+                }
+                _ => row,
             };
             let i = (0..t.rows())
-                .find(|&i| rewards[i] == row && against[i] == want)
+                .find(|&i| rewards[i] == reward && against[i] == want)
                 .unwrap();
             f64_at(&t, "r", i)
         }
@@ -240,7 +277,7 @@ fn report_tables_match_their_artifacts() {
     assert_eq!(rows_of("table1_sft"), ["standard", "λ = 0.2", "λ = 0.8"]);
     assert_eq!(
         rows_of("table2_rl"),
-        ["initialization", "α = 0", "α = 0.5", "α = 1"]
+        ["initialization", "α = 0", "α = 0.2", "α = 0.5", "α = 1"]
     );
     let files: Vec<String> = store
         .manifest(&id)
@@ -264,6 +301,43 @@ fn report_tables_match_their_artifacts() {
         .find(|l| l.contains("Reweighting perception in SFT"))
         .unwrap_or_else(|| panic!("no reweighting finding in\n{md}"));
     assert!(line.contains("(paired)") && line.contains("n = "), "{line}");
+    // The best λ is chosen on the validation split (its evaluation wired as `val_evals`).
+    assert!(line.contains("chosen on the validation split"), "{line}");
+    // So are the RL runs' and their start's: RL gains and the α comparisons are paired.
+    for claim in [
+        "RL with the outcome reward improves reasoning",
+        "Augmenting the outcome reward",
+        "Along the α frontier",
+    ] {
+        let line = md
+            .lines()
+            .find(|l| l.contains(claim))
+            .unwrap_or_else(|| panic!("no `{claim}` finding in\n{md}"));
+        assert!(line.contains("(paired)"), "{line}");
+    }
+    // Each RL run's reward composed on the pool (correlate's `mixtures`): its mean is
+    // α·mean(ground truth) + (1 − α)·mean(outcome) over the same rollouts.
+    let key = store.head("grid", "correlate").unwrap().unwrap();
+    let cid = store.record(&key).unwrap().unwrap().outputs["main"].clone();
+    let c = Table::read(&store, &cid, "correlations").unwrap();
+    let (rewards, against) = (
+        c.required_strings("reward").unwrap(),
+        c.required_strings("against").unwrap(),
+    );
+    let mean = |name: &str| {
+        let i = (0..c.rows())
+            .find(|&i| rewards[i] == name && against[i] == "a_p")
+            .unwrap_or_else(|| panic!("no `{name}` row"));
+        c.f64("mean_reward").unwrap().value(i)
+    };
+    for alpha in [0.0, 0.2, 0.5, 1.0] {
+        let want = alpha * mean("ground_truth") + (1.0 - alpha) * mean("outcome");
+        let got = mean(&asymm::rl::coupling::mixture_name(alpha, "ground_truth"));
+        assert!(
+            (got - want).abs() < 1e-12,
+            "α = {alpha}: {got} against {want}"
+        );
+    }
 }
 
 /// Chromium, as `make test` installs it (Debian's package), or `ASYMM_CHROMIUM`.
