@@ -8,8 +8,8 @@ use super::model_io::{
     ModelChoice, hf_external, plan_of_artifact, plan_split_examples, read_tokenizer, write_model,
 };
 use super::{
-    Outputs, Stage, StageError, Written, bail, input, input_id, optional, optional_id, output,
-    outputs, write_table,
+    Outputs, Stage, StageError, Written, bail, ensure, input, input_id, optional, optional_id,
+    output, outputs, write_table,
 };
 use crate::dag::{InputSpec, OutputSpec, RunCtx};
 use crate::data::Codec;
@@ -20,7 +20,10 @@ use crate::model::{DeviceSpec, Model, VlmConfig};
 use crate::table::cols;
 use crate::text::Tokenizer;
 use crate::train::objective::ObjectiveKind;
-use crate::train::sft::{EvalPoint, LogRow, SftHooks, SftSettings, TimingRow, TrainError, train};
+use crate::train::sft::{
+    EarlyStop, EvalPoint, LogRow, SftHooks, SftSettings, TimingRow, TrainError, standard_loss,
+    train,
+};
 use burn::backend::Autodiff;
 use burn::backend::autodiff::checkpoint::strategy::{
     BalancedCheckpointing, CheckpointStrategy, NoCheckpointing,
@@ -108,6 +111,35 @@ pub struct SftTrainConfig {
     /// default; on the CPU it also turns off the fused kernels.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub activation_checkpointing: bool,
+    /// Train until the standard objective's loss on held-out items stops falling:
+    /// `{ every = 20, patience = 3, min_delta = 0.0, items = 64, split = "val" }` checks it
+    /// every `every` steps on the first `items` items of `split` and stops after `patience`
+    /// checks without a fall of more than `min_delta` below the best; `steps` is the most the
+    /// run trains.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub early_stop: Option<EarlyStopConfig>,
+}
+
+/// The stage's early-stopping table: the loop's rule and the validation items.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EarlyStopConfig {
+    pub every: usize,
+    pub patience: usize,
+    #[serde(default)]
+    pub min_delta: f64,
+    #[serde(default = "val_items")]
+    pub items: usize,
+    #[serde(default = "val_split")]
+    pub split: String,
+}
+
+fn val_items() -> usize {
+    64
+}
+
+fn val_split() -> String {
+    "val".into()
 }
 
 impl Default for SftTrainConfig {
@@ -137,6 +169,7 @@ impl Default for SftTrainConfig {
             diagnostics_every: 10,
             snapshot_every: 25,
             activation_checkpointing: false,
+            early_stop: None,
         }
     }
 }
@@ -197,6 +230,11 @@ impl SftTrainConfig {
             seed,
             max_text,
             seq_bucket: 1,
+            early_stop: self.early_stop.as_ref().map(|e| EarlyStop {
+                every: e.every,
+                patience: e.patience,
+                min_delta: e.min_delta,
+            }),
         }
     }
 }
@@ -204,6 +242,9 @@ impl SftTrainConfig {
 struct Hooks<'a, B: Backend> {
     tok: &'a Codec,
     eval_set: &'a [Example],
+    /// Early stopping's validation items, and the settings its loss is computed under.
+    val_set: &'a [Example],
+    settings: &'a SftSettings,
     max_new_tokens: Option<usize>,
     device: &'a B::Device,
     bar: indicatif::ProgressBar,
@@ -228,6 +269,17 @@ impl<B: Backend, C: CheckpointStrategy> SftHooks<Autodiff<B, C>> for Hooks<'_, B
         )
         .map(Some)
         .map_err(TrainError::from)
+    }
+    fn val_loss(
+        &mut self,
+        _step: usize,
+        model: &Model<<Autodiff<B, C> as AutodiffBackend>::InnerBackend>,
+    ) -> Result<Option<f64>, TrainError> {
+        if self.val_set.is_empty() {
+            return Ok(None);
+        }
+        let pad = self.tok.pad();
+        standard_loss(model, self.val_set, self.settings, pad, self.device).map(Some)
     }
     fn after_step(&mut self, step: usize, row: &LogRow, tokens_per_sec: f64) {
         self.bar.inc(1);
@@ -279,7 +331,7 @@ const TIMING: OutputSpec = output("timing", "train_timing");
 
 impl Stage for SftTrain {
     const NAME: &'static str = "sft-train";
-    const VERSION: u32 = 11;
+    const VERSION: u32 = 12;
     const USES_DEVICE: bool = true;
     type Config = SftTrainConfig;
 
@@ -320,12 +372,29 @@ impl Stage for SftTrain {
         let mut settings = cfg.settings(ctx.seed, plan.max_text());
         settings.seq_bucket = spec.seq_bucket();
         let dropped = fit_context(&mut train_set, cfg.overlong, settings.max_text, &plan)?;
+        let mut val_set = Vec::new();
+        if let Some(e) = &cfg.early_stop {
+            ensure!(
+                e.every > 0 && e.patience > 0 && e.items > 0,
+                "early_stop: every, patience and items must be positive"
+            );
+            val_set = plan_split_examples(&plan, ctx.store, data_id, Some(&e.split), e.items)?;
+            ensure!(
+                !val_set.is_empty(),
+                "early_stop: no items in split `{}` to compute the validation loss on (give \
+                 synthesize a `val` split, or name another with early_stop.split)",
+                e.split
+            );
+            fit_context(&mut val_set, cfg.overlong, settings.max_text, &plan)?;
+        }
         let bar = crate::progress::bar(settings.steps as u64, "sft-train");
         let scratch = ctx.scratch();
         let out = crate::with_backend!(spec, |B, dev| {
             let mut hooks = Hooks::<B> {
                 tok: &plan.codec,
                 eval_set: &eval_set,
+                val_set: &val_set,
+                settings: &settings,
                 max_new_tokens: cfg.eval_max_new_tokens,
                 device: &dev,
                 bar: bar.clone(),

@@ -377,3 +377,50 @@ fn stage_references_find_results_from_another_device() {
     ));
     assert!(out.contains("exported"), "{out}");
 }
+
+/// Early stopping on the validation split: at learning rate 0 the validation loss never falls,
+/// so the run stops at its first check plus `patience` and logs the loss at each check; without
+/// a validation split the stage says so instead of training blind.
+#[test]
+fn early_stopping_reads_the_validation_split() {
+    let d = asymm::util::fsx::TempDir::new("asymm-it").unwrap();
+    let p = model_pipeline(d.path(), "objective = \"standard\"");
+    let stop = r#"
+[stages.sft_stop]
+stage = "sft-train"
+inputs = { data = "distill_format", init = "sft" }
+steps = 50
+batch_size = 4
+lr = 0.0
+min_lr = 0.0
+diagnostics_every = 0
+snapshot_every = 0
+early_stop = { every = 2, patience = 1 }
+"#;
+    let base = std::fs::read_to_string(&p).unwrap();
+    std::fs::write(&p, format!("{base}{stop}")).unwrap();
+    let e = stderr(&asymm(&d.path().join("s0"), &["run", p.to_str().unwrap()]));
+    assert!(e.contains("no items in split `val`"), "{e}");
+    let with_val = base.replace(
+        "splits = { test = 4, sft = 16, rl = 0 }",
+        "splits = { test = 4, sft = 16, rl = 0, val = 4 }",
+    );
+    assert_ne!(with_val, base);
+    std::fs::write(&p, format!("{with_val}{stop}")).unwrap();
+    let s = d.path().join("s");
+    ok(asymm(&s, &["run", p.to_str().unwrap()]));
+    let store = asymm::store::Store::open(&s).unwrap();
+    let key = store.head("m", "sft_stop").unwrap().unwrap();
+    let log = store.record(&key).unwrap().unwrap().outputs["log"].clone();
+    let t = asymm::table::Table::read(&store, &log, "train_log").unwrap();
+    let rows = asymm::train::sft::LogRow::read_all(&t).unwrap();
+    let checks: Vec<(usize, f64)> = rows
+        .iter()
+        .filter_map(|r| r.val_loss.map(|v| (r.step, v)))
+        .collect();
+    assert_eq!(rows.len(), 4, "stops at step 2 + 1·2 of 50");
+    assert_eq!(checks.len(), 2, "{checks:?}");
+    assert_eq!((checks[0].0, checks[1].0), (2, 4));
+    assert_eq!(checks[0].1, checks[1].1, "the weights do not move at lr 0");
+    assert!(checks[0].1 > 0.0 && checks[0].1.is_finite());
+}

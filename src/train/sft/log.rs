@@ -26,6 +26,8 @@ pub struct LogRow {
     pub lr: f64,
     /// Global L2 norm of the step's gradient before clipping.
     pub grad_norm: f64,
+    /// The standard objective's loss on the validation examples (early stopping's checks).
+    pub val_loss: Option<f64>,
     pub eval: Option<EvalPoint>,
 }
 
@@ -58,6 +60,7 @@ impl LogRow {
             ("lambda", opt(&|r| r.lambda)),
             ("lr", f(&|r| r.lr)),
             ("grad_norm", f(&|r| r.grad_norm)),
+            ("val_loss", opt(&|r| r.val_loss)),
             ("eval_a_p", opt(&|r| r.eval.map(|e| e.a_p))),
             ("eval_a_r", opt(&|r| r.eval.map(|e| e.a_r))),
             ("eval_a", opt(&|r| r.eval.map(|e| e.a))),
@@ -96,6 +99,12 @@ impl LogRow {
             at("eval_truncated")?,
         );
         let get = |a: &arrow::array::Float64Array, i: usize| (!a.is_null(i)).then(|| a.value(i));
+        // Logs written before early stopping have no `val_loss` column.
+        let val_loss = if t.column_names().iter().any(|c| c == "val_loss") {
+            Some(at("val_loss")?)
+        } else {
+            None
+        };
         let set = |a: &arrow::array::Float64Array, name: &str, i: usize| {
             get(a, i).ok_or_else(|| TableError::Column {
                 kind: "train_log".into(),
@@ -128,6 +137,7 @@ impl LogRow {
                     lambda: get(lambda, i),
                     lr: lr.value(i),
                     grad_norm: norm.value(i),
+                    val_loss: val_loss.and_then(|v| get(v, i)),
                     eval,
                 })
             })

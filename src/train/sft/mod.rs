@@ -56,6 +56,38 @@ pub struct SftSettings {
     /// the CPU, 64 on a GPU, where shapes that repeat spare kernel compilations.
     #[serde(default = "one")]
     pub seq_bucket: usize,
+    /// Early stopping on the standard objective's loss over held-out examples (the hooks'
+    /// [`SftHooks::val_loss`]); `steps` is then the most the run trains.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub early_stop: Option<EarlyStop>,
+}
+
+/// When to stop: the validation loss, checked every `every` steps, has not fallen more than
+/// `min_delta` below its best for `patience` checks in a row. The run keeps the weights it has
+/// when it stops (within `patience` checks of the best), so a resumed run decides from its log
+/// alone.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct EarlyStop {
+    pub every: usize,
+    pub patience: usize,
+    #[serde(default)]
+    pub min_delta: f64,
+}
+
+impl EarlyStop {
+    /// Whether a run whose validation losses so far were `seen` (in order) stops.
+    pub fn should_stop(&self, seen: &[f64]) -> bool {
+        let (mut best, mut stale) = (f64::INFINITY, 0);
+        for &l in seen {
+            if l < best - self.min_delta {
+                (best, stale) = (l, 0);
+            } else {
+                stale += 1;
+            }
+        }
+        stale >= self.patience.max(1)
+    }
 }
 
 impl Default for SftSettings {
@@ -81,6 +113,7 @@ impl Default for SftSettings {
             seed: 0,
             max_text: 256,
             seq_bucket: 1,
+            early_stop: None,
         }
     }
 }
@@ -133,6 +166,15 @@ pub trait SftHooks<B: AutodiffBackend> {
         step: usize,
         model: &Model<B::InnerBackend>,
     ) -> Result<Option<EvalPoint>, TrainError>;
+    /// The standard objective's loss on the validation examples ([`standard_loss`]), read by
+    /// early stopping (`None`: no validation set).
+    fn val_loss(
+        &mut self,
+        _step: usize,
+        _model: &Model<B::InnerBackend>,
+    ) -> Result<Option<f64>, TrainError> {
+        Ok(None)
+    }
     /// Called after each optimizer step (progress, fault injection).
     fn after_step(&mut self, _step: usize, _row: &LogRow, _tokens_per_sec: f64) {}
 }
@@ -168,7 +210,7 @@ fn batch_indices(n: usize, settings: &SftSettings, step: usize, micro: usize) ->
     out
 }
 
-fn nll<B: AutodiffBackend>(
+fn nll<B: Backend>(
     model: &Model<B>,
     batch: &super::batch::Batch<B>,
     images: Tensor<B, 3>,
@@ -460,6 +502,48 @@ fn micro_batch<B: AutodiffBackend>(
     })
 }
 
+/// The standard objective's loss of `model` on `examples`: each example's mean cross-entropy
+/// over its target tokens, averaged over the examples, as the standard objective weighs a batch
+/// (the validation loss of early stopping). Batches of `settings.batch_size`.
+pub fn standard_loss<B: Backend>(
+    model: &Model<B>,
+    examples: &[Example],
+    settings: &SftSettings,
+    pad: u32,
+    device: &B::Device,
+) -> Result<f64, TrainError> {
+    let mut per_example = Vec::with_capacity(examples.len());
+    for chunk in examples.chunks(settings.batch_size.max(1)) {
+        let refs: Vec<&Example> = chunk.iter().collect();
+        let batch = make_batch::<B>(
+            &refs,
+            model.image_size(),
+            settings.max_text,
+            settings.seq_bucket,
+            pad,
+            device,
+        );
+        let nll = host_f32(nll(model, &batch, batch.images.clone())?)?;
+        for (i, row) in batch.target_index.iter().enumerate() {
+            let losses: Vec<f64> = row
+                .iter()
+                .enumerate()
+                .filter(|(_, t)| t.is_some())
+                .map(|(j, _)| f64::from(nll[i * batch.len + j]))
+                .collect();
+            if !losses.is_empty() {
+                per_example.push(losses.iter().sum::<f64>() / losses.len() as f64);
+            }
+        }
+    }
+    if per_example.is_empty() {
+        return Err(TrainError::Other(
+            "the validation examples have no target tokens".into(),
+        ));
+    }
+    Ok(per_example.iter().sum::<f64>() / per_example.len() as f64)
+}
+
 /// The gradients and statistics of step `step`: its micro-batches (each split into data
 /// shards run concurrently on replicas of the model, summed in order), forward and backward.
 fn step_gradients<B: AutodiffBackend>(
@@ -597,6 +681,7 @@ fn read_row<I: Backend>(
         lambda,
         lr: stats.lr,
         grad_norm: stats.grad_norm,
+        val_loss: None,
         eval: None,
     })
 }
@@ -648,7 +733,18 @@ pub fn train<B: AutodiffBackend>(
         let stats = |sum: f64| StepStats::read(done.lr, sum, trainer.grad_clip());
         let tokens = st.tokens;
         let mut row = read_row(settings, step, diagnostics, st, on_device, device, stats)?;
-        let is_last = step + 1 == settings.steps;
+        let mut is_last = step + 1 == settings.steps;
+        if let Some(stop) = &settings.early_stop
+            && (step + 1) % stop.every.max(1) == 0
+        {
+            row.val_loss = hooks.val_loss(step + 1, &trainer.model().valid())?;
+            let seen: Vec<f64> = log
+                .iter()
+                .chain([&row])
+                .filter_map(|r: &LogRow| r.val_loss)
+                .collect();
+            is_last |= stop.should_stop(&seen);
+        }
         if (settings.eval_every > 0 && (step + 1) % settings.eval_every == 0) || is_last {
             row.eval = hooks.eval(step + 1, &trainer.model().valid())?;
         }
@@ -668,6 +764,9 @@ pub fn train<B: AutodiffBackend>(
                 timing: timing.clone(),
             };
             trainer.snapshot(scratch, &state)?;
+        }
+        if is_last {
+            break;
         }
     }
     Ok(SftOutput {

@@ -370,3 +370,119 @@ fn a_run_sees_a_handful_of_shapes_with_buckets() {
     assert!(bucketed <= 4, "{bucketed} shapes with buckets of 64");
     assert!(exact > 20, "{exact} shapes with exact padding");
 }
+
+/// The stopping rule: `patience` checks in a row without a fall of more than `min_delta` below
+/// the best.
+#[test]
+fn early_stop_counts_checks_without_improvement() {
+    let rule = |patience, min_delta| EarlyStop {
+        every: 1,
+        patience,
+        min_delta,
+    };
+    assert!(rule(2, 0.0).should_stop(&[3.0, 2.0, 2.5, 2.1]));
+    assert!(!rule(2, 0.0).should_stop(&[3.0, 2.0, 2.5, 1.9]));
+    assert!(!rule(3, 0.0).should_stop(&[3.0, 2.0, 2.5, 2.1]));
+    // 2.9 and 2.85 are below 3.0, but not by more than 0.2.
+    assert!(rule(2, 0.2).should_stop(&[3.0, 2.9, 2.85]));
+    assert!(!rule(2, 0.0).should_stop(&[3.0, 2.9, 2.85]));
+    assert!(!rule(1, 0.0).should_stop(&[]));
+}
+
+/// Hooks that give the standard loss on a validation set.
+struct ValHooks<'a> {
+    val: &'a [Example],
+    settings: SftSettings,
+}
+
+impl<B: AutodiffBackend> SftHooks<B> for ValHooks<'_> {
+    fn eval(
+        &mut self,
+        _: usize,
+        _: &Model<B::InnerBackend>,
+    ) -> Result<Option<EvalPoint>, TrainError> {
+        Ok(None)
+    }
+    fn val_loss(
+        &mut self,
+        _: usize,
+        model: &Model<B::InnerBackend>,
+    ) -> Result<Option<f64>, TrainError> {
+        standard_loss(model, self.val, &self.settings, 0, &Default::default()).map(Some)
+    }
+}
+
+/// Early stopping on the validation loss: a run that cannot learn (lr 0) stops after its first
+/// check and `patience` more, its validation loss is the standard objective's loss of the same
+/// weights on the same examples; a run that learns sees its validation loss fall.
+#[test]
+fn early_stopping_reads_the_standard_validation_loss() {
+    type B = burn::backend::Autodiff<crate::model::Cpu>;
+    let data: Vec<Example> = (2..6).map(example).collect();
+    let cfg = VlmConfig {
+        image_size: 4,
+        patch_size: 4,
+        vit_dim: 8,
+        vit_layers: 1,
+        vit_heads: 1,
+        conv_stem: 0,
+        d_model: 8,
+        layers: 1,
+        heads: 1,
+        mlp_ratio: 2,
+        vocab_size: 6,
+        max_seq_len: 16,
+        rope_theta: 10000.0,
+    };
+    let run = |lr: f64| {
+        let settings = SftSettings {
+            steps: 40,
+            batch_size: 4,
+            lr,
+            min_lr: lr,
+            seed: 2,
+            max_text: 8,
+            early_stop: Some(EarlyStop {
+                every: 2,
+                patience: 2,
+                min_delta: 0.0,
+            }),
+            ..SftSettings::default()
+        };
+        let dir = crate::util::fsx::TempDir::new("asymm-sft").unwrap();
+        let device = Default::default();
+        let model = crate::model::load::native_model::<B>(&cfg, None, 2, &device).unwrap();
+        let mut hooks = ValHooks {
+            val: &data,
+            settings: settings.clone(),
+        };
+        train::<B>(&settings, model, &data, &device, dir.path(), 0, &mut hooks).unwrap()
+    };
+    let frozen = run(0.0);
+    assert_eq!(frozen.log.len(), 6, "stops at step 2 + 2·2");
+    let checks: Vec<(usize, f64)> = frozen
+        .log
+        .iter()
+        .filter_map(|r| r.val_loss.map(|v| (r.step, v)))
+        .collect();
+    assert_eq!(checks.iter().map(|c| c.0).collect::<Vec<_>>(), [2, 4, 6]);
+    // The batch is the whole (validation) set and the weights do not move: the logged
+    // standard loss of a step is the validation loss.
+    for r in &frozen.log {
+        if let Some(v) = r.val_loss {
+            assert!(
+                (v - r.loss).abs() < 1e-5,
+                "step {}: {v} against {}",
+                r.step,
+                r.loss
+            );
+        }
+    }
+    let learning = run(3e-2);
+    let v: Vec<f64> = learning.log.iter().filter_map(|r| r.val_loss).collect();
+    assert!(v.len() >= 3, "{v:?}");
+    assert!(
+        v.iter().cloned().fold(f64::INFINITY, f64::min) < v[0] - 0.1,
+        "{v:?}"
+    );
+}
