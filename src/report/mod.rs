@@ -465,18 +465,23 @@ impl Results {
         self.sft.iter().find(|r| r.role == SftRole::Ngdiff)
     }
 
-    /// The runs with R = α·a_p + (1 − α)·a, in increasing α.
-    pub fn alpha_runs(&self) -> Vec<(f64, &RlResult)> {
+    /// The runs whose role `param` gives a value for, in increasing value.
+    fn rl_runs_by(&self, param: impl Fn(&RlRole) -> Option<f64>) -> Vec<(f64, &RlResult)> {
         let mut v: Vec<(f64, &RlResult)> = self
             .rl
             .iter()
-            .filter_map(|r| match r.role {
-                RlRole::Alpha(a) => Some((a, r)),
-                _ => None,
-            })
+            .filter_map(|r| Some((param(&r.role)?, r)))
             .collect();
         v.sort_by(|a, b| a.0.total_cmp(&b.0));
         v
+    }
+
+    /// The runs with R = α·a_p + (1 − α)·a, in increasing α.
+    pub fn alpha_runs(&self) -> Vec<(f64, &RlResult)> {
+        self.rl_runs_by(|r| match r {
+            RlRole::Alpha(a) => Some(*a),
+            _ => None,
+        })
     }
 
     /// The α = 0 run (the outcome reward alone).
@@ -515,16 +520,10 @@ impl Results {
 
     /// The outcome-reward runs with per-segment advantage scales, in increasing token λ.
     pub fn token_lambda_runs(&self) -> Vec<(f64, &RlResult)> {
-        let mut v: Vec<(f64, &RlResult)> = self
-            .rl
-            .iter()
-            .filter_map(|r| match r.role {
-                RlRole::TokenLambda(l) => Some((l, r)),
-                _ => None,
-            })
-            .collect();
-        v.sort_by(|a, b| a.0.total_cmp(&b.0));
-        v
+        self.rl_runs_by(|r| match r {
+            RlRole::TokenLambda(l) => Some(*l),
+            _ => None,
+        })
     }
 
     pub fn pool_r(&self, reward: &str, against: &str) -> Option<&PoolR> {
@@ -557,9 +556,10 @@ impl Results {
 }
 
 fn best<T>(v: Vec<&T>, key: impl Fn(&T) -> f64) -> Option<&T> {
-    // The first of equal maxima, so the choice does not depend on float noise in ties.
+    // The first of equal maxima, so the choice does not depend on float noise in ties; a
+    // non-finite key is never chosen.
     let mut out: Option<&T> = None;
-    for x in v {
+    for x in v.into_iter().filter(|x| key(x).is_finite()) {
         if out.is_none_or(|b| key(x) > key(b)) {
             out = Some(x);
         }

@@ -722,13 +722,21 @@ fn rl_findings_say_each_outcome() {
             (35, 80, 40),
             (28, 47, 58),
             (45, 70, 58),
-            (28, 44, 58),
+            (29, 44, 58),
             (15, 30, 50),
         ],
     );
     for id in RL_FINDINGS {
         assert_eq!(verdict(&good, id), Reproduced, "{id}");
     }
+    // A smaller token λ that raises a_p (44 → 60 items) contradicts "no λ improves".
+    let mut raised = good.clone();
+    raised.rl[5] = rl_items(RlRole::TokenLambda(0.2), items(29, 60, 58));
+    assert_eq!(verdict(&raised, "rl-token-reweighting"), NotReproduced);
+    // One surrogate run: the ordering is untested, so at most inconclusive.
+    let mut one = good.clone();
+    one.rl.remove(3);
+    assert_eq!(verdict(&one, "surrogate-rl"), Inconclusive);
     let f = findings(&good);
     let gains = f.iter().find(|f| f.id == "rl-gains").unwrap();
     assert!(gains.evidence.contains("(paired)"), "{}", gains.evidence);

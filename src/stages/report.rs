@@ -511,6 +511,25 @@ fn gather(cfg: &ReportConfig, ctx: &RunCtx) -> Result<Results, StageError> {
         );
         run.held_out = Some(held);
     }
+    // Comparisons between RL runs must read one kind of evaluation: the evaluate stage's for
+    // every run and the start, or the loops' own for all.
+    if r.rl.iter().any(|x| x.held_out.is_some()) {
+        let missing: Vec<&str> =
+            r.rl.iter()
+                .filter(|x| x.held_out.is_none())
+                .map(|x| x.source.instance.as_str())
+                .collect();
+        ensure!(
+            missing.is_empty() && r.rl_start.is_some(),
+            "report: some RL runs have an evaluation in `evals` but not {}; wire one for every \
+             RL run and one with role `rl-start`, or none",
+            if missing.is_empty() {
+                "the RL start (role `rl-start`)".to_string()
+            } else {
+                missing.join(", ")
+            }
+        );
+    }
     for ((instance, t), id) in read_many(ctx, &POOLS)?.iter().zip(ids(&POOLS)) {
         r.pool.extend(pool_rows(t, &src(&id, instance))?);
     }
@@ -522,7 +541,7 @@ fn gather(cfg: &ReportConfig, ctx: &RunCtx) -> Result<Results, StageError> {
 
 impl Stage for Report {
     const NAME: &'static str = "report";
-    const VERSION: u32 = 9;
+    const VERSION: u32 = 10;
     type Config = ReportConfig;
 
     fn inputs() -> Vec<InputSpec> {
