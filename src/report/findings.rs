@@ -10,7 +10,8 @@
 //! per-item scores the two runs' own intervals are compared (said so in the evidence).
 
 use super::{
-    Arm, Estimate, ItemAccuracies, Metric, PoolDiff, PoolR, Results, RlResult, SftResult, Source,
+    Arm, Estimate, ItemAccuracies, Metric, PoolDiff, PoolR, Results, RlResult, Selection,
+    SftResult, Source,
 };
 use crate::analysis::fisher_interval;
 use crate::analysis::paired::{Direction, PairedDiff, Side};
@@ -240,7 +241,8 @@ fn token_share(r: &Results) -> Finding {
 
 /// Reweighting helps end to end. Rule: the best reweighted run (the best λ, or NGDiff,
 /// whichever has the higher a on the validation split where both have an evaluation there,
-/// else on the test items) minus the standard run on a excludes 0 above.
+/// else on the test items) minus the standard run on a excludes 0 above (at most inconclusive
+/// when the run was chosen on the test items).
 fn sft_reweighting(r: &Results) -> Finding {
     let id = "sft-reweighting";
     let claim = "Reweighting perception in SFT (fixed λ or NGDiff) raises end-to-end accuracy \
@@ -253,7 +255,7 @@ fn sft_reweighting(r: &Results) -> Finding {
         return not_run(id, claim);
     };
     let (side, text) = compare(&top.arm(), &std.arm(), Metric::A, Direction::Positive);
-    Finding {
+    let f = Finding {
         id,
         claim,
         verdict: Verdict::of_parts(&[side]),
@@ -262,13 +264,28 @@ fn sft_reweighting(r: &Results) -> Finding {
             .into_iter()
             .chain(how.source().cloned())
             .collect(),
+    };
+    chosen_on(f, &how)
+}
+
+/// A claim about a best run chosen on the same test items it is then compared on: that choice
+/// favours the claim, so such a finding is at most inconclusive (a contradiction stands).
+fn chosen_on(mut f: Finding, how: &Selection) -> Finding {
+    if *how == Selection::Test && f.verdict == Verdict::Reproduced {
+        f.verdict = Verdict::Inconclusive;
+        f.evidence.push_str(
+            "; at most inconclusive: the best run was chosen on the items it is compared on \
+             (wire `val_evals`)",
+        );
     }
+    f
 }
 
 /// The λ frontier. Rule, over the λ runs from the standard initialization (at least three):
 /// a_p(λ_max) − a_p(λ_min) > 0, a_r(λ_max) − a_r(λ_min) < 0, and the best interior λ (by a,
 /// on the validation split where every interior λ has an evaluation there) beats both ends on
-/// a; each part decided by its interval.
+/// a; each part decided by its interval (at most inconclusive when the peak was chosen on the
+/// test items).
 fn lambda_frontier(r: &Results) -> Finding {
     let id = "lambda-frontier";
     let claim = "Along the λ frontier perception accuracy rises and reasoning accuracy falls \
@@ -302,7 +319,7 @@ fn lambda_frontier(r: &Results) -> Finding {
         peak.role.label(),
         how.describe()
     );
-    f
+    chosen_on(f, &how)
 }
 
 /// NGDiff against the best fixed λ. Rule: a(NGDiff) − a(best λ) excludes 0 above (the best λ
@@ -461,9 +478,10 @@ fn alpha_frontier(r: &Results) -> Finding {
 }
 
 /// Augmenting the outcome reward with perception helps (Table 2). Rule: the best α > 0 (by a,
-/// on the validation split where every α > 0 run has an evaluation there) minus α = 0 on a, paired over items where both runs' held-out evaluations keep per-item
-/// scores (else the two intervals): above 0 reproduces, below 0 does not, containing 0 is
-/// inconclusive.
+/// on the validation split where every α > 0 run has an evaluation there) minus α = 0 on a,
+/// paired over items where both runs' held-out evaluations keep per-item scores (else the two
+/// intervals): above 0 reproduces (at most inconclusive when the best α was chosen on the test
+/// items), below 0 does not, containing 0 is inconclusive.
 fn reward_augmentation(r: &Results) -> Finding {
     let id = "reward-augmentation";
     let claim = "Augmenting the outcome reward with a perception reward (α > 0) raises \
@@ -472,7 +490,7 @@ fn reward_augmentation(r: &Results) -> Finding {
         return not_run(id, claim);
     };
     let (side, text) = compare(&top.arm(), &base.arm(), Metric::A, Direction::Positive);
-    Finding {
+    let f = Finding {
         id,
         claim,
         verdict: Verdict::of_parts(&[side]),
@@ -481,7 +499,8 @@ fn reward_augmentation(r: &Results) -> Finding {
             .into_iter()
             .chain(how.source().cloned())
             .collect(),
-    }
+    };
+    chosen_on(f, &how)
 }
 
 /// RL with surrogate perception rewards (Table 4): the surrogate that tracks perception better

@@ -138,8 +138,24 @@ fn results() -> Results {
         ],
         pool_diffs: Vec::new(),
         rl_start: None,
-        val_sft: Vec::new(),
-        val_rl: Vec::new(),
+        // Validation a that chooses as the test a would: λ = 0.8 and α = 0.5.
+        val_sft: vec![
+            (
+                SftRole::Lambda(0.2),
+                est(0.2, 0.05),
+                src("v", "val_eval_lambda"),
+            ),
+            (
+                SftRole::Lambda(0.8),
+                est(0.4, 0.05),
+                src("v", "val_eval_lambda"),
+            ),
+            (SftRole::Ngdiff, est(0.3, 0.05), src("v", "val_eval_ngdiff")),
+        ],
+        val_rl: vec![
+            (RlRole::Alpha(0.5), est(0.45, 0.05), src("w", "val_eval_rl")),
+            (RlRole::Alpha(1.0), est(0.2, 0.05), src("w", "val_eval_rl")),
+        ],
     }
 }
 
@@ -345,6 +361,12 @@ fn paired_findings_say_each_outcome() {
     let mut good = paired_grid([(30, 20, 70), (50, 50, 60), (30, 80, 40)], 70);
     // From the start to the standard run a_r gains 40 items, a_p 5.
     good.sft.push(run(SftRole::Start, items(5, 25, 20)));
+    // The validation split chooses as the test items would.
+    good.val_sft = [(0.1, 0.3), (0.5, 0.5), (0.9, 0.3)]
+        .into_iter()
+        .map(|(l, a)| (SftRole::Lambda(l), est(a, 0.05), src("v", "val")))
+        .chain([(SftRole::Ngdiff, est(0.7, 0.05), src("v", "val"))])
+        .collect();
     for id in PAIRED_FINDINGS {
         assert_eq!(verdict(&good, id), Reproduced, "{id}");
     }
@@ -356,7 +378,8 @@ fn paired_findings_say_each_outcome() {
         frontier.evidence
     );
     assert!(frontier.evidence.contains("detectable"));
-    assert_eq!(frontier.sources.len(), 3);
+    // The three λ runs and the validation evaluation that chose the peak.
+    assert_eq!(frontier.sources.len(), 4);
 
     // a_p falls with λ, NGDiff below the best λ, a below the standard run everywhere.
     let mut bad = paired_grid([(10, 60, 70), (15, 50, 60), (10, 20, 40)], 5);
@@ -546,6 +569,8 @@ fn pool_findings_decide_by_paired_differences() {
 #[test]
 fn deviations_name_the_grids_numbers() {
     let mut r = results();
+    r.val_sft.clear();
+    r.val_rl.clear();
     r.pool[5].own_a_p = Some(0.42);
     let d = deviations(&r);
     let has = |s: &str| d.iter().any(|l| l.contains(s));
@@ -582,7 +607,24 @@ fn best_runs_are_chosen_on_the_validation_split() {
     use Verdict::*;
     // On test, λ = 0.5 peaks (50 of 100 against the standard run's 20); λ = 0.9 has 30.
     let mut g = paired_grid([(30, 20, 70), (50, 50, 60), (30, 80, 40)], 10);
-    assert_eq!(verdict(&g, "sft-reweighting"), Reproduced);
+    // Chosen on the test items it is compared on: at most inconclusive.
+    assert_eq!(verdict(&g, "sft-reweighting"), Inconclusive);
+    let f = findings(&g);
+    let rw = f.iter().find(|f| f.id == "sft-reweighting").unwrap();
+    assert!(
+        rw.evidence.contains("at most inconclusive"),
+        "{}",
+        rw.evidence
+    );
+    // The same numbers with the choice made on the validation split: reproduced.
+    let mut v = g.clone();
+    v.val_sft = vec![
+        (SftRole::Lambda(0.1), est(0.3, 0.05), src("v", "val")),
+        (SftRole::Lambda(0.5), est(0.5, 0.05), src("v", "val")),
+        (SftRole::Lambda(0.9), est(0.3, 0.05), src("v", "val")),
+        (SftRole::Ngdiff, est(0.1, 0.05), src("v", "val")),
+    ];
+    assert_eq!(verdict(&v, "sft-reweighting"), Reproduced);
     let val = |l: f64, a: f64| {
         (
             SftRole::Lambda(l),
@@ -673,8 +715,20 @@ fn rl_grid(start: (usize, usize, usize), runs: [(usize, usize, usize); 7]) -> Re
         .collect();
     let s = run(SftRole::Start, items(start.0, start.1, start.2));
     let mix = crate::rl::coupling::mixture_name;
+    // The validation split chooses the best α as the test items would.
+    let val_rl = [(0.5, runs[1].0), (1.0, runs[2].0)]
+        .into_iter()
+        .map(|(a, k)| {
+            (
+                RlRole::Alpha(a),
+                est(k as f64 / 100.0, 0.05),
+                src("w", "val"),
+            )
+        })
+        .collect();
     Results {
         rl,
+        val_rl,
         rl_start: Some(HeldOut {
             source: src("s", "eval_rl_start"),
             acc: s.acc,

@@ -541,7 +541,7 @@ fn gather(cfg: &ReportConfig, ctx: &RunCtx) -> Result<Results, StageError> {
 
 impl Stage for Report {
     const NAME: &'static str = "report";
-    const VERSION: u32 = 10;
+    const VERSION: u32 = 11;
     type Config = ReportConfig;
 
     fn inputs() -> Vec<InputSpec> {
