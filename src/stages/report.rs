@@ -378,22 +378,31 @@ fn pool_diff_rows(t: &Table, source: &Source) -> Result<Vec<PoolDiff>, StageErro
         .collect())
 }
 
-/// Everything the report reads, from the stage's inputs.
-fn gather(cfg: &ReportConfig, ctx: &RunCtx) -> Result<Results, StageError> {
-    let src = |id: &str, instance: &str| Source {
+fn source(id: &str, instance: &str) -> Source {
+    Source {
         id: id.to_string(),
         instance: instance.to_string(),
-    };
-    let ids = |spec: &InputSpec| -> Vec<String> {
-        ctx.inputs_many(spec.name)
-            .into_iter()
-            .map(|(id, _)| id.to_string())
-            .collect()
-    };
-    let mut r = Results {
-        title: cfg.title.clone(),
-        ..Results::default()
-    };
+    }
+}
+
+/// The artifact ids of a list input, in the order `read_many` reads its tables.
+fn input_ids(ctx: &RunCtx, spec: &InputSpec) -> Vec<String> {
+    ctx.inputs_many(spec.name)
+        .into_iter()
+        .map(|(id, _)| id.to_string())
+        .collect()
+}
+
+/// An RL run's final evaluation from `evals`, waiting for its run: (instance, role, numbers).
+type PendingRl = (String, RlRole, HeldOut);
+
+/// `evals` with their per-item scores: SFT variants and the RL start into `r`; the RL runs'
+/// final evaluations returned, to attach once the runs are read.
+fn read_evals(
+    cfg: &ReportConfig,
+    ctx: &RunCtx,
+    r: &mut Results,
+) -> Result<Vec<PendingRl>, StageError> {
     let mut items: Vec<(String, ItemAccuracies)> = Vec::new();
     for (instance, t) in read_many(ctx, &EVAL_ITEMS)? {
         items.push((instance.clone(), item_accuracies(&t)?));
@@ -406,11 +415,11 @@ fn gather(cfg: &ReportConfig, ctx: &RunCtx) -> Result<Results, StageError> {
              evaluation's `items` beside its summary)"
         );
     }
-    let mut rl_held: Vec<(String, RlRole, HeldOut)> = Vec::new();
-    for ((instance, t), id) in evals.iter().zip(ids(&EVALS)) {
+    let mut rl_held = Vec::new();
+    for ((instance, t), id) in evals.iter().zip(input_ids(ctx, &EVALS)) {
         let held = HeldOut {
             acc: summary_accuracies(t, instance)?,
-            source: src(&id, instance),
+            source: source(&id, instance),
             items: items
                 .iter()
                 .find(|(i, _)| run_key(i) == run_key(instance))
@@ -433,9 +442,17 @@ fn gather(cfg: &ReportConfig, ctx: &RunCtx) -> Result<Results, StageError> {
             EvalRole::Rl(role) => rl_held.push((instance.clone(), role, held)),
         }
     }
-    for ((instance, t), id) in read_many(ctx, &SFT_LOGS)?.iter().zip(ids(&SFT_LOGS)) {
+    Ok(rl_held)
+}
+
+/// `sft_logs`: each run's held-out curve, and the standard run's perception shares.
+fn read_sft_logs(cfg: &ReportConfig, ctx: &RunCtx, r: &mut Results) -> Result<(), StageError> {
+    for ((instance, t), id) in read_many(ctx, &SFT_LOGS)?
+        .iter()
+        .zip(input_ids(ctx, &SFT_LOGS))
+    {
         let role = sft_role(cfg, instance)?;
-        let source = src(&id, instance);
+        let source = source(&id, instance);
         let log = LogRow::read_all(t)?;
         let points = log
             .iter()
@@ -462,6 +479,11 @@ fn gather(cfg: &ReportConfig, ctx: &RunCtx) -> Result<Results, StageError> {
             });
         }
     }
+    Ok(())
+}
+
+/// `rl_evals` and `rl_logs`, one of each per run in the same order.
+fn read_rl_runs(cfg: &ReportConfig, ctx: &RunCtx, r: &mut Results) -> Result<(), StageError> {
     let (rl_evals, rl_logs) = (read_many(ctx, &RL_EVALS)?, read_many(ctx, &RL_LOGS)?);
     ensure!(
         rl_evals.len() == rl_logs.len(),
@@ -469,7 +491,7 @@ fn gather(cfg: &ReportConfig, ctx: &RunCtx) -> Result<Results, StageError> {
         rl_evals.len(),
         rl_logs.len()
     );
-    let (eval_ids, log_ids) = (ids(&RL_EVALS), ids(&RL_LOGS));
+    let (eval_ids, log_ids) = (input_ids(ctx, &RL_EVALS), input_ids(ctx, &RL_LOGS));
     for (k, ((ei, et), (li, lt))) in rl_evals.iter().zip(&rl_logs).enumerate() {
         ensure!(
             base_name(ei).split('.').next() == base_name(li).split('.').next()
@@ -479,23 +501,19 @@ fn gather(cfg: &ReportConfig, ctx: &RunCtx) -> Result<Results, StageError> {
         );
         r.rl.push(rl_run(
             rl_role(cfg, ei)?,
-            src(&eval_ids[k], ei),
-            src(&log_ids[k], li),
+            source(&eval_ids[k], ei),
+            source(&log_ids[k], li),
             et,
             lt,
         )?);
     }
-    for ((instance, t), id) in read_many(ctx, &VAL_EVALS)?.iter().zip(ids(&VAL_EVALS)) {
-        let a = summary_a(t, instance)?;
-        match eval_role(cfg, instance)? {
-            EvalRole::Sft(role) => r.val_sft.push((role, a, src(&id, instance))),
-            EvalRole::Rl(role) => r.val_rl.push((role, a, src(&id, instance))),
-            EvalRole::RlStart => bail!(
-                "report: validation evaluation `{instance}` has role `rl-start`; `val_evals` \
-                 choose among the λ, NGDiff and α runs"
-            ),
-        }
-    }
+    Ok(())
+}
+
+/// Attaches each RL run's final evaluation from `evals` to its run. Comparisons between RL
+/// runs must read one kind of evaluation: the evaluate stage's for every run and the start, or
+/// the loops' own for all.
+fn attach_rl_evals(r: &mut Results, rl_held: Vec<PendingRl>) -> Result<(), StageError> {
     for (instance, role, held) in rl_held {
         let Some(run) = r.rl.iter_mut().find(|x| x.role == role) else {
             bail!(
@@ -511,8 +529,6 @@ fn gather(cfg: &ReportConfig, ctx: &RunCtx) -> Result<Results, StageError> {
         );
         run.held_out = Some(held);
     }
-    // Comparisons between RL runs must read one kind of evaluation: the evaluate stage's for
-    // every run and the start, or the loops' own for all.
     if r.rl.iter().any(|x| x.held_out.is_some()) {
         let missing: Vec<&str> =
             r.rl.iter()
@@ -530,11 +546,48 @@ fn gather(cfg: &ReportConfig, ctx: &RunCtx) -> Result<Results, StageError> {
             }
         );
     }
-    for ((instance, t), id) in read_many(ctx, &POOLS)?.iter().zip(ids(&POOLS)) {
-        r.pool.extend(pool_rows(t, &src(&id, instance))?);
+    Ok(())
+}
+
+/// `val_evals`: end-to-end a on the validation split, by role.
+fn read_validation(cfg: &ReportConfig, ctx: &RunCtx, r: &mut Results) -> Result<(), StageError> {
+    for ((instance, t), id) in read_many(ctx, &VAL_EVALS)?
+        .iter()
+        .zip(input_ids(ctx, &VAL_EVALS))
+    {
+        let a = summary_a(t, instance)?;
+        match eval_role(cfg, instance)? {
+            EvalRole::Sft(role) => r.val_sft.push((role, a, source(&id, instance))),
+            EvalRole::Rl(role) => r.val_rl.push((role, a, source(&id, instance))),
+            EvalRole::RlStart => bail!(
+                "report: validation evaluation `{instance}` has role `rl-start`; `val_evals` \
+                 choose among the λ, NGDiff and α runs"
+            ),
+        }
     }
-    for ((instance, t), id) in read_many(ctx, &POOL_DIFFS)?.iter().zip(ids(&POOL_DIFFS)) {
-        r.pool_diffs.extend(pool_diff_rows(t, &src(&id, instance))?);
+    Ok(())
+}
+
+/// Everything the report reads, from the stage's inputs.
+fn gather(cfg: &ReportConfig, ctx: &RunCtx) -> Result<Results, StageError> {
+    let mut r = Results {
+        title: cfg.title.clone(),
+        ..Results::default()
+    };
+    let rl_held = read_evals(cfg, ctx, &mut r)?;
+    read_sft_logs(cfg, ctx, &mut r)?;
+    read_rl_runs(cfg, ctx, &mut r)?;
+    read_validation(cfg, ctx, &mut r)?;
+    attach_rl_evals(&mut r, rl_held)?;
+    for ((instance, t), id) in read_many(ctx, &POOLS)?.iter().zip(input_ids(ctx, &POOLS)) {
+        r.pool.extend(pool_rows(t, &source(&id, instance))?);
+    }
+    for ((instance, t), id) in read_many(ctx, &POOL_DIFFS)?
+        .iter()
+        .zip(input_ids(ctx, &POOL_DIFFS))
+    {
+        r.pool_diffs
+            .extend(pool_diff_rows(t, &source(&id, instance))?);
     }
     Ok(r)
 }
