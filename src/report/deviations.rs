@@ -1,11 +1,19 @@
 //! Where a grid's setup departs from the paper's, with the grid's own numbers: what a reader
 //! must keep in mind before comparing a finding with the paper's.
 
-use super::{Results, Selection};
+use super::{Results, Selection, SftRole};
 
 /// One line per departure the grid's numbers show (none for an empty grid).
 pub fn deviations(r: &Results) -> Vec<String> {
-    let mut out = Vec::new();
+    let mut out = r.setup.deviations();
+    if let Some(start) = r.sft.iter().find(|x| x.role == SftRole::Start) {
+        let a = &start.acc;
+        out.push(format!(
+            "the SFT variants' start checkpoint (`{}`) scores a = {:.3}, a_p = {:.3}, a_r = {:.3} \
+             on {} test items (the paper's base models: near zero on both segments)",
+            start.source.instance, a.a.mean, a.a_p.mean, a.a_r.mean, a.items
+        ));
+    }
     if let Some(n) = r.sft.iter().map(|x| x.acc.items).max() {
         out.push(format!(
             "SFT variants are evaluated on {n} test items (the paper: 500); the smallest \

@@ -8,6 +8,7 @@ pub mod deviations;
 pub mod figures;
 pub mod findings;
 pub mod page;
+pub mod setup;
 pub mod tables;
 
 pub use deviations::deviations;
@@ -255,6 +256,8 @@ pub struct Results {
     /// the best λ and α are chosen.
     pub val_sft: Vec<(SftRole, Estimate, Source)>,
     pub val_rl: Vec<(RlRole, Estimate, Source)>,
+    /// The grid's settings as its artifacts record them, for the departures from the paper.
+    pub setup: setup::Setup,
 }
 
 /// How a best run (λ, α) was chosen.

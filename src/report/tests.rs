@@ -138,6 +138,7 @@ fn results() -> Results {
         ],
         pool_diffs: Vec::new(),
         rl_start: None,
+        setup: Default::default(),
         // Validation a that chooses as the test a would: λ = 0.8 and α = 0.5.
         val_sft: vec![
             (

@@ -33,6 +33,8 @@ use arrow::array::Array;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
+mod setup;
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ReportConfig {
@@ -579,6 +581,7 @@ fn gather(cfg: &ReportConfig, ctx: &RunCtx) -> Result<Results, StageError> {
     read_rl_runs(cfg, ctx, &mut r)?;
     read_validation(cfg, ctx, &mut r)?;
     attach_rl_evals(&mut r, rl_held)?;
+    r.setup = setup::read_setup(ctx)?;
     for ((instance, t), id) in read_many(ctx, &POOLS)?.iter().zip(input_ids(ctx, &POOLS)) {
         r.pool.extend(pool_rows(t, &source(&id, instance))?);
     }
@@ -594,7 +597,7 @@ fn gather(cfg: &ReportConfig, ctx: &RunCtx) -> Result<Results, StageError> {
 
 impl Stage for Report {
     const NAME: &'static str = "report";
-    const VERSION: u32 = 11;
+    const VERSION: u32 = 12;
     type Config = ReportConfig;
 
     fn inputs() -> Vec<InputSpec> {

@@ -202,7 +202,7 @@ impl SftTrainConfig {
         Ok(c)
     }
 
-    fn settings(&self, seed: u64, max_text: usize) -> SftSettings {
+    pub(crate) fn settings(&self, seed: u64, max_text: usize) -> SftSettings {
         let (steps, bs, lr, min_lr, warmup) = match self.hparams {
             Hparams::FromScratch => (300, 8, 1e-3, 1e-4, 0.05),
             Hparams::Paper => (500, 8, 1e-6, 0.0, 0.1),
