@@ -12,7 +12,7 @@ mod retention;
 mod runner;
 
 pub use key::{KeyParts, Reason, explain};
-pub use pipeline::{Instance, Pipeline, parse_pipeline, split_output};
+pub use pipeline::{Instance, Pipeline, SEED, parse_pipeline, split_output};
 pub use runner::{Outcome, RunOptions, RunRow, Runner, StatusRow};
 
 use crate::store::Store;

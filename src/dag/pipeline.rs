@@ -12,9 +12,17 @@
 //! stage = "sft-train"                 # stage type; defaults to the table name
 //! inputs = { data = "distill" }       # input name → producing stage (or "stage.output")
 //! sweep = { lambda = [0.3, 0.7] }     # one instance per value (cartesian over keys)
+//!
+//! [stages.sft_replicates]
+//! stage = "sft-train"
+//! inputs = { data = "distill" }
+//! sweep = { seed = [1, 2, 3] }        # replicates: each instance runs with its own seed
 //! ```
 //! Stages downstream of a swept stage are expanded once per upstream instance, so a sweep
-//! propagates through the rest of the graph without copy-pasting stages. A declaration of a
+//! propagates through the rest of the graph without copy-pasting stages. Sweeping `seed` sets
+//! the instances' seed rather than a config key, and the instances downstream of a replicate
+//! (its rollouts, its evaluation) run with the replicate's seed unless they set `seed`
+//! themselves. A declaration of a
 //! composite type (see [`Registry::expand`]) is first replaced by the ordinary declarations it
 //! stands for.
 
@@ -69,6 +77,9 @@ struct Decl {
 }
 
 const RESERVED: &[&str] = &["stage", "inputs", "sweep", "seed", "discard", "follow"];
+
+/// The sweep key that sets the instances' seed (replicates) instead of a config key.
+pub const SEED: &str = "seed";
 
 /// A pipeline file as written.
 #[derive(Deserialize)]
@@ -309,6 +320,24 @@ impl Decl {
                     origin,
                     format!("`stages.{name}.sweep.{k}` must be a non-empty list"),
                 ));
+            }
+            if k == SEED {
+                if sd.seed.is_some() {
+                    return Err(perr(
+                        origin,
+                        format!("`stages.{name}` both sets `seed` and sweeps it; keep one"),
+                    ));
+                }
+                if let Some(v) = values.iter().find(|v| v.as_integer().is_none_or(|i| i < 0)) {
+                    return Err(perr(
+                        origin,
+                        format!(
+                            "`stages.{name}.sweep.seed` lists `{v}`; seeds are non-negative \
+                             integers"
+                        ),
+                    ));
+                }
+                continue;
             }
             if RESERVED.contains(&k.as_str()) {
                 return Err(perr(

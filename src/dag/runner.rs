@@ -581,6 +581,58 @@ mod tests {
         parse_str(&text, "p.toml", "p", reg).unwrap()
     }
 
+    /// Sweeping `seed` gives replicates: each instance, and every instance downstream of it,
+    /// runs with its seed (a distinct cache key), unless a stage sets its own; a seed both set
+    /// and swept, or one that is not a non-negative integer, is refused.
+    #[test]
+    fn a_seed_sweep_makes_replicates_downstream() {
+        let reg = Reg(vec![Fake("gen"), Fake("train"), Fake("eval")]);
+        let text = "[pipeline]\nname = \"p\"\nseed = 7\n[stages.gen]\nn = 1\n\
+                    [stages.train]\ninputs = { x = \"gen\" }\nsweep = { seed = [1, 2] }\n\
+                    [stages.eval]\ninputs = { x = \"train\" }\n\
+                    [stages.fixed]\nstage = \"eval\"\ninputs = { x = \"train\" }\nseed = 5\n";
+        let p = parse_str(text, "p.toml", "p", &reg).unwrap();
+        let seed_of = |name: &str| {
+            p.instances
+                .iter()
+                .find(|i| i.name == name)
+                .unwrap_or_else(|| panic!("no `{name}`"))
+                .seed
+        };
+        assert_eq!(seed_of("gen"), 7);
+        assert_eq!(seed_of("train[seed=1]"), 1);
+        assert_eq!(seed_of("train[seed=2]"), 2);
+        assert_eq!(seed_of("eval[seed=2]"), 2);
+        assert_eq!(seed_of("fixed[seed=1]"), 5);
+        // The seed is not a config key, and the replicates are distinct results.
+        assert!(p.instances.iter().all(|i| i.config.get("seed").is_none()));
+        let d = crate::util::fsx::TempDir::new("asymm-test").unwrap();
+        let store = Store::open(d.path()).unwrap();
+        let rows = run_on(&store, &reg, &p, "cpu");
+        let key = |inst: &str| {
+            rows.iter()
+                .find(|r| r.instance == inst)
+                .unwrap()
+                .key
+                .clone()
+        };
+        assert_ne!(key("train[seed=1]"), key("train[seed=2]"));
+        let bad = |body: &str| {
+            parse_str(&format!("[stages.gen]\n{body}\n"), "p.toml", "p", &reg)
+                .unwrap_err()
+                .to_string()
+        };
+        let e = bad("seed = 1\nsweep = { seed = [1, 2] }");
+        assert!(e.contains("both sets `seed` and sweeps it"), "{e}");
+        let e = bad("sweep = { seed = [1, -2] }");
+        assert!(
+            e.contains("lists `-2`; seeds are non-negative integers"),
+            "{e}"
+        );
+        let e = bad("sweep = { seed = [1.5] }");
+        assert!(e.contains("lists `1.5`"), "{e}");
+    }
+
     fn outputs_of(rows: &[StatusRow], inst: &str) -> (&'static str, Option<String>) {
         let r = rows.iter().find(|r| r.instance == inst).unwrap();
         (r.state, r.outputs.get("main").cloned())

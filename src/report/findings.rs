@@ -82,15 +82,23 @@ fn compare(x: &Arm, y: &Arm, metric: Metric, dir: Direction) -> (Side, String) {
         .and_then(|(xi, yi)| PairedDiff::between(metric.items(xi), metric.items(yi), SEED));
     let name = metric.name();
     match paired {
-        Some(d) => (
-            d.side(dir),
-            format!(
-                "{name}: {} − {} = {} (paired)",
-                x.label,
-                y.label,
-                d.describe()
-            ),
-        ),
+        Some(d) => {
+            let seeds = super::replicates::per_seed(
+                (x.replicates, x.items),
+                (y.replicates, y.items),
+                |i| metric.items(i),
+            )
+            .map_or(String::new(), |s| format!("; seed by seed {s}"));
+            (
+                d.side(dir),
+                format!(
+                    "{name}: {} − {} = {} (paired{seeds})",
+                    x.label,
+                    y.label,
+                    d.describe()
+                ),
+            )
+        }
         None => {
             let (ex, ey) = (metric.of(x.acc), metric.of(y.acc));
             (

@@ -8,11 +8,13 @@ pub mod deviations;
 pub mod figures;
 pub mod findings;
 pub mod page;
+pub mod replicates;
 pub mod setup;
 pub mod tables;
 
 pub use deviations::deviations;
 pub use findings::{Finding, Verdict, findings};
+pub use replicates::Replicate;
 pub use tables::{Cell, Table, tables};
 
 pub use crate::analysis::paired::ItemScores;
@@ -128,6 +130,9 @@ pub struct SftResult {
     pub acc: Accuracies,
     /// The evaluation's per-item scores, when the grid wires them (`eval_items`).
     pub items: Option<ItemAccuracies>,
+    /// The seeds' own evaluations when the run is replicated over seeds (empty for one run):
+    /// `acc` and `items` are then their merge ([`replicates::merge`]).
+    pub replicates: Vec<Replicate>,
 }
 
 /// One held-out evaluation point of a training run.
@@ -177,6 +182,8 @@ pub struct HeldOut {
     pub source: Source,
     pub acc: Accuracies,
     pub items: Option<ItemAccuracies>,
+    /// The seeds' own evaluations of a replicated run (empty for one run).
+    pub replicates: Vec<Replicate>,
 }
 
 /// One side of a comparison: a run's held-out accuracies, with its per-item scores where they
@@ -187,6 +194,8 @@ pub struct Arm<'a> {
     pub acc: &'a Accuracies,
     pub items: Option<&'a ItemAccuracies>,
     pub source: &'a Source,
+    /// The seeds' own evaluations of a replicated run (empty for one run).
+    pub replicates: &'a [Replicate],
 }
 
 /// An RL run: its held-out evaluations and the reward's coupling over its rollouts.
@@ -338,6 +347,7 @@ impl SftResult {
             acc: &self.acc,
             items: self.items.as_ref(),
             source: &self.source,
+            replicates: &self.replicates,
         }
     }
 }
@@ -352,12 +362,14 @@ impl RlResult {
                 acc: &h.acc,
                 items: h.items.as_ref(),
                 source: &h.source,
+                replicates: &h.replicates,
             },
             None => Arm {
                 label: self.role.label(),
                 acc: &self.end,
                 items: None,
                 source: &self.source,
+                replicates: &[],
             },
         }
     }
@@ -373,6 +385,7 @@ impl Results {
                 acc: &h.acc,
                 items: h.items.as_ref(),
                 source: &h.source,
+                replicates: &h.replicates,
             });
         }
         let run = self.rl_outcome().or(self.rl.first())?;
@@ -381,6 +394,7 @@ impl Results {
             acc: &run.start,
             items: None,
             source: &run.source,
+            replicates: &[],
         })
     }
 
@@ -577,12 +591,23 @@ pub fn sources(r: &Results) -> BTreeMap<String, String> {
         out.entry(s.id.clone())
             .or_insert_with(|| s.instance.clone());
     };
-    r.sft.iter().for_each(|x| add(&x.source));
+    for x in &r.sft {
+        add(&x.source);
+        x.replicates.iter().for_each(|rep| add(&rep.source));
+    }
     r.sft_curves.iter().for_each(|x| add(&x.source));
     r.shares.iter().for_each(|x| add(&x.source));
     for x in &r.rl {
         add(&x.source);
         add(&x.log);
+        if let Some(h) = &x.held_out {
+            add(&h.source);
+            h.replicates.iter().for_each(|rep| add(&rep.source));
+        }
+    }
+    if let Some(h) = &r.rl_start {
+        add(&h.source);
+        h.replicates.iter().for_each(|rep| add(&rep.source));
     }
     r.pool.iter().for_each(|x| add(&x.source));
     r.pool_diffs.iter().for_each(|x| add(&x.source));

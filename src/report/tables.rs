@@ -1,7 +1,7 @@
 //! The paper's tables: every cell one value (with its interval, where it has one) and the
 //! artifact it came from.
 
-use super::{Accuracies, Estimate, Results, RlResult, RlRole, Source};
+use super::{Accuracies, Arm, Estimate, Results, RlResult, RlRole, Source};
 
 /// One cell of a report table.
 #[derive(Debug, Clone, PartialEq)]
@@ -86,6 +86,20 @@ impl Builder {
         self.est(row, "a_r", &acc.a_r, source);
         self.val(row, "items", Some(acc.items as f64), source);
     }
+    /// A run's rows: one, or one per seed of a replicated run (each cell citing that seed's
+    /// evaluation; the findings read the seeds merged).
+    fn arm(&mut self, label: &str, arm: &Arm) {
+        if arm.replicates.is_empty() {
+            self.accuracies(label, arm.acc, arm.source);
+        }
+        for rep in arm.replicates {
+            self.accuracies(
+                &format!("{label} (seed {})", rep.seed),
+                &rep.acc,
+                &rep.source,
+            );
+        }
+    }
     fn done(self, title: &str, caption: &str) -> Table {
         Table {
             key: self.key,
@@ -102,7 +116,7 @@ pub fn tables(r: &Results) -> Vec<Table> {
 
     let mut t = Builder::new("table1_sft");
     for s in &r.sft {
-        t.accuracies(&s.role.label(), &s.acc, &s.source);
+        t.arm(&s.role.label(), &s.arm());
     }
     if !t.cells.is_empty() {
         out.push(t.done(
@@ -115,11 +129,11 @@ pub fn tables(r: &Results) -> Vec<Table> {
 
     let mut t = Builder::new("table2_rl");
     if let Some(start) = r.rl_start_arm() {
-        t.accuracies("initialization", start.acc, start.source);
+        t.arm("initialization", &start);
     }
     for (_, run) in r.alpha_runs().into_iter().chain(r.token_lambda_runs()) {
         let end = run.arm();
-        t.accuracies(&end.label, end.acc, end.source);
+        t.arm(&end.label, &end);
     }
     if !t.cells.is_empty() {
         out.push(t.done(
@@ -154,7 +168,7 @@ pub fn tables(r: &Results) -> Vec<Table> {
         t.val(&row, "r(R, a_p)", run.r_a_p, &run.log);
         t.val(&row, "r(R, ã_r)", run.r_a_tilde_r, &run.log);
         let end = run.arm();
-        t.accuracies(&row, end.acc, end.source);
+        t.arm(&row, &end);
     }
     if !t.cells.is_empty() {
         out.push(t.done(

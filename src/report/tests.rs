@@ -73,24 +73,28 @@ fn results() -> Results {
             source: src("a", "eval_standard"),
             acc: acc(0.20, 0.40, 0.55),
             items: None,
+            replicates: Vec::new(),
         },
         SftResult {
             role: SftRole::Lambda(0.2),
             source: src("b", "eval_lambda[lambda=0.2]"),
             acc: acc(0.25, 0.45, 0.55),
             items: None,
+            replicates: Vec::new(),
         },
         SftResult {
             role: SftRole::Lambda(0.8),
             source: src("d", "eval_lambda[lambda=0.8]"),
             acc: acc(0.40, 0.65, 0.50),
             items: None,
+            replicates: Vec::new(),
         },
         SftResult {
             role: SftRole::Ngdiff,
             source: src("e", "eval_ngdiff"),
             acc: acc(0.30, 0.50, 0.52),
             items: None,
+            replicates: Vec::new(),
         },
     ];
     let sft_curves = vec![Curve {
@@ -325,6 +329,7 @@ fn run(role: SftRole, item: ItemAccuracies) -> SftResult {
             items: 100,
         },
         items: Some(item),
+        replicates: Vec::new(),
     }
 }
 

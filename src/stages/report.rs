@@ -21,11 +21,13 @@ use super::{
     write_table_with_files,
 };
 use crate::analysis::paired::item_means;
+use crate::dag::SEED;
 use crate::dag::{InputSpec, OutputSpec, RunCtx};
 use crate::report::page::{base_name, params};
 use crate::report::{
-    Accuracies, Curve, CurvePoint, Estimate, HeldOut, ItemAccuracies, PoolDiff, PoolR, Results,
-    RlResult, RlRole, SftResult, SftRole, Shares, Source, figures, findings, page, tables,
+    Accuracies, Curve, CurvePoint, Estimate, HeldOut, ItemAccuracies, PoolDiff, PoolR, Replicate,
+    Results, RlResult, RlRole, SftResult, SftRole, Shares, Source, figures, findings, page,
+    replicates, tables,
 };
 use crate::table::{Table, cols};
 use crate::train::sft::LogRow;
@@ -395,6 +397,52 @@ fn input_ids(ctx: &RunCtx, spec: &InputSpec) -> Vec<String> {
         .collect()
 }
 
+/// An instance label without its seed: `eval[lambda=0.2,seed=3]` → `eval[lambda=0.2]`.
+fn without_seed(instance: &str) -> String {
+    let (stage, params) = run_key(instance);
+    let kept: Vec<String> = params
+        .into_iter()
+        .filter(|(k, _)| k != SEED)
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    if kept.is_empty() {
+        stage
+    } else {
+        format!("{stage}[{}]", kept.join(","))
+    }
+}
+
+/// One run's evaluations over seeds (`instance[seed=k]`), merged ([`replicates::merge`]):
+/// each needs its seed and its per-item scores.
+fn merge_seeds(run: &str, evals: Vec<(String, HeldOut)>) -> Result<HeldOut, StageError> {
+    let mut reps = Vec::new();
+    for (instance, held) in evals {
+        let Some(seed) = params(&instance)
+            .into_iter()
+            .find(|(k, _)| k == SEED)
+            .and_then(|(_, v)| v.parse::<u64>().ok())
+        else {
+            bail!(
+                "report: `{run}` has several evaluations in `evals` (`{instance}` among them) \
+                 that are not replicates over a swept `seed`; give each run one evaluation"
+            );
+        };
+        let Some(items) = held.items else {
+            bail!(
+                "report: `{instance}` is one seed of `{run}` and has no per-item scores; wire \
+                 each replicate's `items` in `eval_items` so the seeds can be merged per item"
+            );
+        };
+        reps.push(Replicate {
+            seed,
+            acc: held.acc,
+            items,
+            source: held.source,
+        });
+    }
+    replicates::merge(run, reps).map_err(|e| StageError::Invalid(e.to_string()))
+}
+
 /// An RL run's final evaluation from `evals`, waiting for its run: (instance, role, numbers).
 type PendingRl = (String, RlRole, HeldOut);
 
@@ -417,7 +465,8 @@ fn read_evals(
              evaluation's `items` beside its summary)"
         );
     }
-    let mut rl_held = Vec::new();
+    // Evaluations of one run that differ only by seed are its replicates, merged into one.
+    let mut runs: Vec<(String, Vec<(String, HeldOut)>)> = Vec::new();
     for ((instance, t), id) in evals.iter().zip(input_ids(ctx, &EVALS)) {
         let held = HeldOut {
             acc: summary_accuracies(t, instance)?,
@@ -426,13 +475,30 @@ fn read_evals(
                 .iter()
                 .find(|(i, _)| run_key(i) == run_key(instance))
                 .map(|(_, x)| x.clone()),
+            replicates: Vec::new(),
         };
+        let run = without_seed(instance);
+        match runs.iter_mut().find(|(k, _)| *k == run) {
+            Some((_, v)) => v.push((instance.clone(), held)),
+            None => runs.push((run, vec![(instance.clone(), held)])),
+        }
+    }
+    let mut rl_held = Vec::new();
+    for (run, mut evals) in runs {
+        let (instance, held) = if evals.len() == 1 {
+            evals.remove(0)
+        } else {
+            let first = evals[0].0.clone();
+            (first, merge_seeds(&run, evals)?)
+        };
+        let instance = &instance;
         match eval_role(cfg, instance)? {
             EvalRole::Sft(role) => r.sft.push(SftResult {
                 role,
                 acc: held.acc,
                 source: held.source,
                 items: held.items,
+                replicates: held.replicates,
             }),
             EvalRole::RlStart => {
                 ensure!(
@@ -467,8 +533,12 @@ fn read_sft_logs(cfg: &ReportConfig, ctx: &RunCtx, r: &mut Results) -> Result<()
                 })
             })
             .collect();
+        let seed = params(instance).into_iter().find(|(k, _)| k == SEED);
         r.sft_curves.push(Curve {
-            label: role.label(),
+            label: match seed {
+                Some((_, s)) => format!("{} (seed {s})", role.label()),
+                None => role.label(),
+            },
             source: source.clone(),
             points,
         });
@@ -494,7 +564,15 @@ fn read_rl_runs(cfg: &ReportConfig, ctx: &RunCtx, r: &mut Results) -> Result<(),
         rl_logs.len()
     );
     let (eval_ids, log_ids) = (input_ids(ctx, &RL_EVALS), input_ids(ctx, &RL_LOGS));
+    // A run replicated over seeds is one run: its evaluations in `evals` are merged over the
+    // seeds; its loop's curve and on-policy coupling are its first seed's.
+    let mut seen: Vec<String> = Vec::new();
     for (k, ((ei, et), (li, lt))) in rl_evals.iter().zip(&rl_logs).enumerate() {
+        let run = without_seed(ei);
+        if seen.contains(&run) {
+            continue;
+        }
+        seen.push(run);
         ensure!(
             base_name(ei).split('.').next() == base_name(li).split('.').next()
                 && params(ei) == params(li),
@@ -553,11 +631,31 @@ fn attach_rl_evals(r: &mut Results, rl_held: Vec<PendingRl>) -> Result<(), Stage
 
 /// `val_evals`: end-to-end a on the validation split, by role.
 fn read_validation(cfg: &ReportConfig, ctx: &RunCtx, r: &mut Results) -> Result<(), StageError> {
+    // A run replicated over seeds is chosen by its mean a over the seeds (the interval spans
+    // the seeds' intervals; only the mean chooses).
+    let mut runs: Vec<(String, String, Vec<Estimate>, String)> = Vec::new();
     for ((instance, t), id) in read_many(ctx, &VAL_EVALS)?
         .iter()
         .zip(input_ids(ctx, &VAL_EVALS))
     {
         let a = summary_a(t, instance)?;
+        let run = without_seed(instance);
+        match runs.iter_mut().find(|x| x.0 == run) {
+            Some(x) => x.2.push(a),
+            None => runs.push((run, instance.clone(), vec![a], id.clone())),
+        }
+    }
+    for (_, instance, estimates, id) in runs {
+        let n = estimates.len() as f64;
+        let a = Estimate {
+            mean: estimates.iter().map(|e| e.mean).sum::<f64>() / n,
+            lo: estimates.iter().map(|e| e.lo).fold(f64::INFINITY, f64::min),
+            hi: estimates
+                .iter()
+                .map(|e| e.hi)
+                .fold(f64::NEG_INFINITY, f64::max),
+        };
+        let instance = &instance;
         match eval_role(cfg, instance)? {
             EvalRole::Sft(role) => r.val_sft.push((role, a, source(&id, instance))),
             EvalRole::Rl(role) => r.val_rl.push((role, a, source(&id, instance))),
@@ -597,7 +695,7 @@ fn gather(cfg: &ReportConfig, ctx: &RunCtx) -> Result<Results, StageError> {
 
 impl Stage for Report {
     const NAME: &'static str = "report";
-    const VERSION: u32 = 12;
+    const VERSION: u32 = 13;
     type Config = ReportConfig;
 
     fn inputs() -> Vec<InputSpec> {

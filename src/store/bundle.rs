@@ -28,6 +28,16 @@ fn bundle_err(msg: impl Into<String>) -> StoreError {
     StoreError::Bundle(msg.into())
 }
 
+/// The artifact ids a run read, from its record's key parts (`inputs`: name → id).
+fn record_inputs(r: &RunRecord) -> impl Iterator<Item = String> + '_ {
+    r.key_parts
+        .get("inputs")
+        .and_then(|v| v.as_object())
+        .into_iter()
+        .flat_map(|m| m.values())
+        .filter_map(|v| v.as_str().map(String::from))
+}
+
 /// Writes `roots` and their lineage, plus matching run records, to the tar file `out`.
 pub fn export_bundle(store: &Store, roots: &[String], out: &Path) -> Result<BundleReport> {
     for r in roots {
@@ -47,6 +57,8 @@ pub fn export_bundle(store: &Store, roots: &[String], out: &Path) -> Result<Bund
             all.push(r);
         }
     }
+    // A run's inputs come from its record's key, not only from its outputs' manifests: an
+    // artifact two runs produced alike carries the first run's manifest, and so its lineage.
     let mut ids = store.closure(roots)?;
     loop {
         let mut more = Vec::new();
@@ -55,8 +67,9 @@ pub fn export_bundle(store: &Store, roots: &[String], out: &Path) -> Result<Bund
                 more.extend(
                     r.outputs
                         .values()
-                        .filter(|id| !ids.contains(*id) && store.has(id))
-                        .cloned(),
+                        .cloned()
+                        .chain(record_inputs(r))
+                        .filter(|id| !ids.contains(id) && store.has(id)),
                 );
             }
         }
@@ -86,6 +99,9 @@ pub fn export_bundle(store: &Store, roots: &[String], out: &Path) -> Result<Bund
                 tombstones.insert(up.clone());
             }
         }
+    }
+    for r in &records {
+        tombstones.extend(record_inputs(r).filter(|id| gone(id)));
     }
     let tmp = out.with_extension(format!("partial-{}", std::process::id()));
     let file = File::create(&tmp).map_err(io_err(&tmp))?;

@@ -94,8 +94,14 @@ fn runner_keys_are_checked_where_written() {
         e.contains("line 3, column 22") && e.contains("an input names a stage"),
         "{e}"
     );
-    let e = err_of("[stages.synthesize]\nsweep = { seed = [1, 2] }\n");
+    let e = err_of("[stages.synthesize]\nsweep = { discard = [[]] }\n");
     assert!(e.contains("cannot sweep a reserved key"), "{e}");
+    // `seed` is the one runner key a sweep sets (replicates), to integers only.
+    let e = err_of("[stages.synthesize]\nsweep = { seed = [1, \"two\"] }\n");
+    assert!(
+        e.contains("lists `\"two\"`; seeds are non-negative integers"),
+        "{e}"
+    );
     let e = err_of("[stages.synthesize]\nsweep = { task = [] }\n");
     assert!(
         e.contains("`stages.synthesize.sweep.task` must be a non-empty list"),

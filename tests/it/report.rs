@@ -50,7 +50,7 @@ eval_items = 1
 eval_max_new_tokens = 4
 diagnostics_every = 1
 snapshot_every = 0
-sweep = { lambda = [0.2, 0.8] }
+sweep = { lambda = [0.2, 0.8], seed = [3, 4] }
 
 [stages.roll]
 stage = "rollout"
@@ -265,7 +265,8 @@ fn report_tables_match_their_artifacts() {
             tables[i], rows[i], columns[i], sources[i]
         );
     }
-    // Table 1 holds the standard run and both λ values; Table 2 the start and the three α.
+    // Table 1 holds the standard run and both λ values, one row per seed (each citing that
+    // seed's evaluation); Table 2 the start and the three α.
     let rows_of = |table: &str| -> Vec<&str> {
         let mut v: Vec<&str> = (0..t.rows())
             .filter(|&i| tables[i] == table)
@@ -274,7 +275,16 @@ fn report_tables_match_their_artifacts() {
         v.dedup();
         v
     };
-    assert_eq!(rows_of("table1_sft"), ["standard", "λ = 0.2", "λ = 0.8"]);
+    assert_eq!(
+        rows_of("table1_sft"),
+        [
+            "standard",
+            "λ = 0.2 (seed 3)",
+            "λ = 0.2 (seed 4)",
+            "λ = 0.8 (seed 3)",
+            "λ = 0.8 (seed 4)"
+        ]
+    );
     assert_eq!(
         rows_of("table2_rl"),
         ["initialization", "α = 0", "α = 0.2", "α = 0.5", "α = 1"]
@@ -300,7 +310,12 @@ fn report_tables_match_their_artifacts() {
         .lines()
         .find(|l| l.contains("Reweighting perception in SFT"))
         .unwrap_or_else(|| panic!("no reweighting finding in\n{md}"));
-    assert!(line.contains("(paired)") && line.contains("n = "), "{line}");
+    assert!(line.contains("(paired") && line.contains("n = "), "{line}");
+    // The λ runs are replicated over two seeds: merged per item, and compared seed by seed.
+    assert!(
+        line.contains("seed by seed") && line.contains("(seed 3)") && line.contains("(seed 4)"),
+        "{line}"
+    );
     // The best λ is chosen on the validation split (its evaluation wired as `val_evals`).
     assert!(line.contains("chosen on the validation split"), "{line}");
     // So are the RL runs' and their start's: RL gains and the α comparisons are paired.
@@ -347,8 +362,9 @@ fn report_tables_match_their_artifacts() {
         "data (graph coloring, 3–4 nodes): 16 SFT training puzzles (the paper: 2000), 4 RL \
          prompts (the paper: 16000), 8 test puzzles (the paper: 500)",
         "`sft` starts from a freshly initialised `tiny`",
-        "2 runs (`sft_lambda[lambda=0.2]`, `sft_lambda[lambda=0.8]`) start from this toolkit's \
-         `tiny` model trained on the task itself (`sft` 600 steps at verbosity 0)",
+        "4 runs (`sft_lambda[lambda=0.2,seed=3]`, `sft_lambda[lambda=0.2,seed=4]`, \
+         `sft_lambda[lambda=0.8,seed=3]`, `sft_lambda[lambda=0.8,seed=4]`) start from this \
+         toolkit's `tiny` model trained on the task itself (`sft` 600 steps at verbosity 0)",
         "traces: the solver's own steps at verbosity 0",
         "RL start: 4 runs (`rl[alpha=0.0]`, `rl[alpha=0.2]`, `rl[alpha=0.5]`, `rl[alpha=1.0]`) \
          start from the SFT variant `sft`",

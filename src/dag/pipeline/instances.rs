@@ -38,6 +38,15 @@ impl Instances {
         let gathered = |iname: &str| many.contains(iname.split_once('.').map_or(iname, |p| p.0));
         for (vars, chosen) in self.combos(d, &gathered)? {
             let table = self.configured(d, &vars)?;
+            // Its own `seed`, else a replicate's (swept here or upstream), else the pipeline's.
+            let seed = match (d.seed, vars.get(super::SEED)) {
+                (Some(own), _) => own,
+                (None, Some(label)) => label.parse().map_err(|_| DagError::Sweep {
+                    stage: d.name.clone(),
+                    msg: format!("seed `{label}` is not a non-negative integer"),
+                })?,
+                (None, None) => seed,
+            };
             let config = def.config(&table).map_err(|reason| DagError::Config {
                 stage: d.name.clone(),
                 at: None,
@@ -63,7 +72,7 @@ impl Instances {
                 decl: d.name.clone(),
                 stage: d.stage.clone(),
                 config,
-                seed: d.seed.unwrap_or(seed),
+                seed,
                 inputs,
                 vars,
                 discard: d.discard.clone(),
@@ -132,7 +141,7 @@ impl Instances {
             msg,
         };
         let mut table = d.table.clone();
-        for (key, values) in &d.sweep {
+        for (key, values) in d.sweep.iter().filter(|(k, _)| k != super::SEED) {
             let v = values
                 .iter()
                 .find(|v| Some(&value_label(v)) == vars.get(key))

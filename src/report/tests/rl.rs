@@ -10,6 +10,7 @@ fn rl_items(role: RlRole, item: ItemAccuracies) -> RlResult {
             source: src("q", "eval_rl"),
             acc: e.acc,
             items: e.items,
+            replicates: Vec::new(),
         }),
         ..rl(role, "9", acc(0.0, 0.0, 0.0), 0.5)
     }
@@ -53,6 +54,7 @@ fn rl_grid(start: (usize, usize, usize), runs: [(usize, usize, usize); 7]) -> Re
             source: src("s", "eval_rl_start"),
             acc: s.acc,
             items: s.items,
+            replicates: Vec::new(),
         }),
         pool: vec![
             pool(&mix(0.0, "ground_truth"), "a_p", 0.3),
