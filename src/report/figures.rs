@@ -386,7 +386,13 @@ fn sft_curves_figure(r: &Results) -> Result<Option<Figure>> {
     let shown: Vec<&super::Curve> = r
         .sft_curves
         .iter()
-        .filter(|c| c.points.len() > 1 && (keep.contains(&c.label) || r.sft.is_empty()))
+        .filter(|c| {
+            // A replicated run's curves are labelled `label (seed k)`, one per seed.
+            let kept = keep
+                .iter()
+                .any(|k| c.label == *k || c.label.starts_with(&format!("{k} (seed ")));
+            c.points.len() > 1 && (kept || r.sft.is_empty())
+        })
         .collect();
     if !shown.is_empty() {
         let runs: Vec<(String, Vec<(f64, super::CurvePoint)>)> = shown

@@ -87,10 +87,30 @@ fn compare(x: &Arm, y: &Arm, metric: Metric, dir: Direction) -> (Side, String) {
                 (x.replicates, x.items),
                 (y.replicates, y.items),
                 |i| metric.items(i),
-            )
-            .map_or(String::new(), |s| format!("; seed by seed {s}"));
+            );
+            // Replicated runs: a decided side needs every seed's difference on it.
+            let mut side = d.side(dir);
+            let sign = |v: f64| match side {
+                Side::Supports if dir == Direction::Positive => v > 0.0,
+                Side::Supports => v < 0.0,
+                Side::Contradicts if dir == Direction::Positive => v < 0.0,
+                Side::Contradicts => v > 0.0,
+                Side::Undecided => true,
+            };
+            let split = !seeds.iter().all(|(_, v)| sign(*v));
+            if split {
+                side = Side::Undecided;
+            }
+            let seeds = match (seeds.is_empty(), split) {
+                (true, _) => String::new(),
+                (false, false) => format!("; seed by seed {}", super::replicates::describe(&seeds)),
+                (false, true) => format!(
+                    "; seed by seed {}: the seeds disagree, so undecided",
+                    super::replicates::describe(&seeds)
+                ),
+            };
             (
-                d.side(dir),
+                side,
                 format!(
                     "{name}: {} − {} = {} (paired{seeds})",
                     x.label,

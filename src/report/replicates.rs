@@ -4,7 +4,9 @@
 //! Rule: an item's score is the mean over the seeds of its per-seed score (each seed's samples
 //! averaged first), so a paired comparison still has the items as its units and reads the
 //! seeds as repeated measurements of each item; the accuracies are means over items with a
-//! bootstrap interval over items. Each comparison also prints its difference seed by seed.
+//! bootstrap interval over items. Each comparison also prints its difference seed by seed, and
+//! a decided comparison needs every seed's difference on its side: the items' interval leaves
+//! the seeds' own variation out, so seeds that disagree in sign leave it undecided.
 
 use super::{
     Accuracies, Estimate, HeldOut, ItemAccuracies, ItemScores, ReportError, Result, Source,
@@ -71,7 +73,12 @@ pub fn merge(run: &str, mut reps: Vec<Replicate>) -> Result<HeldOut> {
             w[0].seed, w[0].source.instance, w[1].source.instance
         )));
     }
-    let keys = |r: &Replicate| r.items.a.keys().cloned().collect::<BTreeSet<String>>();
+    // The same items for every accuracy (a counterfactual rollout missing for one seed would
+    // otherwise average a_r over fewer seeds).
+    let keys = |r: &Replicate| {
+        [&r.items.a, &r.items.a_p, &r.items.a_r]
+            .map(|s| s.keys().cloned().collect::<BTreeSet<String>>())
+    };
     let want = keys(first);
     if let Some(other) = reps.iter().find(|r| keys(r) != want) {
         return Err(ReportError::Invalid(format!(
@@ -102,16 +109,15 @@ pub fn merge(run: &str, mut reps: Vec<Replicate>) -> Result<HeldOut> {
     })
 }
 
-/// `x − y` seed by seed, "+0.050 (seed 1), +0.080 (seed 2)": replicates paired by seed, a
-/// side without replicates read as the same run for every seed; `None` unless a side is
-/// replicated.
+/// `x − y` seed by seed (seed, mean paired difference): replicates paired by seed, a side
+/// without replicates read as the same run for every seed; empty unless a side is replicated.
 pub fn per_seed(
     x: (&[Replicate], Option<&ItemAccuracies>),
     y: (&[Replicate], Option<&ItemAccuracies>),
     scores: impl Fn(&ItemAccuracies) -> &ItemScores,
-) -> Option<String> {
+) -> Vec<(u64, f64)> {
     if x.0.is_empty() && y.0.is_empty() {
-        return None;
+        return Vec::new();
     }
     let seeds: BTreeSet<u64> = x.0.iter().chain(y.0).map(|r| r.seed).collect();
     let side = |(reps, whole): (&[Replicate], Option<&ItemAccuracies>), seed: u64| {
@@ -123,15 +129,23 @@ pub fn per_seed(
                 .map(|r| r.items.clone())
         }
     };
-    let parts: Vec<String> = seeds
+    seeds
         .into_iter()
         .filter_map(|s| {
             let (xi, yi) = (side(x, s)?, side(y, s)?);
             let d = PairedDiff::between(scores(&xi), scores(&yi), SEED)?;
-            Some(format!("{:+.3} (seed {s})", d.mean))
+            Some((s, d.mean))
         })
-        .collect();
-    (!parts.is_empty()).then(|| parts.join(", "))
+        .collect()
+}
+
+/// "+0.050 (seed 1), +0.080 (seed 2)".
+pub fn describe(diffs: &[(u64, f64)]) -> String {
+    diffs
+        .iter()
+        .map(|(s, d)| format!("{d:+.3} (seed {s})"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 #[cfg(test)]
@@ -205,11 +219,11 @@ mod tests {
     fn per_seed_differences_pair_by_seed() {
         let x = [rep(1, &[1.0, 1.0]), rep(2, &[1.0, 0.0])];
         let y = [rep(1, &[0.0, 0.0]), rep(2, &[1.0, 1.0])];
-        let got = per_seed((&x, None), (&y, None), |i| &i.a).unwrap();
-        assert_eq!(got, "+1.000 (seed 1), -0.500 (seed 2)");
+        let got = per_seed((&x, None), (&y, None), |i| &i.a);
+        assert_eq!(describe(&got), "+1.000 (seed 1), -0.500 (seed 2)");
         let start = rep(9, &[0.0, 1.0]).items;
-        let got = per_seed((&x, None), (&[], Some(&start)), |i| &i.a).unwrap();
-        assert_eq!(got, "+0.500 (seed 1), +0.000 (seed 2)");
-        assert!(per_seed((&[], Some(&start)), (&[], Some(&start)), |i| &i.a).is_none());
+        let got = per_seed((&x, None), (&[], Some(&start)), |i| &i.a);
+        assert_eq!(describe(&got), "+0.500 (seed 1), +0.000 (seed 2)");
+        assert!(per_seed((&[], Some(&start)), (&[], Some(&start)), |i| &i.a).is_empty());
     }
 }

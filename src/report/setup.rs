@@ -43,8 +43,10 @@ pub struct Data {
 #[derive(Debug, Clone, PartialEq)]
 pub struct SftRun {
     pub instance: String,
-    /// The model preset or checkpoint it builds when it starts from scratch.
+    /// The model preset or checkpoint folder it builds when it starts without `init`.
     pub model: String,
+    /// `model` is a pretrained checkpoint folder, not a preset initialised afresh.
+    pub pretrained: bool,
     pub steps: usize,
     pub batch: usize,
     pub lr: f64,
@@ -54,8 +56,7 @@ pub struct SftRun {
     pub early_stop: bool,
     /// The trace verbosity of its data.
     pub verbosity: Option<u8>,
-    /// The SFT run whose checkpoint it starts from (`None`: from scratch or from a checkpoint
-    /// folder).
+    /// The instance whose checkpoint it starts from (`None`: from `model`).
     pub init: Option<String>,
 }
 
@@ -137,6 +138,15 @@ fn grouped<T>(items: &[T], key: impl Fn(&T) -> String) -> Vec<(String, Vec<&T>)>
 }
 
 impl SftRun {
+    /// "`sft` 850 steps at verbosity 0" (at most, when it stops early).
+    fn describe(&self) -> String {
+        let v = self
+            .verbosity
+            .map_or(String::new(), |v| format!(" at verbosity {v}"));
+        let most = if self.early_stop { "at most " } else { "" };
+        format!("`{}` {most}{} steps{v}", self.instance, self.steps)
+    }
+
     fn schedule(&self) -> String {
         let shape = if self.min_lr == self.lr {
             format!("constant lr {}", lr(self.lr))
@@ -186,27 +196,22 @@ impl Setup {
         out
     }
 
-    /// Where `run` starts: a fresh model, or this toolkit's model trained by the chain of
-    /// runs before it.
+    /// Where `run` starts: a fresh model, a pretrained checkpoint, or a checkpoint another
+    /// stage wrote, trained further by the chain of SFT runs before it.
     fn start_of(&self, run: &SftRun) -> String {
         let chain = self.ancestors(run);
         let root = chain.last().copied().unwrap_or(run);
+        let origin = match (&root.init, root.pretrained) {
+            (Some(other), _) => format!("the checkpoint of `{other}`"),
+            (None, true) => format!("the pretrained checkpoint `{}`", root.model),
+            (None, false) => format!("a freshly initialised `{}`", root.model),
+        };
         if chain.is_empty() {
-            return format!("from a freshly initialised `{}`", root.model);
+            return format!("from {origin}");
         }
-        let trained: Vec<String> = chain
-            .iter()
-            .rev()
-            .map(|b| {
-                let v = b
-                    .verbosity
-                    .map_or(String::new(), |v| format!(" at verbosity {v}"));
-                format!("`{}` {} steps{v}", b.instance, b.steps)
-            })
-            .collect();
+        let trained: Vec<String> = chain.iter().rev().map(|b| b.describe()).collect();
         format!(
-            "from this toolkit's `{}` model trained on the task itself ({})",
-            root.model,
+            "from {origin} trained on the task itself ({})",
             trained.join(", then ")
         )
     }
@@ -218,16 +223,10 @@ impl Setup {
             return format!("from the SFT variant `{}`", v.instance);
         }
         match self.bases.get(start) {
-            Some(b) => {
-                let v = b
-                    .verbosity
-                    .map_or(String::new(), |v| format!(", verbosity {v}"));
-                format!(
-                    "from `{start}` ({} steps{v}), a run the SFT variants build on, not from an \
-                     SFT variant",
-                    b.steps
-                )
-            }
+            Some(b) => format!(
+                "from {}, a run the SFT variants build on, not from an SFT variant",
+                b.describe()
+            ),
             None => format!("from `{start}`"),
         }
     }
@@ -409,6 +408,7 @@ mod tests {
         SftRun {
             instance: instance.into(),
             model: "tiny".into(),
+            pretrained: false,
             steps,
             batch: 8,
             lr,
@@ -486,7 +486,7 @@ mod tests {
         );
         assert!(
             has(
-                "model: 2 runs (`sft_standard`, `sft_lambda[lambda=0.2]`) start from this toolkit's `tiny`"
+                "model: 2 runs (`sft_standard`, `sft_lambda[lambda=0.2]`) start from a freshly initialised `tiny` trained on the task itself"
             ),
             "{d:?}"
         );
@@ -508,7 +508,7 @@ mod tests {
         );
         assert!(
             has(
-                "RL start: 2 runs (`rl[alpha=0]`, `rl[alpha=0.5]`) start from `sft` (850 steps, verbosity 0), a run the SFT variants build on, not from an SFT variant"
+                "RL start: 2 runs (`rl[alpha=0]`, `rl[alpha=0.5]`) start from `sft` 850 steps at verbosity 0, a run the SFT variants build on, not from an SFT variant"
             ),
             "{d:?}"
         );
@@ -546,6 +546,27 @@ mod tests {
             (r.steps, r.prompts, r.lr, r.mini_batch) = (100, 128, 1e-6, 128);
         }
         let d = paperlike.deviations();
+        // A pretrained root, a base that stops early, and a start another stage wrote.
+        let mut s = grid();
+        if let Some(root) = s.bases.get_mut("sft") {
+            (root.pretrained, root.model) = (true, "ckpt/qwen".into());
+        }
+        if let Some(base) = s.bases.get_mut("sft_base") {
+            base.early_stop = true;
+        }
+        s.sft.push(sft("from_rl", Some("rl[alpha=0]"), 40, 5e-4));
+        let d2 = s.deviations();
+        let has = |t: &str| d2.iter().any(|l| l.contains(t));
+        assert!(
+            has(
+                "from the pretrained checkpoint `ckpt/qwen` trained on the task itself (`sft` 850 steps at verbosity 0, then `sft_base` at most 300 steps at verbosity 1)"
+            ),
+            "{d2:?}"
+        );
+        assert!(
+            has("`from_rl` starts from the checkpoint of `rl[alpha=0]`"),
+            "{d2:?}"
+        );
         assert!(
             !d.iter()
                 .any(|l| l.starts_with("SFT:") || l.starts_with("RL:")),

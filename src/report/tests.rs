@@ -349,6 +349,72 @@ fn paired_grid(lambdas: [(usize, usize, usize); 3], ngdiff_a: usize) -> Results 
     }
 }
 
+/// A run replicated over seeds: the seeds' item scores merged.
+fn replicated(role: SftRole, seeds: &[(u64, ItemAccuracies)]) -> SftResult {
+    let reps = seeds
+        .iter()
+        .map(|(seed, items)| {
+            let one = run(role, items.clone());
+            crate::report::Replicate {
+                seed: *seed,
+                acc: one.acc,
+                items: items.clone(),
+                source: src(&format!("r{seed}"), &format!("eval[seed={seed}]")),
+            }
+        })
+        .collect();
+    let h = crate::report::replicates::merge("eval", reps).unwrap();
+    SftResult {
+        role,
+        source: h.source,
+        acc: h.acc,
+        items: h.items,
+        replicates: h.replicates,
+    }
+}
+
+/// With a run replicated over seeds, a comparison is decided only when every seed's
+/// difference lies on the side the items' interval decides: the λ frontier's peak (λ = 0.5,
+/// a = 0.5 merged, against 0.3 at the ends) is reproduced when both seeds peak and
+/// inconclusive when one seed does not.
+#[test]
+fn replicated_runs_decide_only_when_the_seeds_agree() {
+    use Verdict::*;
+    let grid = |seeds: [(u64, usize); 2]| {
+        let mut g = paired_grid([(30, 20, 70), (50, 50, 60), (30, 80, 40)], 70);
+        let seeds: Vec<(u64, ItemAccuracies)> =
+            seeds.iter().map(|(s, a)| (*s, items(*a, 50, 60))).collect();
+        g.sft[2] = replicated(SftRole::Lambda(0.5), &seeds);
+        // The validation split chooses λ = 0.5 as the peak.
+        g.val_sft = [(0.1, 0.3), (0.5, 0.5), (0.9, 0.3)]
+            .into_iter()
+            .map(|(l, a)| (SftRole::Lambda(l), est(a, 0.05), src("v", "val")))
+            .collect();
+        g
+    };
+    let agree = grid([(1, 60), (2, 40)]);
+    assert_eq!(verdict(&agree, "lambda-frontier"), Reproduced);
+    let f = findings(&agree);
+    let line = &f
+        .iter()
+        .find(|f| f.id == "lambda-frontier")
+        .unwrap()
+        .evidence;
+    assert!(
+        line.contains("seed by seed +0.300 (seed 1), +0.100 (seed 2)"),
+        "{line}"
+    );
+    let split = grid([(1, 80), (2, 20)]);
+    assert_eq!(verdict(&split, "lambda-frontier"), Inconclusive);
+    let f = findings(&split);
+    let line = &f
+        .iter()
+        .find(|f| f.id == "lambda-frontier")
+        .unwrap()
+        .evidence;
+    assert!(line.contains("the seeds disagree, so undecided"), "{line}");
+}
+
 /// The findings decided by paired per-item intervals.
 const PAIRED_FINDINGS: [&str; 5] = [
     "sft-gains",

@@ -412,11 +412,27 @@ fn without_seed(instance: &str) -> String {
     }
 }
 
+/// One evaluation in `evals`: its instance, numbers and the data it read (lineage `data`).
+type Seeded = (String, HeldOut, Option<String>);
+
 /// One run's evaluations over seeds (`instance[seed=k]`), merged ([`replicates::merge`]):
-/// each needs its seed and its per-item scores.
-fn merge_seeds(run: &str, evals: Vec<(String, HeldOut)>) -> Result<HeldOut, StageError> {
+/// each needs its seed and its per-item scores, and all must read the same data (item ids
+/// are positions in a split, so replicates of a data stage would pair different puzzles).
+fn merge_seeds(run: &str, evals: Vec<Seeded>) -> Result<HeldOut, StageError> {
+    if let Some((a, b)) = evals
+        .iter()
+        .zip(evals.iter().skip(1))
+        .find(|(a, b)| a.2 != b.2)
+    {
+        bail!(
+            "report: the seeds of `{run}` evaluate different data (`{}` and `{}`): replicate \
+             the training and evaluation over seeds, not the puzzles",
+            a.0,
+            b.0
+        );
+    }
     let mut reps = Vec::new();
-    for (instance, held) in evals {
+    for (instance, held, _) in evals {
         let Some(seed) = params(&instance)
             .into_iter()
             .find(|(k, _)| k == SEED)
@@ -466,7 +482,7 @@ fn read_evals(
         );
     }
     // Evaluations of one run that differ only by seed are its replicates, merged into one.
-    let mut runs: Vec<(String, Vec<(String, HeldOut)>)> = Vec::new();
+    let mut runs: Vec<(String, Vec<Seeded>)> = Vec::new();
     for ((instance, t), id) in evals.iter().zip(input_ids(ctx, &EVALS)) {
         let held = HeldOut {
             acc: summary_accuracies(t, instance)?,
@@ -477,16 +493,19 @@ fn read_evals(
                 .map(|(_, x)| x.clone()),
             replicates: Vec::new(),
         };
+        let data = ctx.store.manifest(&id)?.lineage.get("data").cloned();
         let run = without_seed(instance);
+        let entry = (instance.clone(), held, data);
         match runs.iter_mut().find(|(k, _)| *k == run) {
-            Some((_, v)) => v.push((instance.clone(), held)),
-            None => runs.push((run, vec![(instance.clone(), held)])),
+            Some((_, v)) => v.push(entry),
+            None => runs.push((run, vec![entry])),
         }
     }
     let mut rl_held = Vec::new();
     for (run, mut evals) in runs {
         let (instance, held) = if evals.len() == 1 {
-            evals.remove(0)
+            let (instance, held, _) = evals.remove(0);
+            (instance, held)
         } else {
             let first = evals[0].0.clone();
             (first, merge_seeds(&run, evals)?)
@@ -554,8 +573,14 @@ fn read_sft_logs(cfg: &ReportConfig, ctx: &RunCtx, r: &mut Results) -> Result<()
     Ok(())
 }
 
-/// `rl_evals` and `rl_logs`, one of each per run in the same order.
-fn read_rl_runs(cfg: &ReportConfig, ctx: &RunCtx, r: &mut Results) -> Result<(), StageError> {
+/// `rl_evals` and `rl_logs`, one of each per run in the same order. Returns the roles of the
+/// runs replicated over seeds.
+fn read_rl_runs(
+    cfg: &ReportConfig,
+    ctx: &RunCtx,
+    r: &mut Results,
+) -> Result<Vec<RlRole>, StageError> {
+    let mut replicated = Vec::new();
     let (rl_evals, rl_logs) = (read_many(ctx, &RL_EVALS)?, read_many(ctx, &RL_LOGS)?);
     ensure!(
         rl_evals.len() == rl_logs.len(),
@@ -570,6 +595,7 @@ fn read_rl_runs(cfg: &ReportConfig, ctx: &RunCtx, r: &mut Results) -> Result<(),
     for (k, ((ei, et), (li, lt))) in rl_evals.iter().zip(&rl_logs).enumerate() {
         let run = without_seed(ei);
         if seen.contains(&run) {
+            replicated.push(rl_role(cfg, ei)?);
             continue;
         }
         seen.push(run);
@@ -587,7 +613,7 @@ fn read_rl_runs(cfg: &ReportConfig, ctx: &RunCtx, r: &mut Results) -> Result<(),
             lt,
         )?);
     }
-    Ok(())
+    Ok(replicated)
 }
 
 /// Attaches each RL run's final evaluation from `evals` to its run. Comparisons between RL
@@ -676,9 +702,21 @@ fn gather(cfg: &ReportConfig, ctx: &RunCtx) -> Result<Results, StageError> {
     };
     let rl_held = read_evals(cfg, ctx, &mut r)?;
     read_sft_logs(cfg, ctx, &mut r)?;
-    read_rl_runs(cfg, ctx, &mut r)?;
+    let replicated = read_rl_runs(cfg, ctx, &mut r)?;
     read_validation(cfg, ctx, &mut r)?;
     attach_rl_evals(&mut r, rl_held)?;
+    // A replicated RL run is compared through its seeds' evaluations, merged: without them only
+    // its first seed's loop would be read.
+    for role in replicated {
+        if let Some(run) = r.rl.iter().find(|x| x.role == role && x.held_out.is_none()) {
+            bail!(
+                "report: the RL run `{}` is replicated over seeds but has no evaluation in \
+                 `evals`; evaluate each seed's final policy with the `evaluate` stage (with its \
+                 `items`) so the seeds are merged",
+                run.source.instance
+            );
+        }
+    }
     r.setup = setup::read_setup(ctx)?;
     for ((instance, t), id) in read_many(ctx, &POOLS)?.iter().zip(input_ids(ctx, &POOLS)) {
         r.pool.extend(pool_rows(t, &source(&id, instance))?);
@@ -695,7 +733,7 @@ fn gather(cfg: &ReportConfig, ctx: &RunCtx) -> Result<Results, StageError> {
 
 impl Stage for Report {
     const NAME: &'static str = "report";
-    const VERSION: u32 = 13;
+    const VERSION: u32 = 14;
     type Config = ReportConfig;
 
     fn inputs() -> Vec<InputSpec> {

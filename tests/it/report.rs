@@ -363,8 +363,8 @@ fn report_tables_match_their_artifacts() {
          prompts (the paper: 16000), 8 test puzzles (the paper: 500)",
         "`sft` starts from a freshly initialised `tiny`",
         "4 runs (`sft_lambda[lambda=0.2,seed=3]`, `sft_lambda[lambda=0.2,seed=4]`, \
-         `sft_lambda[lambda=0.8,seed=3]`, `sft_lambda[lambda=0.8,seed=4]`) start from this \
-         toolkit's `tiny` model trained on the task itself (`sft` 600 steps at verbosity 0)",
+         `sft_lambda[lambda=0.8,seed=3]`, `sft_lambda[lambda=0.8,seed=4]`) start from a freshly \
+         initialised `tiny` trained on the task itself (`sft` 600 steps at verbosity 0)",
         "traces: the solver's own steps at verbosity 0",
         "RL start: 4 runs (`rl[alpha=0.0]`, `rl[alpha=0.2]`, `rl[alpha=0.5]`, `rl[alpha=1.0]`) \
          start from the SFT variant `sft`",

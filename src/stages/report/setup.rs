@@ -13,7 +13,7 @@ use crate::stages::model_io::ModelChoice;
 use crate::stages::rollout::RolloutConfig;
 use crate::stages::sft_train::SftTrainConfig;
 use crate::stages::{StageError, bail};
-use crate::store::Manifest;
+use crate::store::{Manifest, StoreError};
 use crate::table::Table;
 use crate::tasks::TaskKind;
 use crate::tasks::generate::SynthesizeConfig;
@@ -39,9 +39,17 @@ fn config<T: DeserializeOwned>(m: &Manifest) -> Result<T, StageError> {
     })
 }
 
-/// The manifest of `m`'s input `name`, if it has one.
+/// The manifest of `m`'s input `name`, if it has one and it is still in the store (an
+/// ancestor deleted after use — `discard`, `keep_every`, `gc` — leaves its settings unknown).
 fn upstream(ctx: &RunCtx, m: &Manifest, name: &str) -> Result<Option<Manifest>, StageError> {
-    m.lineage.get(name).map(|id| manifest(ctx, id)).transpose()
+    let Some(id) = m.lineage.get(name) else {
+        return Ok(None);
+    };
+    match ctx.store.manifest(id) {
+        Ok(m) => Ok(Some(m)),
+        Err(StoreError::Discarded(_) | StoreError::Missing(_)) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
 }
 
 fn data(ctx: &RunCtx, targets: &Manifest) -> Result<Option<Data>, StageError> {
@@ -58,11 +66,11 @@ fn data(ctx: &RunCtx, targets: &Manifest) -> Result<Option<Data>, StageError> {
     };
     let digits = match (synth.task, upstream(ctx, targets, "images")?) {
         (TaskKind::Sudoku, Some(images)) => match images.lineage.get("digits") {
-            Some(id) => Table::read(ctx.store, id, "digits")?
+            Some(id) if ctx.store.has(id) => Table::read(ctx.store, id, "digits")?
                 .required_strings("source")?
                 .into_iter()
                 .next(),
-            None => None,
+            _ => None,
         },
         _ => None,
     };
@@ -80,13 +88,17 @@ fn data(ctx: &RunCtx, targets: &Manifest) -> Result<Option<Data>, StageError> {
 fn sft_run(ctx: &RunCtx, m: &Manifest) -> Result<SftRun, StageError> {
     let cfg: SftTrainConfig = config(m)?;
     let s = cfg.settings(0, 0);
+    // Imported traces (distill-format's `reasoning` input) have no verbosity.
     let verbosity = match upstream(ctx, m, "data")? {
-        Some(d) => Some(config::<DistillConfig>(&d)?.verbosity),
-        None => None,
-    };
-    let init = match upstream(ctx, m, "init")? {
-        Some(i) if i.producer["stage"] == "sft-train" => Some(instance(&i)),
+        Some(d) if !d.lineage.contains_key("reasoning") => {
+            Some(config::<DistillConfig>(&d)?.verbosity)
+        }
         _ => None,
+    };
+    let init = match (m.lineage.get("init"), upstream(ctx, m, "init")?) {
+        (_, Some(i)) => Some(instance(&i)),
+        (Some(id), None) => Some(format!("artifact {}", &id[..12.min(id.len())])),
+        (None, None) => None,
     };
     Ok(SftRun {
         instance: instance(m),
@@ -94,8 +106,9 @@ fn sft_run(ctx: &RunCtx, m: &Manifest) -> Result<SftRun, StageError> {
             ModelChoice::Preset(p) => p.clone(),
             ModelChoice::Hf(h) => h.hf.display().to_string(),
         },
+        pretrained: matches!(cfg.model, ModelChoice::Hf(_)),
         steps: s.steps,
-        batch: s.batch_size,
+        batch: s.batch_size * s.grad_accum,
         lr: s.lr,
         min_lr: s.min_lr,
         warmup: s.warmup_ratio,
@@ -165,6 +178,7 @@ pub(super) fn read_setup(ctx: &RunCtx) -> Result<Setup, StageError> {
         let run = sft_run(ctx, &m)?;
         // The chain of runs it starts from, through their checkpoints.
         let mut at = upstream(ctx, &m, "init")?;
+        // Through the SFT runs only: a checkpoint another stage wrote ends the chain.
         while let Some(ck) = at.filter(|c| c.producer["stage"] == "sft-train") {
             let name = instance(&ck);
             if s.bases.contains_key(&name) {
