@@ -235,6 +235,15 @@ impl Setup {
     /// values.
     pub fn deviations(&self) -> Vec<String> {
         let mut out = Vec::new();
+        self.data_lines(&mut out);
+        self.sft_lines(&mut out);
+        self.rl_lines(&mut out);
+        self.eval_lines(&mut out);
+        out
+    }
+
+    /// Split sizes against Table 5, and the digits.
+    fn data_lines(&self, out: &mut Vec<String>) {
         if let Some(d) = &self.data {
             let mut sizes = Vec::new();
             if d.sft != paper::SFT_TRAIN {
@@ -268,6 +277,10 @@ impl Setup {
                 ));
             }
         }
+    }
+
+    /// Where the SFT variants start, their traces, and their settings against Table 6.
+    fn sft_lines(&self, out: &mut Vec<String>) {
         if !self.sft.is_empty() {
             for (start, runs) in grouped(&self.sft, |r| self.start_of(r)) {
                 let names: Vec<&str> = runs.iter().map(|r| r.instance.as_str()).collect();
@@ -307,6 +320,10 @@ impl Setup {
                 }
             }
         }
+    }
+
+    /// The RL runs' settings against Table 7, and where they start.
+    fn rl_lines(&self, out: &mut Vec<String>) {
         let rl_settings = |r: &RlRun| {
             format!(
                 "{} steps of {} prompts × {} samples at T = {}, lr {}, KL {}, mini-batch {}{}",
@@ -359,6 +376,10 @@ impl Setup {
                 subject(&names, "start")
             ));
         }
+    }
+
+    /// How the evaluations sample, against the paper's T = 0.7.
+    fn eval_lines(&self, out: &mut Vec<String>) {
         let sampling = |e: &EvalSampling| {
             if e.temperature == 0.0 {
                 format!("greedily, {} an item", count(e.samples, "output"))
@@ -396,7 +417,6 @@ impl Setup {
                 paper::EVAL_TEMPERATURE
             ));
         }
-        out
     }
 }
 
