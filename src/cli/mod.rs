@@ -4,6 +4,7 @@ mod bench;
 mod bundle;
 mod dev;
 mod inspect;
+mod remote;
 mod run;
 mod store_cmds;
 
@@ -63,6 +64,13 @@ pub enum Cmd {
     /// Export or import artifact bundles.
     #[command(subcommand)]
     Bundle(bundle::BundleCmd),
+    /// Manage the store's remotes (S3-compatible object stores shared between machines).
+    #[command(subcommand)]
+    Remote(remote::RemoteCmd),
+    /// Upload run records and their artifacts to a remote: `push [NAME] [PIPELINE.toml[:STAGE]]`.
+    Push(remote::SyncArgs),
+    /// Download run records and their artifacts from a remote: `pull [NAME] [PIPELINE.toml[:STAGE]]`.
+    Pull(remote::SyncArgs),
     /// Maintenance commands for working on asymm itself.
     #[command(subcommand, hide = true)]
     Dev(dev::DevCmd),
@@ -87,6 +95,9 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<i32> {
         Cmd::Tag(a) => store_cmds::tag(&store, a),
         Cmd::List => store_cmds::list(&store),
         Cmd::Bundle(b) => bundle::bundle(&store, b),
+        Cmd::Remote(r) => remote::remote(&store, r),
+        Cmd::Push(a) => remote::push(&store, a),
+        Cmd::Pull(a) => remote::pull(&store, a),
     }
 }
 

@@ -1,7 +1,7 @@
 //! `asymm run`: execute a pipeline and print the run table.
 
 use super::{Format, print_json, short};
-use asymm::dag::{Outcome, RunOptions, RunRow, Runner, parse_pipeline};
+use asymm::dag::{Outcome, RemoteUse, RunOptions, RunRow, Runner, parse_pipeline};
 use asymm::stages::StageRegistry;
 use asymm::store::Store;
 use clap::Args;
@@ -31,6 +31,13 @@ pub struct RunArgs {
     /// Output format of the run report (progress always goes to stderr).
     #[arg(long, value_enum, default_value_t)]
     pub format: Format,
+    /// Pull results missing here from this remote (`asymm remote add`) and push every result
+    /// of the run to it; overrides the pipeline's `remote`. Not used by `--dry-run`.
+    #[arg(long, conflicts_with = "no_remote")]
+    pub remote: Option<String>,
+    /// Ignore the pipeline's `remote`.
+    #[arg(long)]
+    pub no_remote: bool,
 }
 
 use asymm::eval::score::SummaryRow;
@@ -48,8 +55,33 @@ pub fn run(store: &Store, a: RunArgs) -> anyhow::Result<i32> {
         force: a.force,
         dry_run: a.dry_run,
     };
+    let remote_name = if a.no_remote || opts.dry_run {
+        None
+    } else {
+        a.remote.as_deref().or(p.remote.as_deref())
+    };
+    let remote = match remote_name {
+        Some(n) => Some(super::remote::open_remote(store, Some(n))?),
+        None => None,
+    };
     let mut runner = Runner::new(store, &reg, &a.device);
+    if let Some(r) = &remote {
+        runner = runner.with_remote(RemoteUse {
+            remote: r,
+            pull: true,
+            push: true,
+        });
+    }
     let rows = runner.run(&p, &opts)?;
+    if let Some(r) = &remote {
+        let pulled = runner.pulled();
+        eprintln!(
+            "remote `{}`: pulled {} run records and {} artifacts",
+            r.name(),
+            pulled.records,
+            pulled.artifacts
+        );
+    }
     let total: f64 = rows.iter().map(|r| r.duration.as_secs_f64()).sum();
     let found = highlights(store, &rows)?;
     if a.format == Format::Json {

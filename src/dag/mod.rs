@@ -13,7 +13,7 @@ mod runner;
 
 pub use key::{KeyParts, Reason, explain};
 pub use pipeline::{Instance, Pipeline, SEED, parse_pipeline, split_output};
-pub use runner::{Outcome, RunOptions, RunRow, Runner, StatusRow};
+pub use runner::{Outcome, RemoteUse, RunOptions, RunRow, Runner, StatusRow};
 
 use crate::store::Store;
 use std::collections::BTreeMap;

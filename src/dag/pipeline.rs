@@ -4,6 +4,7 @@
 //! [pipeline]
 //! name = "default"
 //! seed = 1
+//! remote = "team"                     # optional: pull from and push to this store remote
 //!
 //! [stages.synthesize]
 //! task = "graph_coloring"
@@ -61,6 +62,9 @@ pub struct Pipeline {
     pub name: String,
     pub seed: u64,
     pub instances: Vec<Instance>,
+    /// The store remote a run pulls from and pushes to (`remote = "NAME"`; `run --remote`
+    /// overrides it).
+    pub remote: Option<String>,
 }
 
 struct Decl {
@@ -99,6 +103,8 @@ struct Head {
     name: Option<String>,
     #[serde(default)]
     seed: u64,
+    /// A remote of the store (`asymm remote add`) that runs pull from and push to.
+    remote: Option<String>,
 }
 
 /// One `[stages.<name>]` table as written: the keys the runner reads ([`RESERVED`]), and every
@@ -163,6 +169,7 @@ pub fn parse_str(
         .unwrap_or_else(|| default_name.to_string());
     crate::store::check_name(&name).map_err(|e| perr(origin, e.to_string()))?;
     let seed = file.pipeline.seed;
+    let remote = file.pipeline.remote;
     let build = || {
         let decls = declarations(file.stages, text, origin, reg)?;
         let order = topo_order(&decls)?;
@@ -182,6 +189,7 @@ pub fn parse_str(
         name,
         seed,
         instances,
+        remote,
     })
 }
 

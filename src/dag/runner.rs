@@ -5,7 +5,7 @@
 use super::externals::Fingerprinter;
 use super::key::{KeyParts, Reason, explain};
 use super::{DagError, Instance, Pipeline, Registry, RunCtx};
-use crate::store::{RunRecord, Store};
+use crate::store::{Remote, RunRecord, Store, StoreError, SyncReport};
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -60,6 +60,15 @@ pub struct StatusRow {
     pub key: Option<String>,
 }
 
+/// How a run uses a store remote: results missing here are pulled from it when it has them, and
+/// every selected result (computed or found) is pushed to it.
+#[derive(Debug, Clone, Copy)]
+pub struct RemoteUse<'a> {
+    pub remote: &'a Remote,
+    pub pull: bool,
+    pub push: bool,
+}
+
 /// Executes pipelines against a store.
 pub struct Runner<'a> {
     pub(super) store: &'a Store,
@@ -71,6 +80,9 @@ pub struct Runner<'a> {
     any_device: bool,
     /// Every readable run record with its key parts and modification time, loaded on first use.
     records: Option<Vec<(SystemTime, RunRecord, KeyParts)>>,
+    remote: Option<RemoteUse<'a>>,
+    /// What this runner pulled from the remote.
+    pulled: SyncReport,
 }
 
 pub(super) enum Resolved {
@@ -88,6 +100,44 @@ impl<'a> Runner<'a> {
             fingerprints: Fingerprinter::new(store.root()),
             any_device: false,
             records: None,
+            remote: None,
+            pulled: SyncReport::default(),
+        }
+    }
+
+    /// Pulls missing results from, and pushes results to, a remote (see [`RemoteUse`]).
+    pub fn with_remote(mut self, remote: RemoteUse<'a>) -> Self {
+        self.remote = Some(remote);
+        self
+    }
+
+    /// What the runner pulled from its remote so far.
+    pub fn pulled(&self) -> &SyncReport {
+        &self.pulled
+    }
+
+    /// The remote's record for `key`, pulled into the store, when the run pulls.
+    fn pull(&mut self, key: &str) -> Result<Option<RunRecord>, DagError> {
+        match self.remote {
+            Some(r) if r.pull => Ok(r.remote.pull_one(self.store, key, &mut self.pulled)?),
+            _ => Ok(None),
+        }
+    }
+
+    /// Pushes result `key` when the run pushes. A remote that refuses writes (a read-only
+    /// credential) is told once and the run goes on pulling only.
+    fn push(&mut self, key: &str) -> Result<(), DagError> {
+        let Some(r) = self.remote.filter(|r| r.push) else {
+            return Ok(());
+        };
+        match r.remote.push(self.store, &[key.to_string()]) {
+            Ok(_) => Ok(()),
+            Err(e @ StoreError::RemoteDenied { .. }) => {
+                eprintln!("warning: {e}; results stay in this store only");
+                self.remote = Some(RemoteUse { push: false, ..r });
+                Ok(())
+            }
+            Err(e) => Err(e.into()),
         }
     }
 
@@ -110,16 +160,21 @@ impl<'a> Runner<'a> {
             } == *parts
     }
 
-    /// The completed run record for `parts` (whose key is `key`), if any.
+    /// The completed run record for `parts` (whose key is `key`), if any; with `pull`, one
+    /// the remote has is pulled.
     fn lookup(
         &mut self,
         pipeline: &str,
         inst: &Instance,
         parts: &KeyParts,
         key: &str,
+        pull: bool,
     ) -> Result<Option<RunRecord>, DagError> {
         if !self.any_device || parts.device.is_none() {
-            return Ok(self.store.record(key)?);
+            if let Some(rec) = self.store.record(key)? {
+                return Ok(Some(rec));
+            }
+            return if pull { self.pull(key) } else { Ok(None) };
         }
         if let Some(head) = self.store.head(pipeline, &inst.name)?
             && let Some(rec) = self.store.record(&head)?
@@ -141,13 +196,18 @@ impl<'a> Runner<'a> {
             }
             self.records = Some(all);
         }
-        Ok(self
+        let found = self
             .records
             .iter()
             .flatten()
             .filter(|(_, _, kp)| Self::same_but_device(kp, parts))
             .max_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.key.cmp(&b.1.key)))
-            .map(|(_, rec, _)| rec.clone()))
+            .map(|(_, rec, _)| rec.clone());
+        match found {
+            Some(rec) => Ok(Some(rec)),
+            None if pull => self.pull(key),
+            None => Ok(None),
+        }
     }
 
     pub(super) fn resolve(
@@ -293,12 +353,13 @@ impl<'a> Runner<'a> {
             let cached = if forced {
                 None
             } else {
-                self.lookup(&p.name, inst, &parts, &key)?
+                self.lookup(&p.name, inst, &parts, &key, is_sel)?
             };
             if let Some(rec) = cached {
                 results.insert(inst.name.clone(), rec.outputs.clone());
                 if is_sel && !opts.dry_run {
                     self.store.set_head(&p.name, &inst.name, &rec.key)?;
+                    self.push(&rec.key)?;
                 }
                 rows.push(RunRow {
                     outcome: if is_sel {
@@ -349,6 +410,9 @@ impl<'a> Runner<'a> {
                 (parts, key)
             };
             let row = self.execute(p, inst, parts, key, forced)?;
+            if let Some(k) = &row.key {
+                self.push(k)?;
+            }
             results.insert(inst.name.clone(), row.outputs.clone());
             rows.push(row);
             // What this stage was the last to read may go now, not at the end of the run.

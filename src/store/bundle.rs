@@ -29,7 +29,7 @@ fn bundle_err(msg: impl Into<String>) -> StoreError {
 }
 
 /// The artifact ids a run read, from its record's key parts (`inputs`: name → id).
-fn record_inputs(r: &RunRecord) -> impl Iterator<Item = String> + '_ {
+pub(super) fn record_inputs(r: &RunRecord) -> impl Iterator<Item = String> + '_ {
     r.key_parts
         .get("inputs")
         .and_then(|v| v.as_object())
@@ -381,18 +381,11 @@ impl Staged {
             ..BundleReport::default()
         };
         for id in self.objects.keys() {
-            if store.has(id) {
+            if store.publish_dir(&stage.join("objects").join(id), id)? {
+                report.artifacts += 1;
+            } else {
                 report.already_present += 1;
-                continue;
             }
-            let from = stage.join("objects").join(id);
-            let to = store.object_dir(id);
-            if let Err(e) = fs::rename(&from, &to)
-                && !store.has(id)
-            {
-                return Err(io_err(&to)(e));
-            }
-            report.artifacts += 1;
         }
         for id in &self.tombstones {
             if !store.has(id) && !self.objects.contains_key(id) {

@@ -19,11 +19,13 @@ mod bundle;
 mod gc;
 mod object;
 mod record;
+mod remote;
 
 pub use bundle::{BundleReport, export_bundle, import_bundle};
 pub use gc::GcReport;
 pub use object::{ArtifactWriter, FileEntry, Manifest};
 pub use record::{KeyLock, RunRecord};
+pub use remote::{Remote, RemoteSpec, Remotes, SyncReport};
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -57,6 +59,32 @@ pub enum StoreError {
     BadName(String),
     #[error("bundle rejected: {0}")]
     Bundle(String),
+    #[error("remote: {0}")]
+    RemoteConfig(String),
+    #[error("remote `{remote}`: cannot {op} `{path}`: {source}")]
+    Remote {
+        remote: String,
+        op: &'static str,
+        path: String,
+        #[source]
+        source: Box<object_store::Error>,
+    },
+    #[error(
+        "remote `{remote}` refused to {op} `{path}` (a read-only credential can pull but not push): {source}"
+    )]
+    RemoteDenied {
+        remote: String,
+        op: &'static str,
+        path: String,
+        #[source]
+        source: Box<object_store::Error>,
+    },
+    #[error("remote `{remote}`: artifact {id} is corrupt: {what}")]
+    RemoteCorrupt {
+        remote: String,
+        id: String,
+        what: String,
+    },
 }
 
 pub type Result<T> = std::result::Result<T, StoreError>;

@@ -53,7 +53,7 @@ pub fn content_id(kind: &str, files: &[FileEntry]) -> String {
     h.finalize().to_hex().to_string()
 }
 
-fn check_file_name(name: &str) -> Result<()> {
+pub(crate) fn check_file_name(name: &str) -> Result<()> {
     let ok = !name.is_empty()
         && name != "manifest.json"
         && !name.starts_with('.')
@@ -177,6 +177,23 @@ impl Store {
             });
         }
         Ok(())
+    }
+}
+
+impl Store {
+    /// Moves a verified artifact folder (manifest and files) into `objects/<id>`; `false` when
+    /// the store had that artifact already.
+    pub(crate) fn publish_dir(&self, from: &Path, id: &str) -> Result<bool> {
+        if self.has(id) {
+            return Ok(false);
+        }
+        let to = self.object_dir(id);
+        match fs::rename(from, &to) {
+            Ok(()) => Ok(true),
+            // Another writer published the same content first.
+            Err(_) if self.has(id) => Ok(false),
+            Err(e) => Err(io_err(&to)(e)),
+        }
     }
 }
 

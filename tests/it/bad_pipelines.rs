@@ -81,7 +81,7 @@ fn runner_keys_are_checked_where_written() {
     let e = err_of("[pipeline]\nnmae = \"x\"\n[stages.synthesize]\n");
     assert!(
         e.contains("line 2, column 1")
-            && e.contains("unknown field `nmae`, expected `name` or `seed`"),
+            && e.contains("unknown field `nmae`, expected one of `name`, `seed`"),
         "{e}"
     );
     let e = err_of("[stages.synthesize]\nseed = -1\n");

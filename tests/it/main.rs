@@ -11,6 +11,7 @@ mod internvl;
 mod json;
 mod model;
 mod qwen3_vl;
+mod remote;
 mod render;
 mod report;
 mod rl;
