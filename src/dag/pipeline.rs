@@ -5,6 +5,7 @@
 //! name = "default"
 //! seed = 1
 //! remote = "team"                     # optional: pull from and push to this store remote
+//! executor = { slurm = { partition = "gpu", time = "02:00:00", gres = "gpu:1" } }  # or "local"
 //!
 //! [stages.synthesize]
 //! task = "graph_coloring"
@@ -65,6 +66,9 @@ pub struct Pipeline {
     /// The store remote a run pulls from and pushes to (`remote = "NAME"`; `run --remote`
     /// overrides it).
     pub remote: Option<String>,
+    /// Where the instances run (`executor = "local"` or `{ slurm = { … } }`; `run --executor`
+    /// overrides it).
+    pub executor: super::Executor,
 }
 
 struct Decl {
@@ -105,6 +109,8 @@ struct Head {
     seed: u64,
     /// A remote of the store (`asymm remote add`) that runs pull from and push to.
     remote: Option<String>,
+    #[serde(default)]
+    executor: super::Executor,
 }
 
 /// One `[stages.<name>]` table as written: the keys the runner reads ([`RESERVED`]), and every
@@ -170,6 +176,7 @@ pub fn parse_str(
     crate::store::check_name(&name).map_err(|e| perr(origin, e.to_string()))?;
     let seed = file.pipeline.seed;
     let remote = file.pipeline.remote;
+    let executor = file.pipeline.executor;
     let build = || {
         let decls = declarations(file.stages, text, origin, reg)?;
         let order = topo_order(&decls)?;
@@ -190,6 +197,7 @@ pub fn parse_str(
         seed,
         instances,
         remote,
+        executor,
     })
 }
 

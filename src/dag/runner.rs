@@ -117,7 +117,7 @@ impl<'a> Runner<'a> {
     }
 
     /// The remote's record for `key`, pulled into the store, when the run pulls.
-    fn pull(&mut self, key: &str) -> Result<Option<RunRecord>, DagError> {
+    pub(super) fn pull(&mut self, key: &str) -> Result<Option<RunRecord>, DagError> {
         match self.remote {
             Some(r) if r.pull => Ok(r.remote.pull_one(self.store, key, &mut self.pulled)?),
             _ => Ok(None),
@@ -495,6 +495,10 @@ impl<'a> Runner<'a> {
             }
         }
         if fault.as_deref() == Some("before-record") {
+            eprintln!(
+                "ASYMM_FAULT: aborting `{}` before its run record",
+                inst.name
+            );
             std::process::abort();
         }
         self.store.put_record(&RunRecord {

@@ -15,3 +15,4 @@ mod remote;
 mod render;
 mod report;
 mod rl;
+mod slurm;
