@@ -69,6 +69,9 @@ pub struct RunStageArgs {
     /// Pull inputs from and push the result to this remote.
     #[arg(long)]
     pub remote: Option<String>,
+    /// Recompute the instance even when its result is cached.
+    #[arg(long)]
+    pub force: bool,
 }
 
 /// Runs one stage instance whose key must be `key`.
@@ -89,6 +92,11 @@ pub fn run_stage(store: &Store, a: RunStageArgs) -> anyhow::Result<i32> {
     }
     let mut opts = RunOptions {
         only: vec![a.instance.clone()],
+        force: if a.force {
+            vec![a.instance.clone()]
+        } else {
+            Vec::new()
+        },
         dry_run: true,
         ..RunOptions::default()
     };

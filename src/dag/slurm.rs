@@ -133,7 +133,7 @@ pub struct SlurmRun<'a> {
 }
 
 impl SlurmRun<'_> {
-    fn submit(&self, inst: &str, key: &str) -> Result<(String, PathBuf), DagError> {
+    fn submit(&self, inst: &str, key: &str, force: bool) -> Result<(String, PathBuf), DagError> {
         let dir = self.store.join("slurm");
         std::fs::create_dir_all(&dir)
             .map_err(|e| DagError::Executor(format!("cannot create {}: {e}", dir.display())))?;
@@ -154,6 +154,9 @@ impl SlurmRun<'_> {
         ];
         if let Some(r) = &self.remote {
             cmd.extend(["--remote".into(), r.clone()]);
+        }
+        if force {
+            cmd.push("--force".into());
         }
         let line: Vec<String> = cmd.iter().map(|w| sh_quote(w)).collect();
         std::fs::write(&script, format!("#!/bin/sh\nexec {}\n", line.join(" ")))
@@ -228,15 +231,28 @@ impl SlurmRun<'_> {
         p: &Pipeline,
         opts: &RunOptions,
     ) -> Result<SlurmReport, DagError> {
-        let plan_opts = RunOptions {
-            dry_run: true,
-            ..opts.clone()
-        };
+        // `--force` names declarations or instances; spelled out as instances, each leaves the
+        // list once its job has run, so that the plan then finds its new result.
+        let forced: Vec<String> = p
+            .instances
+            .iter()
+            .filter(|i| opts.force.iter().any(|f| f == &i.name || f == &i.decl))
+            .map(|i| i.name.clone())
+            .collect();
         let retries = self.config.retries.unwrap_or(2);
         let mut jobs: BTreeMap<String, Job> = BTreeMap::new();
         let mut ran: BTreeMap<String, (String, Duration)> = BTreeMap::new();
         let mut submitted = 0usize;
         loop {
+            let plan_opts = RunOptions {
+                dry_run: true,
+                force: forced
+                    .iter()
+                    .filter(|f| !ran.contains_key(*f))
+                    .cloned()
+                    .collect(),
+                ..opts.clone()
+            };
             let rows = runner.run(p, &plan_opts)?;
             let mut waiting = false;
             for r in &rows {
@@ -250,8 +266,20 @@ impl SlurmRun<'_> {
                 if upstream || jobs.contains_key(&r.instance) {
                     continue;
                 }
+                if ran.contains_key(&r.instance) {
+                    // Its job wrote a record, yet the plan does not find it (a device-keyed
+                    // stage planned for another device, say): submitting again would loop.
+                    return Err(DagError::Executor(format!(
+                        "`{}` ran as a Slurm job, but the plan still does not find its result ({})",
+                        r.instance,
+                        why.iter()
+                            .map(ToString::to_string)
+                            .collect::<Vec<_>>()
+                            .join("; ")
+                    )));
+                }
                 let Some(key) = r.key.clone() else { continue };
-                let (id, log) = self.submit(&r.instance, &key)?;
+                let (id, log) = self.submit(&r.instance, &key, forced.contains(&r.instance))?;
                 eprintln!("slurm: submitted {} as job {id}", r.instance);
                 submitted += 1;
                 jobs.insert(
@@ -287,7 +315,14 @@ impl SlurmRun<'_> {
                     "nothing can run and nothing is running: an upstream result is missing".into(),
                 ));
             }
-            self.wait_for_one(runner, &mut jobs, &mut ran, retries, &mut submitted)?;
+            self.wait_for_one(
+                runner,
+                &mut jobs,
+                &mut ran,
+                retries,
+                &mut submitted,
+                &forced,
+            )?;
         }
     }
 
@@ -299,6 +334,7 @@ impl SlurmRun<'_> {
         ran: &mut BTreeMap<String, (String, Duration)>,
         retries: u32,
         submitted: &mut usize,
+        forced: &[String],
     ) -> Result<(), DagError> {
         let t0 = Instant::now();
         loop {
@@ -338,7 +374,8 @@ impl SlurmRun<'_> {
                     n => lines[n.saturating_sub(30)..].join("\n"),
                 };
                 if state == JobState::Lost && job.submissions <= retries {
-                    let (id, log) = self.submit(&inst, &job.key)?;
+                    let force = forced.contains(&inst);
+                    let (id, log) = self.submit(&inst, &job.key, force)?;
                     eprintln!(
                         "slurm: job {} of {inst} ended without its result ({state:?}); submitted again as job {id}",
                         job.id

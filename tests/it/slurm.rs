@@ -190,6 +190,23 @@ fn a_sweep_runs_as_slurm_jobs() {
         stderr(&o)
     );
     assert!(table(&ok(o)).iter().all(|r| r.1 == "cached"));
+    // Forced: each instance runs once more, then the run ends.
+    let o = asymm_env(&store, &["run", ps, "--force", "render"], &slurm.env());
+    assert!(
+        stderr(&o).contains("slurm: 3 jobs submitted"),
+        "{}",
+        stderr(&o)
+    );
+    let rows = table(&ok(o));
+    assert_eq!(rows.iter().filter(|r| r.1 == "ran").count(), 3, "{rows:?}");
+    let computed = std::fs::read_dir(store.join("slurm"))
+        .unwrap()
+        .flatten()
+        .filter(|e| {
+            std::fs::read_to_string(e.path()).is_ok_and(|t| t.contains("render[size=48] Ran"))
+        })
+        .count();
+    assert_eq!(computed, 2, "the forced job computed again");
 
     // Killed: jobs wait in a partition that is down; one is cancelled, then the partition
     // comes up. The cancelled job left no record, so it is submitted again.
