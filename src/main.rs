@@ -24,11 +24,13 @@ fn main() {
         Ok(code) => std::process::exit(code),
         Err(e) => {
             eprintln!("error: {e:#}");
+            use asymm::store::StoreError::RemoteDenied;
             let denied = e.chain().any(|c| {
-                matches!(
-                    c.downcast_ref::<asymm::store::StoreError>(),
-                    Some(asymm::store::StoreError::RemoteDenied { .. })
-                )
+                matches!(c.downcast_ref(), Some(RemoteDenied { .. }))
+                    || matches!(
+                        c.downcast_ref(),
+                        Some(asymm::dag::DagError::Store(RemoteDenied { .. }))
+                    )
             });
             std::process::exit(if denied { 4 } else { 1 });
         }

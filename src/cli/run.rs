@@ -74,6 +74,24 @@ pub struct RunStageArgs {
     pub force: bool,
 }
 
+/// A runner on `device` that pulls from and pushes to `remote`, if any.
+fn runner_for<'a>(
+    store: &'a Store,
+    reg: &'a StageRegistry,
+    device: &str,
+    remote: Option<&'a asymm::store::Remote>,
+) -> Runner<'a> {
+    let runner = Runner::new(store, reg, device);
+    match remote {
+        Some(remote) => runner.with_remote(RemoteUse {
+            remote,
+            pull: true,
+            push: true,
+        }),
+        None => runner,
+    }
+}
+
 /// Runs one stage instance whose key must be `key`.
 pub fn run_stage(store: &Store, a: RunStageArgs) -> anyhow::Result<i32> {
     let reg = StageRegistry::default();
@@ -82,14 +100,7 @@ pub fn run_stage(store: &Store, a: RunStageArgs) -> anyhow::Result<i32> {
         Some(n) => Some(super::remote::open_remote(store, Some(n))?),
         None => None,
     };
-    let mut runner = Runner::new(store, &reg, &a.device);
-    if let Some(r) = &remote {
-        runner = runner.with_remote(RemoteUse {
-            remote: r,
-            pull: true,
-            push: true,
-        });
-    }
+    let mut runner = runner_for(store, &reg, &a.device, remote.as_ref());
     let mut opts = RunOptions {
         only: vec![a.instance.clone()],
         force: if a.force {
@@ -152,14 +163,7 @@ pub fn run(store: &Store, a: RunArgs) -> anyhow::Result<i32> {
         Some(n) => Some(super::remote::open_remote(store, Some(n))?),
         None => None,
     };
-    let mut runner = Runner::new(store, &reg, &a.device);
-    if let Some(r) = &remote {
-        runner = runner.with_remote(RemoteUse {
-            remote: r,
-            pull: true,
-            push: true,
-        });
-    }
+    let mut runner = runner_for(store, &reg, &a.device, remote.as_ref());
     let executor = match a.executor {
         Some(ExecutorArg::Local) => Executor::Local,
         Some(ExecutorArg::Slurm) => match &p.executor {

@@ -114,6 +114,8 @@ struct Job {
     key: String,
     log: PathBuf,
     submissions: u32,
+    /// A forced instance already has a record: only one written after this counts.
+    forced_since: Option<std::time::SystemTime>,
 }
 
 /// The Slurm side of a run: how jobs are submitted and what they run.
@@ -216,8 +218,15 @@ impl SlurmRun<'_> {
                 .args(["show", "job", "-o", id])
                 .output()
                 .map_err(|e| DagError::Executor(format!("cannot run scontrol: {e}")))?;
-            let state =
-                parse_scontrol(&String::from_utf8_lossy(&o.stdout)).unwrap_or(JobState::Lost);
+            let state = match parse_scontrol(&String::from_utf8_lossy(&o.stdout)) {
+                Some(state) => state,
+                // Slurm forgot the job (it ended long ago): judged by its record.
+                None if String::from_utf8_lossy(&o.stderr).contains("Invalid job id") => {
+                    JobState::Lost
+                }
+                // The controller did not answer: ask again at the next poll.
+                None => JobState::Active,
+            };
             got.insert(id.to_string(), state);
         }
         Ok(got)
@@ -231,6 +240,23 @@ impl SlurmRun<'_> {
         p: &Pipeline,
         opts: &RunOptions,
     ) -> Result<SlurmReport, DagError> {
+        let mut jobs: BTreeMap<String, Job> = BTreeMap::new();
+        let out = self.run_jobs(runner, p, opts, &mut jobs);
+        if out.is_err() && !jobs.is_empty() {
+            // Nothing will collect their results: stop them.
+            let ids: Vec<&str> = jobs.values().map(|j| j.id.as_str()).collect();
+            let _ = Command::new("scancel").args(&ids).status();
+        }
+        out
+    }
+
+    fn run_jobs(
+        &self,
+        runner: &mut Runner,
+        p: &Pipeline,
+        opts: &RunOptions,
+        jobs: &mut BTreeMap<String, Job>,
+    ) -> Result<SlurmReport, DagError> {
         // `--force` names declarations or instances; spelled out as instances, each leaves the
         // list once its job has run, so that the plan then finds its new result.
         let forced: Vec<String> = p
@@ -240,7 +266,6 @@ impl SlurmRun<'_> {
             .map(|i| i.name.clone())
             .collect();
         let retries = self.config.retries.unwrap_or(2);
-        let mut jobs: BTreeMap<String, Job> = BTreeMap::new();
         let mut ran: BTreeMap<String, (String, Duration)> = BTreeMap::new();
         let mut submitted = 0usize;
         loop {
@@ -254,6 +279,16 @@ impl SlurmRun<'_> {
                 ..opts.clone()
             };
             let rows = runner.run(p, &plan_opts)?;
+            // A job may finish between two polls and the plan find its result first.
+            for r in rows.iter().filter(|r| r.outcome == Outcome::Cached) {
+                if let Some(job) = jobs.remove(&r.instance) {
+                    let ms = runner
+                        .store
+                        .record(&job.key)?
+                        .map_or(0, |rec| rec.duration_ms);
+                    ran.insert(r.instance.clone(), (job.id, Duration::from_millis(ms)));
+                }
+            }
             let mut waiting = false;
             for r in &rows {
                 let Outcome::WouldRun(why) = &r.outcome else {
@@ -279,7 +314,9 @@ impl SlurmRun<'_> {
                     )));
                 }
                 let Some(key) = r.key.clone() else { continue };
-                let (id, log) = self.submit(&r.instance, &key, forced.contains(&r.instance))?;
+                let force = forced.contains(&r.instance);
+                let since = std::time::SystemTime::now();
+                let (id, log) = self.submit(&r.instance, &key, force)?;
                 eprintln!("slurm: submitted {} as job {id}", r.instance);
                 submitted += 1;
                 jobs.insert(
@@ -289,10 +326,21 @@ impl SlurmRun<'_> {
                         key,
                         log,
                         submissions: 1,
+                        forced_since: force.then_some(since),
                     },
                 );
             }
             if !waiting {
+                // Everything selected has its result: one ordinary run sets the heads, pushes
+                // to the remote and applies retention, as a local run would.
+                let rows = runner.run(
+                    p,
+                    &RunOptions {
+                        force: Vec::new(),
+                        dry_run: false,
+                        ..opts.clone()
+                    },
+                )?;
                 let rows = rows
                     .into_iter()
                     .map(|mut r| {
@@ -315,14 +363,7 @@ impl SlurmRun<'_> {
                     "nothing can run and nothing is running: an upstream result is missing".into(),
                 ));
             }
-            self.wait_for_one(
-                runner,
-                &mut jobs,
-                &mut ran,
-                retries,
-                &mut submitted,
-                &forced,
-            )?;
+            self.wait_for_one(runner, jobs, &mut ran, retries, &mut submitted, &forced)?;
         }
     }
 
@@ -360,6 +401,17 @@ impl SlurmRun<'_> {
                     Some(rec) => Some(rec),
                     None => runner.pull(&job.key)?,
                 };
+                let rec = match job.forced_since {
+                    Some(t) => rec.filter(|_| {
+                        runner
+                            .store
+                            .record_time(&job.key)
+                            .ok()
+                            .flatten()
+                            .is_some_and(|w| w >= t)
+                    }),
+                    None => rec,
+                };
                 if let Some(rec) = rec {
                     ran.insert(
                         inst.clone(),
@@ -375,6 +427,7 @@ impl SlurmRun<'_> {
                 };
                 if state == JobState::Lost && job.submissions <= retries {
                     let force = forced.contains(&inst);
+                    let since = std::time::SystemTime::now();
                     let (id, log) = self.submit(&inst, &job.key, force)?;
                     eprintln!(
                         "slurm: job {} of {inst} ended without its result ({state:?}); submitted again as job {id}",
@@ -388,6 +441,7 @@ impl SlurmRun<'_> {
                             key: job.key,
                             log,
                             submissions: job.submissions + 1,
+                            forced_since: force.then_some(since),
                         },
                     );
                     continue;

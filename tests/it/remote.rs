@@ -249,7 +249,10 @@ fn push_then_pull_gives_cache_hits_and_a_second_push_uploads_nothing() {
 
     s.add_remote(&b, "share");
     let run = table(&ok(s.asymm(&b, ADMIN, &["run", ps, "--remote", "team"])));
-    assert!(run.iter().all(|r| r.1 == "cached"), "{run:?}");
+    assert!(
+        run.len() == 3 && run.iter().all(|r| r.1 == "cached"),
+        "{run:?}"
+    );
     assert_eq!(
         run.iter().map(|r| &r.2).collect::<Vec<_>>(),
         first.iter().map(|r| &r.2).collect::<Vec<_>>()
@@ -288,7 +291,10 @@ fn a_run_with_a_remote_pushes_what_it_computed() {
     );
     s.add_remote(&a, "runs");
     let ran = table(&ok(s.asymm(&a, ADMIN, &["run", ps, "--remote", "team"])));
-    assert!(ran.iter().all(|r| r.1 == "ran"), "{ran:?}");
+    assert!(
+        ran.len() == 3 && ran.iter().all(|r| r.1 == "ran"),
+        "{ran:?}"
+    );
     assert_eq!(keys(&s.client(ADMIN), "runs/records").len(), 3);
     let pulled = sync_json(&s, &b, ADMIN, &["pull"]);
     assert_eq!(pulled["records"], 3, "{pulled}");
@@ -345,11 +351,24 @@ fn a_tampered_object_is_rejected_with_nothing_half_imported() {
     }
 
     block_on(client.put(&path, PutPayload::from(original))).unwrap();
+    let data_files = keys(&client, "tamper/objects")
+        .iter()
+        .filter(|k| !k.ends_with("manifest.json"))
+        .count() as u64;
     let pulled = sync_json(&s, &b, ADMIN, &["pull", ps]);
     assert_eq!(pulled["missing"], serde_json::json!([]), "{pulled}");
+    // The resumed pull fetches only what the failed one had not staged whole.
+    let fetched = pulled["files"].as_u64().unwrap();
+    assert!(
+        fetched > 0 && fetched < data_files,
+        "{fetched} of {data_files}: {pulled}"
+    );
     ok(asymm(&b, &["verify"]));
     let rerun = table(&ok(asymm(&b, &["run", ps])));
-    assert!(rerun.iter().all(|r| r.1 == "cached"), "{rerun:?}");
+    assert!(
+        rerun.len() == 3 && rerun.iter().all(|r| r.1 == "cached"),
+        "{rerun:?}"
+    );
 }
 
 /// A push cut off after some uploads picks up where it stopped: it uploads the missing file, the

@@ -189,7 +189,11 @@ fn a_sweep_runs_as_slurm_jobs() {
         "{}",
         stderr(&o)
     );
-    assert!(table(&ok(o)).iter().all(|r| r.1 == "cached"));
+    let rows = table(&ok(o));
+    assert!(
+        rows.len() == 4 && rows.iter().all(|r| r.1 == "cached"),
+        "{rows:?}"
+    );
     // Forced: each instance runs once more, then the run ends.
     let o = asymm_env(&store, &["run", ps, "--force", "render"], &slurm.env());
     assert!(
@@ -240,11 +244,11 @@ fn a_sweep_runs_as_slurm_jobs() {
         )) && err.contains("slurm: 3 jobs submitted"),
         "{err}"
     );
+    let rows = table(&stdout(&o));
+    let renders: Vec<_> = rows.iter().filter(|r| r.0.starts_with("render")).collect();
     assert!(
-        table(&stdout(&o))
-            .iter()
-            .filter(|r| r.0.starts_with("render"))
-            .all(|r| r.1 == "ran")
+        renders.len() == 2 && renders.iter().all(|r| r.1 == "ran"),
+        "{rows:?}"
     );
 
     // Failed: the stage dies before its record; the run stops and shows the job's log.

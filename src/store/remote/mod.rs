@@ -195,14 +195,19 @@ impl Remote {
     }
 
     fn err(&self, op: &'static str, rel: &str, source: object_store::Error) -> StoreError {
+        let writes = matches!(op, "write" | "create");
         match source {
             object_store::Error::PermissionDenied { .. }
-            | object_store::Error::Unauthenticated { .. } => StoreError::RemoteDenied {
-                remote: self.name.clone(),
-                op,
-                path: rel.to_string(),
-                source: Box::new(source),
-            },
+            | object_store::Error::Unauthenticated { .. }
+                if writes =>
+            {
+                StoreError::RemoteDenied {
+                    remote: self.name.clone(),
+                    op,
+                    path: rel.to_string(),
+                    source: Box::new(source),
+                }
+            }
             source => StoreError::Remote {
                 remote: self.name.clone(),
                 op,

@@ -85,7 +85,11 @@ async fn download_file(
 ) -> std::result::Result<u64, Fail> {
     use std::io::Write;
     let got = client.get(&path).await.map_err(Fail::Remote)?;
-    let partial = local.with_extension(format!("partial-{}", std::process::id()));
+    let name = local
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let partial = local.with_file_name(format!(".{name}.partial-{}", std::process::id()));
     let mut f = std::fs::File::create(&partial).map_err(|e| Fail::Io(partial.clone(), e))?;
     let mut stream = got.into_stream();
     let mut n = 0u64;
@@ -175,6 +179,19 @@ impl Remote {
             .collect();
         let ids = store.closure(&roots)?;
         let gone = |id: &String| !store.has(id) && store.is_discarded(id);
+        // A record on the remote must be pullable: everything it names is here or discarded.
+        let absent = |id: &String| !store.has(id) && !store.is_discarded(id);
+        let mut named: Vec<&String> = roots.iter().collect();
+        let manifests: Vec<_> = ids
+            .iter()
+            .map(|id| store.manifest(id))
+            .collect::<Result<_>>()?;
+        named.extend(manifests.iter().flat_map(|m| m.lineage.values()));
+        if let Some(id) = named.into_iter().find(|id| absent(id)) {
+            return Err(StoreError::Missing(format!(
+                "{id}, which run record {key} needs (collected away?); the record is not pushed"
+            )));
+        }
         let mut tombstones: BTreeSet<String> =
             roots.iter().filter(|id| gone(id)).cloned().collect();
         let (mut files, mut manifests) = (Vec::new(), Vec::new());
@@ -264,28 +281,42 @@ impl Remote {
             return Err(self.corrupt(key, format!("run record names key {}", rec.key)));
         }
         let (need, tombstones) = self.needs(store, &rec)?;
+        // Pulls from this remote into this store take turns: they share the staging folder,
+        // which an interrupted pull leaves behind for the next one to resume from.
+        let lock_key = blake3::hash(format!("pull:{}", self.name).as_bytes()).to_hex();
+        let _lock = store.lock_key(lock_key.as_str())?;
+        if let Some(r) = store.record(key)? {
+            report.records_present += 1;
+            return Ok(Some(r));
+        }
         let stage = store.tmp_dir().join(format!("pull-{}", self.name));
         self.fetch_objects(&stage, &need, report)?;
         // Everything is verified before anything is published.
         let staged = Store {
             root: stage.clone(),
         };
-        for id in need.keys() {
+        for (id, (m, _)) in &need {
+            tidy(&staged.object_dir(id), m)?;
             if let Err(e) = staged.verify(id) {
                 let _ = std::fs::remove_dir_all(staged.object_dir(id));
                 return Err(self.corrupt(id, format!("{e}; nothing of record {key} was imported")));
             }
         }
-        for id in need.keys() {
-            if store.publish_dir(&staged.object_dir(id), id)? {
-                report.artifacts += 1;
-            }
-        }
+        // Tombstones, then each artifact after its lineage: a pull cut off here leaves no
+        // artifact whose ancestors are missing.
         for id in &tombstones {
             store.put_tombstone(id)?;
             report.tombstones += 1;
         }
+        for id in lineage_first(&need) {
+            if store.publish_dir(&staged.object_dir(&id), &id)? {
+                report.artifacts += 1;
+            }
+        }
+        let objects = store.root().join("objects");
+        crate::util::fsx::sync_dir(&objects).map_err(io_err(&objects))?;
         store.put_record(&rec)?;
+        self.note_record(key);
         report.records += 1;
         Ok(Some(rec))
     }
@@ -359,7 +390,7 @@ impl Remote {
             let dir = stage.join("objects").join(id);
             std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
             let mp = dir.join("manifest.json");
-            std::fs::write(&mp, bytes).map_err(io_err(&mp))?;
+            crate::util::fsx::write_atomic(&mp, bytes).map_err(io_err(&mp))?;
             for f in &m.files {
                 let local = dir.join(&f.name);
                 let whole = std::fs::read(&local).is_ok_and(|b| {
@@ -372,4 +403,51 @@ impl Remote {
         }
         self.download(files, report)
     }
+}
+
+/// Removes from a staged artifact folder every file its manifest does not list (what a download
+/// cut off left behind), so that only the artifact itself is published.
+fn tidy(dir: &Path, m: &Manifest) -> Result<()> {
+    let listed: BTreeSet<&str> = m
+        .files
+        .iter()
+        .map(|f| f.name.as_str())
+        .chain(std::iter::once("manifest.json"))
+        .collect();
+    for e in std::fs::read_dir(dir).map_err(io_err(dir))? {
+        let e = e.map_err(io_err(dir))?;
+        let name = e.file_name();
+        if !listed.contains(name.to_string_lossy().as_ref()) {
+            let p = e.path();
+            std::fs::remove_file(&p).map_err(io_err(&p))?;
+        }
+    }
+    Ok(())
+}
+
+/// The ids of `need`, each after the ids of its lineage that are also in `need`.
+fn lineage_first(need: &BTreeMap<String, (Manifest, Bytes)>) -> Vec<String> {
+    fn visit(
+        id: &str,
+        need: &BTreeMap<String, (Manifest, Bytes)>,
+        done: &mut BTreeSet<String>,
+        order: &mut Vec<String>,
+    ) {
+        if !done.insert(id.to_string()) {
+            return;
+        }
+        if let Some((m, _)) = need.get(id) {
+            for up in m.lineage.values() {
+                if need.contains_key(up) {
+                    visit(up, need, done, order);
+                }
+            }
+        }
+        order.push(id.to_string());
+    }
+    let (mut done, mut order) = (BTreeSet::new(), Vec::new());
+    for id in need.keys() {
+        visit(id, need, &mut done, &mut order);
+    }
+    order
 }
