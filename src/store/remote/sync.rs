@@ -112,44 +112,50 @@ impl Remote {
         }
     }
 
-    /// Uploads `(path below the prefix, local file)` pairs, several at a time.
-    fn upload(&self, files: Vec<(String, PathBuf)>, report: &mut SyncReport) -> Result<()> {
-        let client = self.client.clone();
+    /// Moves `(path below the prefix, local file)` pairs with `one`, several at a time;
+    /// returns each path with its bytes.
+    fn transfer<F, Fut>(
+        &self,
+        op: &'static str,
+        files: Vec<(String, PathBuf)>,
+        report: &mut SyncReport,
+        one: F,
+    ) -> Result<Vec<(String, u64)>>
+    where
+        F: Fn(Arc<dyn ObjectStore>, RemotePath, PathBuf) -> Fut,
+        Fut: std::future::Future<Output = std::result::Result<u64, Fail>>,
+    {
         let jobs = files.into_iter().map(|(rel, local)| {
-            let (client, path) = (client.clone(), self.path(&rel));
-            async move { (rel, upload_file(client, path, local).await) }
+            let moved = one(self.client.clone(), self.path(&rel), local);
+            async move { (rel, moved.await) }
         });
         let done: Vec<_> = self.rt.block_on(
             futures::stream::iter(jobs)
                 .buffer_unordered(CONCURRENCY)
                 .collect(),
         );
+        let mut out = Vec::with_capacity(done.len());
         for (rel, r) in done {
-            let n = r.map_err(|f| self.fail("write", &rel, f))?;
-            self.note_object(&rel, n);
+            let n = r.map_err(|f| self.fail(op, &rel, f))?;
             report.files += 1;
             report.bytes += n;
+            out.push((rel, n));
+        }
+        Ok(out)
+    }
+
+    /// Uploads `(path below the prefix, local file)` pairs.
+    fn upload(&self, files: Vec<(String, PathBuf)>, report: &mut SyncReport) -> Result<()> {
+        for (rel, n) in self.transfer("write", files, report, upload_file)? {
+            self.note_object(&rel, n);
         }
         Ok(())
     }
 
-    /// Downloads `(path below the prefix, local file)` pairs, several at a time.
+    /// Downloads `(path below the prefix, local file)` pairs.
     fn download(&self, files: Vec<(String, PathBuf)>, report: &mut SyncReport) -> Result<()> {
-        let client = self.client.clone();
-        let jobs = files.into_iter().map(|(rel, local)| {
-            let (client, path) = (client.clone(), self.path(&rel));
-            async move { (rel, download_file(client, path, local).await) }
-        });
-        let done: Vec<_> = self.rt.block_on(
-            futures::stream::iter(jobs)
-                .buffer_unordered(CONCURRENCY)
-                .collect(),
-        );
-        for (rel, r) in done {
-            report.bytes += r.map_err(|f| self.fail("read", &rel, f))?;
-            report.files += 1;
-        }
-        Ok(())
+        self.transfer("read", files, report, download_file)
+            .map(|_| ())
     }
 
     /// Pushes run records and everything they need: their outputs, the artifacts they read,
