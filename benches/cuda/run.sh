@@ -5,19 +5,19 @@
 #   strip -o asymm-cuda target/cuda/release/asymm && gzip -9 -f asymm-cuda
 #   bash benches/cuda/run.sh asymm-cuda.gz OUTDIR [STEP...]
 # STEPs (groups, run in the order given; default: all of them in this order): warm checks
-# parity hf-pipeline bench steady mem2b twin curve paper-gpu.
+# parity hf-pipeline bench steady mem2b twin curve paper-gpu data-parallel.
 # Every step is time-bounded; its output is appended to OUTDIR/log.txt under a `=== step` header and
 # OUTDIR/summary.txt lists each step's exit code and duration, so one failing step (or a run cut
 # short) still leaves the others' results, in two files.
 # DEADLINE=S (seconds from the start) shortens every bound so that the whole run ends by then;
 # SKIP="name …" leaves out single steps; MEM2B_F32=1 adds f32 runs to mem2b; WARM_SECONDS,
-# TWIN_SECONDS, CURVE_SECONDS and PAPER_SECONDS bound the longest steps; KERNEL_CACHE and
+# TWIN_SECONDS, CURVE_SECONDS, PAPER_SECONDS and DP_SECONDS bound the longest steps; KERNEL_CACHE and
 # KEEP_CACHE carry the kernel caches between runs (below).
 set -u
 bin=${1:?usage: run.sh PATH/TO/asymm[.gz] OUTDIR [STEP...]}
 out=${2:?usage: run.sh PATH/TO/asymm[.gz] OUTDIR [STEP...]}
 shift 2
-all="warm checks parity hf-pipeline bench steady mem2b twin curve paper-gpu"
+all="warm checks parity hf-pipeline bench steady mem2b twin curve paper-gpu data-parallel"
 want=${*:-$all}
 deadline=${DEADLINE:-100000}
 here=$(cd "$(dirname "$0")/../.." && pwd)
@@ -191,6 +191,10 @@ group_paper_gpu() {
   store="$work/store-paper"
   step paper-gpu ${PAPER_SECONDS:-3600} "$bin" --store "$store" run "$here/pipelines/paper-gpu.toml" --device cuda:0
   step paper-gpu-status 60 "$bin" --store "$store" status "$here/pipelines/paper-gpu.toml"
+}
+group_data_parallel() {
+  # One trainer, two data shards and two data-parallel peers on one device, alternated.
+  step data-parallel ${DP_SECONDS:-400} bash "$here/benches/data-parallel.sh" "$bin" cuda:0 small 20 2
 }
 # The groups run in the order named, so the most wanted come first under a DEADLINE.
 for g in $want; do

@@ -30,6 +30,8 @@ pub enum RlError {
     Eval(#[from] crate::eval::EvalError),
     #[error(transparent)]
     Trainer(#[from] crate::train::trainer::TrainerError),
+    #[error(transparent)]
+    Peer(#[from] crate::train::peers::PeerError),
     #[error("{0}")]
     Invalid(String),
 }

@@ -10,6 +10,7 @@ use crate::model::VisionLanguageModel;
 use crate::model::{Model, host_f32};
 use crate::train::gradient::Gradient;
 use crate::train::parallel::{gradients, map_shards};
+use crate::train::peers::{self, Peer};
 use crate::train::sft::f32_on_device;
 use crate::train::trainer::{OptimSettings, OptimState, StepStats, Trainer, TrainerError};
 use crate::util::rng::keyed;
@@ -43,10 +44,19 @@ pub struct UpdateSettings {
     /// 1 on the CPU, 64 on a GPU.
     #[serde(default = "one")]
     pub seq_bucket: usize,
+    /// Data-parallel peers ([`crate::train::peers`]): each computes the gradient of its part of
+    /// every mini-batch, weighted by the whole mini-batch's normaliser, and the peers'
+    /// gradients are all-reduced before clipping.
+    #[serde(default = "one", skip_serializing_if = "is_one")]
+    pub data_parallel: usize,
 }
 
 fn one() -> usize {
     1
+}
+
+fn is_one(n: &usize) -> bool {
+    *n == 1
 }
 
 /// What one mini-batch (one optimizer step) did.
@@ -85,10 +95,29 @@ fn check(settings: &UpdateSettings, seqs: &[Sequence]) -> Result<()> {
     if seqs.is_empty() {
         return Err(RlError::Invalid("no sequences to update on".into()));
     }
-    if settings.ppo_epochs == 0 || settings.mini_batch == 0 || settings.micro_batch == 0 {
+    if settings.ppo_epochs == 0
+        || settings.mini_batch == 0
+        || settings.micro_batch == 0
+        || settings.data_parallel == 0
+    {
         return Err(RlError::Invalid(
-            "ppo_epochs, mini_batch and micro_batch must be at least 1".into(),
+            "ppo_epochs, mini_batch, micro_batch and data_parallel must be at least 1".into(),
         ));
+    }
+    // The smallest mini-batch: the last one holds what is left of the sequences.
+    let rest = seqs.len() % settings.mini_batch;
+    let smallest = match rest {
+        0 => settings.mini_batch.min(seqs.len()),
+        r => r,
+    };
+    if smallest < settings.data_parallel {
+        return Err(RlError::Invalid(format!(
+            "a mini-batch of {smallest} sequences (mini_batch {} over {} sequences) cannot be \
+             shared by data_parallel = {} peers: every peer needs a sequence",
+            settings.mini_batch,
+            seqs.len(),
+            settings.data_parallel
+        )));
     }
     Ok(())
 }
@@ -163,8 +192,38 @@ pub struct ModelUpdate<B: Backend> {
 }
 
 /// Runs one update of `policy` on `seqs` (right-padded with `pad`), calling `progress` after
-/// each optimizer step.
+/// each optimizer step; with `data_parallel` peers, the leader's result and progress.
 pub fn update_model<B: AutodiffBackend>(
+    settings: &UpdateSettings,
+    policy: Policy<'_, B>,
+    seqs: &[Sequence],
+    pad: u32,
+    device: &B::Device,
+    progress: impl FnMut(&MinibatchRow) + Send,
+) -> Result<ModelUpdate<B::InnerBackend>> {
+    check(settings, seqs)?;
+    let progress = std::sync::Mutex::new(Some(progress));
+    peers::run(settings.data_parallel, device, |peer| {
+        let mut leader = match peer.is_leader() {
+            true => progress.lock().unwrap_or_else(|e| e.into_inner()).take(),
+            false => None,
+        };
+        let policy = Policy {
+            model: policy.model.clone(),
+            state: policy.state,
+            reference: policy.reference.clone(),
+        };
+        update_peer(&peer, settings, policy, seqs, pad, device, |row| {
+            if let Some(p) = &mut leader {
+                p(row);
+            }
+        })
+    })
+}
+
+/// The update of one peer (of the only one without data parallelism).
+fn update_peer<B: AutodiffBackend>(
+    peer: &Peer<B::InnerBackend>,
     settings: &UpdateSettings,
     policy: Policy<'_, B>,
     seqs: &[Sequence],
@@ -177,7 +236,6 @@ pub fn update_model<B: AutodiffBackend>(
         state,
         reference,
     } = policy;
-    check(settings, seqs)?;
     let per_epoch = seqs.len().div_ceil(settings.mini_batch);
     let optim = OptimSettings {
         steps: settings.ppo_epochs * per_epoch,
@@ -212,7 +270,7 @@ pub fn update_model<B: AutodiffBackend>(
             .into_iter()
             .enumerate()
         {
-            let (grads, acc) = batches.gradient(&trainer, seqs, &idx)?;
+            let (grads, acc) = batches.gradient(peer, &trainer, seqs, &idx)?;
             let done = trainer.step(step, grads)?;
             // The optimizer step's one host read.
             let sums = acc
@@ -291,23 +349,31 @@ struct Minibatches<'a, B: AutodiffBackend> {
 impl<B: AutodiffBackend> Minibatches<'_, B> {
     /// The gradient of one mini-batch (the sequences `idx` of `seqs`) and its statistics: the
     /// micro-batches run concurrently, each on its own replica of the model, and are summed in
-    /// order — the same bits as running them one after another.
+    /// order — the same bits as running them one after another. With data-parallel peers, this
+    /// peer's part of the mini-batch (its micro-batches one after another), then summed over
+    /// the peers.
     fn gradient(
         &self,
+        peer: &Peer<B::InnerBackend>,
         trainer: &Trainer<B>,
         seqs: &[Sequence],
         idx: &[usize],
     ) -> Result<(Gradient<B>, Acc<B::InnerBackend>)> {
-        let micros: Vec<Vec<&Sequence>> = idx
+        let micros: Vec<Vec<&Sequence>> = peer
+            .part(idx)
             .chunks(self.settings.micro_batch)
             .map(|m| m.iter().map(|&i| &seqs[i]).collect())
             .collect();
         let (model, form, device) = (trainer.model(), trainer.form(), self.device);
-        let parts = map_shards(micros.len(), |i| {
+        let micro = |i: usize| {
             let mut a = Acc::default();
             self.micro_step(model, &micros[i], idx.len(), &mut a)
                 .map(|g| (form.gradient::<B, _>(model, g, device), a))
-        });
+        };
+        let parts = match peer.count() {
+            1 => map_shards(micros.len(), micro),
+            _ => (0..micros.len()).map(micro).collect(),
+        };
         let mut grads: Option<Gradient<B>> = None;
         let mut acc = Acc::default();
         for part in parts {
@@ -316,7 +382,20 @@ impl<B: AutodiffBackend> Minibatches<'_, B> {
             grads = Some(Gradient::accumulate(grads, model, g).map_err(TrainerError::from)?);
         }
         let grads = grads.ok_or_else(|| RlError::Invalid("an empty mini-batch".into()))?;
-        Ok((grads, acc))
+        if peer.count() == 1 {
+            return Ok((grads, acc));
+        }
+        let grads = peer.sum_gradient(model, grads)?;
+        let tokens = peer.sum_counts(&[acc.tokens])?[0];
+        let sums = acc.sums.map(|s| peer.sum(s)).transpose()?;
+        Ok((
+            grads,
+            Acc {
+                sums,
+                kl: acc.kl,
+                tokens,
+            },
+        ))
     }
 
     /// Forward and backward passes of one micro-batch of a mini-batch of `of` sequences.
@@ -419,7 +498,7 @@ mod tests {
         init: &[u8],
         state: Option<&OptimState>,
         seqs: &[Sequence],
-        progress: impl FnMut(&MinibatchRow),
+        progress: impl FnMut(&MinibatchRow) + Send,
     ) -> Result<Updated> {
         let dev = Default::default();
         let policy = Policy::<B> {
@@ -433,6 +512,20 @@ mod tests {
             state: out.state,
             log: out.log,
         })
+    }
+
+    /// Every weight of a checkpoint, in the module tree's order.
+    fn host_weights(cfg: &VlmConfig, weights: &[u8]) -> Vec<f32> {
+        struct Flat(Vec<f32>);
+        impl burn::module::ModuleVisitor<Cpu> for Flat {
+            fn visit_float<const D: usize>(&mut self, p: &burn::module::Param<Tensor<Cpu, D>>) {
+                self.0.extend(p.val().into_data().to_vec::<f32>().unwrap());
+            }
+        }
+        let m = model_from_bytes::<Cpu>(cfg, weights, &Default::default()).unwrap();
+        let mut w = Flat(Vec::new());
+        burn::module::Module::visit(&m, &mut w);
+        w.0
     }
 
     #[test]
@@ -497,6 +590,7 @@ mod tests {
             seed: 1,
             max_logprob_gap: 1e-3,
             seq_bucket: 1,
+            data_parallel: 1,
         };
         let seqs = vec![good.clone(), bad.clone()];
         // One host read per optimizer step (statistics and gradient norm together), counted
@@ -540,6 +634,50 @@ mod tests {
         let serial = pool.install(|| update(&settings, &cfg, &init, None, &seqs, |_| {}).unwrap());
         assert_eq!(serial.weights, out.weights);
         assert_eq!(serial.log, out.log);
+
+        // Two data-parallel peers, a sequence each of every mini-batch, weighted by the whole
+        // mini-batch's size and all-reduced before clipping, step as one peer does: the same
+        // weights (within 1e-5 of the largest), gradient norms and clipping decisions.
+        let peers = UpdateSettings {
+            data_parallel: 2,
+            ..settings.clone()
+        };
+        let two = update(&peers, &cfg, &init, None, &seqs, |_| {}).unwrap();
+        let (w1, w2) = (
+            host_weights(&cfg, &out.weights),
+            host_weights(&cfg, &two.weights),
+        );
+        let scale = w1.iter().fold(0.0f32, |m, x| m.max(x.abs()));
+        let diff = w1
+            .iter()
+            .zip(&w2)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f32::max);
+        assert!(diff <= 1e-5 * scale, "max |Δw| {diff}, largest |w| {scale}");
+        assert_eq!(two.log.len(), out.log.len());
+        for (a, b) in out.log.iter().zip(&two.log) {
+            assert!(
+                (a.grad_norm - b.grad_norm).abs() <= 1e-5 * a.grad_norm,
+                "{a:?} {b:?}"
+            );
+            assert_eq!(
+                a.grad_norm > 1.0,
+                b.grad_norm > 1.0,
+                "clipping: {a:?} {b:?}"
+            );
+            assert_eq!((a.tokens, a.sequences), (b.tokens, b.sequences));
+            assert!((a.loss - b.loss).abs() < 1e-6, "{a:?} {b:?}");
+        }
+        // Three peers cannot share a mini-batch of two sequences.
+        let three = UpdateSettings {
+            data_parallel: 3,
+            ..settings.clone()
+        };
+        let err = update(&three, &cfg, &init, None, &seqs, |_| {})
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(err.contains("data_parallel = 3"), "{err}");
 
         // Two updates of two epochs each, the second continuing the first's AdamW state, end
         // where one update of four epochs does (one mini-batch per epoch, so only the order

@@ -68,6 +68,10 @@ pub struct GrpoUpdateConfig {
     pub mini_batch: usize,
     /// Sequences per forward/backward pass.
     pub micro_batch: usize,
+    /// Data-parallel peers on the run's device (burn's collective): each computes the gradient
+    /// of its part of every mini-batch, all-reduced before clipping. 1 = none.
+    #[serde(skip_serializing_if = "is_one")]
+    pub data_parallel: usize,
     /// Token reweighting by advantage rescaling (appendix B.3): perception tokens get
     /// λ·|y|/|p|·Â, reasoning tokens (1 − λ)·|y|/|r|·Â. Unset: off.
     pub token_lambda: Option<f64>,
@@ -91,6 +95,10 @@ pub struct GrpoUpdateConfig {
     pub activation_checkpointing: bool,
 }
 
+fn is_one(n: &usize) -> bool {
+    *n == 1
+}
+
 impl Default for GrpoUpdateConfig {
     fn default() -> Self {
         GrpoUpdateConfig {
@@ -106,6 +114,7 @@ impl Default for GrpoUpdateConfig {
             ppo_epochs: 1,
             mini_batch: 0,
             micro_batch: 8,
+            data_parallel: 1,
             token_lambda: None,
             adv_std: StdKind::Sample,
             max_logprob_gap: 0.02,
@@ -359,6 +368,7 @@ impl Stage for GrpoUpdate {
             seed: ctx.seed,
             max_logprob_gap: cfg.max_logprob_gap,
             seq_bucket: DeviceSpec::parse(&ctx.device)?.seq_bucket(),
+            data_parallel: cfg.data_parallel,
         };
         let spec = DeviceSpec::parse(&ctx.device)?;
         let total = cfg.ppo_epochs * seqs.len().div_ceil(settings.mini_batch.max(1));

@@ -88,6 +88,10 @@ pub struct SftTrainConfig {
     /// Shards of each micro-batch trained concurrently (data parallelism over the cores); part
     /// of the result's identity, so fixed rather than the machine's core count.
     pub data_shards: usize,
+    /// Data-parallel peers on the run's device (burn's collective): each trains a replica on its
+    /// part of every micro-batch, gradients all-reduced before clipping. 1 = none.
+    #[serde(skip_serializing_if = "is_one")]
+    pub data_parallel: usize,
     pub lr: Option<f64>,
     pub min_lr: Option<f64>,
     pub warmup_ratio: Option<f64>,
@@ -134,6 +138,10 @@ pub struct EarlyStopConfig {
     pub split: String,
 }
 
+fn is_one(n: &usize) -> bool {
+    *n == 1
+}
+
 fn val_items() -> usize {
     64
 }
@@ -155,6 +163,7 @@ impl Default for SftTrainConfig {
             batch_size: None,
             grad_accum: 1,
             data_shards: 2,
+            data_parallel: 1,
             lr: None,
             min_lr: None,
             warmup_ratio: None,
@@ -219,6 +228,7 @@ impl SftTrainConfig {
             batch_size: self.batch_size.unwrap_or(bs),
             grad_accum: self.grad_accum.max(1),
             data_shards: self.data_shards,
+            data_parallel: self.data_parallel,
             lr: self.lr.unwrap_or(lr),
             min_lr: self.min_lr.unwrap_or(min_lr),
             warmup_ratio: self.warmup_ratio.unwrap_or(warmup),

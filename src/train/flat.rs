@@ -279,6 +279,42 @@ impl<I: Backend> FlatGrad<I> {
         }
     }
 
+    /// The buffer and its presence flags (1 where a parameter has a gradient) in one tensor
+    /// passed through `reduce` (a sum over data-parallel peers: one collective call), read
+    /// back; a parameter has a gradient when any peer's has one.
+    pub fn reduce_with<E>(
+        self,
+        reduce: impl FnOnce(Tensor<I, 1>) -> Result<Tensor<I, 1>, E>,
+    ) -> Result<Self, E>
+    where
+        E: From<FlatError>,
+    {
+        let (len, n) = (self.flat.dims()[0], self.present.len());
+        let device = self.flat.device();
+        let flags: Vec<f32> = self
+            .present
+            .iter()
+            .map(|&p| f32::from(u8::from(p)))
+            .collect();
+        let flags = Tensor::<I, 1>::from_data(TensorData::new(flags, [n]), &device);
+        let both = reduce(Tensor::cat(vec![self.flat, flags], 0))?;
+        let present = both
+            .clone()
+            .slice(len..len + n)
+            .into_data()
+            .convert::<f32>()
+            .to_vec::<f32>()
+            .map_err(|e| FlatError::Read(format!("{e:?}")))?
+            .into_iter()
+            .map(|x| x > 0.0)
+            .collect();
+        Ok(FlatGrad {
+            layout: self.layout,
+            flat: both.slice(0..len),
+            present,
+        })
+    }
+
     /// ‖g‖₂ as a `[1]` tensor on the device.
     pub fn norm(&self) -> Tensor<I, 1> {
         self.flat.clone().powi_scalar(2).sum().sqrt()
@@ -625,6 +661,8 @@ pub enum FlatError {
          of a model of {expected}"
     )]
     Layout { expected: usize, found: usize },
+    #[error("reading the gradient's presence flags back from the device: {0}")]
+    Read(String),
 }
 
 #[cfg(test)]

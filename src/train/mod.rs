@@ -8,6 +8,7 @@ pub mod gradient;
 pub mod grads;
 pub mod objective;
 pub mod parallel;
+pub mod peers;
 pub mod schedule;
 pub mod sft;
 pub mod trainer;

@@ -73,23 +73,50 @@ pub fn split<T>(items: &[T], shards: usize) -> Vec<&[T]> {
     out
 }
 
-/// The shards' pools, made once and kept: a fresh thread per shard and step would start with
+/// A set of rayon pools made once and kept: a fresh thread per shard and step would start with
 /// cold allocator and matrix-kernel buffers every time.
-fn shard_pools(n: usize) -> Vec<Arc<rayon::ThreadPool>> {
-    static POOLS: Mutex<Vec<Arc<rayon::ThreadPool>>> = Mutex::new(Vec::new());
-    let threads = (rayon::current_num_threads() / n).max(1);
-    let mut pools = POOLS.lock().unwrap_or_else(|e| e.into_inner());
-    while pools.len() < n {
-        match rayon::ThreadPoolBuilder::new()
-            .num_threads(threads)
-            .thread_name(|i| format!("asymm-shard-{i}"))
-            .build()
-        {
-            Ok(p) => pools.push(Arc::new(p)),
-            Err(_) => break,
+struct Pools {
+    name: &'static str,
+    pools: Mutex<Vec<Arc<rayon::ThreadPool>>>,
+}
+
+/// The data shards' pools ([`map_shards`]).
+static SHARDS: Pools = Pools {
+    name: "asymm-shard",
+    pools: Mutex::new(Vec::new()),
+};
+
+/// The data-parallel peers' pools ([`super::peers`]), apart from the shards' so that a peer
+/// waiting for the others never holds a pool a shard needs.
+static PEERS: Pools = Pools {
+    name: "asymm-peer",
+    pools: Mutex::new(Vec::new()),
+};
+
+impl Pools {
+    /// The first `n` pools of the set, each with an equal part of the global pool's threads (at
+    /// least one); fewer when threads cannot be spawned.
+    fn take(&self, n: usize) -> Vec<Arc<rayon::ThreadPool>> {
+        let threads = (rayon::current_num_threads() / n).max(1);
+        let mut pools = self.pools.lock().unwrap_or_else(|e| e.into_inner());
+        while pools.len() < n {
+            let name = self.name;
+            match rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .thread_name(move |i| format!("{name}-{i}"))
+                .build()
+            {
+                Ok(p) => pools.push(Arc::new(p)),
+                Err(_) => break,
+            }
         }
+        pools.iter().take(n).cloned().collect()
     }
-    pools.iter().take(n).cloned().collect()
+}
+
+/// The pools of `n` data-parallel peers (see [`super::peers::run`]).
+pub(crate) fn peer_pools(n: usize) -> Vec<Arc<rayon::ThreadPool>> {
+    PEERS.take(n)
 }
 
 /// `f(i)` for every shard `i` in `0..n`, concurrently, results in shard order. Each shard runs
@@ -101,7 +128,7 @@ pub fn map_shards<T: Send>(n: usize, f: impl Fn(usize) -> T + Sync) -> Vec<T> {
         return (0..n).map(f).collect();
     }
     let f = &f;
-    let pools = shard_pools(n);
+    let pools = SHARDS.take(n);
     std::thread::scope(|s| {
         let handles: Vec<_> = (0..n)
             .map(|i| {

@@ -82,6 +82,10 @@ pub struct BenchArgs {
     /// Concurrent data-parallel shards of each SFT batch (sft-train's `data_shards`).
     #[arg(long, default_value_t = 2)]
     pub data_shards: usize,
+    /// Data-parallel peers of the model suite's SFT steps (sft-train's `data_parallel`; with
+    /// more than one, `--data-shards 1`).
+    #[arg(long, default_value_t = 1)]
+    pub data_parallel: usize,
     /// Write the model suite's examples, SFT batch order and settings as JSON for the PyTorch
     /// twin (benches/twin/) to this file, and measure nothing.
     #[arg(long)]

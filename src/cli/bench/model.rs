@@ -25,6 +25,7 @@ pub(super) fn model_suite(a: &BenchArgs, report: &mut Report) -> anyhow::Result<
         for &objective in &objectives {
             let settings = SftSettings {
                 seq_bucket: spec.seq_bucket(),
+                data_parallel: a.data_parallel,
                 ..sft_settings(&cfg, objective, steps, a.data_shards)
             };
             let model = asymm::model::load::native_model::<Autodiff<B>>(
@@ -48,8 +49,12 @@ pub(super) fn model_suite(a: &BenchArgs, report: &mut Report) -> anyhow::Result<
                 / EXAMPLES as f64;
             m.flops_per_step = Some(mean_flops * SFT_BATCH as f64);
             out.push_str(&format!(
-                "| SFT, {} objective, batch {SFT_BATCH} | {:.0} target tokens/s |\n",
+                "| SFT, {} objective, batch {SFT_BATCH}{} | {:.0} target tokens/s |\n",
                 objective_name(objective),
+                match a.data_parallel {
+                    1 => String::new(),
+                    p => format!(", {p} data-parallel peers"),
+                },
                 m.tokens as f64 / m.seconds.max(1e-9)
             ));
             out.push_str(&m.flops_row(a.peak_tflops));

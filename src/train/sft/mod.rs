@@ -8,6 +8,7 @@ use super::batch::make_batch;
 use super::gradient::{Form, Gradient};
 use super::objective::{ObjectiveKind, Selector, Term, span_mask, terms, token_weights};
 use super::parallel::{gradients, map_shards, replica, split};
+use super::peers::{self, Peer, PeerError};
 use super::trainer::{OptimSettings, StepStats, Trainer, TrainerError};
 use crate::data::Example;
 pub use crate::eval::score::EvalPoint;
@@ -41,6 +42,10 @@ pub struct SftSettings {
     /// that results do not depend on the machine.
     #[serde(default = "one")]
     pub data_shards: usize,
+    /// Data-parallel peers ([`super::peers`]): each trains a replica on its part of every
+    /// micro-batch and the peers' gradients are all-reduced before the optimizer step.
+    #[serde(default = "one", skip_serializing_if = "is_one")]
+    pub data_parallel: usize,
     pub lr: f64,
     pub min_lr: f64,
     pub warmup_ratio: f64,
@@ -102,6 +107,7 @@ impl Default for SftSettings {
             batch_size: 8,
             grad_accum: 1,
             data_shards: 1,
+            data_parallel: 1,
             lr: 1e-3,
             min_lr: 1e-4,
             warmup_ratio: 0.0,
@@ -129,6 +135,8 @@ pub enum TrainError {
     Other(String),
     #[error(transparent)]
     Trainer(#[from] TrainerError),
+    #[error(transparent)]
+    Peer(#[from] PeerError),
 }
 
 /// Hooks for a run without held-out evaluation or progress display.
@@ -189,6 +197,10 @@ struct SnapshotState {
 
 fn one() -> usize {
     1
+}
+
+fn is_one(n: &usize) -> bool {
+    *n == 1
 }
 
 /// The examples of micro-batch `micro` of `step`: epochs are keyed permutations of the data.
@@ -292,6 +304,18 @@ impl<B: Backend> MicroStats<B> {
         self.tokens += o.tokens;
         self.blank_n += o.blank_n;
     }
+
+    /// The sums and counts of every data-parallel peer.
+    fn sum_over(self, peer: &Peer<B>) -> Result<Self, TrainError> {
+        let counts = peer.sum_counts(&[self.n_p, self.n_r, self.tokens, self.blank_n])?;
+        Ok(MicroStats {
+            sums: self.sums.map(|s| peer.sum(s)).transpose()?,
+            n_p: counts[0],
+            n_r: counts[1],
+            tokens: counts[2],
+            blank_n: counts[3],
+        })
+    }
 }
 
 /// Gradients accumulated over a step's micro-batches, in the trainer's [`Form`].
@@ -339,6 +363,19 @@ impl<B: AutodiffBackend> StepGrads<B> {
         accumulate(&mut self.diag_p, model, o.diag_p)?;
         accumulate(&mut self.diag_r, model, o.diag_r)
     }
+
+    /// Every data-parallel peer's gradients summed, field by field (the fields set are the same
+    /// on every peer: they follow from the settings and the step).
+    fn sum_over(self, peer: &Peer<B::InnerBackend>, model: &Model<B>) -> Result<Self, TrainError> {
+        let sum = |g: Option<Gradient<B>>| g.map(|g| peer.sum_gradient(model, g)).transpose();
+        Ok(StepGrads {
+            total: sum(self.total)?,
+            perception: sum(self.perception)?,
+            reasoning: sum(self.reasoning)?,
+            diag_p: sum(self.diag_p)?,
+            diag_r: sum(self.diag_r)?,
+        })
+    }
 }
 
 /// What every micro-batch of a step shares.
@@ -355,10 +392,27 @@ fn check_settings(settings: &SftSettings, train_set: &[Example]) -> Result<(), T
     if train_set.is_empty() {
         return Err(TrainError::Other("no training examples".into()));
     }
-    if settings.batch_size == 0 || settings.grad_accum == 0 || settings.data_shards == 0 {
+    if settings.batch_size == 0
+        || settings.grad_accum == 0
+        || settings.data_shards == 0
+        || settings.data_parallel == 0
+    {
         return Err(TrainError::Other(
-            "batch_size, grad_accum and data_shards must be at least 1".into(),
+            "batch_size, grad_accum, data_shards and data_parallel must be at least 1".into(),
         ));
+    }
+    if settings.data_parallel > 1 && settings.data_shards > 1 {
+        return Err(TrainError::Other(format!(
+            "data_parallel = {} and data_shards = {} both split each micro-batch across threads; \
+             set one of them to 1",
+            settings.data_parallel, settings.data_shards
+        )));
+    }
+    if settings.batch_size < settings.data_parallel {
+        return Err(TrainError::Other(format!(
+            "batch_size {} is smaller than data_parallel = {}: some peers would have no examples",
+            settings.batch_size, settings.data_parallel
+        )));
     }
     if settings.objective == ObjectiveKind::Ngdiff && !settings.extra_spans.is_empty() {
         return Err(TrainError::Other(format!(
@@ -545,9 +599,11 @@ pub fn standard_loss<B: Backend>(
 }
 
 /// The gradients and statistics of step `step`: its micro-batches (each split into data
-/// shards run concurrently on replicas of the model, summed in order), forward and backward.
+/// shards run concurrently on replicas of the model, summed in order), forward and backward;
+/// with data-parallel peers, this peer's part of each micro-batch, then summed over the peers.
 fn step_gradients<B: AutodiffBackend>(
     ctx: &StepCtx<B>,
+    peer: &Peer<B::InnerBackend>,
     model: &Model<B>,
     train_set: &[Example],
     step: usize,
@@ -557,14 +613,16 @@ fn step_gradients<B: AutodiffBackend>(
     let mut st = MicroStats::default();
     for micro in 0..settings.grad_accum {
         let idx = batch_indices(train_set.len(), settings, step, micro);
-        let exs: Vec<&Example> = idx.iter().map(|&i| &train_set[i]).collect();
-        let shards = split(&exs, settings.data_shards);
+        let batch: Vec<&Example> = idx.iter().map(|&i| &train_set[i]).collect();
+        let exs = peer.part(&batch);
+        let shards = split(exs, settings.data_shards);
         // Token weights are per-example means over the batch: a shard's share of the batch
-        // rescales them so that the shards' gradients sum to the batch's.
-        let scale =
-            |shard: &[&Example]| shard.len() as f32 / exs.len() as f32 / settings.grad_accum as f32;
+        // rescales them so that the shards' (and peers') gradients sum to the batch's.
+        let scale = |shard: &[&Example]| {
+            shard.len() as f32 / batch.len() as f32 / settings.grad_accum as f32
+        };
         if shards.len() == 1 {
-            st.add(micro_batch(ctx, model, &exs, scale(&exs), &mut grads)?);
+            st.add(micro_batch(ctx, model, exs, scale(exs), &mut grads)?);
             continue;
         }
         let parts = map_shards(shards.len(), |i| {
@@ -576,6 +634,10 @@ fn step_gradients<B: AutodiffBackend>(
             st.add(m);
             grads.add(model, g)?;
         }
+    }
+    if peer.count() > 1 {
+        grads = grads.sum_over(peer, model)?;
+        st = st.sum_over(peer)?;
     }
     Ok((grads, st))
 }
@@ -687,7 +749,8 @@ fn read_row<I: Backend>(
 }
 
 /// Runs SFT of `model` (see [`crate::model::load::native_model`]) and returns the trained
-/// model and the logs.
+/// model and the logs: with `data_parallel` peers ([`super::peers`]), the leader's, which runs
+/// the hooks.
 pub fn train<B: AutodiffBackend>(
     settings: &SftSettings,
     model: Model<B>,
@@ -695,85 +758,137 @@ pub fn train<B: AutodiffBackend>(
     device: &B::Device,
     scratch: &Path,
     pad: u32,
-    hooks: &mut dyn SftHooks<B>,
+    hooks: &mut (dyn SftHooks<B> + Send),
 ) -> Result<SftOutput<B::InnerBackend>, TrainError> {
     check_settings(settings, train_set)?;
-    let optim = OptimSettings {
-        steps: settings.steps,
-        lr: settings.lr,
-        min_lr: settings.min_lr,
-        warmup_ratio: settings.warmup_ratio,
-        weight_decay: settings.weight_decay,
-        grad_clip: settings.grad_clip,
-    };
-    let mut trainer = Trainer::<B>::new(model, &optim, device);
-    let (mut start, mut log, mut timing) = (0, Vec::new(), Vec::new());
-    if let Some(s) = trainer.resume::<SnapshotState>(scratch, |s| &s.settings == settings)? {
-        (start, log, timing) = (s.step, s.log, s.timing);
-    }
-    for step in start..settings.steps {
-        let t0 = Instant::now();
-        let ctx = StepCtx {
+    let hooks = std::sync::Mutex::new(Some(hooks));
+    peers::run(settings.data_parallel, device, |peer| {
+        let mut leader = match peer.is_leader() {
+            true => hooks.lock().unwrap_or_else(|e| e.into_inner()).take(),
+            false => None,
+        };
+        let hooks: &mut dyn SftHooks<B> = match &mut leader {
+            Some(h) => *h,
+            None => &mut NoEval,
+        };
+        let run = Run {
             settings,
-            form: trainer.form(),
-            pad,
+            train_set,
             device,
-            diagnostics: settings.diagnostics_every > 0 && step % settings.diagnostics_every == 0,
+            scratch,
+            pad,
         };
-        let (grads, st) = step_gradients(&ctx, trainer.model(), train_set, step)?;
-        let (objective, (ngdiff, diag)) =
-            objective_gradient(settings, trainer.model(), grads, device)?;
-        let diagnostics = ctx.diagnostics;
-        let done = trainer.step(step, objective)?;
-        let on_device = OnDevice {
-            grad_norm: done.grad_norm,
-            ngdiff,
-            diag,
-        };
-        let stats = |sum: f64| StepStats::read(done.lr, sum, trainer.grad_clip());
-        let tokens = st.tokens;
-        let mut row = read_row(settings, step, diagnostics, st, on_device, device, stats)?;
-        let mut is_last = step + 1 == settings.steps;
-        if let Some(stop) = &settings.early_stop
-            && (step + 1) % stop.every.max(1) == 0
-        {
-            row.val_loss = hooks.val_loss(step + 1, &trainer.model().valid())?;
-            let seen: Vec<f64> = log
-                .iter()
-                .chain([&row])
-                .filter_map(|r: &LogRow| r.val_loss)
-                .collect();
-            is_last |= stop.should_stop(&seen);
-        }
-        if (settings.eval_every > 0 && (step + 1) % settings.eval_every == 0) || is_last {
-            row.eval = hooks.eval(step + 1, &trainer.model().valid())?;
-        }
-        let secs = t0.elapsed().as_secs_f64();
-        timing.push(TimingRow {
-            step: step + 1,
-            seconds: secs,
-            tokens,
-        });
-        hooks.after_step(step + 1, &row, tokens as f64 / secs.max(1e-9));
-        log.push(row);
-        if settings.snapshot_every > 0 && (step + 1) % settings.snapshot_every == 0 && !is_last {
-            let state = SnapshotState {
-                settings: settings.clone(),
-                step: step + 1,
-                log: log.clone(),
-                timing: timing.clone(),
-            };
-            trainer.snapshot(scratch, &state)?;
-        }
-        if is_last {
-            break;
-        }
-    }
-    Ok(SftOutput {
-        model: trainer.model().valid(),
-        log,
-        timing,
+        run.train(&peer, model.clone(), hooks)
     })
+}
+
+/// What one peer's loop reads besides the model and the hooks.
+struct Run<'a, B: AutodiffBackend> {
+    settings: &'a SftSettings,
+    train_set: &'a [Example],
+    device: &'a B::Device,
+    scratch: &'a Path,
+    pad: u32,
+}
+
+impl<B: AutodiffBackend> Run<'_, B> {
+    /// The loop of one peer (of the only one without data parallelism).
+    fn train(
+        &self,
+        peer: &Peer<B::InnerBackend>,
+        model: Model<B>,
+        hooks: &mut dyn SftHooks<B>,
+    ) -> Result<SftOutput<B::InnerBackend>, TrainError> {
+        let Run {
+            settings,
+            train_set,
+            device,
+            scratch,
+            pad,
+        } = *self;
+        let optim = OptimSettings {
+            steps: settings.steps,
+            lr: settings.lr,
+            min_lr: settings.min_lr,
+            warmup_ratio: settings.warmup_ratio,
+            weight_decay: settings.weight_decay,
+            grad_clip: settings.grad_clip,
+        };
+        let mut trainer = Trainer::<B>::new(model, &optim, device);
+        let (mut start, mut log, mut timing) = (0, Vec::new(), Vec::new());
+        if let Some(s) = trainer.resume::<SnapshotState>(scratch, |s| &s.settings == settings)? {
+            (start, log, timing) = (s.step, s.log, s.timing);
+        }
+        for step in start..settings.steps {
+            let t0 = Instant::now();
+            let ctx = StepCtx {
+                settings,
+                form: trainer.form(),
+                pad,
+                device,
+                diagnostics: settings.diagnostics_every > 0
+                    && step % settings.diagnostics_every == 0,
+            };
+            let (grads, st) = step_gradients(&ctx, peer, trainer.model(), train_set, step)?;
+            let (objective, (ngdiff, diag)) =
+                objective_gradient(settings, trainer.model(), grads, device)?;
+            let diagnostics = ctx.diagnostics;
+            let done = trainer.step(step, objective)?;
+            let on_device = OnDevice {
+                grad_norm: done.grad_norm,
+                ngdiff,
+                diag,
+            };
+            let stats = |sum: f64| StepStats::read(done.lr, sum, trainer.grad_clip());
+            let tokens = st.tokens;
+            let mut row = read_row(settings, step, diagnostics, st, on_device, device, stats)?;
+            let mut is_last = step + 1 == settings.steps;
+            if let Some(stop) = &settings.early_stop
+                && (step + 1) % stop.every.max(1) == 0
+            {
+                row.val_loss = hooks.val_loss(step + 1, &trainer.model().valid())?;
+                let seen: Vec<f64> = log
+                    .iter()
+                    .chain([&row])
+                    .filter_map(|r: &LogRow| r.val_loss)
+                    .collect();
+                // The leader's validation loss decides for every peer.
+                is_last = peer.any(is_last || stop.should_stop(&seen))?;
+            }
+            if (settings.eval_every > 0 && (step + 1) % settings.eval_every == 0) || is_last {
+                row.eval = hooks.eval(step + 1, &trainer.model().valid())?;
+            }
+            let secs = t0.elapsed().as_secs_f64();
+            timing.push(TimingRow {
+                step: step + 1,
+                seconds: secs,
+                tokens,
+            });
+            hooks.after_step(step + 1, &row, tokens as f64 / secs.max(1e-9));
+            log.push(row);
+            if peer.is_leader()
+                && settings.snapshot_every > 0
+                && (step + 1) % settings.snapshot_every == 0
+                && !is_last
+            {
+                let state = SnapshotState {
+                    settings: settings.clone(),
+                    step: step + 1,
+                    log: log.clone(),
+                    timing: timing.clone(),
+                };
+                trainer.snapshot(scratch, &state)?;
+            }
+            if is_last {
+                break;
+            }
+        }
+        Ok(SftOutput {
+            model: trainer.model().valid(),
+            log,
+            timing,
+        })
+    }
 }
 
 #[cfg(test)]

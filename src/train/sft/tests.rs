@@ -167,32 +167,12 @@ fn data_shards_sum_to_the_batch_gradient() {
                 ..SftSettings::default()
             };
             let out = train_cpu(&settings, &cfg, Some(&init), &data);
-            struct Flat(Vec<f32>);
-            impl burn::module::ModuleVisitor<crate::model::Cpu> for Flat {
-                fn visit_float<const D: usize>(
-                    &mut self,
-                    p: &burn::module::Param<Tensor<crate::model::Cpu, D>>,
-                ) {
-                    self.0.extend(p.val().into_data().to_vec::<f32>().unwrap());
-                }
-            }
-            let model = crate::model::checkpoint::load_weights(
-                Vlm::<crate::model::Cpu>::new(&cfg, &Default::default()),
-                &out.weights().unwrap(),
-            )
-            .unwrap();
-            let mut w = Flat(Vec::new());
-            burn::module::Module::visit(&model, &mut w);
-            (w.0, out.log)
+            (host_weights(&cfg, &out), out.log)
         };
         let (w1, log1) = run(1);
         for shards in [2, 3] {
             let (w, log) = run(shards);
-            let diff = w1
-                .iter()
-                .zip(&w)
-                .map(|(a, b)| (a - b).abs())
-                .fold(0.0f32, f32::max);
+            let diff = max_abs_diff(&w1, &w);
             assert!(
                 diff < 1e-5,
                 "{objective:?}, {shards} shards: max |Δw| {diff}"
@@ -209,6 +189,128 @@ fn data_shards_sum_to_the_batch_gradient() {
             }
         }
     }
+}
+
+/// The largest element-wise |a − b|.
+fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
+
+/// Every weight of a trained model, in the module tree's order.
+fn host_weights(cfg: &VlmConfig, out: &SftOutput<crate::model::Cpu>) -> Vec<f32> {
+    struct Flat(Vec<f32>);
+    impl burn::module::ModuleVisitor<crate::model::Cpu> for Flat {
+        fn visit_float<const D: usize>(
+            &mut self,
+            p: &burn::module::Param<Tensor<crate::model::Cpu, D>>,
+        ) {
+            self.0.extend(p.val().into_data().to_vec::<f32>().unwrap());
+        }
+    }
+    let model = crate::model::checkpoint::load_weights(
+        Vlm::<crate::model::Cpu>::new(cfg, &Default::default()),
+        &out.weights().unwrap(),
+    )
+    .unwrap();
+    let mut w = Flat(Vec::new());
+    burn::module::Module::visit(&model, &mut w);
+    w.0
+}
+
+/// Data-parallel peers (burn's collective) on parts of each batch train as one peer on the
+/// whole batch: after three AdamW steps the weights agree within 1e-5 of their largest
+/// magnitude, each step's gradient norm within 1e-5 relative, the clipping decisions are the
+/// same, for a fixed-weight objective with diagnostics, for NGDiff, and with gradient
+/// accumulation. The threshold is just below the first step's gradient norm of a run without
+/// clipping, so that the first step clips and the later ones (whose norms fall) do not. Seen to
+/// fail with each peer's tokens weighted by its own part instead of the whole batch.
+#[test]
+fn data_parallel_peers_match_one_peer_on_the_whole_batch() {
+    let cfg = crate::model::config::small_config();
+    let (data, init) = varied_data(&cfg);
+    let run = |objective, grad_accum, data_parallel, grad_clip| {
+        let settings = SftSettings {
+            objective,
+            lambda: 0.3,
+            steps: 3,
+            batch_size: 5,
+            grad_accum,
+            data_parallel,
+            diagnostics_every: 2,
+            grad_clip,
+            seed: 7,
+            max_text: 12,
+            ..SftSettings::default()
+        };
+        let out = train_cpu(&settings, &cfg, Some(&init), &data);
+        (host_weights(&cfg, &out), out.log)
+    };
+    let mut clipped = [0, 0];
+    for (objective, accum) in [
+        (ObjectiveKind::Reweight, 1),
+        (ObjectiveKind::Ngdiff, 1),
+        (ObjectiveKind::Standard, 2),
+    ] {
+        let clip = run(objective, accum, 1, 0.0).1[0].grad_norm * 0.999;
+        let (w1, log1) = run(objective, accum, 1, clip);
+        let scale = w1.iter().fold(0.0f32, |m, x| m.max(x.abs()));
+        for peers in [2, 3] {
+            let (w, log) = run(objective, accum, peers, clip);
+            let diff = max_abs_diff(&w1, &w);
+            assert!(
+                diff <= 1e-5 * scale,
+                "{objective:?}, {peers} peers: max |Δw| {diff} (largest |w| {scale})"
+            );
+            assert_eq!(log.len(), log1.len());
+            for (a, b) in log1.iter().zip(&log) {
+                let what = format!("{objective:?}, {peers} peers, step {}", a.step);
+                let rel = (a.grad_norm - b.grad_norm).abs() / a.grad_norm;
+                assert!(rel < 1e-5, "{what}: ‖g‖ {} vs {}", a.grad_norm, b.grad_norm);
+                assert_eq!(a.grad_norm > clip, b.grad_norm > clip, "{what}: clipping");
+                clipped[usize::from(a.grad_norm > clip)] += 1;
+                assert!((a.loss - b.loss).abs() < 1e-5, "{what}: loss");
+                assert_eq!(a.perception_token_share, b.perception_token_share, "{what}");
+                if let (Some(ga), Some(gb)) = (a.perception_grad_share, b.perception_grad_share) {
+                    assert!((ga - gb).abs() < 1e-4, "{what}: gradient share");
+                }
+            }
+        }
+    }
+    assert!(
+        clipped[0] > 0 && clipped[1] > 0,
+        "steps within / above the clip: {clipped:?}"
+    );
+}
+
+/// Peers need examples of their own and one kind of data parallelism at a time.
+#[test]
+fn data_parallel_settings_are_checked() {
+    let data = [example(4), example(5)];
+    let with = |data_parallel, data_shards, batch_size| SftSettings {
+        data_parallel,
+        data_shards,
+        batch_size,
+        max_text: 8,
+        ..SftSettings::default()
+    };
+    let e = check_settings(&with(2, 2, 4), &data)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("data_parallel = 2") && e.contains("data_shards = 2"),
+        "{e}"
+    );
+    let e = check_settings(&with(3, 1, 2), &data)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("batch_size 2") && e.contains("data_parallel = 3"),
+        "{e}"
+    );
+    check_settings(&with(2, 1, 2), &data).unwrap();
 }
 
 /// Five examples of 3 to 7 target tokens on `cfg`'s image size, and one initialization.
