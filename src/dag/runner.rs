@@ -317,9 +317,28 @@ impl<'a> Runner<'a> {
         Ok(sel)
     }
 
+    /// The instances upstream of `selected` (not themselves selected).
+    fn ancestors(p: &Pipeline, selected: &BTreeSet<String>) -> BTreeSet<String> {
+        let mut seen = BTreeSet::new();
+        let mut stack: Vec<&String> = selected.iter().collect();
+        while let Some(n) = stack.pop() {
+            if let Some(i) = p.instances.iter().find(|i| &i.name == n) {
+                for (up, _) in i.inputs.values() {
+                    if !selected.contains(up) && seen.insert(up.clone()) {
+                        stack.push(up);
+                    }
+                }
+            }
+        }
+        seen
+    }
+
     /// Runs (or with `dry_run`, plans) the pipeline.
     pub fn run(&mut self, p: &Pipeline, opts: &RunOptions) -> Result<Vec<RunRow>, DagError> {
         let selected = Self::selection(p, opts)?;
+        // A selected instance's inputs may be on the remote only (a job on a node with a store
+        // of its own): its ancestors' results are pulled too, never computed.
+        let upstream = Self::ancestors(p, &selected);
         let mut results: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
         let mut rows = Vec::new();
         for inst in &p.instances {
@@ -353,7 +372,8 @@ impl<'a> Runner<'a> {
             let cached = if forced {
                 None
             } else {
-                self.lookup(&p.name, inst, &parts, &key, is_sel)?
+                let pull = is_sel || upstream.contains(&inst.name);
+                self.lookup(&p.name, inst, &parts, &key, pull)?
             };
             if let Some(rec) = cached {
                 results.insert(inst.name.clone(), rec.outputs.clone());

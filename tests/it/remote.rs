@@ -259,6 +259,27 @@ fn push_then_pull_gives_cache_hits_and_a_second_push_uploads_nothing() {
     );
     ok(asymm(&b, &["verify"]));
 
+    // A run of one stage with the remote, in an empty store (a job on a node with a store of
+    // its own): its inputs are pulled, not reported missing.
+    let e = d.path().join("e");
+    s.add_remote(&e, "share");
+    let only = table(&ok(s.asymm(
+        &e,
+        ADMIN,
+        &["run", ps, "--only", "render", "--remote", "team"],
+    )));
+    assert_eq!(
+        only.iter()
+            .map(|r| (r.0.as_str(), r.1.as_str()))
+            .collect::<Vec<_>>(),
+        [("render", "cached")],
+        "{only:?}"
+    );
+    assert_eq!(
+        only.last().map(|r| &r.2),
+        first.iter().find(|r| r.0 == "render").map(|r| &r.2)
+    );
+
     s.add_remote(&c, "share");
     let pulled = sync_json(&s, &c, ADMIN, &["pull", &format!("{ps}:render")]);
     assert_eq!(pulled["records"], 2, "render and its upstream: {pulled}");
