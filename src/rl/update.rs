@@ -10,7 +10,7 @@ use crate::model::VisionLanguageModel;
 use crate::model::{Model, host_f32};
 use crate::train::gradient::Gradient;
 use crate::train::parallel::{gradients, map_shards};
-use crate::train::peers::{self, Peer};
+use crate::train::peers::{self, Peer, PerPeer};
 use crate::train::sft::f32_on_device;
 use crate::train::trainer::{OptimSettings, OptimState, StepStats, Trainer, TrainerError};
 use crate::util::rng::keyed;
@@ -203,15 +203,24 @@ pub fn update_model<B: AutodiffBackend>(
 ) -> Result<ModelUpdate<B::InnerBackend>> {
     check(settings, seqs)?;
     let progress = std::sync::Mutex::new(Some(progress));
+    let Policy {
+        model,
+        state,
+        reference,
+    } = policy;
+    let models = PerPeer::new((model, reference), settings.data_parallel);
     peers::run(settings.data_parallel, device, |peer| {
         let mut leader = match peer.is_leader() {
             true => progress.lock().unwrap_or_else(|e| e.into_inner()).take(),
             false => None,
         };
+        let (model, reference) = models
+            .take(&peer)
+            .ok_or_else(|| RlError::Invalid("a peer without a model".into()))?;
         let policy = Policy {
-            model: policy.model.clone(),
-            state: policy.state,
-            reference: policy.reference.clone(),
+            model,
+            state,
+            reference,
         };
         update_peer(&peer, settings, policy, seqs, pad, device, |row| {
             if let Some(p) = &mut leader {

@@ -237,6 +237,27 @@ fn collective(peer: usize, op: &'static str) -> impl Fn(CollectiveError) -> Peer
     }
 }
 
+/// One value for each peer: the original for the leader, clones for the others, each taken once
+/// by its peer; with one peer nothing is cloned (a model moved, not copied, into its only
+/// trainer, whose old weights can then be freed as it steps).
+pub struct PerPeer<T>(Mutex<Vec<Option<T>>>);
+
+impl<T: Clone> PerPeer<T> {
+    pub fn new(value: T, count: usize) -> Self {
+        let mut slots: Vec<Option<T>> = (1..count.max(1)).map(|_| Some(value.clone())).collect();
+        slots.insert(0, Some(value));
+        PerPeer(Mutex::new(slots))
+    }
+}
+
+impl<T> PerPeer<T> {
+    /// `peer`'s value; `None` when it was taken already.
+    pub fn take<I: Backend>(&self, peer: &Peer<I>) -> Option<T> {
+        let mut slots = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        slots.get_mut(peer.index()).and_then(Option::take)
+    }
+}
+
 /// Data-parallel runs take turns: burn's local collective server is one per backend type and
 /// process.
 static SESSION: Mutex<()> = Mutex::new(());

@@ -8,7 +8,7 @@ use super::batch::make_batch;
 use super::gradient::{Form, Gradient};
 use super::objective::{ObjectiveKind, Selector, Term, span_mask, terms, token_weights};
 use super::parallel::{gradients, map_shards, replica, split};
-use super::peers::{self, Peer, PeerError};
+use super::peers::{self, Peer, PeerError, PerPeer};
 use super::trainer::{OptimSettings, StepStats, Trainer, TrainerError};
 use crate::data::Example;
 pub use crate::eval::score::EvalPoint;
@@ -762,7 +762,11 @@ pub fn train<B: AutodiffBackend>(
 ) -> Result<SftOutput<B::InnerBackend>, TrainError> {
     check_settings(settings, train_set)?;
     let hooks = std::sync::Mutex::new(Some(hooks));
+    let models = PerPeer::new(model, settings.data_parallel);
     peers::run(settings.data_parallel, device, |peer| {
+        let model = models
+            .take(&peer)
+            .ok_or_else(|| TrainError::Other("a peer without a model".into()))?;
         let mut leader = match peer.is_leader() {
             true => hooks.lock().unwrap_or_else(|e| e.into_inner()).take(),
             false => None,
@@ -778,7 +782,7 @@ pub fn train<B: AutodiffBackend>(
             scratch,
             pad,
         };
-        run.train(&peer, model.clone(), hooks)
+        run.train(&peer, model, hooks)
     })
 }
 
