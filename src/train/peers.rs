@@ -27,7 +27,7 @@ use burn::collective::{
 use burn::module::{AutodiffModule, ModuleVisitor, Param};
 use burn::optim::GradientsParams;
 use burn::tensor::backend::{AutodiffBackend, Backend};
-use burn::tensor::{Tensor, TensorData, TensorPrimitive};
+use burn::tensor::{DType, Tensor, TensorData, TensorPrimitive};
 use std::sync::Mutex;
 
 /// Errors of the peers' collective operations.
@@ -40,13 +40,13 @@ pub enum PeerError {
         detail: String,
     },
     #[error(
-        "data-parallel peer {peer}: its gradient has {mine} parameter tensors, the peers' \
-         {total} in all over {peers} peers (every peer must have the same)"
+        "data-parallel peer {peer}: parameter tensor {param} (in the module tree's order) has a \
+         gradient on {with} of {peers} peers; every peer must have the same parameter tensors"
     )]
     Parameters {
         peer: usize,
-        mine: usize,
-        total: usize,
+        param: usize,
+        with: usize,
         peers: usize,
     },
     #[error("data-parallel peer {peer}: reading a reduced value back: {detail}")]
@@ -139,8 +139,11 @@ impl<I: Backend> Peer<I> {
             return Ok(counts.to_vec());
         }
         let data: Vec<f32> = counts.iter().map(|&c| c as f32).collect();
-        let t = Tensor::<I, 1>::from_data(TensorData::new(data, [counts.len()]), &self.device)
-            .cast(burn::tensor::FloatDType::F32);
+        // In f32 whatever the backend's float type (bf16 rounds counts above 256).
+        let t = Tensor::<I, 1>::from_data(
+            TensorData::new(data, [counts.len()]),
+            (&self.device, DType::F32),
+        );
         let host = self
             .all_reduce_sum(t)?
             .into_data()
@@ -173,14 +176,16 @@ impl<I: Backend> Peer<I> {
             Gradient::Flat(g) => Ok(Gradient::Flat(g.reduce_with(|t| self.sum(t))?)),
             Gradient::PerTensor(g) => {
                 // Peers whose gradients name different parameters would pair the wrong tensors
-                // (or wait for each other forever): check the counts first.
-                let mine = g.len();
-                let total = self.sum_counts(&[mine])?[0];
-                if total != mine * self.count {
+                // (or wait for each other forever): every parameter must have a gradient on
+                // every peer or on none.
+                let mine = presence::<B, M>(model, &g);
+                let flags: Vec<usize> = mine.iter().map(|&p| usize::from(p)).collect();
+                let all = self.sum_counts(&flags)?;
+                if let Some(at) = all.iter().position(|&n| n != 0 && n != self.count) {
                     return Err(PeerError::Parameters {
                         peer: self.index,
-                        mine,
-                        total,
+                        param: at,
+                        with: all[at],
                         peers: self.count,
                     });
                 }
@@ -226,6 +231,23 @@ impl<I: Backend> Peer<I> {
         model.visit(&mut sum);
         sum.out
     }
+}
+
+/// Whether each float parameter of `model` (in the module tree's order) has a gradient in `g`.
+fn presence<B: AutodiffBackend, M: AutodiffModule<B>>(model: &M, g: &GradientsParams) -> Vec<bool> {
+    struct Has<'a> {
+        g: &'a GradientsParams,
+        out: Vec<bool>,
+    }
+    impl<B: AutodiffBackend> ModuleVisitor<B> for Has<'_> {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+            let has = self.g.get::<B::InnerBackend, D>(param.id).is_some();
+            self.out.push(has);
+        }
+    }
+    let mut has = Has { g, out: Vec::new() };
+    model.visit(&mut has);
+    has.out
 }
 
 /// The error of burn's collective operation `op` on peer `peer`.
@@ -297,8 +319,12 @@ where
                 let pool = pools.get(index).cloned();
                 s.spawn(move || {
                     let body = move || -> std::result::Result<T, E> {
-                        register::<I>(PeerId::from(index), device.clone(), config.clone())
-                            .map_err(collective(index, "register"))?;
+                        if let Err(e) =
+                            register::<I>(PeerId::from(index), device.clone(), config.clone())
+                        {
+                            fail(index);
+                            return Err(collective(index, "register")(e).into());
+                        }
                         let out = f(Peer {
                             index,
                             count,

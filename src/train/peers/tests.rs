@@ -41,13 +41,13 @@ fn peers_sum_in_peer_order() {
 fn counts_and_flags_reach_every_peer() {
     let device = Default::default();
     let got = run::<Cpu, _, PeerError>(3, &device, |peer| {
-        let counts = peer.sum_counts(&[peer.index(), 1000])?;
+        let counts = peer.sum_counts(&[peer.index(), 1000 + peer.index()])?;
         let stop = peer.any(peer.is_leader())?;
         let none = peer.any(false)?;
         Ok((counts, stop, none))
     })
     .unwrap();
-    assert_eq!(got, (vec![3, 3000], true, false));
+    assert_eq!(got, (vec![3, 3003], true, false));
 }
 
 #[test]

@@ -823,6 +823,8 @@ impl<B: AutodiffBackend> Run<'_, B> {
         if let Some(s) = trainer.resume::<SnapshotState>(scratch, |s| &s.settings == settings)? {
             (start, log, timing) = (s.step, s.log, s.timing);
         }
+        // Peers that resumed from different steps would sum gradients of different weights.
+        peer_agree(peer, "resumed at step", start)?;
         for step in start..settings.steps {
             let t0 = Instant::now();
             let ctx = StepCtx {
@@ -887,12 +889,32 @@ impl<B: AutodiffBackend> Run<'_, B> {
                 break;
             }
         }
+        // Every peer ends at the same step: a peer that stopped early would leave another
+        // waiting in an all-reduce, or training alone.
+        peer_agree(peer, "ended at step", log.last().map_or(0, |r| r.step))?;
         Ok(SftOutput {
             model: trainer.model().valid(),
             log,
             timing,
         })
     }
+}
+
+/// Fails unless every data-parallel peer's `value` is this peer's.
+fn peer_agree<I: Backend>(peer: &Peer<I>, what: &str, value: usize) -> Result<(), TrainError> {
+    if peer.count() == 1 {
+        return Ok(());
+    }
+    let sum = peer.sum_counts(&[value])?[0];
+    if sum != value * peer.count() {
+        return Err(TrainError::Other(format!(
+            "data-parallel peer {} {what} {value}, the {} peers {sum} in all: their snapshots \
+             or settings differ",
+            peer.index(),
+            peer.count()
+        )));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

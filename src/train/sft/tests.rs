@@ -588,3 +588,48 @@ fn early_stopping_reads_the_standard_validation_loss() {
         "{v:?}"
     );
 }
+
+/// The leader's early stop reaches every peer: with a validation loss that only rises (given to
+/// the leader alone), two peers stop together after `patience` checks, and every peer ends at
+/// the same step (a peer left training would wait for the others forever).
+#[test]
+fn data_parallel_peers_stop_on_the_leaders_validation_loss() {
+    struct Rising;
+    impl<B: AutodiffBackend> SftHooks<B> for Rising {
+        fn eval(
+            &mut self,
+            _: usize,
+            _: &Model<B::InnerBackend>,
+        ) -> Result<Option<EvalPoint>, TrainError> {
+            Ok(None)
+        }
+        fn val_loss(
+            &mut self,
+            step: usize,
+            _: &Model<B::InnerBackend>,
+        ) -> Result<Option<f64>, TrainError> {
+            Ok(Some(step as f64))
+        }
+    }
+    type B = burn::backend::Autodiff<crate::model::Cpu>;
+    let cfg = crate::model::config::small_config();
+    let (data, init) = varied_data(&cfg);
+    let settings = SftSettings {
+        steps: 6,
+        batch_size: 4,
+        data_parallel: 2,
+        max_text: 12,
+        early_stop: Some(EarlyStop {
+            every: 1,
+            patience: 2,
+            min_delta: 0.0,
+        }),
+        ..SftSettings::default()
+    };
+    let dir = crate::util::fsx::TempDir::new("asymm-sft").unwrap();
+    let device = Default::default();
+    let model = crate::model::load::native_model::<B>(&cfg, Some(&init), 1, &device).unwrap();
+    let out = train::<B>(&settings, model, &data, &device, dir.path(), 0, &mut Rising).unwrap();
+    let seen: Vec<(usize, Option<f64>)> = out.log.iter().map(|r| (r.step, r.val_loss)).collect();
+    assert_eq!(seen, [(1, Some(1.0)), (2, Some(2.0)), (3, Some(3.0))]);
+}
