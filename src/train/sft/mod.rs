@@ -142,15 +142,7 @@ pub enum TrainError {
 /// Hooks for a run without held-out evaluation or progress display.
 pub struct NoEval;
 
-impl<B: AutodiffBackend> SftHooks<B> for NoEval {
-    fn eval(
-        &mut self,
-        _: usize,
-        _: &Model<B::InnerBackend>,
-    ) -> Result<Option<EvalPoint>, TrainError> {
-        Ok(None)
-    }
-}
+impl<B: AutodiffBackend> SftHooks<B> for NoEval {}
 
 /// Result of a finished run.
 pub struct SftOutput<B: Backend> {
@@ -171,9 +163,11 @@ pub trait SftHooks<B: AutodiffBackend> {
     /// Held-out evaluation of the current weights (`None`: no held-out set).
     fn eval(
         &mut self,
-        step: usize,
-        model: &Model<B::InnerBackend>,
-    ) -> Result<Option<EvalPoint>, TrainError>;
+        _step: usize,
+        _model: &Model<B::InnerBackend>,
+    ) -> Result<Option<EvalPoint>, TrainError> {
+        Ok(None)
+    }
     /// The standard objective's loss on the validation examples ([`standard_loss`]), read by
     /// early stopping (`None`: no validation set).
     fn val_loss(

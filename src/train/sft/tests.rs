@@ -498,13 +498,6 @@ struct ValHooks<'a> {
 }
 
 impl<B: AutodiffBackend> SftHooks<B> for ValHooks<'_> {
-    fn eval(
-        &mut self,
-        _: usize,
-        _: &Model<B::InnerBackend>,
-    ) -> Result<Option<EvalPoint>, TrainError> {
-        Ok(None)
-    }
     fn val_loss(
         &mut self,
         _: usize,
@@ -596,13 +589,6 @@ fn early_stopping_reads_the_standard_validation_loss() {
 fn data_parallel_peers_stop_on_the_leaders_validation_loss() {
     struct Rising;
     impl<B: AutodiffBackend> SftHooks<B> for Rising {
-        fn eval(
-            &mut self,
-            _: usize,
-            _: &Model<B::InnerBackend>,
-        ) -> Result<Option<EvalPoint>, TrainError> {
-            Ok(None)
-        }
         fn val_loss(
             &mut self,
             step: usize,
