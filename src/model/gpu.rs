@@ -283,7 +283,12 @@ mod tests {
         );
         let by_kernel = launches_by_kernel();
         let (_, third, _) = run();
-        assert_eq!(third, repeat);
+        // Launches and compilations repeat exactly; the number of autotune log records does not
+        // (two repeats on a busy machine logged 116 and 126), so it is not compared.
+        assert_eq!(
+            (third.launches, third.compiles),
+            (repeat.launches, repeat.compiles)
+        );
         // The launches by name account for every launch of the run.
         let named: u64 = launches_by_kernel()
             .iter()
