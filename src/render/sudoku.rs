@@ -1,5 +1,5 @@
-//! Sudoku drawings: a 9×9 grid with bold 3×3 boxes and each given drawn from a handwritten digit
-//! image, chosen per cell by a seeded draw.
+//! Sudoku drawings: a 9×9 grid with bold 3×3 boxes (or 4×4 with 2×2 boxes) and each given drawn
+//! from a handwritten digit image, chosen per cell by a seeded draw.
 
 use super::Gray;
 use super::digits::{DigitBank, SIDE};
@@ -13,13 +13,14 @@ use tiny_skia::{Paint, PathBuilder, Stroke, Transform};
 /// Draws the givens of `grid` into a `size`×`size` image. Digit images are picked with
 /// randomness keyed by `(seed, item, cell)`.
 pub fn draw(grid: &Grid, bank: &DigitBank, size: u32, seed: u64, item: &str) -> Gray {
-    let mut img = empty_grid(size);
+    let n = grid.side().n();
+    let mut img = empty_grid(size, n);
     if img.pixels.is_empty() {
         return img;
     }
-    let cell = (size as f32 - 2.0 * PAD) / 9.0;
+    let cell = (size as f32 - 2.0 * PAD) / n as f32;
     let inner = (cell - 4.0).max(1.0);
-    for (i, &d) in grid.0.iter().enumerate() {
+    for (i, &d) in grid.cells().iter().enumerate() {
         if d == 0 {
             continue;
         }
@@ -29,8 +30,8 @@ pub fn draw(grid: &Grid, bank: &DigitBank, size: u32, seed: u64, item: &str) -> 
         }
         let k =
             keyed_str(seed, "render/sudoku-digit", item, i as u64).random_range(0..choices.len());
-        let x0 = PAD + (i % 9) as f32 * cell + (cell - inner) / 2.0;
-        let y0 = PAD + (i / 9) as f32 * cell + (cell - inner) / 2.0;
+        let x0 = PAD + (i % n) as f32 * cell + (cell - inner) / 2.0;
+        let y0 = PAD + (i / n) as f32 * cell + (cell - inner) / 2.0;
         blit(&mut img, &choices[k], x0, y0, inner);
     }
     img
@@ -40,31 +41,33 @@ pub fn draw(grid: &Grid, bank: &DigitBank, size: u32, seed: u64, item: &str) -> 
 const PAD: f32 = 2.0;
 
 thread_local! {
-    /// The empty grid of each size, drawn once per thread.
-    static GRIDS: RefCell<HashMap<u32, Gray>> = RefCell::new(HashMap::new());
+    /// The empty grid of each image size and side, drawn once per thread.
+    static GRIDS: RefCell<HashMap<(u32, usize), Gray>> = RefCell::new(HashMap::new());
 }
 
-/// The empty 9×9 grid (thin cell lines, bold box lines) at `size`, from the per-thread cache.
-fn empty_grid(size: u32) -> Gray {
+/// The empty n×n grid (thin cell lines, bold box lines) at `size`, from the per-thread cache.
+fn empty_grid(size: u32, n: usize) -> Gray {
     GRIDS.with(|g| {
         g.borrow_mut()
-            .entry(size)
-            .or_insert_with(|| draw_grid(size))
+            .entry((size, n))
+            .or_insert_with(|| draw_grid(size, n))
             .clone()
     })
 }
 
-fn draw_grid(size: u32) -> Gray {
+/// Draws the empty grid of side `n` (9, or 4): its boxes are √n cells wide.
+fn draw_grid(size: u32, n: usize) -> Gray {
     let Some(mut pm) = super::white_canvas(size) else {
         return Gray::empty();
     };
     let s = size as f32;
-    let cell = (s - 2.0 * PAD) / 9.0;
+    let cell = (s - 2.0 * PAD) / n as f32;
+    let boxes = if n == 4 { 2 } else { 3 };
     let mut black = Paint::default();
     black.set_color_rgba8(0, 0, 0, 255);
-    for (width, step) in [(1.0f32, 1usize), (2.5, 3)] {
+    for (width, step) in [(1.0f32, 1usize), (2.5, boxes)] {
         let mut pb = PathBuilder::new();
-        for i in (0..=9).step_by(step) {
+        for i in (0..=n).step_by(step) {
             let t = PAD + i as f32 * cell;
             pb.move_to(PAD, t);
             pb.line_to(s - PAD, t);
@@ -193,13 +196,14 @@ fn round_to_byte(v: f32) -> u8 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::tasks::sudoku::Side;
 
     #[test]
     fn givens_add_ink_in_their_cells_only() {
         let bank = DigitBank::strokes(3, 0);
-        let mut g = Grid([0; 81]);
+        let mut g = Grid::empty(Side::NINE);
         let empty = draw(&g, &bank, 252, 1, "x");
-        g.0[40] = 7; // centre cell
+        g.cells_mut()[40] = 7; // centre cell
         let one = draw(&g, &bank, 252, 1, "x");
         let diff: Vec<usize> = (0..empty.pixels.len())
             .filter(|&i| empty.pixels[i] != one.pixels[i])
@@ -213,6 +217,27 @@ mod tests {
             );
         }
         assert_eq!(one, draw(&g, &bank, 252, 1, "x"));
+    }
+
+    #[test]
+    fn four_by_four_cells_are_a_quarter_of_the_grid() {
+        let bank = DigitBank::strokes(3, 0);
+        let mut g = Grid::empty(Side::FOUR);
+        let empty = draw(&g, &bank, 96, 1, "x");
+        // Two bold lines cross the middle (the 2×2 boxes), not the 9×9 grid's thirds.
+        let dark = |img: &Gray, x: u32, y: u32| img.pixels[(y * 96 + x) as usize] < 128;
+        assert!(dark(&empty, 48, 10) && dark(&empty, 10, 48));
+        assert!(!dark(&empty, 32, 10) && !dark(&empty, 10, 32));
+        g.cells_mut()[5] = 3; // row 2, column 2: pixels 25..48
+        let one = draw(&g, &bank, 96, 1, "x");
+        let diff: Vec<usize> = (0..empty.pixels.len())
+            .filter(|&i| empty.pixels[i] != one.pixels[i])
+            .collect();
+        assert!(diff.len() > 30);
+        for i in diff {
+            let (x, y) = (i % 96, i / 96);
+            assert!((25..48).contains(&x) && (25..48).contains(&y), "{x},{y}");
+        }
     }
 
     /// The straightforward bilinear blit, sample by sample with bounds checks: the reference the
@@ -260,7 +285,7 @@ mod tests {
                     PAD + k as f32 * cell + 2.0,
                     PAD + (8 - k) as f32 * cell + 2.0,
                 );
-                let (mut a, mut b) = (empty_grid(size), draw_grid(size));
+                let (mut a, mut b) = (empty_grid(size, 9), draw_grid(size, 9));
                 assert_eq!(a, b);
                 blit(&mut a, ink, x0, y0, inner);
                 blit_reference(&mut b, ink, x0, y0, inner);

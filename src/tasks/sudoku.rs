@@ -1,22 +1,110 @@
 //! Sudoku: puzzle generation with a uniqueness proof, canonical grid text, a human-style solver with
 //! a step-by-step trace, and the grader.
 //!
-//! Canonical perception text (p*): nine lines of nine characters, `1`–`9` for givens, `.` for empty
-//! cells. The answer is the nine lines of nine digits that follow the last `answer` line.
+//! Two sizes: the standard 9×9 grid of 3×3 boxes (digits 1–9), and a 4×4 grid of 2×2 boxes
+//! (digits 1–4), whose transcription is a fifth as long — the size that lets a verbose trace make
+//! perception a small share of the target tokens at sequence lengths a CPU trains on.
+//!
+//! Canonical perception text (p*): one line per row, one character per cell, `1`–`9` for givens,
+//! `.` for empty cells (nine lines of nine, or four lines of four). The answer is the grid that
+//! follows the last `answer` line. A grid's size is read from its number of rows.
 
 use rand::Rng;
 use rand::seq::SliceRandom;
 use std::fmt::Write;
 
-/// 81 cells, row-major; 0 = empty.
+/// A grid's side: 9 (3×3 boxes) or 4 (2×2 boxes). In a config, `size = 9` or `size = 4`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(try_from = "u8", into = "u8")]
+pub struct Side(u8);
+
+/// A `size` other than 4 or 9.
+#[derive(Debug, thiserror::Error)]
+#[error("sudoku size {0} is not supported: use 9 (3×3 boxes) or 4 (2×2 boxes)")]
+pub struct BadSide(u8);
+
+impl Side {
+    pub const NINE: Side = Side(9);
+    pub const FOUR: Side = Side(4);
+
+    /// Cells on a side.
+    pub fn n(self) -> usize {
+        self.0 as usize
+    }
+    /// Cells on a box's side.
+    fn b(self) -> usize {
+        if self.0 == 4 { 2 } else { 3 }
+    }
+    fn cells(self) -> usize {
+        self.n() * self.n()
+    }
+    /// The digits' bits, 1..=n.
+    fn all(self) -> u16 {
+        ((1u16 << (self.n() + 1)) - 1) & !1
+    }
+    fn is_nine(&self) -> bool {
+        *self == Side::NINE
+    }
+    /// The box of cell `i`, row-major over boxes.
+    #[inline]
+    fn box_of(self, i: usize) -> usize {
+        let (n, b) = (self.n(), self.b());
+        (i / n / b) * b + (i % n) / b
+    }
+    /// The cells of a unit: rows `0..n`, then columns, then boxes.
+    fn unit_cells(self, unit: usize) -> Vec<usize> {
+        let (n, b) = (self.n(), self.b());
+        (0..n)
+            .map(|k| match unit / n {
+                0 => unit * n + k,
+                1 => k * n + (unit - n),
+                _ => {
+                    let bx = unit - 2 * n;
+                    (bx / b) * b * n + (bx % b) * b + (k / b) * n + k % b
+                }
+            })
+            .collect()
+    }
+    fn unit_name(self, unit: usize) -> String {
+        let n = self.n();
+        match unit / n {
+            0 => format!("row {}", unit + 1),
+            1 => format!("col {}", unit - n + 1),
+            _ => format!("box {}", unit - 2 * n + 1),
+        }
+    }
+    fn cell_name(self, i: usize) -> String {
+        format!("r{}c{}", i / self.n() + 1, i % self.n() + 1)
+    }
+}
+
+impl Default for Side {
+    fn default() -> Self {
+        Side::NINE
+    }
+}
+
+impl TryFrom<u8> for Side {
+    type Error = BadSide;
+    fn try_from(n: u8) -> std::result::Result<Side, BadSide> {
+        match n {
+            4 | 9 => Ok(Side(n)),
+            _ => Err(BadSide(n)),
+        }
+    }
+}
+
+impl From<Side> for u8 {
+    fn from(s: Side) -> u8 {
+        s.0
+    }
+}
+
+/// A grid, row-major; 0 = empty. Cells past `side²` stay 0.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct Grid(pub [u8; 81]);
-
-const ALL: u16 = 0x3fe; // bits 1..=9
-
-#[inline]
-fn box_of(i: usize) -> usize {
-    (i / 27) * 3 + (i % 9) / 3
+pub struct Grid {
+    side: Side,
+    cells: [u8; 81],
 }
 
 /// Generation knobs.
@@ -26,36 +114,45 @@ pub struct SudokuGen {
     /// Target number of givens (fewer is harder). Puzzles stop early if no further cell can be
     /// removed while keeping the solution unique; the actual count is recorded per puzzle.
     pub givens: usize,
+    /// The grid's side (9 unless set; not written into the config's key at 9).
+    #[serde(skip_serializing_if = "Side::is_nine")]
+    pub size: Side,
 }
 
 impl Default for SudokuGen {
     fn default() -> Self {
-        SudokuGen { givens: 30 }
+        SudokuGen {
+            givens: 30,
+            size: Side::NINE,
+        }
     }
 }
 
 /// Row/column/box occupancy masks for fast candidate computation.
 #[derive(Clone)]
 struct Masks {
+    side: Side,
     row: [u16; 9],
     col: [u16; 9],
     bx: [u16; 9],
 }
 
 impl Masks {
-    /// `None` if the givens already conflict.
-    fn of(g: &Grid) -> Option<Masks> {
-        let mut m = Masks {
+    fn empty(side: Side) -> Masks {
+        Masks {
+            side,
             row: [0; 9],
             col: [0; 9],
             bx: [0; 9],
-        };
-        for i in 0..81 {
-            let d = g.0[i];
+        }
+    }
+    /// `None` if the givens already conflict.
+    fn of(g: &Grid) -> Option<Masks> {
+        let mut m = Masks::empty(g.side);
+        for (i, &d) in g.cells().iter().enumerate() {
             if d != 0 {
                 let bit = 1u16 << d;
-                let (r, c, b) = (i / 9, i % 9, box_of(i));
-                if (m.row[r] | m.col[c] | m.bx[b]) & bit != 0 {
+                if m.taken(i) & bit != 0 {
                     return None;
                 }
                 m.set(i, bit);
@@ -64,20 +161,27 @@ impl Masks {
         Some(m)
     }
     #[inline]
+    fn taken(&self, i: usize) -> u16 {
+        let n = self.side.n();
+        self.row[i / n] | self.col[i % n] | self.bx[self.side.box_of(i)]
+    }
+    #[inline]
     fn cand(&self, i: usize) -> u16 {
-        ALL & !(self.row[i / 9] | self.col[i % 9] | self.bx[box_of(i)])
+        self.side.all() & !self.taken(i)
     }
     #[inline]
     fn set(&mut self, i: usize, bit: u16) {
-        self.row[i / 9] |= bit;
-        self.col[i % 9] |= bit;
-        self.bx[box_of(i)] |= bit;
+        let (n, b) = (self.side.n(), self.side.box_of(i));
+        self.row[i / n] |= bit;
+        self.col[i % n] |= bit;
+        self.bx[b] |= bit;
     }
     #[inline]
     fn clear(&mut self, i: usize, bit: u16) {
-        self.row[i / 9] &= !bit;
-        self.col[i % 9] &= !bit;
-        self.bx[box_of(i)] &= !bit;
+        let (n, b) = (self.side.n(), self.side.box_of(i));
+        self.row[i / n] &= !bit;
+        self.col[i % n] &= !bit;
+        self.bx[b] &= !bit;
     }
 }
 
@@ -91,8 +195,8 @@ fn count_rec(
     // Most-constrained empty cell.
     let mut best = usize::MAX;
     let mut best_n = 10;
-    for i in 0..81 {
-        if g.0[i] == 0 {
+    for i in 0..g.side.cells() {
+        if g.cells[i] == 0 {
             let n = m.cand(i).count_ones();
             if n < best_n {
                 best_n = n;
@@ -115,15 +219,38 @@ fn count_rec(
         let d = c.trailing_zeros() as u8;
         c &= c - 1;
         let bit = 1u16 << d;
-        g.0[best] = d;
+        g.cells[best] = d;
         m.set(best, bit);
         count_rec(g, m, limit, found, first);
         m.clear(best, bit);
-        g.0[best] = 0;
+        g.cells[best] = 0;
     }
 }
 
 impl Grid {
+    /// An empty grid of this side.
+    pub fn empty(side: Side) -> Grid {
+        Grid {
+            side,
+            cells: [0; 81],
+        }
+    }
+
+    pub fn side(&self) -> Side {
+        self.side
+    }
+
+    /// The `side²` cells, row-major; 0 = empty.
+    pub fn cells(&self) -> &[u8] {
+        &self.cells[..self.side.cells()]
+    }
+
+    /// The cells to write (any byte: validity is checked where it matters).
+    pub fn cells_mut(&mut self) -> &mut [u8] {
+        let n = self.side.cells();
+        &mut self.cells[..n]
+    }
+
     /// Counts solutions, stopping at `limit`; also returns the first solution found.
     pub fn count_solutions(&self, limit: usize) -> (usize, Option<Grid>) {
         let Some(mut m) = Masks::of(self) else {
@@ -137,57 +264,57 @@ impl Grid {
     }
 
     pub fn givens(&self) -> usize {
-        self.0.iter().filter(|&&d| d != 0).count()
+        self.cells().iter().filter(|&&d| d != 0).count()
     }
 
     /// A uniformly shuffled complete valid grid.
-    pub fn random_solution<R: Rng>(rng: &mut R) -> Grid {
+    pub fn random_solution<R: Rng>(rng: &mut R, side: Side) -> Grid {
         fn fill<R: Rng>(g: &mut Grid, m: &mut Masks, i: usize, rng: &mut R) -> bool {
-            if i == 81 {
+            if i == g.side.cells() {
                 return true;
             }
-            let mut digits: Vec<u8> = (1..=9).filter(|d| m.cand(i) >> d & 1 == 1).collect();
+            let n = g.side.n() as u8;
+            let mut digits: Vec<u8> = (1..=n).filter(|d| m.cand(i) >> d & 1 == 1).collect();
             digits.shuffle(rng);
             for d in digits {
                 let bit = 1u16 << d;
-                g.0[i] = d;
+                g.cells[i] = d;
                 m.set(i, bit);
                 if fill(g, m, i + 1, rng) {
                     return true;
                 }
                 m.clear(i, bit);
-                g.0[i] = 0;
+                g.cells[i] = 0;
             }
             false
         }
-        let mut g = Grid([0; 81]);
-        let mut m = Masks {
-            row: [0; 9],
-            col: [0; 9],
-            bx: [0; 9],
-        };
+        let mut g = Grid::empty(side);
+        let mut m = Masks::empty(side);
         fill(&mut g, &mut m, 0, rng);
         g
     }
 
-    /// A puzzle with a unique solution: `(puzzle, solution)`.
+    /// A puzzle with a unique solution: `(puzzle, solution)`. The givens are clamped to the
+    /// fewest a unique puzzle can have (17 on 9×9, 4 on 4×4) and the whole grid.
     pub fn random_puzzle<R: Rng>(rng: &mut R, cfg: &SudokuGen) -> (Grid, Grid) {
-        let solution = Grid::random_solution(rng);
+        let side = cfg.size;
+        let solution = Grid::random_solution(rng, side);
         let mut puzzle = solution;
-        let mut cells: Vec<usize> = (0..81).collect();
+        let mut cells: Vec<usize> = (0..side.cells()).collect();
         cells.shuffle(rng);
-        let target = cfg.givens.clamp(17, 81);
-        let mut givens = 81;
+        let fewest = if side.is_nine() { 17 } else { 4 };
+        let target = cfg.givens.clamp(fewest, side.cells());
+        let mut givens = side.cells();
         for i in cells {
             if givens <= target {
                 break;
             }
-            let d = puzzle.0[i];
-            puzzle.0[i] = 0;
+            let d = puzzle.cells[i];
+            puzzle.cells[i] = 0;
             if puzzle.count_solutions(2).0 == 1 {
                 givens -= 1;
             } else {
-                puzzle.0[i] = d;
+                puzzle.cells[i] = d;
             }
         }
         (puzzle, solution)
@@ -195,25 +322,27 @@ impl Grid {
 
     /// Whether this is a complete valid solution grid.
     pub fn is_valid_solution(&self) -> bool {
-        self.0.iter().all(|&d| (1..=9).contains(&d)) && Masks::of(self).is_some()
+        let n = self.side.n() as u8;
+        self.cells().iter().all(|&d| (1..=n).contains(&d)) && Masks::of(self).is_some()
     }
 
-    /// Canonical perception text: nine rows, `.` for empty.
+    /// Canonical perception text: one line per row, `.` for empty.
     pub fn canonical(&self) -> String {
-        let mut s = String::with_capacity(90);
-        for r in 0..9 {
+        let n = self.side.n();
+        let mut s = String::with_capacity(n * (n + 1));
+        for (r, row) in self.cells().chunks(n).enumerate() {
             if r > 0 {
                 s.push('\n');
             }
-            for c in 0..9 {
-                let d = self.0[r * 9 + c];
+            for &d in row {
                 s.push(if d == 0 { '.' } else { (b'0' + d) as char });
             }
         }
         s
     }
 
-    /// Parses nine lines of nine cells (`1`–`9` or `.`; `0` also means empty).
+    /// Parses nine lines of nine cells or four lines of four (`1`–`9` or `1`–`4`, or `.`; `0`
+    /// also means empty).
     pub fn parse(text: &str) -> Option<Grid> {
         let rows: Vec<&str> = text
             .trim()
@@ -225,19 +354,18 @@ impl Grid {
     }
 
     fn parse_rows(rows: &[&str], allow_empty: bool) -> Option<Grid> {
-        if rows.len() != 9 {
-            return None;
-        }
-        let mut g = Grid([0; 81]);
+        let side = Side::try_from(u8::try_from(rows.len()).ok()?).ok()?;
+        let n = side.n();
+        let mut g = Grid::empty(side);
         for (r, row) in rows.iter().enumerate() {
             let cells: Vec<char> = row.chars().filter(|c| !c.is_whitespace()).collect();
-            if cells.len() != 9 {
+            if cells.len() != n {
                 return None;
             }
             for (c, ch) in cells.into_iter().enumerate() {
-                g.0[r * 9 + c] = match ch {
-                    '1'..='9' => ch as u8 - b'0',
-                    '.' | '0' if allow_empty => 0,
+                g.cells[r * n + c] = match ch.to_digit(10) {
+                    Some(d @ 1..) if d as usize <= n => d as u8,
+                    _ if allow_empty && (ch == '.' || ch == '0') => 0,
                     _ => return None,
                 };
             }
@@ -266,16 +394,19 @@ pub fn parse_answer(reasoning: &str) -> Option<Grid> {
     Grid::parse_rows(&rows, false)
 }
 
-/// Acc(reasoning | perception): a valid complete grid that keeps the perceived givens.
+/// Acc(reasoning | perception): a valid complete grid of the same size that keeps the perceived
+/// givens.
 pub fn accuracy(reasoning: &str, perception: &str) -> bool {
     let (Some(givens), Some(ans)) = (Grid::parse(perception), parse_answer(reasoning)) else {
         return false;
     };
-    ans.is_valid_solution() && (0..81).all(|i| givens.0[i] == 0 || givens.0[i] == ans.0[i])
-}
-
-fn cell_name(i: usize) -> String {
-    format!("r{}c{}", i / 9 + 1, i % 9 + 1)
+    givens.side == ans.side
+        && ans.is_valid_solution()
+        && givens
+            .cells()
+            .iter()
+            .zip(ans.cells())
+            .all(|(&g, &a)| g == 0 || g == a)
 }
 
 fn digits_of(mask: u16) -> String {
@@ -304,47 +435,51 @@ impl Tracer {
         if self.verbosity < 3 || self.out.len() >= self.budget {
             return;
         }
-        let (r, c) = (i / 9, i % 9);
-        let list = |cells: [usize; 9]| -> String {
-            cells
-                .iter()
-                .filter(|&&k| g.0[k] != 0)
-                .map(|&k| char::from(b'0' + g.0[k]))
+        let side = g.side;
+        let n = side.n();
+        let (r, c, b) = (i / n, i % n, side.box_of(i));
+        let list = |unit: usize| -> String {
+            side.unit_cells(unit)
+                .into_iter()
+                .filter(|&k| g.cells[k] != 0)
+                .map(|k| char::from(b'0' + g.cells[k]))
                 .collect()
         };
         let _ = writeln!(
             self.out,
             "{} row {} has {} col {} has {} box {} has {} candidates {}",
-            cell_name(i),
+            side.cell_name(i),
             r + 1,
-            list(unit_cells(r)),
+            list(r),
             c + 1,
-            list(unit_cells(9 + c)),
-            box_of(i) + 1,
-            list(unit_cells(18 + box_of(i))),
+            list(n + c),
+            b + 1,
+            list(2 * n + b),
             digits_of(m.cand(i))
         );
     }
 
     /// Propagates singles, then guesses on the most constrained cell. Returns the solution.
     fn solve(&mut self, g: &mut Grid, m: &mut Masks) -> bool {
+        let side = g.side;
+        let (n, cells) = (side.n(), side.cells());
         loop {
             // Naked singles.
             let mut progress = false;
-            for i in 0..81 {
-                if g.0[i] != 0 {
+            for i in 0..cells {
+                if g.cells[i] != 0 {
                     continue;
                 }
                 let c = m.cand(i);
                 if c == 0 {
-                    self.line(1, format_args!("{} no candidates", cell_name(i)));
+                    self.line(1, format_args!("{} no candidates", side.cell_name(i)));
                     return false;
                 }
                 if c.count_ones() == 1 {
                     let d = c.trailing_zeros() as u8;
                     self.explain(g, m, i);
-                    self.line(1, format_args!("{}={} naked single", cell_name(i), d));
-                    g.0[i] = d;
+                    self.line(1, format_args!("{}={} naked single", side.cell_name(i), d));
+                    g.cells[i] = d;
                     m.set(i, 1 << d);
                     progress = true;
                 }
@@ -353,17 +488,17 @@ impl Tracer {
                 continue;
             }
             // Hidden singles in rows, columns and boxes.
-            for unit in 0..27 {
-                let cells = unit_cells(unit);
-                for d in 1..=9u8 {
+            for unit in 0..3 * n {
+                let unit_cells = side.unit_cells(unit);
+                for d in 1..=n as u8 {
                     let bit = 1u16 << d;
-                    if cells.iter().any(|&i| g.0[i] == d) {
+                    if unit_cells.iter().any(|&i| g.cells[i] == d) {
                         continue;
                     }
-                    let places: Vec<usize> = cells
+                    let places: Vec<usize> = unit_cells
                         .iter()
                         .copied()
-                        .filter(|&i| g.0[i] == 0 && m.cand(i) & bit != 0)
+                        .filter(|&i| g.cells[i] == 0 && m.cand(i) & bit != 0)
                         .collect();
                     if places.len() == 1 {
                         let i = places[0];
@@ -372,12 +507,12 @@ impl Tracer {
                             1,
                             format_args!(
                                 "{}={} hidden single {}",
-                                cell_name(i),
+                                side.cell_name(i),
                                 d,
-                                unit_name(unit)
+                                side.unit_name(unit)
                             ),
                         );
-                        g.0[i] = d;
+                        g.cells[i] = d;
                         m.set(i, bit);
                         progress = true;
                     }
@@ -388,8 +523,8 @@ impl Tracer {
             }
         }
         // Guess on the most constrained cell.
-        let Some(i) = (0..81)
-            .filter(|&i| g.0[i] == 0)
+        let Some(i) = (0..cells)
+            .filter(|&i| g.cells[i] == 0)
             .min_by_key(|&i| (m.cand(i).count_ones(), i))
         else {
             return true;
@@ -397,47 +532,24 @@ impl Tracer {
         let cands = m.cand(i);
         self.line(
             2,
-            format_args!("{} candidates {}", cell_name(i), digits_of(cands)),
+            format_args!("{} candidates {}", side.cell_name(i), digits_of(cands)),
         );
-        for d in 1..=9u8 {
+        for d in 1..=n as u8 {
             if cands >> d & 1 == 0 {
                 continue;
             }
-            self.line(1, format_args!("guess {}={}", cell_name(i), d));
+            self.line(1, format_args!("guess {}={}", side.cell_name(i), d));
             let (saved_g, saved_m) = (*g, m.clone());
-            g.0[i] = d;
+            g.cells[i] = d;
             m.set(i, 1 << d);
             if self.solve(g, m) {
                 return true;
             }
-            self.line(1, format_args!("undo {}={}", cell_name(i), d));
+            self.line(1, format_args!("undo {}={}", side.cell_name(i), d));
             *g = saved_g;
             *m = saved_m;
         }
         false
-    }
-}
-
-fn unit_cells(unit: usize) -> [usize; 9] {
-    let mut out = [0; 9];
-    for (k, o) in out.iter_mut().enumerate() {
-        *o = match unit {
-            0..=8 => unit * 9 + k,
-            9..=17 => k * 9 + (unit - 9),
-            _ => {
-                let b = unit - 18;
-                (b / 3) * 27 + (b % 3) * 3 + (k / 3) * 9 + k % 3
-            }
-        };
-    }
-    out
-}
-
-fn unit_name(unit: usize) -> String {
-    match unit {
-        0..=8 => format!("row {}", unit + 1),
-        9..=17 => format!("col {}", unit - 8),
-        _ => format!("box {}", unit - 17),
     }
 }
 
@@ -456,12 +568,13 @@ pub fn trace(puzzle: &Grid, verbosity: u8) -> String {
     let Some(mut m) = Masks::of(puzzle) else {
         return "givens conflict".to_string();
     };
+    let side = puzzle.side;
     if verbosity >= 2 {
-        for i in 0..81 {
-            if puzzle.0[i] == 0 {
+        for (i, &d) in puzzle.cells().iter().enumerate() {
+            if d == 0 {
                 t.line(
                     2,
-                    format_args!("{} candidates {}", cell_name(i), digits_of(m.cand(i))),
+                    format_args!("{} candidates {}", side.cell_name(i), digits_of(m.cand(i))),
                 );
             }
         }
@@ -478,8 +591,8 @@ pub fn trace(puzzle: &Grid, verbosity: u8) -> String {
         t.out.push('\n');
     }
     if verbosity >= 2 {
-        for unit in 0..27 {
-            let name = unit_name(unit);
+        for unit in 0..3 * side.n() {
+            let name = side.unit_name(unit);
             t.line(2, format_args!("check {name} ok"));
         }
     }
@@ -503,13 +616,13 @@ mod tests {
             assert_eq!(n, 1, "puzzle {i} not unique");
             assert_eq!(sol, Some(s));
             assert!(p.givens() >= 30 && p.givens() <= 40, "{}", p.givens());
-            assert!((0..81).all(|k| p.0[k] == 0 || p.0[k] == s.0[k]));
+            assert!((0..81).all(|k| p.cells()[k] == 0 || p.cells()[k] == s.cells()[k]));
         }
     }
 
     #[test]
     fn uniqueness_counter_sees_multiple_solutions() {
-        let empty = Grid([0; 81]);
+        let empty = Grid::empty(Side::NINE);
         assert_eq!(empty.count_solutions(2).0, 2);
         // A "deadly pattern": cells (r1,c1)=a, (r1,c2)=b, (r2,c1)=b, (r2,c2)=a with r1, r2 in the
         // same band. The four cells lie in two boxes, so swapping a and b gives another valid
@@ -520,8 +633,8 @@ mod tests {
                 for r2 in (r1 + 1)..(r1 / 3 * 3 + 3) {
                     for c1 in 0..9 {
                         for c2 in (c1 + 1)..9 {
-                            let (a, b) = (g.0[r1 * 9 + c1], g.0[r1 * 9 + c2]);
-                            if g.0[r2 * 9 + c1] == b && g.0[r2 * 9 + c2] == a {
+                            let (a, b) = (g.cells()[r1 * 9 + c1], g.cells()[r1 * 9 + c2]);
+                            if g.cells()[r2 * 9 + c1] == b && g.cells()[r2 * 9 + c2] == a {
                                 return Some([r1 * 9 + c1, r1 * 9 + c2, r2 * 9 + c1, r2 * 9 + c2]);
                             }
                         }
@@ -531,28 +644,28 @@ mod tests {
             None
         };
         let (s, cells) = (0..50)
-            .map(|seed| Grid::random_solution(&mut keyed(1, "deadly", seed, 0)))
+            .map(|seed| Grid::random_solution(&mut keyed(1, "deadly", seed, 0), Side::NINE))
             .find_map(|g| rectangle(&g).map(|c| (g, c)))
             .expect("some random solution has a deadly pattern");
         let mut swapped = s;
-        (swapped.0[cells[0]], swapped.0[cells[1]]) = (s.0[cells[1]], s.0[cells[0]]);
-        (swapped.0[cells[2]], swapped.0[cells[3]]) = (s.0[cells[3]], s.0[cells[2]]);
+        swapped.cells_mut().swap(cells[0], cells[1]);
+        swapped.cells_mut().swap(cells[2], cells[3]);
         assert!(s.is_valid_solution() && swapped.is_valid_solution() && swapped != s);
         let mut p = s;
         for c in cells {
-            p.0[c] = 0;
+            p.cells_mut()[c] = 0;
         }
         assert_eq!(p.count_solutions(2).0, 2);
         assert_eq!(p.count_solutions(10).0, 2, "exactly two solutions");
         let first = p.count_solutions(1).1;
         assert!(first == Some(s) || first == Some(swapped), "{first:?}");
         // With one of the four cells given, the solution is unique again.
-        p.0[cells[0]] = s.0[cells[0]];
+        p.cells_mut()[cells[0]] = s.cells()[cells[0]];
         assert_eq!(p.count_solutions(10), (1, Some(s)));
         // Conflicting givens: no solution.
-        let mut bad = Grid([0; 81]);
-        bad.0[0] = 5;
-        bad.0[1] = 5;
+        let mut bad = Grid::empty(Side::NINE);
+        bad.cells_mut()[0] = 5;
+        bad.cells_mut()[1] = 5;
         assert_eq!(bad.count_solutions(2).0, 0);
     }
 
@@ -565,11 +678,11 @@ mod tests {
         assert!(perception_equivalent(&ps, &ps));
         // Break a cell.
         let mut bad = s;
-        bad.0[0] = if s.0[0] == 1 { 2 } else { 1 };
+        bad.cells_mut()[0] = if s.cells()[0] == 1 { 2 } else { 1 };
         assert!(!accuracy(&format!("answer\n{}", bad.canonical()), &ps));
         // A valid grid that ignores a given (relabel digits): valid but wrong for these givens.
         let mut relabeled = s;
-        for d in relabeled.0.iter_mut() {
+        for d in relabeled.cells_mut() {
             *d = *d % 9 + 1;
         }
         assert!(relabeled.is_valid_solution());
@@ -587,7 +700,13 @@ mod tests {
     #[test]
     fn traces_end_in_correct_answers() {
         for i in 0..10 {
-            let (p, _) = Grid::random_puzzle(&mut keyed(2, "t", i, 0), &SudokuGen { givens: 26 });
+            let (p, _) = Grid::random_puzzle(
+                &mut keyed(2, "t", i, 0),
+                &SudokuGen {
+                    givens: 26,
+                    ..SudokuGen::default()
+                },
+            );
             for v in 0..=3 {
                 let t = trace(&p, v);
                 assert!(accuracy(&t, &p.canonical()), "{t}");
@@ -600,6 +719,86 @@ mod tests {
         let (p, _) = Grid::random_puzzle(&mut keyed(4, "t", 0, 0), &SudokuGen::default());
         assert_eq!(Grid::parse(&p.canonical()), Some(p));
         assert_eq!(p.canonical().lines().count(), 9);
+    }
+
+    fn four(givens: usize) -> SudokuGen {
+        SudokuGen {
+            givens,
+            size: Side::FOUR,
+        }
+    }
+
+    #[test]
+    fn four_by_four_puzzles_are_unique_and_solved_by_their_traces() {
+        let mut givens = std::collections::BTreeSet::new();
+        for i in 0..40 {
+            let (p, s) = Grid::random_puzzle(&mut keyed(6, "t4", i, 0), &four(4));
+            assert_eq!(p.side(), Side::FOUR);
+            assert!(s.is_valid_solution(), "{}", s.canonical());
+            assert_eq!(p.count_solutions(10), (1, Some(s)), "{}", p.canonical());
+            assert!((0..16).all(|k| p.cells()[k] == 0 || p.cells()[k] == s.cells()[k]));
+            assert!(p.cells().iter().all(|&d| d <= 4));
+            givens.insert(p.givens());
+            let text = p.canonical();
+            assert_eq!(text.lines().count(), 4);
+            assert!(text.lines().all(|l| l.len() == 4), "{text}");
+            assert_eq!(Grid::parse(&text), Some(p));
+            for v in 0..=3 {
+                let t = trace(&p, v);
+                assert!(accuracy(&t, &text), "{t}");
+                assert!(
+                    !t.contains("r5") && !t.contains("c5") && !t.contains("box 5"),
+                    "{t}"
+                );
+            }
+        }
+        // Removal stops where uniqueness would be lost: 4 givens is the fewest, and reached.
+        assert!(givens.iter().all(|&g| (4..=8).contains(&g)), "{givens:?}");
+        assert!(givens.contains(&4) || givens.contains(&5), "{givens:?}");
+    }
+
+    #[test]
+    fn sizes_are_read_from_the_text_and_never_mixed() {
+        let (p4, s4) = Grid::random_puzzle(&mut keyed(7, "t4", 0, 0), &four(6));
+        let (p9, s9) = Grid::random_puzzle(&mut keyed(7, "t9", 0, 0), &SudokuGen::default());
+        assert!(accuracy(
+            &format!("answer\n{}", s4.canonical()),
+            &p4.canonical()
+        ));
+        // A 9×9 answer to a 4×4 puzzle (and the reverse) is wrong, however valid.
+        assert!(!accuracy(
+            &format!("answer\n{}", s9.canonical()),
+            &p4.canonical()
+        ));
+        assert!(!accuracy(
+            &format!("answer\n{}", s4.canonical()),
+            &p9.canonical()
+        ));
+        assert!(!perception_equivalent(&p4.canonical(), &p9.canonical()));
+        // Digits past the side are not cells of a 4×4 grid; other row counts are no grid.
+        assert_eq!(Grid::parse("12.5\n....\n....\n...."), None);
+        assert!(Grid::parse("12.4\n....\n....\n....").is_some());
+        assert_eq!(Grid::parse("123\n...\n..."), None);
+        assert_eq!(Grid::parse("1..\n....\n....\n...."), None);
+    }
+
+    #[test]
+    fn the_size_setting_is_checked_and_keeps_nine_by_nine_keys() {
+        let parse = |s: &str| serde_json::from_str::<SudokuGen>(s);
+        assert_eq!(parse(r#"{"givens": 6, "size": 4}"#).unwrap(), four(6));
+        let err = parse(r#"{"givens": 6, "size": 5}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("sudoku size 5"), "{err}");
+        // At 9 the setting is not written, so configs (and their keys) read as before.
+        assert_eq!(
+            serde_json::to_string(&SudokuGen::default()).unwrap(),
+            r#"{"givens":30}"#
+        );
+        assert_eq!(
+            serde_json::to_string(&four(6)).unwrap(),
+            r#"{"givens":6,"size":4}"#
+        );
     }
 
     proptest! {

@@ -1,6 +1,7 @@
 //! The data suite: puzzle generation, rendering and target-length statistics on one core.
 
 use super::*;
+use asymm::tasks::sudoku::{Side, SudokuGen};
 
 pub(super) fn data_suite(a: &BenchArgs, rows_out: &mut Vec<Row>) -> String {
     let n = a.items.max(10);
@@ -142,7 +143,7 @@ pub(super) fn perception_share(sets: &[(&str, TaskKind, &[String])]) -> String {
 }
 
 /// The `shares` suite: perception's share of SFT target tokens for graph coloring and for
-/// Sudoku from 30 to 75 givens (fewer givens, longer traces), at every verbosity — where a
+/// Sudoku from 30 to 75 givens (fewer givens, longer traces) and 4×4 Sudoku, at every verbosity — where a
 /// regime with the paper's imbalance (2–3 % of tokens) can be found, and at what length.
 pub(super) fn share_suite(a: &BenchArgs) -> String {
     let n = a.items.clamp(10, 200) as u64;
@@ -153,14 +154,24 @@ pub(super) fn share_suite(a: &BenchArgs) -> String {
         TaskKind::GraphColoring,
         gcs,
     )];
-    for givens in [30, 40, 50, 55, 60, 75] {
+    let (nine, four) = (Side::NINE, Side::FOUR);
+    for (size, givens) in [30, 40, 50, 55, 60, 75]
+        .map(|g| (nine, g))
+        .into_iter()
+        .chain([4, 6, 8].map(|g| (four, g)))
+    {
         let cfg = SynthesizeConfig {
             task: TaskKind::Sudoku,
-            sudoku: asymm::tasks::sudoku::SudokuGen { givens },
+            sudoku: SudokuGen { givens, size },
             ..SynthesizeConfig::default()
         };
         let sds = (0..n).map(|i| generate(&cfg, 2, i).perception).collect();
-        sets.push((format!("sudoku, {givens} givens"), TaskKind::Sudoku, sds));
+        let label = if size == four {
+            format!("sudoku 4×4, {givens} givens")
+        } else {
+            format!("sudoku, {givens} givens")
+        };
+        sets.push((label, TaskKind::Sudoku, sds));
     }
     let refs: Vec<(&str, TaskKind, &[String])> = sets
         .iter()

@@ -17,6 +17,7 @@ use crate::store::{Manifest, StoreError};
 use crate::table::Table;
 use crate::tasks::TaskKind;
 use crate::tasks::generate::SynthesizeConfig;
+use crate::tasks::sudoku::Side;
 use serde::de::DeserializeOwned;
 
 /// An artifact's manifest and its producer's instance.
@@ -58,6 +59,9 @@ fn data(ctx: &RunCtx, targets: &Manifest) -> Result<Option<Data>, StageError> {
     };
     let synth: SynthesizeConfig = config(&puzzles)?;
     let task = match synth.task {
+        TaskKind::Sudoku if synth.sudoku.size == Side::FOUR => {
+            format!("sudoku 4×4, {} givens", synth.sudoku.givens)
+        }
         TaskKind::Sudoku => format!("sudoku, {} givens", synth.sudoku.givens),
         TaskKind::GraphColoring => format!(
             "graph coloring, {}–{} nodes",
