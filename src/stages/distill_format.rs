@@ -23,7 +23,8 @@ use std::collections::HashMap;
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DistillConfig {
-    /// Teacher trace verbosity (0 terse … 3 paper-like; see the tasks' `trace` docs).
+    /// Teacher trace verbosity (0 terse … 3 paper-like, 4 for Sudoku: the grid after every
+    /// placement; see the tasks' `trace` docs).
     pub verbosity: u8,
     /// Splits to format (empty = all).
     pub splits: Vec<String>,
@@ -58,8 +59,8 @@ impl Stage for DistillFormat {
     }
 
     fn run(cfg: &DistillConfig, ctx: &RunCtx) -> Result<Outputs, StageError> {
-        if cfg.verbosity > 3 {
-            return Err(StageError::Invalid("verbosity must be 0..=3".into()));
+        if cfg.verbosity > 4 {
+            return Err(StageError::Invalid("verbosity must be 0..=4".into()));
         }
         let puzzles = read_input(ctx, &PUZZLES)?;
         let external: Option<HashMap<String, String>> = match read_optional(ctx, &REASONING)? {
@@ -139,6 +140,14 @@ impl Items {
             let task = TaskKind::parse(&self.tasks[i]).ok_or_else(|| {
                 StageError::Invalid(format!("{}: unknown task `{}`", ids[i], self.tasks[i]))
             })?;
+            if cfg.verbosity == 4 && task != TaskKind::Sudoku {
+                return Err(StageError::Invalid(format!(
+                    "{}: verbosity 4 (the grid restated after every placement) is Sudoku's; \
+                     {} traces go up to 3",
+                    ids[i],
+                    task.name()
+                )));
+            }
             let reasoning = match external {
                 Some(map) => map.get(&ids[i]).cloned().ok_or_else(|| {
                     StageError::Invalid(format!(

@@ -430,6 +430,14 @@ impl Tracer {
         }
     }
 
+    /// Verbosity 4: the whole grid after a placement or an undo, so that what a later line
+    /// looks up stands a few lines above it.
+    fn state(&mut self, g: &Grid) {
+        if self.verbosity >= 4 && self.out.len() < self.budget {
+            let _ = writeln!(self.out, "grid\n{}", g.canonical());
+        }
+    }
+
     /// Verbosity 3: the digits already in the cell's row, column and box, and what is left.
     fn explain(&mut self, g: &Grid, m: &Masks, i: usize) {
         if self.verbosity < 3 || self.out.len() >= self.budget {
@@ -481,6 +489,7 @@ impl Tracer {
                     self.line(1, format_args!("{}={} naked single", side.cell_name(i), d));
                     g.cells[i] = d;
                     m.set(i, 1 << d);
+                    self.state(g);
                     progress = true;
                 }
             }
@@ -514,6 +523,7 @@ impl Tracer {
                         );
                         g.cells[i] = d;
                         m.set(i, bit);
+                        self.state(g);
                         progress = true;
                     }
                 }
@@ -542,12 +552,14 @@ impl Tracer {
             let (saved_g, saved_m) = (*g, m.clone());
             g.cells[i] = d;
             m.set(i, 1 << d);
+            self.state(g);
             if self.solve(g, m) {
                 return true;
             }
             self.line(1, format_args!("undo {}={}", side.cell_name(i), d));
             *g = saved_g;
             *m = saved_m;
+            self.state(g);
         }
         false
     }
@@ -558,7 +570,8 @@ impl Tracer {
 /// Verbosity: 0 = the answer alone; 1 = every placement (naked/hidden single, guess, undo);
 /// 2 = plus the candidates of every empty cell at the start and of every guessed cell, and a
 /// check of each unit; 3 (paper-like length) = plus, before every placement, the digits already
-/// in the cell's row, column and box and the remaining candidates, and the final grid.
+/// in the cell's row, column and box and the remaining candidates, and the final grid; 4 = plus
+/// the whole grid after every placement and undo (the state each later line reads, restated).
 pub fn trace(puzzle: &Grid, verbosity: u8) -> String {
     let mut t = Tracer {
         verbosity,
@@ -707,11 +720,38 @@ mod tests {
                     ..SudokuGen::default()
                 },
             );
-            for v in 0..=3 {
+            for v in 0..=4 {
                 let t = trace(&p, v);
                 assert!(accuracy(&t, &p.canonical()), "{t}");
             }
         }
+    }
+
+    #[test]
+    fn verbosity_four_restates_the_grid_after_every_placement() {
+        let (p, s) = Grid::random_puzzle(&mut keyed(3, "t4", 1, 0), &four(4));
+        let t = trace(&p, 4);
+        let lines: Vec<&str> = t.lines().collect();
+        let placements: Vec<usize> = (0..lines.len())
+            .filter(|&k| lines[k].contains(" single"))
+            .collect();
+        assert_eq!(placements.len(), 16 - p.givens(), "{t}");
+        // Each placement is followed by the grid it leaves: the previous grid with that cell set.
+        let mut g = p;
+        for &k in &placements {
+            let (cell, rest) = lines[k].split_once('=').unwrap();
+            let d: u8 = rest[..1].parse().unwrap();
+            let (r, c) = cell[1..].split_once('c').unwrap();
+            let (r, c): (usize, usize) = (r.parse().unwrap(), c.parse().unwrap());
+            g.cells_mut()[(r - 1) * 4 + c - 1] = d;
+            assert_eq!(lines[k + 1], "grid", "{t}");
+            assert_eq!(lines[k + 2..k + 6].join("\n"), g.canonical(), "{t}");
+        }
+        assert_eq!(g, s);
+        // Verbosity 3 is the same trace without those grids.
+        let v3 = trace(&p, 3);
+        assert!(t.len() > v3.len() + placements.len() * 20);
+        assert!(t.starts_with(v3.lines().next().unwrap()));
     }
 
     #[test]
@@ -743,7 +783,7 @@ mod tests {
             assert_eq!(text.lines().count(), 4);
             assert!(text.lines().all(|l| l.len() == 4), "{text}");
             assert_eq!(Grid::parse(&text), Some(p));
-            for v in 0..=3 {
+            for v in 0..=4 {
                 let t = trace(&p, v);
                 assert!(accuracy(&t, &text), "{t}");
                 assert!(

@@ -197,3 +197,31 @@ fn bad_model_choice() {
         "{e}"
     );
 }
+
+/// Settings only one task has are refused for the other, naming both; a Sudoku size other than
+/// 4 or 9 is refused when the pipeline is read.
+#[test]
+fn task_specific_settings_name_the_task() {
+    let data = |synth: &str, verbosity: u8| {
+        format!(
+            "[stages.synthesize]\nsplits = {{ test = 2, sft = 2, rl = 0 }}\n{synth}\n\
+             [stages.digits]\nsource = \"strokes\"\n\
+             [stages.render]\ninputs = {{ puzzles = \"synthesize\", digits = \"digits\" }}\n\
+             size = 64\n\
+             [stages.distill_format]\ninputs = {{ puzzles = \"synthesize\", images = \"render\" }}\n\
+             verbosity = {verbosity}\n"
+        )
+    };
+    let e = err_of(&data("task = \"graph_coloring\"", 4));
+    assert!(
+        e.contains("verbosity 4") && e.contains("graph_coloring traces go up to 3"),
+        "{e}"
+    );
+    let e = err_of(&data("task = \"sudoku\"", 5));
+    assert!(e.contains("verbosity must be 0..=4"), "{e}");
+    let e = err_of(&data("task = \"sudoku\"\nsudoku = { size = 5 }", 3));
+    assert!(
+        e.contains("sudoku size 5 is not supported: use 9 (3×3 boxes) or 4 (2×2 boxes)"),
+        "{e}"
+    );
+}
