@@ -205,18 +205,21 @@ mod tests {
         let empty = draw(&g, &bank, 252, 1, "x");
         g.cells_mut()[40] = 7; // centre cell
         let one = draw(&g, &bank, 252, 1, "x");
-        let diff: Vec<usize> = (0..empty.pixels.len())
-            .filter(|&i| empty.pixels[i] != one.pixels[i])
-            .collect();
-        assert!(diff.len() > 30);
-        for i in diff {
-            let (x, y) = (i % 252, i / 252);
-            assert!(
-                (110..142).contains(&x) && (110..142).contains(&y),
-                "{x},{y}"
-            );
-        }
+        inked_only_within(&empty, &one, 110..142);
         assert_eq!(one, draw(&g, &bank, 252, 1, "x"));
+    }
+
+    /// `after` differs from `before` in more than 30 pixels, all inside the square `span`².
+    fn inked_only_within(before: &Gray, after: &Gray, span: std::ops::Range<u32>) {
+        let w = before.width;
+        let diff: Vec<u32> = (0..before.pixels.len() as u32)
+            .filter(|&i| before.pixels[i as usize] != after.pixels[i as usize])
+            .collect();
+        assert!(diff.len() > 30, "{} pixels changed", diff.len());
+        for i in diff {
+            let (x, y) = (i % w, i / w);
+            assert!(span.contains(&x) && span.contains(&y), "{x},{y}");
+        }
     }
 
     #[test]
@@ -230,14 +233,7 @@ mod tests {
         assert!(!dark(&empty, 32, 10) && !dark(&empty, 10, 32));
         g.cells_mut()[5] = 3; // row 2, column 2: pixels 25..48
         let one = draw(&g, &bank, 96, 1, "x");
-        let diff: Vec<usize> = (0..empty.pixels.len())
-            .filter(|&i| empty.pixels[i] != one.pixels[i])
-            .collect();
-        assert!(diff.len() > 30);
-        for i in diff {
-            let (x, y) = (i % 96, i / 96);
-            assert!((25..48).contains(&x) && (25..48).contains(&y), "{x},{y}");
-        }
+        inked_only_within(&empty, &one, 25..48);
     }
 
     /// The straightforward bilinear blit, sample by sample with bounds checks: the reference the
