@@ -6,9 +6,9 @@
 use super::{Outputs, Stage, StageError, output, outputs, write_table};
 use crate::dag::{InputSpec, OutputSpec, RunCtx};
 use crate::table::cols;
-use crate::tasks::Puzzle;
 use crate::tasks::generate::{SynthesizeConfig, deal};
 use crate::tasks::graph_coloring as gc;
+use crate::tasks::{Puzzle, TaskKind};
 
 pub struct Synthesize;
 
@@ -32,6 +32,15 @@ impl Stage for Synthesize {
             return Err(StageError::Invalid(format!(
                 "graph.min_nodes..graph.max_nodes must be within 2..={}",
                 gc::MAX_NODES
+            )));
+        }
+        let sd = &cfg.sudoku;
+        if cfg.task == TaskKind::Sudoku && sd.givens >= sd.size.cells() {
+            let n = sd.size.n();
+            return Err(StageError::Invalid(format!(
+                "sudoku.givens = {} leaves no cell to fill on a {n}×{n} grid: use at most {}",
+                sd.givens,
+                sd.size.cells() - 1
             )));
         }
         let total = cfg.splits.total();

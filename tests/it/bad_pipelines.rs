@@ -219,6 +219,12 @@ fn task_specific_settings_name_the_task() {
     );
     let e = err_of(&data("task = \"sudoku\"", 5));
     assert!(e.contains("verbosity must be 0..=4"), "{e}");
+    // The default 30 givens fill a 4×4 grid: said, not a grid of solved "puzzles".
+    let e = err_of(&data("task = \"sudoku\"\nsudoku = { size = 4 }", 3));
+    assert!(
+        e.contains("sudoku.givens = 30 leaves no cell to fill on a 4×4 grid: use at most 15"),
+        "{e}"
+    );
     let e = err_of(&data("task = \"sudoku\"\nsudoku = { size = 5 }", 3));
     assert!(
         e.contains("sudoku size 5 is not supported: use 9 (3×3 boxes) or 4 (2×2 boxes)"),
