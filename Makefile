@@ -9,7 +9,7 @@ PIPELINE ?= pipelines/default.toml
 STORE    ?= artifacts
 MNIST_DIR := .cache/mnist/package/src/digits
 
-.PHONY: all run build test vulkan chromium seaweedfs slurm bench-kernels bench-kernels-bare paper-mini paper-gpu bundle rl rl-surrogates rl-alpha bench bench-twin twin-venv sudoku mnist status clean-store fmt lint stage-versions
+.PHONY: all run build test vulkan chromium seaweedfs slurm bench-kernels bench-kernels-bare paper-mini paper-cpu paper-gpu bundle rl rl-surrogates rl-alpha bench bench-twin twin-venv sudoku mnist status clean-store fmt lint stage-versions
 
 all: run
 
@@ -61,11 +61,17 @@ chromium:
 		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 		$$SUDO apt-get update -q && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; }
 
-# The experiment grid at CPU scale (pipelines/paper-mini.toml) and its report: SFT standard /
-# λ sweep / NGDiff / perception-only init + λ sweep, RL α sweep, self and teacher perception
-# rewards, the reward correlation pool. Reuses `make`'s checkpoint; reruns are cache hits.
+# The experiment grid at CPU scale (pipelines/paper-mini.toml, ≤ 1 h on 2 cores) and its report,
+# at the paper's token imbalance (4×4 Sudoku, verbosity-4 traces, perception ≈ 3 % of tokens):
+# SFT standard / λ sweep / NGDiff / perception-only init + λ sweep, RL α sweep, token λ, self and
+# teacher perception rewards, the reward correlation pool. Reruns are cache hits.
 paper-mini: build
 	$(BIN) --store $(STORE) run pipelines/paper-mini.toml
+
+# The same grid powered (pipelines/paper-cpu.toml): 500 test puzzles, three seeds for the
+# headline comparisons, no step caps below 600. Hours on 2 cores; resumes where it stopped.
+paper-cpu: build
+	$(BIN) --store $(STORE) run pipelines/paper-cpu.toml
 
 # The same grid for graph coloring at GPU scale (pipelines/paper-gpu.toml): the `small` model,
 # verbosity-3 traces (perception ≈ 3 % of target tokens), on cuda:0. Needs a CUDA build.

@@ -71,6 +71,19 @@ pub fn deviations(r: &Results) -> Vec<String> {
              perceives far better than its policies: r with a_p 0.96)"
         ));
     }
+    if let Some(u) = r
+        .pool
+        .iter()
+        .find(|p| p.reward.starts_with("self_") && p.against == "a_p")
+        .and_then(|p| p.unread)
+    {
+        out.push(format!(
+            "the self-reward's re-rollouts read the perception with a blank image, input the \
+             model never saw in training (the paper's VLMs read text alone natively): {:.1} % of \
+             them have no readable answer and score 0",
+            100.0 * u
+        ));
+    }
     if r.pool.iter().any(|p| p.reward == "clip") {
         out.push(
             "the CLIP reward is a small dual encoder trained on the task's own (image, p*) pairs, \

@@ -232,6 +232,8 @@ pub struct PoolR {
     /// The reward's own transcription accuracy over the pool's items, where it has one (the
     /// teacher's a_p).
     pub own_a_p: Option<f64>,
+    /// For the self rewards: the share of their re-rollouts without a readable answer.
+    pub unread: Option<f64>,
 }
 
 /// A paired comparison of two correlations over the same pool of rollouts (correlate's

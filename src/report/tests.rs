@@ -62,6 +62,7 @@ fn pool(reward: &str, against: &str, r: f64) -> PoolR {
         n: 2560,
         mean: 0.5,
         own_a_p: None,
+        unread: None,
     }
 }
 
@@ -625,6 +626,28 @@ fn pool_findings_decide_by_paired_differences() {
         order
             .evidence
             .ends_with("; the teacher's own a_p on the pool's items is 0.830, the policy's 0.550"),
+        "{}",
+        order.evidence
+    );
+    // Self re-rollouts without an answer, which score 0 whatever the perception, are said.
+    assert!(
+        !order.evidence.contains("re-rollouts"),
+        "{}",
+        order.evidence
+    );
+    for p in own
+        .pool
+        .iter_mut()
+        .filter(|p| p.reward.starts_with("self_"))
+    {
+        p.unread = Some(0.984);
+    }
+    let f = findings(&own);
+    let order = f.iter().find(|f| f.id == "surrogate-order").unwrap();
+    assert!(
+        order
+            .evidence
+            .contains("; 98.4 % of the self re-rollouts have no readable answer"),
         "{}",
         order.evidence
     );

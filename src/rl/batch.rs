@@ -168,6 +168,7 @@ mod tests {
             a_tilde_r: r > 0.5,
             self_first: None,
             self_mean: None,
+            self_unread: None,
             self_n: 0,
             teacher: None,
             teacher_a_p: None,

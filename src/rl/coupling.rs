@@ -27,6 +27,9 @@ pub struct CorrelationRow {
     /// The reward's own transcription accuracy over the pool's items, where it has one (the
     /// teacher: the share of items whose teacher transcription equals p*).
     pub own_a_p: Option<f64>,
+    /// For the self rewards: the share of their re-rollouts without a readable answer (each
+    /// scored 0), over the rows where the self-reward re-rolled.
+    pub unread: Option<f64>,
     pub stats: BootstrapR,
 }
 
@@ -132,6 +135,13 @@ fn teacher_a_p(rows: &[RewardRow]) -> Option<f64> {
     (!per_item.is_empty()).then(|| per_item.values().sum::<f64>() / per_item.len() as f64)
 }
 
+/// The share of the self-reward's re-rollouts without a readable answer over the rows that were
+/// re-rolled (`None` without any).
+fn self_unread(rows: &[RewardRow]) -> Option<f64> {
+    let v: Vec<f64> = rows.iter().filter_map(|r| r.self_unread).collect();
+    (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64)
+}
+
 /// Every reward column, then every mixture, against a_p and ã_r.
 pub fn correlate(
     rows: &[RewardRow],
@@ -141,6 +151,7 @@ pub fn correlate(
 ) -> Result<Vec<CorrelationRow>> {
     let mut out = Vec::new();
     let teacher_own = teacher_a_p(rows);
+    let unread = self_unread(rows);
     let mut columns = reward_columns(rows);
     columns.extend(mixture_columns(rows, mixtures)?);
     for (name, get) in columns {
@@ -167,6 +178,11 @@ pub fn correlate(
                 items,
                 mean_reward: sum / n.max(1) as f64,
                 own_a_p: if name == "teacher" { teacher_own } else { None },
+                unread: if name.starts_with("self_") {
+                    unread
+                } else {
+                    None
+                },
                 stats: pearson_cluster_bootstrap(
                     &clusters,
                     reps,
@@ -264,6 +280,7 @@ mod tests {
             a_tilde_r: a_tr,
             self_first: None,
             self_mean: None,
+            self_unread: None,
             self_n: 0,
             teacher,
             teacher_a_p: None,

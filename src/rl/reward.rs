@@ -107,6 +107,8 @@ pub struct RewardRow {
     pub self_first: Option<f64>,
     /// The self-reward with N re-rollouts, when computed.
     pub self_mean: Option<f64>,
+    /// The share of the N re-rollouts without a readable answer ([`SelfScore::unread`]).
+    pub self_unread: Option<f64>,
     /// N (0 when the self-reward was not computed).
     pub self_n: usize,
     pub teacher: Option<f64>,
@@ -155,14 +157,28 @@ fn task_of(name: &str) -> Result<TaskKind> {
     TaskKind::parse(name).ok_or_else(|| RlError::Invalid(format!("unknown task `{name}`")))
 }
 
+/// One rollout's self-reward.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct SelfScore {
+    /// N = 1: whether the first re-rollout's answer is right for the true p* (1 or 0).
+    pub first: f64,
+    /// N = n: the share of the n re-rollouts whose answer is right.
+    pub mean: f64,
+    /// The share of the n re-rollouts without a readable answer (run past the token budget, or
+    /// not in the output format): scored 0, as the paper's reward scores a missing answer, and
+    /// reported, since a reasoner that cannot finish makes the reward 0 whatever the perception.
+    /// `None` when the rollout's own perception could not be read (nothing was re-rolled).
+    pub unread: Option<f64>,
+}
+
 /// The self-reward of each rollout: (N = 1, N = `n`) — the first re-rollout's accuracy and the
-/// mean over `n` — graded against the true p*.
+/// mean over `n` — graded against the true p*, with the share of re-rollouts left unread.
 pub fn self_rewards(
     rows: &[RolloutRow],
     p_star: &HashMap<String, String>,
     n: usize,
     reasoner: &mut dyn Reasoner,
-) -> Result<Vec<(f64, f64)>> {
+) -> Result<Vec<SelfScore>> {
     if n == 0 {
         return Err(RlError::Invalid("self_n must be at least 1".into()));
     }
@@ -186,7 +202,7 @@ pub fn self_rewards(
             queries.len()
         )));
     }
-    let mut out = vec![(0.0, 0.0); rows.len()];
+    let mut out = vec![SelfScore::default(); rows.len()];
     for (&i, reasonings) in readable.iter().zip(answers) {
         let r = &rows[i];
         let truth = truth(p_star, &r.id)?;
@@ -199,7 +215,12 @@ pub fn self_rewards(
                 ))
             })
             .collect();
-        out[i] = (right[0], right.iter().sum::<f64>() / n as f64);
+        let unread = reasonings.iter().filter(|x| x.is_none()).count();
+        out[i] = SelfScore {
+            first: right[0],
+            mean: right.iter().sum::<f64>() / n as f64,
+            unread: Some(unread as f64 / n as f64),
+        };
     }
     Ok(out)
 }
@@ -270,8 +291,8 @@ pub fn clip_rewards(
 /// The surrogate perception rewards computed for a set of rollouts (row-aligned).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Surrogates<'a> {
-    /// Self-rewards (N = 1, N = n) and n.
-    pub self_scores: Option<(&'a [(f64, f64)], usize)>,
+    /// Self-rewards and n.
+    pub self_scores: Option<(&'a [SelfScore], usize)>,
     pub teacher: Option<&'a [f64]>,
     /// The teacher's transcription of each item (`None`: unreadable), for its own a_p.
     pub teacher_transcripts: Option<&'a HashMap<String, Option<String>>>,
@@ -327,8 +348,9 @@ pub fn reward_rows(
                 a: s.a,
                 a_p: s.a_p,
                 a_tilde_r: s.a_tilde_r,
-                self_first: sur.self_scores.map(|(v, _)| v[i].0),
-                self_mean: sur.self_scores.map(|(v, _)| v[i].1),
+                self_first: sur.self_scores.map(|(v, _)| v[i].first),
+                self_mean: sur.self_scores.map(|(v, _)| v[i].mean),
+                self_unread: sur.self_scores.and_then(|(v, _)| v[i].unread),
                 self_n: sur.self_scores.map(|(_, n)| n).unwrap_or(0),
                 teacher: sur.teacher.map(|t| t[i]),
                 teacher_a_p: sur.teacher_transcripts.map(|t| {
@@ -528,6 +550,33 @@ mod tests {
         [("g".to_string(), P.to_string())].into()
     }
 
+    /// A reasoner that never finishes: every re-rollout is cut by the token budget.
+    struct Rambler;
+
+    impl Reasoner for Rambler {
+        fn reason(&mut self, queries: &[Query], n: usize) -> Result<Vec<Vec<Option<String>>>> {
+            Ok(queries.iter().map(|_| vec![None; n]).collect())
+        }
+    }
+
+    /// Re-rollouts without an answer score 0 and are counted, so that a self-reward that is 0
+    /// because its reasoner cannot finish is told apart from one whose perceptions are wrong.
+    #[test]
+    fn self_rewards_count_re_rollouts_without_an_answer() {
+        let rows = vec![row("g", 0, Some(P), None), row("g", 1, None, None)];
+        let s = self_rewards(&rows, &truth(), 4, &mut Rambler).unwrap();
+        assert_eq!(
+            s[0],
+            SelfScore {
+                first: 0.0,
+                mean: 0.0,
+                unread: Some(1.0)
+            }
+        );
+        // Nothing was re-rolled for an unreadable perception: no share to report.
+        assert_eq!(s[1].unread, None);
+    }
+
     /// With the perception p* the self-reward is the reasoner's accuracy on p* (its reasoning
     /// accuracy): here 3 of 4 re-rollouts right, and the first one right.
     #[test]
@@ -542,23 +591,29 @@ mod tests {
             row("g", 2, None, None),
         ];
         let s = self_rewards(&rows, &truth(), 4, &mut solver).unwrap();
-        assert_eq!(s[0], (1.0, 0.75));
+        let pairs = |s: &[SelfScore]| s.iter().map(|x| (x.first, x.mean)).collect::<Vec<_>>();
+        assert_eq!(pairs(&s)[0], (1.0, 0.75));
         // The solver's answer for the graph missing an edge colors 1 and 2 alike: wrong for p*.
-        assert_eq!(s[1], (0.0, 0.0));
+        assert_eq!(pairs(&s)[1], (0.0, 0.0));
         // No readable perception: 0, and no re-rollouts were spent on it.
-        assert_eq!(s[2], (0.0, 0.0));
+        assert_eq!(s[2], SelfScore::default());
+        // Every re-rollout of the readable perceptions had an answer line.
+        assert_eq!(s[0].unread, Some(0.0));
         assert_eq!(solver.calls, 8);
         solver.calls = 0;
         // N = 5: the fifth re-rollout is wrong; N = 1 is the first one alone.
         let s = self_rewards(&rows, &truth(), 5, &mut solver).unwrap();
-        assert_eq!(s[0], (1.0, 0.6));
+        assert_eq!((s[0].first, s[0].mean), (1.0, 0.6));
         // A perfect reasoner's self-reward is a_p on these rows.
         let mut perfect = Solver {
             pattern: vec![true],
             calls: 0,
         };
         let s = self_rewards(&rows, &truth(), 1, &mut perfect).unwrap();
-        assert_eq!(s.iter().map(|x| x.1).collect::<Vec<_>>(), [1.0, 0.0, 0.0]);
+        assert_eq!(
+            s.iter().map(|x| x.mean).collect::<Vec<_>>(),
+            [1.0, 0.0, 0.0]
+        );
     }
 
     #[test]
@@ -571,7 +626,11 @@ mod tests {
             // Right perception, wrong answer.
             row("g", 2, Some(P), Some("answer 0:1 1:1 2:1")),
         ];
-        let selfs = [(1.0, 1.0), (0.0, 0.25), (1.0, 0.5)];
+        let selfs = [(1.0, 1.0), (0.0, 0.25), (1.0, 0.5)].map(|(first, mean)| SelfScore {
+            first,
+            mean,
+            unread: Some(0.5),
+        });
         let transcripts: HashMap<String, Option<String>> =
             [("g".to_string(), Some(P.to_string()))].into();
         let teacher = teacher_rewards(&rows, &transcripts).unwrap();
@@ -599,6 +658,7 @@ mod tests {
             [1.0, 0.0, 0.25]
         );
         assert_eq!(out[1].self_mean, Some(0.25));
+        assert_eq!(out[1].self_unread, Some(0.5));
         assert_eq!(out[2].teacher, Some(1.0));
         // The teacher read the item right: its own a_p is 1 on every row of it.
         assert!(out.iter().all(|r| r.teacher_a_p == Some(1.0)));

@@ -115,6 +115,7 @@ pub fn read_rewards(t: &crate::table::Table) -> Result<Vec<RewardRow>, StageErro
     let (a, a_p, a_tr) = (t.bool("a")?, t.bool("a_p")?, t.bool("a_tilde_r")?);
     let (first, mean) = (t.f64("self_first")?, t.f64("self_mean")?);
     let n = t.i32("self_samples")?;
+    let unread = t.f64("self_unread")?;
     let teacher = t.f64("teacher")?;
     let teacher_a_p = t.f64("teacher_a_p")?;
     let clip = t.f64("clip")?;
@@ -134,6 +135,7 @@ pub fn read_rewards(t: &crate::table::Table) -> Result<Vec<RewardRow>, StageErro
                 a_tilde_r: a_tr.value(i),
                 self_first: opt(first, i),
                 self_mean: opt(mean, i),
+                self_unread: opt(unread, i),
                 self_n: n.value(i).max(0) as usize,
                 teacher: opt(teacher, i),
                 teacher_a_p: opt(teacher_a_p, i),

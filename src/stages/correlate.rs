@@ -59,7 +59,7 @@ const DIFFERENCES: OutputSpec = output("differences", "correlation_differences")
 
 impl Stage for Correlate {
     const NAME: &'static str = "correlate";
-    const VERSION: u32 = 5;
+    const VERSION: u32 = 6;
     type Config = CorrelateConfig;
 
     fn inputs() -> Vec<InputSpec> {
@@ -232,6 +232,10 @@ fn write(ctx: &RunCtx, rows: &[CorrelationRow]) -> Result<Written, StageError> {
             (
                 "own_a_p",
                 cols::f64_opt(rows.iter().map(|r| r.own_a_p).collect()),
+            ),
+            (
+                "unread",
+                cols::f64_opt(rows.iter().map(|r| r.unread).collect()),
             ),
             ("r", opt(&|b| b.r)),
             ("ci_low", opt(&|b| b.ci.map(|c| c.0))),

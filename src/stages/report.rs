@@ -20,22 +20,22 @@ use super::{
     Outputs, Stage, StageError, bail, ensure, many, output, outputs, read_many,
     write_table_with_files,
 };
-use crate::analysis::paired::item_means;
 use crate::dag::SEED;
 use crate::dag::{InputSpec, OutputSpec, RunCtx};
 use crate::report::page::{base_name, params};
 use crate::report::{
-    Accuracies, Curve, CurvePoint, Estimate, HeldOut, ItemAccuracies, PoolDiff, PoolR, Replicate,
-    Results, RlResult, RlRole, SftResult, SftRole, Shares, Source, figures, findings, page,
-    replicates, tables,
+    Curve, CurvePoint, Estimate, HeldOut, ItemAccuracies, Replicate, Results, RlRole, SftResult,
+    SftRole, Shares, Source, figures, findings, page, replicates, tables,
 };
-use crate::table::{Table, cols};
+use crate::table::cols;
 use crate::train::sft::LogRow;
-use arrow::array::Array;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
+mod inputs;
 mod setup;
+
+use inputs::{item_accuracies, pool_diff_rows, pool_rows, rl_run, summary_a, summary_accuracies};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -160,83 +160,6 @@ fn eval_role(cfg: &ReportConfig, instance: &str) -> Result<EvalRole, StageError>
     })
 }
 
-/// End-to-end a of an evaluation summary (one task): all a validation evaluation needs, so it
-/// may skip the counterfactual rollout.
-fn summary_a(t: &Table, instance: &str) -> Result<Estimate, StageError> {
-    let metrics = t.required_strings("metric")?;
-    let Some(i) = metrics.iter().position(|x| x == "a") else {
-        bail!("report: `{instance}` has no `a` row");
-    };
-    let tasks = t.required_strings("task")?;
-    ensure!(
-        tasks.iter().all(|x| *x == tasks[i]),
-        "report: `{instance}` evaluates several tasks; the report covers one task per grid"
-    );
-    Ok(Estimate {
-        mean: t.f64("mean")?.value(i),
-        lo: t.f64("ci_low")?.value(i),
-        hi: t.f64("ci_high")?.value(i),
-    })
-}
-
-/// a, a_p and a_r of an evaluation summary (one task).
-fn summary_accuracies(t: &Table, instance: &str) -> Result<Accuracies, StageError> {
-    let (tasks, metrics) = (t.required_strings("task")?, t.required_strings("metric")?);
-    let (n, mean, lo, hi) = (
-        t.i64("n")?,
-        t.f64("mean")?,
-        t.f64("ci_low")?,
-        t.f64("ci_high")?,
-    );
-    let first = tasks.first().cloned().unwrap_or_default();
-    ensure!(
-        tasks.iter().all(|x| *x == first),
-        "report: `{instance}` evaluates several tasks; the report covers one task per grid"
-    );
-    let get = |m: &str| -> Result<(Estimate, i64), StageError> {
-        let Some(i) = metrics.iter().position(|x| x == m) else {
-            bail!(
-                "report: `{instance}` has no `{m}` row (was it evaluated with a counterfactual rollout?)"
-            );
-        };
-        Ok((
-            Estimate {
-                mean: mean.value(i),
-                lo: lo.value(i),
-                hi: hi.value(i),
-            },
-            n.value(i),
-        ))
-    };
-    let (a, items) = get("a")?;
-    Ok(Accuracies {
-        a,
-        a_p: get("a_p")?.0,
-        a_r: get("a_r")?.0,
-        items: items as u64,
-    })
-}
-
-/// Per-item a, a_p and a_r of an `eval_items` table (an item's samples averaged; a_r over
-/// the samples with a counterfactual rollout).
-fn item_accuracies(t: &Table) -> Result<ItemAccuracies, StageError> {
-    let ids = t.required_strings("id")?;
-    let (a, a_p, a_r) = (t.bool("a")?, t.bool("a_p")?, t.bool("a_r")?);
-    let rows = |col: &arrow::array::BooleanArray| {
-        item_means(
-            ids.iter()
-                .enumerate()
-                .filter(|(i, _)| !col.is_null(*i))
-                .map(|(i, id)| (id.as_str(), f64::from(u8::from(col.value(i))))),
-        )
-    };
-    Ok(ItemAccuracies {
-        a: rows(a),
-        a_p: rows(a_p),
-        a_r: rows(a_r),
-    })
-}
-
 /// The run an instance label belongs to: its stage name without output suffix and its swept
 /// values (`eval_lambda[lambda=0.2].items` and `eval_lambda[lambda=0.2]` are one run).
 fn run_key(instance: &str) -> (String, Vec<(String, String)>) {
@@ -244,142 +167,10 @@ fn run_key(instance: &str) -> (String, Vec<(String, String)>) {
     (stage.to_string(), params(instance))
 }
 
-fn eval_row(t: &Table, i: usize) -> Result<(Accuracies, CurvePoint), StageError> {
-    let f = |c: &str| -> Result<f64, StageError> { Ok(t.f64(c)?.value(i)) };
-    let e = |c: &str| -> Result<Estimate, StageError> {
-        Ok(Estimate {
-            mean: f(c)?,
-            lo: f(&format!("{c}_lo"))?,
-            hi: f(&format!("{c}_hi"))?,
-        })
-    };
-    let acc = Accuracies {
-        a: e("a")?,
-        a_p: e("a_p")?,
-        a_r: e("a_r")?,
-        items: t.i32("items")?.value(i) as u64,
-    };
-    let point = CurvePoint {
-        step: t.i32("step")?.value(i) as i64,
-        a: acc.a.mean,
-        a_p: acc.a_p.mean,
-        a_r: acc.a_r.mean,
-    };
-    Ok((acc, point))
-}
-
-fn rl_run(
-    role: RlRole,
-    source: Source,
-    log_source: Source,
-    eval: &Table,
-    log: &Table,
-) -> Result<RlResult, StageError> {
-    let steps = eval.i32("step")?;
-    let Some(start) = (0..eval.rows()).find(|&i| steps.value(i) == -1) else {
-        bail!(
-            "report: `{}` has no evaluation of the starting policy (give the loop `eval`)",
-            source.instance
-        );
-    };
-    ensure!(
-        eval.rows() > 1,
-        "report: `{}` has no evaluation after a step",
-        source.instance
-    );
-    let mut curve = Vec::new();
-    for i in 0..eval.rows() {
-        curve.push(eval_row(eval, i)?.1);
-    }
-    ensure!(
-        log.rows() > 0,
-        "report: `{}` is an empty log",
-        log_source.instance
-    );
-    let last = log.rows() - 1;
-    let opt = |c: &str| -> Result<Option<f64>, StageError> {
-        let a = log.f64(c)?;
-        Ok((!a.is_null(last)).then(|| a.value(last)))
-    };
-    Ok(RlResult {
-        role,
-        start: eval_row(eval, start)?.0,
-        end: eval_row(eval, eval.rows() - 1)?.0,
-        curve,
-        r_a_p: opt("running_r_reward_a_p")?,
-        r_a_tilde_r: opt("running_r_reward_a_tilde_r")?,
-        rollouts: log.i64("running_rollouts")?.value(last),
-        source,
-        log: log_source,
-        held_out: None,
-    })
-}
-
 /// The mean of `v` in its order; `None` when empty.
 fn mean(v: impl Iterator<Item = f64>) -> Option<f64> {
     let v: Vec<f64> = v.collect();
     (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64)
-}
-
-/// Row `i` of a nullable column.
-fn value_at(a: &arrow::array::Float64Array, i: usize) -> Option<f64> {
-    (!a.is_null(i)).then(|| a.value(i))
-}
-
-/// The rows of a `correlations` artifact.
-fn pool_rows(t: &Table, source: &Source) -> Result<Vec<PoolR>, StageError> {
-    let (reward, against) = (
-        t.required_strings("reward")?,
-        t.required_strings("against")?,
-    );
-    let (rr, lo, hi, n) = (
-        t.f64("r")?,
-        t.f64("ci_low")?,
-        t.f64("ci_high")?,
-        t.i64("n")?,
-    );
-    let (mean, own) = (t.f64("mean_reward")?, t.f64("own_a_p")?);
-    Ok((0..t.rows())
-        .map(|i| PoolR {
-            mean: mean.value(i),
-            own_a_p: value_at(own, i),
-            source: source.clone(),
-            reward: reward[i].clone(),
-            against: against[i].clone(),
-            r: value_at(rr, i),
-            lo: value_at(lo, i),
-            hi: value_at(hi, i),
-            n: n.value(i),
-        })
-        .collect())
-}
-
-/// The rows of a `correlation_differences` artifact.
-fn pool_diff_rows(t: &Table, source: &Source) -> Result<Vec<PoolDiff>, StageError> {
-    let text = |c: &str| t.required_strings(c);
-    let (fr, fa, sr, sa) = (
-        text("first_reward")?,
-        text("first_against")?,
-        text("second_reward")?,
-        text("second_against")?,
-    );
-    let (d, lo, hi, n) = (
-        t.f64("diff")?,
-        t.f64("ci_low")?,
-        t.f64("ci_high")?,
-        t.i64("n")?,
-    );
-    Ok((0..t.rows())
-        .map(|i| PoolDiff {
-            source: source.clone(),
-            first: (fr[i].clone(), fa[i].clone()),
-            second: (sr[i].clone(), sa[i].clone()),
-            diff: value_at(d, i),
-            lo: value_at(lo, i),
-            hi: value_at(hi, i),
-            n: n.value(i),
-        })
-        .collect())
 }
 
 fn source(id: &str, instance: &str) -> Source {
@@ -733,7 +524,7 @@ fn gather(cfg: &ReportConfig, ctx: &RunCtx) -> Result<Results, StageError> {
 
 impl Stage for Report {
     const NAME: &'static str = "report";
-    const VERSION: u32 = 14;
+    const VERSION: u32 = 15;
     type Config = ReportConfig;
 
     fn inputs() -> Vec<InputSpec> {

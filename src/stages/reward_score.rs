@@ -27,8 +27,8 @@ use crate::model::DeviceSpec;
 use crate::model::load::PlanSource;
 use crate::model::sampling::SamplingConfig;
 use crate::rl::reward::{
-    Component, RewardRow, RewardWeights, Surrogates, VlmReasoner, VlmTranscriber, clip_rewards,
-    reward_rows, self_rewards, teacher_rewards,
+    Component, RewardRow, RewardWeights, SelfScore, Surrogates, VlmReasoner, VlmTranscriber,
+    clip_rewards, reward_rows, self_rewards, teacher_rewards,
 };
 use crate::table::cols;
 use crate::text::Tokenizer;
@@ -195,7 +195,7 @@ fn perception_budget(examples: &[Example]) -> usize {
 
 impl Stage for RewardScore {
     const NAME: &'static str = "reward-score";
-    const VERSION: u32 = 8;
+    const VERSION: u32 = 9;
     const USES_DEVICE: bool = true;
     type Config = RewardScoreConfig;
 
@@ -269,7 +269,7 @@ struct Scoring<'a> {
 
 /// The self-reward of every rollout: N text-only re-rollouts of the policy from its own
 /// perception.
-fn score_self(j: &Scoring) -> Result<Vec<(f64, f64)>, StageError> {
+fn score_self(j: &Scoring) -> Result<Vec<SelfScore>, StageError> {
     let Some(id) = optional_id(j.ctx, &CHECKPOINT) else {
         bail!("the self-reward needs the policy: wire input `checkpoint`");
     };
@@ -317,6 +317,17 @@ fn score_self(j: &Scoring) -> Result<Vec<(f64, f64)>, StageError> {
         };
         self_rewards(j.rows, &j.info.p_star, j.cfg.self_n, &mut reasoner).map_err(StageError::from)
     })?;
+    let shares: Vec<f64> = scores.iter().filter_map(|s| s.unread).collect();
+    let unread = shares.iter().sum::<f64>() * j.cfg.self_n as f64;
+    if unread > 0.0 {
+        eprintln!(
+            "reward-score: {unread:.0} of {} self-reward re-rollouts ({:.1} %) have no readable \
+             answer (cut by the token budget of {budget}, or not in the output format); each \
+             scores 0",
+            shares.len() * j.cfg.self_n,
+            100.0 * unread / (shares.len() * j.cfg.self_n).max(1) as f64
+        );
+    }
     Ok(scores)
 }
 
@@ -424,6 +435,7 @@ fn write_rewards(ctx: &RunCtx, rows: &[RewardRow]) -> Result<Written, StageError
                 "self_samples",
                 cols::i32(rows.iter().map(|r| r.self_n as i32).collect()),
             ),
+            ("self_unread", opt(&|r| r.self_unread)),
             ("teacher", opt(&|r| r.teacher)),
             ("teacher_a_p", opt(&|r| r.teacher_a_p)),
             ("clip", opt(&|r| r.clip)),

@@ -320,7 +320,7 @@ pub(super) fn surrogate_order(r: &Results) -> Finding {
         id,
         claim,
         verdict: Verdict::of_parts(&steps.iter().map(|s| s.0).collect::<Vec<_>>()),
-        evidence: format!("{chain} ({how}){outcome}{teacher}"),
+        evidence: format!("{chain} ({how}){outcome}{teacher}{}", self_unread(r)),
         sources: [order[0].source.clone()]
             .into_iter()
             .chain(diff_source)
@@ -340,6 +340,22 @@ fn teacher_perception(r: &Results) -> String {
         (Some(t), None) => format!("; the teacher's own a_p on the pool's items is {t:.3}"),
         _ => String::new(),
     }
+}
+
+/// How often the self-reward's re-rollouts gave no answer to grade: "; 98.4 % of the self
+/// re-rollouts have no readable answer (scored 0)", where the pool says.
+fn self_unread(r: &Results) -> String {
+    r.pool
+        .iter()
+        .find(|p| p.reward.starts_with("self_") && p.against == "a_p")
+        .and_then(|p| p.unread)
+        .map_or(String::new(), |u| {
+            format!(
+                "; {:.1} % of the self re-rollouts have no readable answer (cut by the token \
+                 budget or not in the output format; scored 0)",
+                100.0 * u
+            )
+        })
 }
 
 /// Whether `upper`'s correlation lies above `lower`'s, by their intervals.

@@ -1,5 +1,8 @@
 use super::*;
 use crate::model::{Vlm, VlmConfig};
+use crate::train::batch::make_batch;
+use crate::train::objective::ObjectiveKind;
+use burn::tensor::Tensor;
 
 fn settings(objective: ObjectiveKind, extra_spans: Vec<(String, f64)>) -> SftSettings {
     SftSettings {
