@@ -80,7 +80,7 @@ pub fn deviations(r: &Results) -> Vec<String> {
         out.push(format!(
             "the self-reward's re-rollouts read the perception with a blank image, input the \
              model never saw in training (the paper's VLMs read text alone natively): {:.1} % of \
-             them have no readable answer and score 0",
+             them end without a readable reasoning segment and score 0",
             100.0 * u
         ));
     }

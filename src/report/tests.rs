@@ -647,7 +647,7 @@ fn pool_findings_decide_by_paired_differences() {
     assert!(
         order
             .evidence
-            .contains("; 98.4 % of the self re-rollouts have no readable answer"),
+            .contains("; 98.4 % of the pool's self-reward re-rollouts (all N per perception) end"),
         "{}",
         order.evidence
     );
@@ -680,6 +680,16 @@ fn deviations_name_the_grids_numbers() {
         "{d:?}"
     );
     assert!(has("dual encoder"), "{d:?}");
+    assert!(!has("blank image"), "{d:?}");
+    for p in r.pool.iter_mut().filter(|p| p.reward.starts_with("self_")) {
+        p.unread = Some(0.5);
+    }
+    assert!(
+        deviations(&r).iter().any(|l| l.contains("blank image")
+            && l.contains("50.0 % of them end without a readable reasoning segment")),
+        "{:?}",
+        deviations(&r)
+    );
     assert!(deviations(&Results::default()).is_empty());
     // With every λ run evaluated on the validation split, only α is left chosen on test.
     for (role, a) in [(SftRole::Lambda(0.2), 0.3), (SftRole::Lambda(0.8), 0.2)] {

@@ -164,8 +164,9 @@ pub struct SelfScore {
     pub first: f64,
     /// N = n: the share of the n re-rollouts whose answer is right.
     pub mean: f64,
-    /// The share of the n re-rollouts without a readable answer (run past the token budget, or
-    /// not in the output format): scored 0, as the paper's reward scores a missing answer, and
+    /// The share of the n re-rollouts without a readable reasoning segment (run past the token
+    /// budget, or not in the output format): scored 0, as the paper's reward scores a missing
+    /// answer (a readable segment whose answer is wrong or unparsable is just wrong), and
     /// reported, since a reasoner that cannot finish makes the reward 0 whatever the perception.
     /// `None` when the rollout's own perception could not be read (nothing was re-rolled).
     pub unread: Option<f64>,

@@ -524,7 +524,7 @@ fn gather(cfg: &ReportConfig, ctx: &RunCtx) -> Result<Results, StageError> {
 
 impl Stage for Report {
     const NAME: &'static str = "report";
-    const VERSION: u32 = 15;
+    const VERSION: u32 = 16;
     type Config = ReportConfig;
 
     fn inputs() -> Vec<InputSpec> {

@@ -321,9 +321,9 @@ fn score_self(j: &Scoring) -> Result<Vec<SelfScore>, StageError> {
     let unread = shares.iter().sum::<f64>() * j.cfg.self_n as f64;
     if unread > 0.0 {
         eprintln!(
-            "reward-score: {unread:.0} of {} self-reward re-rollouts ({:.1} %) have no readable \
-             answer (cut by the token budget of {budget}, or not in the output format); each \
-             scores 0",
+            "reward-score: {unread:.0} of {} self-reward re-rollouts ({:.1} %) end without a \
+             readable reasoning segment (cut by the token budget of {budget}, or not in the \
+             output format); each scores 0",
             shares.len() * j.cfg.self_n,
             100.0 * unread / (shares.len() * j.cfg.self_n).max(1) as f64
         );

@@ -151,6 +151,19 @@ fn rollout_reward_update_correlate_and_rerun() {
     let (first_self, mean_self) = (rw.f64("self_first").unwrap(), rw.f64("self_mean").unwrap());
     let (n, teacher) = (rw.i32("self_samples").unwrap(), rw.f64("teacher").unwrap());
     let clip = rw.f64("clip").unwrap();
+    let unread = rw.f64("self_unread").unwrap();
+    // Which rollouts' own perception can be read: only those are re-rolled for the self-reward.
+    let readable: std::collections::BTreeMap<(String, i32), bool> = {
+        let (rid, rs) = (
+            roll.required_strings("id").unwrap(),
+            roll.i32("sample").unwrap(),
+        );
+        let p = roll.strings("perception").unwrap();
+        (0..roll.rows())
+            .map(|i| ((rid[i].clone(), rs.value(i)), p[i].is_some()))
+            .collect()
+    };
+    let samples = rw.i32("sample").unwrap();
     let ids = rw.required_strings("id").unwrap();
     let mut groups: std::collections::BTreeMap<&str, Vec<f64>> = Default::default();
     for (i, id) in ids.iter().enumerate() {
@@ -169,6 +182,17 @@ fn rollout_reward_update_correlate_and_rerun() {
         assert!(!clip.is_null(i) && (-1.0..=1.0).contains(&clip.value(i)));
         // With N = 2 the mean is a multiple of 1/2.
         assert_eq!((mean_self.value(i) * 2.0).fract(), 0.0);
+        // The share of re-rollouts without a readable reasoning: set exactly where there were
+        // re-rollouts, a multiple of 1/2 in [0, 1].
+        let key = (ids[i].clone(), samples.value(i));
+        assert_eq!(!unread.is_null(i), readable[&key], "row {i}");
+        if !unread.is_null(i) {
+            let u = unread.value(i);
+            assert!(
+                (0.0..=1.0).contains(&u) && (u * 2.0).fract() == 0.0,
+                "row {i}: {u}"
+            );
+        }
     }
 
     let zero_groups = groups

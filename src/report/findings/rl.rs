@@ -342,8 +342,9 @@ fn teacher_perception(r: &Results) -> String {
     }
 }
 
-/// How often the self-reward's re-rollouts gave no answer to grade: "; 98.4 % of the self
-/// re-rollouts have no readable answer (scored 0)", where the pool says.
+/// How often the self-reward's re-rollouts gave nothing to grade: "; 98.4 % of the pool's
+/// self-reward re-rollouts (all N per perception) end without a readable reasoning segment …",
+/// where the pool says.
 fn self_unread(r: &Results) -> String {
     r.pool
         .iter()
@@ -351,8 +352,9 @@ fn self_unread(r: &Results) -> String {
         .and_then(|p| p.unread)
         .map_or(String::new(), |u| {
             format!(
-                "; {:.1} % of the self re-rollouts have no readable answer (cut by the token \
-                 budget or not in the output format; scored 0)",
+                "; {:.1} % of the pool's self-reward re-rollouts (all N per perception) end \
+                 without a readable reasoning segment (cut by the token budget or out of \
+                 format) and score 0",
                 100.0 * u
             )
         })

@@ -39,7 +39,7 @@ pub struct SftSettings {
     #[serde(default = "one")]
     pub seq_bucket: usize,
     /// Early stopping on the standard objective's loss over held-out examples (the hooks'
-    /// [`SftHooks::val_loss`]); `steps` is then the most the run trains.
+    /// [`super::SftHooks::val_loss`]); `steps` is then the most the run trains.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub early_stop: Option<EarlyStop>,
 }

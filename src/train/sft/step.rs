@@ -19,7 +19,7 @@ use burn::tensor::activation::log_softmax;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Tensor, TensorData};
 
-pub(super) fn nll<B: Backend>(
+fn nll<B: Backend>(
     model: &Model<B>,
     batch: &Batch<B>,
     images: Tensor<B, 3>,
@@ -35,7 +35,7 @@ pub(super) fn nll<B: Backend>(
 
 /// The gradients of `Σ nll · w · scale` and the per-token cross-entropy [B, L] (detached, on the
 /// device).
-pub(super) fn weighted_grads<B: AutodiffBackend>(
+fn weighted_grads<B: AutodiffBackend>(
     model: &Model<B>,
     batch: &Batch<B>,
     weights: &[f32],
@@ -140,7 +140,7 @@ impl<B: AutodiffBackend> Default for StepGrads<B> {
 }
 
 /// `*acc += g`.
-pub(super) fn accumulate<B: AutodiffBackend>(
+fn accumulate<B: AutodiffBackend>(
     acc: &mut Option<Gradient<B>>,
     model: &Model<B>,
     g: Option<Gradient<B>>,
@@ -188,11 +188,7 @@ pub(super) struct StepCtx<'a, B: AutodiffBackend> {
 /// `Σ_j x[j]·cols[c][j]` for each column `c` of host values, `x` [B, L] flattened: `[k]` sums
 /// in f32 on the device (a bf16 backend's values are cast first, and no matrix product is used,
 /// whose f32 inputs a GPU may round to TF32), so the logged statistics keep f32 precision.
-pub(super) fn column_sums<B: Backend>(
-    x: Tensor<B, 2>,
-    cols: &[Vec<f32>],
-    device: &B::Device,
-) -> Tensor<B, 1> {
+fn column_sums<B: Backend>(x: Tensor<B, 2>, cols: &[Vec<f32>], device: &B::Device) -> Tensor<B, 1> {
     let n = x.dims()[0] * x.dims()[1];
     let x = f32_on_device(x.reshape([n]));
     let sums = cols
@@ -214,7 +210,7 @@ pub(crate) fn f32_on_device<B: Backend, const D: usize>(t: Tensor<B, D>) -> Tens
 }
 
 /// Forward and backward passes of one micro-batch, accumulated into `g`; no host read.
-pub(super) fn micro_batch<B: AutodiffBackend>(
+fn micro_batch<B: AutodiffBackend>(
     ctx: &StepCtx<B>,
     model: &Model<B>,
     exs: &[&Example],
