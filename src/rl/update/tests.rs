@@ -67,44 +67,60 @@ fn minibatches_cover_each_sequence_once_per_epoch() {
     assert_eq!(minibatches(10, 4, 7, 1), minibatches(10, 4, 7, 1));
 }
 
-/// Two sequences of one item, one rewarded and one not: the update makes the rewarded one
-/// likelier and the other less likely; the first mini-batch is on-policy (ratio 1, gap ~0),
-/// later ones are not.
-#[test]
-fn an_update_moves_probability_toward_positive_advantage() {
+/// What the update tests share: a small model, its weights, two sequences of one item (one
+/// rewarded, one not, their old log-probabilities from the model) and the update's settings.
+struct Fixture {
+    cfg: VlmConfig,
+    dev: burn::tensor::Device<Cpu>,
+    model: Model<Cpu>,
+    init: Vec<u8>,
+    good: Sequence,
+    bad: Sequence,
+    settings: UpdateSettings,
+}
+
+const TEMPERATURE: f32 = 1.0;
+
+/// A sequence of `tokens` with advantage `adv`, its old log-probabilities under `m`.
+fn sequence(
+    tokens: Vec<u32>,
+    adv: f32,
+    m: &Model<Cpu>,
+    dev: &burn::tensor::Device<Cpu>,
+) -> Sequence {
+    let image: Arc<[f32]> = vec![0.5f32; 32 * 32].into();
+    let s = Sequence {
+        image,
+        prefix: vec![1, 2],
+        old_logprobs: vec![0.0; tokens.len()],
+        perception_tokens: 1,
+        advantages: vec![adv; tokens.len()],
+        tokens,
+        reward: f64::from(adv > 0.0),
+    };
+    let b = ForcedBatch::<Cpu>::new(&[&s], 32, 1, 0, dev).unwrap();
+    let lp = b.gather_host(&host_f32(token_logprobs(m, &b, TEMPERATURE).unwrap().0).unwrap());
+    Sequence {
+        old_logprobs: lp[0].clone(),
+        ..s
+    }
+}
+
+fn fixture() -> Fixture {
     let cfg = small_config();
     let dev = Default::default();
     Cpu::seed(&dev, 2);
     let model: Model<Cpu> = Vlm::<Cpu>::new(&cfg, &dev).into();
     let init = model.weights_bytes().unwrap();
-    let image: Arc<[f32]> = vec![0.5f32; 32 * 32].into();
-    let temperature = 1.0;
-    let make = |tokens: Vec<u32>, adv: f32, m: &Model<Cpu>| {
-        let s = Sequence {
-            image: image.clone(),
-            prefix: vec![1, 2],
-            old_logprobs: vec![0.0; tokens.len()],
-            perception_tokens: 1,
-            advantages: vec![adv; tokens.len()],
-            tokens,
-            reward: f64::from(adv > 0.0),
-        };
-        let b = ForcedBatch::<Cpu>::new(&[&s], 32, 1, 0, &dev).unwrap();
-        let lp = b.gather_host(&host_f32(token_logprobs(m, &b, temperature).unwrap().0).unwrap());
-        Sequence {
-            old_logprobs: lp[0].clone(),
-            ..s
-        }
-    };
-    let good = make(vec![5, 6, 7, 39], 1.0, &model);
-    let bad = make(vec![8, 9, 39], -1.0, &model);
+    let good = sequence(vec![5, 6, 7, 39], 1.0, &model, &dev);
+    let bad = sequence(vec![8, 9, 39], -1.0, &model, &dev);
     let settings = UpdateSettings {
         loss: LossSettings {
             clip_low: 0.2,
             clip_high: 0.2,
             kl_coef: 0.0,
             gspo: false,
-            temperature,
+            temperature: TEMPERATURE,
         },
         ppo_epochs: 4,
         mini_batch: 2,
@@ -117,7 +133,35 @@ fn an_update_moves_probability_toward_positive_advantage() {
         seq_bucket: 1,
         data_parallel: 1,
     };
-    let seqs = vec![good.clone(), bad.clone()];
+    Fixture {
+        cfg,
+        dev,
+        model,
+        init,
+        good,
+        bad,
+        settings,
+    }
+}
+
+impl Fixture {
+    fn seqs(&self) -> Vec<Sequence> {
+        vec![self.good.clone(), self.bad.clone()]
+    }
+
+    fn update(&self, s: &UpdateSettings) -> Updated {
+        update(s, &self.cfg, &self.init, None, &self.seqs(), |_| {}).unwrap()
+    }
+}
+
+/// Two sequences of one item, one rewarded and one not: the update makes the rewarded one
+/// likelier and the other less likely; the first mini-batch is on-policy (ratio 1, gap ~0),
+/// later ones are not.
+#[test]
+fn an_update_moves_probability_toward_positive_advantage() {
+    let f = fixture();
+    let (cfg, dev, init, settings) = (&f.cfg, &f.dev, &f.init, &f.settings);
+    let seqs = f.seqs();
     // One host read per optimizer step (statistics and gradient norm together), counted
     // with the mini-batch as one micro-batch, on this thread.
     let one_micro = UpdateSettings {
@@ -125,13 +169,13 @@ fn an_update_moves_probability_toward_positive_advantage() {
         ..settings.clone()
     };
     let mut reads = vec![crate::model::host::reads_on_this_thread()];
-    update(&one_micro, &cfg, &init, None, &seqs, |_| {
+    update(&one_micro, cfg, init, None, &seqs, |_| {
         reads.push(crate::model::host::reads_on_this_thread())
     })
     .unwrap();
     let per_step: Vec<u64> = reads.windows(2).map(|w| w[1] - w[0]).collect();
     assert_eq!(per_step, [1, 1, 1, 1]);
-    let out = update(&settings, &cfg, &init, None, &seqs, |_| {}).unwrap();
+    let out = f.update(settings);
     assert_eq!(out.log.len(), 4);
     let first = &out.log[0];
     assert!(first.logprob_gap < 1e-4, "{first:?}");
@@ -139,38 +183,44 @@ fn an_update_moves_probability_toward_positive_advantage() {
     assert!((first.loss - 0.0).abs() < 1e-5, "−mean Â = 0: {first:?}");
     assert!(out.log[3].logprob_gap > 1e-3, "{:?}", out.log[3]);
     let after: Model<Cpu> =
-        crate::model::checkpoint::model_from_bytes::<Cpu>(&cfg, &out.weights, &dev)
+        crate::model::checkpoint::model_from_bytes::<Cpu>(cfg, &out.weights, dev)
             .unwrap()
             .into();
     let total = |s: &Sequence, m: &Model<Cpu>| -> f32 {
-        let b = ForcedBatch::<Cpu>::new(&[s], 32, 1, 0, &dev).unwrap();
-        b.gather_host(&host_f32(token_logprobs(m, &b, temperature).unwrap().0).unwrap())[0]
+        let b = ForcedBatch::<Cpu>::new(&[s], 32, 1, 0, dev).unwrap();
+        b.gather_host(&host_f32(token_logprobs(m, &b, TEMPERATURE).unwrap().0).unwrap())[0]
             .iter()
             .sum()
     };
-    assert!(total(&good, &after) > total(&good, &model) + 0.1);
-    assert!(total(&bad, &after) < total(&bad, &model) - 0.1);
+    assert!(total(&f.good, &after) > total(&f.good, &f.model) + 0.1);
+    assert!(total(&f.bad, &after) < total(&f.bad, &f.model) - 0.1);
     // The two micro-batches of each mini-batch ran concurrently, their kernels on rayon's
     // pool; with a one-thread pool the result is the same to the bit.
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(1)
         .build()
         .unwrap();
-    let serial = pool.install(|| update(&settings, &cfg, &init, None, &seqs, |_| {}).unwrap());
+    let serial = pool.install(|| f.update(settings));
     assert_eq!(serial.weights, out.weights);
     assert_eq!(serial.log, out.log);
+}
 
-    // Two data-parallel peers, a sequence each of every mini-batch, weighted by the whole
-    // mini-batch's size and all-reduced before clipping, step as one peer does: the same
-    // weights (within 1e-5 of the largest), gradient norms and clipping decisions.
+/// Two data-parallel peers, a sequence each of every mini-batch, weighted by the whole
+/// mini-batch's size and all-reduced before clipping, step as one peer does: the same weights
+/// (within 1e-5 of the largest), gradient norms and clipping decisions; three peers cannot
+/// share a mini-batch of two sequences.
+#[test]
+fn data_parallel_peers_update_as_one() {
+    let f = fixture();
+    let out = f.update(&f.settings);
     let peers = UpdateSettings {
         data_parallel: 2,
-        ..settings.clone()
+        ..f.settings.clone()
     };
-    let two = update(&peers, &cfg, &init, None, &seqs, |_| {}).unwrap();
+    let two = f.update(&peers);
     let (w1, w2) = (
-        host_weights(&cfg, &out.weights),
-        host_weights(&cfg, &two.weights),
+        host_weights(&f.cfg, &out.weights),
+        host_weights(&f.cfg, &two.weights),
     );
     let scale = w1.iter().fold(0.0f32, |m, x| m.max(x.abs()));
     let diff = w1
@@ -193,32 +243,37 @@ fn an_update_moves_probability_toward_positive_advantage() {
         assert_eq!((a.tokens, a.sequences), (b.tokens, b.sequences));
         assert!((a.loss - b.loss).abs() < 1e-6, "{a:?} {b:?}");
     }
-    // Three peers cannot share a mini-batch of two sequences.
     let three = UpdateSettings {
         data_parallel: 3,
-        ..settings.clone()
+        ..f.settings.clone()
     };
-    let err = update(&three, &cfg, &init, None, &seqs, |_| {})
+    let err = update(&three, &f.cfg, &f.init, None, &f.seqs(), |_| {})
         .err()
         .map(|e| e.to_string())
         .unwrap_or_default();
     assert!(err.contains("data_parallel = 3"), "{err}");
+}
 
-    // Two updates of two epochs each, the second continuing the first's AdamW state, end
-    // where one update of four epochs does (one mini-batch per epoch, so only the order
-    // of the two sequences within it differs); a fresh optimizer for the second does not.
+/// Two updates of two epochs each, the second continuing the first's AdamW state, end where
+/// one update of four epochs does (one mini-batch per epoch, so only the order of the two
+/// sequences within it differs); a fresh optimizer for the second does not; a state saved with
+/// other weights is refused.
+#[test]
+fn optimizer_state_carries_across_updates() {
+    let f = fixture();
+    let (cfg, dev, seqs) = (&f.cfg, &f.dev, f.seqs());
     let whole = UpdateSettings {
         mini_batch: 2,
         micro_batch: 2,
         max_logprob_gap: 0.0,
-        ..settings.clone()
+        ..f.settings.clone()
     };
     let half = UpdateSettings {
         ppo_epochs: 2,
         ..whole.clone()
     };
     let flat = |w: &[u8]| -> Vec<f32> {
-        let m = crate::model::checkpoint::model_from_bytes::<Cpu>(&cfg, w, &dev).unwrap();
+        let m = crate::model::checkpoint::model_from_bytes::<Cpu>(cfg, w, dev).unwrap();
         let mut v = Vec::new();
         for p in [m.lm_head.weight.val(), m.embed.weight.val()] {
             v.extend(p.into_data().to_vec::<f32>().unwrap());
@@ -226,10 +281,10 @@ fn an_update_moves_probability_toward_positive_advantage() {
         v
     };
     let run = |s: &UpdateSettings, init: &[u8], st: Option<&OptimState>| {
-        update(s, &cfg, init, st, &seqs, |_| {}).unwrap()
+        update(s, cfg, init, st, &seqs, |_| {}).unwrap()
     };
-    let one = run(&whole, &init, None);
-    let first = run(&half, &init, None);
+    let one = run(&whole, &f.init, None);
+    let first = run(&half, &f.init, None);
     let carried = run(&half, &first.weights, Some(&first.state));
     let fresh = run(&half, &first.weights, None);
     let dist = |a: &[u8], b: &[u8]| -> f32 {
@@ -241,18 +296,29 @@ fn an_update_moves_probability_toward_positive_advantage() {
     };
     assert!(dist(&carried.weights, &one.weights) < 1e-5);
     assert!(dist(&fresh.weights, &one.weights) > 1e-4);
-    // A state saved with other weights is refused.
-    let err = update(&half, &cfg, &init, Some(&first.state), &seqs, |_| {})
+    let err = update(&half, cfg, &f.init, Some(&first.state), &seqs, |_| {})
         .err()
         .map(|e| e.to_string())
         .unwrap_or_default();
     assert!(err.contains("other weights"), "{err}");
+}
 
-    // Rollouts from another policy are refused before any step.
-    let other = make(vec![5, 6, 7, 39], 1.0, &Vlm::<Cpu>::new(&cfg, &dev).into());
-    let err = update(&settings, &cfg, &init, None, &[other, bad], |_| {})
-        .err()
-        .map(|e| e.to_string())
-        .unwrap_or_default();
+/// Rollouts from another policy are refused before any step.
+#[test]
+fn rollouts_of_another_policy_are_refused() {
+    let f = fixture();
+    let other_model: Model<Cpu> = Vlm::<Cpu>::new(&f.cfg, &f.dev).into();
+    let other = sequence(vec![5, 6, 7, 39], 1.0, &other_model, &f.dev);
+    let err = update(
+        &f.settings,
+        &f.cfg,
+        &f.init,
+        None,
+        &[other, f.bad.clone()],
+        |_| {},
+    )
+    .err()
+    .map(|e| e.to_string())
+    .unwrap_or_default();
     assert!(err.contains("not sampled from this checkpoint"), "{err}");
 }
