@@ -69,9 +69,16 @@ paper-mini: build
 	$(BIN) --store $(STORE) run pipelines/paper-mini.toml
 
 # The same grid powered (pipelines/paper-cpu.toml): 500 test puzzles, three seeds for the
-# headline comparisons, no step caps below 600. Hours on 2 cores; resumes where it stopped.
+# headline comparisons. About 2 h on 2 cores; resumes where it stopped. Two runners share the
+# store: the second takes the standard-SFT and RL branch (its log: .cache/paper-cpu-rl.log),
+# the first everything else and then the report, each stage once under its key's lock.
+PAPER_CPU_RL := --until eval_standard --until eval_rl_start --until eval_rl --until val_eval_rl \
+	--until eval_rl_tokens --until eval_rl_self --until eval_rl_teacher --until correlate
 paper-cpu: build
-	$(BIN) --store $(STORE) run pipelines/paper-cpu.toml
+	@mkdir -p .cache
+	$(BIN) --store $(STORE) run pipelines/paper-cpu.toml $(PAPER_CPU_RL) > .cache/paper-cpu-rl.log 2>&1 & rl=$$!; \
+	$(BIN) --store $(STORE) run pipelines/paper-cpu.toml; grid=$$?; \
+	wait $$rl || { echo "the RL runner failed: .cache/paper-cpu-rl.log"; exit 1; }; exit $$grid
 
 # The same grid for graph coloring at GPU scale (pipelines/paper-gpu.toml): the `small` model,
 # verbosity-3 traces (perception ≈ 3 % of target tokens), on cuda:0. Needs a CUDA build.

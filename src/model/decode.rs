@@ -122,15 +122,19 @@ pub fn generate_shared<B: Backend>(
         logits = logits.select(0, idx);
         state = state.fork(rows);
     }
+    // `live[j]`: the output row that row j of the decoding state continues. Finished rows
+    // are dropped from the state once they are an eighth of it (each drop copies the cache once),
+    // so the batch shrinks as its sequences end instead of decoding to its longest one.
+    let mut live: Vec<usize> = (0..b).collect();
     for step in 0..max_new_tokens {
         let host: Vec<f32> = super::host_f32(logits)?;
-        let vocab = host.len() / b;
-        let mut next = vec![eos; b];
-        for i in 0..b {
+        let vocab = host.len() / live.len();
+        let mut next = vec![eos; live.len()];
+        for (j, &i) in live.iter().enumerate() {
             if done[i] {
                 continue;
             }
-            let row = &host[i * vocab..(i + 1) * vocab];
+            let row = &host[j * vocab..(j + 1) * vocab];
             let tok = sample(row, sampling, &mut rngs[i]);
             out[i]
                 .logprobs
@@ -139,14 +143,17 @@ pub fn generate_shared<B: Backend>(
                 done[i] = true;
             } else {
                 out[i].tokens.push(tok);
-                next[i] = tok;
+                next[j] = tok;
             }
         }
-        if done.iter().all(|&d| d) {
+        let keep: Vec<usize> = (0..live.len()).filter(|&j| !done[live[j]]).collect();
+        if keep.is_empty() || step + 1 == max_new_tokens {
             break;
         }
-        if step + 1 == max_new_tokens {
-            break;
+        if live.len() - keep.len() >= (live.len() / 8).max(1) {
+            state = state.fork(&keep);
+            next = keep.iter().map(|&j| next[j]).collect();
+            live = keep.iter().map(|&j| live[j]).collect();
         }
         logits = model.step(&next, &mut state)?;
     }
@@ -317,6 +324,52 @@ mod tests {
             .collect();
         let moved = generate(&m, images(2, cfg.image_size), &p, &other, &g).unwrap();
         assert_ne!(moved, both);
+    }
+
+    #[test]
+    fn rows_that_end_early_leave_the_batch_without_changing_the_others() {
+        let (m, cfg) = small_model();
+        let n = 12;
+        let p: Vec<Vec<u32>> = (0..n).map(|i| vec![1 + i as u32 % 7, 2, 3]).collect();
+        let keys: Vec<SeqKey> = (0..n)
+            .map(|i| SeqKey {
+                purpose: "test",
+                item: format!("e{i}"),
+                sample: 0,
+            })
+            .collect();
+        let g = GenerationConfig {
+            sampling: SamplingConfig {
+                temperature: 1.5,
+                top_p: 1.0,
+                top_k: 0,
+            },
+            seed: 3,
+            eos: 7,
+            max_new_tokens: 40,
+        };
+        let all = generate(&m, images(n, cfg.image_size), &p, &keys, &g).unwrap();
+        // The rows end at different steps (so the batch is compacted along the way), and some
+        // run to the budget.
+        let ended: Vec<usize> = all
+            .iter()
+            .filter(|o| !o.truncated)
+            .map(|o| o.tokens.len())
+            .collect();
+        assert!(ended.len() >= 3, "{ended:?}");
+        assert!(ended.iter().min() < ended.iter().max());
+        assert!(all.iter().any(|o| o.truncated));
+        for (i, row) in all.iter().enumerate() {
+            let alone = generate(
+                &m,
+                images(n, cfg.image_size).narrow(0, i, 1),
+                &p[i..i + 1],
+                &keys[i..i + 1],
+                &g,
+            )
+            .unwrap();
+            assert_eq!(&alone[0], row, "row {i}");
+        }
     }
 
     #[test]
