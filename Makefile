@@ -70,15 +70,19 @@ paper-mini: build
 
 # The same grid powered (pipelines/paper-cpu.toml): 500 test puzzles, three seeds for the
 # headline comparisons. About 2 h on 2 cores; resumes where it stopped. Two runners share the
-# store: the second takes the standard-SFT and RL branch (its log: .cache/paper-cpu-rl.log),
-# the first everything else and then the report, each stage once under its key's lock.
-PAPER_CPU_RL := --until eval_standard --until eval_rl_start --until eval_rl --until val_eval_rl \
+# store, each stage run once under its key's lock: the first walks the whole grid and writes the
+# report; the second (its log: .cache/paper-cpu-side.log) takes the standard-SFT and RL branch,
+# then the NGDiff, perception-only-init and validation runs the first reaches last.
+PAPER_CPU_RL   := --until eval_standard --until eval_rl_start --until eval_rl --until val_eval_rl \
 	--until eval_rl_tokens --until eval_rl_self --until eval_rl_teacher --until correlate
+PAPER_CPU_REST := --until eval_pinit_lambda --until eval_ngdiff --until val_eval_ngdiff \
+	--until val_eval_lambda
 paper-cpu: build
 	@mkdir -p .cache
-	$(BIN) --store $(STORE) run pipelines/paper-cpu.toml $(PAPER_CPU_RL) > .cache/paper-cpu-rl.log 2>&1 & rl=$$!; \
+	{ $(BIN) --store $(STORE) run pipelines/paper-cpu.toml $(PAPER_CPU_RL) && \
+	  $(BIN) --store $(STORE) run pipelines/paper-cpu.toml $(PAPER_CPU_REST); } > .cache/paper-cpu-side.log 2>&1 & side=$$!; \
 	$(BIN) --store $(STORE) run pipelines/paper-cpu.toml; grid=$$?; \
-	wait $$rl || { echo "the RL runner failed: .cache/paper-cpu-rl.log"; exit 1; }; exit $$grid
+	wait $$side || { echo "the second runner failed: .cache/paper-cpu-side.log"; exit 1; }; exit $$grid
 
 # The same grid for graph coloring at GPU scale (pipelines/paper-gpu.toml): the `small` model,
 # verbosity-3 traces (perception ≈ 3 % of target tokens), on cuda:0. Needs a CUDA build.

@@ -222,18 +222,37 @@ mod tests {
         Tensor::from_data(TensorData::new(px, [b, s, s]), &Default::default())
     }
 
+    /// Keys of `n` sequences of the purpose "test", items `{prefix}0`, `{prefix}1`, ….
+    fn keys(prefix: &str, n: usize) -> Vec<SeqKey> {
+        (0..n)
+            .map(|i| SeqKey {
+                purpose: "test",
+                item: format!("{prefix}{i}"),
+                sample: 0,
+            })
+            .collect()
+    }
+
+    /// Plain sampling (no top-p or top-k) at `temperature`.
+    fn sampled(temperature: f32, seed: u64, eos: u32, max_new_tokens: usize) -> GenerationConfig {
+        GenerationConfig {
+            sampling: SamplingConfig {
+                temperature,
+                top_p: 1.0,
+                top_k: 0,
+            },
+            seed,
+            eos,
+            max_new_tokens,
+        }
+    }
+
     #[test]
     fn kv_cached_greedy_equals_uncached_greedy() {
         let (m, cfg) = small_model();
         // Different prefix lengths exercise left padding.
         let prefixes = vec![vec![1, 5, 9, 3], vec![2, 7], vec![4, 4, 4, 4, 4, 6]];
-        let keys: Vec<SeqKey> = (0..3)
-            .map(|i| SeqKey {
-                purpose: "test",
-                item: format!("x{i}"),
-                sample: 0,
-            })
-            .collect();
+        let keys = keys("x", 3);
         let eos = u32::MAX; // never sampled: forces the full length
         let reads = crate::model::host::reads_on_this_thread();
         let cached = generate(
@@ -262,23 +281,8 @@ mod tests {
     fn sampling_is_keyed_and_batch_invariant() {
         let (m, cfg) = small_model();
         let p = vec![vec![1, 2, 3], vec![4, 5, 6]];
-        let keys: Vec<SeqKey> = (0..2)
-            .map(|i| SeqKey {
-                purpose: "test",
-                item: format!("x{i}"),
-                sample: 0,
-            })
-            .collect();
-        let g = GenerationConfig {
-            sampling: SamplingConfig {
-                temperature: 1.0,
-                top_p: 1.0,
-                top_k: 0,
-            },
-            seed: 5,
-            eos: 39,
-            max_new_tokens: 10,
-        };
+        let keys = keys("x", 2);
+        let g = sampled(1.0, 5, 39, 10);
         let both = generate(&m, images(2, cfg.image_size), &p, &keys, &g).unwrap();
         let again = generate(&m, images(2, cfg.image_size), &p, &keys, &g).unwrap();
         assert_eq!(both, again);
@@ -331,23 +335,8 @@ mod tests {
         let (m, cfg) = small_model();
         let n = 12;
         let p: Vec<Vec<u32>> = (0..n).map(|i| vec![1 + i as u32 % 7, 2, 3]).collect();
-        let keys: Vec<SeqKey> = (0..n)
-            .map(|i| SeqKey {
-                purpose: "test",
-                item: format!("e{i}"),
-                sample: 0,
-            })
-            .collect();
-        let g = GenerationConfig {
-            sampling: SamplingConfig {
-                temperature: 1.5,
-                top_p: 1.0,
-                top_k: 0,
-            },
-            seed: 3,
-            eos: 7,
-            max_new_tokens: 40,
-        };
+        let keys = keys("e", n);
+        let g = sampled(1.5, 3, 7, 40);
         let all = generate(&m, images(n, cfg.image_size), &p, &keys, &g).unwrap();
         // The rows end at different steps (so the batch is compacted along the way), and some
         // run to the budget.
